@@ -10,7 +10,9 @@ def _sizes(text: str) -> list[int]:
     try:
         sizes = [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--sizes: not a comma-separated list of integers: {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"--sizes: not a comma-separated list of integers: {text!r}"
+        ) from None
     if not sizes or any(not 20 <= s <= 65000 for s in sizes):
         raise argparse.ArgumentTypeError("--sizes: each size must be 20..65000 octets")
     return sizes

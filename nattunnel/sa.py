@@ -259,12 +259,11 @@ class OutboundSA:
     ) -> int:
         """Any packet: ESN, TFC padding, explicit next header. Same output as the fast path."""
         n = len(inner)
-        if nh:
-            trailers = _TRAILERS_BY_NH[nh]
-        else:
-            trailers = _TRAILERS_BY_VERSION[inner[0] >> 4] if n else None
-            if trailers is None:
-                raise ValueError("inner packet is neither IPv4 nor IPv6")
+        trailers = (
+            _TRAILERS_BY_NH[nh] if nh else _TRAILERS_BY_VERSION[inner[0] >> 4] if n else None
+        )
+        if trailers is None:
+            raise ValueError("inner packet is neither IPv4 nor IPv6")
         seq = self.seq + 1
         if seq > self._limit:
             self._next_seq_slow(seq)
@@ -416,7 +415,8 @@ class InboundSA:
         # The inner packet's version must match the next header, and its length fill what is
         # left; anything else (TFC padding, bad packets) takes the slow path.
         if nh == NH_IPV4:
-            if inner_len < 20 or _U32.unpack_from(buf, ct)[0] & 0xF000FFFF != 0x40000000 | inner_len:
+            word = _U32.unpack_from(buf, ct)[0]
+            if inner_len < 20 or word & 0xF000FFFF != 0x40000000 | inner_len:
                 inner_len = self._inner_length(buf, ct, inner_len, nh)
                 if inner_len < 0:
                     return inner_len
@@ -431,7 +431,7 @@ class InboundSA:
             return self._drop(_BAD_NEXT_HEADER)
         self.packets += 1
         self.bytes += inner_len
-        return inner_len
+        return int(inner_len)
 
     def _inner_length(self, buf: memoryview, ct: int, room: int, nh: int) -> int:
         """Length of the inner packet in ``room`` octets, or -BAD_INNER_PACKET (counted).

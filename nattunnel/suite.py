@@ -56,7 +56,9 @@ class Suite:
 
 AES_GCM_128: Final = Suite("aes128gcm16", ENCR_AES_GCM_16, 16, 128, AESGCM)
 AES_GCM_256: Final = Suite("aes256gcm16", ENCR_AES_GCM_16, 32, 256, AESGCM)
-CHACHA20_POLY1305: Final = Suite("chacha20poly1305", ENCR_CHACHA20_POLY1305, 32, None, ChaCha20Poly1305)
+CHACHA20_POLY1305: Final = Suite(
+    "chacha20poly1305", ENCR_CHACHA20_POLY1305, 32, None, ChaCha20Poly1305
+)
 
 SUITES: Final[dict[str, Suite]] = {s.name: s for s in (AES_GCM_128, AES_GCM_256, CHACHA20_POLY1305)}
 # strongSwan's proposal keywords are the canonical names; accept a few common spellings too.

@@ -36,7 +36,7 @@ def aead_for(suite, key):
         return AESGCM(key)
     if suite == "chacha20-poly1305":
         return ChaCha20Poly1305(key)
-    raise ValueError("unknown suite %r" % suite)
+    raise ValueError(f"unknown suite {suite!r}")
 
 
 def check_esp(v):
@@ -73,7 +73,7 @@ def check_esp(v):
     try:
         pt = aead.decrypt(nonce, pkt[16:], aad)
     except InvalidTag:
-        return errs + ["ICV does not verify"]
+        return [*errs, "ICV does not verify"]
     expect = h(v["plaintext"]) + h(v["padding"]) + bytes([v["pad_length"], v["next_header"]])
     if len(h(v["padding"])) != v["pad_length"]:
         errs.append("padding length != pad_length")
@@ -124,14 +124,14 @@ def main():
                 total += 1
                 try:
                     errs = check_esp(v) if kind == "esp" else check_raw(v)
-                except Exception as exc:  # noqa: BLE001 - report any breakage
-                    errs = ["exception: %r" % (exc,)]
+                except Exception as exc:
+                    errs = [f"exception: {exc!r}"]
                 status = "OK  " if not errs else "FAIL"
                 extra = ""
                 if kind == "esp":
-                    extra = " esn_high=%s pad_len=%s nh=%s mode=%s" % (
+                    extra = " esn_high={} pad_len={} nh={} mode={}".format(
                         v.get("esn_high"), v.get("pad_length"), v.get("next_header"), v.get("mode"))
-                print("%s %s:%s[%s] %s%s%s" % (
+                print("{} {}:{}[{}] {}{}{}".format(
                     status, os.path.basename(path), group, v["name"], v["suite"], extra,
                     (" -- " + "; ".join(errs)) if errs else ""))
                 if errs:
