@@ -403,7 +403,7 @@ class InboundSA:
         ct_end = off + n - ESP_ICV_LEN
         # The last 4 plaintext octets: [pad-1] [pad] pad-length next-header. Padding must
         # read 1, 2, 3, ... (RFC 4303 section 2.4); up to 2 octets are checked in the word.
-        tail = _U32.unpack_from(buf, ct_end - 4)[0]
+        tail: int = _U32.unpack_from(buf, ct_end - 4)[0]
         pad = (tail >> 8) & 0xFF
         inner_end = ct_end - 2 - pad
         if tail & _PAD_MASK[pad] != _PAD_WANT[pad] or inner_end < ct or (
@@ -431,7 +431,7 @@ class InboundSA:
             return self._drop(_BAD_NEXT_HEADER)
         self.packets += 1
         self.bytes += inner_len
-        return int(inner_len)
+        return inner_len
 
     def _inner_length(self, buf: memoryview, ct: int, room: int, nh: int) -> int:
         """Length of the inner packet in ``room`` octets, or -BAD_INNER_PACKET (counted).
