@@ -48,8 +48,6 @@ from .suite import Suite
 #: SPI, sequence number (low 32 bits), explicit IV: the first 16 octets of every ESP packet.
 _HEADER: Final = struct.Struct("!IIQ")
 #: Salt || IV: the 12-octet AEAD nonce.
-#: Sequence number (low 32 bits) and IV, after the SPI.
-_SEQ_IV: Final = struct.Struct("!IQ")
 _NONCE: Final = struct.Struct("!4sQ")
 #: SPI || Seq-high || Seq-low: the AAD with extended sequence numbers.
 _AAD_ESN: Final = struct.Struct("!III")
@@ -215,7 +213,6 @@ class OutboundSA:
             ct_end + ESP_ICV_LEN - off,
             tuple(t[pad] if t else None for t in _TRAILERS_BY_VERSION),
         )
-        _U32.pack_into(out, off, self.spi)
         self._views[(off << 16) | n] = shape
         return shape
 
@@ -246,7 +243,8 @@ class OutboundSA:
         self.seq = seq
         inner_v[:] = inner
         trailer_v[:] = trailer
-        _SEQ_IV.pack_into(out, off + 4, seq, seq)  # the SPI was written with the shape
+        # The SPI too, every time: another SA may have written into the same buffer.
+        _HEADER.pack_into(out, off, self.spi, seq, seq)
         self._encrypt_into(_NONCE.pack(self._salt, seq), pt_v, aad_v, ct_v)
         return total
 
@@ -421,7 +419,8 @@ class InboundSA:
                 if inner_len < 0:
                     return inner_len
         elif nh == NH_IPV6:
-            if inner_len < 40 or _V6_LEN.unpack_from(buf, ct)[1] + 40 != inner_len:
+            version, ip_len = _V6_LEN.unpack_from(buf, ct)
+            if inner_len < 40 or version >> 4 != 6 or ip_len + 40 != inner_len:
                 inner_len = self._inner_length(buf, ct, inner_len, nh)
                 if inner_len < 0:
                     return inner_len

@@ -19,7 +19,9 @@ Using it from a test module (``tests/`` is a package; ``pytest_plugins`` is only
 the top-level conftest, so import the fixture instead)::
 
     import pytest
-    from tests.lab import lab, Lab, UdpPeer  # noqa: F401  (``lab`` is a pytest fixture)
+    from tests.lab import Lab, lab_fixture  # noqa: F401  (registers the ``lab`` fixture)
+    # (``from tests.lab import lab`` works as well, but then ruff flags every ``lab``
+    # parameter as F811; ``from .lab import lab_fixture`` also works as tests/ is a package)
 
     @pytest.mark.root
     def test_something(lab: Lab) -> None:
@@ -74,15 +76,14 @@ __all__ = [
     "LabError",
     "UdpPeer",
     "lab",
+    "lab_fixture",
     "parse_conntrack",
     "require_lab_tools",
 ]
 
 CMD_TIMEOUT = 10.0
 REQUIRED_TOOLS = ("ip", "nft", "conntrack", "sysctl")
-_SBIN_PATH = os.pathsep.join(
-    [os.environ.get("PATH", ""), "/usr/local/sbin", "/usr/sbin", "/sbin"]
-)
+_SBIN_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/local/sbin", "/usr/sbin", "/sbin"])
 RECORD_DIR = Path("/run/nattunnel-lab")
 
 LAN_NET = "198.19.1.0/24"
@@ -112,7 +113,8 @@ def require_lab_tools(tools: Sequence[str] = REQUIRED_TOOLS) -> None:
     missing = missing_tools(tools)
     if missing:
         problems.append(
-            "missing tools: " + ", ".join(missing)
+            "missing tools: "
+            + ", ".join(missing)
             + " (apt-get install -y --no-install-recommends iproute2 nftables conntrack)"
         )
     if not problems:
@@ -123,14 +125,22 @@ def require_lab_tools(tools: Sequence[str] = REQUIRED_TOOLS) -> None:
     pytest.skip(reason)
 
 
-def run(argv: Sequence[str], *, timeout: float = CMD_TIMEOUT, check: bool = True,
-        input: str | bytes | None = None) -> subprocess.CompletedProcess[str]:
+def run(
+    argv: Sequence[str],
+    *,
+    timeout: float = CMD_TIMEOUT,
+    check: bool = True,
+    input: str | bytes | None = None,
+) -> subprocess.CompletedProcess[str]:
     """Run a command with a timeout; raise LabError (command + stderr) on failure."""
     argv = [str(a) for a in argv]
     exe = _which(argv[0]) or argv[0]
     try:
         cp = subprocess.run(
-            [exe, *argv[1:]], capture_output=True, text=True, timeout=timeout,
+            [exe, *argv[1:]],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
             input=input if input is None or isinstance(input, str) else input.decode(),
         )
     except subprocess.TimeoutExpired as exc:
@@ -146,6 +156,7 @@ def run(argv: Sequence[str], *, timeout: float = CMD_TIMEOUT, check: bool = True
 
 
 # --------------------------------------------------------------------------- conntrack
+
 
 @dataclass(frozen=True)
 class ConntrackEntry:
@@ -194,11 +205,20 @@ def parse_conntrack(text: str) -> list[ConntrackEntry]:
         if len(tuples) < 2 or any(len(t) < 4 for t in tuples[:2]):
             continue
         o, r = tuples[0], tuples[1]
-        out.append(ConntrackEntry(
-            src=o["src"], dst=o["dst"], sport=int(o["sport"]), dport=int(o["dport"]),
-            reply_src=r["src"], reply_dst=r["dst"], reply_sport=int(r["sport"]),
-            reply_dport=int(r["dport"]), timeout=int(m["timeout"]), flags=frozenset(flags),
-        ))
+        out.append(
+            ConntrackEntry(
+                src=o["src"],
+                dst=o["dst"],
+                sport=int(o["sport"]),
+                dport=int(o["dport"]),
+                reply_src=r["src"],
+                reply_dst=r["dst"],
+                reply_sport=int(r["sport"]),
+                reply_dport=int(r["dport"]),
+                timeout=int(m["timeout"]),
+                flags=frozenset(flags),
+            )
+        )
     return out
 
 
@@ -355,9 +375,15 @@ def _list_netns() -> list[str]:
 class Lab:
     """The NAT lab. Use as a context manager, or through the ``lab`` pytest fixture."""
 
-    def __init__(self, *, with_c: bool = False, with_e: bool = False,
-                 masquerade_random: bool | str = False, udp_timeout: int | None = None,
-                 prefix: str | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        with_c: bool = False,
+        with_e: bool = False,
+        masquerade_random: bool | str = False,
+        udp_timeout: int | None = None,
+        prefix: str | None = None,
+    ) -> None:
         self.prefix = prefix or "nt" + secrets.token_hex(3)
         if len(self.prefix) + 4 > 15:
             raise ValueError("prefix too long for IFNAMSIZ")
@@ -399,10 +425,15 @@ class Lab:
     def _write_record(self) -> None:
         with contextlib.suppress(OSError):
             RECORD_DIR.mkdir(parents=True, exist_ok=True)
-            self._record.write_text(json.dumps({
-                "pid": os.getpid(), "namespaces": self.namespaces,
-                "pids": [p.pid for p in self._procs],
-            }))
+            self._record.write_text(
+                json.dumps(
+                    {
+                        "pid": os.getpid(),
+                        "namespaces": self.namespaces,
+                        "pids": [p.pid for p in self._procs],
+                    }
+                )
+            )
 
     def _build(self, masquerade_random: bool | str) -> None:
         p, r, s = self.prefix, self.router, self.ns["s"]
@@ -414,8 +445,9 @@ class Lab:
             self.exec(s, "ip", "link", "set", br, "up")
 
         def wire(ns: str, ifname: str, bridge: str, port: str) -> None:
-            self.exec(s, "ip", "link", "add", port, "type", "veth",
-                      "peer", "name", ifname, "netns", ns)
+            self.exec(
+                s, "ip", "link", "add", port, "type", "veth", "peer", "name", ifname, "netns", ns
+            )
             self.exec(s, "ip", "link", "set", port, "master", bridge)
             self.exec(s, "ip", "link", "set", port, "up")
             self.exec(ns, "ip", "link", "set", ifname, "up")
@@ -435,12 +467,19 @@ class Lab:
 
     # ------------------------------------------------------------------ commands
 
-    def exec(self, ns: str, *argv: str | int, timeout: float = CMD_TIMEOUT,
-             check: bool = True, input: str | None = None) -> subprocess.CompletedProcess[str]:
+    def exec(
+        self,
+        ns: str,
+        *argv: str | int,
+        timeout: float = CMD_TIMEOUT,
+        check: bool = True,
+        input: str | None = None,
+    ) -> subprocess.CompletedProcess[str]:
         """Run a command inside namespace ``ns`` (a full name or a role: 'a', 'b', 'r'...)."""
         ns = self.ns.get(ns, ns)
-        return run(["ip", "netns", "exec", ns, *map(str, argv)], timeout=timeout,
-                   check=check, input=input)
+        return run(
+            ["ip", "netns", "exec", ns, *map(str, argv)], timeout=timeout, check=check, input=input
+        )
 
     def popen(self, ns: str, *argv: str | int, **kw: Any) -> subprocess.Popen[Any]:
         """Start a long-running program in ``ns``; ``ip netns exec`` execs it, so the
@@ -448,7 +487,8 @@ class Lab:
         ns = self.ns.get(ns, ns)
         ip = _which("ip") or "ip"
         proc: subprocess.Popen[Any] = subprocess.Popen(
-            [ip, "netns", "exec", ns, *map(str, argv)], **kw)
+            [ip, "netns", "exec", ns, *map(str, argv)], **kw
+        )
         self._procs.append(proc)
         self._write_record()
         return proc
@@ -473,48 +513,87 @@ class Lab:
 
     def udp_peer(self, ns: str, port: int = 0, host: str = "0.0.0.0") -> UdpPeer:
         """A UDP socket bound to (host, port) in ``ns``, driven by a tiny Python agent."""
-        proc = self.popen(ns, sys.executable, "-u", "-c", _UDP_AGENT, host, port,
-                          stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                          stderr=subprocess.DEVNULL, text=True, bufsize=1)
+        proc = self.popen(
+            ns,
+            sys.executable,
+            "-u",
+            "-c",
+            _UDP_AGENT,
+            host,
+            port,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            bufsize=1,
+        )
         return UdpPeer(proc, self.ns.get(ns, ns))
 
     # ------------------------------------------------------------------ router knobs
 
     def set_masquerade(self, random: bool | str = False) -> None:
         """(Re)write the router's NAT table. ``random``: False (Linux default, keeps the
-        source port when free), True (``masquerade random``) or 'fully' (``random-fully``).
+        source port when free), True (``masquerade random``) or 'fully' (nft ``fully-random``,
+        iptables' ``--random-fully``).
         Existing conntrack entries keep their mapping; delete them to re-map."""
-        flag = {False: "", True: " random", "random": " random", "fully": " random-fully",
-                "random-fully": " random-fully"}[random]
+        flag = {
+            False: "",
+            True: " random",
+            "random": " random",
+            "fully": " fully-random",
+            "random-fully": " fully-random",
+            "fully-random": " fully-random",
+        }[random]
         table = f"{self.prefix}nat"
-        self.exec(self.router, "nft", "-f", "-", input=(
-            f"table ip {table}\ndelete table ip {table}\n"
-            f"table ip {table} {{\n"
-            f"  chain post {{\n"
-            f"    type nat hook postrouting priority srcnat; policy accept;\n"
-            f'    oifname "{self.wan_if}" ip saddr {LAN_NET} masquerade{flag}\n'
-            f"  }}\n"
-            f"}}\n"
-        ))
+        self.exec(
+            self.router,
+            "nft",
+            "-f",
+            "-",
+            input=(
+                f"table ip {table}\ndelete table ip {table}\n"
+                f"table ip {table} {{\n"
+                f"  chain post {{\n"
+                f"    type nat hook postrouting priority srcnat; policy accept;\n"
+                f'    oifname "{self.wan_if}" ip saddr {LAN_NET} masquerade{flag}\n'
+                f"  }}\n"
+                f"}}\n"
+            ),
+        )
 
     def set_udp_timeout(self, seconds: int, stream: int | None = None) -> None:
         """Router conntrack UDP timeouts (unreplied and stream), in whole seconds."""
-        self.exec(self.router, "sysctl", "-qw",
-                  f"net.netfilter.nf_conntrack_udp_timeout={int(seconds)}",
-                  f"net.netfilter.nf_conntrack_udp_timeout_stream={int(stream or seconds)}")
+        self.exec(
+            self.router,
+            "sysctl",
+            "-qw",
+            f"net.netfilter.nf_conntrack_udp_timeout={int(seconds)}",
+            f"net.netfilter.nf_conntrack_udp_timeout_stream={int(stream or seconds)}",
+        )
 
     def conntrack_list(self, **match: str | int) -> list[ConntrackEntry]:
         """The router's UDP conntrack entries, optionally filtered by entry attributes
         (e.g. ``src='198.19.1.2', dport=4500``)."""
         cp = self.exec(self.router, "conntrack", "-L", "-p", "udp")
-        return [e for e in parse_conntrack(cp.stdout)
-                if all(getattr(e, k) == (int(v) if isinstance(getattr(e, k), int) else v)
-                       for k, v in match.items())]
+        return [
+            e
+            for e in parse_conntrack(cp.stdout)
+            if all(
+                getattr(e, k) == (int(v) if isinstance(getattr(e, k), int) else v)
+                for k, v in match.items()
+            )
+        ]
 
-    _CT_OPTS = {"src": "--orig-src", "dst": "--orig-dst", "sport": "--orig-port-src",
-                "dport": "--orig-port-dst", "reply_src": "--reply-src",
-                "reply_dst": "--reply-dst", "reply_sport": "--reply-port-src",
-                "reply_dport": "--reply-port-dst"}
+    _CT_OPTS = {
+        "src": "--orig-src",
+        "dst": "--orig-dst",
+        "sport": "--orig-port-src",
+        "dport": "--orig-port-dst",
+        "reply_src": "--reply-src",
+        "reply_dst": "--reply-dst",
+        "reply_sport": "--reply-port-src",
+        "reply_dport": "--reply-port-dst",
+    }
 
     def conntrack_delete(self, **match: str | int) -> int:
         """Delete matching UDP entries of the router (keys as in ConntrackEntry). Returns
@@ -576,11 +655,16 @@ class Lab:
         self.close()
 
 
-@pytest.fixture
-def lab(request: pytest.FixtureRequest) -> Iterator[Lab]:
+@pytest.fixture(name="lab")
+def lab_fixture(request: pytest.FixtureRequest) -> Iterator[Lab]:
     """A fresh NAT lab per test. Options via indirect parametrisation (Lab kwargs)."""
     require_lab_tools()
     opts: dict[str, Any] = getattr(request, "param", None) or {}
     the_lab = Lab(**opts)
     request.addfinalizer(the_lab.close)
     yield the_lab
+
+
+# ``from tests.lab import lab`` works too (the same fixture object); ruff then reports F811 for
+# every ``lab`` parameter, which importing ``lab_fixture`` avoids.
+lab = lab_fixture

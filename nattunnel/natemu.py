@@ -1,0 +1,451 @@
+"""A userspace NAT emulator for tests and demos: an asyncio UDP relay on loopback.
+
+No root needed. The emulator has an *inside* socket and a configured *public target*::
+
+    inside endpoint ──► emulator inside socket ──► [mapping: own external socket] ──► target
+    inside endpoint ◄── emulator inside socket ◄── [filtering]  ◄── anyone on the outside
+
+Every distinct inside source (address, port) that sends to the inside socket gets its own
+*mapping*: a UDP socket bound on the outside address whose port is the "external port". The
+public peer therefore sees a different source port per inside endpoint, as behind a real
+NAPT. Replies (and anything else) arriving on an external socket pass the mapping's
+*filtering* (RFC 4787 terms) and are relayed to the inside endpoint from the inside socket.
+
+- ``endpoint-independent``: anyone may send to an external port.
+- ``address-dependent``: only addresses the mapping has sent to.
+- ``address-and-port-dependent`` (Linux conntrack's behaviour): only (address, port) pairs
+  the mapping has sent to.
+
+A mapping is dropped after ``mapping_timeout`` seconds without traffic in either direction
+(inbound refresh can be switched off), measured with an injectable ``clock``, so tests can
+advance a fake clock and call :meth:`NatEmulator.expire_idle` instead of sleeping.
+:meth:`NatEmulator.rebind` moves a mapping onto a new external port (a NAT rebinding).
+Impairments (loss, duplication, reordering) use a seeded :class:`random.Random`.
+
+Usage::
+
+    async with NatEmulator(("127.0.0.1", public_port), mapping_timeout=0.2) as nat:
+        inside_sock.sendto(b"x", nat.inside_address)
+        ...
+        nat.external_address(inside_sock.getsockname())
+
+This is a test tool: one datagram per asyncio callback, control-plane speed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import random
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+__all__ = [
+    "Counters",
+    "Filtering",
+    "Mapping",
+    "NatEmulator",
+]
+
+Addr = tuple[str, int]
+Direction = Literal["outbound", "inbound"]
+
+
+class Filtering(enum.StrEnum):
+    """RFC 4787 filtering behaviour for inbound packets on an external port."""
+
+    ENDPOINT_INDEPENDENT = "endpoint-independent"
+    ADDRESS_DEPENDENT = "address-dependent"
+    ADDRESS_AND_PORT_DEPENDENT = "address-and-port-dependent"
+
+
+@dataclass
+class Counters:
+    """Packet and mapping counters. ``forwarded``/``dropped`` are totals."""
+
+    forwarded_outbound: int = 0
+    forwarded_inbound: int = 0
+    dropped_filtered: int = 0  # inbound from a source the filtering rejects
+    dropped_loss: int = 0  # dropped by the loss impairment
+    dropped_expired: int = 0  # inbound on a mapping found expired on arrival
+    dropped_closed: int = 0  # arrived while the emulator was closing
+    duplicated: int = 0
+    reordered: int = 0
+    mappings_created: int = 0
+    expired: int = 0  # mappings removed for idleness
+    rebinds: int = 0
+
+    @property
+    def forwarded(self) -> int:
+        return self.forwarded_outbound + self.forwarded_inbound
+
+    @property
+    def dropped(self) -> int:
+        return (
+            self.dropped_filtered + self.dropped_loss + self.dropped_expired + self.dropped_closed
+        )
+
+
+class _ExternalProtocol(asyncio.DatagramProtocol):
+    def __init__(self, emu: NatEmulator, mapping: Mapping) -> None:
+        self.emu = emu
+        self.mapping = mapping
+
+    def datagram_received(self, data: bytes, addr: Addr) -> None:
+        self.emu._inbound(self.mapping, self, data, (addr[0], addr[1]))
+
+    def error_received(self, exc: Exception) -> None:  # ICMP errors: ignore, like a NAT
+        pass
+
+
+class _InsideProtocol(asyncio.DatagramProtocol):
+    def __init__(self, emu: NatEmulator) -> None:
+        self.emu = emu
+
+    def datagram_received(self, data: bytes, addr: Addr) -> None:
+        self.emu._outbound(data, (addr[0], addr[1]))
+
+    def error_received(self, exc: Exception) -> None:
+        pass
+
+
+@dataclass(eq=False)
+class Mapping:
+    """One NAT binding: inside endpoint -> external port."""
+
+    inside: Addr
+    external: Addr
+    created: float
+    last_activity: float
+    transport: asyncio.DatagramTransport | None = None
+    protocol: _ExternalProtocol | None = None
+    contacted: set[Addr] = field(default_factory=set)
+    pending: list[tuple[bytes, Addr]] = field(default_factory=list)
+    packets_out: int = 0
+    packets_in: int = 0
+
+    def permits(self, src: Addr, filtering: Filtering) -> bool:
+        if filtering is Filtering.ENDPOINT_INDEPENDENT:
+            return True
+        if filtering is Filtering.ADDRESS_DEPENDENT:
+            return any(host == src[0] for host, _ in self.contacted)
+        return src in self.contacted
+
+
+class NatEmulator:
+    """The emulator. ``await start()`` (or ``async with``) before use; ``close()`` after."""
+
+    def __init__(
+        self,
+        public_target: Addr,
+        *,
+        inside_host: str = "127.0.0.1",
+        inside_port: int = 0,
+        outside_host: str = "127.0.0.1",
+        mapping_timeout: float = 30.0,
+        filtering: Filtering | str = Filtering.ADDRESS_AND_PORT_DEPENDENT,
+        inbound_refresh: bool = True,
+        loss: float = 0.0,
+        duplicate: float = 0.0,
+        reorder: float = 0.0,
+        reorder_hold: float = 0.1,
+        impair: Literal["both", "outbound", "inbound"] = "both",
+        seed: int | None = None,
+        rng: random.Random | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sweep_interval: float | None = None,
+    ) -> None:
+        for name, p in (("loss", loss), ("duplicate", duplicate), ("reorder", reorder)):
+            if not 0.0 <= p <= 1.0:
+                raise ValueError(f"{name} probability must be in [0, 1], got {p}")
+        if mapping_timeout <= 0:
+            raise ValueError("mapping_timeout must be positive")
+        self.public_target: Addr = public_target
+        self.inside_host = inside_host
+        self.inside_port = inside_port
+        self.outside_host = outside_host
+        self.mapping_timeout = mapping_timeout
+        self.filtering = Filtering(filtering)
+        self.inbound_refresh = inbound_refresh
+        self.loss = loss
+        self.duplicate = duplicate
+        self.reorder = reorder
+        self.reorder_hold = reorder_hold
+        self.impair = impair
+        self.rng = rng if rng is not None else random.Random(seed)
+        self.clock = clock
+        self.sweep_interval = (
+            sweep_interval if sweep_interval is not None else min(mapping_timeout / 4, 1.0)
+        )
+        self.counters = Counters()
+        self._mappings: dict[Addr, Mapping] = {}
+        self._inside: asyncio.DatagramTransport | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        # reordering: one held packet per (mapping, direction)
+        self._held: dict[tuple[int, Direction], tuple[bytes, Callable[[bytes], None]]] = {}
+        self._held_timers: dict[tuple[int, Direction], asyncio.TimerHandle] = {}
+        self._closed = False
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> NatEmulator:
+        self._loop = asyncio.get_running_loop()
+        transport, _ = await self._loop.create_datagram_endpoint(
+            lambda: _InsideProtocol(self), local_addr=(self.inside_host, self.inside_port)
+        )
+        self._inside = transport
+        self._sweeper = self._loop.create_task(self._sweep_loop())
+        return self
+
+    async def __aenter__(self) -> NatEmulator:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    def close(self) -> None:
+        """Close every socket and cancel timers. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        for task in self._tasks:
+            task.cancel()
+        for timer in self._held_timers.values():
+            timer.cancel()
+        self._held_timers.clear()
+        self._held.clear()
+        for m in list(self._mappings.values()):
+            self._drop_mapping(m)
+        self._mappings.clear()
+        if self._inside is not None:
+            self._inside.close()
+
+    async def aclose(self) -> None:
+        """``close()`` and let the loop finish closing the transports."""
+        tasks = [*self._tasks, *([self._sweeper] if self._sweeper else [])]
+        self.close()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.sleep(0)
+
+    # ------------------------------------------------------------------ inspection
+
+    @property
+    def inside_address(self) -> Addr:
+        """Where inside endpoints send their packets."""
+        if self._inside is None:
+            raise RuntimeError("NatEmulator not started")
+        host, port = self._inside.get_extra_info("sockname")[:2]
+        return host, port
+
+    @property
+    def mappings(self) -> list[Mapping]:
+        return list(self._mappings.values())
+
+    def mapping_for(self, inside: Addr) -> Mapping | None:
+        return self._mappings.get((inside[0], inside[1]))
+
+    def external_address(self, inside: Addr) -> Addr | None:
+        m = self.mapping_for(inside)
+        return m.external if m is not None else None
+
+    def set_target(self, target: Addr) -> None:
+        """Change where outbound packets go (existing mappings keep their ports)."""
+        self.public_target = target
+
+    # ------------------------------------------------------------------ mappings
+
+    def _bind_external(self, avoid: int | None = None) -> socket.socket:
+        for _ in range(16):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            sock.setblocking(False)
+            sock.bind((self.outside_host, 0))
+            if sock.getsockname()[1] != avoid:
+                return sock
+            sock.close()
+        raise RuntimeError("could not bind a new external port")
+
+    def _attach(self, mapping: Mapping, sock: socket.socket) -> None:
+        """Create the transport for ``sock`` asynchronously; queue packets until ready."""
+        assert self._loop is not None
+        mapping.transport = None
+        mapping.protocol = proto = _ExternalProtocol(self, mapping)
+
+        async def attach() -> None:
+            assert self._loop is not None
+            try:
+                transport, _ = await self._loop.create_datagram_endpoint(lambda: proto, sock=sock)
+            except BaseException:
+                sock.close()
+                raise
+            if self._closed or mapping.protocol is not proto:
+                transport.close()  # mapping dropped or rebound while we were attaching
+                return
+            mapping.transport = transport
+            pending, mapping.pending = mapping.pending, []
+            for data, dst in pending:
+                transport.sendto(data, dst)
+
+        task = self._loop.create_task(attach())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _new_mapping(self, inside: Addr) -> Mapping:
+        sock = self._bind_external()
+        host, port = sock.getsockname()[:2]
+        now = self.clock()
+        m = Mapping(inside=inside, external=(host, port), created=now, last_activity=now)
+        self._mappings[inside] = m
+        self.counters.mappings_created += 1
+        self._attach(m, sock)
+        return m
+
+    def _drop_mapping(self, m: Mapping) -> None:
+        if m.transport is not None:
+            m.transport.close()
+        m.transport = None
+        m.protocol = None  # a pending attach() sees this and closes its transport
+        m.pending.clear()
+        for d in ("outbound", "inbound"):
+            key: tuple[int, Direction] = (id(m), d)
+            self._held.pop(key, None)
+            timer = self._held_timers.pop(key, None)
+            if timer is not None:
+                timer.cancel()
+
+    def _is_expired(self, m: Mapping, now: float) -> bool:
+        return now - m.last_activity >= self.mapping_timeout
+
+    def expire_idle(self) -> int:
+        """Drop every mapping idle for ``mapping_timeout`` (per ``clock``). Returns how many."""
+        now = self.clock()
+        stale = [m for m in self._mappings.values() if self._is_expired(m, now)]
+        for m in stale:
+            self._expire(m)
+        return len(stale)
+
+    def _expire(self, m: Mapping) -> None:
+        if self._mappings.get(m.inside) is m:
+            del self._mappings[m.inside]
+        self._drop_mapping(m)
+        self.counters.expired += 1
+
+    async def _sweep_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.sweep_interval)
+            self.expire_idle()
+
+    def rebind(self, inside: Addr) -> Addr:
+        """Move the mapping of ``inside`` onto a new external port (a NAT rebinding).
+        The old port is closed: the outside's packets to it are lost from now on."""
+        m = self.mapping_for(inside)
+        if m is None:
+            raise KeyError(f"no mapping for {inside}")
+        old_port = m.external[1]
+        new_sock = self._bind_external(avoid=old_port)
+        if m.transport is not None:
+            m.transport.close()
+        m.external = new_sock.getsockname()[:2]
+        self._attach(m, new_sock)
+        self.counters.rebinds += 1
+        return m.external
+
+    # ------------------------------------------------------------------ data path
+
+    def _outbound(self, data: bytes, src: Addr) -> None:
+        if self._closed:
+            self.counters.dropped_closed += 1
+            return
+        now = self.clock()
+        m = self._mappings.get(src)
+        if m is not None and self._is_expired(m, now):
+            self._expire(m)
+            m = None
+        if m is None:
+            m = self._new_mapping(src)
+        m.last_activity = now
+        dst = self.public_target
+        m.contacted.add(dst)
+        m.packets_out += 1
+
+        def send(payload: bytes, m: Mapping = m, dst: Addr = dst) -> None:
+            if m.transport is not None:
+                m.transport.sendto(payload, dst)
+            elif m.protocol is not None:
+                m.pending.append((payload, dst))
+            else:
+                return
+            self.counters.forwarded_outbound += 1
+
+        self._impaired(m, "outbound", data, send)
+
+    def _inbound(self, m: Mapping, proto: _ExternalProtocol, data: bytes, src: Addr) -> None:
+        if self._closed or m.protocol is not proto or self._inside is None:
+            self.counters.dropped_closed += 1  # a socket already rebound or closing
+            return
+        now = self.clock()
+        if self._is_expired(m, now):
+            self._expire(m)
+            self.counters.dropped_expired += 1
+            return
+        if not m.permits(src, self.filtering):
+            self.counters.dropped_filtered += 1
+            return
+        if self.inbound_refresh:
+            m.last_activity = now
+        m.packets_in += 1
+        inside_transport = self._inside
+
+        def send(payload: bytes, dst: Addr = m.inside) -> None:
+            inside_transport.sendto(payload, dst)
+            self.counters.forwarded_inbound += 1
+
+        self._impaired(m, "inbound", data, send)
+
+    def _impaired(
+        self, m: Mapping, direction: Direction, data: bytes, send: Callable[[bytes], None]
+    ) -> None:
+        if self.impair not in ("both", direction):
+            send(data)
+            return
+        rng = self.rng
+        if self.loss and rng.random() < self.loss:
+            self.counters.dropped_loss += 1
+            return
+        copies = 1
+        if self.duplicate and rng.random() < self.duplicate:
+            copies = 2
+            self.counters.duplicated += 1
+        key: tuple[int, Direction] = (id(m), direction)
+        held = self._held.pop(key, None)
+        timer = self._held_timers.pop(key, None)
+        if timer is not None:
+            timer.cancel()
+        if held is None and self.reorder and rng.random() < self.reorder:
+            # Hold this packet; it goes out right after the next one (or after reorder_hold).
+            self._held[key] = (data, send)
+            self.counters.reordered += 1
+            if copies == 2:
+                send(data)  # the duplicate is not held
+            assert self._loop is not None
+            self._held_timers[key] = self._loop.call_later(
+                self.reorder_hold, self._release_held, key
+            )
+            return
+        for _ in range(copies):
+            send(data)
+        if held is not None:
+            held[1](held[0])
+
+    def _release_held(self, key: tuple[int, Direction]) -> None:
+        self._held_timers.pop(key, None)
+        held = self._held.pop(key, None)
+        if held is not None and not self._closed:
+            held[1](held[0])
