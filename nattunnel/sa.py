@@ -197,6 +197,12 @@ class OutboundSA:
     ) -> tuple[memoryview, memoryview, memoryview, memoryview, memoryview, int,
                tuple[bytes | None, ...]]:
         """Views into ``out`` for an n-octet inner packet at ``off`` (cached per buffer)."""
+        if n == 0:
+            raise ValueError("inner packet is neither IPv4 nor IPv6: it is empty")
+        if n > 0xFFFF:
+            raise ValueError(f"inner packet must be 1..65535 octets, got {n}")
+        if off + _CT_OFF + n + ESP_ALIGN + ESP_TRAILER_LEN + ESP_ICV_LEN > len(out):
+            raise ValueError("output buffer too small for the ESP packet")
         if out is not self._buf or len(self._views) >= _VIEW_CACHE_MAX:
             self._buf = out
             self._views = {}
@@ -237,12 +243,12 @@ class OutboundSA:
         trailer = trailers[inner[0] >> 4] if n else None
         if trailer is None:
             raise ValueError("inner packet is neither IPv4 nor IPv6")
+        inner_v[:] = inner  # raises (using no sequence number) if the shape does not fit
+        trailer_v[:] = trailer
         seq = self.seq + 1
         if seq > self._limit:
             self._next_seq_slow(seq)
         self.seq = seq
-        inner_v[:] = inner
-        trailer_v[:] = trailer
         # The SPI too, every time: another SA may have written into the same buffer.
         _HEADER.pack_into(out, off, self.spi, seq, seq)
         self._encrypt_into(_NONCE.pack(self._salt, seq), pt_v, aad_v, ct_v)
@@ -262,19 +268,21 @@ class OutboundSA:
         )
         if trailers is None:
             raise ValueError("inner packet is neither IPv4 nor IPv6")
+        payload = max(n, self._tfc_pad)
+        pad = (-(payload + ESP_TRAILER_LEN)) & 3
+        ct = off + _CT_OFF
+        end = ct + payload
+        ct_end = end + pad + ESP_TRAILER_LEN
+        if len(out) < ct_end + ESP_ICV_LEN:
+            raise ValueError("output buffer too small for the ESP packet")
+        out[ct : ct + n] = inner
+        if n < payload:
+            out[ct + n : end] = bytes(payload - n)
+        out[end:ct_end] = trailers[pad]
         seq = self.seq + 1
         if seq > self._limit:
             self._next_seq_slow(seq)
         self.seq = seq
-        ct = off + _CT_OFF
-        end = ct + n
-        out[ct:end] = inner
-        if n < self._tfc_pad:
-            out[end : ct + self._tfc_pad] = bytes(self._tfc_pad - n)
-            end = ct + self._tfc_pad
-        pad = (-(end - ct + 2)) & 3
-        ct_end = end + pad + ESP_TRAILER_LEN
-        out[end:ct_end] = trailers[pad]
         _HEADER.pack_into(out, off, self.spi, seq & _M32, seq)
         if self.esn:
             aad: bytes | memoryview = _AAD_ESN.pack(self.spi, seq >> 32, seq & _M32)

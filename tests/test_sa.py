@@ -271,3 +271,18 @@ def test_view_cache_handles_many_shapes_and_buffers():
     inner = ipv4_packet(100)
     n = out.encapsulate_into(inner, other, 3)
     assert inb.decapsulate(bytes(other[3 : 3 + n])) == inner
+
+
+def test_refused_sends_use_no_sequence_number():
+    out, _, _ = pair(AES_GCM_128)
+    small = memoryview(bytearray(100))
+    with pytest.raises(ValueError, match="too small"):
+        out.encapsulate_into(ipv4_packet(200), small)
+    with pytest.raises(ValueError, match=r"1\.\.65535"):
+        out.encapsulate_into(b"\x45" + bytes(70000), memoryview(bytearray(70100)))
+    esn_out = OutboundSA(SPI, AES_GCM_128, bytes(20), esn=True)
+    with pytest.raises(ValueError, match="too small"):
+        esn_out.encapsulate_into(ipv4_packet(90), small)
+    assert out.seq == 0 and esn_out.seq == 0
+    # a legitimate packet afterwards gets sequence number 1
+    assert struct.unpack_from("!I", out.encapsulate(ipv4_packet(40)), 4)[0] == 1
