@@ -201,16 +201,15 @@ def load_key_file(path: StrPath, expected_len: int | None = None) -> bytes:
 
 def _decode(name: str, raw: bytes, expected_len: int | None) -> bytes:
     # Never echo the content or quote an offending character: it is (part of) a key.
-    want = "" if expected_len is None else f"; expected {expected_len} octets " \
-        f"({2 * expected_len} hex digits)"
+    want = ""
+    if expected_len is not None:
+        want = f"; expected {expected_len} octets ({2 * expected_len} hex digits)"
     text = raw.strip()
     if not text:
         raise KeyFileError(f"{name}: is empty{want}")
     if not _HEX.fullmatch(text):
-        if b"\n" in text:
-            found = f"{text.count(b'\n') + 1} lines"
-        else:
-            found = "a character that is not a hex digit"
+        lines = len(text.splitlines())
+        found = f"{lines} lines" if lines > 1 else "a character that is not a hex digit"
         raise KeyFileError(f"{name}: not one line of hex digits: found {found}{want}")
     if len(text) % 2:
         raise KeyFileError(f"{name}: found an odd number of hex digits ({len(text)}){want}")
