@@ -55,10 +55,6 @@ class DropCounters:
     def add(self, reason: int, n: int = 1) -> None:
         self.counts[reason] += n
 
-    def merge(self, other: DropCounters) -> None:
-        for i, c in enumerate(other.counts):
-            self.counts[i] += c
-
     def total(self) -> int:
         return sum(self.counts)
 

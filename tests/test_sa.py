@@ -286,3 +286,13 @@ def test_refused_sends_use_no_sequence_number():
     assert out.seq == 0 and esn_out.seq == 0
     # a legitimate packet afterwards gets sequence number 1
     assert struct.unpack_from("!I", out.encapsulate(ipv4_packet(40)), 4)[0] == 1
+
+
+def test_drop_counters_report_by_name():
+    out, inb, _ = pair(AES_GCM_128)
+    pkt = out.encapsulate(ipv4_packet(40))
+    inb.decapsulate(pkt)
+    inb.decapsulate(pkt)
+    inb.decapsulate(b"short")
+    assert inb.drops.as_dict() == {"replayed": 1, "truncated": 1}
+    assert inb.drops.total() == 2
