@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from array import array
 
-from .constants import REPLAY_WINDOW_MAX, REPLAY_WINDOW_MIN
+from .constants import REPLAY_WINDOW_MAX, REPLAY_WINDOW_MIN, SEQ_MAX_64
 from .drop import DropReason
 
 _M32 = 0xFFFFFFFF
@@ -88,3 +88,9 @@ class ReplayWindow:
         """Forget every sequence number (a new SA; the benchmark reuses one)."""
         self.top = 0
         self._ring[:] = array("Q", bytes(8 * len(self._ring)))
+
+    def seen(self, seq: int) -> bool:
+        """Whether ``seq`` is inside the window and recorded (for tests and diagnostics)."""
+        if seq <= 0 or seq > SEQ_MAX_64 or seq > self.top or self.top - seq >= self.size:
+            return False
+        return self._ring[seq & self._mask] == seq
