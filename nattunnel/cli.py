@@ -53,6 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
     keygen.add_argument("--force", action="store_true",
                         help="replace PATH if it exists (atomically)")
     keygen.add_argument("path", metavar="PATH", help="key file to create")
+    demo = sub.add_parser("demo", help="two endpoints on loopback across an emulated NAT (no root)")
+    demo.add_argument("--nat-timeout", type=float, default=1.0,
+                      help="the emulated NAT's mapping timeout in seconds (default 1)")
+    demo.add_argument("--seconds", type=float, default=2.0,
+                      help="length of the throughput run (default 2)")
     return p
 
 
@@ -79,6 +84,16 @@ def main(argv: list[str] | None = None) -> int:
             print("nattunnel bench crypto: --count and --rounds must be positive", file=sys.stderr)
             return 2
         return crypto_main(args.sizes, args.suite, args.count, args.rounds, args.json)
+    if args.command == "demo":
+        from .demo import main as demo_main
+
+        if not 0.2 <= args.nat_timeout <= 30 or not 0 < args.seconds <= 60:
+            print("nattunnel demo: --nat-timeout must be 0.2..30 and --seconds 0..60",
+                  file=sys.stderr)
+            return 2
+        t = args.nat_timeout
+        return demo_main(nat_timeout=t, keepalive_interval=t * 0.3, idle=t * 3.5,
+                         seconds=args.seconds)
     if args.command == "keygen":
         return _keygen(args.path, args.suite, args.force)
     return 2

@@ -39,6 +39,15 @@ class DropReason(IntEnum):
     SOURCE_NOT_ALLOWED = 13
     #: an IKE message arrived and no IKE handler is installed
     NO_IKE_HANDLER = 14
+    # --- outbound: packets from the inner interface that cannot be sent ----------------------
+    #: no peer's allowed prefixes contain the destination
+    NO_ROUTE = 15
+    #: the peer has no outbound SA, or no known address yet (behind NAT, not heard from)
+    NO_ENDPOINT = 16
+    #: the outbound SA used its last sequence number (RFC 4303 section 3.3.3); rekey needed
+    SEQUENCE_EXHAUSTED = 17
+    #: the socket or the inner interface refused the packet (buffer full)
+    SEND_FAILED = 18
 
 
 class DropCounters:

@@ -43,3 +43,16 @@ def test_bad_arguments_are_refused_clearly(argv, capsys):
         main(argv)
     assert e.value.code == 2
     assert "error" in capsys.readouterr().err
+
+
+def test_demo_runs_without_root_and_reports_ok():
+    """`nattunnel demo`: keepalives hold the emulated NAT's mapping, rebinding is followed."""
+    out = subprocess.run(
+        [sys.executable, "-m", "nattunnel", "demo", "--nat-timeout", "0.5", "--seconds", "0.5"],
+        capture_output=True, text=True, timeout=60, check=True,
+    ).stdout
+    assert "B -> A still delivered" in out
+    assert "without keepalives: mapping expired" in out
+    assert "B now sends to" in out
+    assert "report: tunnel OK" in out
+    assert "packets/s" in out
