@@ -53,12 +53,40 @@ def build_parser() -> argparse.ArgumentParser:
     keygen.add_argument("--force", action="store_true",
                         help="replace PATH if it exists (atomically)")
     keygen.add_argument("path", metavar="PATH", help="key file to create")
+    up = sub.add_parser("up", help="run a tunnel endpoint in the foreground (manual SAs)")
+    up.add_argument("config", metavar="CONFIG", help="TOML configuration (docs/config.md)")
+    up.add_argument("--stats", metavar="FILE",
+                    help="write counters as JSON to FILE on SIGUSR1 and at exit")
+    up.add_argument("--log-level", default="info",
+                    choices=["debug", "info", "warning", "error"], help="default info")
+
     demo = sub.add_parser("demo", help="two endpoints on loopback across an emulated NAT (no root)")
     demo.add_argument("--nat-timeout", type=float, default=1.0,
                       help="the emulated NAT's mapping timeout in seconds (default 1)")
     demo.add_argument("--seconds", type=float, default=2.0,
                       help="length of the throughput run (default 2)")
     return p
+
+
+def _up(config_path: str, stats: str | None, level: str) -> int:
+    import asyncio
+    import logging
+    from pathlib import Path
+
+    from .config import ConfigError, load_config
+    from .up import run
+
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(message)s")
+    try:
+        config = load_config(config_path)
+    except ConfigError as e:
+        print(f"nattunnel up: {e}", file=sys.stderr)
+        return 2
+    try:
+        return asyncio.run(run(config, Path(stats) if stats else None))
+    except OSError as e:  # TUN device or socket setup; TunError says which and why
+        print(f"nattunnel up: {e}", file=sys.stderr)
+        return 1
 
 
 def _keygen(path: str, suite_name: str, force: bool) -> int:
@@ -84,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
             print("nattunnel bench crypto: --count and --rounds must be positive", file=sys.stderr)
             return 2
         return crypto_main(args.sizes, args.suite, args.count, args.rounds, args.json)
+    if args.command == "up":
+        return _up(args.config, args.stats, args.log_level)
     if args.command == "demo":
         from .demo import main as demo_main
 

@@ -1,0 +1,93 @@
+"""``nattunnel up CONFIG``: run one endpoint in the foreground with manual SAs.
+
+Builds the tunnel core from the configuration, opens the inner interface (a TUN device, or the
+in-process interface), listens, and runs until SIGINT or SIGTERM; then the TUN device is
+removed and the sockets closed. SIGUSR1 writes the counters as JSON to ``--stats FILE``
+(and so does a clean exit), for tests and operators.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+from pathlib import Path
+
+from .config import Config, KeepaliveMode, format_addr
+from .endpoint import Endpoint, InnerInterface, InProcessInterface, sockaddr
+from .sa import InboundSA, OutboundSA
+from .tunnel import Tunnel
+
+log = logging.getLogger("nattunnel")
+
+
+def build_tunnel(config: Config, now: float) -> Tunnel:
+    """The tunnel core for a configuration: one peer per [[peer]], manual SAs installed."""
+    tunnel = Tunnel()
+    for pc in config.peers:
+        keepalive = pc.keepalive is KeepaliveMode.ALWAYS or (
+            pc.keepalive is KeepaliveMode.NAT and pc.behind_nat
+        )
+        addr = sockaddr(*pc.endpoint) if pc.endpoint else None
+        peer = tunnel.add_peer(pc.name, pc.allowed_ips, addr=addr, keepalive=keepalive,
+                               keepalive_interval=pc.keepalive_interval, now=now)
+        tunnel.set_outbound(peer, OutboundSA(pc.spi_out, pc.suite, pc.key_out, esn=pc.esn,
+                                             tfc_pad=pc.tfc_pad))
+        tunnel.install_inbound(peer, InboundSA(pc.spi_in, pc.suite, pc.key_in, esn=pc.esn,
+                                               replay_window=pc.replay_window))
+    return tunnel
+
+
+def open_interface(config: Config) -> InnerInterface:
+    ic = config.interface
+    if ic.kind == "inprocess":
+        return InProcessInterface()
+    from .tun import TunDevice, TunInterface
+
+    routes = [net for pc in config.peers for net in pc.allowed_ips]
+    device = TunDevice.create(ic.name, ic.mtu, ic.addresses, routes)
+    return TunInterface(device)
+
+
+def write_stats(endpoint: Endpoint, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(endpoint.stats(), indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+async def run(config: Config, stats_path: Path | None = None) -> int:
+    loop = asyncio.get_running_loop()
+    tunnel = build_tunnel(config, loop.time())
+    interface = open_interface(config)
+    endpoint = Endpoint(tunnel, interface, config.listen)
+    try:
+        await endpoint.start()
+    except BaseException:
+        interface.close()
+        raise
+    ic = config.interface
+    where = ", ".join(format_addr(a[:2]) for a in endpoint.local_addresses())
+    log.info("listening on %s; inner interface %s (%s, mtu %d)", where, ic.kind,
+             ic.name, ic.mtu)
+    for pc in config.peers:
+        log.info("peer %s: %s, allowed %s, %s, SPI in %#010x out %#010x, keepalive %s%s",
+                 pc.name, format_addr(pc.endpoint) if pc.endpoint else "address learned",
+                 ", ".join(map(str, pc.allowed_ips)), pc.suite.name, pc.spi_in, pc.spi_out,
+                 pc.keepalive.value, " (behind NAT)" if pc.behind_nat else "")
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    if stats_path is not None:
+        loop.add_signal_handler(signal.SIGUSR1, write_stats, endpoint, stats_path)
+    try:
+        await stop.wait()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
+            loop.remove_signal_handler(sig)
+        if stats_path is not None:
+            write_stats(endpoint, stats_path)
+        endpoint.close()
+        log.info("stopped: sockets closed, interface removed")
+    return 0
