@@ -13,6 +13,7 @@ import asyncio
 import errno
 import logging
 import socket
+import struct
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -24,9 +25,21 @@ log = logging.getLogger("nattunnel")
 
 #: datagrams or inner packets handled per reader callback before yielding to the loop
 DRAIN_BUDGET = 256
-#: receive buffer: the largest UDP payload
+#: receive buffer: the largest UDP payload (and the largest GRO aggregate)
 _RX_SIZE = 65535
 _SOCKBUF = 4 << 20
+# Linux UDP offloads (include/uapi/linux/udp.h); the socket module does not name them.
+SOL_UDP = 17
+UDP_SEGMENT = 103
+UDP_GRO = 104
+#: most segments in one GSO send (UDP_MAX_SEGMENTS in the kernel)
+GSO_MAX_SEGMENTS = 64
+#: the largest UDP payload over IPv4 (65535 - 20 - 8): a GSO batch may not exceed it
+GSO_MAX_BYTES = 65507
+#: the send buffer: one GSO batch plus the packet that did not fit into it
+_TX_SIZE = GSO_MAX_BYTES + 65535
+_GRO_SEG = struct.Struct("=i")
+_GSO_SEG = struct.Struct("=H")
 
 
 class InnerInterface(Protocol):
@@ -60,7 +73,9 @@ class Endpoint:
         listen: Sequence[tuple[str, int]],
         *,
         budget: int = DRAIN_BUDGET,
+        offload: bool = True,
     ) -> None:
+        """``offload``: use UDP GRO on receive and GSO on send where the kernel has them."""
         self.tunnel = tunnel
         self.interface = interface
         self.listen = list(listen)
@@ -74,8 +89,14 @@ class Endpoint:
         self._timer_at: float | None = None
         self._rx = bytearray(_RX_SIZE)
         self._rxv = memoryview(self._rx)
-        self._tx = bytearray(_RX_SIZE + 128)
+        self._tx = bytearray(_TX_SIZE)
         self._txv = memoryview(self._tx)
+        self.offload = offload
+        #: UDP GSO in use; switched off at run time if the kernel refuses it (EIO, EINVAL)
+        self.gso = False
+        self.gso_sends = 0
+        #: GRO reads that held more than one datagram
+        self.gro_batches = 0
         self._closed = asyncio.Event()
 
     # --- life cycle ---------------------------------------------------------------------------
@@ -98,7 +119,19 @@ class Endpoint:
                 raise OSError(e.errno, f"cannot listen on {host}:{port}: {e.strerror}") from e
             self.socks.append(sock)
             self._by_family.setdefault(fam, sock)
-            loop.add_reader(sock.fileno(), self._on_udp, sock)
+            gro = False
+            if self.offload:
+                try:
+                    sock.setsockopt(SOL_UDP, UDP_GRO, 1)
+                    gro = True
+                except OSError:
+                    pass
+                try:
+                    sock.getsockopt(SOL_UDP, UDP_SEGMENT)
+                    self.gso = True
+                except OSError:
+                    self.gso = False
+            loop.add_reader(sock.fileno(), self._on_udp_gro if gro else self._on_udp, sock)
         for peer in self.tunnel.peers.values():
             if peer.addr is not None:
                 peer.sock = self._by_family.get(_family(peer.addr))
@@ -152,6 +185,43 @@ class Endpoint:
         if self.tunnel.events:
             self._handle_events(sock)
 
+    def _on_udp_gro(self, sock: socket.socket) -> None:
+        """As ``_on_udp``, for a socket with UDP_GRO: one read may hold many datagrams of one
+        size from one sender (the last may be shorter), each handled at its offset."""
+        assert self._loop is not None
+        now = self._loop.time()
+        recvmsg = sock.recvmsg_into
+        bufs = [self._rx]
+        rxv = self._rxv
+        receive = self.tunnel.receive
+        write = self.interface.write
+        budget = self.budget
+        while budget > 0:
+            try:
+                n, anc, _, addr = recvmsg(bufs, 64)
+            except BlockingIOError:
+                break
+            except OSError:
+                self.drops.counts[DropReason.SEND_FAILED] += 1
+                budget -= 1
+                continue
+            seg = _GRO_SEG.unpack(anc[0][2])[0] if anc else n
+            if seg >= n:
+                budget -= 1
+                m = receive(rxv, 0, n, addr, now)
+                if m > 0:
+                    write(rxv[16 : 16 + m])
+                continue
+            self.gro_batches += 1
+            for off in range(0, n, seg):
+                size = seg if off + seg <= n else n - off
+                m = receive(rxv, off, size, addr, now)
+                if m > 0:
+                    write(rxv[off + 16 : off + 16 + m])
+            budget -= (n + seg - 1) // seg
+        if self.tunnel.events:
+            self._handle_events(sock)
+
     def send_datagram(self, peer: Peer, data: bytes | memoryview) -> None:
         sock = peer.sock
         if not isinstance(sock, socket.socket) or peer.addr is None:
@@ -188,15 +258,26 @@ class Endpoint:
         return m
 
     def drain_inner(self, read_into: object) -> None:
-        """Read inner packets with ``read_into(buf) -> n | -1`` until EAGAIN or the budget."""
+        """Read inner packets with ``read_into(buf) -> n | -1`` until EAGAIN or the budget.
+
+        With GSO, consecutive ESP packets of one size to one peer are laid side by side in the
+        send buffer and sent with one ``sendmsg`` (UDP_SEGMENT); a shorter packet may end a
+        batch. Anything else flushes the batch first.
+        """
         assert self._loop is not None
         now = self._loop.time()
         tunnel = self.tunnel
         route = tunnel.route
         counts = tunnel.drops.counts
+        tx = self._tx
         txv = self._txv
         inv = self._rxv  # the UDP side never runs at the same time
         reader = read_into
+        gso = self.gso
+        batch: Peer | None = None  # the peer of the packets in tx[0:off]
+        seg = 0  # their size
+        off = 0
+        count = 0
         for _ in range(self.budget):
             n = reader(inv)  # type: ignore[operator]
             if n < 0:
@@ -206,16 +287,70 @@ class Endpoint:
             if peer is None:
                 counts[DropReason.NO_ROUTE] += 1
                 continue
-            m = peer.encapsulate_into(inner, txv, now)
+            if not gso:
+                m = peer.encapsulate_into(inner, txv, now)
+                if m < 0:
+                    counts[-m] += 1
+                    continue
+                try:
+                    peer.sock.sendto(txv[:m], peer.addr)  # type: ignore[attr-defined]
+                except OSError:
+                    self.drops.counts[DropReason.SEND_FAILED] += 1
+                continue
+            m = peer.encapsulate_into(inner, txv, now, off)
             if m < 0:
                 counts[-m] += 1
                 continue
-            try:
-                peer.sock.sendto(txv[:m], peer.addr)  # type: ignore[attr-defined]
-            except OSError:
-                self.drops.counts[DropReason.SEND_FAILED] += 1
+            if off == 0:
+                batch, seg, off, count = peer, m, m, 1
+            elif peer is batch and m <= seg and count < GSO_MAX_SEGMENTS:
+                off += m
+                count += 1
+                if m < seg:  # a short packet ends the batch
+                    self._send_batch(batch, txv, off, seg, count)
+                    off = 0
+                    continue
+            else:
+                self._send_batch(batch, txv, off, seg, count)  # type: ignore[arg-type]
+                tx[0:m] = tx[off : off + m]
+                batch, seg, off, count = peer, m, m, 1
+            if off + seg > GSO_MAX_BYTES:  # the next one would not fit
+                self._send_batch(batch, txv, off, seg, count)
+                off = 0
+        if off:
+            self._send_batch(batch, txv, off, seg, count)  # type: ignore[arg-type]
         if tunnel.events:
             self._handle_events(None)
+
+    def _send_batch(self, peer: Peer, txv: memoryview, size: int, seg: int, count: int) -> None:
+        sock = peer.sock
+        if not self.gso:  # switched off during this drain
+            for o in range(0, size, seg):
+                self._sendto(peer, txv[o : min(o + seg, size)])
+            return
+        try:
+            if count == 1:
+                sock.sendto(txv[:size], peer.addr)  # type: ignore[attr-defined]
+            else:
+                sock.sendmsg(  # type: ignore[attr-defined]
+                    [txv[:size]], [(SOL_UDP, UDP_SEGMENT, _GSO_SEG.pack(seg))], 0, peer.addr
+                )
+                self.gso_sends += 1
+        except OSError as e:
+            if count > 1 and e.errno in (errno.EIO, errno.EINVAL, errno.EOPNOTSUPP):
+                # the kernel or the device refuses segmentation: fall back for good
+                log.warning("UDP GSO refused (%s); sending one datagram per packet", e)
+                self.gso = False
+                for o in range(0, size, seg):
+                    self._sendto(peer, txv[o : min(o + seg, size)])
+            else:
+                self.drops.counts[DropReason.SEND_FAILED] += count
+
+    def _sendto(self, peer: Peer, data: memoryview) -> None:
+        try:
+            peer.sock.sendto(data, peer.addr)  # type: ignore[attr-defined]
+        except OSError:
+            self.drops.counts[DropReason.SEND_FAILED] += 1
 
     # --- events and the timer -----------------------------------------------------------------
     def _handle_events(self, sock: socket.socket | None) -> None:
@@ -261,6 +396,8 @@ class Endpoint:
     def stats(self) -> dict[str, object]:
         s = self.tunnel.stats()
         s["endpoint_drops"] = self.drops.as_dict()
+        s["offload"] = {"gso": self.gso, "gso_sends": self.gso_sends,
+                        "gro_batches": self.gro_batches}
         s["listen"] = [_fmt(a) for a in self.local_addresses()]
         return s
 
@@ -315,4 +452,4 @@ class InProcessInterface:
         self._endpoint = None
 
 
-__all__ = ["DRAIN_BUDGET", "Endpoint", "InProcessInterface", "InnerInterface", "errno", "sockaddr"]
+__all__ = ["DRAIN_BUDGET", "Endpoint", "InProcessInterface", "InnerInterface", "sockaddr"]

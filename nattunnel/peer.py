@@ -100,14 +100,14 @@ class Peer:
         return False
 
     def encapsulate_into(
-        self, inner: bytes | bytearray | memoryview, out: memoryview, now: float
+        self, inner: bytes | bytearray | memoryview, out: memoryview, now: float, off: int = 0
     ) -> int:
-        """ESP packet for ``inner`` at ``out[0:]``: its length, or ``-DropReason``."""
+        """ESP packet for ``inner`` at ``out[off:]``: its length, or ``-DropReason``."""
         sa = self.outbound
         if sa is None or self.addr is None:
             return _NO_ENDPOINT
         try:
-            n = sa.encapsulate_into(inner, out)
+            n = sa.encapsulate_into(inner, out, off)
         except SequenceNumberExhausted:
             return _EXHAUSTED
         self.last_tx = now
