@@ -37,6 +37,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="packets per variant per round (default 50000)")
     crypto.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
     crypto.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    netns = bsub.add_parser(
+        "netns", help="iperf3 through a nattunnel tunnel across a real NAT (root)"
+    )
+    netns.add_argument("--seconds", type=float, default=10.0,
+                       help="length of each iperf3 run (default 10)")
+    netns.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
     # keygen writes fresh private key material to a new file with mode 0600 and never prints
     # the key. Today: ESP keying material for a manual SA (`keygen [--suite S] [--force] PATH`).
@@ -112,6 +118,13 @@ def main(argv: list[str] | None = None) -> int:
             print("nattunnel bench crypto: --count and --rounds must be positive", file=sys.stderr)
             return 2
         return crypto_main(args.sizes, args.suite, args.count, args.rounds, args.json)
+    if args.command == "bench" and args.bench_command == "netns":
+        from .benchnet import netns_main
+
+        if not 1 <= args.seconds <= 600:
+            print("nattunnel bench netns: --seconds must be 1..600", file=sys.stderr)
+            return 2
+        return netns_main(args.seconds, args.json)
     if args.command == "up":
         return _up(args.config, args.stats, args.log_level)
     if args.command == "demo":
