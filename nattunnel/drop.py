@@ -48,6 +48,8 @@ class DropReason(IntEnum):
     SEQUENCE_EXHAUSTED = 17
     #: the socket or the inner interface refused the packet (buffer full)
     SEND_FAILED = 18
+    #: the socket reported an error on receive (an ICMP error for an earlier send, say)
+    RECEIVE_ERROR = 19
 
 
 class DropCounters:

@@ -177,7 +177,7 @@ class Endpoint:
                 break
             except OSError:
                 # e.g. ECONNREFUSED from an earlier ICMP error; the socket stays usable
-                self.drops.counts[DropReason.SEND_FAILED] += 1
+                self.drops.counts[DropReason.RECEIVE_ERROR] += 1
                 continue
             m = receive(rxv, 0, n, addr, now)
             if m > 0:
@@ -202,7 +202,7 @@ class Endpoint:
             except BlockingIOError:
                 break
             except OSError:
-                self.drops.counts[DropReason.SEND_FAILED] += 1
+                self.drops.counts[DropReason.RECEIVE_ERROR] += 1
                 budget -= 1
                 continue
             seg = _GRO_SEG.unpack(anc[0][2])[0] if anc else n

@@ -190,3 +190,44 @@ async def test_close_releases_sockets(pair):
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     s.bind(("127.0.0.1", port))  # free again
     s.close()
+
+
+async def test_ipv6_underlay_and_two_sockets():
+    """B listens on 127.0.0.1 and [::1]; A reaches it over IPv6; B answers on that socket."""
+    k_ab, k_ba = os.urandom(36), os.urandom(36)
+    tb = Tunnel()
+    pb = tb.add_peer("a", [ipaddress.ip_network(A_INNER + "/32")])
+    tb.set_outbound(pb, OutboundSA(0x1001, AES_GCM_256, k_ba))
+    tb.install_inbound(pb, InboundSA(0x2001, AES_GCM_256, k_ab))
+    ib = InProcessInterface()
+    b = Endpoint(tb, ib, [("127.0.0.1", 0), ("::1", 0)])
+    await b.start()
+    b6 = next(a for a in b.local_addresses() if len(a) == 4)
+    ta = Tunnel()
+    pa = ta.add_peer("b", [ipaddress.ip_network(B_INNER + "/32")], addr=("::1", b6[1], 0, 0))
+    ta.set_outbound(pa, OutboundSA(0x2001, AES_GCM_256, k_ab))
+    ta.install_inbound(pa, InboundSA(0x1001, AES_GCM_256, k_ba))
+    ia = InProcessInterface()
+    a = Endpoint(ta, ia, [("::1", 0)])
+    await a.start()
+    try:
+        pkt = ip4(A_INNER, B_INNER, 300)
+        assert ia.send(pkt) > 0
+        assert await recv(ib) == pkt
+        assert len(tb.peers["a"].addr) == 4  # learned over IPv6
+        back = ip4(B_INNER, A_INNER, 300)
+        assert ib.send(back) > 0
+        assert await recv(ia) == back
+    finally:
+        a.close()
+        b.close()
+
+
+async def test_listen_error_names_the_address():
+    taken = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    taken.bind(("127.0.0.1", 0))
+    port = taken.getsockname()[1]
+    e = Endpoint(Tunnel(), InProcessInterface(), [("127.0.0.1", port)])
+    with pytest.raises(OSError, match=f"cannot listen on 127.0.0.1:{port}"):
+        await e.start()
+    taken.close()
