@@ -54,15 +54,18 @@ from .suite import suite_by_name
 
 __all__ = [
     "INNER",
+    "SPI",
     "ConntrackEntry",
     "Lab",
     "LabError",
     "Node",
     "Tunnels",
     "UdpPeer",
+    "key_file",
     "lab_problems",
     "parse_conntrack",
     "start_tunnels",
+    "tun_present",
 ]
 
 CMD_TIMEOUT = 10.0
@@ -685,6 +688,24 @@ class Tunnels:
     def stop(self, role: str) -> None:
         self.lab.stop(self.nodes[role].proc, timeout=5.0)
 
+    def peer(self, role: str, peer: str) -> dict[str, Any]:
+        """Counters of ``peer`` as seen by ``role`` (one fresh SIGUSR1 snapshot)."""
+        return self.nodes[role].stats()["peers"][peer]  # type: ignore[no-any-return]
+
+    def key_file(self, src: str, dst: str) -> Path:
+        """The key file of the SA from ``src`` to ``dst`` (one of them is 'b')."""
+        return key_file(self.dir, src, dst)
+
+
+def key_file(workdir: Path, src: str, dst: str) -> Path:
+    """Where ``start_tunnels`` writes the keying material of the SA ``src`` -> ``dst``."""
+    return workdir / "keys" / f"{src}-to-{dst}.key"
+
+
+def tun_present(lab: Lab, role: str, name: str = "nt0") -> bool:
+    """Whether the TUN device ``name`` exists in ``role``'s namespace."""
+    return lab.exec(role, "ip", "link", "show", "dev", name, check=False).returncode == 0
+
 
 def _peer_block(name: str, endpoint: str | None, allowed: str, spi_in: int, spi_out: int,
                 key_in: Path, key_out: Path, suite: str, keepalive: str, behind_nat: bool,
@@ -718,7 +739,7 @@ def start_tunnels(lab: Lab, workdir: Path, hosts: tuple[str, ...] = ("a",), *,
     b_peers = []
     configs: dict[str, str] = {}
     for h in hosts:
-        to_b, from_b = keys / f"{h}-to-b.key", keys / f"b-to-{h}.key"
+        to_b, from_b = key_file(workdir, h, "b"), key_file(workdir, "b", h)
         write_key_file(to_b, generate_keymat(s), force=True)
         write_key_file(from_b, generate_keymat(s), force=True)
         b_in, h_in = SPI[h]

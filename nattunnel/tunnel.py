@@ -224,6 +224,9 @@ class Tunnel:
                 else:
                     ok = peer.source_allowed6(int.from_bytes(buf[ct + 8 : ct + 24], "big"))
                 if not ok:
+                    # the SA counted it as delivered; it is not
+                    sa.packets -= 1
+                    sa.bytes -= m
                     peer.source_drops += 1
                     self.drops.counts[DropReason.SOURCE_NOT_ALLOWED] += 1
                     return _SOURCE_NOT_ALLOWED

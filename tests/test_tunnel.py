@@ -101,6 +101,7 @@ def test_inner_source_must_be_allowed():
     assert m == -DropReason.SOURCE_NOT_ALLOWED
     assert b.drops[DropReason.SOURCE_NOT_ALLOWED] == 1
     assert b.peers["a"].addr is None  # a refused packet does not teach an address
+    assert b.peers["a"].stats()["rx_packets"] == 0  # nor counts as delivered
 
 
 def test_routes_longest_prefix_and_no_route():
