@@ -77,11 +77,14 @@ def build_parser() -> argparse.ArgumentParser:
 def _up(config_path: str, stats: str | None, level: str) -> int:
     import asyncio
     import logging
+    import signal
     from pathlib import Path
 
     from .config import ConfigError, load_config
     from .up import run
 
+    # until the endpoint runs, SIGUSR1 (stats) must not end the process
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(message)s")
     try:
         config = load_config(config_path)

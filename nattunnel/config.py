@@ -248,12 +248,13 @@ def _parse_ip(text: str) -> IPAddress:
 
 def _parse_addr(text: str, *, bare_port: bool) -> Addr:
     """``host:port`` or ``[v6host]:port`` (and a bare ``port`` if ``bare_port``). ValueError
-    with the problem."""
+    with the problem. Listen addresses (``bare_port``) may use port 0: any free port."""
+    lo = 0 if bare_port else 1
     s = text.strip()
     if not s:
         raise ValueError("is empty")
     if bare_port and s.isdecimal():
-        return "0.0.0.0", _parse_port(s)
+        return "0.0.0.0", _parse_port(s, lo)
     if s.startswith("["):
         close = s.find("]")
         if close < 0:
@@ -265,7 +266,7 @@ def _parse_addr(text: str, *, bare_port: bool) -> Addr:
             host = ipaddress.IPv6Address(host_text)
         except ValueError:
             raise ValueError(f"{host_text!r} is not an IPv6 address") from None
-        return str(host), _parse_port(rest[1:])
+        return str(host), _parse_port(rest[1:], lo)
     if s.count(":") > 1:
         raise ValueError("an IPv6 address must be in brackets with a port: [ADDRESS]:PORT, "
                          "e.g. \"[2001:db8::1]:4500\"")
@@ -277,15 +278,15 @@ def _parse_addr(text: str, *, bare_port: bool) -> Addr:
     except ValueError:
         raise ValueError(f"{host_text!r} is not an IPv4 address (host names are not "
                          f"resolved; write an IP address)") from None
-    return str(host4), _parse_port(port_text)
+    return str(host4), _parse_port(port_text, lo)
 
 
-def _parse_port(text: str) -> int:
+def _parse_port(text: str, lo: int = 1) -> int:
     if not text.isdecimal() or not text.isascii():
         raise ValueError(f"port {text!r} is not a number")
     port = int(text)
-    if not 1 <= port <= 65535:
-        raise ValueError(f"port {port} is outside 1..65535")
+    if not lo <= port <= 65535:
+        raise ValueError(f"port {port} is outside {lo}..65535")
     return port
 
 
@@ -395,8 +396,8 @@ class _Parser:
         for f, v in items:
             if isinstance(v, int) and not isinstance(v, bool):
                 # a bare port written as a TOML integer
-                if not 1 <= v <= 65535:
-                    raise self.err(f, f"port {v} is outside 1..65535")
+                if not 0 <= v <= 65535:
+                    raise self.err(f, f"port {v} is outside 0..65535")
                 v = str(v)
             if not isinstance(v, str):
                 raise self.err(f, "expected a string: \"ADDRESS:PORT\", \"[IPV6]:PORT\" or a "
