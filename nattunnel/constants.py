@@ -6,6 +6,7 @@ these numbers out.
 
 from __future__ import annotations
 
+from enum import IntEnum
 from typing import Final
 
 # --- RFC 3948: UDP encapsulation of IPsec ESP packets -------------------------------------
@@ -72,3 +73,334 @@ IPV4_HEADER_LEN: Final = 20
 IPV6_HEADER_LEN: Final = 40
 #: ESP header + IV + ICV, before the 2 trailer octets and padding.
 ESP_FIXED_OVERHEAD: Final = ESP_HEADER_LEN + ESP_IV_LEN + ESP_ICV_LEN
+
+# === IKEv2 (RFC 7296) message encoding ======================================================
+# Numbers for nattunnel/ike_message.py. Each group cites the RFC section that defines its
+# layout and the IANA "Internet Key Exchange Version 2 (IKEv2) Parameters" registry
+# (https://www.iana.org/assignments/ikev2-parameters) that assigns the values.
+
+#: RFC 7296 section 3.1: SPIi and SPIr are 8 octets each.
+IKE_SPI_LEN: Final = 8
+#: RFC 7296 section 3.3.1: the SPI of an AH or ESP SA (child SA) is 4 octets.
+CHILD_SPI_LEN: Final = 4
+#: RFC 7296 section 3.1: Major Version (high 4 bits of the version octet).
+IKE_MAJOR_VERSION: Final = 2
+#: RFC 7296 section 3.2: the generic payload header is 4 octets.
+IKE_GENERIC_HEADER_LEN: Final = 4
+#: RFC 7296 section 3.2: the Critical bit, most significant bit of the second octet.
+IKE_PAYLOAD_CRITICAL: Final = 0x80
+#: RFC 7296 section 3.9: Nonce Data is 16 to 256 octets.
+IKE_NONCE_MIN: Final = 16
+IKE_NONCE_MAX: Final = 256
+
+# RFC 7296 section 3.1: header flags (bit 3 = Initiator, bit 4 = Version, bit 5 = Response,
+# counting from the least significant bit); the other bits MUST be sent as zero and ignored.
+IKE_FLAG_INITIATOR: Final = 0x08
+IKE_FLAG_VERSION: Final = 0x10
+IKE_FLAG_RESPONSE: Final = 0x20
+
+# RFC 7296 sections 3.3.1 and 3.3.2: the "Last Substruc" octet of proposals and transforms
+# (0 on the last one, else the substructure's own number, kept from IKEv1).
+LAST_SUBSTRUC_LAST: Final = 0
+LAST_SUBSTRUC_PROPOSAL: Final = 2
+LAST_SUBSTRUC_TRANSFORM: Final = 3
+#: RFC 7296 section 3.3.1: proposal substructure header (before the SPI).
+IKE_PROPOSAL_HEADER_LEN: Final = 8
+#: RFC 7296 section 3.3.2: transform substructure header (before the attributes).
+IKE_TRANSFORM_HEADER_LEN: Final = 8
+#: RFC 7296 section 3.3.5: Attribute Format bit: 1 = TV (2-octet value in place of the
+#: length), 0 = TLV.
+IKE_ATTR_FORMAT_TV: Final = 0x8000
+IKE_ATTR_HEADER_LEN: Final = 4
+#: RFC 7296 section 3.13.1: selector lengths of TS_IPV4_ADDR_RANGE and TS_IPV6_ADDR_RANGE.
+TS_IPV4_LEN: Final = 16
+TS_IPV6_LEN: Final = 40
+#: RFC 7296 section 3.13.1: the header of any traffic selector (type, protocol, length).
+TS_HEADER_LEN: Final = 4
+#: RFC 7383 section 2.5: Fragment Number and Total Fragments after the generic header.
+SKF_HEADER_EXTRA_LEN: Final = 4
+#: RFC 7296 section 2.23: NAT_DETECTION_*_IP data is a SHA-1 digest.
+NAT_DETECTION_HASH_LEN: Final = 20
+#: RFC 8420 section 2 / RFC 8410 section 3: DER AlgorithmIdentifier of Ed25519 (OID
+#: 1.3.101.112, no parameters), as carried in RFC 7427 AUTH data.
+ED25519_ALGORITHM_ID: Final = bytes.fromhex("300506032b6570")
+
+
+class ExchangeType(IntEnum):
+    """IANA "IKEv2 Exchange Types"; RFC 7296 section 3.1."""
+
+    IKE_SA_INIT = 34
+    IKE_AUTH = 35
+    CREATE_CHILD_SA = 36
+    INFORMATIONAL = 37
+    #: RFC 5723
+    IKE_SESSION_RESUME = 38
+    #: RFC 9242
+    IKE_INTERMEDIATE = 43
+    #: RFC 9370
+    IKE_FOLLOWUP_KE = 44
+
+
+class PayloadType(IntEnum):
+    """IANA "IKEv2 Payload Types"; RFC 7296 section 3.2."""
+
+    NONE = 0
+    SA = 33
+    KE = 34
+    IDI = 35
+    IDR = 36
+    CERT = 37
+    CERTREQ = 38
+    AUTH = 39
+    NONCE = 40
+    NOTIFY = 41
+    DELETE = 42
+    VENDOR_ID = 43
+    TSI = 44
+    TSR = 45
+    SK = 46
+    CP = 47
+    EAP = 48
+    #: RFC 6467
+    GSPM = 49
+    #: RFC 7383
+    SKF = 53
+    #: RFC 8019
+    PS = 54
+
+
+class ProtocolId(IntEnum):
+    """IANA "IKEv2 Security Protocol Identifiers"; RFC 7296 section 3.3.1."""
+
+    IKE = 1
+    AH = 2
+    ESP = 3
+
+
+class TransformType(IntEnum):
+    """IANA "Transform Type Values"; RFC 7296 section 3.3.2 (type 4 renamed by RFC 9370)."""
+
+    ENCR = 1
+    PRF = 2
+    INTEG = 3
+    DH = 4
+    ESN = 5
+
+
+class EncrId(IntEnum):
+    """IANA "Transform Type 1 - Encryption Algorithm Transform IDs"; RFC 7296 section 3.3.2."""
+
+    DES = 2
+    TRIPLE_DES = 3
+    NULL = 11
+    #: RFC 3602
+    AES_CBC = 12
+    #: RFC 5930
+    AES_CTR = 13
+    #: RFC 5282 (AES-CCM with 8, 12, 16 octet ICV)
+    AES_CCM_8 = 14
+    AES_CCM_12 = 15
+    AES_CCM_16 = 16
+    #: RFC 5282 (AES-GCM with 8, 12, 16 octet ICV)
+    AES_GCM_8 = 18
+    AES_GCM_12 = 19
+    AES_GCM_16 = ENCR_AES_GCM_16
+    #: RFC 5282
+    NULL_AUTH_AES_GMAC = 21
+    #: RFC 7634
+    CHACHA20_POLY1305 = ENCR_CHACHA20_POLY1305
+
+
+class PrfId(IntEnum):
+    """IANA "Transform Type 2 - Pseudorandom Function Transform IDs"; RFC 7296 3.3.2."""
+
+    HMAC_MD5 = 1
+    HMAC_SHA1 = 2
+    AES128_XCBC = 4
+    #: RFC 4868
+    HMAC_SHA2_256 = 5
+    HMAC_SHA2_384 = 6
+    HMAC_SHA2_512 = 7
+    #: RFC 4615
+    AES128_CMAC = 8
+
+
+class IntegId(IntEnum):
+    """IANA "Transform Type 3 - Integrity Algorithm Transform IDs"; RFC 7296 3.3.2."""
+
+    NONE = 0
+    HMAC_MD5_96 = 1
+    HMAC_SHA1_96 = 2
+    AES_XCBC_96 = 5
+    #: RFC 4494
+    AES_CMAC_96 = 8
+    #: RFC 4868
+    HMAC_SHA2_256_128 = 12
+    HMAC_SHA2_384_192 = 13
+    HMAC_SHA2_512_256 = 14
+
+
+class DhGroup(IntEnum):
+    """IANA "Transform Type 4 - Key Exchange Method Transform IDs"; RFC 7296 3.3.2, 3.4."""
+
+    NONE = 0
+    MODP_768 = 1
+    MODP_1024 = 2
+    MODP_1536 = 5
+    #: RFC 3526
+    MODP_2048 = 14
+    MODP_3072 = 15
+    MODP_4096 = 16
+    MODP_6144 = 17
+    MODP_8192 = 18
+    #: RFC 5903
+    ECP_256 = 19
+    ECP_384 = 20
+    ECP_521 = 21
+    #: RFC 6954
+    BRAINPOOL_P224R1 = 27
+    BRAINPOOL_P256R1 = 28
+    BRAINPOOL_P384R1 = 29
+    BRAINPOOL_P512R1 = 30
+    #: RFC 8031
+    CURVE25519 = 31
+    CURVE448 = 32
+
+
+class EsnId(IntEnum):
+    """IANA "Transform Type 5 - Extended Sequence Numbers Transform IDs"; RFC 7296 3.3.2."""
+
+    NO_ESN = 0
+    ESN = 1
+
+
+class TransformAttr(IntEnum):
+    """IANA "IKEv2 Transform Attribute Types"; RFC 7296 section 3.3.5."""
+
+    #: TV format; the key length in bits
+    KEY_LENGTH = 14
+
+
+class AuthMethod(IntEnum):
+    """IANA "IKEv2 Authentication Method"; RFC 7296 section 3.8."""
+
+    RSA_SIG = 1
+    SHARED_KEY_MIC = 2
+    DSS_SIG = 3
+    #: RFC 4754
+    ECDSA_SHA256_P256 = 9
+    ECDSA_SHA384_P384 = 10
+    ECDSA_SHA512_P521 = 11
+    #: RFC 7619
+    NULL = 13
+    #: RFC 7427
+    DIGITAL_SIGNATURE = 14
+
+
+class IdType(IntEnum):
+    """IANA "IKEv2 Identification Payload ID Types"; RFC 7296 section 3.5."""
+
+    IPV4_ADDR = 1
+    FQDN = 2
+    RFC822_ADDR = 3
+    IPV6_ADDR = 5
+    DER_ASN1_DN = 9
+    DER_ASN1_GN = 10
+    KEY_ID = 11
+    #: RFC 7619
+    NULL = 13
+
+
+class TsType(IntEnum):
+    """IANA "IKEv2 Traffic Selector Types"; RFC 7296 section 3.13.1."""
+
+    IPV4_ADDR_RANGE = 7
+    IPV6_ADDR_RANGE = 8
+    #: RFC 4595
+    FC_ADDR_RANGE = 9
+    #: RFC 9478
+    SECLABEL = 10
+
+
+class HashAlgorithm(IntEnum):
+    """IANA "IKEv2 Hash Algorithms"; RFC 7427 section 4 (SIGNATURE_HASH_ALGORITHMS data)."""
+
+    SHA1 = 1
+    SHA2_256 = 2
+    SHA2_384 = 3
+    SHA2_512 = 4
+    #: RFC 8420: no hash, the signature algorithm takes the message (Ed25519, Ed448)
+    IDENTITY = 5
+
+
+class NotifyType(IntEnum):
+    """IANA "IKEv2 Notify Message Types"; RFC 7296 section 3.10.1.
+
+    Values below 16384 are errors, 16384 and up status types.
+    """
+
+    # -- error types
+    UNSUPPORTED_CRITICAL_PAYLOAD = 1
+    INVALID_IKE_SPI = 4
+    INVALID_MAJOR_VERSION = 5
+    INVALID_SYNTAX = 7
+    INVALID_MESSAGE_ID = 9
+    INVALID_SPI = 11
+    NO_PROPOSAL_CHOSEN = 14
+    INVALID_KE_PAYLOAD = 17
+    AUTHENTICATION_FAILED = 24
+    SINGLE_PAIR_REQUIRED = 34
+    NO_ADDITIONAL_SAS = 35
+    INTERNAL_ADDRESS_FAILURE = 36
+    FAILED_CP_REQUIRED = 37
+    TS_UNACCEPTABLE = 38
+    INVALID_SELECTORS = 39
+    #: RFC 4555 (MOBIKE)
+    UNACCEPTABLE_ADDRESSES = 40
+    UNEXPECTED_NAT_DETECTED = 41
+    TEMPORARY_FAILURE = 43
+    CHILD_SA_NOT_FOUND = 44
+    # -- status types
+    INITIAL_CONTACT = 16384
+    SET_WINDOW_SIZE = 16385
+    ADDITIONAL_TS_POSSIBLE = 16386
+    IPCOMP_SUPPORTED = 16387
+    NAT_DETECTION_SOURCE_IP = 16388
+    NAT_DETECTION_DESTINATION_IP = 16389
+    COOKIE = 16390
+    USE_TRANSPORT_MODE = 16391
+    HTTP_CERT_LOOKUP_SUPPORTED = 16392
+    REKEY_SA = 16393
+    ESP_TFC_PADDING_NOT_SUPPORTED = 16394
+    NON_FIRST_FRAGMENTS_ALSO = 16395
+    #: RFC 4555 (MOBIKE)
+    MOBIKE_SUPPORTED = 16396
+    ADDITIONAL_IP4_ADDRESS = 16397
+    ADDITIONAL_IP6_ADDRESS = 16398
+    NO_ADDITIONAL_ADDRESSES = 16399
+    UPDATE_SA_ADDRESSES = 16400
+    COOKIE2 = 16401
+    NO_NATS_ALLOWED = 16402
+    #: RFC 4739
+    MULTIPLE_AUTH_SUPPORTED = 16404
+    ANOTHER_AUTH_FOLLOWS = 16405
+    #: RFC 5685
+    REDIRECT_SUPPORTED = 16406
+    REDIRECT = 16407
+    REDIRECTED_FROM = 16408
+    #: RFC 5998
+    EAP_ONLY_AUTHENTICATION = 16417
+    #: RFC 6023
+    CHILDLESS_IKEV2_SUPPORTED = 16418
+    #: RFC 6311
+    IKEV2_MESSAGE_ID_SYNC_SUPPORTED = 16420
+    #: RFC 7383
+    IKEV2_FRAGMENTATION_SUPPORTED = 16430
+    #: RFC 7427
+    SIGNATURE_HASH_ALGORITHMS = 16431
+    #: RFC 9242
+    INTERMEDIATE_EXCHANGE_SUPPORTED = 16438
+
+
+#: RFC 7296 section 3.10.1: Notify Message Types below this value are errors.
+NOTIFY_STATUS_MIN: Final = 16384
