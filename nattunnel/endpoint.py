@@ -15,11 +15,16 @@ import logging
 import socket
 import struct
 from collections.abc import Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
+from .constants import NON_ESP_MARKER
 from .drop import DropCounters, DropReason
 from .peer import Addr, Peer
 from .tunnel import PeerMoved, RekeyNeeded, Tunnel
+
+if TYPE_CHECKING:
+    from .ike import IkeManager
+    from .ike_sa import Outgoing
 
 log = logging.getLogger("nattunnel")
 
@@ -98,8 +103,22 @@ class Endpoint:
         #: GRO reads that held more than one datagram
         self.gro_batches = 0
         self._closed = asyncio.Event()
+        #: the IKE manager, when IKE is enabled (``enable_ike``)
+        self.ike: IkeManager | None = None
+        self.ike_port = 500
+        self._ike_streams: dict[int, Any] = {}
+        self._ike_tasks: list[asyncio.Task[None]] = []
+        self._ike_sends: set[asyncio.Future[Any]] = set()
 
     # --- life cycle ---------------------------------------------------------------------------
+    def enable_ike(self, manager: IkeManager, port: int = 500) -> None:
+        """Handle IKE on ``port`` (plain) and behind the non-ESP marker on the NAT-T sockets."""
+        self.ike = manager
+        self.ike_port = port
+        manager.send = self._ike_send
+        manager.local_addr = self._local_addr
+        self.tunnel.ike_handler = self._on_ike_natt
+
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._loop = loop
@@ -136,7 +155,75 @@ class Endpoint:
             if peer.addr is not None:
                 peer.sock = self._by_family.get(_family(peer.addr))
         self.interface.attach(self)
+        if self.ike is not None:
+            await self._start_ike(loop)
         self._arm_timer()
+
+    async def _start_ike(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Port 500: control-plane sockets through asyncio-dgram (one per listen address)."""
+        import asyncio_dgram
+
+        for host, _ in self.listen:
+            fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+            try:
+                stream = await asyncio_dgram.bind((host, self.ike_port))
+            except OSError as e:
+                self.close()
+                raise OSError(e.errno, f"cannot listen for IKE on {host}:{self.ike_port}: "
+                                       f"{e.strerror}") from e
+            self._ike_streams.setdefault(fam, stream)
+            self._ike_tasks.append(loop.create_task(self._ike_reader(stream)))
+
+    async def _ike_reader(self, stream: Any) -> None:
+        assert self._loop is not None and self.ike is not None
+        while True:
+            try:
+                data, addr = await stream.recv()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # closed, or an ICMP error surfaced on the socket
+                if self._closed.is_set():
+                    return
+                self.drops.counts[DropReason.RECEIVE_ERROR] += 1
+                continue
+            self.ike.receive(bytes(data), addr, False, self._loop.time())
+            self._handle_events(None)
+
+    def _on_ike_natt(self, data: memoryview, addr: Addr, now: float) -> None:
+        """IKE behind the non-ESP marker on a NAT-T socket (from the tunnel's demux)."""
+        assert self.ike is not None
+        self.ike.receive(bytes(data), addr, True, now)
+        self._arm_timer()
+
+    def _ike_send(self, out: Outgoing) -> None:
+        fam = _family(out.remote)
+        try:
+            if out.natt:
+                sock = self._by_family.get(fam)
+                if sock is not None:
+                    sock.sendto(NON_ESP_MARKER + out.data, out.remote)
+            else:
+                stream = self._ike_streams.get(fam)
+                if stream is not None:
+                    task = asyncio.ensure_future(stream.send(out.data, out.remote))
+                    self._ike_sends.add(task)
+                    task.add_done_callback(self._ike_sends.discard)
+        except OSError:
+            self.drops.counts[DropReason.SEND_FAILED] += 1
+
+    def _local_addr(self, remote: Addr, natt: bool) -> Addr:
+        """Our address towards ``remote``: the source the kernel's routing picks, and the
+        port we use (for NAT detection hashes, RFC 7296 section 2.23)."""
+        fam = _family(remote)
+        with socket.socket(fam, socket.SOCK_DGRAM) as s:
+            s.connect((remote[0], remote[1]))
+            ip = s.getsockname()[0]
+        if natt:
+            sock = self._by_family.get(fam)
+            port = sock.getsockname()[1] if sock is not None else 4500
+        else:
+            port = self.ike_port
+        return (ip, port)
 
     def local_addresses(self) -> list[Addr]:
         return [s.getsockname() for s in self.socks]
@@ -151,6 +238,13 @@ class Endpoint:
 
     def close(self) -> None:
         """Stop reading, close sockets and the inner interface. Idempotent."""
+        self._closed.set()
+        for task in self._ike_tasks:
+            task.cancel()
+        self._ike_tasks.clear()
+        for stream in self._ike_streams.values():
+            stream.close()
+        self._ike_streams.clear()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -376,6 +470,10 @@ class Endpoint:
         if self._loop is None:
             return
         when = self.tunnel.next_deadline()
+        if self.ike is not None:
+            ike_when = self.ike.next_deadline()
+            if ike_when is not None and (when is None or ike_when < when):
+                when = ike_when
         if when == self._timer_at and self._timer is not None:
             return
         if self._timer is not None:
@@ -389,13 +487,19 @@ class Endpoint:
         assert self._loop is not None
         self._timer = None
         self._timer_at = None
-        for peer, data in self.tunnel.on_timer(self._loop.time()):
+        now = self._loop.time()
+        for peer, data in self.tunnel.on_timer(now):
             self.send_datagram(peer, data)
+        if self.ike is not None:
+            self.ike.on_timer(now)
+            self._handle_events(None)
         self._arm_timer()
 
     def stats(self) -> dict[str, object]:
         s = self.tunnel.stats()
         s["endpoint_drops"] = self.drops.as_dict()
+        if self.ike is not None:
+            s["ike"] = self.ike.stats()
         s["offload"] = {"gso": self.gso, "gso_sends": self.gso_sends,
                         "gro_batches": self.gro_batches}
         s["listen"] = [_fmt(a) for a in self.local_addresses()]

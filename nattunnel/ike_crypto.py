@@ -149,6 +149,8 @@ class AeadSk:
 
     iv_len = 8
     icv_len = 16
+    #: a combined-mode cipher needs no block padding: only the pad-length octet (RFC 5282)
+    block_size = 1
 
     def __init__(self, alg: EncrAlg, keymat: bytes) -> None:
         if len(keymat) != alg.keymat_len:

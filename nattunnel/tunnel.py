@@ -135,6 +135,19 @@ class Tunnel:
         peer.outbound = sa
         peer.rekey_signalled = False
 
+    def set_peer_address(self, peer: Peer, addr: Addr) -> None:
+        """Point the peer at ``addr`` (the control plane learned it, e.g. from IKE)."""
+        if addr != peer.addr:
+            self._moved(peer, addr)
+
+    def set_keepalive(self, peer: Peer, on: bool, now: float = 0.0) -> None:
+        """Send NAT keepalives to ``peer`` (IKE found this side behind NAT) or stop."""
+        if on and not peer.keepalive:
+            peer.keepalive = True
+            self._schedule(peer, max(now, peer.last_tx) + peer.keepalive_interval)
+        elif not on:
+            peer.keepalive = False
+
     def _rebuild_routes(self) -> None:
         r4: list[tuple[int, int, int, Peer]] = []
         r6: list[tuple[int, int, int, Peer]] = []

@@ -1,0 +1,286 @@
+"""The IKE manager: IKE SAs by SPI, their messages on ports 500 and 4500, and what their
+events mean for the tunnel (child SAs installed and removed, peer addresses, keepalives).
+
+Sans-I/O like the cores it drives: ``receive`` takes a message and where it came from,
+``on_timer`` the time; what to send goes to the ``send`` callable the endpoint provides.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import hmac
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .constants import ExchangeType, NotifyType
+from .ike_message import (
+    Header,
+    IkeDecodeError,
+    Notify,
+    decode_message,
+    encode_message,
+    peek_header,
+)
+from .ike_sa import (
+    ChildDown,
+    ChildUp,
+    Identity,
+    IkeConfig,
+    IkeDown,
+    IkeRekeyed,
+    IkeSa,
+    IkeUp,
+    Outgoing,
+    State,
+)
+from .keylog import KeyLog
+from .peer import Addr
+from .sa import InboundSA, OutboundSA
+from .tunnel import Tunnel
+
+log = logging.getLogger("nattunnel")
+
+#: half-open IKE SAs above which IKE_SA_INIT requests must carry a COOKIE (section 2.6)
+COOKIE_THRESHOLD = 32
+#: how long an old inbound SA stays after a rekey or delete (in-flight packets)
+CHILD_GRACE = 2.0
+#: wait before initiating again after an IKE SA of ours went down
+REINITIATE_DELAY = 2.0
+
+
+@dataclass
+class IkePeer:
+    """An IKE-managed tunnel peer: its IKE settings and whether we start the exchange."""
+
+    config: IkeConfig
+    initiate: bool
+    remote: Addr | None  # where to send IKE_SA_INIT (port 500 or 4500)
+    local: Addr | None = None  # our address towards it (for NAT detection)
+
+
+class IkeManager:
+    def __init__(self, tunnel: Tunnel, send: Callable[[Outgoing], None],
+                 local_addr: Callable[[Addr, bool], Addr], *,
+                 keylog: KeyLog | None = None, cookie_threshold: int = COOKIE_THRESHOLD
+                 ) -> None:
+        """``send`` puts a message on the wire; ``local_addr(remote, natt)`` is our address
+        (IP, port) towards ``remote`` on port 500 or 4500."""
+        self.tunnel = tunnel
+        self.send = send
+        self.local_addr = local_addr
+        self.keylog = keylog
+        self.cookie_threshold = cookie_threshold
+        self.peers: dict[str, IkePeer] = {}
+        self.sas: dict[bytes, IkeSa] = {}
+        self._grace: list[tuple[float, int]] = []
+        self._reinitiate: dict[str, float] = {}
+        self._cookie_secret = os.urandom(32)
+        self.counters = {"cookies_sent": 0, "init_requests": 0, "dropped": 0}
+
+    # --- configuration ------------------------------------------------------------------------
+    def add_peer(self, peer: IkePeer, now: float) -> None:
+        self.peers[peer.config.name] = peer
+        if peer.initiate:
+            self._reinitiate[peer.config.name] = now
+
+    def _lookup(self, idi: Identity, idr: Identity | None) -> IkeConfig | None:
+        for p in self.peers.values():
+            if p.config.remote_id == idi and (idr is None or idr == p.config.local_id):
+                return p.config
+        return None
+
+    def initiate(self, name: str, now: float) -> IkeSa:
+        peer = self.peers[name]
+        if peer.remote is None:
+            raise ValueError(f"peer {name}: no address to initiate to")
+        natt = peer.config.force_encap
+        local = peer.local or self.local_addr(peer.remote, natt)
+        sa = IkeSa(peer.config, initiator=True, local=local, remote=peer.remote, now=now)
+        self.sas[sa.local_spi] = sa
+        sa.start(now)
+        self._process(sa, now)
+        return sa
+
+    # --- receiving ----------------------------------------------------------------------------
+    def receive(self, data: bytes, remote: Addr, natt: bool, now: float) -> None:
+        """One IKE message (marker removed) from ``remote`` on port 4500 (``natt``) or 500."""
+        try:
+            hdr = peek_header(data)
+        except IkeDecodeError:
+            self.counters["dropped"] += 1
+            return
+        if (hdr.exchange_type == ExchangeType.IKE_SA_INIT and not hdr.is_response
+                and hdr.spi_r == bytes(8)):
+            self._init_request(data, hdr, remote, natt, now)
+            return
+        local_spi = hdr.spi_r if hdr.is_initiator else hdr.spi_i
+        sa = self.sas.get(local_spi)
+        if sa is None:
+            self.counters["dropped"] += 1
+            return
+        if natt and (remote != sa.remote):
+            # a NAT mapping changed; the SA's messages are authenticated in receive(), and
+            # replies go to where the request came from (section 2.23)
+            sa.remote = remote
+        if natt and not sa.natt:
+            sa.natt = True
+        sa.receive(data, now)
+        self._process(sa, now)
+
+    def _cookie(self, hdr: Header, remote: Addr) -> bytes:
+        """Section 2.6: a stateless cookie, Hash(Ni... ) approximated by the SPIi and address."""
+        mac = hmac.new(self._cookie_secret, hdr.spi_i + remote[0].encode()
+                       + remote[1].to_bytes(2, "big"), hashlib.sha256).digest()
+        return b"\x00" + mac[:16]
+
+    def _half_open(self) -> int:
+        return sum(1 for sa in self.sas.values() if sa.state is State.INIT_DONE)
+
+    def _init_request(self, data: bytes, hdr: Header, remote: Addr, natt: bool,
+                      now: float) -> None:
+        self.counters["init_requests"] += 1
+        for sa in self.sas.values():  # a retransmitted IKE_SA_INIT: answer from the cache
+            if not sa.initiator and sa.spi_i == hdr.spi_i and sa.remote == remote:
+                sa.receive(data, now)
+                self._process(sa, now)
+                return
+        try:
+            msg = decode_message(data)
+        except IkeDecodeError:
+            self.counters["dropped"] += 1
+            return
+        if self._half_open() >= self.cookie_threshold:
+            want = self._cookie(hdr, remote)
+            got = msg.notify(NotifyType.COOKIE)
+            if got is None or not hmac.compare_digest(got.data, want):
+                self.counters["cookies_sent"] += 1
+                out = encode_message(Header.make(ExchangeType.IKE_SA_INIT, hdr.spi_i,
+                                                 initiator=False, response=True),
+                                     [Notify(NotifyType.COOKIE, want)])
+                self.send(Outgoing(out, remote, natt))
+                return
+        local = self.local_addr(remote, natt)
+        sa = IkeSa(None, initiator=False, local=local, remote=remote, now=now,
+                   lookup=self._lookup)
+        sa._request_natt = natt
+        proposals = next(iter(self.peers.values())).config.ike_proposals if self.peers else ()
+        sa.respond_init(msg, data, now, proposals)
+        if sa.state is not State.DEAD:
+            self.sas[sa.local_spi] = sa
+        self._process(sa, now)
+
+    # --- effects ------------------------------------------------------------------------------
+    def _process(self, sa: IkeSa, now: float) -> None:
+        for out in sa.pop_outputs():
+            self.send(out)
+        for ev in sa.pop_events():
+            if isinstance(ev, ChildUp):
+                self._child_up(ev, now)
+            elif isinstance(ev, ChildDown):
+                self._child_down(ev, now)
+            elif isinstance(ev, IkeUp):
+                self._ike_up(ev)
+            elif isinstance(ev, IkeDown):
+                self._ike_down(ev, now)
+            elif isinstance(ev, IkeRekeyed):
+                self.sas[ev.new.local_spi] = ev.new
+                log.info("peer %s: IKE SA rekeyed", ev.new.name)
+                self._log_ike_keys(ev.new)
+        if sa.state is State.DEAD:
+            self.sas.pop(sa.local_spi, None)
+
+    def _tunnel_peer(self, ike: IkeSa):  # type: ignore[no-untyped-def]
+        return self.tunnel.peers.get(ike.name)
+
+    def _ike_up(self, ev: IkeUp) -> None:
+        ike = ev.ike
+        peer = self._tunnel_peer(ike)
+        log.info("peer %s: IKE SA established with %s (%s); NAT: %s", ike.name,
+                 f"{ev.remote[0]}:{ev.remote[1]}",
+                 ike._proposal.name if ike._proposal else "?",
+                 "this side" if ev.local_behind_nat else
+                 "peer side" if ev.remote_behind_nat else "none")
+        self._log_ike_keys(ike)
+        if peer is not None:
+            # ESP goes where IKE goes on 4500 (RFC 3948); keepalives only if we are behind NAT
+            addr = ev.remote if ike.natt else (ev.remote[0], 4500)
+            self.tunnel.set_peer_address(peer, addr)
+            self.tunnel.set_keepalive(peer, ev.local_behind_nat, ike.last_rx)
+
+    def _log_ike_keys(self, ike: IkeSa) -> None:
+        if self.keylog is None:
+            return
+        k = ike.keys_for_log()
+        if k is not None:
+            self.keylog.ike_sa(*k)
+
+    def _child_up(self, ev: ChildUp, now: float) -> None:
+        peer = self._tunnel_peer(ev.ike)
+        if peer is None:
+            log.warning("IKE peer %s has no tunnel peer; child SA ignored", ev.ike.name)
+            return
+        inbound = InboundSA(ev.spi_in, ev.suite, ev.keymat_in, esn=ev.esn)
+        self.tunnel.install_inbound(peer, inbound)
+        self.tunnel.set_outbound(peer, OutboundSA(ev.spi_out, ev.suite, ev.keymat_out,
+                                                  esn=ev.esn))
+        if ev.replaces is not None:
+            self._grace.append((now + CHILD_GRACE, ev.replaces))
+        if self.keylog is not None:
+            self.keylog.esp_sa(ev.spi_in, ev.suite, ev.keymat_in)
+            self.keylog.esp_sa(ev.spi_out, ev.suite, ev.keymat_out)
+        log.info("peer %s: child SA up, SPIs in %#010x out %#010x, %s%s%s", ev.ike.name,
+                 ev.spi_in, ev.spi_out, ev.suite.name, " ESN" if ev.esn else "",
+                 " (rekey)" if ev.replaces is not None else "")
+
+    def _child_down(self, ev: ChildDown, now: float) -> None:
+        # keep the inbound SA a moment for packets in flight; the outbound SA is replaced
+        # by the next ChildUp or goes with the peer
+        self._grace.append((now + CHILD_GRACE, ev.spi_in))
+        log.info("peer %s: child SA %#010x/%#010x deleted", ev.ike.name, ev.spi_in, ev.spi_out)
+
+    def _ike_down(self, ev: IkeDown, now: float) -> None:
+        log.warning("peer %s: IKE SA down: %s", ev.ike.name, ev.reason)
+        peer = self.peers.get(ev.ike.name)
+        if peer is not None and peer.initiate and ev.ike.initiator:
+            self._reinitiate[peer.config.name] = now + REINITIATE_DELAY
+
+    # --- timers -------------------------------------------------------------------------------
+    def next_deadline(self) -> float | None:
+        times = [t for t in (sa.next_deadline() for sa in self.sas.values()) if t is not None]
+        times += [t for t, _ in self._grace]
+        times += list(self._reinitiate.values())
+        return min(times) if times else None
+
+    def on_timer(self, now: float) -> None:
+        for sa in list(self.sas.values()):
+            d = sa.next_deadline()
+            if d is not None and d <= now:
+                sa.on_timer(now)
+                self._process(sa, now)
+        due = [spi for t, spi in self._grace if t <= now]
+        self._grace = [(t, s) for t, s in self._grace if t > now]
+        for spi in due:
+            with contextlib.suppress(KeyError):  # already gone with its peer
+                self.tunnel.remove_inbound(spi)
+        for name, t in list(self._reinitiate.items()):
+            if t <= now:
+                del self._reinitiate[name]
+                if not any(sa.name == name and sa.state is not State.DEAD
+                           for sa in self.sas.values()):
+                    self.initiate(name, now)
+
+    def stats(self) -> dict[str, object]:
+        return {
+            "ike_sas": [
+                {"peer": sa.name, "state": sa.state.value, "initiator": sa.initiator,
+                 "remote": f"{sa.remote[0]}:{sa.remote[1]}", "natt": sa.natt,
+                 "local_behind_nat": sa.local_behind_nat,
+                 "remote_behind_nat": sa.remote_behind_nat,
+                 "children": [f"{c.spi_in:#010x}/{c.spi_out:#010x}" for c in sa.children]}
+                for sa in self.sas.values()
+            ],
+            **self.counters,
+        }

@@ -1,0 +1,1074 @@
+"""One IKEv2 SA (RFC 7296), sans-I/O: the initial exchanges, INFORMATIONAL, child rekeys.
+
+``IkeSa`` is fed received IKE messages with an explicit ``now`` and returns messages to send
+(``Outgoing``), events (``ChildUp``, ``ChildDown``, ``IkeUp``, ``IkeDown``) and its next
+deadline. It owns no socket: ``nattunnel.ike`` moves the bytes and installs the child SAs.
+
+Covered here:
+- IKE_SA_INIT with NAT detection (section 2.23), INVALID_KE_PAYLOAD retry (1.2), COOKIE
+  (2.6), NO_PROPOSAL_CHOSEN; the switch to UDP 4500 when NAT is found or encapsulation is
+  forced;
+- IKE_AUTH with PSK (2.15) or Ed25519 (RFC 7427 / RFC 8420), INITIAL_CONTACT, the first child
+  SA with traffic selectors narrowed by the responder (2.9);
+- INFORMATIONAL: every request answered; Delete of child SAs and of the IKE SA (1.4.1);
+  liveness checks (DPD) when nothing was received for ``dpd_interval``;
+- CREATE_CHILD_SA as responder: child SA rekeys with optional PFS (1.3.3, 2.17) and IKE SA
+  rekeys (1.3.2, 2.18); as initiator: child SA rekeys;
+- retransmission of our requests with exponential backoff and a cap (2.1), and answering a
+  retransmitted request from the cache of our last response (2.1, window size 1).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from . import ike_crypto as kc
+from .constants import (
+    AuthMethod,
+    DhGroup,
+    EsnId,
+    ExchangeType,
+    HashAlgorithm,
+    NotifyType,
+    PrfId,
+    ProtocolId,
+    TransformType,
+)
+from .ike_message import (
+    KE,
+    SA,
+    Auth,
+    Delete,
+    Header,
+    IDi,
+    IDr,
+    IkeDecodeError,
+    IkeIntegrityError,
+    Message,
+    Nonce,
+    Notify,
+    Payload,
+    Proposal,
+    TrafficSelector,
+    Transform,
+    TSi,
+    TSr,
+    decode_message,
+    encode_message,
+    esp_proposal,
+    ike_proposal,
+)
+from .peer import Addr
+from .suite import SUITES, Suite
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+#: section 2.1: retransmit after 0.5 s, doubling, at most this many tries
+RETRANSMIT_BASE = 0.5
+RETRANSMIT_TRIES = 6
+NONCE_LEN = 32
+
+
+# --- configuration -----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class IkeProposal:
+    encr: int
+    key_bits: int | None
+    prf: int
+    dh: int
+
+    @property
+    def name(self) -> str:
+        e = {20: f"aes{self.key_bits}gcm16", 28: "chacha20poly1305"}.get(self.encr, "?")
+        p = {5: "prfsha256", 6: "prfsha384", 7: "prfsha512"}.get(self.prf, "?")
+        d = {31: "x25519", 19: "ecp256"}.get(self.dh, "?")
+        return f"{e}-{p}-{d}"
+
+
+@dataclass(frozen=True)
+class EspProposal:
+    suite: Suite
+    esn: bool = False
+    #: PFS group for CREATE_CHILD_SA, or None
+    dh: int | None = None
+
+
+DEFAULT_IKE_PROPOSALS = (
+    IkeProposal(20, 256, PrfId.HMAC_SHA2_256, DhGroup.CURVE25519),
+    IkeProposal(28, None, PrfId.HMAC_SHA2_256, DhGroup.CURVE25519),
+    IkeProposal(20, 128, PrfId.HMAC_SHA2_256, DhGroup.ECP_256),
+)
+DEFAULT_ESP_PROPOSALS = (EspProposal(SUITES["aes256gcm16"]), EspProposal(SUITES["aes128gcm16"]),
+                         EspProposal(SUITES["chacha20poly1305"]))
+
+
+@dataclass(frozen=True)
+class Identity:
+    """An IKE identity: ID type and data (section 3.5)."""
+
+    id_type: int
+    data: bytes
+
+    @classmethod
+    def parse(cls, text: str) -> Identity:
+        """``fqdn:host``, ``keyid:hex`` or ``keyid:text``, an IP address, or a bare name
+        (FQDN), as strongSwan writes them."""
+        if text.startswith("keyid:"):
+            v = text[6:]
+            try:
+                return cls(11, bytes.fromhex(v.removeprefix("#")))
+            except ValueError:
+                return cls(11, v.encode())
+        if text.startswith("fqdn:"):
+            return cls(2, text[5:].encode("ascii"))
+        try:
+            ip = ipaddress.ip_address(text)
+        except ValueError:
+            return cls(2, text.encode("ascii"))
+        return cls(1 if ip.version == 4 else 5, ip.packed)
+
+    def __str__(self) -> str:
+        if self.id_type in (1, 5):
+            return str(ipaddress.ip_address(self.data))
+        if self.id_type == 2:
+            return self.data.decode("ascii", "replace")
+        return "keyid:" + self.data.hex()
+
+
+@dataclass
+class IkeConfig:
+    """What one IKE peer needs (from the TOML config, docs/config.md)."""
+
+    name: str
+    local_id: Identity
+    remote_id: Identity
+    auth: str  # "psk" | "pubkey"
+    psk: bytes = b""
+    private_key: ed25519.Ed25519PrivateKey | None = None
+    peer_public_key: ed25519.Ed25519PublicKey | None = None
+    local_ts: tuple[Network, ...] = ()
+    remote_ts: tuple[Network, ...] = ()
+    ike_proposals: tuple[IkeProposal, ...] = DEFAULT_IKE_PROPOSALS
+    esp_proposals: tuple[EspProposal, ...] = DEFAULT_ESP_PROPOSALS
+    force_encap: bool = False
+    dpd_interval: float = 30.0
+    retransmit_tries: int = RETRANSMIT_TRIES
+
+
+# --- outputs and events ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Outgoing:
+    data: bytes
+    remote: Addr
+    #: send from the NAT-T port (4500) with the non-ESP marker, else from port 500
+    natt: bool
+
+
+@dataclass(frozen=True)
+class ChildUp:
+    """A child SA pair to install: ``spi_in``/``keymat_in`` for what we receive."""
+
+    ike: IkeSa
+    spi_in: int
+    spi_out: int
+    suite: Suite
+    esn: bool
+    keymat_in: bytes
+    keymat_out: bytes
+    local_ts: tuple[Network, ...]
+    remote_ts: tuple[Network, ...]
+    #: the inbound SPI of the child SA this one replaces (a rekey), else None
+    replaces: int | None = None
+
+
+@dataclass(frozen=True)
+class ChildDown:
+    ike: IkeSa
+    spi_in: int
+    spi_out: int
+
+
+@dataclass(frozen=True)
+class IkeUp:
+    ike: IkeSa
+    remote: Addr
+    local_behind_nat: bool
+    remote_behind_nat: bool
+
+
+@dataclass(frozen=True)
+class IkeDown:
+    ike: IkeSa
+    reason: str
+
+
+@dataclass(frozen=True)
+class IkeRekeyed:
+    """This IKE SA was replaced by ``new`` (its children moved there)."""
+
+    old: IkeSa
+    new: IkeSa
+
+
+Event = ChildUp | ChildDown | IkeUp | IkeDown | IkeRekeyed
+
+
+class State(Enum):
+    INIT_SENT = "init-sent"
+    AUTH_SENT = "auth-sent"
+    INIT_DONE = "init-done"  # responder: IKE_SA_INIT answered, waiting for IKE_AUTH
+    ESTABLISHED = "established"
+    DEAD = "dead"
+
+
+@dataclass
+class Child:
+    spi_in: int
+    spi_out: int
+    suite: Suite
+    esn: bool
+    local_ts: tuple[Network, ...]
+    remote_ts: tuple[Network, ...]
+
+
+@dataclass
+class _Request:
+    """Our outstanding request (window size 1)."""
+
+    message_id: int
+    data: bytes
+    kind: str
+    sent_at: float
+    tries: int = 1
+    context: dict[str, Any] = field(default_factory=dict)
+
+
+class IkeError(Exception):
+    """Raised inside the core to answer with an error notify."""
+
+    def __init__(self, notify: int, reason: str, data: bytes = b"") -> None:
+        super().__init__(reason)
+        self.notify = notify
+        self.data = data
+
+
+# --- helpers -----------------------------------------------------------------------------------
+def _spi_bytes() -> bytes:
+    while True:
+        s = os.urandom(8)
+        if s != bytes(8):
+            return s
+
+
+def new_child_spi() -> int:
+    while True:
+        spi = int.from_bytes(os.urandom(4), "big")
+        if spi > 0xFF:
+            return spi
+
+
+def _ip(addr: Addr) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    return ipaddress.ip_address(addr[0])
+
+
+def _nat_hash(spi_i: bytes, spi_r: bytes, addr: Addr) -> bytes:
+    return kc.nat_detection_hash(spi_i, spi_r, addr[0], addr[1])
+
+
+def _intersect(offered: Sequence[TrafficSelector | Any], allowed: Sequence[Network]
+               ) -> list[Network]:
+    """Narrowing (section 2.9): the parts of the offered ranges inside our allowed prefixes."""
+    out: list[Network] = []
+    for ts in offered:
+        if not isinstance(ts, TrafficSelector):
+            continue
+        for net in ts.networks():
+            for mine in allowed:
+                if mine.version != net.version:
+                    continue
+                if net.subnet_of(mine):  # type: ignore[arg-type]
+                    out.append(net)
+                elif mine.subnet_of(net):  # type: ignore[arg-type]
+                    out.append(mine)
+    # collapse duplicates, keep order
+    seen: list[Network] = []
+    for n in out:
+        if n not in seen:
+            seen.append(n)
+    return seen
+
+
+def _ts_networks(payload: TSi | TSr | None) -> list[Network]:
+    if payload is None:
+        return []
+    nets: list[Network] = []
+    for ts in payload.selectors:
+        if isinstance(ts, TrafficSelector):
+            nets.extend(ts.networks())
+    return nets
+
+
+def _pick_ike(offered: SA, ours: Sequence[IkeProposal]) -> tuple[int, IkeProposal] | None:
+    """The responder picks by its own order (what strongSwan does): the first of ours that
+    any offered proposal allows. Returns (offered proposal number, choice)."""
+    for mine in ours:
+        for prop in offered.proposals:
+            if prop.protocol != ProtocolId.IKE:
+                continue
+            encr = [(t.id, t.key_length) for t in prop.get(TransformType.ENCR)]
+            if (mine.encr, mine.key_bits) not in encr and not (
+                mine.key_bits is None and (mine.encr, None) in encr
+            ):
+                continue
+            if mine.prf not in [t.id for t in prop.get(TransformType.PRF)]:
+                continue
+            if mine.dh not in [t.id for t in prop.get(TransformType.DH)]:
+                continue
+            if prop.get(TransformType.INTEG):
+                continue  # AEAD only
+            return prop.number, mine
+    return None
+
+
+def _pick_esp(offered: SA, ours: Sequence[EspProposal], pfs_group: int | None
+              ) -> tuple[Proposal, EspProposal, bool] | None:
+    for mine in ours:
+        for prop in offered.proposals:
+            if prop.protocol != ProtocolId.ESP or len(prop.spi) != 4:
+                continue
+            encr = [(t.id, t.key_length) for t in prop.get(TransformType.ENCR)]
+            bits = mine.suite.key_attr_bits
+            if (mine.suite.transform_id, bits) not in encr:
+                continue
+            if prop.get(TransformType.INTEG):
+                continue
+            esns = [t.id for t in prop.get(TransformType.ESN)] or [EsnId.NO_ESN]
+            esn = mine.esn and EsnId.ESN in esns
+            if not esn and EsnId.NO_ESN not in esns:
+                continue
+            dhs = [t.id for t in prop.get(TransformType.DH) if t.id != DhGroup.NONE]
+            if pfs_group is not None and dhs and pfs_group not in dhs:
+                continue
+            return prop, mine, esn
+    return None
+
+
+def _esp_offer(proposals: Sequence[EspProposal], spi: int, pfs: int | None = None
+               ) -> SA:
+    props = []
+    for i, p in enumerate(proposals, 1):
+        esn = (EsnId.ESN, EsnId.NO_ESN) if p.esn else (EsnId.NO_ESN,)
+        props.append(esp_proposal(i, spi.to_bytes(4, "big"), encr=p.suite.transform_id,
+                                  key_length=p.suite.key_attr_bits, dh=pfs, esn=esn))
+    return SA(props)
+
+
+def _esp_choice(prop: Proposal, mine: EspProposal, esn: bool, spi: int, dh: int | None) -> SA:
+    chosen = esp_proposal(prop.number, spi.to_bytes(4, "big"), encr=mine.suite.transform_id,
+                          key_length=mine.suite.key_attr_bits, dh=dh,
+                          esn=(EsnId.ESN if esn else EsnId.NO_ESN,))
+    return SA([chosen])
+
+
+def _suite_of(prop: Proposal) -> tuple[Suite, bool] | None:
+    for t in prop.get(TransformType.ENCR):
+        for s in SUITES.values():
+            if s.transform_id == t.id and s.key_attr_bits == t.key_length:
+                esn = any(e.id == EsnId.ESN for e in prop.get(TransformType.ESN))
+                return s, esn
+    return None
+
+
+# --- the IKE SA --------------------------------------------------------------------------------
+class IkeSa:
+    """One IKE SA and its child SAs."""
+
+    def __init__(self, config: IkeConfig | None, *, initiator: bool, local: Addr,
+                 remote: Addr, now: float,
+                 lookup: Callable[[Identity, Identity | None], IkeConfig | None] | None = None,
+                 ) -> None:
+        self.config = config
+        self.initiator = initiator
+        self.local = local
+        self.remote = remote
+        self.lookup = lookup
+        self.state = State.INIT_SENT if initiator else State.INIT_DONE
+        self.spi_i = _spi_bytes() if initiator else bytes(8)
+        self.spi_r = bytes(8)
+        self.natt = bool(config and config.force_encap)
+        self.local_behind_nat = False
+        self.remote_behind_nat = False
+        self.children: list[Child] = []
+        self.outputs: list[Outgoing] = []
+        self.events: list[Event] = []
+        self.last_rx = now
+        self.created = now
+        self._request: _Request | None = None
+        self._next_request_id = 0
+        self._peer_next_id = 0  # the message ID we expect in the peer's next request
+        self._last_response: tuple[int, bytes] | None = None
+        self._prf: kc.Prf | None = None
+        self._alg: kc.EncrAlg | None = None
+        self._proposal: IkeProposal | None = None
+        self._keys: kc.IkeKeys | None = None
+        self._sk_out: kc.AeadSk | None = None
+        self._sk_in: kc.AeadSk | None = None
+        self._ke: kc.KeyExchange | None = None
+        self._ni = b""
+        self._nr = b""
+        self._init_request = b""  # RealMessage1
+        self._init_response = b""  # RealMessage2
+        self._cookie = b""
+        self._peer_hash_ok = False  # peer sent SIGNATURE_HASH_ALGORITHMS with Identity
+        self._pending_child: dict[str, Any] = {}
+        self.dead_reason = ""
+
+    # --- common ----------------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return self.config.name if self.config else "?"
+
+    @property
+    def local_spi(self) -> bytes:
+        return self.spi_i if self.initiator else self.spi_r
+
+    @property
+    def established(self) -> bool:
+        return self.state is State.ESTABLISHED
+
+    def pop_outputs(self) -> list[Outgoing]:
+        out, self.outputs = self.outputs, []
+        return out
+
+    def pop_events(self) -> list[Event]:
+        ev, self.events = self.events, []
+        return ev
+
+    def keys_for_log(self) -> tuple[bytes, bytes, bytes, bytes, int, int] | None:
+        """(SPIi, SPIr, SK_ei, SK_er, encr transform, key bits) for a key log."""
+        if self._keys is None or self._alg is None:
+            return None
+        return (self.spi_i, self.spi_r, self._keys.sk_ei, self._keys.sk_er,
+                self._alg.transform_id, self._alg.key_bits)
+
+    def _header(self, exchange: int, message_id: int, response: bool) -> Header:
+        return Header.make(exchange, self.spi_i, self.spi_r, message_id=message_id,
+                           initiator=self.initiator, response=response)
+
+    def _send(self, data: bytes) -> None:
+        self.outputs.append(Outgoing(data, self.remote, self.natt))
+
+    def _die(self, reason: str) -> None:
+        if self.state is State.DEAD:
+            return
+        self.state = State.DEAD
+        self.dead_reason = reason
+        for c in self.children:
+            self.events.append(ChildDown(self, c.spi_in, c.spi_out))
+        self.children.clear()
+        self._request = None
+        self.events.append(IkeDown(self, reason))
+
+    def _request_send(self, exchange: int, payloads: list[Payload], kind: str, now: float,
+                      **context: Any) -> None:
+        mid = self._next_request_id
+        self._next_request_id += 1
+        data = encode_message(self._header(exchange, mid, False), payloads, sk=self._sk_out)
+        self._request = _Request(mid, data, kind, now, context=context)
+        self._send(data)
+
+    def _respond(self, exchange: int, message_id: int, payloads: list[Payload],
+                 encrypted: bool = True) -> None:
+        data = encode_message(self._header(exchange, message_id, True), payloads,
+                              sk=self._sk_out if encrypted else None)
+        self._last_response = (message_id, data)
+        self._send(data)
+
+    # --- timers ----------------------------------------------------------------------------
+    def next_deadline(self) -> float | None:
+        if self.state is State.DEAD:
+            return None
+        times = []
+        if self._request is not None:
+            times.append(self._request.sent_at + RETRANSMIT_BASE * 2 ** (self._request.tries - 1))
+        elif self.state is State.ESTABLISHED and self.config and self.config.dpd_interval > 0:
+            times.append(self.last_rx + self.config.dpd_interval)
+        elif self.state is State.INIT_DONE:
+            times.append(self.created + 30.0)  # half-open SA lifetime
+        return min(times) if times else None
+
+    def on_timer(self, now: float) -> None:
+        if self.state is State.DEAD:
+            return
+        req = self._request
+        if req is not None:
+            due = req.sent_at + RETRANSMIT_BASE * 2 ** (req.tries - 1)
+            if now >= due:
+                tries = self.config.retransmit_tries if self.config else RETRANSMIT_TRIES
+                if req.tries >= tries:
+                    self._die(f"no response to {req.kind} after {req.tries} tries")
+                    return
+                req.tries += 1
+                req.sent_at = now
+                self._send(req.data)
+            return
+        if self.state is State.INIT_DONE and now >= self.created + 30.0:
+            self._die("half-open IKE SA timed out")
+            return
+        if (self.state is State.ESTABLISHED and self.config and self.config.dpd_interval > 0
+                and now >= self.last_rx + self.config.dpd_interval):
+            self._request_send(ExchangeType.INFORMATIONAL, [], "liveness check", now)
+
+    # --- initiator: IKE_SA_INIT --------------------------------------------------------------
+    def start(self, now: float, group: int | None = None) -> None:
+        """Send IKE_SA_INIT (again, with ``group`` after INVALID_KE_PAYLOAD or a cookie)."""
+        assert self.config is not None and self.initiator
+        props = self.config.ike_proposals
+        group = group or props[0].dh
+        self._ke = kc.KeyExchange(group)
+        self._ni = os.urandom(NONCE_LEN)
+        sa = SA([ike_proposal(i, encr=p.encr, prf=p.prf, dh=p.dh, key_length=p.key_bits)
+                 for i, p in enumerate(props, 1)])
+        payloads: list[Payload] = []
+        if self._cookie:
+            payloads.append(Notify(NotifyType.COOKIE, self._cookie))
+        payloads += [SA(sa.proposals), KE(group, self._ke.public), Nonce(self._ni)]
+        src_hash = _nat_hash(self.spi_i, bytes(8), self.local)
+        if self.config.force_encap:
+            src_hash = os.urandom(20)  # claim NAT so that everything moves to UDP 4500
+        payloads += [
+            Notify(NotifyType.NAT_DETECTION_SOURCE_IP, src_hash),
+            Notify(NotifyType.NAT_DETECTION_DESTINATION_IP,
+                   _nat_hash(self.spi_i, bytes(8), self.remote)),
+            Notify(NotifyType.SIGNATURE_HASH_ALGORITHMS, HashAlgorithm.IDENTITY.to_bytes(2,
+                                                                                         "big")),
+        ]
+        self._next_request_id = 0
+        self.natt = self.config.force_encap
+        self._request_send(ExchangeType.IKE_SA_INIT, payloads, "IKE_SA_INIT", now)
+        self._init_request = self._request.data if self._request else b""
+        self.state = State.INIT_SENT
+
+    def _on_init_response(self, msg: Message, raw: bytes, now: float) -> None:
+        assert self.config is not None and self._ke is not None
+        ke_err = msg.notify(NotifyType.INVALID_KE_PAYLOAD)
+        if ke_err is not None and len(ke_err.data) == 2:
+            group = int.from_bytes(ke_err.data, "big")
+            if group in [p.dh for p in self.config.ike_proposals] and group != self._ke.group:
+                self._request = None
+                self.start(now, group)
+                return
+            self._die(f"peer wants key exchange group {group}, which we do not offer")
+            return
+        cookie = msg.notify(NotifyType.COOKIE)
+        if cookie is not None and not self._cookie:
+            self._cookie = cookie.data
+            self._request = None
+            self.start(now, self._ke.group)
+            return
+        for n in msg.notifies():
+            if n.is_error:
+                self._die(f"IKE_SA_INIT refused: {NotifyType(n.notify_type).name}"
+                          if n.notify_type in NotifyType._value2member_map_
+                          else f"IKE_SA_INIT refused: notify {n.notify_type}")
+                return
+        sa, ke, nonce = msg.get(SA), msg.get(KE), msg.get(Nonce)
+        if sa is None or ke is None or nonce is None or len(sa.proposals) != 1:
+            self._die("malformed IKE_SA_INIT response")
+            return
+        chosen = _pick_ike(sa, self.config.ike_proposals)
+        if chosen is None or chosen[1].dh != ke.group or ke.group != self._ke.group:
+            self._die("IKE_SA_INIT response chose a proposal we did not offer")
+            return
+        self._request = None
+        self.spi_r = msg.header.spi_r
+        self._nr = nonce.data
+        self._init_response = raw
+        self._detect_nat(msg)
+        try:
+            self._derive(chosen[1], self._ke.shared(ke.data))
+        except ValueError as e:
+            self._die(f"key exchange failed: {e}")
+            return
+        self._peer_hash_ok = self._has_identity_hash(msg)
+        if self.local_behind_nat or self.remote_behind_nat:
+            self.natt = True
+        self._send_auth(now)
+
+    def _detect_nat(self, msg: Message) -> None:
+        """Section 2.23: compare the peer's NAT_DETECTION hashes with the addresses we see."""
+        spi_r = msg.header.spi_r if self.initiator else bytes(8)
+        srcs = [n.data for n in msg.notifies(NotifyType.NAT_DETECTION_SOURCE_IP)]
+        dsts = [n.data for n in msg.notifies(NotifyType.NAT_DETECTION_DESTINATION_IP)]
+        if not srcs or not dsts:
+            return
+        self.remote_behind_nat = _nat_hash(self.spi_i, spi_r, self.remote) not in srcs
+        self.local_behind_nat = _nat_hash(self.spi_i, spi_r, self.local) not in dsts
+
+    @staticmethod
+    def _has_identity_hash(msg: Message) -> bool:
+        n = msg.notify(NotifyType.SIGNATURE_HASH_ALGORITHMS)
+        if n is None:
+            return False
+        try:
+            return HashAlgorithm.IDENTITY in n.hash_algorithms()
+        except ValueError:
+            return False
+
+    def _derive(self, prop: IkeProposal, g_ir: bytes, skeyseed: bytes | None = None) -> None:
+        self._proposal = prop
+        self._prf = kc.Prf(prop.prf)
+        self._alg = kc.encr_alg(prop.encr, prop.key_bits)
+        if skeyseed is None:
+            skeyseed = kc.skeyseed_initial(self._prf, self._ni, self._nr, g_ir)
+        self._keys = kc.derive_ike_keys(self._prf, self._alg, skeyseed, self._ni, self._nr,
+                                        self.spi_i, self.spi_r)
+        ei = kc.AeadSk(self._alg, self._keys.sk_ei)
+        er = kc.AeadSk(self._alg, self._keys.sk_er)
+        self._sk_out, self._sk_in = (ei, er) if self.initiator else (er, ei)
+
+    # --- AUTH -------------------------------------------------------------------------------
+    def _auth_payload(self, id_body: bytes) -> Auth:
+        assert self.config is not None and self._prf is not None and self._keys is not None
+        if self.initiator:
+            octets = kc.signed_octets(self._init_request, self._nr, self._prf,
+                                      self._keys.sk_pi, id_body)
+        else:
+            octets = kc.signed_octets(self._init_response, self._ni, self._prf,
+                                      self._keys.sk_pr, id_body)
+        if self.config.auth == "psk":
+            return Auth(AuthMethod.SHARED_KEY_MIC, kc.psk_auth(self._prf, self.config.psk,
+                                                               octets))
+        assert self.config.private_key is not None
+        return Auth(AuthMethod.DIGITAL_SIGNATURE, kc.ed25519_auth(self.config.private_key,
+                                                                  octets))
+
+    def _verify_auth(self, config: IkeConfig, auth: Auth, peer_id_body: bytes) -> bool:
+        assert self._prf is not None and self._keys is not None
+        if self.initiator:  # the peer is the responder
+            octets = kc.signed_octets(self._init_response, self._ni, self._prf,
+                                      self._keys.sk_pr, peer_id_body)
+        else:
+            octets = kc.signed_octets(self._init_request, self._nr, self._prf,
+                                      self._keys.sk_pi, peer_id_body)
+        if config.auth == "psk":
+            if auth.method != AuthMethod.SHARED_KEY_MIC:
+                return False
+            import hmac
+
+            return hmac.compare_digest(auth.data, kc.psk_auth(self._prf, config.psk, octets))
+        if auth.method != AuthMethod.DIGITAL_SIGNATURE or config.peer_public_key is None:
+            return False
+        return kc.ed25519_verify(config.peer_public_key, auth.data, octets)
+
+    def _id_payload(self, cls: type[IDi] | type[IDr], ident: Identity) -> IDi | IDr:
+        return cls(ident.id_type, ident.data)
+
+    def _send_auth(self, now: float) -> None:
+        assert self.config is not None
+        idi = self._id_payload(IDi, self.config.local_id)
+        spi = new_child_spi()
+        payloads: list[Payload] = [idi, Notify(NotifyType.INITIAL_CONTACT),
+                                   self._id_payload(IDr, self.config.remote_id),
+                                   self._auth_payload(idi.encode_body()),
+                                   _esp_offer(self.config.esp_proposals, spi),
+                                   TSi.of(*self.config.local_ts), TSr.of(*self.config.remote_ts)]
+        self.state = State.AUTH_SENT
+        self._request_send(ExchangeType.IKE_AUTH, payloads, "IKE_AUTH", now, spi_in=spi)
+
+    def _on_auth_response(self, msg: Message, now: float) -> None:
+        assert self.config is not None and self._request is not None
+        spi_in = int(self._request.context["spi_in"])
+        self._request = None
+        for n in msg.notifies():
+            if n.is_error and n.notify_type != NotifyType.TS_UNACCEPTABLE and \
+                    n.notify_type != NotifyType.NO_PROPOSAL_CHOSEN:
+                self._die(f"IKE_AUTH refused: notify {n.notify_type}")
+                return
+        idr, auth = msg.get(IDr), msg.get(Auth)
+        if idr is None or auth is None:
+            self._die("IKE_AUTH response without IDr or AUTH")
+            return
+        if Identity(idr.id_type, idr.data) != self.config.remote_id:
+            self._die(f"peer identified as {Identity(idr.id_type, idr.data)}, "
+                      f"not {self.config.remote_id}")
+            return
+        if not self._verify_auth(self.config, auth, idr.encode_body()):
+            self._die("peer authentication failed")
+            return
+        self.state = State.ESTABLISHED
+        self.last_rx = now
+        self.events.append(IkeUp(self, self.remote, self.local_behind_nat,
+                                 self.remote_behind_nat))
+        sa = msg.get(SA)
+        if sa is None or len(sa.proposals) != 1:
+            return  # IKE SA without a child (the peer refused it)
+        self._child_from_response(sa, msg, spi_in, self._ni, self._nr, b"", None)
+
+    def _child_from_response(self, sa: SA, msg: Message, spi_in: int, ni: bytes, nr: bytes,
+                             g_ir: bytes, replaces: int | None) -> None:
+        """We initiated the exchange: keymat i->r is what we send."""
+        assert self._prf is not None and self._keys is not None and self.config is not None
+        prop = sa.proposals[0]
+        found = _suite_of(prop)
+        if found is None or len(prop.spi) != 4:
+            self._die("peer chose an ESP proposal we did not offer")
+            return
+        suite, esn = found
+        spi_out = int.from_bytes(prop.spi, "big")
+        i2r, r2i = kc.child_keymat(self._prf, self._keys.sk_d, ni, nr, suite.keymat_len, g_ir)
+        local_ts = tuple(_ts_networks(msg.get(TSi))) or self.config.local_ts
+        remote_ts = tuple(_ts_networks(msg.get(TSr))) or self.config.remote_ts
+        self._add_child(Child(spi_in, spi_out, suite, esn, local_ts, remote_ts),
+                        keymat_in=r2i, keymat_out=i2r, replaces=replaces)
+
+    def _add_child(self, child: Child, *, keymat_in: bytes, keymat_out: bytes,
+                   replaces: int | None) -> None:
+        self.children.append(child)
+        self.events.append(ChildUp(self, child.spi_in, child.spi_out, child.suite, child.esn,
+                                   keymat_in, keymat_out, child.local_ts, child.remote_ts,
+                                   replaces))
+
+    # --- responder ----------------------------------------------------------------------------
+    def respond_init(self, msg: Message, raw: bytes, now: float,
+                     proposals: Sequence[IkeProposal]) -> None:
+        """Answer an IKE_SA_INIT request (the manager has checked cookies)."""
+        sa, ke, nonce = msg.get(SA), msg.get(KE), msg.get(Nonce)
+        self.spi_i = msg.header.spi_i
+        self._init_request = raw
+        if sa is None or ke is None or nonce is None:
+            self._refuse_init(NotifyType.INVALID_SYNTAX)
+            return
+        chosen = _pick_ike(sa, proposals)
+        if chosen is None:
+            self._refuse_init(NotifyType.NO_PROPOSAL_CHOSEN)
+            return
+        number, prop = chosen
+        if ke.group != prop.dh:
+            self._refuse_init(NotifyType.INVALID_KE_PAYLOAD, prop.dh.to_bytes(2, "big"))
+            return
+        self._ke = kc.KeyExchange(prop.dh)
+        try:
+            g_ir = self._ke.shared(ke.data)
+        except ValueError:
+            self._refuse_init(NotifyType.INVALID_SYNTAX)
+            return
+        self.spi_r = _spi_bytes()
+        self._ni = nonce.data
+        self._nr = os.urandom(NONCE_LEN)
+        self._detect_nat(msg)
+        self.natt = self.local_behind_nat or self.remote_behind_nat
+        self._peer_hash_ok = self._has_identity_hash(msg)
+        payloads: list[Payload] = [
+            SA([ike_proposal(number, encr=prop.encr, prf=prop.prf, dh=prop.dh,
+                             key_length=prop.key_bits)]),
+            KE(prop.dh, self._ke.public), Nonce(self._nr),
+            Notify(NotifyType.NAT_DETECTION_SOURCE_IP,
+                   _nat_hash(self.spi_i, self.spi_r, self.local)),
+            Notify(NotifyType.NAT_DETECTION_DESTINATION_IP,
+                   _nat_hash(self.spi_i, self.spi_r, self.remote)),
+        ]
+        if self._peer_hash_ok:
+            payloads.append(Notify(NotifyType.SIGNATURE_HASH_ALGORITHMS,
+                                   HashAlgorithm.IDENTITY.to_bytes(2, "big")))
+        data = encode_message(self._header(ExchangeType.IKE_SA_INIT, 0, True), payloads)
+        self._init_response = data
+        self._last_response = (0, data)
+        self._peer_next_id = 1
+        self._derive(prop, g_ir)
+        # the response goes back the way the request came (port 500 or 4500)
+        self.outputs.append(Outgoing(data, self.remote, self._request_natt))
+        self.state = State.INIT_DONE
+
+    _request_natt = False
+
+    def _refuse_init(self, notify: int, data: bytes = b"") -> None:
+        out = encode_message(self._header(ExchangeType.IKE_SA_INIT, 0, True),
+                             [Notify(notify, data)])
+        self.outputs.append(Outgoing(out, self.remote, self._request_natt))
+        self._die(f"IKE_SA_INIT refused with notify {notify}")
+
+    def _on_auth_request(self, msg: Message, now: float) -> None:
+        idi, auth = msg.get(IDi), msg.get(Auth)
+        if idi is None or auth is None:
+            raise IkeError(NotifyType.INVALID_SYNTAX, "IKE_AUTH request without IDi or AUTH")
+        peer_id = Identity(idi.id_type, idi.data)
+        idr = msg.get(IDr)
+        config = self.lookup(peer_id, Identity(idr.id_type, idr.data) if idr else None) \
+            if self.lookup else self.config
+        if config is None or not self._verify_auth(config, auth, idi.encode_body()):
+            self._respond(ExchangeType.IKE_AUTH, msg.header.message_id,
+                          [Notify(NotifyType.AUTHENTICATION_FAILED)])
+            self._die(f"authentication of {peer_id} failed")
+            return
+        self.config = config
+        self.last_rx = now
+        my_idr = self._id_payload(IDr, config.local_id)
+        payloads: list[Payload] = [my_idr, self._auth_payload(my_idr.encode_body())]
+        child_payloads, child = self._negotiate_child(msg, self._ni, self._nr, None)
+        payloads += child_payloads
+        self.state = State.ESTABLISHED
+        self._respond(ExchangeType.IKE_AUTH, msg.header.message_id, payloads)
+        self.events.append(IkeUp(self, self.remote, self.local_behind_nat,
+                                 self.remote_behind_nat))
+        if child is not None:
+            child()
+
+    def _negotiate_child(self, msg: Message, ni: bytes, nr: bytes, ke_payload: KE | None,
+                         replaces: int | None = None
+                         ) -> tuple[list[Payload], Callable[[], None] | None]:
+        """Responder side of a child SA: the payloads to answer with, and a thunk that
+        installs the child once the response is queued."""
+        assert self.config is not None and self._prf is not None and self._keys is not None
+        sa, tsi, tsr = msg.get(SA), msg.get(TSi), msg.get(TSr)
+        if sa is None or tsi is None or tsr is None:
+            return [Notify(NotifyType.NO_PROPOSAL_CHOSEN)], None
+        pfs = ke_payload.group if ke_payload is not None else None
+        picked = _pick_esp(sa, self.config.esp_proposals, pfs)
+        if picked is None:
+            return [Notify(NotifyType.NO_PROPOSAL_CHOSEN)], None
+        prop, mine, esn = picked
+        # their TSi is their side (our remote), their TSr our side
+        remote_ts = tuple(_intersect(tsi.selectors, self.config.remote_ts))
+        local_ts = tuple(_intersect(tsr.selectors, self.config.local_ts))
+        if not remote_ts or not local_ts:
+            return [Notify(NotifyType.TS_UNACCEPTABLE)], None
+        spi_in = new_child_spi()
+        spi_out = int.from_bytes(prop.spi, "big")
+        payloads: list[Payload] = [_esp_choice(prop, mine, esn, spi_in, pfs)]
+        g_ir = b""
+        if ke_payload is not None:
+            kex = kc.KeyExchange(ke_payload.group)
+            g_ir = kex.shared(ke_payload.data)
+            payloads.append(KE(ke_payload.group, kex.public))
+        payloads += [TSi.of(*remote_ts), TSr.of(*local_ts)]
+        i2r, r2i = kc.child_keymat(self._prf, self._keys.sk_d, ni, nr, mine.suite.keymat_len,
+                                   g_ir)
+        child = Child(spi_in, spi_out, mine.suite, esn, local_ts, remote_ts)
+
+        def install() -> None:
+            self._add_child(child, keymat_in=i2r, keymat_out=r2i, replaces=replaces)
+
+        return payloads, install
+
+    # --- receiving ----------------------------------------------------------------------------
+    def receive(self, raw: bytes, now: float) -> None:
+        """A message for this SA (its SPIs matched). Never raises for bad input."""
+        if self.state is State.DEAD:
+            return
+        try:
+            msg = decode_message(raw, sk=self._sk_in if self._keys else None)
+        except IkeIntegrityError:
+            return  # silently dropped (section 2.21.2)
+        except IkeDecodeError as e:
+            hdr = e.header
+            if hdr is not None and not hdr.is_response and e.authenticated and e.notify:
+                self._respond(hdr.exchange_type, hdr.message_id,
+                              [Notify(e.notify, e.notify_data)])
+            return
+        hdr = msg.header
+        if hdr.is_response:
+            self._on_response(msg, raw, now)
+        else:
+            self._on_request(msg, raw, now)
+
+    def _on_response(self, msg: Message, raw: bytes, now: float) -> None:
+        req = self._request
+        if req is None or msg.header.message_id != req.message_id:
+            return  # not for our outstanding request: drop
+        if req.kind != "IKE_SA_INIT" and not msg.encrypted:
+            return
+        self.last_rx = now
+        if req.kind == "IKE_SA_INIT":
+            self._on_init_response(msg, raw, now)
+        elif req.kind == "IKE_AUTH":
+            self._on_auth_response(msg, now)
+        elif req.kind == "rekey child":
+            self._on_rekey_child_response(msg, now)
+        else:
+            self._request = None
+            if req.kind == "delete IKE SA":
+                self._die("deleted")
+
+    def _on_request(self, msg: Message, raw: bytes, now: float) -> None:
+        hdr = msg.header
+        mid = hdr.message_id
+        if self._last_response is not None and mid == self._last_response[0]:
+            self._send(self._last_response[1])  # a retransmission: answer from the cache
+            return
+        if mid != self._peer_next_id:
+            return  # outside the window: drop
+        if hdr.exchange_type != ExchangeType.IKE_SA_INIT and not msg.encrypted:
+            return
+        self.last_rx = now
+        self._peer_next_id = mid + 1
+        try:
+            if hdr.exchange_type == ExchangeType.IKE_AUTH and self.state is State.INIT_DONE:
+                self._on_auth_request(msg, now)
+            elif self.state is not State.ESTABLISHED:
+                raise IkeError(NotifyType.INVALID_SYNTAX, "request before the IKE SA is up")
+            elif hdr.exchange_type == ExchangeType.INFORMATIONAL:
+                self._on_informational(msg, now)
+            elif hdr.exchange_type == ExchangeType.CREATE_CHILD_SA:
+                self._on_create_child(msg, now)
+            else:
+                raise IkeError(NotifyType.INVALID_SYNTAX, "unexpected exchange")
+        except IkeError as e:
+            self._respond(hdr.exchange_type, mid, [Notify(e.notify, e.data)])
+
+    # --- INFORMATIONAL -----------------------------------------------------------------------
+    def _on_informational(self, msg: Message, now: float) -> None:
+        answer: list[Payload] = []
+        dead = False
+        for d in msg.get_all(Delete):
+            if d.protocol == ProtocolId.IKE:
+                dead = True
+            elif d.protocol == ProtocolId.ESP:
+                ours = []
+                for spi in d.spis:
+                    out_spi = int.from_bytes(spi, "big")
+                    for c in list(self.children):
+                        if c.spi_out == out_spi:
+                            self.children.remove(c)
+                            ours.append(c.spi_in.to_bytes(4, "big"))
+                            self.events.append(ChildDown(self, c.spi_in, c.spi_out))
+                if ours:
+                    answer.append(Delete(ProtocolId.ESP, ours))
+        # everything else (DPD, MOBIKE's NO_ADDITIONAL_ADDRESSES, ...) gets an empty answer
+        self._respond(ExchangeType.INFORMATIONAL, msg.header.message_id, answer)
+        if dead:
+            self._die("deleted by the peer")
+
+    def delete(self, now: float) -> None:
+        """Delete the IKE SA (and with it its children)."""
+        if self.state is State.ESTABLISHED and self._request is None:
+            self._request_send(ExchangeType.INFORMATIONAL, [Delete(ProtocolId.IKE)],
+                               "delete IKE SA", now)
+        else:
+            self._die("deleted")
+
+    # --- CREATE_CHILD_SA ----------------------------------------------------------------------
+    def _on_create_child(self, msg: Message, now: float) -> None:
+        nonce = msg.get(Nonce)
+        sa = msg.get(SA)
+        if nonce is None or sa is None:
+            raise IkeError(NotifyType.INVALID_SYNTAX, "CREATE_CHILD_SA without SA or Nonce")
+        if sa.proposals and sa.proposals[0].protocol == ProtocolId.IKE:
+            self._on_rekey_ike(msg, sa, nonce, now)
+            return
+        nr = os.urandom(NONCE_LEN)
+        rekey = msg.notify(NotifyType.REKEY_SA)
+        replaces = None
+        if rekey is not None:
+            old_out = int.from_bytes(rekey.spi, "big")
+            old = next((c for c in self.children if c.spi_out == old_out), None)
+            if old is None:
+                raise IkeError(NotifyType.CHILD_SA_NOT_FOUND, "rekey of an unknown child SA")
+            replaces = old.spi_in
+        payloads, install = self._negotiate_child(msg, nonce.data, nr, msg.get(KE), replaces)
+        if install is not None:
+            payloads.insert(1, Nonce(nr))
+        self._respond(ExchangeType.CREATE_CHILD_SA, msg.header.message_id, payloads)
+        if install is not None:
+            install()
+
+    def _on_rekey_ike(self, msg: Message, sa: SA, nonce: Nonce, now: float) -> None:
+        """Section 1.3.2: the peer replaces this IKE SA; we answer and hand over."""
+        assert self._prf is not None and self._keys is not None and self.config is not None
+        ke = msg.get(KE)
+        chosen = _pick_ike(sa, self.config.ike_proposals)
+        if chosen is None or ke is None:
+            raise IkeError(NotifyType.NO_PROPOSAL_CHOSEN, "no acceptable IKE proposal")
+        number, prop = chosen
+        if ke.group != prop.dh:
+            raise IkeError(NotifyType.INVALID_KE_PAYLOAD, "wrong group",
+                           prop.dh.to_bytes(2, "big"))
+        peer_prop = next(p for p in sa.proposals if p.number == number)
+        kex = kc.KeyExchange(prop.dh)
+        g_ir = kex.shared(ke.data)
+        new = IkeSa(self.config, initiator=False, local=self.local, remote=self.remote,
+                    now=now, lookup=self.lookup)
+        new.spi_i = peer_prop.spi
+        new.spi_r = _spi_bytes()
+        new._ni, new._nr = nonce.data, os.urandom(NONCE_LEN)
+        # the peer that starts the rekey is the new SA's initiator (section 2.18)
+        new.initiator = False
+        seed = kc.skeyseed_rekey(self._prf, self._keys.sk_d, g_ir, new._ni, new._nr)
+        new._derive(prop, g_ir, seed)
+        new.state = State.ESTABLISHED
+        new.natt = self.natt
+        new.local_behind_nat, new.remote_behind_nat = (self.local_behind_nat,
+                                                       self.remote_behind_nat)
+        new.children = self.children
+        new.last_rx = now
+        self.children = []
+        answer: list[Payload] = [
+            SA([ike_proposal(number, encr=prop.encr, prf=prop.prf, dh=prop.dh,
+                             key_length=prop.key_bits, spi=new.spi_r)]),
+            Nonce(new._nr), KE(prop.dh, kex.public),
+        ]
+        self._respond(ExchangeType.CREATE_CHILD_SA, msg.header.message_id, answer)
+        self.events.append(IkeRekeyed(self, new))
+        # the old SA lives until the peer deletes it
+
+    def rekey_child(self, spi_in: int, now: float) -> bool:
+        """Start a rekey of the child SA with inbound SPI ``spi_in`` (make-before-break)."""
+        assert self.config is not None
+        child = next((c for c in self.children if c.spi_in == spi_in), None)
+        if child is None or self._request is not None or self.state is not State.ESTABLISHED:
+            return False
+        new_spi = new_child_spi()
+        ni = os.urandom(NONCE_LEN)
+        payloads: list[Payload] = [
+            Notify(NotifyType.REKEY_SA, protocol=ProtocolId.ESP,
+                   spi=child.spi_in.to_bytes(4, "big")),
+            _esp_offer([EspProposal(child.suite, child.esn)], new_spi), Nonce(ni),
+            TSi.of(*child.local_ts), TSr.of(*child.remote_ts),
+        ]
+        self._request_send(ExchangeType.CREATE_CHILD_SA, payloads, "rekey child", now,
+                           spi_in=new_spi, ni=ni, old=child.spi_in)
+        return True
+
+    def _on_rekey_child_response(self, msg: Message, now: float) -> None:
+        assert self._request is not None
+        ctx = self._request.context
+        self._request = None
+        sa, nonce = msg.get(SA), msg.get(Nonce)
+        if sa is None or nonce is None or len(sa.proposals) != 1:
+            return  # refused (e.g. a rekey collision the peer won): keep the old SA
+        self._child_from_response(sa, msg, int(ctx["spi_in"]), bytes(ctx["ni"]), nonce.data,
+                                  b"", int(ctx["old"]))
+        # make-before-break: the new SA is installed; now delete the old one
+        old = next((c for c in self.children if c.spi_in == int(ctx["old"])), None)
+        if old is not None:
+            self.children.remove(old)
+            self.events.append(ChildDown(self, old.spi_in, old.spi_out))
+            self._request_send(ExchangeType.INFORMATIONAL,
+                               [Delete(ProtocolId.ESP, [old.spi_in.to_bytes(4, "big")])],
+                               "delete child", now)
+
+
+__all__ = [
+    "DEFAULT_ESP_PROPOSALS",
+    "DEFAULT_IKE_PROPOSALS",
+    "ChildDown",
+    "ChildUp",
+    "EspProposal",
+    "Identity",
+    "IkeConfig",
+    "IkeDown",
+    "IkeProposal",
+    "IkeRekeyed",
+    "IkeSa",
+    "IkeUp",
+    "Outgoing",
+    "State",
+    "Transform",
+]
