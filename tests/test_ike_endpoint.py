@@ -10,7 +10,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from nattunnel.endpoint import Endpoint, InProcessInterface
 from nattunnel.ike import IkeManager, IkePeer
-from nattunnel.ike_sa import IkeConfig, Identity
+from nattunnel.ike_sa import Identity, IkeConfig
 from nattunnel.keylog import KeyLog
 from nattunnel.natemu import NatEmulator
 from nattunnel.tunnel import Tunnel

@@ -12,13 +12,13 @@ from nattunnel.ike_message import decode_message, peek_header
 from nattunnel.ike_sa import (
     ChildDown,
     ChildUp,
+    Identity,
     IkeConfig,
     IkeDown,
     IkeProposal,
     IkeRekeyed,
     IkeSa,
     IkeUp,
-    Identity,
     State,
 )
 from nattunnel.sa import InboundSA, OutboundSA
