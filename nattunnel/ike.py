@@ -242,6 +242,9 @@ class IkeManager:
         log.info("peer %s: child SA %#010x/%#010x deleted", ev.ike.name, ev.spi_in, ev.spi_out)
 
     def _ike_down(self, ev: IkeDown, now: float) -> None:
+        if ev.ike.rekeyed:
+            log.info("peer %s: old IKE SA deleted after the rekey", ev.ike.name)
+            return
         log.warning("peer %s: IKE SA down: %s", ev.ike.name, ev.reason)
         peer = self.peers.get(ev.ike.name)
         if peer is not None and peer.initiate and ev.ike.initiator:

@@ -31,6 +31,8 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from . import ike_crypto as kc
 from .constants import (
+    IKE_PORT,
+    NAT_T_PORT,
     AuthMethod,
     DhGroup,
     EsnId,
@@ -403,6 +405,8 @@ class IkeSa:
         self.spi_i = _spi_bytes() if initiator else bytes(8)
         self.spi_r = bytes(8)
         self.natt = bool(config and config.force_encap)
+        if self.natt and remote[1] == IKE_PORT:
+            self.remote = (remote[0], NAT_T_PORT)
         self.local_behind_nat = False
         self.remote_behind_nat = False
         self.children: list[Child] = []
@@ -429,6 +433,8 @@ class IkeSa:
         self._peer_hash_ok = False  # peer sent SIGNATURE_HASH_ALGORITHMS with Identity
         self._pending_child: dict[str, Any] = {}
         self.dead_reason = ""
+        #: replaced by a rekey (its deletion is then expected, not a failure)
+        self.rekeyed = False
 
     # --- common ----------------------------------------------------------------------------
     @property
@@ -551,7 +557,6 @@ class IkeSa:
                                                                                          "big")),
         ]
         self._next_request_id = 0
-        self.natt = self.config.force_encap
         self._request_send(ExchangeType.IKE_SA_INIT, payloads, "IKE_SA_INIT", now)
         self._init_request = self._request.data if self._request else b""
         self.state = State.INIT_SENT
@@ -599,8 +604,15 @@ class IkeSa:
             return
         self._peer_hash_ok = self._has_identity_hash(msg)
         if self.local_behind_nat or self.remote_behind_nat:
-            self.natt = True
+            self._switch_to_natt()
         self._send_auth(now)
+
+    def _switch_to_natt(self) -> None:
+        """Section 2.23: after NAT is detected the initiator moves to port 4500 (the marker
+        goes with it); a peer already reached on a non-500 port stays there."""
+        self.natt = True
+        if self.remote[1] == IKE_PORT:
+            self.remote = (self.remote[0], NAT_T_PORT)
 
     def _detect_nat(self, msg: Message) -> None:
         """Section 2.23: compare the peer's NAT_DETECTION hashes with the addresses we see."""
@@ -1016,7 +1028,7 @@ class IkeSa:
         ]
         self._respond(ExchangeType.CREATE_CHILD_SA, msg.header.message_id, answer)
         self.events.append(IkeRekeyed(self, new))
-        # the old SA lives until the peer deletes it
+        self.rekeyed = True  # the old SA lives until the peer deletes it
 
     def rekey_child(self, spi_in: int, now: float) -> bool:
         """Start a rekey of the child SA with inbound SPI ``spi_in`` (make-before-break)."""
