@@ -182,7 +182,7 @@ class IkeManager:
             elif isinstance(ev, ChildDown):
                 self._child_down(ev, now)
             elif isinstance(ev, IkeUp):
-                self._ike_up(ev)
+                self._ike_up(ev, now)
             elif isinstance(ev, IkeDown):
                 self._ike_down(ev, now)
             elif isinstance(ev, IkeRekeyed):
@@ -195,8 +195,14 @@ class IkeManager:
     def _tunnel_peer(self, ike: IkeSa):  # type: ignore[no-untyped-def]
         return self.tunnel.peers.get(ike.name)
 
-    def _ike_up(self, ev: IkeUp) -> None:
+    def _ike_up(self, ev: IkeUp, now: float) -> None:
         ike = ev.ike
+        if ike.initial_contact:
+            # section 2.4: the peer rebooted; every older SA with it is gone on its side
+            for other in list(self.sas.values()):
+                if other is not ike and other.name == ike.name:
+                    other.forget("replaced: the peer sent INITIAL_CONTACT")
+                    self._process(other, now)
         peer = self._tunnel_peer(ike)
         log.info("peer %s: IKE SA established with %s (%s); NAT: %s", ike.name,
                  f"{ev.remote[0]}:{ev.remote[1]}",

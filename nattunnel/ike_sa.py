@@ -162,6 +162,10 @@ class IkeConfig:
     force_encap: bool = False
     dpd_interval: float = 30.0
     retransmit_tries: int = RETRANSMIT_TRIES
+    #: rekey child SAs this long after they were made (0: never), minus up to
+    #: ``rekey_jitter`` of it at random so that peers do not collide (section 2.8)
+    child_rekey_time: float = 3600.0
+    rekey_jitter: float = 0.1
 
 
 # --- outputs and events ------------------------------------------------------------------------
@@ -238,6 +242,8 @@ class Child:
     esn: bool
     local_ts: tuple[Network, ...]
     remote_ts: tuple[Network, ...]
+    #: when to start a rekey (soft lifetime with jitter), or None
+    rekey_at: float | None = None
 
 
 @dataclass
@@ -435,6 +441,8 @@ class IkeSa:
         self.dead_reason = ""
         #: replaced by a rekey (its deletion is then expected, not a failure)
         self.rekeyed = False
+        #: the peer sent INITIAL_CONTACT: it has no other SAs with us (section 2.4)
+        self.initial_contact = False
 
     # --- common ----------------------------------------------------------------------------
     @property
@@ -504,8 +512,10 @@ class IkeSa:
         times = []
         if self._request is not None:
             times.append(self._request.sent_at + RETRANSMIT_BASE * 2 ** (self._request.tries - 1))
-        elif self.state is State.ESTABLISHED and self.config and self.config.dpd_interval > 0:
-            times.append(self.last_rx + self.config.dpd_interval)
+        elif self.state is State.ESTABLISHED:
+            if self.config and self.config.dpd_interval > 0:
+                times.append(self.last_rx + self.config.dpd_interval)
+            times += [c.rekey_at for c in self.children if c.rekey_at is not None]
         elif self.state is State.INIT_DONE:
             times.append(self.created + 30.0)  # half-open SA lifetime
         return min(times) if times else None
@@ -528,7 +538,14 @@ class IkeSa:
         if self.state is State.INIT_DONE and now >= self.created + 30.0:
             self._die("half-open IKE SA timed out")
             return
-        if (self.state is State.ESTABLISHED and self.config and self.config.dpd_interval > 0
+        if self.state is not State.ESTABLISHED:
+            return
+        due = [c for c in self.children if c.rekey_at is not None and c.rekey_at <= now]
+        if due:
+            due[0].rekey_at = None  # one attempt per soft lifetime
+            self.rekey_child(due[0].spi_in, now)
+            return
+        if (self.config and self.config.dpd_interval > 0
                 and now >= self.last_rx + self.config.dpd_interval):
             self._request_send(ExchangeType.INFORMATIONAL, [], "liveness check", now)
 
@@ -743,6 +760,10 @@ class IkeSa:
 
     def _add_child(self, child: Child, *, keymat_in: bytes, keymat_out: bytes,
                    replaces: int | None) -> None:
+        if self.config and self.config.child_rekey_time > 0:
+            jitter = self.config.rekey_jitter * self.config.child_rekey_time
+            child.rekey_at = self.last_rx + self.config.child_rekey_time - (
+                int.from_bytes(os.urandom(2), "big") / 65535 * jitter)
         self.children.append(child)
         self.events.append(ChildUp(self, child.spi_in, child.spi_out, child.suite, child.esn,
                                    keymat_in, keymat_out, child.local_ts, child.remote_ts,
@@ -822,6 +843,7 @@ class IkeSa:
             return
         self.config = config
         self.last_rx = now
+        self.initial_contact = msg.notify(NotifyType.INITIAL_CONTACT) is not None
         my_idr = self._id_payload(IDr, config.local_id)
         payloads: list[Payload] = [my_idr, self._auth_payload(my_idr.encode_body())]
         child_payloads, child = self._negotiate_child(msg, self._ni, self._nr, None)
@@ -957,6 +979,10 @@ class IkeSa:
         self._respond(ExchangeType.INFORMATIONAL, msg.header.message_id, answer)
         if dead:
             self._die("deleted by the peer")
+
+    def forget(self, reason: str) -> None:
+        """Drop this SA without a word to the peer (it has forgotten it: INITIAL_CONTACT)."""
+        self._die(reason)
 
     def delete(self, now: float) -> None:
         """Delete the IKE SA (and with it its children)."""

@@ -313,3 +313,23 @@ def test_ike_rekey_by_peer_hands_children_over():
     resp = w.b.pop_outputs()[0].data
     msg = decode_message(resp, sk=w.a._sk_in)
     assert msg.header.is_response and msg.get(SA).proposals[0].spi == ev.new.spi_r
+
+
+def test_child_rekey_by_time_with_jitter():
+    a_cfg, b_cfg = configs()
+    a_cfg.child_rekey_time = 100.0
+    a_cfg.rekey_jitter = 0.1
+    a_cfg.dpd_interval = 0
+    w = Wire(a_cfg, b_cfg)
+    w.a.start(0.0)
+    w.pump()
+    (child,) = w.a.children
+    assert 90.0 <= child.rekey_at <= 100.0
+    t = w.a.next_deadline()
+    assert t == child.rekey_at
+    w.a.on_timer(t)
+    w.pump(t)
+    ups = child_ups(w.events_a)
+    assert len(ups) == 2 and ups[1].replaces == ups[0].spi_in
+    assert [c.spi_in for c in w.a.children] == [ups[1].spi_in]
+    assert_child_pair_works(ups[1], child_ups(w.events_b)[1])
