@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 
@@ -44,21 +45,28 @@ def build_parser() -> argparse.ArgumentParser:
                        help="length of each iperf3 run (default 10)")
     netns.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
-    # keygen writes fresh private key material to a new file with mode 0600 and never prints
-    # the key. Today: ESP keying material for a manual SA (`keygen [--suite S] [--force] PATH`).
-    # Planned with IKEv2: Ed25519 key pairs (`nattunnel keygen NAME` -> keys/NAME.key with
-    # mode 0600 + keys/NAME.pub). That will be selected by a new `--type {esp,ed25519}` option
-    # (default esp, so existing invocations keep their meaning); the positional argument then
-    # names the pair, and --suite stays specific to ESP. --suite is validated in main(), not by
-    # argparse `choices`, so that errors are the one-line "nattunnel keygen: ..." form and
-    # aliases (suite_by_name) are accepted.
-    keygen = sub.add_parser("keygen", help="write fresh key material to a new 0600 file")
-    keygen.add_argument("--suite", default="aes256gcm16",
-                        help="ESP suite the keying material is for (default aes256gcm16; "
-                             f"one of {', '.join(sorted(SUITES))})")
+    # keygen writes fresh private key material to new files with mode 0600 and never prints
+    # a private key. `--type` selects what: esp (the default, so existing invocations keep
+    # their meaning: `keygen [--suite S] [--force] PATH`, keying material for a manual SA),
+    # ed25519 (`keygen --type ed25519 NAME` -> keys/NAME.key, 0600, + keys/NAME.pub; NAME may
+    # be a path prefix) or psk (`keygen --type psk PATH`: an IKEv2 pre-shared key). --suite
+    # and --type are validated in main(), not by argparse `choices`, so that errors are the
+    # one-line "nattunnel keygen: ..." form and suite aliases (suite_by_name) are accepted.
+    keygen = sub.add_parser("keygen", help="write fresh key material to new 0600 files")
+    keygen.add_argument("--type", dest="key_type", default="esp", metavar="TYPE",
+                        help="esp (default): ESP keying material for a manual SA; "
+                             "ed25519: an IKEv2 key pair NAME.key + NAME.pub; "
+                             "psk: an IKEv2 pre-shared key")
+    keygen.add_argument("--suite", default=None,
+                        help="--type esp only: ESP suite the keying material is for (default "
+                             f"aes256gcm16; one of {', '.join(sorted(SUITES))})")
     keygen.add_argument("--force", action="store_true",
-                        help="replace PATH if it exists (atomically)")
-    keygen.add_argument("path", metavar="PATH", help="key file to create")
+                        help="replace existing files (atomically)")
+    keygen.add_argument("path", metavar="PATH",
+                        help="key file to create; for --type ed25519 the pair's NAME "
+                             "(keys/NAME.key and keys/NAME.pub) or a path prefix")
+    pubkey = sub.add_parser("pubkey", help="print the public key (PEM) of an Ed25519 key file")
+    pubkey.add_argument("key", metavar="FILE", help="private key file (PKCS#8 PEM, mode 0600)")
     up = sub.add_parser("up", help="run a tunnel endpoint in the foreground (manual SAs)")
     up.add_argument("config", metavar="CONFIG", help="TOML configuration (docs/config.md)")
     up.add_argument("--stats", metavar="FILE",
@@ -98,17 +106,52 @@ def _up(config_path: str, stats: str | None, level: str) -> int:
         return 1
 
 
-def _keygen(path: str, suite_name: str, force: bool) -> int:
-    from .keys import generate_keymat, write_key_file
+_KEY_TYPES = ("esp", "ed25519", "psk")
+
+
+def _keygen(path: str, key_type: str, suite_name: str | None, force: bool) -> int:
+    from . import keys
     from .suite import suite_by_name
 
     try:
-        suite = suite_by_name(suite_name)
-        write_key_file(path, generate_keymat(suite), force=force)
-    except ValueError as e:  # KeyFileError is a ValueError; its message never holds the key
+        if key_type not in _KEY_TYPES:
+            raise ValueError(f"unknown --type {key_type!r}; expected one of "
+                             f"{', '.join(_KEY_TYPES)}")
+        if key_type != "esp" and suite_name is not None:
+            raise ValueError(f"--suite is for --type esp only, not --type {key_type}")
+        if key_type == "esp":
+            suite = suite_by_name(suite_name or "aes256gcm16")
+            keys.write_key_file(path, keys.generate_keymat(suite), force=force)
+            print(f"wrote {suite.name} keying material to {path} (mode 0600)")
+        elif key_type == "psk":
+            keys.write_psk_file(path, keys.generate_psk(), force=force)
+            print(f"wrote a {keys.PSK_LEN}-octet IKEv2 pre-shared key to {path} (mode 0600); "
+                  f"copy it to the peer over a secure channel")
+        else:
+            key_path, pub_path = keys.ed25519_pair_paths(path)
+            if "/" not in path and not os.path.isdir(keys.KEY_DIR):
+                os.mkdir(keys.KEY_DIR, 0o700)
+                print(f"created directory {keys.KEY_DIR} (mode 0700)")
+            key = keys.write_ed25519_pair(key_path, pub_path, force=force)
+            print(f"wrote Ed25519 private key to {key_path} (mode 0600)")
+            print(f"wrote Ed25519 public key to {pub_path}")
+            print(f"public key (raw, base64): {keys.public_key_b64(key.public_key())}")
+    except (ValueError, OSError) as e:
+        # KeyFileError is a ValueError; its message never holds the key
         print(f"nattunnel keygen: {e}", file=sys.stderr)
         return 2
-    print(f"wrote {suite.name} keying material to {path} (mode 0600)")
+    return 0
+
+
+def _pubkey(path: str) -> int:
+    from .keys import load_ed25519_private, public_key_pem
+
+    try:
+        key = load_ed25519_private(path)
+    except ValueError as e:  # KeyFileError: names the file and the problem, never the key
+        print(f"nattunnel pubkey: {e}", file=sys.stderr)
+        return 2
+    sys.stdout.write(public_key_pem(key.public_key()).decode("ascii"))
     return 0
 
 
@@ -141,7 +184,9 @@ def main(argv: list[str] | None = None) -> int:
         return demo_main(nat_timeout=t, keepalive_interval=t * 0.3, idle=t * 3.5,
                          seconds=args.seconds)
     if args.command == "keygen":
-        return _keygen(args.path, args.suite, args.force)
+        return _keygen(args.path, args.key_type, args.suite, args.force)
+    if args.command == "pubkey":
+        return _pubkey(args.key)
     return 2
 
 

@@ -1,4 +1,4 @@
-"""The TOML configuration of a tunnel endpoint with manual SAs (docs/config.md).
+"""The TOML configuration of a tunnel endpoint: manual SAs or IKEv2 peers (docs/config.md).
 
 ``load_config(path)`` reads a file, ``parse_config(text, base_dir)`` a string; both return a
 frozen ``Config`` or raise ``ConfigError``. Everything is checked at load time, key files
@@ -9,23 +9,30 @@ included, so that an endpoint never starts with half a configuration:
 - addresses: IP literals only (no DNS at load time), IPv6 in brackets, ports 1..65535;
 - across peers: unique names, unique ``spi_in``, no overlapping ``allowed_ips``, and no two
   key files holding the same keying material (two SAs on one key and salt would reuse AEAD
-  nonces).
+  nonces); no two IKE peers with the same ``remote_id``.
+
+A ``[[peer]]`` is either manual (``spi_in``, ``spi_out``, ``key_in``, ``key_out``: static keys)
+or IKE-managed (``auth = "psk"`` or ``"pubkey"``: IKEv2 negotiates the child SAs); a field of
+the other kind in a peer is an error naming that field. An IKE peer's ``PeerConfig.ike`` is an
+``ike_sa.IkeConfig`` whose repr never shows its pre-shared key.
 
 Every ConfigError message has the form ``FILE: FIELD: problem``, where FIELD is a path such as
 ``peer[1].spi_in`` or ``interface.addresses[0]`` (peers are numbered from 0, in file order).
-No message ever contains key material: key files are read only by ``keys.load_keymat``, whose
-errors never hold key bytes, and values are echoed only for fields that are not keys.
+No message ever contains key material: key files are read only by ``keys.load_keymat``,
+``keys.load_psk``, ``keys.load_ed25519_private`` and ``keys.load_ed25519_public``, whose errors
+never hold key bytes, and values are echoed only for fields that are not keys.
 """
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import ipaddress
 import math
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from enum import StrEnum
 from pathlib import Path
@@ -33,13 +40,29 @@ from typing import Any, Final, TypeVar
 
 from .constants import (
     DEFAULT_KEEPALIVE_INTERVAL,
+    IKE_PORT,
     NAT_T_PORT,
     REPLAY_WINDOW_DEFAULT,
     REPLAY_WINDOW_MAX,
     REPLAY_WINDOW_MIN,
     SPI_RESERVED_MAX,
 )
-from .keys import KeyFileError, load_keymat
+from .ike_sa import (
+    DEFAULT_ESP_PROPOSALS,
+    DEFAULT_IKE_PROPOSALS,
+    EspProposal,
+    Identity,
+    IkeConfig,
+    IkeProposal,
+)
+from .keys import (
+    KeyFileError,
+    load_ed25519_private,
+    load_ed25519_public,
+    load_keymat,
+    load_psk,
+    public_key_b64,
+)
 from .suite import SUITES, Suite, suite_by_name
 from .udpencap import inner_mtu
 
@@ -65,9 +88,18 @@ SPI_MIN: Final = SPI_RESERVED_MAX + 1
 SPI_MAX: Final = 2**32 - 1
 PEER_NAME_MAX: Final = 64
 TFC_PAD_MAX: Final = 65535
+#: IKE peers: dead peer detection after this many seconds without a message from the peer
+DEFAULT_DPD_INTERVAL: Final = 30.0
 
 _PEER_NAME: Final = re.compile(r"[A-Za-z0-9_.-]+")
 _INTERFACE_KINDS: Final = ("tun", "inprocess")
+
+
+class IkeAuth(StrEnum):
+    """How an IKE peer authenticates (``auth``): strongSwan's ``auth = psk | pubkey``."""
+
+    PSK = "psk"
+    PUBKEY = "pubkey"
 
 
 class KeepaliveMode(StrEnum):
@@ -93,39 +125,82 @@ class InterfaceConfig:
     mtu: int
 
 
+class _IkeConfig(IkeConfig):
+    """An ``ike_sa.IkeConfig`` whose repr names the authentication but never holds the
+    pre-shared key (the dataclass repr of IkeConfig would print it)."""
+
+    def __repr__(self) -> str:
+        if self.auth == IkeAuth.PSK:
+            secret = f"psk=<{len(self.psk)} octets>"
+        else:
+            mine = "<Ed25519 private key>" if self.private_key is not None else "None"
+            theirs = (repr(public_key_b64(self.peer_public_key))
+                      if self.peer_public_key is not None else "None")
+            secret = f"private_key={mine}, peer_public_key={theirs}"
+        return (f"IkeConfig(name={self.name!r}, local_id={str(self.local_id)!r}, "
+                f"remote_id={str(self.remote_id)!r}, auth={self.auth!r}, {secret}, "
+                f"local_ts={tuple(str(n) for n in self.local_ts)!r}, "
+                f"remote_ts={tuple(str(n) for n in self.remote_ts)!r}, "
+                f"ike_proposals={tuple(p.name for p in self.ike_proposals)!r}, "
+                f"esp_proposals={tuple(esp_proposal_name(p) for p in self.esp_proposals)!r}, "
+                f"force_encap={self.force_encap}, dpd_interval={self.dpd_interval})")
+
+
 @dataclass(frozen=True, slots=True)
 class PeerConfig:
     name: str
-    #: where to send; None: learned from the first authenticated packet (a peer behind NAT)
+    #: where to send; None: learned from the first authenticated packet (a peer behind NAT).
+    #: For an IKE peer: where to send IKE_SA_INIT (port 500 unless given).
     endpoint: Addr | None
-    #: inner prefixes routed to this peer and accepted from it
+    #: inner prefixes routed to this peer and accepted from it (an IKE peer: the remote
+    #: traffic selectors, ``ike.remote_ts``)
     allowed_ips: tuple[IPNetwork, ...]
+    #: a manual peer's ESP suite; an IKE peer: the suite of its first ESP proposal (the child
+    #: SAs use the negotiated one)
     suite: Suite
-    spi_in: int
-    spi_out: int
+    #: manual SAs only; None for an IKE peer
+    spi_in: int | None
+    spi_out: int | None
+    #: manual SAs only; empty for an IKE peer
     key_in: bytes
     key_out: bytes
-    key_in_path: Path
-    key_out_path: Path
+    #: manual SAs only; None for an IKE peer
+    key_in_path: Path | None
+    key_out_path: Path | None
+    #: a manual peer's ESN setting; an IKE peer: that of its first ESP proposal
     esn: bool
     replay_window: int
     keepalive: KeepaliveMode
-    #: whether THIS host is behind NAT towards this peer
+    #: whether THIS host is behind NAT towards this peer (manual peers; IKE detects it)
     behind_nat: bool
     keepalive_interval: float
     tfc_pad: int
+    #: IKE-managed peer (``auth`` set): its IKEv2 settings and credentials; None: manual SAs
+    ike: IkeConfig | None = None
+    #: IKE peers: whether this host starts the IKE SA (to ``endpoint``); always False for a
+    #: manual peer
+    initiate: bool = False
 
     def __repr__(self) -> str:
         # The dataclass repr would print key_in and key_out; never let a log line hold a key.
-        return (f"PeerConfig(name={self.name!r}, endpoint={self.endpoint!r}, "
-                f"allowed_ips={tuple(str(n) for n in self.allowed_ips)!r}, "
-                f"suite={self.suite.name!r}, spi_in={self.spi_in:#010x}, "
-                f"spi_out={self.spi_out:#010x}, key_in=<{len(self.key_in)} octets from "
+        common = (f"PeerConfig(name={self.name!r}, endpoint={self.endpoint!r}, "
+                  f"allowed_ips={tuple(str(n) for n in self.allowed_ips)!r}, ")
+        if self.ike is not None:
+            return (common + f"ike={self.ike!r}, initiate={self.initiate}, "
+                    f"replay_window={self.replay_window}, "
+                    f"keepalive={self.keepalive.value!r}, "
+                    f"keepalive_interval={self.keepalive_interval}, tfc_pad={self.tfc_pad})")
+        return (common + f"suite={self.suite.name!r}, spi_in={_hex_or_none(self.spi_in)}, "
+                f"spi_out={_hex_or_none(self.spi_out)}, key_in=<{len(self.key_in)} octets from "
                 f"{str(self.key_in_path)!r}>, key_out=<{len(self.key_out)} octets from "
                 f"{str(self.key_out_path)!r}>, esn={self.esn}, "
                 f"replay_window={self.replay_window}, keepalive={self.keepalive.value!r}, "
                 f"behind_nat={self.behind_nat}, keepalive_interval={self.keepalive_interval}, "
                 f"tfc_pad={self.tfc_pad})")
+
+
+def _hex_or_none(value: int | None) -> str:
+    return "None" if value is None else f"{value:#010x}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +210,11 @@ class Config:
     peers: tuple[PeerConfig, ...]
     #: the file it was loaded from, if any
     path: Path | None
+    #: directory for Wireshark key tables (``esp_sa``, ``ikev2_decryption_table``; see
+    #: nattunnel.keylog), or None: no key log
+    keylog: Path | None = None
+    #: local UDP port for IKE without NAT-T (IKE_SA_INIT); IKE over NAT-T uses the listen ports
+    ike_port: int = IKE_PORT
 
 
 class ConfigError(ValueError):
@@ -189,12 +269,25 @@ def parse_config(text: str, base_dir: Path, path: Path | None = None) -> Config:
 _T = TypeVar("_T")
 _MISSING: Final = object()
 
-_TOP_KEYS: Final = ("listen", "interface", "peer")
+_TOP_KEYS: Final = ("listen", "interface", "peer", "keylog", "ike_port")
 _INTERFACE_KEYS: Final = ("kind", "name", "addresses", "underlay_mtu", "mtu")
 _PEER_KEYS: Final = (
     "name", "endpoint", "allowed_ips", "suite", "spi_in", "spi_out", "key_in", "key_out",
     "esn", "replay_window", "keepalive", "behind_nat", "keepalive_interval", "tfc_pad",
+    "auth", "local_id", "remote_id", "psk_file", "private_key", "peer_public_key", "initiate",
+    "encap", "dpd_interval", "ike_proposals", "esp_proposals", "local_ts",
 )
+#: fields of a manual peer only (static SAs)
+_MANUAL_KEYS: Final = ("spi_in", "spi_out", "key_in", "key_out", "suite", "esn")
+#: fields of an IKE peer only
+_IKE_KEYS: Final = (
+    "auth", "local_id", "remote_id", "psk_file", "private_key", "peer_public_key", "initiate",
+    "encap", "dpd_interval", "ike_proposals", "esp_proposals", "local_ts",
+)
+#: for auth = "psk" only / for auth = "pubkey" only
+_PSK_KEYS: Final = ("psk_file",)
+_PUBKEY_KEYS: Final = ("private_key", "peer_public_key")
+_IKE_INSTEAD: Final = {"suite": "esp_proposals", "esn": "esp_proposals (e.g. \"aes256gcm16-esn\")"}
 
 
 def _toml_type(value: object) -> str:
@@ -294,6 +387,147 @@ def _is_ipv6(addr: Addr) -> bool:
     return ":" in addr[0]
 
 
+# --- IKE and ESP proposals, as strongSwan writes them ------------------------------------------
+
+_IKE_ENCR: Final[dict[str, tuple[int, int | None]]] = {
+    "aes128gcm16": (20, 128),
+    "aes256gcm16": (20, 256),
+    "chacha20poly1305": (28, None),
+}
+_PRF: Final = {"prfsha256": 5, "prfsha384": 6, "prfsha512": 7}
+_DH: Final = {"x25519": 31, "curve25519": 31, "ecp256": 19}
+_DH_NAMES: Final = {31: "x25519", 19: "ecp256"}
+_ESN: Final = {"esn": True, "noesn": False}
+#: strongSwan keywords nattunnel knows but does not implement, with the reason
+_UNSUPPORTED: Final = (
+    (re.compile(r"aes(128|192|256)?(ctr|cbc|ccm\d*|gcm(8|12|16|64|96|128)?)?|aes192gcm\d+|3des|"
+                r"camellia\d*|blowfish\d*|cast128|null"),
+     "is not supported: nattunnel implements only the AEAD ciphers aes128gcm16, "
+     "aes256gcm16 and chacha20poly1305"),
+    (re.compile(r"(sha|sha1|sha2_?\d+|sha\d+|md5|aesxcbc|aescmac)(_\d+)?"),
+     "is an integrity algorithm; AEAD proposals take none (the PRF is named with prf..., "
+     "e.g. prfsha256)"),
+    (re.compile(r"prf\w+"), "is not a supported PRF; use prfsha256, prfsha384 or prfsha512"),
+    (re.compile(r"modp\d+s?\d*|ecp\d+(bp)?|x448|curve448|ke\d_\w+|mlkem\d+"),
+     "is not a supported key exchange method; use x25519 or ecp256"),
+)
+
+
+def _unknown(token: str, kinds: str) -> ValueError:
+    for pattern, why in _UNSUPPORTED:
+        if pattern.fullmatch(token):
+            return ValueError(f"{token!r} {why}")
+    return ValueError(f"unknown algorithm {token!r}; expected {kinds}")
+
+
+def _tokens(text: str) -> list[str]:
+    s = text.strip().lower()
+    if not s:
+        raise ValueError("is empty")
+    tokens = s.split("-")
+    if any(not t for t in tokens):
+        raise ValueError("has an empty algorithm between '-' separators")
+    return tokens
+
+
+def parse_ike_proposal(text: str) -> IkeProposal:
+    """An IKE proposal as strongSwan writes it, ``ENCR-PRF-DH``: ``aes256gcm16-prfsha256-x25519``,
+    ``chacha20poly1305-prfsha256-x25519``, ``aes128gcm16-prfsha256-ecp256``. One algorithm of
+    each kind; the order of the parts does not matter. ValueError with the problem."""
+    kinds = ("encryption (aes128gcm16, aes256gcm16, chacha20poly1305), PRF (prfsha256, "
+             "prfsha384, prfsha512) or key exchange (x25519, ecp256)")
+    encr: tuple[int, int | None] | None = None
+    prf: int | None = None
+    dh: int | None = None
+    for token in _tokens(text):
+        if token in _IKE_ENCR:
+            if encr is not None:
+                raise ValueError(f"has two encryption algorithms ({token!r} is the second); "
+                                 f"write one proposal for each")
+            encr = _IKE_ENCR[token]
+        elif token in _PRF:
+            if prf is not None:
+                raise ValueError(f"has two PRFs ({token!r} is the second); write one "
+                                 f"proposal for each")
+            prf = _PRF[token]
+        elif token in _DH:
+            if dh is not None:
+                raise ValueError(f"has two key exchange methods ({token!r} is the second); "
+                                 f"write one proposal for each")
+            dh = _DH[token]
+        else:
+            raise _unknown(token, kinds)
+    if encr is None:
+        raise ValueError("names no encryption algorithm; add aes256gcm16, aes128gcm16 or "
+                         "chacha20poly1305")
+    if prf is None:
+        raise ValueError("names no PRF; AEAD proposals need one: add prfsha256, prfsha384 or "
+                         "prfsha512")
+    if dh is None:
+        raise ValueError("names no key exchange method; add x25519 or ecp256")
+    return IkeProposal(encr[0], encr[1], prf, dh)
+
+
+def parse_esp_proposal(text: str) -> EspProposal:
+    """An ESP proposal as strongSwan writes it: a suite (``aes256gcm16``, ``aes128gcm16``,
+    ``chacha20poly1305``), then optionally ``esn`` (offer extended sequence numbers; plain
+    32-bit ones remain acceptable) or ``noesn``, and a PFS key exchange method for rekeys
+    (``x25519``, ``ecp256``): ``aes128gcm16-esn``, ``chacha20poly1305-x25519``. ValueError
+    with the problem."""
+    kinds = (f"an ESP suite ({', '.join(sorted(SUITES))}), esn, noesn, or a key exchange "
+             f"method for PFS (x25519, ecp256)")
+    suite: Suite | None = None
+    esn: bool | None = None
+    dh: int | None = None
+    for token in _tokens(text):
+        if token in SUITES:
+            if suite is not None:
+                raise ValueError(f"has two encryption algorithms ({token!r} is the second); "
+                                 f"write one proposal for each")
+            suite = SUITES[token]
+        elif token in _ESN:
+            # strongSwan: "esn-noesn" offers both; EspProposal(esn=True) does just that
+            esn = (esn or False) or _ESN[token]
+        elif token in _DH:
+            if dh is not None:
+                raise ValueError(f"has two key exchange methods ({token!r} is the second); "
+                                 f"write one proposal for each")
+            dh = _DH[token]
+        elif token in _PRF:
+            raise ValueError(f"{token!r}: ESP proposals take no PRF (the IKE SA's PRF derives "
+                             f"the child SA keys)")
+        else:
+            raise _unknown(token, kinds)
+    if suite is None:
+        raise ValueError(f"names no ESP suite; start with one of {', '.join(sorted(SUITES))}")
+    return EspProposal(suite, bool(esn), dh)
+
+
+def esp_proposal_name(p: EspProposal) -> str:
+    """The strongSwan form of an ESP proposal: ``aes128gcm16-esn-x25519``."""
+    parts = [p.suite.name]
+    if p.esn:
+        parts.append("esn")
+    if p.dh is not None:
+        parts.append(_DH_NAMES.get(p.dh, str(p.dh)))
+    return "-".join(parts)
+
+
+def _local_networks(addresses: tuple[IPInterface, ...]) -> tuple[IPNetwork, ...]:
+    """The default local traffic selectors: each inner address as a /32 or /128."""
+    return tuple(ipaddress.ip_network(a.ip) for a in addresses)
+
+
+@dataclass
+class _IkeFiles:
+    """Credentials of one IKE peer, read after the whole file is checked."""
+
+    auth: IkeAuth
+    psk_file: Path | None = None
+    private_key: Path | None = None
+    peer_public_key: Path | None = None
+
+
 class _Parser:
     def __init__(self, path: Path | None, base_dir: Path) -> None:
         self.path = path
@@ -301,6 +535,8 @@ class _Parser:
         self.mtu_explicit = False
         self.mtu_note = ""
         self.outer_ipv6 = False
+        #: peer index -> credential files of an IKE peer (read by load_keys)
+        self.ike_files: dict[int, _IkeFiles] = {}
 
     def err(self, field: str, message: str) -> ConfigError:
         return ConfigError(message, file=self.path, field=field)
@@ -367,16 +603,33 @@ class _Parser:
                                "a table [interface] with at least addresses", {})
         interface = self.interface(iface_table, outer_ipv6)
 
+        keylog = None
+        if "keylog" in doc:
+            text = self.get(doc, "keylog", "", str, "the path of a directory for Wireshark "
+                                                    "key tables")
+            if not text.strip():
+                raise self.err("keylog", "is empty; expected the path of a directory (leave "
+                                         "keylog out for no key log)")
+            keylog = self.base_dir / text
+        ike_port = self.get_int(doc, "ike_port", "", 0, 65535, IKE_PORT)
+        for j, addr in enumerate(listen):
+            if ike_port and addr[1] == ike_port:
+                where = "listen" if "listen" not in doc or len(listen) == 1 else f"listen[{j}]"
+                raise self.err("ike_port", f"{ike_port} is also the port of {where} "
+                                           f"({format_addr(addr)}); IKE without NAT-T needs its "
+                                           f"own port (usually 500, with 4500 in listen)")
+
         peer_tables = self.get(doc, "peer", "", list, "an array of tables [[peer]]", [])
         peers: list[PeerConfig] = []
         for i, table in enumerate(peer_tables):
             if not isinstance(table, dict):
                 raise self.err(f"peer[{i}]", f"expected a table [[peer]], {_got(table)}")
-            peers.append(self.peer(table, f"peer[{i}].", listen, interface))
+            peers.append(self.peer(table, f"peer[{i}].", listen, interface, i))
         # Everything in the file is checked before any key file is opened.
         self.cross_check(peers, interface)
         peers = self.load_keys(peers)
-        return Config(listen=listen, interface=interface, peers=tuple(peers), path=self.path)
+        return Config(listen=listen, interface=interface, peers=tuple(peers), path=self.path,
+                      keylog=keylog, ike_port=ike_port)
 
     def listen(self, doc: dict[str, Any]) -> tuple[Addr, ...]:
         field = "listen"
@@ -488,18 +741,22 @@ class _Parser:
         return iface
 
     def peer(self, t: dict[str, Any], pre: str, listen: tuple[Addr, ...],
-             interface: InterfaceConfig) -> PeerConfig:
+             interface: InterfaceConfig, index: int) -> PeerConfig:
         self.check_keys(t, _PEER_KEYS, pre)
         name = self.get(t, "name", pre, str, "a string of letters, digits, '_', '.', '-'")
         if not _PEER_NAME.fullmatch(name) or len(name) > PEER_NAME_MAX:
             raise self.err(pre + "name", f"{_show(name)} is not a valid peer name; use 1.."
                                          f"{PEER_NAME_MAX} of A-Z a-z 0-9 _ . -")
+        auth = self.auth(t, pre)
 
         endpoint = None
         if "endpoint" in t:
-            text = self.get(t, "endpoint", pre, str,
-                            "a string \"ADDRESS:PORT\" or \"[IPV6]:PORT\"")
-            endpoint = self.endpoint(pre + "endpoint", text, listen)
+            expected = "a string \"ADDRESS:PORT\" or \"[IPV6]:PORT\""
+            if auth is not None:
+                expected += " (or an address alone: port 500)"
+            text = self.get(t, "endpoint", pre, str, expected)
+            endpoint = self.endpoint(pre + "endpoint", text, listen,
+                                     IKE_PORT if auth is not None else None)
 
         expected = "an array of inner prefixes, e.g. [\"198.18.100.2/32\"]"
         allowed: list[IPNetwork] = []
@@ -508,6 +765,36 @@ class _Parser:
         if not allowed:
             raise self.err(pre + "allowed_ips", "is empty; list the inner prefixes this peer "
                                                 "may send from, e.g. [\"198.18.100.2/32\"]")
+
+        replay_window = self.get_int(t, "replay_window", pre, REPLAY_WINDOW_MIN,
+                                     REPLAY_WINDOW_MAX, REPLAY_WINDOW_DEFAULT)
+        mode_text = self.get(t, "keepalive", pre, str, "\"nat\", \"always\" or \"never\"",
+                             KeepaliveMode.NAT.value)
+        try:
+            keepalive = KeepaliveMode(mode_text)
+        except ValueError:
+            raise self.err(pre + "keepalive",
+                           f"{_show(mode_text)} is not a keepalive mode; "
+                           f"expected \"nat\", \"always\" or \"never\"") from None
+        behind_nat = self.get(t, "behind_nat", pre, bool, "true or false", False)
+        interval = self.seconds(t, "keepalive_interval", pre, DEFAULT_KEEPALIVE_INTERVAL,
+                                zero=False)
+        tfc_pad = self.get_int(t, "tfc_pad", pre, 0, min(interface.mtu, TFC_PAD_MAX), 0)
+
+        if auth is not None:
+            ike, initiate = self.ike(t, pre, name, auth, endpoint, tuple(allowed), interface,
+                                     index)
+            ike.replay_window = replay_window
+            ike.tfc_pad = tfc_pad
+            ike.keepalive_interval = interval
+            first = ike.esp_proposals[0]
+            return PeerConfig(
+                name=name, endpoint=endpoint, allowed_ips=tuple(allowed), suite=first.suite,
+                spi_in=None, spi_out=None, key_in=b"", key_out=b"", key_in_path=None,
+                key_out_path=None, esn=first.esn, replay_window=replay_window,
+                keepalive=keepalive, behind_nat=behind_nat, keepalive_interval=interval,
+                tfc_pad=tfc_pad, ike=ike, initiate=initiate,
+            )
 
         suite_name = self.get(t, "suite", pre, str,
                               f"a suite name, one of {', '.join(sorted(SUITES))}", DEFAULT_SUITE)
@@ -520,42 +807,223 @@ class _Parser:
         spi_out = self.get_int(t, "spi_out", pre, SPI_MIN, SPI_MAX, hex_=True)
         key_in_path = self.key_path(t, "key_in", pre, suite)
         key_out_path = self.key_path(t, "key_out", pre, suite)
-
         esn = self.get(t, "esn", pre, bool, "true or false", False)
-        replay_window = self.get_int(t, "replay_window", pre, REPLAY_WINDOW_MIN,
-                                     REPLAY_WINDOW_MAX, REPLAY_WINDOW_DEFAULT)
-        mode_text = self.get(t, "keepalive", pre, str, "\"nat\", \"always\" or \"never\"",
-                             KeepaliveMode.NAT.value)
-        try:
-            keepalive = KeepaliveMode(mode_text)
-        except ValueError:
-            raise self.err(pre + "keepalive",
-                           f"{_show(mode_text)} is not a keepalive mode; "
-                           f"expected \"nat\", \"always\" or \"never\"") from None
-        behind_nat = self.get(t, "behind_nat", pre, bool, "true or false", False)
-        interval = self.get(t, "keepalive_interval", pre, object, "a number of seconds > 0",
-                            DEFAULT_KEEPALIVE_INTERVAL)
-        if isinstance(interval, bool) or not isinstance(interval, int | float):
-            raise self.err(pre + "keepalive_interval",
-                           f"expected a number of seconds > 0, {_got(interval)}")
-        if not (math.isfinite(interval) and interval > 0):
-            raise self.err(pre + "keepalive_interval",
-                           f"{_show(interval)} is out of range; expected a number of seconds > 0")
-        tfc_pad = self.get_int(t, "tfc_pad", pre, 0, min(interface.mtu, TFC_PAD_MAX), 0)
 
         return PeerConfig(
             name=name, endpoint=endpoint, allowed_ips=tuple(allowed), suite=suite,
             spi_in=spi_in, spi_out=spi_out, key_in=b"", key_out=b"",  # load_keys() fills
             key_in_path=key_in_path, key_out_path=key_out_path, esn=esn,
             replay_window=replay_window, keepalive=keepalive, behind_nat=behind_nat,
-            keepalive_interval=float(interval), tfc_pad=tfc_pad,
+            keepalive_interval=interval, tfc_pad=tfc_pad,
         )
 
-    def endpoint(self, field: str, text: str, listen: tuple[Addr, ...]) -> Addr:
+    def seconds(self, t: dict[str, Any], key: str, pre: str, default: float, *,
+                zero: bool) -> float:
+        """A finite number of seconds, > 0 (or >= 0 if ``zero``), as a float."""
+        expected = "a number of seconds >= 0" if zero else "a number of seconds > 0"
+        value = self.get(t, key, pre, object, expected, default)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise self.err(pre + key, f"expected {expected}, {_got(value)}")
+        if not (math.isfinite(value) and (value >= 0 if zero else value > 0)):
+            raise self.err(pre + key, f"{_show(value)} is out of range; expected {expected}")
+        return float(value)
+
+    def auth(self, t: dict[str, Any], pre: str) -> IkeAuth | None:
+        """The peer's kind: None for manual SAs, else its IKE authentication. A field of the
+        other kind is an error naming it."""
+        # the first offending field in file order
+        if "auth" not in t:
+            for key in t:
+                if key in _IKE_KEYS:
+                    raise self.err(pre + key, "is an IKEv2 field, but this peer has no auth "
+                                              "(manual SAs); add auth = \"psk\" or "
+                                              "\"pubkey\" for an IKE-managed peer, or remove "
+                                              f"{key}")
+            return None
+        text = self.get(t, "auth", pre, str, "\"psk\" or \"pubkey\"")
         try:
-            addr = _parse_addr(text, bare_port=False)
-        except ValueError as e:
-            raise self.err(field, f"{_show(text)}: {e}") from None
+            auth = IkeAuth(text)
+        except ValueError:
+            raise self.err(pre + "auth", f"{_show(text)} is not an IKE authentication method; "
+                                         f"expected \"psk\" or \"pubkey\" (Ed25519)") from None
+        for key in t:
+            if key in _MANUAL_KEYS:
+                instead = _IKE_INSTEAD.get(key)
+                hint = (f"; an IKE peer sets {instead}" if instead else
+                        "; IKEv2 negotiates SPIs and keys")
+                raise self.err(pre + key, f"is a manual-SA field, but this peer has auth = "
+                                          f"\"{auth.value}\" (IKE-managed){hint}: remove "
+                                          f"{key}, or remove auth for a manual peer")
+        other = _PUBKEY_KEYS if auth is IkeAuth.PSK else _PSK_KEYS
+        for key in other:
+            if key in t:
+                want = "pubkey" if auth is IkeAuth.PSK else "psk"
+                raise self.err(pre + key, f"is for auth = \"{want}\", but this peer has "
+                                          f"auth = \"{auth.value}\"")
+        return auth
+
+    def ike(self, t: dict[str, Any], pre: str, name: str, auth: IkeAuth,
+            endpoint: Addr | None, remote_ts: tuple[IPNetwork, ...],
+            interface: InterfaceConfig, index: int) -> tuple[IkeConfig, bool]:
+        """The IkeConfig of an IKE peer (credentials still empty: load_keys reads them) and
+        whether to initiate."""
+        local_id = self.identity(t, "local_id", pre)
+        remote_id = self.identity(t, "remote_id", pre)
+
+        files = _IkeFiles(auth)
+        if auth is IkeAuth.PSK:
+            files.psk_file = self.file_path(
+                t, "psk_file", pre, "the path of a pre-shared key file made by `nattunnel "
+                                    "keygen --type psk PATH`")
+        else:
+            files.private_key = self.file_path(
+                t, "private_key", pre, "the path of this host's Ed25519 private key (PKCS#8 "
+                                       "PEM), made by `nattunnel keygen --type ed25519 NAME`")
+            files.peer_public_key = self.file_path(
+                t, "peer_public_key", pre, "the path of the peer's Ed25519 public key (its "
+                                           ".pub file, SubjectPublicKeyInfo PEM)")
+        self.ike_files[index] = files
+
+        initiate = self.get(t, "initiate", pre, bool, "true or false", endpoint is not None)
+        if initiate and endpoint is None:
+            raise self.err(pre + "initiate", "true needs an endpoint to send IKE_SA_INIT to; "
+                                             "add endpoint, or set initiate = false to wait "
+                                             "for the peer")
+        encap = self.get(t, "encap", pre, str, "\"auto\" or \"force\"", "auto")
+        if encap not in ("auto", "force"):
+            raise self.err(pre + "encap", f"{_show(encap)} is not an encapsulation mode; "
+                                          f"expected \"auto\" (UDP encapsulation when a NAT "
+                                          f"is detected) or \"force\" (always)")
+        dpd = self.seconds(t, "dpd_interval", pre, DEFAULT_DPD_INTERVAL, zero=True)
+
+        ike_proposals = self.proposals(t, "ike_proposals", pre, parse_ike_proposal,
+                                       DEFAULT_IKE_PROPOSALS,
+                                       "an array of IKE proposals, e.g. "
+                                       "[\"aes256gcm16-prfsha256-x25519\"]")
+        esp_proposals = self.proposals(t, "esp_proposals", pre, parse_esp_proposal,
+                                       DEFAULT_ESP_PROPOSALS,
+                                       "an array of ESP proposals, e.g. [\"aes256gcm16\"]")
+
+        if "local_ts" in t:
+            expected = "an array of local inner prefixes, e.g. [\"198.18.100.1/32\"]"
+            local: list[IPNetwork] = []
+            for f, s in self.get_str_list(t, "local_ts", pre, expected):
+                local.append(self.network(f, s))
+            if not local:
+                raise self.err(pre + "local_ts", "is empty; list the local inner prefixes "
+                                                 "this peer may reach, or leave local_ts out "
+                                                 "for the interface addresses")
+            local_ts = tuple(local)
+        else:
+            local_ts = _local_networks(interface.addresses)
+            if not local_ts:
+                raise self.err(pre + "local_ts", "missing: the interface has no addresses to "
+                                                 "derive the local traffic selectors from; "
+                                                 "give local_ts, e.g. "
+                                                 "[\"198.18.100.1/32\"]")
+        return _IkeConfig(
+            name=name, local_id=local_id, remote_id=remote_id, auth=auth.value,
+            local_ts=local_ts, remote_ts=remote_ts, ike_proposals=ike_proposals,
+            esp_proposals=esp_proposals, force_encap=encap == "force", dpd_interval=dpd,
+        ), initiate
+
+    def identity(self, t: dict[str, Any], key: str, pre: str) -> Identity:
+        """An IKE identity as strongSwan writes it: an IP address, ``fqdn:NAME``, a bare name
+        (FQDN), ``@NAME`` (FQDN), ``keyid:HEX`` / ``@#HEX`` / ``keyid:TEXT``."""
+        field = pre + key
+        text = self.get(t, key, pre, str, "an identity such as \"hosta\", "
+                                          "\"fqdn:hosta.example\", \"198.18.0.1\" or "
+                                          "\"keyid:0011...\"")
+        s = text.strip()
+        if s.startswith("@#"):
+            s = "keyid:#" + s[2:]
+        elif s.startswith("@"):
+            s = "fqdn:" + s[1:]
+        prefix, colon, rest = s.partition(":")
+        problem = None
+        if not s:
+            problem = "is empty"
+        elif text.strip() != text:
+            problem = "starts or ends with whitespace"
+        elif colon and prefix.lower() in ("ipv4", "ipv6"):
+            try:
+                ip = ipaddress.ip_address(rest)
+            except ValueError:
+                problem = f"{rest!r} is not an IP address"
+            else:
+                if ip.version != int(prefix[-1]):
+                    problem = f"{rest!r} is not an {prefix[:2].upper()}{prefix[2:]} address"
+                s = rest
+        elif colon and prefix in ("fqdn", "keyid"):
+            if not rest:
+                problem = f"has nothing after {prefix}:"
+        elif colon and re.fullmatch(r"[A-Za-z][A-Za-z0-9]*", prefix):
+            try:
+                ipaddress.ip_address(s)
+            except ValueError:
+                problem = (f"identity type {prefix + ':'!r} is not supported; use an IP "
+                           f"address, fqdn:NAME or keyid:HEX")
+        elif "@" in s:
+            problem = ("looks like an e-mail address (RFC822_ADDR), which is not supported; "
+                       "use fqdn:NAME or keyid:HEX")
+        elif "=" in s or "," in s:
+            problem = ("looks like a distinguished name (ASN.1 DN), which is not supported; "
+                       "use fqdn:NAME or keyid:HEX")
+        if problem is None and (s.startswith("fqdn:") or ":" not in s):
+            host = s.removeprefix("fqdn:")
+            if not host.isascii() or any(c.isspace() or not c.isprintable() for c in host):
+                problem = "an FQDN identity must be printable ASCII without whitespace"
+        if problem is not None:
+            raise self.err(field, f"{_show(text)}: {problem}")
+        return Identity.parse(s)
+
+    def file_path(self, t: dict[str, Any], key: str, pre: str, expected: str) -> Path:
+        text = self.get(t, key, pre, str, expected)
+        if not text:
+            raise self.err(pre + key, f"is empty; expected {expected}")
+        # Joined, not resolved (see key_path).
+        return self.base_dir / text
+
+    def proposals(self, t: dict[str, Any], key: str, pre: str,
+                  parse: Callable[[str], _T], default: tuple[_T, ...], expected: str
+                  ) -> tuple[_T, ...]:
+        if key not in t:
+            return default
+        out: list[_T] = []
+        where: dict[_T, str] = {}
+        for f, text in self.get_str_list(t, key, pre, expected):
+            try:
+                proposal = parse(text)
+            except ValueError as e:
+                raise self.err(f, f"{_show(text)}: {e}") from None
+            if proposal in where:
+                raise self.err(f, f"{_show(text)} is the same proposal as {where[proposal]}")
+            where[proposal] = f
+            out.append(proposal)
+        if not out:
+            raise self.err(pre + key, f"is empty; expected {expected}, or leave {key} out "
+                                      f"for the defaults")
+        return tuple(out)
+
+    def endpoint(self, field: str, text: str, listen: tuple[Addr, ...],
+                 default_port: int | None = None) -> Addr:
+        """``host:port``; with ``default_port`` (IKE peers) also an address alone."""
+        addr = None
+        if default_port is not None:
+            bare = text.strip()
+            if bare.startswith("[") and bare.endswith("]"):
+                bare = bare[1:-1]
+            with contextlib.suppress(ValueError):
+                addr = (str(ipaddress.ip_address(bare)), default_port)
+            if addr is None and ":" not in bare:
+                raise self.err(field, f"{_show(text)}: {bare.strip()!r} is not an IP address "
+                                      f"(host names are not resolved; write an IP address, "
+                                      f"with :PORT if not 500)")
+        if addr is None:
+            try:
+                addr = _parse_addr(text, bare_port=False)
+            except ValueError as e:
+                raise self.err(field, f"{_show(text)}: {e}") from None
         ip = _parse_ip(addr[0])
         if ip.is_unspecified or ip.is_multicast or (
                 isinstance(ip, ipaddress.IPv4Address) and ip == ipaddress.IPv4Address(
@@ -601,8 +1069,12 @@ class _Parser:
         seen: dict[bytes, str] = {}
         out = []
         for i, p in enumerate(peers):
+            if p.ike is not None:
+                out.append(replace(p, ike=self.ike_credentials(i, p.ike)))
+                continue
             loaded = {}
             for key, path in (("key_in", p.key_in_path), ("key_out", p.key_out_path)):
+                assert path is not None
                 field = f"peer[{i}].{key}"
                 data = self.key(field, path, p.suite)
                 # Compared as bytes, reported by field name only.
@@ -614,6 +1086,31 @@ class _Parser:
                 loaded[key] = data
             out.append(replace(p, key_in=loaded["key_in"], key_out=loaded["key_out"]))
         return out
+
+    def ike_credentials(self, index: int, ike: IkeConfig) -> IkeConfig:
+        """Read an IKE peer's PSK or Ed25519 keys into its IkeConfig."""
+        files = self.ike_files[index]
+        pre = f"peer[{index}]."
+        if files.auth is IkeAuth.PSK:
+            assert files.psk_file is not None
+            psk = self.credential(pre + "psk_file", load_psk, files.psk_file)
+            return replace(ike, psk=psk)
+        assert files.private_key is not None and files.peer_public_key is not None
+        private = self.credential(pre + "private_key", load_ed25519_private,
+                                  files.private_key)
+        public = self.credential(pre + "peer_public_key", load_ed25519_public,
+                                 files.peer_public_key)
+        if public == private.public_key():
+            raise self.err(pre + "peer_public_key", f"{files.peer_public_key}: is this host's "
+                                                    f"own public key (the pair of "
+                                                    f"private_key); name the peer's .pub file")
+        return replace(ike, private_key=private, peer_public_key=public)
+
+    def credential(self, field: str, load: Callable[[Path], _T], path: Path) -> _T:
+        try:
+            return load(path)
+        except KeyFileError as e:  # names the file and the reason, never the key
+            raise self.err(field, str(e)) from None
 
     def key(self, field: str, path: Path, suite: Suite) -> bytes:
         try:
@@ -630,6 +1127,7 @@ class _Parser:
     def cross_check(self, peers: list[PeerConfig], interface: InterfaceConfig) -> None:
         names: dict[str, int] = {}
         spis: dict[int, int] = {}
+        remote_ids: dict[Identity, int] = {}
         nets: list[tuple[IPNetwork, str, str]] = []
         for i, p in enumerate(peers):
             pre = f"peer[{i}]."
@@ -637,12 +1135,22 @@ class _Parser:
                 raise self.err(pre + "name", f"{p.name!r} is already the name of "
                                              f"peer[{names[p.name]}]; peer names must be unique")
             names[p.name] = i
-            if p.spi_in in spis:
-                j = spis[p.spi_in]
-                raise self.err(pre + "spi_in", f"{_spi(p.spi_in)} is already the spi_in of "
-                                               f"peer[{j}] ({peers[j].name!r}); inbound SPIs "
-                                               f"must be unique")
-            spis[p.spi_in] = i
+            if p.ike is not None:
+                rid = p.ike.remote_id
+                if rid in remote_ids:
+                    j = remote_ids[rid]
+                    raise self.err(pre + "remote_id", f"{str(rid)!r} is already the remote_id "
+                                                      f"of peer[{j}] ({peers[j].name!r}); an "
+                                                      f"IKE peer is found by its identity, so "
+                                                      f"remote_id must be unique")
+                remote_ids[rid] = i
+            if p.spi_in is not None:
+                if p.spi_in in spis:
+                    j = spis[p.spi_in]
+                    raise self.err(pre + "spi_in", f"{_spi(p.spi_in)} is already the spi_in "
+                                                   f"of peer[{j}] ({peers[j].name!r}); "
+                                                   f"inbound SPIs must be unique")
+                spis[p.spi_in] = i
             for j, net in enumerate(p.allowed_ips):
                 field = f"{pre}allowed_ips[{j}]"
                 for other, ofield, oname in nets:

@@ -228,10 +228,12 @@ class IkeManager:
         if peer is None:
             log.warning("IKE peer %s has no tunnel peer; child SA ignored", ev.ike.name)
             return
-        inbound = InboundSA(ev.spi_in, ev.suite, ev.keymat_in, esn=ev.esn)
+        cfg = ev.ike.config
+        inbound = InboundSA(ev.spi_in, ev.suite, ev.keymat_in, esn=ev.esn,
+                            replay_window=cfg.replay_window if cfg else 1024)
         self.tunnel.install_inbound(peer, inbound)
         self.tunnel.set_outbound(peer, OutboundSA(ev.spi_out, ev.suite, ev.keymat_out,
-                                                  esn=ev.esn))
+                                                  esn=ev.esn, tfc_pad=cfg.tfc_pad if cfg else 0))
         if ev.replaces is not None:
             self._grace.append((now + CHILD_GRACE, ev.replaces))
         if self.keylog is not None:

@@ -124,10 +124,9 @@ class Identity:
         (FQDN), as strongSwan writes them."""
         if text.startswith("keyid:"):
             v = text[6:]
-            try:
-                return cls(11, bytes.fromhex(v.removeprefix("#")))
-            except ValueError:
-                return cls(11, v.encode())
+            if v.startswith("#"):  # strongSwan: keyid:#hex is binary, keyid:text is text
+                return cls(11, bytes.fromhex(v[1:]))
+            return cls(11, v.encode())
         if text.startswith("fqdn:"):
             return cls(2, text[5:].encode("ascii"))
         try:
@@ -152,7 +151,7 @@ class IkeConfig:
     local_id: Identity
     remote_id: Identity
     auth: str  # "psk" | "pubkey"
-    psk: bytes = b""
+    psk: bytes = field(default=b"", repr=False)
     private_key: ed25519.Ed25519PrivateKey | None = None
     peer_public_key: ed25519.Ed25519PublicKey | None = None
     local_ts: tuple[Network, ...] = ()
@@ -166,6 +165,10 @@ class IkeConfig:
     #: ``rekey_jitter`` of it at random so that peers do not collide (section 2.8)
     child_rekey_time: float = 3600.0
     rekey_jitter: float = 0.1
+    #: settings of the child SAs' ESP (docs/config.md)
+    replay_window: int = 1024
+    tfc_pad: int = 0
+    keepalive_interval: float = 20.0
 
 
 # --- outputs and events ------------------------------------------------------------------------

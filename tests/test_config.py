@@ -628,3 +628,471 @@ def test_symlinked_key_file_refused(cfgdir: Path) -> None:
 def test_peer_entries_must_be_tables(cfgdir: Path) -> None:
     e = error(cfgdir, 'peer = [1]\n[interface]\naddresses = ["198.18.100.1/24"]\n')
     assert e.field == "peer[0]" and "expected a table [[peer]], got an integer" in str(e)
+
+
+# --- IKEv2 peers -----------------------------------------------------------------------------
+
+PSK = b"correct horse battery staple"
+
+IKE_PSK = """
+listen = ["0.0.0.0:4500"]
+
+[interface]
+kind = "tun"
+addresses = ["198.18.100.1/24", "fd00:100::1/64"]
+
+[[peer]]
+name = "b"
+auth = "psk"
+psk_file = "keys/b.psk"
+local_id = "hosta"
+remote_id = "fqdn:hostb.example"
+endpoint = "198.18.0.2"
+allowed_ips = ["198.18.100.2/32"]
+"""
+
+IKE_PUBKEY = """
+[interface]
+addresses = ["198.18.100.1/24"]
+
+[[peer]]
+name = "d"
+auth = "pubkey"
+private_key = "keys/a.key"
+peer_public_key = "keys/d.pub"
+local_id = "198.18.0.1"
+remote_id = "keyid:00112233"
+allowed_ips = ["198.18.102.0/24"]
+"""
+
+
+@pytest.fixture
+def ikedir(cfgdir: Path) -> Path:
+    from nattunnel.keys import write_ed25519_pair, write_psk_file
+
+    write_psk_file(cfgdir / "keys" / "b.psk", PSK)
+    write_ed25519_pair(cfgdir / "keys" / "a.key", cfgdir / "keys" / "a.pub")
+    write_ed25519_pair(cfgdir / "keys" / "d.key", cfgdir / "keys" / "d.pub")
+    return cfgdir
+
+
+def ike_error(ikedir: Path, text: str) -> ConfigError:
+    e = error(ikedir, text)
+    assert PSK.decode() not in str(e)
+    return e
+
+
+def test_ike_psk_peer(ikedir: Path) -> None:
+    from nattunnel.ike_sa import DEFAULT_ESP_PROPOSALS, DEFAULT_IKE_PROPOSALS, Identity, IkeConfig
+
+    cfg = load(ikedir, IKE_PSK)
+    assert cfg.keylog is None and cfg.ike_port == 500
+    (p,) = cfg.peers
+    assert isinstance(p.ike, IkeConfig)
+    ike = p.ike
+    assert ike.name == "b" and ike.auth == "psk" and ike.psk == PSK
+    assert ike.local_id == Identity(2, b"hosta")
+    assert ike.remote_id == Identity(2, b"hostb.example")
+    assert ike.private_key is None and ike.peer_public_key is None
+    # the interface addresses as host prefixes; allowed_ips are the remote selectors
+    assert ike.local_ts == (ipaddress.ip_network("198.18.100.1/32"),
+                            ipaddress.ip_network("fd00:100::1/128"))
+    assert ike.remote_ts == p.allowed_ips == (ipaddress.ip_network("198.18.100.2/32"),)
+    assert ike.ike_proposals == DEFAULT_IKE_PROPOSALS
+    assert ike.esp_proposals == DEFAULT_ESP_PROPOSALS
+    assert ike.force_encap is False and ike.dpd_interval == 30.0
+    # an address without a port: IKE's port 500; initiating by default with an endpoint
+    assert p.endpoint == ("198.18.0.2", 500) and p.initiate is True
+    # no manual SA fields
+    assert (p.spi_in, p.spi_out, p.key_in, p.key_out) == (None, None, b"", b"")
+    assert p.key_in_path is None and p.key_out_path is None
+    assert p.suite is AES_GCM_256  # the first ESP proposal's
+    # the PSK never appears in a repr
+    for text in (repr(cfg), repr(p), repr(ike)):
+        assert PSK.decode() not in text and PSK.hex() not in text
+    assert f"psk=<{len(PSK)} octets>" in repr(p)
+
+
+def test_ike_pubkey_peer(ikedir: Path) -> None:
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    from nattunnel.ike_sa import Identity
+    from nattunnel.keys import load_ed25519_private, load_ed25519_public
+
+    cfg = load(ikedir, IKE_PUBKEY)
+    (p,) = cfg.peers
+    assert p.ike is not None and p.ike.auth == "pubkey" and p.ike.psk == b""
+    assert isinstance(p.ike.private_key, ed25519.Ed25519PrivateKey)
+    assert p.ike.private_key.public_key() == load_ed25519_private(
+        ikedir / "keys" / "a.key").public_key()
+    assert p.ike.peer_public_key == load_ed25519_public(ikedir / "keys" / "d.pub")
+    assert p.ike.local_id == Identity(1, bytes([198, 18, 0, 1]))
+    assert p.ike.remote_id == Identity(11, b"00112233")  # keyid:TEXT is text (strongSwan)
+    # no endpoint: a responder
+    assert p.endpoint is None and p.initiate is False
+    assert "Ed25519 private key" in repr(p)
+
+
+def test_ike_all_fields(ikedir: Path) -> None:
+    from nattunnel.ike_sa import EspProposal, IkeProposal
+
+    text = IKE_PSK.replace('listen = ["0.0.0.0:4500"]',
+                           'listen = ["0.0.0.0:4500", "[::]:4500"]\nkeylog = "klog"\n'
+                           "ike_port = 1500")
+    text = text.replace('endpoint = "198.18.0.2"', """endpoint = "[2001:db8::2]:4501"
+initiate = false
+encap = "force"
+dpd_interval = 0
+ike_proposals = ["chacha20poly1305-prfsha384-x25519", "AES128GCM16-prfsha512-ecp256"]
+esp_proposals = ["aes128gcm16-esn", "chacha20poly1305-x25519", "aes256gcm16-noesn-ecp256"]
+local_ts = ["198.18.100.0/24", "fd00:100::/64"]
+keepalive = "always"
+keepalive_interval = 5
+replay_window = 2048
+""")
+    cfg = load(ikedir, text)
+    assert cfg.keylog == ikedir / "klog" and cfg.ike_port == 1500
+    (p,) = cfg.peers
+    assert p.ike is not None
+    assert p.endpoint == ("2001:db8::2", 4501) and p.initiate is False
+    assert p.ike.force_encap is True and p.ike.dpd_interval == 0.0
+    assert p.ike.ike_proposals == (IkeProposal(28, None, 6, 31), IkeProposal(20, 128, 7, 19))
+    assert p.ike.esp_proposals == (EspProposal(AES_GCM_128, True, None),
+                                   EspProposal(CHACHA20_POLY1305, False, 31),
+                                   EspProposal(AES_GCM_256, False, 19))
+    assert p.suite is AES_GCM_128 and p.esn is True
+    assert p.ike.local_ts == (ipaddress.ip_network("198.18.100.0/24"),
+                              ipaddress.ip_network("fd00:100::/64"))
+    assert p.keepalive is KeepaliveMode.ALWAYS and p.keepalive_interval == 5.0
+    assert p.replay_window == 2048
+
+
+def test_ike_and_manual_peers_together(ikedir: Path) -> None:
+    cfg = load(ikedir, IKE_PSK + PEER_C + IKE_PUBKEY[IKE_PUBKEY.index("[[peer]]"):])
+    b, c, d = cfg.peers
+    assert b.ike is not None and d.ike is not None
+    assert c.ike is None and c.initiate is False and c.spi_in == 0x1002
+    assert c.key_in == KEYS["c-in.key"]
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("hosta", (2, b"hosta")),
+    ("fqdn:hosta.example", (2, b"hosta.example")),
+    ("@hosta", (2, b"hosta")),
+    ("198.18.0.1", (1, bytes([198, 18, 0, 1]))),
+    ("ipv4:198.18.0.1", (1, bytes([198, 18, 0, 1]))),
+    ("2001:db8::1", (5, ipaddress.ip_address("2001:db8::1").packed)),
+    ("ipv6:2001:db8::1", (5, ipaddress.ip_address("2001:db8::1").packed)),
+    ("keyid:#0011aa", (11, bytes.fromhex("0011aa"))),
+    ("@#0011aa", (11, bytes.fromhex("0011aa"))),
+])
+def test_ike_identities(ikedir: Path, text: str, expected: tuple[int, bytes]) -> None:
+    cfg = load(ikedir, IKE_PSK.replace('local_id = "hosta"', f'local_id = "{text}"'))
+    ike = cfg.peers[0].ike
+    assert ike is not None
+    assert (ike.local_id.id_type, ike.local_id.data) == expected
+
+
+# (replace this, with this) in IKE_PSK -> field path, and a fragment of the problem
+IKE_BAD = [
+    # mixing manual and IKE fields
+    ('auth = "psk"', 'auth = "psk"\nspi_in = 0x1001', "peer[0].spi_in",
+     "is a manual-SA field, but this peer has auth = \"psk\""),
+    ('auth = "psk"', 'auth = "psk"\nkey_out = "keys/b-out.key"', "peer[0].key_out",
+     "manual-SA field"),
+    ('auth = "psk"', 'auth = "psk"\nsuite = "aes256gcm16"', "peer[0].suite",
+     "an IKE peer sets esp_proposals"),
+    ('auth = "psk"', 'auth = "psk"\nesn = true', "peer[0].esn", "esp_proposals"),
+    ('auth = "psk"\n', "", "peer[0].psk_file", "is an IKEv2 field, but this peer has no auth"),
+    ('auth = "psk"', 'auth = "psk"\nprivate_key = "keys/a.key"', "peer[0].private_key",
+     "is for auth = \"pubkey\""),
+    # auth
+    ('auth = "psk"', 'auth = "cert"', "peer[0].auth", "expected \"psk\" or \"pubkey\""),
+    ('auth = "psk"', "auth = true", "peer[0].auth", "got a boolean"),
+    # identities
+    ('local_id = "hosta"\n', "", "peer[0].local_id", "missing required key"),
+    ('remote_id = "fqdn:hostb.example"\n', "", "peer[0].remote_id", "missing required key"),
+    ('local_id = "hosta"', 'local_id = ""', "peer[0].local_id", "is empty"),
+    ('local_id = "hosta"', "local_id = 1", "peer[0].local_id", "got an integer"),
+    ('local_id = "hosta"', 'local_id = "fqdn:"', "peer[0].local_id", "nothing after fqdn:"),
+    ('local_id = "hosta"', 'local_id = "user@example.org"', "peer[0].local_id", "e-mail"),
+    ('local_id = "hosta"', 'local_id = "C=CH, O=Lab, CN=hosta"', "peer[0].local_id",
+     "distinguished name"),
+    ('local_id = "hosta"', 'local_id = "email:a@b"', "peer[0].local_id",
+     "identity type 'email:' is not supported"),
+    ('local_id = "hosta"', 'local_id = "ipv4:2001:db8::1"', "peer[0].local_id",
+     "is not an IPv4 address"),
+    ('local_id = "hosta"', 'local_id = "host a"', "peer[0].local_id", "without whitespace"),
+    ('local_id = "hosta"', 'local_id = " hosta"', "peer[0].local_id", "whitespace"),
+    # credentials: paths
+    ('psk_file = "keys/b.psk"\n', "", "peer[0].psk_file", "missing required key"),
+    ('psk_file = "keys/b.psk"', 'psk_file = ""', "peer[0].psk_file", "is empty"),
+    ('psk_file = "keys/b.psk"', 'psk_file = "keys/none.psk"', "peer[0].psk_file",
+     "no such key file"),
+    # endpoint and initiate
+    ('endpoint = "198.18.0.2"', 'endpoint = "host-b.example"', "peer[0].endpoint",
+     "host names are not resolved"),
+    ('endpoint = "198.18.0.2"', 'endpoint = "198.18.0.2:0"', "peer[0].endpoint",
+     "outside 1..65535"),
+    ('endpoint = "198.18.0.2"', 'endpoint = "2001:db8::2"', "peer[0].endpoint",
+     "no listen address can reach it"),
+    ('endpoint = "198.18.0.2"\n', "initiate = true\n", "peer[0].initiate",
+     "needs an endpoint"),
+    ('endpoint = "198.18.0.2"', 'endpoint = "198.18.0.2"\ninitiate = 1', "peer[0].initiate",
+     "expected true or false"),
+    # encap, dpd
+    ('endpoint = "198.18.0.2"', 'endpoint = "198.18.0.2"\nencap = "yes"', "peer[0].encap",
+     "not an encapsulation mode"),
+    ('endpoint = "198.18.0.2"', 'endpoint = "198.18.0.2"\ndpd_interval = -1',
+     "peer[0].dpd_interval", "out of range; expected a number of seconds >= 0"),
+    ('endpoint = "198.18.0.2"', 'endpoint = "198.18.0.2"\ndpd_interval = true',
+     "peer[0].dpd_interval", "got a boolean"),
+    ('endpoint = "198.18.0.2"', 'endpoint = "198.18.0.2"\ndpd_interval = inf',
+     "peer[0].dpd_interval", "out of range"),
+    # proposals
+    ('endpoint = "198.18.0.2"', 'endpoint = "198.18.0.2"\nike_proposals = []',
+     "peer[0].ike_proposals", "is empty"),
+    ('endpoint = "198.18.0.2"', 'endpoint = "198.18.0.2"\nike_proposals = [1]',
+     "peer[0].ike_proposals[0]", "expected a string"),
+    ('endpoint = "198.18.0.2"',
+     'endpoint = "198.18.0.2"\nike_proposals = ["aes256gcm16-prfsha256-x25519", '
+     '"aes256-sha256-modp2048"]', "peer[0].ike_proposals[1]", "'aes256' is not supported"),
+    ('endpoint = "198.18.0.2"',
+     'endpoint = "198.18.0.2"\nike_proposals = ["aes256gcm16-sha256-x25519"]',
+     "peer[0].ike_proposals[0]", "'sha256' is an integrity algorithm"),
+    ('endpoint = "198.18.0.2"',
+     'endpoint = "198.18.0.2"\nike_proposals = ["aes256gcm16-x25519"]',
+     "peer[0].ike_proposals[0]", "names no PRF"),
+    ('endpoint = "198.18.0.2"',
+     'endpoint = "198.18.0.2"\nike_proposals = ["aes256gcm16-prfsha256"]',
+     "peer[0].ike_proposals[0]", "names no key exchange method"),
+    ('endpoint = "198.18.0.2"',
+     'endpoint = "198.18.0.2"\nike_proposals = ["prfsha256-x25519"]',
+     "peer[0].ike_proposals[0]", "names no encryption algorithm"),
+    ('endpoint = "198.18.0.2"',
+     'endpoint = "198.18.0.2"\nike_proposals = ["aes256gcm16-aes128gcm16-prfsha256-x25519"]',
+     "peer[0].ike_proposals[0]", "has two encryption algorithms"),
+    ('endpoint = "198.18.0.2"',
+     'endpoint = "198.18.0.2"\nike_proposals = ["aes256gcm16-prfsha256-modp2048"]',
+     "peer[0].ike_proposals[0]", "not a supported key exchange method"),
+    ('endpoint = "198.18.0.2"',
+     'endpoint = "198.18.0.2"\nike_proposals = ["aes192gcm16-prfsha256-x25519"]',
+     "peer[0].ike_proposals[0]", "not supported"),
+    ('endpoint = "198.18.0.2"',
+     'endpoint = "198.18.0.2"\nike_proposals = ["aes256gcm16-prfsha256-x25519", '
+     '"aes256gcm16-x25519-prfsha256"]', "peer[0].ike_proposals[1]",
+     "the same proposal as peer[0].ike_proposals[0]"),
+    ('endpoint = "198.18.0.2"', 'endpoint = "198.18.0.2"\nike_proposals = ["aes256gcm16--x"]',
+     "peer[0].ike_proposals[0]", "empty algorithm"),
+    ('endpoint = "198.18.0.2"', 'endpoint = "198.18.0.2"\nesp_proposals = ["aes256"]',
+     "peer[0].esp_proposals[0]", "not supported"),
+    ('endpoint = "198.18.0.2"', 'endpoint = "198.18.0.2"\nesp_proposals = ["x25519"]',
+     "peer[0].esp_proposals[0]", "names no ESP suite"),
+    ('endpoint = "198.18.0.2"',
+     'endpoint = "198.18.0.2"\nesp_proposals = ["aes256gcm16-prfsha256"]',
+     "peer[0].esp_proposals[0]", "ESP proposals take no PRF"),
+    ('endpoint = "198.18.0.2"',
+     'endpoint = "198.18.0.2"\nesp_proposals = ["aes256gcm16-chacha20poly1305"]',
+     "peer[0].esp_proposals[0]", "two encryption algorithms"),
+    ('endpoint = "198.18.0.2"', 'endpoint = "198.18.0.2"\nesp_proposals = ["aes256gcm16-foo"]',
+     "peer[0].esp_proposals[0]", "unknown algorithm 'foo'"),
+    ('endpoint = "198.18.0.2"', 'endpoint = "198.18.0.2"\nesp_proposals = []',
+     "peer[0].esp_proposals", "is empty"),
+    # traffic selectors
+    ('endpoint = "198.18.0.2"', 'endpoint = "198.18.0.2"\nlocal_ts = ["198.18.100.1/24"]',
+     "peer[0].local_ts[0]", "has host bits set"),
+    ('endpoint = "198.18.0.2"', 'endpoint = "198.18.0.2"\nlocal_ts = []',
+     "peer[0].local_ts", "is empty"),
+    ('allowed_ips = ["198.18.100.2/32"]\n', "", "peer[0].allowed_ips", "missing required key"),
+    # top level
+    ('listen = ["0.0.0.0:4500"]', 'listen = ["0.0.0.0:4500"]\nkeylog = ""', "keylog",
+     "is empty"),
+    ('listen = ["0.0.0.0:4500"]', 'listen = ["0.0.0.0:4500"]\nkeylog = 1', "keylog",
+     "got an integer"),
+    ('listen = ["0.0.0.0:4500"]', 'listen = ["0.0.0.0:4500"]\nike_port = 4500', "ike_port",
+     "4500 is also the port of listen"),
+    ('listen = ["0.0.0.0:4500"]', 'listen = ["0.0.0.0:4500"]\nike_port = 70000', "ike_port",
+     "out of range"),
+    ('listen = ["0.0.0.0:4500"]', 'listen = ["0.0.0.0:4500"]\nike_port = "500"', "ike_port",
+     "got a string"),
+    ('listen = ["0.0.0.0:4500"]', 'listen = ["0.0.0.0:4500"]\nike_prot = 500', "ike_prot",
+     "did you mean 'ike_port'?"),
+]
+
+
+@pytest.mark.parametrize(("old", "new", "field", "fragment"), IKE_BAD,
+                         ids=[f"{i}-{b[2]}" for i, b in enumerate(IKE_BAD)])
+def test_ike_bad_value(ikedir: Path, old: str, new: str, field: str, fragment: str) -> None:
+    e = ike_error(ikedir, mutate(old, new, IKE_PSK))
+    assert e.field == field
+    assert f"{field}: " in str(e)
+    assert fragment in str(e)
+
+
+def test_ike_manual_peer_with_ike_field(ikedir: Path) -> None:
+    e = error(ikedir, mutate("spi_in = 0x1002", 'spi_in = 0x1002\nremote_id = "hostc"'))
+    assert e.field == "peer[1].remote_id" and "add auth = " in str(e)
+
+
+def test_ike_pubkey_with_psk_file(ikedir: Path) -> None:
+    e = error(ikedir, mutate('auth = "pubkey"', 'auth = "pubkey"\npsk_file = "keys/b.psk"',
+                             IKE_PUBKEY))
+    assert e.field == "peer[0].psk_file" and 'is for auth = "psk"' in str(e)
+
+
+@pytest.mark.parametrize(("old", "new", "field", "fragment"), [
+    ('private_key = "keys/a.key"\n', "", "peer[0].private_key", "missing required key"),
+    ('peer_public_key = "keys/d.pub"\n', "", "peer[0].peer_public_key", "missing required key"),
+    ('private_key = "keys/a.key"', 'private_key = "keys/a-pub.key"', "peer[0].private_key",
+     "holds no private key"),
+    ('private_key = "keys/a.key"', 'private_key = "keys/b-in.key"', "peer[0].private_key",
+     "is not a PEM file"),
+    ('private_key = "keys/a.key"', 'private_key = "keys/ec.key"', "peer[0].private_key",
+     "holds an ECDSA (secp256r1) key, not an Ed25519 key"),
+    ('peer_public_key = "keys/d.pub"', 'peer_public_key = "keys/d.key"',
+     "peer[0].peer_public_key", "holds a private key"),
+    ('peer_public_key = "keys/d.pub"', 'peer_public_key = "keys/ec.pub"',
+     "peer[0].peer_public_key", "not an Ed25519 key"),
+    ('peer_public_key = "keys/d.pub"', 'peer_public_key = "keys/a.pub"',
+     "peer[0].peer_public_key", "is this host's own public key"),
+    ('peer_public_key = "keys/d.pub"', 'peer_public_key = "keys/none.pub"',
+     "peer[0].peer_public_key", "no such public key file"),
+])
+def test_ike_pubkey_errors(ikedir: Path, old: str, new: str, field: str, fragment: str) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    ec_key = ec.generate_private_key(ec.SECP256R1())
+    (ikedir / "keys" / "ec.pub").write_bytes(ec_key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    fd = os.open(ikedir / "keys" / "ec.key", os.O_WRONLY | os.O_CREAT, 0o600)
+    os.write(fd, ec_key.private_bytes(serialization.Encoding.PEM,
+                                      serialization.PrivateFormat.PKCS8,
+                                      serialization.NoEncryption()))
+    os.close(fd)
+    fd = os.open(ikedir / "keys" / "a-pub.key", os.O_WRONLY | os.O_CREAT, 0o600)
+    os.write(fd, (ikedir / "keys" / "a.pub").read_bytes())
+    os.close(fd)
+    e = error(ikedir, mutate(old, new, IKE_PUBKEY))
+    assert e.field == field and fragment in str(e)
+    assert "PRIVATE KEY-----\n" not in str(e)
+
+
+def test_ike_private_key_mode_enforced(ikedir: Path) -> None:
+    os.chmod(ikedir / "keys" / "a.key", 0o640)
+    e = error(ikedir, IKE_PUBKEY)
+    assert e.field == "peer[0].private_key" and "mode 0640" in str(e) and "chmod 600" in str(e)
+
+
+def test_ike_psk_mode_enforced(ikedir: Path) -> None:
+    os.chmod(ikedir / "keys" / "b.psk", 0o644)
+    e = ike_error(ikedir, IKE_PSK)
+    assert e.field == "peer[0].psk_file" and "mode 0644" in str(e)
+
+
+def test_ike_duplicate_remote_id(ikedir: Path) -> None:
+    second = IKE_PSK[IKE_PSK.index("[[peer]]"):].replace('name = "b"', 'name = "b2"').replace(
+        '"198.18.100.2/32"', '"198.18.100.3/32"').replace("198.18.0.2", "198.18.0.3")
+    e = ike_error(ikedir, IKE_PSK + second)
+    assert e.field == "peer[1].remote_id" and "must be unique" in str(e)
+
+
+def test_ike_allowed_ips_overlap_manual_peer(ikedir: Path) -> None:
+    e = ike_error(ikedir, IKE_PSK + PEER_B.replace('name = "b"', 'name = "m"'))
+    assert e.field == "peer[1].allowed_ips[0]" and "overlaps" in str(e)
+
+
+def test_ike_inprocess_without_addresses_needs_local_ts(ikedir: Path) -> None:
+    text = IKE_PSK.replace('kind = "tun"\naddresses = ["198.18.100.1/24", "fd00:100::1/64"]',
+                           'kind = "inprocess"')
+    e = ike_error(ikedir, text)
+    assert e.field == "peer[0].local_ts" and "give local_ts" in str(e)
+    cfg = load(ikedir, text.replace('allowed_ips = ["198.18.100.2/32"]',
+                                    'allowed_ips = ["198.18.100.2/32"]\n'
+                                    'local_ts = ["198.18.100.1/32"]'))
+    assert cfg.peers[0].ike is not None
+    assert cfg.peers[0].ike.local_ts == (ipaddress.ip_network("198.18.100.1/32"),)
+
+
+def test_ike_psk_hex_and_text(ikedir: Path) -> None:
+    from nattunnel.keys import write_psk_file
+
+    write_psk_file(ikedir / "keys" / "hex.psk", bytes(range(32)))
+    cfg = load(ikedir, IKE_PSK.replace("keys/b.psk", "keys/hex.psk"))
+    assert cfg.peers[0].ike is not None and cfg.peers[0].ike.psk == bytes(range(32))
+    fd = os.open(ikedir / "keys" / "text.psk", os.O_WRONLY | os.O_CREAT, 0o600)
+    os.write(fd, "grüezi mitenand\n".encode())
+    os.close(fd)
+    cfg = load(ikedir, IKE_PSK.replace("keys/b.psk", "keys/text.psk"))
+    assert cfg.peers[0].ike is not None
+    assert cfg.peers[0].ike.psk == "grüezi mitenand".encode()
+
+
+def test_ike_behind_nat_is_accepted_and_ignored(ikedir: Path) -> None:
+    cfg = load(ikedir, IKE_PSK.replace('auth = "psk"', 'auth = "psk"\nbehind_nat = true'))
+    assert cfg.peers[0].ike is not None
+
+
+def test_manual_peer_repr_unchanged_shape(cfgdir: Path) -> None:
+    b = load(cfgdir, VALID).peers[0]
+    assert b.ike is None and b.initiate is False
+    assert "spi_in=0x00001001" in repr(b) and "ike=" not in repr(b)
+    assert load(cfgdir, VALID).keylog is None and load(cfgdir, VALID).ike_port == 500
+
+
+def _ike_examples(tmp_path: Path, psk: bytes) -> tuple[Config, Config]:
+    from nattunnel.keys import write_psk_file
+
+    docs = Path(__file__).resolve().parent.parent / "docs" / "examples"
+    for host in ("a", "b"):
+        (tmp_path / host / "keys").mkdir(parents=True, exist_ok=True)
+        (tmp_path / host / f"ike-{host}.toml").write_text(
+            (docs / f"ike-{host}.toml").read_text())
+        write_psk_file(tmp_path / host / "keys" / "a-b.psk", psk, force=True)
+    return (load_config(tmp_path / "a" / "ike-a.toml"),
+            load_config(tmp_path / "b" / "ike-b.toml"))
+
+
+def test_docs_ike_examples_load(tmp_path: Path) -> None:
+    """docs/examples/ike-a.toml (behind NAT, initiator) and ike-b.toml (public, responder)
+    load with one PSK, and mirror each other: identities, traffic selectors, proposals."""
+    psk = bytes(range(0x30, 0x50))
+    a, b = _ike_examples(tmp_path, psk)
+    (pa,), (pb,) = a.peers, b.peers
+    assert pa.ike is not None and pb.ike is not None
+    assert pa.ike.psk == pb.ike.psk == psk
+    assert (pa.ike.local_id, pa.ike.remote_id) == (pb.ike.remote_id, pb.ike.local_id)
+    assert (pa.ike.local_ts, pa.ike.remote_ts) == (pb.ike.remote_ts, pb.ike.local_ts)
+    assert pa.ike.ike_proposals == pb.ike.ike_proposals
+    assert pa.ike.esp_proposals == pb.ike.esp_proposals
+    assert pa.initiate and pa.endpoint == ("203.0.113.2", 500)
+    assert not pb.initiate and pb.endpoint is None
+    assert a.ike_port == b.ike_port == 500
+
+
+def test_docs_ike_ed25519_variant(tmp_path: Path) -> None:
+    """The Ed25519 variant in docs/config.md: the [[peer]] credentials replaced by a key pair
+    per host and the other host's public key."""
+    from nattunnel.keys import load_ed25519_public, write_ed25519_pair
+
+    _ike_examples(tmp_path, b"unused")
+    for me in ("a", "b"):
+        write_ed25519_pair(tmp_path / me / "keys" / f"host{me}.key",
+                           tmp_path / me / "keys" / f"host{me}.pub")
+    for me, other in (("a", "b"), ("b", "a")):
+        (tmp_path / me / "keys" / f"host{other}.pub").write_bytes(
+            (tmp_path / other / "keys" / f"host{other}.pub").read_bytes())
+        path = tmp_path / me / f"ike-{me}.toml"
+        path.write_text(mutate(
+            'auth = "psk"\n', "", path.read_text()).replace(
+            'psk_file = "keys/a-b.psk"',
+            f'auth = "pubkey"\nprivate_key = "keys/host{me}.key"\n'
+            f'peer_public_key = "keys/host{other}.pub"'))
+    a = load_config(tmp_path / "a" / "ike-a.toml")
+    b = load_config(tmp_path / "b" / "ike-b.toml")
+    ia, ib = a.peers[0].ike, b.peers[0].ike
+    assert ia is not None and ib is not None and ia.auth == ib.auth == "pubkey"
+    assert ia.private_key is not None and ib.private_key is not None
+    assert ia.peer_public_key == ib.private_key.public_key()
+    assert ib.peer_public_key == ia.private_key.public_key()
+    assert ia.peer_public_key == load_ed25519_public(tmp_path / "b" / "keys" / "hostb.pub")

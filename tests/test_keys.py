@@ -325,3 +325,292 @@ def test_cli_keygen_bad_suite(tmp_path, capsys):
     err = one_line_error(capsys)
     assert "des" in err and "aes256gcm16" in err
     assert not p.exists()
+
+
+# --- IKEv2 credentials: pre-shared keys ----------------------------------------------------
+
+def test_psk_file_round_trip(tmp_path, umask0):
+    from nattunnel.keys import load_psk, write_psk_file
+
+    p = tmp_path / "a.psk"
+    write_psk_file(p, KEY)
+    assert mode_of(p) == 0o600
+    assert p.read_bytes() == b"0x" + KEY_HEX.encode() + b"\n"
+    assert load_psk(p) == KEY
+    with pytest.raises(KeyFileError, match="already exists"):
+        write_psk_file(p, KEY)
+
+
+@pytest.mark.parametrize(("content", "secret"), [
+    (b"my secret\n", b"my secret"),
+    (b"my secret", b"my secret"),
+    (b"my secret\r\n", b"my secret"),
+    ("grüezi\n".encode(), "grüezi".encode()),
+    (b"0xA0a1\n", b"\xa0\xa1"),
+])
+def test_load_psk_forms(tmp_path, content, secret):
+    from nattunnel.keys import load_psk
+
+    assert load_psk(write_raw(tmp_path / "k", content)) == secret
+
+
+@pytest.mark.parametrize(("content", "fragment"), [
+    (b"\n", "is empty"),
+    (b"", "is empty"),
+    (b"one\ntwo\n", "holds 2 lines"),
+    (b" padded\n", "whitespace"),
+    (b"tab\t\n", "whitespace"),
+    (b"bell\x07x\n", "control character"),
+    (b"\xa0\xa1\xa2\n", "not UTF-8"),
+    (b"0x\n", "without hex digits"),
+    (b"0x" + KEY_HEX[:-1].encode() + b"\n", "odd number of hex digits"),
+    (b"0x" + KEY_HEX[:10].encode() + b"zz" + KEY_HEX[12:].encode(), "not a hex digit"),
+])
+def test_load_psk_refusals(tmp_path, content, fragment):
+    from nattunnel.keys import load_psk
+
+    p = write_raw(tmp_path / "k", content)
+    with pytest.raises(KeyFileError) as e:
+        load_psk(p)
+    assert str(p) in str(e.value) and fragment in str(e.value)
+    assert_no_key(str(e.value))
+    problem = str(e.value).removeprefix(f"{p}: ")
+    assert "padded" not in problem and "bell" not in problem and "two" not in problem
+
+
+def test_load_psk_mode_and_symlink(tmp_path):
+    from nattunnel.keys import load_psk, write_psk_file
+
+    p = tmp_path / "a.psk"
+    write_psk_file(p, KEY)
+    os.chmod(p, 0o640)
+    with pytest.raises(KeyFileError, match="mode 0640"):
+        load_psk(p)
+    os.chmod(p, 0o600)
+    (tmp_path / "link").symlink_to(p)
+    with pytest.raises(KeyFileError, match="symbolic link"):
+        load_psk(tmp_path / "link")
+
+
+# --- IKEv2 credentials: Ed25519 --------------------------------------------------------------
+
+def test_ed25519_pair_written_and_loadable(tmp_path, umask0):
+    from nattunnel.keys import load_ed25519_private, load_ed25519_public, write_ed25519_pair
+
+    k, pub = tmp_path / "a.key", tmp_path / "a.pub"
+    key = write_ed25519_pair(k, pub)
+    assert mode_of(k) == 0o600 and mode_of(pub) == 0o644
+    assert k.read_text().startswith("-----BEGIN PRIVATE KEY-----\n")
+    assert pub.read_text().startswith("-----BEGIN PUBLIC KEY-----\n")
+    assert load_ed25519_private(k).public_key() == key.public_key()
+    assert load_ed25519_public(pub) == key.public_key()
+    # never overwritten without force; both files checked before either is written
+    with pytest.raises(KeyFileError, match="already exists"):
+        write_ed25519_pair(k, tmp_path / "other.pub")
+    assert not (tmp_path / "other.pub").exists()
+    with pytest.raises(KeyFileError, match="already exists"):
+        write_ed25519_pair(tmp_path / "other.key", pub)
+    assert not (tmp_path / "other.key").exists()
+    second = write_ed25519_pair(k, pub, force=True)
+    assert second.public_key() != key.public_key()
+    assert load_ed25519_public(pub) == second.public_key()
+    assert mode_of(k) == 0o600 and mode_of(pub) == 0o644
+
+
+def test_ed25519_private_refusals(tmp_path):
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+
+    from nattunnel.keys import load_ed25519_private, write_ed25519_pair
+
+    k = tmp_path / "a.key"
+    key = write_ed25519_pair(k, tmp_path / "a.pub")
+    pem = k.read_text()
+    os.chmod(k, 0o644)
+    with pytest.raises(KeyFileError, match=r"mode 0644.*chmod 600"):
+        load_ed25519_private(k)
+    (tmp_path / "link.key").symlink_to(k)
+    with pytest.raises(KeyFileError, match="symbolic link"):
+        load_ed25519_private(tmp_path / "link.key")
+
+    cases = {
+        "hex.key": (KEY_HEX + "\n").encode(),
+        "pub.key": (tmp_path / "a.pub").read_bytes(),
+        "enc.key": key.private_bytes(serialization.Encoding.PEM,
+                                     serialization.PrivateFormat.PKCS8,
+                                     serialization.BestAvailableEncryption(b"pw")),
+        "rsa.key": rsa.generate_private_key(65537, 2048).private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption()),
+        "bad.key": b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+        "ssh.key": b"-----BEGIN OPENSSH PRIVATE KEY-----\nAAAA\n"
+                   b"-----END OPENSSH PRIVATE KEY-----\n",
+    }
+    expected = {"hex.key": "not a PEM file", "pub.key": "holds no private key",
+                "enc.key": "is encrypted", "rsa.key": "holds an RSA-2048 key, not an Ed25519",
+                "bad.key": "not a valid PEM private key", "ssh.key": "OpenSSH"}
+    body = pem.splitlines()[1]
+    for name, content in cases.items():
+        p = write_raw(tmp_path / name, content)
+        with pytest.raises(KeyFileError) as e:
+            load_ed25519_private(p)
+        msg = str(e.value)
+        assert str(p) in msg and expected[name] in msg, msg
+        assert body not in msg and "AAAA" not in msg
+        assert e.value.__cause__ is None and e.value.__context__ is None
+    assert isinstance(key, ed25519.Ed25519PrivateKey)
+
+
+def test_ed25519_public_refusals(tmp_path):
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from nattunnel.keys import load_ed25519_public, write_ed25519_pair
+
+    write_ed25519_pair(tmp_path / "a.key", tmp_path / "a.pub")
+    # public keys may be world-readable and reached through a symlink
+    os.chmod(tmp_path / "a.pub", 0o644)
+    (tmp_path / "link.pub").symlink_to(tmp_path / "a.pub")
+    load_ed25519_public(tmp_path / "link.pub")
+    ec_pub = ec.generate_private_key(ec.SECP256R1()).public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    for name, content, fragment in [
+        ("priv.pub", (tmp_path / "a.key").read_bytes(), "holds a private key"),
+        ("ec.pub", ec_pub, "ECDSA (secp256r1) public key, not an Ed25519"),
+        ("hex.pub", KEY_HEX.encode(), "is not a PEM public key"),
+        ("bad.pub", b"-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n",
+         "not a valid PEM public key"),
+    ]:
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(KeyFileError) as e:
+            load_ed25519_public(tmp_path / name)
+        assert fragment in str(e.value) and str(tmp_path / name) in str(e.value)
+    with pytest.raises(KeyFileError, match="no such public key file"):
+        load_ed25519_public(tmp_path / "none.pub")
+    with pytest.raises(KeyFileError, match="directory"):
+        load_ed25519_public(tmp_path)
+
+
+@pytest.mark.parametrize(("name", "paths"), [
+    ("hosta", ("keys/hosta.key", "keys/hosta.pub")),
+    ("hosta.key", ("keys/hosta.key", "keys/hosta.pub")),
+    ("/tmp/x/a", ("/tmp/x/a.key", "/tmp/x/a.pub")),
+    ("./a", ("./a.key", "./a.pub")),
+    ("keys/a.key", ("keys/a.key", "keys/a.pub")),
+])
+def test_ed25519_pair_paths(name, paths):
+    from nattunnel.keys import ed25519_pair_paths
+
+    assert ed25519_pair_paths(name) == paths
+
+
+@pytest.mark.parametrize("name", ["", "dir/", ".", "..", ".key", "x/.."])
+def test_ed25519_pair_paths_refused(name):
+    from nattunnel.keys import ed25519_pair_paths
+
+    with pytest.raises(KeyFileError, match="not a key pair name"):
+        ed25519_pair_paths(name)
+
+
+# --- nattunnel keygen --type ed25519 / psk, nattunnel pubkey ---------------------------------
+
+def test_cli_keygen_ed25519_prefix(tmp_path, capsys, umask0):
+    import base64
+
+    from cryptography.hazmat.primitives import serialization
+
+    from nattunnel.keys import load_ed25519_private, load_ed25519_public
+
+    prefix = tmp_path / "x" / "a"
+    prefix.parent.mkdir()
+    assert main(["keygen", "--type", "ed25519", str(prefix)]) == 0
+    k, pub = tmp_path / "x" / "a.key", tmp_path / "x" / "a.pub"
+    assert mode_of(k) == 0o600 and mode_of(pub) == 0o644
+    key = load_ed25519_private(k)
+    assert load_ed25519_public(pub) == key.public_key()
+    out, err = capsys.readouterr()
+    raw = key.public_key().public_bytes(serialization.Encoding.Raw,
+                                        serialization.PublicFormat.Raw)
+    assert err == "" and str(k) in out and str(pub) in out
+    assert base64.b64encode(raw).decode() in out
+    priv_raw = key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
+                                 serialization.NoEncryption())
+    assert_no_key(out, priv_raw)
+    assert base64.b64encode(priv_raw).decode() not in out
+    assert "PRIVATE" not in out
+
+    # refuses to overwrite without --force, replaces with it
+    assert main(["keygen", "--type", "ed25519", str(prefix)]) == 2
+    assert "already exists; use --force" in one_line_error(capsys)
+    assert load_ed25519_private(k).public_key() == key.public_key()
+    assert main(["keygen", "--type", "ed25519", "--force", str(prefix)]) == 0
+    assert load_ed25519_private(k).public_key() != key.public_key()
+    assert load_ed25519_public(pub) == load_ed25519_private(k).public_key()
+
+
+def test_cli_keygen_ed25519_bare_name_goes_to_keys_dir(tmp_path, capsys, monkeypatch):
+    from nattunnel.keys import load_ed25519_private
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["keygen", "--type", "ed25519", "hosta"]) == 0
+    assert stat.S_IMODE(os.stat(tmp_path / "keys").st_mode) == 0o700
+    load_ed25519_private(tmp_path / "keys" / "hosta.key")
+    assert (tmp_path / "keys" / "hosta.pub").exists()
+    assert "keys/hosta.key" in capsys.readouterr().out
+
+
+def test_cli_keygen_ed25519_missing_directory_and_suite(tmp_path, capsys):
+    assert main(["keygen", "--type", "ed25519", str(tmp_path / "nodir" / "a")]) == 2
+    assert "does not exist" in one_line_error(capsys)
+    assert main(["keygen", "--type", "ed25519", "--suite", "aes128gcm16",
+                 str(tmp_path / "a")]) == 2
+    assert "--suite is for --type esp only" in one_line_error(capsys)
+    assert main(["keygen", "--type", "rsa", str(tmp_path / "a")]) == 2
+    assert "unknown --type 'rsa'" in one_line_error(capsys)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_keygen_psk(tmp_path, capsys, umask0):
+    from nattunnel.keys import load_psk
+
+    p = tmp_path / "a-b.psk"
+    assert main(["keygen", "--type", "psk", str(p)]) == 0
+    assert mode_of(p) == 0o600
+    text = p.read_text()
+    assert text.startswith("0x") and len(text) == 2 + 64 + 1
+    secret = load_psk(p)
+    assert len(secret) == 32
+    out, err = capsys.readouterr()
+    assert str(p) in out and err == ""
+    assert_no_key(out, secret)
+    assert main(["keygen", "--type", "psk", str(p)]) == 2
+    assert "--force" in one_line_error(capsys)
+    assert load_psk(p) == secret
+    assert main(["keygen", "--type", "psk", "--force", str(p)]) == 0
+    assert load_psk(p) != secret
+
+
+def test_cli_keygen_type_esp_is_the_default(tmp_path, capsys):
+    assert main(["keygen", "--type", "esp", "--suite", "aes128gcm16", str(tmp_path / "a")]) == 0
+    assert len(load_key_file(tmp_path / "a")) == SUITES["aes128gcm16"].keymat_len
+
+
+def test_cli_pubkey(tmp_path, capsys):
+    assert main(["keygen", "--type", "ed25519", str(tmp_path / "a")]) == 0
+    capsys.readouterr()
+    assert main(["pubkey", str(tmp_path / "a.key")]) == 0
+    out, err = capsys.readouterr()
+    assert err == "" and out == (tmp_path / "a.pub").read_text()
+    assert out.startswith("-----BEGIN PUBLIC KEY-----\n")
+
+
+def test_cli_pubkey_refusals(tmp_path, capsys):
+    assert main(["keygen", "--type", "ed25519", str(tmp_path / "a")]) == 0
+    capsys.readouterr()
+    os.chmod(tmp_path / "a.key", 0o644)
+    assert main(["pubkey", str(tmp_path / "a.key")]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith("nattunnel pubkey: ") and err.count("\n") == 1
+    assert "mode 0644" in err and "chmod 600" in err
+    assert main(["pubkey", str(tmp_path / "none.key")]) == 2
+    assert "no such key file" in capsys.readouterr().err
