@@ -90,6 +90,8 @@ PEER_NAME_MAX: Final = 64
 TFC_PAD_MAX: Final = 65535
 #: IKE peers: dead peer detection after this many seconds without a message from the peer
 DEFAULT_DPD_INTERVAL: Final = 30.0
+#: child SA lifetime before nattunnel starts a rekey (minus up to 10 % jitter), seconds
+DEFAULT_REKEY_TIME: Final = 3600.0
 
 _PEER_NAME: Final = re.compile(r"[A-Za-z0-9_.-]+")
 _INTERFACE_KINDS: Final = ("tun", "inprocess")
@@ -275,14 +277,14 @@ _PEER_KEYS: Final = (
     "name", "endpoint", "allowed_ips", "suite", "spi_in", "spi_out", "key_in", "key_out",
     "esn", "replay_window", "keepalive", "behind_nat", "keepalive_interval", "tfc_pad",
     "auth", "local_id", "remote_id", "psk_file", "private_key", "peer_public_key", "initiate",
-    "encap", "dpd_interval", "ike_proposals", "esp_proposals", "local_ts",
+    "encap", "dpd_interval", "ike_proposals", "esp_proposals", "local_ts", "rekey_time",
 )
 #: fields of a manual peer only (static SAs)
 _MANUAL_KEYS: Final = ("spi_in", "spi_out", "key_in", "key_out", "suite", "esn")
 #: fields of an IKE peer only
 _IKE_KEYS: Final = (
     "auth", "local_id", "remote_id", "psk_file", "private_key", "peer_public_key", "initiate",
-    "encap", "dpd_interval", "ike_proposals", "esp_proposals", "local_ts",
+    "encap", "dpd_interval", "ike_proposals", "esp_proposals", "local_ts", "rekey_time",
 )
 #: for auth = "psk" only / for auth = "pubkey" only
 _PSK_KEYS: Final = ("psk_file",)
@@ -895,6 +897,7 @@ class _Parser:
                                           f"expected \"auto\" (UDP encapsulation when a NAT "
                                           f"is detected) or \"force\" (always)")
         dpd = self.seconds(t, "dpd_interval", pre, DEFAULT_DPD_INTERVAL, zero=True)
+        rekey = self.seconds(t, "rekey_time", pre, DEFAULT_REKEY_TIME, zero=True)
 
         ike_proposals = self.proposals(t, "ike_proposals", pre, parse_ike_proposal,
                                        DEFAULT_IKE_PROPOSALS,
@@ -925,6 +928,7 @@ class _Parser:
             name=name, local_id=local_id, remote_id=remote_id, auth=auth.value,
             local_ts=local_ts, remote_ts=remote_ts, ike_proposals=ike_proposals,
             esp_proposals=esp_proposals, force_encap=encap == "force", dpd_interval=dpd,
+            child_rekey_time=rekey,
         ), initiate
 
     def identity(self, t: dict[str, Any], key: str, pre: str) -> Identity:

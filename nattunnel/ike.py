@@ -253,6 +253,9 @@ class IkeManager:
         if ev.ike.rekeyed:
             log.info("peer %s: old IKE SA deleted after the rekey", ev.ike.name)
             return
+        if "INITIAL_CONTACT" in ev.reason:
+            log.info("peer %s: older IKE SA dropped: %s", ev.ike.name, ev.reason)
+            return
         log.warning("peer %s: IKE SA down: %s", ev.ike.name, ev.reason)
         peer = self.peers.get(ev.ike.name)
         if peer is not None and peer.initiate and ev.ike.initiator:
