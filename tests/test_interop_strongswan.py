@@ -246,3 +246,41 @@ def test_nattunnel_starts_a_child_rekey_with_traffic_flowing(lab: Lab, tmp_path:
     assert "(rekey)" in nt.log()
     charon.stop()
     lab.stop(nt.proc)
+
+
+@pytest.mark.root
+def test_key_log_lets_tshark_decrypt_a_capture(lab: Lab, tmp_path: Path) -> None:
+    """A capture of a nattunnel <-> strongSwan session, decrypted with nattunnel's key log."""
+    require_strongswan()
+    if not os.path.exists("/usr/bin/tshark"):
+        if os.environ.get("NATTUNNEL_REQUIRE_ROOT") == "1":
+            pytest.fail("tshark missing (apt-get install tshark)")
+        pytest.skip("tshark missing")
+    kw = setup_keys(tmp_path, "psk")
+    conn = SwanConn(name="c", local_addrs=PUBLIC_B, remote_addrs="%any", local_id=ID["b"],
+                    remote_id=ID["a"], local_ts=f"{INNER['b']}/32",
+                    remote_ts=f"{INNER['a']}/32", **kw)  # type: ignore[arg-type]
+    charon = Charon.start(lab, "b", tmp_path / "charon", conn=conn,
+                          inner_addrs=[f"{INNER['b']}/32"])
+    cap = tmp_path / "cap.pcapng"
+    dumper = lab.popen("b", "tshark", "-i", "any", "-f", "udp port 500 or udp port 4500",
+                       "-w", str(cap), "-q", stdout=subprocess.DEVNULL,
+                       stderr=subprocess.PIPE, text=True)
+    time.sleep(1.5)  # tshark needs a moment before it captures
+    nt = start_nattunnel(lab, "a", tmp_path, "psk", initiate=True)
+    assert wait(lambda: established(charon)), nt.log()
+    assert ping(lab, "a", "b")
+    time.sleep(0.5)
+    lab.stop(dumper)
+    from nattunnel.keylog import KeyLog
+
+    opts = KeyLog(tmp_path / "keylog").tshark_options()
+    r = subprocess.run(["tshark", "-r", str(cap), "-d", "udp.port==4500,udpencap", *opts,
+                        "-V"], capture_output=True, text=True, timeout=60)
+    out = r.stdout
+    assert "Echo (ping) request" in out and "Echo (ping) reply" in out  # ESP decrypted
+    assert "198.18.100.1" in out and "198.18.100.2" in out
+    assert "Identification - Initiator" in out  # IKE_AUTH decrypted
+    assert "hosta" in out
+    charon.stop()
+    lab.stop(nt.proc)
