@@ -462,8 +462,14 @@ class Endpoint:
                     log.info("peer %s moved from %s to %s (NAT rebinding)", ev.peer,
                              _fmt(ev.old), _fmt(ev.new))
             elif isinstance(ev, RekeyNeeded):
-                log.warning("peer %s: SA %#010x passed its sequence-number soft limit; "
-                            "manual SAs cannot be rekeyed: install new keys", ev.peer, ev.spi)
+                assert self._loop is not None
+                if self.ike is not None and self.ike.rekey_outbound(ev.spi, self._loop.time()):
+                    log.info("peer %s: SA %#010x passed its sequence-number soft limit; "
+                             "rekeying", ev.peer, ev.spi)
+                else:
+                    log.warning("peer %s: SA %#010x passed its sequence-number soft limit; "
+                                "manual SAs cannot be rekeyed: install new keys", ev.peer,
+                                ev.spi)
         self._arm_timer()
 
     def _arm_timer(self) -> None:

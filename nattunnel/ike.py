@@ -104,6 +104,15 @@ class IkeManager:
         self._process(sa, now)
         return sa
 
+    def rekey_outbound(self, spi_out: int, now: float) -> bool:
+        """The ESP SA ``spi_out`` passed its sequence-number soft limit: rekey its child."""
+        for sa in list(self.sas.values()):
+            for c in sa.children:
+                if c.spi_out == spi_out and sa.rekey_child(c.spi_in, now):
+                    self._process(sa, now)
+                    return True
+        return False
+
     # --- receiving ----------------------------------------------------------------------------
     def receive(self, data: bytes, remote: Addr, natt: bool, now: float) -> None:
         """One IKE message (marker removed) from ``remote`` on port 4500 (``natt``) or 500."""

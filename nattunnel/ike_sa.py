@@ -164,6 +164,8 @@ class IkeConfig:
     #: rekey child SAs this long after they were made (0: never), minus up to
     #: ``rekey_jitter`` of it at random so that peers do not collide (section 2.8)
     child_rekey_time: float = 3600.0
+    #: rekey the IKE SA this long after it was made (0: never), with the same jitter
+    ike_rekey_time: float = 14400.0
     rekey_jitter: float = 0.1
     #: settings of the child SAs' ESP (docs/config.md)
     replay_window: int = 1024
@@ -446,6 +448,10 @@ class IkeSa:
         self.rekeyed = False
         #: the peer sent INITIAL_CONTACT: it has no other SAs with us (section 2.4)
         self.initial_contact = False
+        #: when we start an IKE SA rekey, or None
+        self.ike_rekey_at: float | None = None
+        #: child rekeys the peer started, by the old inbound SPI: (their Ni, our Nr, new SPI)
+        self._peer_rekeys: dict[int, tuple[bytes, bytes, int]] = {}
 
     # --- common ----------------------------------------------------------------------------
     @property
@@ -519,6 +525,8 @@ class IkeSa:
             if self.config and self.config.dpd_interval > 0:
                 times.append(self.last_rx + self.config.dpd_interval)
             times += [c.rekey_at for c in self.children if c.rekey_at is not None]
+            if self.ike_rekey_at is not None and not self.rekeyed:
+                times.append(self.ike_rekey_at)
         elif self.state is State.INIT_DONE:
             times.append(self.created + 30.0)  # half-open SA lifetime
         return min(times) if times else None
@@ -542,6 +550,10 @@ class IkeSa:
             self._die("half-open IKE SA timed out")
             return
         if self.state is not State.ESTABLISHED:
+            return
+        if self.ike_rekey_at is not None and now >= self.ike_rekey_at and not self.rekeyed:
+            self.ike_rekey_at = None
+            self.rekey_ike(now)
             return
         due = [c for c in self.children if c.rekey_at is not None and c.rekey_at <= now]
         if due:
@@ -735,8 +747,7 @@ class IkeSa:
         if not self._verify_auth(self.config, auth, idr.encode_body()):
             self._die("peer authentication failed")
             return
-        self.state = State.ESTABLISHED
-        self.last_rx = now
+        self._established(now)
         self.events.append(IkeUp(self, self.remote, self.local_behind_nat,
                                  self.remote_behind_nat))
         sa = msg.get(SA)
@@ -761,12 +772,24 @@ class IkeSa:
         self._add_child(Child(spi_in, spi_out, suite, esn, local_ts, remote_ts),
                         keymat_in=r2i, keymat_out=i2r, replaces=replaces)
 
+    def _soft_deadline(self, lifetime: float) -> float | None:
+        """When to start a rekey: ``lifetime`` after now, less a random jitter (section 2.8:
+        so that two peers with the same lifetime rarely start at once)."""
+        if lifetime <= 0 or self.config is None:
+            return None
+        jitter = self.config.rekey_jitter * lifetime
+        return self.last_rx + lifetime - int.from_bytes(os.urandom(2), "big") / 65535 * jitter
+
+    def _established(self, now: float) -> None:
+        self.state = State.ESTABLISHED
+        self.last_rx = now
+        if self.config is not None:
+            self.ike_rekey_at = self._soft_deadline(self.config.ike_rekey_time)
+
     def _add_child(self, child: Child, *, keymat_in: bytes, keymat_out: bytes,
                    replaces: int | None) -> None:
-        if self.config and self.config.child_rekey_time > 0:
-            jitter = self.config.rekey_jitter * self.config.child_rekey_time
-            child.rekey_at = self.last_rx + self.config.child_rekey_time - (
-                int.from_bytes(os.urandom(2), "big") / 65535 * jitter)
+        if self.config is not None:
+            child.rekey_at = self._soft_deadline(self.config.child_rekey_time)
         self.children.append(child)
         self.events.append(ChildUp(self, child.spi_in, child.spi_out, child.suite, child.esn,
                                    keymat_in, keymat_out, child.local_ts, child.remote_ts,
@@ -851,7 +874,7 @@ class IkeSa:
         payloads: list[Payload] = [my_idr, self._auth_payload(my_idr.encode_body())]
         child_payloads, child = self._negotiate_child(msg, self._ni, self._nr, None)
         payloads += child_payloads
-        self.state = State.ESTABLISHED
+        self._established(now)
         self._respond(ExchangeType.IKE_AUTH, msg.header.message_id, payloads)
         self.events.append(IkeUp(self, self.remote, self.local_behind_nat,
                                  self.remote_behind_nat))
@@ -929,6 +952,8 @@ class IkeSa:
             self._on_auth_response(msg, now)
         elif req.kind == "rekey child":
             self._on_rekey_child_response(msg, now)
+        elif req.kind == "rekey IKE":
+            self._on_rekey_ike_response(msg, now)
         else:
             self._request = None
             if req.kind == "delete IKE SA":
@@ -1019,6 +1044,8 @@ class IkeSa:
         self._respond(ExchangeType.CREATE_CHILD_SA, msg.header.message_id, payloads)
         if install is not None:
             install()
+            if replaces is not None:
+                self._peer_rekeys[replaces] = (nonce.data, nr, self.children[-1].spi_in)
 
     def _on_rekey_ike(self, msg: Message, sa: SA, nonce: Nonce, now: float) -> None:
         """Section 1.3.2: the peer replaces this IKE SA; we answer and hand over."""
@@ -1043,7 +1070,7 @@ class IkeSa:
         new.initiator = False
         seed = kc.skeyseed_rekey(self._prf, self._keys.sk_d, g_ir, new._ni, new._nr)
         new._derive(prop, g_ir, seed)
-        new.state = State.ESTABLISHED
+        new._established(now)
         new.natt = self.natt
         new.local_behind_nat, new.remote_behind_nat = (self.local_behind_nat,
                                                        self.remote_behind_nat)
@@ -1082,18 +1109,82 @@ class IkeSa:
         ctx = self._request.context
         self._request = None
         sa, nonce = msg.get(SA), msg.get(Nonce)
+        old_spi = int(ctx["old"])
         if sa is None or nonce is None or len(sa.proposals) != 1:
-            return  # refused (e.g. a rekey collision the peer won): keep the old SA
-        self._child_from_response(sa, msg, int(ctx["spi_in"]), bytes(ctx["ni"]), nonce.data,
-                                  b"", int(ctx["old"]))
-        # make-before-break: the new SA is installed; now delete the old one
-        old = next((c for c in self.children if c.spi_in == int(ctx["old"])), None)
+            return  # refused (e.g. the peer's own rekey already replaced it): keep what we have
+        ni = bytes(ctx["ni"])
+        self._child_from_response(sa, msg, int(ctx["spi_in"]), ni, nonce.data, b"", old_spi)
+        doomed = []
+        old = next((c for c in self.children if c.spi_in == old_spi), None)
         if old is not None:
-            self.children.remove(old)
-            self.events.append(ChildDown(self, old.spi_in, old.spi_out))
+            doomed.append(old)
+        collision = self._peer_rekeys.pop(old_spi, None)
+        if collision is not None:
+            # Section 2.8.1: both sides rekeyed the same SA. The SA made by the exchange with
+            # the lowest of the four nonces is redundant; its initiator deletes it.
+            their_ni, our_nr, _ = collision
+            if min(ni, nonce.data, their_ni, our_nr) in (ni, nonce.data):
+                mine = next((c for c in self.children if c.spi_in == int(ctx["spi_in"])), None)
+                if mine is not None:
+                    doomed.append(mine)
+        # make-before-break: the new SA is installed; now the old (and any redundant) goes
+        for c in doomed:
+            self.children.remove(c)
+            self.events.append(ChildDown(self, c.spi_in, c.spi_out))
+        if doomed:
             self._request_send(ExchangeType.INFORMATIONAL,
-                               [Delete(ProtocolId.ESP, [old.spi_in.to_bytes(4, "big")])],
+                               [Delete(ProtocolId.ESP, [c.spi_in.to_bytes(4, "big")
+                                                        for c in doomed])],
                                "delete child", now)
+
+    # --- IKE SA rekey as initiator (section 1.3.2) --------------------------------------------
+    def rekey_ike(self, now: float) -> bool:
+        """Replace this IKE SA with a new one (new SPIs and keys); children move over."""
+        if (self._request is not None or self.state is not State.ESTABLISHED
+                or self._proposal is None):
+            return False
+        prop = self._proposal
+        kex = kc.KeyExchange(prop.dh)
+        new_spi = _spi_bytes()
+        ni = os.urandom(NONCE_LEN)
+        payloads: list[Payload] = [
+            SA([ike_proposal(1, encr=prop.encr, prf=prop.prf, dh=prop.dh,
+                             key_length=prop.key_bits, spi=new_spi)]),
+            Nonce(ni), KE(prop.dh, kex.public),
+        ]
+        self._request_send(ExchangeType.CREATE_CHILD_SA, payloads, "rekey IKE", now,
+                           spi=new_spi, ni=ni, kex=kex)
+        return True
+
+    def _on_rekey_ike_response(self, msg: Message, now: float) -> None:
+        assert self._request is not None and self._prf is not None and self._keys is not None
+        ctx = self._request.context
+        self._request = None
+        sa, nonce, ke = msg.get(SA), msg.get(Nonce), msg.get(KE)
+        kex: kc.KeyExchange = ctx["kex"]
+        if (sa is None or nonce is None or ke is None or len(sa.proposals) != 1
+                or ke.group != kex.group or len(sa.proposals[0].spi) != 8):
+            return  # refused: keep this SA, try again at the next deadline
+        assert self._proposal is not None
+        try:
+            g_ir = kex.shared(ke.data)
+        except ValueError:
+            return
+        new = IkeSa(self.config, initiator=True, local=self.local, remote=self.remote,
+                    now=now, lookup=self.lookup)
+        new.spi_i, new.spi_r = bytes(ctx["spi"]), sa.proposals[0].spi
+        new._ni, new._nr = bytes(ctx["ni"]), nonce.data
+        seed = kc.skeyseed_rekey(self._prf, self._keys.sk_d, g_ir, new._ni, new._nr)
+        new._derive(self._proposal, g_ir, seed)
+        new._established(now)
+        new.natt = self.natt
+        new.local_behind_nat, new.remote_behind_nat = (self.local_behind_nat,
+                                                       self.remote_behind_nat)
+        new.children, self.children = self.children, []
+        self.rekeyed = True
+        self.events.append(IkeRekeyed(self, new))
+        self._request_send(ExchangeType.INFORMATIONAL, [Delete(ProtocolId.IKE)],
+                           "delete IKE SA", now)
 
 
 __all__ = [

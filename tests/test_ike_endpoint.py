@@ -106,3 +106,35 @@ async def test_wrong_identity_is_refused(tmp_path):
     finally:
         a.close()
         b.close()
+
+
+async def test_sequence_number_soft_limit_triggers_a_child_rekey():
+    ka, kb = ed25519.Ed25519PrivateKey.generate(), ed25519.Ed25519PrivateKey.generate()
+    b, ib, mb, cb = await make("b", "a", "hostb", "hosta", NET_B, NET_A, "psk",
+                               (kb, ka.public_key()))
+    mb.add_peer(IkePeer(cb, initiate=False, remote=None), 0)
+    a, ia, ma, ca = await make("a", "b", "hosta", "hostb", NET_A, NET_B, "psk",
+                               (ka, kb.public_key()))
+    loop = asyncio.get_running_loop()
+    b_addr = b.local_addresses()[0]
+    ma.add_peer(IkePeer(ca, initiate=True, remote=(b_addr[0], b_addr[1])), loop.time())
+    a._arm_timer()
+    try:
+        await wait_for(lambda: a.tunnel.peers["b"].outbound is not None
+                       and b.tunnel.peers["a"].outbound is not None)
+        first = a.tunnel.peers["b"].outbound
+        first.soft_limit = first.seq + 1  # as if 15/16 of the sequence space were used
+        first._limit = first.soft_limit
+        for _ in range(3):
+            ia.send(ip4(A_INNER, B_INNER, 100))
+            await asyncio.wait_for(ib.recv(), 2)
+        assert first.rekey_needed
+        await wait_for(lambda: a.tunnel.peers["b"].outbound is not first)
+        second = a.tunnel.peers["b"].outbound
+        assert second.spi != first.spi and not second.rekey_needed
+        pkt = ip4(A_INNER, B_INNER, 200)
+        ia.send(pkt)
+        assert await asyncio.wait_for(ib.recv(), 2) == pkt
+    finally:
+        a.close()
+        b.close()

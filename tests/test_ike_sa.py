@@ -333,3 +333,42 @@ def test_child_rekey_by_time_with_jitter():
     assert len(ups) == 2 and ups[1].replaces == ups[0].spi_in
     assert [c.spi_in for c in w.a.children] == [ups[1].spi_in]
     assert_child_pair_works(ups[1], child_ups(w.events_b)[1])
+
+
+def test_ike_sa_rekey_started_by_us_keeps_children_and_keys_agree():
+    a_cfg, b_cfg = configs()
+    w = Wire(a_cfg, b_cfg)
+    w.a.start(0.0)
+    w.pump()
+    old_a, old_b = w.a, w.b
+    assert w.a.rekey_ike(1.0)
+    w.pump(1.0)
+    (ra,) = [e for e in w.events_a if isinstance(e, IkeRekeyed)]
+    (rb,) = [e for e in w.events_b if isinstance(e, IkeRekeyed)]
+    new_a, new_b = ra.new, rb.new
+    assert (new_a.spi_i, new_a.spi_r) == (new_b.spi_i, new_b.spi_r) != (old_a.spi_i, old_a.spi_r)
+    assert new_a.initiator and not new_b.initiator
+    assert len(new_a.children) == 1 and len(new_b.children) == 1
+    assert old_a.state is State.DEAD and old_b.state is State.DEAD  # Delete(IKE) exchanged
+    assert not [e for e in w.events_a + w.events_b if isinstance(e, ChildDown)]
+    # the new SA works: a liveness check across it
+    w.a, w.b = new_a, new_b
+    w.a.on_timer(w.a.next_deadline())
+    w.pump(20.0)
+    assert w.a.state is State.ESTABLISHED and w.a._request is None
+
+
+def test_simultaneous_child_rekeys_resolve_to_one_child_each_side():
+    """Section 2.8.1: both peers rekey the same child at once; one new SA survives."""
+    a_cfg, b_cfg = configs()
+    w = Wire(a_cfg, b_cfg)
+    w.a.start(0.0)
+    w.pump()
+    (ca,), (cb,) = w.a.children, w.b.children
+    assert w.a.rekey_child(ca.spi_in, 1.0)
+    assert w.b.rekey_child(cb.spi_in, 1.0)
+    w.pump(1.0)
+    assert len(w.a.children) == 1 and len(w.b.children) == 1
+    (na,), (nb,) = w.a.children, w.b.children
+    assert na.spi_in == nb.spi_out and na.spi_out == nb.spi_in
+    assert na.spi_in not in (ca.spi_in, cb.spi_in)
