@@ -93,8 +93,18 @@ def test_cookies_above_the_half_open_threshold():
     net.deliver(0.0)
     assert net.b.counters["cookies_sent"] == 1
     assert up(net)  # the initiator retried with the cookie and got through
-    # a request with a forged cookie is refused again
-    assert net.b.counters["cookies_sent"] == 1
+    # a request carrying a forged cookie gets a fresh COOKIE answer, not an SA
+    other = Net()
+    other.a.sas.clear()
+    sa = other.a.initiate("b", 0.0)
+    sa._cookie = b"\x00" + bytes(16)
+    other.to_b.clear()
+    sa._request = None
+    sa.start(0.0)
+    data, _, natt = other.to_b[-1]
+    half_open = len(net.b.sas)
+    net.b.receive(data, ("198.18.0.7", 500), natt, 0.0)
+    assert net.b.counters["cookies_sent"] == 2 and len(net.b.sas) == half_open
 
 
 def test_garbage_at_the_manager_is_counted_and_ignored():
