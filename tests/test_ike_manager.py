@@ -101,9 +101,9 @@ def test_cookies_above_the_half_open_threshold():
     other.to_b.clear()
     sa._request = None
     sa.start(0.0)
-    data, _, natt = other.to_b[-1]
+    data = sa.pop_outputs()[-1].data
     half_open = len(net.b.sas)
-    net.b.receive(data, ("198.18.0.7", 500), natt, 0.0)
+    net.b.receive(data, ("198.18.0.7", 500), False, 0.0)
     assert net.b.counters["cookies_sent"] == 2 and len(net.b.sas) == half_open
 
 
