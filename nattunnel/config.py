@@ -278,6 +278,7 @@ _PEER_KEYS: Final = (
     "esn", "replay_window", "keepalive", "behind_nat", "keepalive_interval", "tfc_pad",
     "auth", "local_id", "remote_id", "psk_file", "private_key", "peer_public_key", "initiate",
     "encap", "dpd_interval", "ike_proposals", "esp_proposals", "local_ts", "rekey_time",
+    "rekey_bytes", "rekey_packets",
 )
 #: fields of a manual peer only (static SAs)
 _MANUAL_KEYS: Final = ("spi_in", "spi_out", "key_in", "key_out", "suite", "esn")
@@ -285,6 +286,7 @@ _MANUAL_KEYS: Final = ("spi_in", "spi_out", "key_in", "key_out", "suite", "esn")
 _IKE_KEYS: Final = (
     "auth", "local_id", "remote_id", "psk_file", "private_key", "peer_public_key", "initiate",
     "encap", "dpd_interval", "ike_proposals", "esp_proposals", "local_ts", "rekey_time",
+    "rekey_bytes", "rekey_packets",
 )
 #: for auth = "psk" only / for auth = "pubkey" only
 _PSK_KEYS: Final = ("psk_file",)
@@ -898,6 +900,8 @@ class _Parser:
                                           f"is detected) or \"force\" (always)")
         dpd = self.seconds(t, "dpd_interval", pre, DEFAULT_DPD_INTERVAL, zero=True)
         rekey = self.seconds(t, "rekey_time", pre, DEFAULT_REKEY_TIME, zero=True)
+        rekey_bytes = self.get_int(t, "rekey_bytes", pre, 0, 2**62, 0)
+        rekey_packets = self.get_int(t, "rekey_packets", pre, 0, 2**32 - 1, 0)
 
         ike_proposals = self.proposals(t, "ike_proposals", pre, parse_ike_proposal,
                                        DEFAULT_IKE_PROPOSALS,
@@ -928,7 +932,7 @@ class _Parser:
             name=name, local_id=local_id, remote_id=remote_id, auth=auth.value,
             local_ts=local_ts, remote_ts=remote_ts, ike_proposals=ike_proposals,
             esp_proposals=esp_proposals, force_encap=encap == "force", dpd_interval=dpd,
-            child_rekey_time=rekey,
+            child_rekey_time=rekey, rekey_bytes=rekey_bytes, rekey_packets=rekey_packets,
         ), initiate
 
     def identity(self, t: dict[str, Any], key: str, pre: str) -> Identity:

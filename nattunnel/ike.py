@@ -49,6 +49,8 @@ COOKIE_THRESHOLD = 32
 CHILD_GRACE = 2.0
 #: wait before initiating again after an IKE SA of ours went down
 REINITIATE_DELAY = 2.0
+#: how often byte lifetimes (``rekey_bytes``) are checked
+LIFETIME_CHECK = 5.0
 
 
 @dataclass
@@ -76,6 +78,9 @@ class IkeManager:
         self.peers: dict[str, IkePeer] = {}
         self.sas: dict[bytes, IkeSa] = {}
         self._grace: list[tuple[float, int]] = []
+        #: byte lifetimes: inbound SPI -> (IKE SA, the peer's tx_bytes when it was made)
+        self._byte_limits: dict[int, tuple[IkeSa, int]] = {}
+        self._next_lifetime_check: float | None = None
         self._reinitiate: dict[str, float] = {}
         self._cookie_secret = os.urandom(32)
         self.counters = {"cookies_sent": 0, "init_requests": 0, "dropped": 0}
@@ -241,8 +246,15 @@ class IkeManager:
         inbound = InboundSA(ev.spi_in, ev.suite, ev.keymat_in, esn=ev.esn,
                             replay_window=cfg.replay_window if cfg else 1024)
         self.tunnel.install_inbound(peer, inbound)
+        # a packet lifetime is the outbound SA's soft limit: RekeyNeeded, then rekey_outbound
+        soft = cfg.rekey_packets if cfg and cfg.rekey_packets else None
         self.tunnel.set_outbound(peer, OutboundSA(ev.spi_out, ev.suite, ev.keymat_out,
-                                                  esn=ev.esn, tfc_pad=cfg.tfc_pad if cfg else 0))
+                                                  esn=ev.esn, tfc_pad=cfg.tfc_pad if cfg else 0,
+                                                  soft_limit=soft))
+        if cfg and cfg.rekey_bytes:
+            self._byte_limits[ev.spi_in] = (ev.ike, peer.tx_bytes)
+            if self._next_lifetime_check is None:
+                self._next_lifetime_check = now + LIFETIME_CHECK
         if ev.replaces is not None:
             self._grace.append((now + CHILD_GRACE, ev.replaces))
         if self.keylog is not None:
@@ -275,6 +287,8 @@ class IkeManager:
         times = [t for t in (sa.next_deadline() for sa in self.sas.values()) if t is not None]
         times += [t for t, _ in self._grace]
         times += list(self._reinitiate.values())
+        if self._next_lifetime_check is not None:
+            times.append(self._next_lifetime_check)
         return min(times) if times else None
 
     def on_timer(self, now: float) -> None:
@@ -288,12 +302,31 @@ class IkeManager:
         for spi in due:
             with contextlib.suppress(KeyError):  # already gone with its peer
                 self.tunnel.remove_inbound(spi)
+        if self._next_lifetime_check is not None and now >= self._next_lifetime_check:
+            self._check_byte_lifetimes(now)
         for name, t in list(self._reinitiate.items()):
             if t <= now:
                 del self._reinitiate[name]
                 if not any(sa.name == name and sa.state is not State.DEAD
                            for sa in self.sas.values()):
                     self.initiate(name, now)
+
+    def _check_byte_lifetimes(self, now: float) -> None:
+        """Child SAs past ``rekey_bytes`` in either direction are rekeyed (checked every
+        LIFETIME_CHECK seconds while any byte lifetime is set)."""
+        for spi_in, (ike, tx_start) in list(self._byte_limits.items()):
+            if ike.state is State.DEAD or all(c.spi_in != spi_in for c in ike.children):
+                del self._byte_limits[spi_in]
+                continue
+            peer = self._tunnel_peer(ike)
+            inbound = self.tunnel.inbound_sa(spi_in)
+            limit = ike.config.rekey_bytes if ike.config else 0
+            rx = inbound.bytes if inbound else 0
+            tx = peer.tx_bytes - tx_start if peer is not None else 0
+            if limit and (rx >= limit or tx >= limit) and ike.rekey_child(spi_in, now):
+                del self._byte_limits[spi_in]
+                self._process(ike, now)
+        self._next_lifetime_check = now + LIFETIME_CHECK if self._byte_limits else None
 
     def stats(self) -> dict[str, object]:
         return {

@@ -164,6 +164,9 @@ class IkeConfig:
     #: rekey child SAs this long after they were made (0: never), minus up to
     #: ``rekey_jitter`` of it at random so that peers do not collide (section 2.8)
     child_rekey_time: float = 3600.0
+    #: rekey a child SA after this many ESP octets or packets in either direction (0: never)
+    rekey_bytes: int = 0
+    rekey_packets: int = 0
     #: rekey the IKE SA this long after it was made (0: never), with the same jitter
     ike_rekey_time: float = 14400.0
     rekey_jitter: float = 0.1

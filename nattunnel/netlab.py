@@ -774,3 +774,134 @@ def start_tunnels(lab: Lab, workdir: Path, hosts: tuple[str, ...] = ("a",), *,
 def _tun_up(lab: Lab, role: str) -> bool:
     r = lab.exec(role, "ip", "-j", "addr", "show", "dev", "nt0", check=False)
     return r.returncode == 0 and INNER[role] in r.stdout
+
+
+# --- IKEv2 endpoints in the lab ----------------------------------------------------------------
+# The same topology with IKE-managed peers: B (public) responds, each inside host initiates to
+# B's public address on port 500 and moves to 4500 once IKE detects the router's NAT. Configs,
+# credentials, logs and stats live under a work directory, as with start_tunnels.
+
+#: IKE identities of the lab hosts (local_id of the host, remote_id at its peer)
+IKE_ID = {"a": "hosta", "b": "hostb", "c": "hostc"}
+
+
+def _toml(value: object) -> str:
+    """A TOML literal for a str, bool, int, float or a list of them."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str | Path):
+        return json.dumps(str(value))  # a JSON string is a TOML basic string
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    raise TypeError(f"no TOML literal for {value!r}")
+
+
+def _ike_config(role: str, peers: list[dict[str, object]]) -> str:
+    lines = ['listen = ["0.0.0.0:4500"]', "", "[interface]", 'kind = "tun"', 'name = "nt0"',
+             f'addresses = ["{INNER[role]}/32"]', ""]
+    for peer in peers:
+        lines.append("[[peer]]")
+        lines += [f"{k} = {_toml(v)}" for k, v in peer.items()]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def start_ike_tunnels(lab: Lab, workdir: Path, hosts: tuple[str, ...] = ("a",), *,
+                      auth: str = "psk", host_peer: dict[str, object] | None = None,
+                      b_peer: dict[str, object] | None = None, b_psk: bytes | None = None,
+                      log_level: str = "debug", timeout: float = 10.0) -> Tunnels:
+    """Write IKEv2 credentials and configs, start ``nattunnel up`` on B (responder), then on
+    each inside host (initiator, ``endpoint`` = B's public address, port 500).
+
+    ``auth``: "psk" (one random secret for all; ``b_psk`` gives B another one, e.g. a wrong
+    one) or "pubkey" (an Ed25519 pair per host under ``workdir/keys``). ``host_peer`` and
+    ``b_peer`` add or override keys of the inside hosts' peer table and of B's peer tables
+    (e.g. ``{"dpd_interval": 2, "rekey_time": 4}``). Returns once every endpoint has its TUN
+    device and listens; the IKE SAs come up on their own (see ``wait_ike_up``)."""
+    from .keys import generate_psk, write_ed25519_pair, write_psk_file
+
+    keys = workdir / "keys"
+    keys.mkdir(mode=0o700, exist_ok=True)
+    cred: dict[str, dict[str, object]] = {}  # role -> credential keys of its peer tables
+    if auth == "psk":
+        secret = generate_psk()
+        write_psk_file(keys / "psk", secret, force=True)
+        cred = {h: {"psk_file": keys / "psk"} for h in hosts}
+        cred["b"] = {"psk_file": keys / "psk"}
+        if b_psk is not None:
+            write_psk_file(keys / "b.psk", b_psk, force=True)
+            cred["b"] = {"psk_file": keys / "b.psk"}
+    elif auth == "pubkey":
+        for role in ("b", *hosts):
+            write_ed25519_pair(keys / f"{role}.key", keys / f"{role}.pub", force=True)
+    else:
+        raise ValueError(f"auth must be 'psk' or 'pubkey', not {auth!r}")
+
+    def peer_table(me: str, other: str, extra: dict[str, object] | None) -> dict[str, object]:
+        table: dict[str, object] = {
+            "name": other, "auth": auth, "local_id": IKE_ID[me], "remote_id": IKE_ID[other],
+            "allowed_ips": [f"{INNER[other]}/32"],
+        }
+        if auth == "psk":
+            table.update(cred[me])
+        else:
+            table["private_key"] = keys / f"{me}.key"
+            table["peer_public_key"] = keys / f"{other}.pub"
+        if me == "b":
+            table["initiate"] = False
+        else:
+            table["endpoint"] = lab.addr["b"]
+            table["initiate"] = True
+        table.update(extra or {})
+        return table
+
+    configs = {h: _ike_config(h, [peer_table(h, "b", host_peer)]) for h in hosts}
+    configs["b"] = _ike_config("b", [peer_table("b", h, b_peer) for h in hosts])
+    t = Tunnels(lab, workdir)
+    for role in ("b", *hosts):
+        (workdir / f"{role}.toml").write_text(configs[role])
+        start_ike_node(t, role, log_level=log_level, timeout=timeout)
+    return t
+
+
+def start_ike_node(t: Tunnels, role: str, *, log_level: str = "debug",
+                   timeout: float = 10.0) -> Node:
+    """(Re)start ``nattunnel up`` for ``role`` with ``t.dir/ROLE.toml`` (written by
+    ``start_ike_tunnels``); the log is appended to ``ROLE.log``. Waits until the TUN device
+    has its address and the endpoint logged that it listens; replaces ``t.nodes[role]``."""
+    lab, workdir = t.lab, t.dir
+    cfg, log, stats = (workdir / f"{role}.toml", workdir / f"{role}.log",
+                       workdir / f"{role}.stats.json")
+    start = log.stat().st_size if log.exists() else 0
+    env = dict(os.environ, PYTHONPATH=str(PKG_ROOT), PYTHONUNBUFFERED="1")
+    with log.open("a") as out:
+        proc = lab.popen(role, sys.executable, "-m", "nattunnel", "up", str(cfg), "--stats",
+                         str(stats), "--log-level", log_level, stdout=out,
+                         stderr=subprocess.STDOUT, env=env)
+    node = t.nodes[role] = Node(role, proc, stats, log)
+
+    def ready() -> bool:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{role}: nattunnel up exited with {proc.returncode}; "
+                               f"log:\n{node.log()[start:]}")
+        return _tun_up(lab, role) and "listening on" in node.log()[start:]
+
+    if not lab.wait_for(ready, timeout=timeout, interval=0.05):
+        raise RuntimeError(f"{role}: endpoint did not come up; log:\n{node.log()[start:]}")
+    return node
+
+
+def ike_sas(node: Node) -> list[dict[str, Any]]:
+    """The IKE SAs in one fresh stats snapshot of ``node``."""
+    return node.stats()["ike"]["ike_sas"]  # type: ignore[no-any-return]
+
+
+def wait_ike_up(t: Tunnels, roles: Sequence[str] = ("a", "b"), timeout: float = 10.0) -> bool:
+    """Wait until each of ``roles`` has an established IKE SA with a child SA."""
+    def up(role: str) -> bool:
+        return any(sa["state"] == "established" and sa["children"]
+                   for sa in ike_sas(t.nodes[role]))
+
+    return t.lab.wait_for(lambda: all(up(r) for r in roles), timeout=timeout, interval=0.1)

@@ -42,6 +42,7 @@ class Peer:
         "removed",
         "sock",
         "source_drops",
+        "tx_bytes",
     )
 
     def __init__(
@@ -78,6 +79,8 @@ class Peer:
         self.last_tx = now
         self.last_rx = now
         self.keepalives_sent = 0
+        #: ESP octets sent (for byte lifetimes of negotiated SAs)
+        self.tx_bytes = 0
         self.keepalives_received = 0
         self.rebinds = 0
         self.source_drops = 0
@@ -111,6 +114,7 @@ class Peer:
         except SequenceNumberExhausted:
             return _EXHAUSTED
         self.last_tx = now
+        self.tx_bytes += n
         if sa.rekey_needed and not self.rekey_signalled and self.on_rekey is not None:
             self.on_rekey(self)
         return n

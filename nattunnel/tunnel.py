@@ -127,6 +127,10 @@ class Tunnel:
         self._by_spi[sa.spi] = (sa, peer)
         peer.inbound.append(sa)
 
+    def inbound_sa(self, spi: int) -> InboundSA | None:
+        entry = self._by_spi.get(spi)
+        return entry[0] if entry else None
+
     def remove_inbound(self, spi: int) -> None:
         sa, peer = self._by_spi.pop(spi)
         peer.inbound.remove(sa)

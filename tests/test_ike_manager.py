@@ -132,3 +132,40 @@ def test_outgoing_switches_to_natt_after_nat_detection():
     assert net.tb.peers["a"].addr == ("198.18.0.1", 4500)
     assert net.ta.peers["b"].keepalive and not net.tb.peers["a"].keepalive
     assert isinstance(Outgoing(b"", B, True), Outgoing)
+
+
+def _traffic(net: Net, n: int, size: int = 1000) -> None:
+    from tests.test_tunnel import ip4
+
+    out = memoryview(bytearray(4096))
+    for _ in range(n):
+        net.ta.encapsulate_into(ip4("198.18.100.1", "198.18.100.2", size), out, 0.0)
+
+
+def test_rekey_by_packets_and_by_bytes():
+    net = Net()
+    net.ca.rekey_packets = 20
+    net.a.initiate("b", 0.0)
+    net.deliver()
+    first = net.ta.peers["b"].outbound
+    _traffic(net, 25)
+    assert first.rekey_needed  # the packet lifetime is the SA's soft limit
+    assert net.a.rekey_outbound(first.spi, 1.0)
+    net.deliver(1.0)
+    assert net.ta.peers["b"].outbound is not first
+
+    net2 = Net()
+    net2.ca.rekey_bytes = 10_000
+    net2.a.initiate("b", 0.0)
+    net2.deliver()
+    first = net2.ta.peers["b"].outbound
+    t = net2.a.next_deadline()
+    assert t is not None and t <= 5.0  # byte lifetimes are checked every 5 s
+    net2.a.on_timer(t)
+    net2.deliver(t)
+    assert net2.ta.peers["b"].outbound is first  # under the limit: nothing
+    _traffic(net2, 12)  # about 12 kB
+    t2 = net2.a.next_deadline()
+    net2.a.on_timer(t2)
+    net2.deliver(t2)
+    assert net2.ta.peers["b"].outbound is not first
