@@ -1097,14 +1097,20 @@ class IkeSa:
             return False
         new_spi = new_child_spi()
         ni = os.urandom(NONCE_LEN)
+        # PFS (section 1.3.1): a fresh key exchange if the proposal names a group
+        pfs = next((p.dh for p in self.config.esp_proposals
+                    if p.suite is child.suite and p.dh), None)
+        kex = kc.KeyExchange(pfs) if pfs else None
         payloads: list[Payload] = [
             Notify(NotifyType.REKEY_SA, protocol=ProtocolId.ESP,
                    spi=child.spi_in.to_bytes(4, "big")),
-            _esp_offer([EspProposal(child.suite, child.esn)], new_spi), Nonce(ni),
-            TSi.of(*child.local_ts), TSr.of(*child.remote_ts),
+            _esp_offer([EspProposal(child.suite, child.esn, pfs)], new_spi, pfs), Nonce(ni),
         ]
+        if kex is not None:
+            payloads.append(KE(kex.group, kex.public))
+        payloads += [TSi.of(*child.local_ts), TSr.of(*child.remote_ts)]
         self._request_send(ExchangeType.CREATE_CHILD_SA, payloads, "rekey child", now,
-                           spi_in=new_spi, ni=ni, old=child.spi_in)
+                           spi_in=new_spi, ni=ni, old=child.spi_in, kex=kex)
         return True
 
     def _on_rekey_child_response(self, msg: Message, now: float) -> None:
@@ -1116,7 +1122,17 @@ class IkeSa:
         if sa is None or nonce is None or len(sa.proposals) != 1:
             return  # refused (e.g. the peer's own rekey already replaced it): keep what we have
         ni = bytes(ctx["ni"])
-        self._child_from_response(sa, msg, int(ctx["spi_in"]), ni, nonce.data, b"", old_spi)
+        g_ir = b""
+        kex: kc.KeyExchange | None = ctx.get("kex")
+        if kex is not None:
+            ke = msg.get(KE)
+            if ke is None or ke.group != kex.group:
+                return  # PFS refused: keep the old SA
+            try:
+                g_ir = kex.shared(ke.data)
+            except ValueError:
+                return
+        self._child_from_response(sa, msg, int(ctx["spi_in"]), ni, nonce.data, g_ir, old_spi)
         doomed = []
         old = next((c for c in self.children if c.spi_in == old_spi), None)
         if old is not None:

@@ -372,3 +372,27 @@ def test_simultaneous_child_rekeys_resolve_to_one_child_each_side():
     (na,), (nb,) = w.a.children, w.b.children
     assert na.spi_in == nb.spi_out and na.spi_out == nb.spi_in
     assert na.spi_in not in (ca.spi_in, cb.spi_in)
+
+
+def test_child_rekey_with_pfs():
+    from nattunnel.ike_sa import EspProposal
+    from nattunnel.suite import AES_GCM_256
+
+    a_cfg, b_cfg = configs()
+    for c in (a_cfg, b_cfg):
+        c.esp_proposals = (EspProposal(AES_GCM_256, dh=DhGroup.CURVE25519),)
+    w = Wire(a_cfg, b_cfg)
+    w.a.start(0.0)
+    w.pump()
+    old = child_ups(w.events_a)[0]
+    seen = []
+    w.a.rekey_child(old.spi_in, 1.0)
+    req = w.a.outputs[-1].data
+    w.pump(1.0, drop=lambda who, data: seen.append((who, data)) and False)
+    msg = decode_message(req, sk=w.b._sk_in)
+    from nattunnel.ike_message import KE
+
+    assert msg.get(KE) is not None and msg.get(KE).group == DhGroup.CURVE25519
+    new_a, new_b = child_ups(w.events_a)[1], child_ups(w.events_b)[1]
+    assert_child_pair_works(new_a, new_b)
+    assert new_a.keymat_out != old.keymat_out
