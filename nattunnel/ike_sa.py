@@ -252,6 +252,8 @@ class Child:
     remote_ts: tuple[Network, ...]
     #: when to start a rekey (soft lifetime with jitter), or None
     rekey_at: float | None = None
+    #: when the SA must go if no rekey replaced it (hard lifetime), or None
+    expire_at: float | None = None
 
 
 @dataclass
@@ -521,7 +523,7 @@ class IkeSa:
     def next_deadline(self) -> float | None:
         if self.state is State.DEAD:
             return None
-        times = []
+        times = [c.expire_at for c in self.children if c.expire_at is not None]
         if self._request is not None:
             times.append(self._request.sent_at + RETRANSMIT_BASE * 2 ** (self._request.tries - 1))
         elif self.state is State.ESTABLISHED:
@@ -536,6 +538,17 @@ class IkeSa:
 
     def on_timer(self, now: float) -> None:
         if self.state is State.DEAD:
+            return
+        expired = [c for c in self.children if c.expire_at is not None and c.expire_at <= now]
+        for c in expired:
+            # past its hard lifetime without a rekey: it may not carry traffic any longer
+            self.children.remove(c)
+            self.events.append(ChildDown(self, c.spi_in, c.spi_out))
+        if expired and self._request is None:
+            self._request_send(ExchangeType.INFORMATIONAL,
+                               [Delete(ProtocolId.ESP, [c.spi_in.to_bytes(4, "big")
+                                                        for c in expired])],
+                               "delete child", now)
             return
         req = self._request
         if req is not None:
@@ -793,6 +806,10 @@ class IkeSa:
                    replaces: int | None) -> None:
         if self.config is not None:
             child.rekey_at = self._soft_deadline(self.config.child_rekey_time)
+            if self.config.child_rekey_time > 0:
+                # hard lifetime: the soft one plus the jitter range again
+                child.expire_at = self.last_rx + self.config.child_rekey_time * (
+                    1 + self.config.rekey_jitter)
         self.children.append(child)
         self.events.append(ChildUp(self, child.spi_in, child.spi_out, child.suite, child.esn,
                                    keymat_in, keymat_out, child.local_ts, child.remote_ts,

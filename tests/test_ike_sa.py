@@ -396,3 +396,27 @@ def test_child_rekey_with_pfs():
     new_a, new_b = child_ups(w.events_a)[1], child_ups(w.events_b)[1]
     assert_child_pair_works(new_a, new_b)
     assert new_a.keymat_out != old.keymat_out
+
+
+def test_child_past_its_hard_lifetime_is_deleted_when_rekeys_fail():
+    a_cfg, b_cfg = configs()
+    a_cfg.child_rekey_time = 100.0
+    a_cfg.rekey_jitter = 0.1
+    a_cfg.dpd_interval = 0
+    w = Wire(a_cfg, b_cfg)
+    w.a.start(0.0)
+    w.pump()
+    (child,) = w.a.children
+    assert child.expire_at == pytest.approx(110.0)
+    # the peer stops answering: the rekey at ~95 s goes unanswered
+    now = w.a.next_deadline()
+    while now is not None and now < 110.0 and w.a.state is State.ESTABLISHED:
+        w.a.on_timer(now)
+        w.a.pop_outputs()
+        now = w.a.next_deadline()
+    assert w.a.state is State.ESTABLISHED  # the rekey is still being retransmitted
+    assert now == pytest.approx(110.0)
+    w.a.on_timer(now)
+    downs = [e for e in w.a.pop_events() if isinstance(e, ChildDown)]
+    assert [d.spi_in for d in downs] == [child.spi_in]
+    assert not w.a.children
