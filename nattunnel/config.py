@@ -791,6 +791,7 @@ class _Parser:
             ike.replay_window = replay_window
             ike.tfc_pad = tfc_pad
             ike.keepalive_interval = interval
+            ike.keepalive = keepalive.value
             first = ike.esp_proposals[0]
             return PeerConfig(
                 name=name, endpoint=endpoint, allowed_ips=tuple(allowed), suite=first.suite,

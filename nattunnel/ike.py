@@ -228,7 +228,11 @@ class IkeManager:
             # ESP goes where IKE goes on 4500 (RFC 3948); keepalives only if we are behind NAT
             addr = ev.remote if ike.natt else (ev.remote[0], 4500)
             self.tunnel.set_peer_address(peer, addr)
-            self.tunnel.set_keepalive(peer, ev.local_behind_nat, ike.last_rx)
+            mode = ike.config.keepalive if ike.config else "nat"
+            on = mode == "always" or (mode == "nat" and ev.local_behind_nat)
+            if ike.config is not None:
+                peer.keepalive_interval = ike.config.keepalive_interval
+            self.tunnel.set_keepalive(peer, on, ike.last_rx)
 
     def _log_ike_keys(self, ike: IkeSa) -> None:
         if self.keylog is None:
@@ -258,16 +262,20 @@ class IkeManager:
         if ev.replaces is not None:
             self._grace.append((now + CHILD_GRACE, ev.replaces))
         if self.keylog is not None:
-            self.keylog.esp_sa(ev.spi_in, ev.suite, ev.keymat_in)
-            self.keylog.esp_sa(ev.spi_out, ev.suite, ev.keymat_out)
+            v6 = ":" in ev.ike.remote[0]
+            self.keylog.esp_sa(ev.spi_in, ev.suite, ev.keymat_in, ipv6=v6)
+            self.keylog.esp_sa(ev.spi_out, ev.suite, ev.keymat_out, ipv6=v6)
         log.info("peer %s: child SA up, SPIs in %#010x out %#010x, %s%s%s", ev.ike.name,
                  ev.spi_in, ev.spi_out, ev.suite.name, " ESN" if ev.esn else "",
                  " (rekey)" if ev.replaces is not None else "")
 
     def _child_down(self, ev: ChildDown, now: float) -> None:
-        # keep the inbound SA a moment for packets in flight; the outbound SA is replaced
-        # by the next ChildUp or goes with the peer
+        # keep the inbound SA a moment for packets in flight; stop sending on the outbound
+        # SA unless a rekey already replaced it (ChildUp of the new one comes first)
         self._grace.append((now + CHILD_GRACE, ev.spi_in))
+        peer = self._tunnel_peer(ev.ike)
+        if peer is not None and peer.outbound is not None and peer.outbound.spi == ev.spi_out:
+            peer.outbound = None
         log.info("peer %s: child SA %#010x/%#010x deleted", ev.ike.name, ev.spi_in, ev.spi_out)
 
     def _ike_down(self, ev: IkeDown, now: float) -> None:

@@ -174,6 +174,8 @@ class IkeConfig:
     replay_window: int = 1024
     tfc_pad: int = 0
     keepalive_interval: float = 20.0
+    #: "nat": NAT keepalives when IKE finds this side behind NAT; "always"; "never"
+    keepalive: str = "nat"
 
 
 # --- outputs and events ------------------------------------------------------------------------

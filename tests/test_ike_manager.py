@@ -169,3 +169,14 @@ def test_rekey_by_packets_and_by_bytes():
     net2.a.on_timer(t2)
     net2.deliver(t2)
     assert net2.ta.peers["b"].outbound is not first
+
+
+def test_keepalive_modes_for_ike_peers():
+    net = Net()
+    net.ca.keepalive = "never"  # A is behind the NAT but asked for none
+    net.cb.keepalive = "always"  # B is public but asked for them (a stateful firewall)
+    net.a.initiate("b", 0.0)
+    net.deliver()
+    assert up(net)
+    assert not net.ta.peers["b"].keepalive
+    assert net.tb.peers["a"].keepalive
