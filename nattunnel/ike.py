@@ -47,8 +47,10 @@ log = logging.getLogger("nattunnel")
 COOKIE_THRESHOLD = 32
 #: how long an old inbound SA stays after a rekey or delete (in-flight packets)
 CHILD_GRACE = 2.0
-#: wait before initiating again after an IKE SA of ours went down
+#: wait before initiating again after an IKE SA of ours went down; doubles with each failure
+#: in a row, up to REINITIATE_MAX
 REINITIATE_DELAY = 2.0
+REINITIATE_MAX = 120.0
 #: how often byte lifetimes (``rekey_bytes``) are checked
 LIFETIME_CHECK = 5.0
 
@@ -82,6 +84,7 @@ class IkeManager:
         self._byte_limits: dict[int, tuple[IkeSa, int]] = {}
         self._next_lifetime_check: float | None = None
         self._reinitiate: dict[str, float] = {}
+        self._failures: dict[str, int] = {}
         self._cookie_secret = os.urandom(32)
         self.counters = {"cookies_sent": 0, "init_requests": 0, "dropped": 0}
 
@@ -218,6 +221,7 @@ class IkeManager:
                     other.forget("replaced: the peer sent INITIAL_CONTACT")
                     self._process(other, now)
         peer = self._tunnel_peer(ike)
+        self._failures.pop(ike.name, None)
         log.info("peer %s: IKE SA established with %s (%s); NAT: %s", ike.name,
                  f"{ev.remote[0]}:{ev.remote[1]}",
                  ike._proposal.name if ike._proposal else "?",
@@ -288,7 +292,11 @@ class IkeManager:
         log.warning("peer %s: IKE SA down: %s", ev.ike.name, ev.reason)
         peer = self.peers.get(ev.ike.name)
         if peer is not None and peer.initiate and ev.ike.initiator:
-            self._reinitiate[peer.config.name] = now + REINITIATE_DELAY
+            n = self._failures.get(peer.config.name, 0)
+            self._failures[peer.config.name] = n + 1
+            delay = min(REINITIATE_DELAY * 2 ** n, REINITIATE_MAX)
+            self._reinitiate[peer.config.name] = now + delay
+            log.info("peer %s: initiating again in %.0f s", peer.config.name, delay)
 
     # --- timers -------------------------------------------------------------------------------
     def next_deadline(self) -> float | None:

@@ -287,6 +287,13 @@ def _spi_bytes() -> bytes:
             return s
 
 
+def _notify_name(notify_type: int) -> str:
+    try:
+        return NotifyType(notify_type).name
+    except ValueError:
+        return f"notify {notify_type}"
+
+
 def new_child_spi() -> int:
     while True:
         spi = int.from_bytes(os.urandom(4), "big")
@@ -630,9 +637,7 @@ class IkeSa:
             return
         for n in msg.notifies():
             if n.is_error:
-                self._die(f"IKE_SA_INIT refused: {NotifyType(n.notify_type).name}"
-                          if n.notify_type in NotifyType._value2member_map_
-                          else f"IKE_SA_INIT refused: notify {n.notify_type}")
+                self._die(f"IKE_SA_INIT refused: {_notify_name(n.notify_type)}")
                 return
         sa, ke, nonce = msg.get(SA), msg.get(KE), msg.get(Nonce)
         if sa is None or ke is None or nonce is None or len(sa.proposals) != 1:
@@ -752,7 +757,7 @@ class IkeSa:
         for n in msg.notifies():
             if n.is_error and n.notify_type != NotifyType.TS_UNACCEPTABLE and \
                     n.notify_type != NotifyType.NO_PROPOSAL_CHOSEN:
-                self._die(f"IKE_AUTH refused: notify {n.notify_type}")
+                self._die(f"IKE_AUTH refused: {_notify_name(n.notify_type)}")
                 return
         idr, auth = msg.get(IDr), msg.get(Auth)
         if idr is None or auth is None:
@@ -887,7 +892,9 @@ class IkeSa:
         if config is None or not self._verify_auth(config, auth, idi.encode_body()):
             self._respond(ExchangeType.IKE_AUTH, msg.header.message_id,
                           [Notify(NotifyType.AUTHENTICATION_FAILED)])
-            self._die(f"authentication of {peer_id} failed")
+            self.config = config or self.config  # for the peer's name in the log
+            self._die(f"authentication of {peer_id} failed"
+                      + ("" if config else ": no peer with that identity"))
             return
         self.config = config
         self.last_rx = now
