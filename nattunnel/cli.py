@@ -19,6 +19,18 @@ def _sizes(text: str) -> list[int]:
     return sizes
 
 
+def _tunnels(text: str) -> list[str]:
+    from .benchnet import TUNNELS
+
+    names = [x.strip() for x in text.split(",") if x.strip()]
+    unknown = [n for n in names if n not in TUNNELS]
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(
+            f"--only: {', '.join(unknown) or 'empty list'}: choose from {','.join(TUNNELS)}"
+        )
+    return names
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .suite import SUITES
 
@@ -39,11 +51,27 @@ def build_parser() -> argparse.ArgumentParser:
     crypto.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
     crypto.add_argument("--json", action="store_true", help="print JSON instead of a table")
     netns = bsub.add_parser(
-        "netns", help="iperf3 through a nattunnel tunnel across a real NAT (root)"
+        "netns", help="iperf3 through nattunnel and peer tunnels across a real NAT (root)"
     )
     netns.add_argument("--seconds", type=float, default=10.0,
                        help="length of each iperf3 run (default 10)")
     netns.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    netns.add_argument("--only", type=_tunnels, default=None, metavar="LIST",
+                       help="comma-separated tunnels to measure besides the no-tunnel "
+                            "baseline (default all: nattunnel,wireguard-go,openvpn,strongswan)")
+    netns.add_argument("--png", metavar="FILE", default=None,
+                       help="also write a bar chart to FILE (needs matplotlib)")
+    netns.add_argument("--install-peers", action="store_true",
+                       help="apt-get install wireguard-go, OpenVPN and strongSwan first")
+    scale = bsub.add_parser(
+        "scale", help="one endpoint with many idle peers (keepalives, IKE DPD): CPU, memory"
+    )
+    scale.add_argument("--peers", type=int, default=1000,
+                       help="peers of the endpoint under test, half manual-SA, half IKE "
+                            "(default 1000)")
+    scale.add_argument("--seconds", type=float, default=30.0,
+                       help="idle time measured after setup (default 30)")
+    scale.add_argument("--json", action="store_true", help="print JSON instead of a report")
 
     # keygen writes fresh private key material to new files with mode 0600 and never prints
     # a private key. `--type` selects what: esp (the default, so existing invocations keep
@@ -165,12 +193,21 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         return crypto_main(args.sizes, args.suite, args.count, args.rounds, args.json)
     if args.command == "bench" and args.bench_command == "netns":
-        from .benchnet import netns_main
+        from .benchnet import TUNNELS, netns_main
 
         if not 1 <= args.seconds <= 600:
             print("nattunnel bench netns: --seconds must be 1..600", file=sys.stderr)
             return 2
-        return netns_main(args.seconds, args.json)
+        return netns_main(args.seconds, args.json, args.only or TUNNELS, png=args.png,
+                          install=args.install_peers)
+    if args.command == "bench" and args.bench_command == "scale":
+        from .benchscale import scale_main
+
+        if not 2 <= args.peers <= 20000 or not 0 < args.seconds <= 3600:
+            print("nattunnel bench scale: --peers must be 2..20000 and --seconds 0..3600",
+                  file=sys.stderr)
+            return 2
+        return scale_main(args.peers, args.seconds, args.json)
     if args.command == "up":
         return _up(args.config, args.stats, args.log_level)
     if args.command == "demo":
