@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import heapq
 import hmac
+import itertools
 import logging
 import os
 from collections.abc import Callable
@@ -85,18 +87,28 @@ class IkeManager:
         self._next_lifetime_check: float | None = None
         self._reinitiate: dict[str, float] = {}
         self._failures: dict[str, int] = {}
+        # Timers: a heap of (deadline, tick, IKE SA), checked lazily against _when, so that
+        # neither a wakeup nor a message costs a pass over every IKE SA.
+        self._heap: list[tuple[float, int, IkeSa]] = []
+        self._when: dict[IkeSa, float] = {}
+        self._tick = itertools.count()
+        #: half-open responder SAs by (SPIi, remote), for retransmitted IKE_SA_INIT requests
+        self._half_open_sas: dict[tuple[bytes, Addr], IkeSa] = {}
+        self._half_open_keys: dict[IkeSa, tuple[bytes, Addr]] = {}
+        self._by_remote_id: dict[Identity, list[IkePeer]] = {}
         self._cookie_secret = os.urandom(32)
         self.counters = {"cookies_sent": 0, "init_requests": 0, "dropped": 0}
 
     # --- configuration ------------------------------------------------------------------------
     def add_peer(self, peer: IkePeer, now: float) -> None:
         self.peers[peer.config.name] = peer
+        self._by_remote_id.setdefault(peer.config.remote_id, []).append(peer)
         if peer.initiate:
             self._reinitiate[peer.config.name] = now
 
     def _lookup(self, idi: Identity, idr: Identity | None) -> IkeConfig | None:
-        for p in self.peers.values():
-            if p.config.remote_id == idi and (idr is None or idr == p.config.local_id):
+        for p in self._by_remote_id.get(idi, ()):
+            if idr is None or idr == p.config.local_id:
                 return p.config
         return None
 
@@ -154,16 +166,16 @@ class IkeManager:
         return b"\x00" + mac[:16]
 
     def _half_open(self) -> int:
-        return sum(1 for sa in self.sas.values() if sa.state is State.INIT_DONE)
+        return len(self._half_open_sas)
 
     def _init_request(self, data: bytes, hdr: Header, remote: Addr, natt: bool,
                       now: float) -> None:
         self.counters["init_requests"] += 1
-        for sa in self.sas.values():  # a retransmitted IKE_SA_INIT: answer from the cache
-            if not sa.initiator and sa.spi_i == hdr.spi_i and sa.remote == remote:
-                sa.receive(data, now)
-                self._process(sa, now)
-                return
+        known = self._half_open_sas.get((hdr.spi_i, remote))
+        if known is not None:  # a retransmitted IKE_SA_INIT: answer from the cache
+            known.receive(data, now)
+            self._process(known, now)
+            return
         try:
             msg = decode_message(data)
         except IkeDecodeError:
@@ -187,6 +199,8 @@ class IkeManager:
         sa.respond_init(msg, data, now, proposals)
         if sa.state is not State.DEAD:
             self.sas[sa.local_spi] = sa
+            self._half_open_sas[(sa.spi_i, remote)] = sa
+            self._half_open_keys[sa] = (sa.spi_i, remote)
         self._process(sa, now)
 
     # --- effects ------------------------------------------------------------------------------
@@ -204,10 +218,29 @@ class IkeManager:
                 self._ike_down(ev, now)
             elif isinstance(ev, IkeRekeyed):
                 self.sas[ev.new.local_spi] = ev.new
+                self._schedule(ev.new)
                 log.info("peer %s: IKE SA rekeyed", ev.new.name)
                 self._log_ike_keys(ev.new)
+        if sa.state is not State.INIT_DONE:
+            key = self._half_open_keys.pop(sa, None)
+            if key is not None:
+                self._half_open_sas.pop(key, None)
         if sa.state is State.DEAD:
             self.sas.pop(sa.local_spi, None)
+            self._when.pop(sa, None)
+        else:
+            self._schedule(sa)
+
+    def _schedule(self, sa: IkeSa) -> None:
+        """Make sure the heap holds an entry no later than the SA's next deadline."""
+        d = sa.next_deadline()
+        if d is None:
+            self._when.pop(sa, None)
+            return
+        cur = self._when.get(sa)
+        if cur is None or d < cur:
+            self._when[sa] = d
+            heapq.heappush(self._heap, (d, next(self._tick), sa))
 
     def _tunnel_peer(self, ike: IkeSa):  # type: ignore[no-untyped-def]
         return self.tunnel.peers.get(ike.name)
@@ -300,7 +333,10 @@ class IkeManager:
 
     # --- timers -------------------------------------------------------------------------------
     def next_deadline(self) -> float | None:
-        times = [t for t in (sa.next_deadline() for sa in self.sas.values()) if t is not None]
+        heap = self._heap
+        while heap and self._when.get(heap[0][2]) != heap[0][0]:
+            heapq.heappop(heap)  # stale: superseded by an earlier entry, or the SA is gone
+        times = [heap[0][0]] if heap else []
         times += [t for t, _ in self._grace]
         times += list(self._reinitiate.values())
         if self._next_lifetime_check is not None:
@@ -308,11 +344,18 @@ class IkeManager:
         return min(times) if times else None
 
     def on_timer(self, now: float) -> None:
-        for sa in list(self.sas.values()):
-            d = sa.next_deadline()
-            if d is not None and d <= now:
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            d, _, sa = heapq.heappop(heap)
+            if self._when.get(sa) != d:
+                continue
+            del self._when[sa]
+            real = sa.next_deadline()
+            if real is not None and real <= now:
                 sa.on_timer(now)
                 self._process(sa, now)
+            else:
+                self._schedule(sa)
         due = [spi for t, spi in self._grace if t <= now]
         self._grace = [(t, s) for t, s in self._grace if t > now]
         for spi in due:
