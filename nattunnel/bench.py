@@ -21,6 +21,7 @@ import platform
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import cryptography
 
@@ -190,3 +191,35 @@ def crypto_main(sizes: list[int], suite_names: list[str] | None, count: int, rou
         print(format_table(results))
     return 0
 
+
+
+def loopback_main(sizes: list[int], suite_names: list[str] | None, seconds: float,
+                  as_json: bool) -> int:
+    """``nattunnel bench loopback``: two endpoints on 127.0.0.1 through the in-process
+    interface (no root): inner packets per second A -> B, encapsulation, UDP, decapsulation,
+    both in one process and one event loop (so one core does both ends)."""
+    import asyncio
+
+    from .demo import throughput
+
+    suites = [SUITES[n] for n in suite_names] if suite_names else [SUITES["aes256gcm16"]]
+    rows: list[dict[str, Any]] = []
+    for suite in suites:
+        for size in sizes:
+            if not as_json:
+                print(f"  measuring {suite.name} {size} B ...", flush=True)
+            pps, n = asyncio.run(throughput(seconds, size, suite=suite))
+            rows.append({"suite": suite.name, "size": size, "pps": pps, "packets": n,
+                         "gbps": pps * size * 8 / 1e9})
+    if as_json:
+        print(json.dumps({"machine": machine_info(), "seconds": seconds, "results": rows},
+                         indent=2))
+        return 0
+    info = machine_info()
+    print(f"machine: {info['cpu']}, {info['cores']} cores, Python {info['python']}, "
+          f"cryptography {info['cryptography']}")
+    print(f"A -> B on loopback, both endpoints in one process, {seconds:g} s per row\n")
+    print(f"{'suite':<18}{'size':>6}{'kpps':>10}{'Gbit/s':>9}")
+    for r in rows:
+        print(f"{r['suite']:<18}{r['size']:>6}{r['pps'] / 1e3:>10.1f}{r['gbps']:>9.3f}")
+    return 0

@@ -63,6 +63,15 @@ def build_parser() -> argparse.ArgumentParser:
                        help="also write a bar chart to FILE (needs matplotlib)")
     netns.add_argument("--install-peers", action="store_true",
                        help="apt-get install wireguard-go, OpenVPN and strongSwan first")
+    loopback = bsub.add_parser(
+        "loopback", help="two endpoints on loopback, in-process interface (no root)"
+    )
+    loopback.add_argument("--sizes", type=_sizes, default=[64, 512, 1400],
+                          help="inner packet sizes in octets (default 64,512,1400)")
+    loopback.add_argument("--suite", action="append", choices=sorted(SUITES),
+                          help="suite to measure (repeatable; default aes256gcm16)")
+    loopback.add_argument("--seconds", type=float, default=2.0, help="per row (default 2)")
+    loopback.add_argument("--json", action="store_true", help="print JSON instead of a table")
     scale = bsub.add_parser(
         "scale", help="one endpoint with many idle peers (keepalives, IKE DPD): CPU, memory"
     )
@@ -192,6 +201,13 @@ def main(argv: list[str] | None = None) -> int:
             print("nattunnel bench crypto: --count and --rounds must be positive", file=sys.stderr)
             return 2
         return crypto_main(args.sizes, args.suite, args.count, args.rounds, args.json)
+    if args.command == "bench" and args.bench_command == "loopback":
+        from .bench import loopback_main
+
+        if not 0 < args.seconds <= 600:
+            print("nattunnel bench loopback: --seconds must be 0..600", file=sys.stderr)
+            return 2
+        return loopback_main(args.sizes, args.suite, args.seconds, args.json)
     if args.command == "bench" and args.bench_command == "netns":
         from .benchnet import TUNNELS, netns_main
 

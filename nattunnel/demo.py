@@ -90,9 +90,10 @@ def _fmt(addr: object) -> str:
     return str(addr)
 
 
-async def throughput(seconds: float, size: int = 1400, burst: int = 64) -> tuple[float, int]:
+async def throughput(seconds: float, size: int = 1400, burst: int = 64,
+                     suite: Suite = AES_GCM_256) -> tuple[float, int]:
     """Inner packets per second A -> B on loopback through both data paths (no NAT)."""
-    a, b, _ = await tunnel_pair(nat_timeout=None, keepalive=False, interval=20.0)
+    a, b, _ = await tunnel_pair(nat_timeout=None, keepalive=False, interval=20.0, suite=suite)
     try:
         pkt = inner_packet(A_INNER, B_INNER, size)
         got = 0

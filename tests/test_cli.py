@@ -56,3 +56,11 @@ def test_demo_runs_without_root_and_reports_ok():
     assert "B now sends to" in out
     assert "report: tunnel OK" in out
     assert "packets/s" in out
+
+
+def test_bench_loopback_json(capsys):
+    assert main(["bench", "loopback", "--sizes", "200", "--seconds", "0.3", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    (row,) = report["results"]
+    assert row["size"] == 200 and row["suite"] == "aes256gcm16"
+    assert row["pps"] > 0 and row["packets"] > 0
