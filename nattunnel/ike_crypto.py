@@ -1,5 +1,5 @@
-"""IKEv2 cryptography (RFC 7296): PRFs, prf+, Diffie-Hellman, key derivation, the SK cipher,
-AUTH payloads (PSK and Ed25519) and NAT detection hashes.
+"""IKEv2 cryptography (RFC 7296): PRFs, prf+, Diffie-Hellman, key derivation, the SK cipher
+and AUTH payloads (PSK and Ed25519). NAT detection hashes are in ike_message.
 
 Everything runs in the ``cryptography`` package; this module only arranges the octets the RFCs
 name. Sections cited are RFC 7296 unless another RFC is named.
@@ -18,17 +18,26 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, x25519
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 
-# --- PRFs (RFC 4868 for HMAC-SHA2 in IKEv2) ----------------------------------------------------
-#: IANA Transform Type 2 (PRF) IDs
-PRF_HMAC_SHA2_256: Final = 5
-PRF_HMAC_SHA2_384: Final = 6
-PRF_HMAC_SHA2_512: Final = 7
-_PRF_HASH: Final = {PRF_HMAC_SHA2_256: "sha256", PRF_HMAC_SHA2_384: "sha384",
-                    PRF_HMAC_SHA2_512: "sha512"}
+from .constants import (
+    ENCR_AES_GCM_16,
+    ENCR_CHACHA20_POLY1305,
+    AuthMethod,
+    DhGroup,
+    PrfId,
+)
 
-#: IANA Transform Type 4 (Key Exchange Method) IDs
-DH_ECP_256: Final = 19  # RFC 5903
-DH_CURVE25519: Final = 31  # RFC 8031
+# Transform IDs live in constants.py (IANA registries); short names for this module:
+PRF_HMAC_SHA2_256: Final = PrfId.HMAC_SHA2_256
+PRF_HMAC_SHA2_384: Final = PrfId.HMAC_SHA2_384
+PRF_HMAC_SHA2_512: Final = PrfId.HMAC_SHA2_512
+DH_ECP_256: Final = DhGroup.ECP_256  # RFC 5903
+DH_CURVE25519: Final = DhGroup.CURVE25519  # RFC 8031
+AUTH_SHARED_KEY_MIC: Final = AuthMethod.SHARED_KEY_MIC
+AUTH_DIGITAL_SIGNATURE: Final = AuthMethod.DIGITAL_SIGNATURE
+
+# --- PRFs (RFC 4868 for HMAC-SHA2 in IKEv2) ----------------------------------------------------
+_PRF_HASH: Final[dict[int, str]] = {PRF_HMAC_SHA2_256: "sha256", PRF_HMAC_SHA2_384: "sha384",
+                    PRF_HMAC_SHA2_512: "sha512"}
 
 
 class Prf:
@@ -82,7 +91,8 @@ class KeyExchange:
 
     @staticmethod
     def public_length(group: int) -> int:
-        return {DH_CURVE25519: 32, DH_ECP_256: 64}[group]
+        lengths: dict[int, int] = {DH_CURVE25519: 32, DH_ECP_256: 64}
+        return lengths[group]
 
     def shared(self, peer_public: bytes) -> bytes:
         """g^ir; ValueError for a malformed or degenerate peer value."""
@@ -103,9 +113,6 @@ class KeyExchange:
 
 
 # --- The SK payload cipher (RFC 5282 for AES-GCM, RFC 7634 for ChaCha20-Poly1305) --------------
-#: IANA Transform Type 1 (Encryption Algorithm) IDs
-ENCR_AES_GCM_16: Final = 20
-ENCR_CHACHA20_POLY1305: Final = 28
 
 
 @dataclass(frozen=True)
@@ -214,15 +221,11 @@ def child_keymat(prf: Prf, sk_d: bytes, ni: bytes, nr: bytes, keymat_len: int,
 
 
 # --- AUTH (section 2.15; RFC 7427 and RFC 8420 for Ed25519) ------------------------------------
-AUTH_SHARED_KEY_MIC: Final = 2
-AUTH_DIGITAL_SIGNATURE: Final = 14
 _KEY_PAD: Final = b"Key Pad for IKEv2"
 #: RFC 8420 section 2 / RFC 7427 section 3: ASN.1 length octet, then the DER
 #: AlgorithmIdentifier of Ed25519 (id-Ed25519, no parameters)
 ED25519_ALGORITHM_ID: Final = bytes.fromhex("300506032b6570")
 SIGNATURE_ALGORITHM_PREFIX: Final = bytes((len(ED25519_ALGORITHM_ID),)) + ED25519_ALGORITHM_ID
-#: RFC 7427 section 4: SIGNATURE_HASH_ALGORITHMS values; 5 = Identity (RFC 8420)
-HASH_IDENTITY: Final = 5
 
 
 def signed_octets(message: bytes, peer_nonce: bytes, prf: Prf, sk_p: bytes,
@@ -250,12 +253,3 @@ def ed25519_verify(key: ed25519.Ed25519PublicKey, auth_data: bytes, octets: byte
     except Exception:  # InvalidSignature, or a malformed signature length
         return False
     return True
-
-
-# --- NAT detection (section 2.23) --------------------------------------------------------------
-def nat_detection_hash(spi_i: bytes, spi_r: bytes, ip: str, port: int) -> bytes:
-    """SHA-1(SPIi | SPIr | IP | Port), IP as 4 or 16 octets, port as 2 octets."""
-    import ipaddress
-
-    return hashlib.sha1(spi_i + spi_r + ipaddress.ip_address(ip).packed
-                        + struct.pack("!H", port)).digest()

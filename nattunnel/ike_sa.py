@@ -66,6 +66,7 @@ from .ike_message import (
     encode_message,
     esp_proposal,
     ike_proposal,
+    nat_detection_hash,
 )
 from .peer import Addr
 from .suite import SUITES, Suite
@@ -306,7 +307,7 @@ def _ip(addr: Addr) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
 
 
 def _nat_hash(spi_i: bytes, spi_r: bytes, addr: Addr) -> bytes:
-    return kc.nat_detection_hash(spi_i, spi_r, addr[0], addr[1])
+    return nat_detection_hash(spi_i, spi_r, ipaddress.ip_address(addr[0]), addr[1])
 
 
 def _intersect(offered: Sequence[TrafficSelector | Any], allowed: Sequence[Network]

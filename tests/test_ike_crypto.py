@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 
 import pytest
@@ -95,9 +94,3 @@ def test_psk_and_ed25519_auth():
     assert not c.ed25519_verify(key.public_key(), b"\x00" + data[1:], octets)
     other = ed25519.Ed25519PrivateKey.generate().public_key()
     assert not c.ed25519_verify(other, data, octets)
-
-
-def test_nat_detection_hash():
-    h = c.nat_detection_hash(b"I" * 8, bytes(8), "198.18.0.2", 4500)
-    assert h == hashlib.sha1(b"I" * 8 + bytes(8) + bytes([198, 18, 0, 2]) + b"\x11\x94").digest()
-    assert len(c.nat_detection_hash(b"I" * 8, b"R" * 8, "2001:db8::1", 500)) == 20
