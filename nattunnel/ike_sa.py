@@ -31,6 +31,8 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from . import ike_crypto as kc
 from .constants import (
+    ENCR_AES_GCM_16,
+    ENCR_CHACHA20_POLY1305,
     IKE_PORT,
     NAT_T_PORT,
     AuthMethod,
@@ -38,6 +40,7 @@ from .constants import (
     EsnId,
     ExchangeType,
     HashAlgorithm,
+    IdType,
     NotifyType,
     PrfId,
     ProtocolId,
@@ -89,9 +92,13 @@ class IkeProposal:
 
     @property
     def name(self) -> str:
-        e = {20: f"aes{self.key_bits}gcm16", 28: "chacha20poly1305"}.get(self.encr, "?")
-        p = {5: "prfsha256", 6: "prfsha384", 7: "prfsha512"}.get(self.prf, "?")
-        d = {31: "x25519", 19: "ecp256"}.get(self.dh, "?")
+        e = {ENCR_AES_GCM_16: f"aes{self.key_bits}gcm16",
+             ENCR_CHACHA20_POLY1305: "chacha20poly1305"}.get(self.encr, "?")
+        prfs: dict[int, str] = {PrfId.HMAC_SHA2_256: "prfsha256",
+                                PrfId.HMAC_SHA2_384: "prfsha384",
+                                PrfId.HMAC_SHA2_512: "prfsha512"}
+        groups: dict[int, str] = {DhGroup.CURVE25519: "x25519", DhGroup.ECP_256: "ecp256"}
+        p, d = prfs.get(self.prf, "?"), groups.get(self.dh, "?")
         return f"{e}-{p}-{d}"
 
 
@@ -104,9 +111,9 @@ class EspProposal:
 
 
 DEFAULT_IKE_PROPOSALS = (
-    IkeProposal(20, 256, PrfId.HMAC_SHA2_256, DhGroup.CURVE25519),
-    IkeProposal(28, None, PrfId.HMAC_SHA2_256, DhGroup.CURVE25519),
-    IkeProposal(20, 128, PrfId.HMAC_SHA2_256, DhGroup.ECP_256),
+    IkeProposal(ENCR_AES_GCM_16, 256, PrfId.HMAC_SHA2_256, DhGroup.CURVE25519),
+    IkeProposal(ENCR_CHACHA20_POLY1305, None, PrfId.HMAC_SHA2_256, DhGroup.CURVE25519),
+    IkeProposal(ENCR_AES_GCM_16, 128, PrfId.HMAC_SHA2_256, DhGroup.ECP_256),
 )
 DEFAULT_ESP_PROPOSALS = (EspProposal(SUITES["aes256gcm16"]), EspProposal(SUITES["aes128gcm16"]),
                          EspProposal(SUITES["chacha20poly1305"]))
@@ -126,20 +133,20 @@ class Identity:
         if text.startswith("keyid:"):
             v = text[6:]
             if v.startswith("#"):  # strongSwan: keyid:#hex is binary, keyid:text is text
-                return cls(11, bytes.fromhex(v[1:]))
-            return cls(11, v.encode())
+                return cls(IdType.KEY_ID, bytes.fromhex(v[1:]))
+            return cls(IdType.KEY_ID, v.encode())
         if text.startswith("fqdn:"):
-            return cls(2, text[5:].encode("ascii"))
+            return cls(IdType.FQDN, text[5:].encode("ascii"))
         try:
             ip = ipaddress.ip_address(text)
         except ValueError:
-            return cls(2, text.encode("ascii"))
-        return cls(1 if ip.version == 4 else 5, ip.packed)
+            return cls(IdType.FQDN, text.encode("ascii"))
+        return cls(IdType.IPV4_ADDR if ip.version == 4 else IdType.IPV6_ADDR, ip.packed)
 
     def __str__(self) -> str:
-        if self.id_type in (1, 5):
+        if self.id_type in (IdType.IPV4_ADDR, IdType.IPV6_ADDR):
             return str(ipaddress.ip_address(self.data))
-        if self.id_type == 2:
+        if self.id_type == IdType.FQDN:
             return self.data.decode("ascii", "replace")
         return "keyid:" + self.data.hex()
 
