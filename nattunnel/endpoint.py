@@ -54,6 +54,9 @@ class InnerInterface(Protocol):
 
     def write(self, packet: memoryview) -> None: ...
 
+    def flush(self) -> None:
+        """Write out what ``write`` held back (TCP coalescing); called after each drain."""
+
     def close(self) -> None: ...
 
 
@@ -276,6 +279,7 @@ class Endpoint:
             m = receive(rxv, 0, n, addr, now)
             if m > 0:
                 write(rxv[16 : 16 + m])
+        self.interface.flush()
         if self.tunnel.events:
             self._handle_events(sock)
 
@@ -313,6 +317,7 @@ class Endpoint:
                 if m > 0:
                     write(rxv[off + 16 : off + 16 + m])
             budget -= (n + seg - 1) // seg
+        self.interface.flush()
         if self.tunnel.events:
             self._handle_events(sock)
 
@@ -532,6 +537,9 @@ class InProcessInterface:
 
     def attach(self, endpoint: Endpoint) -> None:
         self._endpoint = endpoint
+
+    def flush(self) -> None:
+        return None
 
     def write(self, packet: memoryview) -> None:
         try:

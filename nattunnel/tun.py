@@ -30,10 +30,12 @@ import shutil
 import struct
 import subprocess
 import weakref
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from ipaddress import IPv4Interface, IPv4Network, IPv6Interface, IPv6Network
 from types import TracebackType
 from typing import TYPE_CHECKING, Final
+
+from .coalesce import VNET_HDR_LEN, TcpCoalescer
 
 if TYPE_CHECKING:
     from .endpoint import Endpoint
@@ -212,9 +214,11 @@ class TunDevice:
         "__weakref__",
         "_finalizer",
         "_routes",
+        "_vhdr",
         "fd",
         "mtu",
         "name",
+        "vnet_hdr",
         "write_drops",
         "write_errors",
     )
@@ -233,6 +237,9 @@ class TunDevice:
         self.mtu = mtu
         self.write_drops = 0
         self.write_errors = 0
+        #: opened with IFF_VNET_HDR: every read and write carries a virtio-net header
+        self.vnet_hdr = False
+        self._vhdr = bytearray(VNET_HDR_LEN)
         self._routes: list[IPv4Network | IPv6Network] = list(routes)
         # A forgotten device still goes away when the object is collected.
         self._finalizer = weakref.finalize(self, _close_fd, fd)
@@ -244,6 +251,8 @@ class TunDevice:
         mtu: int,
         addresses: Sequence[IPv4Interface | IPv6Interface | str],
         routes: Sequence[IPv4Network | IPv6Network | str] = (),
+        *,
+        vnet_hdr: bool = False,
     ) -> TunDevice:
         """Create TUN interface ``name`` in the current network namespace, set its MTU, bring
         it up, add ``addresses`` and point ``routes`` at it (``ip route replace``: an existing
@@ -258,8 +267,9 @@ class TunDevice:
         addrs = [ipaddress.ip_interface(a) for a in addresses]
         nets = [ipaddress.ip_network(r) for r in routes]
 
-        fd = cls._open_attached(name)
+        fd = cls._open_attached(name, IFF_VNET_HDR if vnet_hdr else 0)
         dev = cls(fd, name, mtu)
+        dev.vnet_hdr = vnet_hdr
         try:
             _run_ip(name, ["link", "set", "dev", dev.name, "mtu", str(mtu), "up"])
             for addr in addrs:
@@ -273,9 +283,9 @@ class TunDevice:
         return dev
 
     @staticmethod
-    def _open_attached(name: str) -> int:
+    def _open_attached(name: str, extra_flags: int = 0) -> int:
         """Open /dev/net/tun and attach it to ``name`` (TUNSETIFF). Returns the fd."""
-        ifreq = bytearray(pack_ifreq(name, IFF_TUN | IFF_NO_PI))
+        ifreq = bytearray(pack_ifreq(name, IFF_TUN | IFF_NO_PI | extra_flags))
         try:
             fd = os.open(TUN_PATH, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
         except OSError as exc:
@@ -301,6 +311,16 @@ class TunDevice:
             return os.readv(self.fd, [buf])
         except BlockingIOError:
             return -1
+
+    def read_into_vnet(self, buf: memoryview) -> int:
+        """As ``read_into`` on a device opened with IFF_VNET_HDR: the virtio-net header that
+        precedes each packet is read aside (no offloads are enabled for reading, so it never
+        announces a GSO packet)."""
+        try:
+            n = os.readv(self.fd, [self._vhdr, buf])
+        except BlockingIOError:
+            return -1
+        return n - VNET_HDR_LEN if n >= VNET_HDR_LEN else -1
 
     def write(self, packet: bytes | bytearray | memoryview) -> None:
         """Write one IPv4/IPv6 packet. A full queue (EAGAIN/ENOBUFS) counts in
@@ -354,21 +374,39 @@ class TunDevice:
         return f"<TunDevice {self.name!r} mtu={self.mtu} {state}>"
 
 
+def _nothing() -> None:
+    return None
+
+
 class TunInterface:
     """A ``TunDevice`` as the endpoint's inner interface (``nattunnel.endpoint.InnerInterface``).
 
     Packets read from the device are drained by the endpoint with ``add_reader`` (until EAGAIN
-    or the budget); decapsulated packets are written straight to the device.
+    or the budget). Decapsulated packets are written to the device; on a device opened with
+    IFF_VNET_HDR consecutive TCP segments of one flow are first joined into GSO super-packets
+    (``nattunnel.coalesce``), written when the endpoint's drain ends (``flush``).
     """
+
+    write: Callable[[memoryview], None]
+    flush: Callable[[], None]
 
     def __init__(self, device: TunDevice) -> None:
         self.device = device
-        self.write = device.write
+        self.coalescer: TcpCoalescer | None = None
+        if device.vnet_hdr:
+            self.coalescer = TcpCoalescer(device.fd)
+            self.write = self.coalescer.write
+            self.flush = self.coalescer.flush
+            self._read = device.read_into_vnet
+        else:
+            self.write = device.write
+            self.flush = _nothing
+            self._read = device.read_into
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def attach(self, endpoint: Endpoint) -> None:
         self._loop = asyncio.get_running_loop()
-        self._loop.add_reader(self.device.fd, endpoint.drain_inner, self.device.read_into)
+        self._loop.add_reader(self.device.fd, endpoint.drain_inner, self._read)
 
     def close(self) -> None:
         if self._loop is not None and not self.device.closed:

@@ -74,7 +74,8 @@ def open_interface(config: Config) -> InnerInterface:
     from .tun import TunDevice, TunInterface
 
     routes = [net for pc in config.peers for net in pc.allowed_ips]
-    device = TunDevice.create(ic.name, ic.mtu, ic.addresses, routes)
+    # IFF_VNET_HDR: TCP segments coalesced on write (nattunnel.coalesce)
+    device = TunDevice.create(ic.name, ic.mtu, ic.addresses, routes, vnet_hdr=True)
     return TunInterface(device)
 
 
