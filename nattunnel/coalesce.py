@@ -27,8 +27,9 @@ ZERO_HDR: Final = bytes(VNET_HDR_LEN)
 _VNET: Final = struct.Struct("=BBHHHH")
 #: IPv4 header fields we read: total length, flags/fragment offset, protocol
 _IP: Final = struct.Struct("!xxHxxHxB")
-#: TCP: ports (as one 32-bit value), sequence number, data offset, flags
-_TCP: Final = struct.Struct("!IIxxxxBB")
+#: TCP: ports (as one 32-bit value), sequence number, acknowledgment, data offset, flags,
+#: window
+_TCP: Final = struct.Struct("!IIIBBH")
 _U16: Final = struct.Struct("!H")
 _ACK_PSH: Final = 0x18
 _PSH: Final = 0x08
@@ -62,6 +63,8 @@ class TcpCoalescer:
         self._mss = 0
         self._count = 0
         self._open = False  # may take more segments
+        self._ack_win = 0  # acknowledgment number and window of the run
+        self._options = b""  # TCP options of the run
         self.writes = 0
         self.coalesced = 0  # segments that went out inside a super-packet
         self.write_drops = 0
@@ -72,14 +75,19 @@ class TcpCoalescer:
         if n >= 40 and pkt[0] == 0x45:
             total, frag, proto = _IP.unpack_from(pkt)
             if proto == 6 and not frag & 0x3FFF and total == n:
-                ports, seq, doff, flags = _TCP.unpack_from(pkt, 20)
+                ports, seq, ack, doff, flags, window = _TCP.unpack_from(pkt, 20)
                 hlen = 20 + (doff >> 4) * 4
                 plen = n - hlen
                 if plen > 0 and not flags & ~_ACK_PSH:
+                    # what the kernel's own TCP GRO asks (tcp_gro_receive): the same flow,
+                    # the next sequence number, the same acknowledgment, window and options
+                    ack_win = (ack << 16) | window
                     if (self._open and ports == self._key and seq == self._next_seq
                             and hlen == self._hlen and plen <= self._mss
+                            and ack_win == self._ack_win
                             and self._len + plen <= _MAX
-                            and pkt[12:20] == self._addrs):
+                            and pkt[12:20] == self._addrs
+                            and (hlen == 40 or pkt[40:hlen] == self._options)):
                         start = VNET_HDR_LEN + self._len
                         self._buf[start : start + plen] = pkt[hlen:]
                         self._len += plen
@@ -98,6 +106,8 @@ class TcpCoalescer:
                     self._mss = plen
                     self._count = 1
                     self._open = not flags & _PSH
+                    self._ack_win = ack_win
+                    self._options = bytes(pkt[40:hlen]) if hlen > 40 else b""
                     return
         self.flush()
         self._write([ZERO_HDR, pkt])

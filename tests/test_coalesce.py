@@ -117,3 +117,16 @@ def test_push_and_size_limits(pair):
     assert all(len(g) <= VNET_HDR_LEN + 65535 for g in got)
     total_payload = sum(len(g) - VNET_HDR_LEN - 40 for g in got)
     assert total_payload == 100 + 100 + 60 * 1400
+
+
+def test_only_segments_the_kernel_would_merge_are_merged(pair):
+    """Like tcp_gro_receive: a new acknowledgment, window or option value starts a new run."""
+    co, rx = pair
+    a = tcp(1, b"a" * 1000)
+    b = bytearray(tcp(1001, b"b" * 1000))
+    b[28:32] = (8).to_bytes(4, "big")  # a newer acknowledgment number
+    for p in (a, bytes(b)):
+        co.write(memoryview(p))
+    co.flush()
+    got = written(rx)
+    assert len(got) == 2 and co.coalesced == 0
