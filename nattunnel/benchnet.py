@@ -150,6 +150,16 @@ class OtherWork:
 
 def _iperf(lab: Lab, server_ns: str, client_ns: str, addr: str, seconds: float,
            udp: bool) -> float:
+    """Received Mbit/s of one iperf3 run; a run that ends without a result (iperf3 exits 0
+    with an incomplete report now and then) is repeated once."""
+    try:
+        return _iperf_once(lab, server_ns, client_ns, addr, seconds, udp)
+    except RuntimeError:
+        return _iperf_once(lab, server_ns, client_ns, addr, seconds, udp)
+
+
+def _iperf_once(lab: Lab, server_ns: str, client_ns: str, addr: str, seconds: float,
+                udp: bool) -> float:
     """Received Mbit/s of one iperf3 run (the server stops after one test)."""
     port = 5201
     srv = lab.popen(server_ns, "iperf3", "-s", "-1", "-B", addr, "-p", port,
@@ -170,10 +180,13 @@ def _iperf(lab: Lab, server_ns: str, client_ns: str, addr: str, seconds: float,
             except ValueError:
                 error = (r.stderr or r.stdout).strip()[-200:]
             raise RuntimeError(f"iperf3 failed: {error}")
-        end = json.loads(r.stdout)["end"]
+        report = json.loads(r.stdout)
+        end = report.get("end") or {}
         # the receiver's view (for UDP: what arrived, losses excluded)
-        bps = (end.get("sum_received") or end["sum"])["bits_per_second"]
-        return float(bps) / 1e6
+        summary = end.get("sum_received") or end.get("sum")
+        if not summary or "bits_per_second" not in summary:
+            raise RuntimeError(f"iperf3 gave no result: {report.get('error', 'no summary')}")
+        return float(summary["bits_per_second"]) / 1e6
     finally:
         lab.stop(srv)
 
