@@ -30,8 +30,11 @@ log = logging.getLogger("nattunnel")
 
 #: datagrams or inner packets handled per reader callback before yielding to the loop
 DRAIN_BUDGET = 256
-#: receive buffer: the largest UDP payload (and the largest GRO aggregate)
-_RX_SIZE = 65535
+#: the largest UDP payload (and the largest GRO aggregate)
+_MAX_DATAGRAM = 65535
+#: receive buffer: without GRO, datagrams are read one after another into it (the inner
+#: interface may hold views of them until it flushes), so room for several
+_RX_SIZE = 4 * _MAX_DATAGRAM
 _SOCKBUF = 4 << 20
 # Linux UDP offloads (include/uapi/linux/udp.h); the socket module does not name them.
 SOL_UDP = 17
@@ -52,10 +55,12 @@ class InnerInterface(Protocol):
 
     def attach(self, endpoint: Endpoint) -> None: ...
 
-    def write(self, packet: memoryview) -> None: ...
+    def write(self, packet: memoryview) -> None:
+        """Deliver one inner packet. The view stays valid until the next ``flush``."""
 
     def flush(self) -> None:
-        """Write out what ``write`` held back (TCP coalescing); called after each drain."""
+        """Write out what ``write`` held back (TCP coalescing); called before the endpoint
+        reuses the buffer the packets lie in, and after each drain."""
 
     def close(self) -> None: ...
 
@@ -263,23 +268,31 @@ class Endpoint:
         assert self._loop is not None
         now = self._loop.time()
         recv = sock.recvfrom_into
-        rx = self._rx
         rxv = self._rxv
         receive = self.tunnel.receive
         write = self.interface.write
+        flush = self.interface.flush
+        # Datagrams are read one after another into the buffer, so that the interface may
+        # hold views of the packets it was given until it flushes, before the space is reused.
+        limit = len(rxv) - _MAX_DATAGRAM
+        off = 0
         for _ in range(self.budget):
+            if off > limit:
+                flush()
+                off = 0
             try:
-                n, addr = recv(rx)
+                n, addr = recv(rxv[off:])
             except BlockingIOError:
                 break
             except OSError:
                 # e.g. ECONNREFUSED from an earlier ICMP error; the socket stays usable
                 self.drops.counts[DropReason.RECEIVE_ERROR] += 1
                 continue
-            m = receive(rxv, 0, n, addr, now)
+            m = receive(rxv, off, n, addr, now)
             if m > 0:
-                write(rxv[16 : 16 + m])
-        self.interface.flush()
+                write(rxv[off + 16 : off + 16 + m])
+                off += n
+        flush()
         if self.tunnel.events:
             self._handle_events(sock)
 
@@ -292,7 +305,9 @@ class Endpoint:
         bufs = [self._rx]
         rxv = self._rxv
         receive = self.tunnel.receive
+        receive_batch = self.tunnel.receive_batch
         write = self.interface.write
+        flush = self.interface.flush  # before the next read reuses the buffer
         budget = self.budget
         while budget > 0:
             try:
@@ -309,15 +324,12 @@ class Endpoint:
                 m = receive(rxv, 0, n, addr, now)
                 if m > 0:
                     write(rxv[16 : 16 + m])
+                    flush()
                 continue
             self.gro_batches += 1
-            for off in range(0, n, seg):
-                size = seg if off + seg <= n else n - off
-                m = receive(rxv, off, size, addr, now)
-                if m > 0:
-                    write(rxv[off + 16 : off + 16 + m])
+            receive_batch(rxv, n, seg, addr, now, write)
+            flush()
             budget -= (n + seg - 1) // seg
-        self.interface.flush()
         if self.tunnel.events:
             self._handle_events(sock)
 

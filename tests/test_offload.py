@@ -7,6 +7,8 @@ import errno
 import ipaddress
 import os
 
+import pytest
+
 from nattunnel.endpoint import Endpoint, InProcessInterface
 from nattunnel.sa import InboundSA, OutboundSA
 from nattunnel.suite import AES_GCM_128
@@ -45,13 +47,33 @@ class RefusingSocket:
         return self.sock.sendto(data, addr)
 
 
-async def endpoints():
+class HoldingInterface(InProcessInterface):
+    """Holds the views it is given until ``flush``, as the TUN interface's TCP coalescer
+    does: a view the endpoint overwrote before flushing would show up here as a wrong
+    packet."""
+
+    def __init__(self) -> None:
+        super().__init__(maxsize=100_000)
+        self.held: list[memoryview] = []
+        self.flushes = 0
+
+    def write(self, packet: memoryview) -> None:
+        self.held.append(packet)
+
+    def flush(self) -> None:
+        self.flushes += 1
+        for v in self.held:
+            super().write(v)
+        self.held = []
+
+
+async def endpoints(ib: InProcessInterface | None = None, offload: bool = True):
     k = os.urandom(20)
     tb = Tunnel()
     pb = tb.add_peer("a", [ipaddress.ip_network(A_IN + "/32")])
     tb.install_inbound(pb, InboundSA(0x5000, AES_GCM_128, k))
-    ib = InProcessInterface(maxsize=100_000)
-    b = Endpoint(tb, ib, [("127.0.0.1", 0)])
+    ib = ib or InProcessInterface(maxsize=100_000)
+    b = Endpoint(tb, ib, [("127.0.0.1", 0)], offload=offload)
     await b.start()
     ta = Tunnel()
     pa = ta.add_peer("b", [ipaddress.ip_network(B_IN + "/32")], addr=b.local_addresses()[0])
@@ -103,6 +125,25 @@ async def test_gso_refused_falls_back_to_one_datagram_per_packet():
         a.drain_inner(FakeTun(pkts).read_into)
         assert proxy.refused == 1 and a.gso is False
         assert await collect(ib, len(pkts)) == pkts
+    finally:
+        a.close()
+        b.close()
+
+
+@pytest.mark.parametrize("offload", [True, False])
+async def test_interface_may_hold_packets_until_flush(offload):
+    """With GRO and without, the endpoint flushes the interface before it reads over the
+    packets it handed out."""
+    ib = HoldingInterface()
+    a, b, _ = await endpoints(ib, offload=offload)
+    try:
+        pkts = workload() * 3
+        a.budget = 1000
+        a.drain_inner(FakeTun(pkts).read_into)
+        got = await collect(ib, len(pkts))
+        assert got == pkts
+        assert (b.gro_batches >= 1) is offload
+        assert ib.flushes >= 2
     finally:
         a.close()
         b.close()
