@@ -17,7 +17,7 @@ import struct
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
-from .constants import NON_ESP_MARKER
+from .constants import ESP_HEADER_LEN, ESP_IV_LEN, NON_ESP_MARKER
 from .drop import DropCounters, DropReason
 from .peer import Addr, Peer
 from .tunnel import PeerMoved, RekeyNeeded, Tunnel
@@ -44,8 +44,13 @@ UDP_GRO = 104
 GSO_MAX_SEGMENTS = 64
 #: the largest UDP payload over IPv4 (65535 - 20 - 8): a GSO batch may not exceed it
 GSO_MAX_BYTES = 65507
-#: the send buffer: one GSO batch plus the packet that did not fit into it
-_TX_SIZE = GSO_MAX_BYTES + 65535
+#: the largest inner packet read from the inner interface (the IPv4 total length limit)
+_MAX_INNER = 65535
+#: ESP header and IV in front of the plaintext (RFC 4303, RFC 4106 section 3)
+_ESP_PLAIN_OFF = ESP_HEADER_LEN + ESP_IV_LEN
+#: the send buffer: one GSO batch plus the packet that did not fit into it (with its ESP
+#: header, padding, trailer and ICV)
+_TX_SIZE = GSO_MAX_BYTES + _ESP_PLAIN_OFF + _MAX_INNER + 64
 _GRO_SEG = struct.Struct("=i")
 _GSO_SEG = struct.Struct("=H")
 
@@ -104,6 +109,8 @@ class Endpoint:
         self._rxv = memoryview(self._rx)
         self._tx = bytearray(_TX_SIZE)
         self._txv = memoryview(self._tx)
+        #: per offset in the send buffer, the view an inner packet is read into
+        self._rooms: dict[int, memoryview] = {}
         self.offload = offload
         #: UDP GSO in use; switched off at run time if the kernel refuses it (EIO, EINVAL)
         self.gso = False
@@ -371,18 +378,19 @@ class Endpoint:
     def drain_inner(self, read_into: object) -> None:
         """Read inner packets with ``read_into(buf) -> n | -1`` until EAGAIN or the budget.
 
-        With GSO, consecutive ESP packets of one size to one peer are laid side by side in the
-        send buffer and sent with one ``sendmsg`` (UDP_SEGMENT); a shorter packet may end a
-        batch. Anything else flushes the batch first.
+        Each packet is read straight into the send buffer, where its ESP packet's plaintext
+        goes, and encrypted there. With GSO, consecutive ESP packets of one size to one peer
+        lie side by side and go out with one ``sendmsg`` (UDP_SEGMENT); a shorter packet may
+        end a batch. Anything else sends the batch first.
         """
         assert self._loop is not None
         now = self._loop.time()
         tunnel = self.tunnel
-        route = tunnel.route
+        route_at = tunnel.route_at
         counts = tunnel.drops.counts
         tx = self._tx
         txv = self._txv
-        inv = self._rxv  # the UDP side never runs at the same time
+        rooms = self._rooms
         reader = read_into
         gso = self.gso
         batch: Peer | None = None  # the peer of the packets in tx[0:off]
@@ -390,27 +398,23 @@ class Endpoint:
         off = 0
         count = 0
         for _ in range(self.budget):
-            n = reader(inv)  # type: ignore[operator]
+            room = rooms.get(off) or self._room(off)
+            n = reader(room)  # type: ignore[operator]
             if n < 0:
                 break
-            inner = inv[:n]
-            peer = route(inner)
+            peer = route_at(txv, off + _ESP_PLAIN_OFF, n)
             if peer is None:
                 counts[DropReason.NO_ROUTE] += 1
                 continue
+            m = peer.encapsulate_in_place(txv, off, n, now)
+            if m < 0:
+                counts[-m] += 1
+                continue
             if not gso:
-                m = peer.encapsulate_into(inner, txv, now)
-                if m < 0:
-                    counts[-m] += 1
-                    continue
                 try:
                     peer.sock.sendto(txv[:m], peer.addr)  # type: ignore[attr-defined]
                 except OSError:
                     self.drops.counts[DropReason.SEND_FAILED] += 1
-                continue
-            m = peer.encapsulate_into(inner, txv, now, off)
-            if m < 0:
-                counts[-m] += 1
                 continue
             if off == 0:
                 batch, seg, off, count = peer, m, m, 1
@@ -432,6 +436,15 @@ class Endpoint:
             self._send_batch(batch, txv, off, seg, count)  # type: ignore[arg-type]
         if tunnel.events:
             self._handle_events(None)
+
+    def _room(self, off: int) -> memoryview:
+        """Where a packet read for the ESP packet at ``off`` goes: the plaintext's place, as
+        long as the largest inner packet (the trailer and ICV still fit behind it)."""
+        if len(self._rooms) > 4096:
+            self._rooms.clear()
+        start = off + _ESP_PLAIN_OFF
+        room = self._rooms[off] = self._txv[start : start + _MAX_INNER]
+        return room
 
     def _send_batch(self, peer: Peer, txv: memoryview, size: int, seg: int, count: int) -> None:
         sock = peer.sock

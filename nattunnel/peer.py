@@ -119,6 +119,22 @@ class Peer:
             self.on_rekey(self)
         return n
 
+    def encapsulate_in_place(self, out: memoryview, off: int, n: int, now: float) -> int:
+        """As ``encapsulate_into`` for an n-octet inner packet already at ``out[off + 16:]``
+        (``OutboundSA.encapsulate_in_place``)."""
+        sa = self.outbound
+        if sa is None or self.addr is None:
+            return _NO_ENDPOINT
+        try:
+            n = sa.encapsulate_in_place(out, off, n)
+        except SequenceNumberExhausted:
+            return _EXHAUSTED
+        self.last_tx = now
+        self.tx_bytes += n
+        if sa.rekey_needed and not self.rekey_signalled and self.on_rekey is not None:
+            self.on_rekey(self)
+        return n
+
     def stats(self) -> dict[str, object]:
         out = self.outbound
         return {

@@ -276,18 +276,42 @@ class OutboundSA:
         self._encrypt_into(_NONCE.pack(self._salt, seq), pt_v, aad_v, ct_v)
         return total
 
+    def encapsulate_in_place(self, out: memoryview, off: int, n: int) -> int:
+        """As ``encapsulate_into`` for an n-octet inner packet that already lies where its
+        plaintext goes, at ``out[off + 16 : off + 16 + n]`` (read there from the TUN device):
+        the ESP packet at ``out[off:]``, its length returned, nothing copied."""
+        if self._general:
+            return self._encapsulate_general(None, out, off, 0, n)
+        if out is self._buf:
+            shape = self._views.get((off << 16) | n) or self._shape(out, off, n)
+        else:
+            shape = self._shape(out, off, n)
+        trailer = shape[6][out[off + _CT_OFF] >> 4]
+        if trailer is None:
+            raise ValueError("inner packet is neither IPv4 nor IPv6")
+        shape[1][:] = trailer
+        seq = self.seq + 1
+        if seq > self._limit:
+            self._next_seq_slow(seq)
+        self.seq = seq
+        _HEADER.pack_into(out, off, self.spi, seq, seq)
+        self._encrypt_into(_NONCE.pack(self._salt, seq), shape[2], shape[4], shape[3])
+        return shape[5]
+
     def encapsulate_dummy_into(self, out: memoryview, off: int = 0, size: int = 0) -> int:
         """A dummy packet (next header 59, RFC 4303 section 2.6) with ``size`` zero octets."""
         return self._encapsulate_general(bytes(size), out, off, NH_NO_NEXT_HEADER)
 
     def _encapsulate_general(
-        self, inner: bytes | bytearray | memoryview, out: memoryview, off: int, nh: int
+        self, inner: bytes | bytearray | memoryview | None, out: memoryview, off: int, nh: int,
+        n: int = 0,
     ) -> int:
-        """Any packet: ESN, TFC padding, explicit next header. Same output as the fast path."""
-        n = len(inner)
-        trailers = (
-            _TRAILERS_BY_NH[nh] if nh else _TRAILERS_BY_VERSION[inner[0] >> 4] if n else None
-        )
+        """Any packet: ESN, TFC padding, explicit next header. Same output as the fast path.
+        ``inner`` None: the n-octet packet already lies at ``out[off + 16:]``."""
+        if inner is not None:
+            n = len(inner)
+        first = (inner[0] if inner is not None else out[off + _CT_OFF]) if n else 0
+        trailers = _TRAILERS_BY_NH[nh] if nh else _TRAILERS_BY_VERSION[first >> 4] if n else None
         if trailers is None:
             raise ValueError("inner packet is neither IPv4 nor IPv6")
         payload = max(n, self._tfc_pad)
@@ -297,7 +321,8 @@ class OutboundSA:
         ct_end = end + pad + ESP_TRAILER_LEN
         if len(out) < ct_end + ESP_ICV_LEN:
             raise ValueError("output buffer too small for the ESP packet")
-        out[ct : ct + n] = inner
+        if inner is not None:
+            out[ct : ct + n] = inner
         if n < payload:
             out[ct + n : end] = bytes(payload - n)
         out[end:ct_end] = trailers[pad]

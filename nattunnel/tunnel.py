@@ -169,15 +169,18 @@ class Tunnel:
     # --- inner packets out --------------------------------------------------------------------
     def route(self, inner: bytes | bytearray | memoryview) -> Peer | None:
         """The peer whose allowed prefixes hold the inner packet's destination (longest match)."""
-        n = len(inner)
-        if n >= 20 and inner[0] >> 4 == 4:
-            dst = _U32.unpack_from(inner, 16)[0]
+        return self.route_at(inner, 0, len(inner))
+
+    def route_at(self, buf: bytes | bytearray | memoryview, at: int, n: int) -> Peer | None:
+        """``route`` for the n-octet inner packet at ``buf[at:]``."""
+        if n >= 20 and buf[at] >> 4 == 4:
+            dst = _U32.unpack_from(buf, at + 16)[0]
             try:
                 return self._cache4[dst]
             except KeyError:
                 return self._lookup(dst, self._routes4, self._cache4)
-        if n >= 40 and inner[0] >> 4 == 6:
-            dst6 = int.from_bytes(inner[24:40], "big")
+        if n >= 40 and buf[at] >> 4 == 6:
+            dst6 = int.from_bytes(buf[at + 24 : at + 40], "big")
             try:
                 return self._cache6[dst6]
             except KeyError:

@@ -296,3 +296,25 @@ def test_drop_counters_report_by_name():
     inb.decapsulate(b"short")
     assert inb.drops.as_dict() == {"replayed": 1, "truncated": 1}
     assert inb.drops.total() == 2
+
+
+@pytest.mark.parametrize("suite", SUITE_LIST, ids=lambda s: s.name)
+@pytest.mark.parametrize("kw", [{}, {"esn": True}, {"tfc_pad": 300}], ids=["fast", "esn", "tfc"])
+def test_encapsulate_in_place_matches_encapsulate_into(suite, kw):
+    """The TUN path reads the inner packet where its plaintext goes and encrypts it there:
+    octet for octet what ``encapsulate_into`` writes, for packets side by side in one buffer."""
+    km = os.urandom(suite.keymat_len)
+    copying, in_place = OutboundSA(SPI, suite, km, **kw), OutboundSA(SPI, suite, km, **kw)
+    a = memoryview(bytearray(20000))
+    b = memoryview(bytearray(20000))
+    off = 0
+    for inner in (ipv4_packet(1400), ipv6_packet(100), ipv4_packet(21), ipv4_packet(1400)):
+        m = copying.encapsulate_into(inner, a, off)
+        b[off + 16 : off + 16 + len(inner)] = inner
+        assert in_place.encapsulate_in_place(b, off, len(inner)) == m
+        assert bytes(b[off : off + m]) == bytes(a[off : off + m])
+        off += m
+    b[off + 16] = 0x50  # neither IPv4 nor IPv6: refused, using no sequence number
+    with pytest.raises(ValueError, match="neither IPv4 nor IPv6"):
+        in_place.encapsulate_in_place(b, off, 40)
+    assert in_place.seq == copying.seq == 4
