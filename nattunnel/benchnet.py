@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from . import profile as _profile
 from .bench import machine_info
 from .netlab import INNER, Lab, Tunnels, lab_problems, start_tunnels
 from .peers import NOT_INSTALLED, PEERS, STARTERS, PeerError, Running, peer_problems, started
@@ -171,7 +172,9 @@ def _iperf_once(lab: Lab, server_ns: str, client_ns: str, addr: str, seconds: fl
             args += ["-u", "-b", "0", "-l", "1300"]
         while True:
             r = lab.exec(client_ns, *args, check=False, timeout=seconds + 30)
-            if r.returncode == 0 or time.monotonic() > deadline:
+            # iperf3 -J may exit 0 with "unable to connect" in its report
+            refused = "unable to connect" in r.stdout or "unable to connect" in r.stderr
+            if (r.returncode == 0 and not refused) or time.monotonic() > deadline:
                 break
             time.sleep(0.2)  # the server was not listening yet
         if r.returncode != 0:
@@ -207,6 +210,7 @@ def start_nattunnel(lab: Lab, workdir: Path) -> Running:
         workdir.mkdir(parents=True, exist_ok=True)
         t = start_tunnels(lab, workdir)
         run.procs = [n.proc for n in t.nodes.values()]
+        run.roles = list(t.nodes)
         run.logs = [n.log_path for n in t.nodes.values()]
         run.packet_counter = lambda: _tunnel_packets(t)
 
@@ -218,14 +222,25 @@ def _short(reason: str, limit: int = 90) -> str:
     return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
-def _measure(lab: Lab, run: Running, proto: str, seconds: float, mtu: int | None) -> NetResult:
+def _measure(lab: Lab, run: Running, proto: str, seconds: float, mtu: int | None,
+             profile: dict[str, list[tuple[float, str]]] | None = None,
+             workdir: Path | None = None) -> NetResult:
+    """One iperf3 run through ``run``. With ``profile`` (a dict to fill), the tunnel's
+    processes are sampled with py-spy meanwhile (``nattunnel.profile``), by role."""
     pids = run.pids
+    samplers = []
+    if profile is not None and workdir is not None:
+        # start after iperf3's connection setup, stop before its end
+        samplers = [_profile.start(role, pid, seconds - 2, workdir)
+                    for role, pid in zip(run.roles, pids, strict=False)]
     try:
         cpu0 = sum(_cpu_seconds(p) for p in pids)
         pk0 = run.packets()
         mbps = _iperf(lab, "b", "a", run.dest, seconds, proto == "udp")
         cpu = sum(_cpu_seconds(p) for p in pids) - cpu0
         pk = run.packets() - pk0
+        for sm in samplers:
+            profile[sm.role] = sm.result(timeout=10)  # type: ignore[index]
     except (RuntimeError, OSError, ValueError, KeyError, IndexError) as exc:
         return NetResult(run.name, proto, None, mtu=mtu, status=f"failed: {_short(str(exc))}")
     if not run.alive():
@@ -250,8 +265,10 @@ def _add_ratios(results: list[NetResult]) -> None:
 
 
 def run_netns(seconds: float, tunnels: Sequence[str] = TUNNELS,
-              progress: Callable[[str], None] | None = None) -> list[NetResult]:
-    """Baseline, then each of ``tunnels`` (in ``TUNNELS`` order), TCP and UDP each."""
+              progress: Callable[[str], None] | None = None,
+              profile: dict[str, list[tuple[float, str]]] | None = None) -> list[NetResult]:
+    """Baseline, then each of ``tunnels`` (in ``TUNNELS`` order), TCP and UDP each. With
+    ``profile``, nattunnel's endpoints are sampled during its TCP run (filled in by role)."""
     say = progress or (lambda s: None)
     starters: dict[str, Callable[[Lab, Path], Running]] = {"nattunnel": start_nattunnel,
                                                             **STARTERS}
@@ -260,7 +277,12 @@ def run_netns(seconds: float, tunnels: Sequence[str] = TUNNELS,
         eth = Running(BASELINE, lab, lab.addr["b"], {"a": "eth0"})
         for proto in PROTOS:
             say(f"baseline (no tunnel) {proto.upper()} {seconds:g} s ...")
-            mbps = _iperf(lab, "b", "a", lab.addr["b"], seconds, proto == "udp")
+            try:
+                mbps = _iperf(lab, "b", "a", lab.addr["b"], seconds, proto == "udp")
+            except (RuntimeError, OSError, ValueError) as exc:
+                results.append(NetResult(BASELINE, proto, None, mtu=eth.mtu(),
+                                         status=f"failed: {_short(str(exc))}"))
+                continue
             results.append(NetResult(BASELINE, proto, mbps, mtu=eth.mtu()))
         for name in (t for t in TUNNELS if t in tunnels):
             missing = [] if name == "nattunnel" else peer_problems(name)
@@ -284,7 +306,8 @@ def run_netns(seconds: float, tunnels: Sequence[str] = TUNNELS,
                 mtu = run.mtu()
                 for proto in PROTOS:
                     say(f"{name} {proto.upper()} {seconds:g} s (MTU {mtu}) ...")
-                    results.append(_measure(lab, run, proto, seconds, mtu))
+                    sample = profile if name == "nattunnel" and proto == "tcp" else None
+                    results.append(_measure(lab, run, proto, seconds, mtu, sample, Path(tmp)))
                     if results[-1].status != OK:
                         say(f"{name} {proto.upper()}: {results[-1].status}")
             finally:
@@ -375,8 +398,17 @@ def write_png(results: list[NetResult], path: str, title: str) -> str | None:
     return None
 
 
+def format_profile(profile: dict[str, list[tuple[float, str]]]) -> str:
+    what = {"a": "A, sending: TUN -> ESP -> UDP", "b": "B, receiving: UDP -> ESP -> TUN"}
+    lines = []
+    for role in sorted(profile):
+        lines.append(f"{what.get(role, role)} (py-spy, share of busy samples, by function)")
+        lines += [f"  {share * 100:5.1f}%  {func}" for share, func in profile[role]]
+    return "\n".join(lines)
+
+
 def netns_main(seconds: float, as_json: bool, tunnels: Sequence[str] = TUNNELS,
-               png: str | None = None, install: bool = False) -> int:
+               png: str | None = None, install: bool = False, profile: bool = False) -> int:
     if install:
         from .peers import install_peers
 
@@ -385,20 +417,27 @@ def netns_main(seconds: float, as_json: bool, tunnels: Sequence[str] = TUNNELS,
     problems = lab_problems()
     if shutil.which("iperf3") is None:
         problems.append("iperf3 missing (apt-get install -y --no-install-recommends iperf3)")
+    if profile and not _profile.available():
+        problems.append("--profile needs py-spy (pip install py-spy)")
     if problems:
         print("nattunnel bench netns: " + "; ".join(problems), file=sys.stderr)
         return 2
+    samples: dict[str, list[tuple[float, str]]] | None = {} if profile else None
     progress = None if as_json else (lambda s: print(f"  {s}", flush=True))
     info = machine_info()
     other = OtherWork().start()
     try:
-        results = run_netns(seconds, tunnels, progress)
+        results = run_netns(seconds, tunnels, progress, samples)
     finally:
         other_work = other.stop()
     title = (f"nattunnel bench netns, iperf3 {seconds:g} s each; {info['cpu']}, "
              f"{info['cores']} cores")
     if as_json:
-        print(json.dumps(report_json(results, info, seconds, tunnels, other_work), indent=2))
+        doc = report_json(results, info, seconds, tunnels, other_work)
+        if samples is not None:
+            doc["profile"] = {role: [[round(share, 4), func] for share, func in rows]
+                              for role, rows in samples.items()}
+        print(json.dumps(doc, indent=2))
     else:
         print(f"\nmachine: {info['cpu']}, {info['cores']} cores, kernel {info['kernel']}, "
               f"Python {info['python']}, cryptography {info['cryptography']}")
@@ -406,6 +445,8 @@ def netns_main(seconds: float, as_json: bool, tunnels: Sequence[str] = TUNNELS,
               f"{info['cores']} cores on average (processes outside this run)")
         print(f"iperf3 A (behind NAT) -> B, {seconds:g} s each, one after another\n")
         print(format_table(results))
+        if samples:
+            print("\nwhere nattunnel's time goes during the TCP run:\n" + format_profile(samples))
     if png:
         why = write_png(results, png, title)
         print(why if why else f"chart written to {png}", file=sys.stderr if as_json or why

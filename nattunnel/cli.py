@@ -61,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "baseline (default all: nattunnel,wireguard-go,openvpn,strongswan)")
     netns.add_argument("--png", metavar="FILE", default=None,
                        help="also write a bar chart to FILE (needs matplotlib)")
+    netns.add_argument("--profile", action="store_true",
+                       help="sample nattunnel's endpoints with py-spy during the TCP run and "
+                            "print where the time goes")
     netns.add_argument("--install-peers", action="store_true",
                        help="apt-get install wireguard-go, OpenVPN and strongSwan first")
     loopback = bsub.add_parser(
@@ -215,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
             print("nattunnel bench netns: --seconds must be 1..600", file=sys.stderr)
             return 2
         return netns_main(args.seconds, args.json, args.only or TUNNELS, png=args.png,
-                          install=args.install_peers)
+                          install=args.install_peers, profile=args.profile)
     if args.command == "bench" and args.bench_command == "scale":
         from .benchscale import scale_main
 

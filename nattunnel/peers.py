@@ -158,6 +158,8 @@ class Running:
     dest: str  # B's inner address: the iperf3 server binds it, A's client connects to it
     ifaces: dict[str, str]  # role -> tunnel interface
     procs: list[subprocess.Popen[Any]] = field(default_factory=list)
+    #: the role ("a", "b") of each of ``procs``, where known
+    roles: list[str] = field(default_factory=list)
     #: packets the tunnel carried so far (both ends); default: tunnel-interface counters
     packet_counter: Callable[[], int] | None = None
     cleanups: list[Callable[[], object]] = field(default_factory=list)

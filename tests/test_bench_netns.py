@@ -173,3 +173,30 @@ def test_other_work_counts_only_processes_outside_the_run(monkeypatch):
     w._sample(first=True)
     w._sample()
     assert w.cpu_seconds() == pytest.approx(2.0)
+
+
+def test_profile_summary_counts_self_time_by_function():
+    from nattunnel.profile import summarize
+
+    raw = (
+        "main (x.py:1);loop (x.py:5);decap (sa.py:10) 30\n"
+        "main (x.py:1);loop (x.py:5);decap (sa.py:12) 10\n"
+        "main (x.py:1);loop (x.py:6);write (c.py:3) 40\n"
+        "main (x.py:1);select (s.py:9) 20\n"
+        "garbage line\n"
+    )
+    assert summarize(raw) == [(0.4, "decap (sa.py)"), (0.4, "write (c.py)"),
+                              (0.2, "select (s.py)")]
+    assert summarize("") == []
+
+
+@pytest.mark.root
+def test_bench_netns_profile_shows_where_nattunnel_spends_its_time():
+    """--profile samples both endpoints with py-spy (a test dependency) during the TCP run."""
+    require_lab_tools(("ip", "nft", "conntrack", "sysctl", "iperf3", "py-spy"))
+    report = _bench("--only", "nattunnel", "--profile")
+    assert set(report["profile"]) == {"a", "b"}
+    a = " ".join(f for _, f in report["profile"]["a"])
+    b = " ".join(f for _, f in report["profile"]["b"])
+    assert "encapsulate_in_place" in a and "decapsulate_run" in b
+    assert all(0 < share <= 1 for rows in report["profile"].values() for share, _ in rows)
