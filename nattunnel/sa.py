@@ -456,39 +456,10 @@ class InboundSA:
         replay._ring[seq & replay._mask] = seq
         if seq > replay.top:
             replay.top = seq
-        ct = off + _CT_OFF
-        ct_end = off + n - ESP_ICV_LEN
-        # The last 4 plaintext octets: [pad-1] [pad] pad-length next-header. Padding must
-        # read 1, 2, 3, ... (RFC 4303 section 2.4); up to 2 octets are checked in the word.
-        tail: int = _U32.unpack_from(buf, ct_end - 4)[0]
-        pad = (tail >> 8) & 0xFF
-        inner_end = ct_end - 2 - pad
-        if tail & _PAD_MASK[pad] != _PAD_WANT[pad] or inner_end < ct or (
-            pad > 2 and buf[inner_end : ct_end - 4] != PADDING[pad - 2]
-        ):
-            return self._drop(_BAD_PADDING)
-        nh = tail & 0xFF
-        inner_len = inner_end - ct
-        # The inner packet's version must match the next header, and its length fill what is
-        # left; anything else (TFC padding, bad packets) takes the slow path.
-        if nh == NH_IPV4:
-            word = _U32.unpack_from(buf, ct)[0]
-            if inner_len < 20 or word & 0xF000FFFF != 0x40000000 | inner_len:
-                inner_len = self._inner_length(buf, ct, inner_len, nh)
-                if inner_len < 0:
-                    return inner_len
-        elif nh == NH_IPV6:
-            version, ip_len = _V6_LEN.unpack_from(buf, ct)
-            if inner_len < 40 or version >> 4 != 6 or ip_len + 40 != inner_len:
-                inner_len = self._inner_length(buf, ct, inner_len, nh)
-                if inner_len < 0:
-                    return inner_len
-        elif nh == NH_NO_NEXT_HEADER:
-            return self._drop(_DUMMY)
-        else:
-            return self._drop(_BAD_NEXT_HEADER)
-        self.packets += 1
-        self.bytes += inner_len
+        inner_len = self._check_trailer(buf, off + _CT_OFF, off + n - ESP_ICV_LEN)
+        if inner_len > 0:
+            self.packets += 1
+            self.bytes += inner_len
         return inner_len
 
     def decapsulate_run(self, buf: memoryview, off: int, end: int, seg: int,
@@ -593,7 +564,12 @@ class InboundSA:
 
     def _check_trailer(self, buf: memoryview, ct: int, ct_end: int) -> int:
         """RFC 4303 padding and next header, then the inner packet's version and length, of
-        an authenticated packet: the inner length or ``-DropReason`` (counted)."""
+        an authenticated packet: the inner length or ``-DropReason`` (counted).
+
+        The last 4 plaintext octets are [pad-1] [pad] pad-length next-header; padding must read
+        1, 2, 3, ... (RFC 4303 section 2.4), up to 2 octets of it checked in that word. The
+        inner packet's version must match the next header and its length fill what is left;
+        anything else (TFC padding, bad packets) takes ``_inner_length``."""
         tail: int = _U32.unpack_from(buf, ct_end - 4)[0]
         pad = (tail >> 8) & 0xFF
         inner_end = ct_end - 2 - pad
