@@ -18,7 +18,8 @@ def test_bench_crypto_json(capsys):
     assert set(report["machine"]) == {"cpu", "cores", "kernel", "python", "cryptography"}
     rows = {(r["size"], r["variant"]): r for r in report["results"]}
     assert set(rows) == {(s, v) for s in (64, 1400)
-                         for v in ("aead-seal", "encap", "aead-open", "decap", "decap-run")}
+                         for v in ("aead-seal", "encap", "encap-in-place", "aead-open", "decap",
+                                   "decap-run")}
     for r in rows.values():
         assert r["pps"] > 0 and r["suite"] == "aes128gcm16"
     assert rows[(1400, "aead-seal")]["ratio"] == 1.0
