@@ -63,6 +63,7 @@ from .keys import (
     load_psk,
     public_key_b64,
 )
+from .prefixes import PrefixTable
 from .suite import SUITES, Suite, suite_by_name
 from .udpencap import inner_mtu
 
@@ -1138,6 +1139,7 @@ class _Parser:
         spis: dict[int, int] = {}
         remote_ids: dict[Identity, int] = {}
         nets: list[tuple[IPNetwork, str, str]] = []
+        held: PrefixTable[tuple[str, str]] = PrefixTable()  # the same, for overlap checks
         for i, p in enumerate(peers):
             pre = f"peer[{i}]."
             if p.name in names:
@@ -1162,12 +1164,14 @@ class _Parser:
                 spis[p.spi_in] = i
             for j, net in enumerate(p.allowed_ips):
                 field = f"{pre}allowed_ips[{j}]"
-                for other, ofield, oname in nets:
-                    if net.version == other.version and net.overlaps(other):
-                        whose = "the same peer" if oname == p.name else f"peer {oname!r}"
-                        raise self.err(field, f"{net} overlaps {other} ({ofield}, {whose}); "
-                                              f"every inner address must belong to one prefix "
-                                              f"of one peer")
+                clash = held.conflict(net)
+                if clash is not None:
+                    other, (ofield, oname) = clash
+                    whose = "the same peer" if oname == p.name else f"peer {oname!r}"
+                    raise self.err(field, f"{net} overlaps {other} ({ofield}, {whose}); "
+                                          f"every inner address must belong to one prefix "
+                                          f"of one peer")
+                held.add(net, (field, p.name))
                 nets.append((net, field, p.name))
 
         inner_v6 = any(a.version == 6 for a in interface.addresses) or any(

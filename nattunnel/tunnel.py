@@ -18,7 +18,6 @@ Received datagrams:
 from __future__ import annotations
 
 import heapq
-import ipaddress
 import itertools
 import struct
 from collections.abc import Callable, Iterable
@@ -28,6 +27,7 @@ from typing import Final
 from .constants import NAT_KEEPALIVE
 from .drop import DropCounters, DropReason
 from .peer import Addr, Network, Peer
+from .prefixes import PrefixTable
 from .sa import InboundSA, OutboundSA
 from .udpencap import Kind, classify, ike_payload
 
@@ -72,8 +72,8 @@ class Tunnel:
         self.events: list[Event] = []
         self._by_spi: dict[int, tuple[InboundSA, Peer]] = {}
         self._by_addr: dict[Addr, Peer] = {}
-        self._routes4: list[tuple[int, int, Peer]] = []
-        self._routes6: list[tuple[int, int, Peer]] = []
+        #: every peer's allowed prefixes (disjoint across peers): routes and the source check
+        self._prefixes: PrefixTable[Peer] = PrefixTable()
         self._cache4: dict[int, Peer | None] = {}
         self._cache6: dict[int, Peer | None] = {}
         self._timers: list[tuple[float, int, Peer]] = []
@@ -96,18 +96,18 @@ class Tunnel:
         peer = Peer(name, allowed, addr=addr, keepalive=keepalive,
                     keepalive_interval=keepalive_interval, now=now)
         for net in peer.allowed:
-            for other in self.peers.values():
-                for theirs in other.allowed:
-                    if net.version == theirs.version and net.overlaps(theirs):
-                        raise ValueError(
-                            f"peer {name!r}: allowed prefix {net} overlaps {theirs} of peer "
-                            f"{other.name!r}"
-                        )
+            if (c := self._prefixes.conflict(net)) is not None:
+                theirs, other = c
+                raise ValueError(
+                    f"peer {name!r}: allowed prefix {net} overlaps {theirs} of peer "
+                    f"{other.name!r}"
+                )
+        self._prefixes.add_all(peer.allowed, peer)
         peer.on_rekey = self.check_rekey
         self.peers[name] = peer
         if addr is not None:
             self._by_addr[addr] = peer
-        self._rebuild_routes()
+        self._clear_route_cache()
         if keepalive:
             self._schedule(peer, now + keepalive_interval)
         return peer
@@ -119,7 +119,8 @@ class Tunnel:
             self._by_spi.pop(sa.spi, None)
         if peer.addr is not None and self._by_addr.get(peer.addr) is peer:
             del self._by_addr[peer.addr]
-        self._rebuild_routes()
+        self._prefixes.remove(peer)
+        self._clear_route_cache()
 
     def install_inbound(self, peer: Peer, sa: InboundSA) -> None:
         """Accept packets with ``sa.spi`` from ``peer`` (old SAs stay until removed)."""
@@ -153,22 +154,14 @@ class Tunnel:
         elif not on:
             peer.keepalive = False
 
-    def _rebuild_routes(self) -> None:
-        r4: list[tuple[int, int, int, Peer]] = []
-        r6: list[tuple[int, int, int, Peer]] = []
-        for peer in self.peers.values():
-            for net in peer.allowed:
-                entry = (net.prefixlen, int(net.network_address), int(net.netmask), peer)
-                (r4 if isinstance(net, ipaddress.IPv4Network) else r6).append(entry)
-        # longest prefix first
-        self._routes4 = [(a, m, p) for _, a, m, p in sorted(r4, key=lambda e: -e[0])]
-        self._routes6 = [(a, m, p) for _, a, m, p in sorted(r6, key=lambda e: -e[0])]
+    def _clear_route_cache(self) -> None:
         self._cache4 = {}
         self._cache6 = {}
 
     # --- inner packets out --------------------------------------------------------------------
     def route(self, inner: bytes | bytearray | memoryview) -> Peer | None:
-        """The peer whose allowed prefixes hold the inner packet's destination (longest match)."""
+        """The peer whose allowed prefixes hold the inner packet's destination (prefixes of
+        different peers never overlap, so there is at most one)."""
         return self.route_at(inner, 0, len(inner))
 
     def route_at(self, buf: bytes | bytearray | memoryview, at: int, n: int) -> Peer | None:
@@ -178,24 +171,20 @@ class Tunnel:
             try:
                 return self._cache4[dst]
             except KeyError:
-                return self._lookup(dst, self._routes4, self._cache4)
+                return self._lookup(dst, self._prefixes.lookup4, self._cache4)
         if n >= 40 and buf[at] >> 4 == 6:
             dst6 = int.from_bytes(buf[at + 24 : at + 40], "big")
             try:
                 return self._cache6[dst6]
             except KeyError:
-                return self._lookup(dst6, self._routes6, self._cache6)
+                return self._lookup(dst6, self._prefixes.lookup6, self._cache6)
         return None
 
     @staticmethod
     def _lookup(
-        dst: int, routes: list[tuple[int, int, Peer]], cache: dict[int, Peer | None]
+        dst: int, lookup: Callable[[int], Peer | None], cache: dict[int, Peer | None]
     ) -> Peer | None:
-        found = None
-        for net, mask, peer in routes:
-            if dst & mask == net:
-                found = peer
-                break
+        found = lookup(dst)
         if len(cache) >= _ROUTE_CACHE_MAX:
             cache.clear()
         cache[dst] = found
