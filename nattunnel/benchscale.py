@@ -331,19 +331,17 @@ async def run_scale(params: ScaleParams,
         # Manual peers last, so that a long IKE setup cannot bunch their keepalives up: their
         # phases are spread over one interval (as if added over time, the worst case for
         # wakeups: no two keepalives fall due together). Added in chunks, yielding in between,
-        # so that the loop keeps answering IKE (Tunnel.add_peer costs O(peers)).
+        # so that the loop keeps answering IKE.
         say(f"adding {n_manual} manual-SA peers (keepalive every {params.keepalive_interval:g} s)")
         t0 = time.perf_counter()
-        sock = b.socks[0]
         manual = []
         for i in range(n_manual):
             if i % 25 == 0:
                 await asyncio.sleep(0)
             phase = params.keepalive_interval * i / n_manual
-            peer = tunnel.add_peer(f"m{i}", [_manual_net(i)], addr=sinks[i // PEERS_PER_SINK],
-                                   keepalive=True, keepalive_interval=params.keepalive_interval,
-                                   now=loop.time() - phase)
-            peer.sock = sock  # what Endpoint.start does for the peers it finds
+            peer = b.add_peer(f"m{i}", [_manual_net(i)], addr=sinks[i // PEERS_PER_SINK],
+                              keepalive=True, keepalive_interval=params.keepalive_interval,
+                              now=loop.time() - phase)
             tunnel.set_outbound(peer, OutboundSA(0x10000 + i, SUITE,
                                                  os.urandom(SUITE.keymat_len)))
             tunnel.install_inbound(peer, InboundSA(0x20000 + i, SUITE,

@@ -14,12 +14,12 @@ import errno
 import logging
 import socket
 import struct
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .constants import ESP_HEADER_LEN, ESP_IV_LEN, NON_ESP_MARKER
 from .drop import DropCounters, DropReason
-from .peer import Addr, Peer
+from .peer import Addr, Network, Peer
 from .tunnel import PeerMoved, RekeyNeeded, Tunnel
 
 if TYPE_CHECKING:
@@ -173,6 +173,20 @@ class Endpoint:
         if self.ike is not None:
             await self._start_ike(loop)
         self._arm_timer()
+
+    def add_peer(self, name: str, allowed: Iterable[Network], *, addr: Addr | None = None,
+                 keepalive: bool = False, keepalive_interval: float = 20.0,
+                 now: float | None = None) -> Peer:
+        """``Tunnel.add_peer`` on an endpoint that may already run: the peer gets the socket
+        of its address family, and its keepalive timer is armed."""
+        if now is None:
+            now = self._loop.time() if self._loop is not None else 0.0
+        peer = self.tunnel.add_peer(name, allowed, addr=addr, keepalive=keepalive,
+                                    keepalive_interval=keepalive_interval, now=now)
+        if addr is not None and self._loop is not None:
+            peer.sock = self._by_family.get(_family(addr))
+        self._arm_timer()
+        return peer
 
     async def _start_ike(self, loop: asyncio.AbstractEventLoop) -> None:
         """Port 500: control-plane sockets through asyncio-dgram (one per listen address)."""

@@ -231,3 +231,38 @@ async def test_listen_error_names_the_address():
     with pytest.raises(OSError, match=f"cannot listen on 127.0.0.1:{port}"):
         await e.start()
     taken.close()
+
+
+async def test_peer_added_to_a_running_endpoint_gets_traffic_and_keepalives():
+    """Endpoint.add_peer after start: the peer gets a socket and its keepalive timer."""
+    k_ab, k_ba = os.urandom(36), os.urandom(36)
+    tb = Tunnel()
+    ib = InProcessInterface()
+    b = Endpoint(tb, ib, [("127.0.0.1", 0)])
+    await b.start()
+    ta = Tunnel()
+    ia = InProcessInterface()
+    a = Endpoint(ta, ia, [("127.0.0.1", 0)])
+    await a.start()
+    try:
+        pa = a.add_peer("b", [ipaddress.ip_network(B_INNER + "/32")],
+                        addr=b.local_addresses()[0])
+        ta.set_outbound(pa, OutboundSA(0x2001, AES_GCM_256, k_ab))
+        ta.install_inbound(pa, InboundSA(0x1001, AES_GCM_256, k_ba))
+        pb = b.add_peer("a", [ipaddress.ip_network(A_INNER + "/32")],
+                        addr=a.local_addresses()[0], keepalive=True, keepalive_interval=0.1)
+        tb.set_outbound(pb, OutboundSA(0x1001, AES_GCM_256, k_ba))
+        tb.install_inbound(pb, InboundSA(0x2001, AES_GCM_256, k_ab))
+        pkt = ip4(A_INNER, B_INNER, 300)
+        assert ia.send(pkt) > 0
+        assert await recv(ib) == pkt
+        back = ip4(B_INNER, A_INNER, 300)
+        assert ib.send(back) > 0
+        assert await recv(ia) == back
+        await asyncio.sleep(0.5)  # B idle towards A: keepalives every 0.1 s
+        assert pb.keepalives_sent >= 2 and ta.keepalives_received >= 2
+        with pytest.raises(ValueError, match="overlaps"):
+            b.add_peer("c", [ipaddress.ip_network(A_INNER + "/32")])
+    finally:
+        a.close()
+        b.close()
