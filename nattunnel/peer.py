@@ -8,6 +8,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Callable, Iterable
 
+from .constants import ESP_HEADER_LEN, ESP_IV_LEN
 from .drop import DropReason
 from .sa import InboundSA, OutboundSA, SequenceNumberExhausted
 
@@ -17,6 +18,8 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 _NO_ENDPOINT = -DropReason.NO_ENDPOINT
 _EXHAUSTED = -DropReason.SEQUENCE_EXHAUSTED
+#: where an ESP packet's plaintext starts: after the header and the IV
+_PLAIN_OFF = ESP_HEADER_LEN + ESP_IV_LEN
 
 
 class Peer:
@@ -106,18 +109,9 @@ class Peer:
         self, inner: bytes | bytearray | memoryview, out: memoryview, now: float, off: int = 0
     ) -> int:
         """ESP packet for ``inner`` at ``out[off:]``: its length, or ``-DropReason``."""
-        sa = self.outbound
-        if sa is None or self.addr is None:
-            return _NO_ENDPOINT
-        try:
-            n = sa.encapsulate_into(inner, out, off)
-        except SequenceNumberExhausted:
-            return _EXHAUSTED
-        self.last_tx = now
-        self.tx_bytes += n
-        if sa.rekey_needed and not self.rekey_signalled and self.on_rekey is not None:
-            self.on_rekey(self)
-        return n
+        n = len(inner)
+        out[off + _PLAIN_OFF : off + _PLAIN_OFF + n] = inner
+        return self.encapsulate_in_place(out, off, n, now)
 
     def encapsulate_in_place(self, out: memoryview, off: int, n: int, now: float) -> int:
         """As ``encapsulate_into`` for an n-octet inner packet already at ``out[off + 16:]``
