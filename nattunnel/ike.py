@@ -57,6 +57,32 @@ REINITIATE_MAX = 120.0
 LIFETIME_CHECK = 5.0
 
 
+@dataclass(frozen=True)
+class IkeLimits:
+    """Bounds on what unauthenticated (and authenticated) senders can make the IKE manager
+    hold or compute (docs/security.md; the ``[limits]`` table in docs/config.md)."""
+
+    #: half-open IKE SAs above which IKE_SA_INIT requests must carry a COOKIE (section 2.6)
+    cookie_threshold: int = COOKIE_THRESHOLD
+    #: half-open IKE SAs at most; IKE_SA_INIT requests beyond it are dropped
+    half_open_max: int = 1024
+    #: seconds a half-open responder SA waits for IKE_AUTH
+    half_open_timeout: float = 30.0
+    #: IKE_SA_INIT requests per second that one source (an IPv4 address, an IPv6 /64) may
+    #: make us answer, with bursts up to ``init_burst``
+    init_rate: float = 10.0
+    init_burst: int = 20
+    #: IKE_SA_INIT requests per second answered in all (each costs a key exchange)
+    init_rate_total: float = 500.0
+    #: established IKE SAs per peer identity; the oldest goes when a new one comes up beyond it
+    ike_sas_per_identity: int = 4
+    #: child SAs per IKE SA; CREATE_CHILD_SA beyond it is refused with NO_ADDITIONAL_SAS
+    children_per_ike_sa: int = 16
+    #: the cookie secret is replaced this often; cookies made with the previous one are
+    #: still accepted until the next rotation
+    cookie_secret_lifetime: float = 60.0
+
+
 @dataclass
 class IkePeer:
     """An IKE-managed tunnel peer: its IKE settings and whether we start the exchange."""
