@@ -8,6 +8,7 @@ Sans-I/O like the cores it drives: ``receive`` takes a message and where it came
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import heapq
 import hmac
@@ -96,15 +97,20 @@ class IkePeer:
 class IkeManager:
     def __init__(self, tunnel: Tunnel, send: Callable[[Outgoing], None],
                  local_addr: Callable[[Addr, bool], Addr], *,
-                 keylog: KeyLog | None = None, cookie_threshold: int = COOKIE_THRESHOLD
-                 ) -> None:
+                 keylog: KeyLog | None = None, cookie_threshold: int | None = None,
+                 limits: IkeLimits | None = None) -> None:
         """``send`` puts a message on the wire; ``local_addr(remote, natt)`` is our address
-        (IP, port) towards ``remote`` on port 500 or 4500."""
+        (IP, port) towards ``remote`` on port 500 or 4500. ``cookie_threshold`` overrides
+        the one in ``limits``."""
         self.tunnel = tunnel
         self.send = send
         self.local_addr = local_addr
         self.keylog = keylog
-        self.cookie_threshold = cookie_threshold
+        limits = limits or IkeLimits()
+        if cookie_threshold is not None:
+            limits = dataclasses.replace(limits, cookie_threshold=cookie_threshold)
+        self.limits = limits
+        self.cookie_threshold = limits.cookie_threshold
         self.peers: dict[str, IkePeer] = {}
         self.sas: dict[bytes, IkeSa] = {}
         self._grace: list[tuple[float, int]] = []
