@@ -425,6 +425,9 @@ def _suite_of(prop: Proposal) -> tuple[Suite, bool] | None:
 class IkeSa:
     """One IKE SA and its child SAs."""
 
+    #: a responder SA waiting for IKE_AUTH goes after this long (the manager sets it)
+    half_open_timeout = 30.0
+
     def __init__(self, config: IkeConfig | None, *, initiator: bool, local: Addr,
                  remote: Addr, now: float,
                  lookup: Callable[[Identity, Identity | None], IkeConfig | None] | None = None,
@@ -550,7 +553,7 @@ class IkeSa:
             if self.ike_rekey_at is not None and not self.rekeyed:
                 times.append(self.ike_rekey_at)
         elif self.state is State.INIT_DONE:
-            times.append(self.created + 30.0)  # half-open SA lifetime
+            times.append(self.created + self.half_open_timeout)
         return min(times) if times else None
 
     def on_timer(self, now: float) -> None:
@@ -579,7 +582,7 @@ class IkeSa:
                 req.sent_at = now
                 self._send(req.data)
             return
-        if self.state is State.INIT_DONE and now >= self.created + 30.0:
+        if self.state is State.INIT_DONE and now >= self.created + self.half_open_timeout:
             self._die("half-open IKE SA timed out")
             return
         if self.state is not State.ESTABLISHED:

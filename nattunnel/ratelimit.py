@@ -1,0 +1,85 @@
+"""Token buckets for the IKE responder: one per source and one for everything, with a bounded
+table (docs/security.md).
+
+A bucket holds up to ``burst`` tokens and gains ``rate`` tokens a second; a request takes one
+token or is refused. Sources are IPv4 addresses and IPv6 /64 prefixes (one host usually holds
+a whole /64, as WireGuard's rate limiter assumes). The table never holds more than
+``max_sources`` buckets: full buckets are dropped (at most one pass a second) (a full bucket is the same as no
+bucket), and if every bucket is still in use a new source is refused rather than let the
+table grow. Sans-I/O: every call takes ``now``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+
+class TokenBucket:
+    __slots__ = ("burst", "last", "rate", "tokens")
+
+    def __init__(self, rate: float, burst: float, now: float) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.tokens = burst
+        self.last = now
+
+    def allow(self, now: float) -> bool:
+        elapsed = now - self.last
+        if elapsed > 0:
+            self.tokens = min(self.burst, self.tokens + elapsed * self.rate)
+            self.last = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        return False
+
+    def full(self, now: float) -> bool:
+        return self.tokens + (now - self.last) * self.rate >= self.burst
+
+
+def source_key(host: str) -> bytes:
+    """The rate-limited unit for an address: an IPv4 address, or an IPv6 /64 (an IPv4-mapped
+    IPv6 address counts as the IPv4 address)."""
+    ip = ipaddress.ip_address(host.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return ip.ipv4_mapped.packed
+        return ip.packed[:8]
+    return ip.packed
+
+
+class SourceLimiter:
+    """One token bucket per source, at most ``max_sources`` of them."""
+
+    def __init__(self, rate: float, burst: float, max_sources: int = 4096) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.max_sources = max_sources
+        self._buckets: dict[bytes, TokenBucket] = {}
+        self._pruned_at = float("-inf")
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+    def allow(self, host: str, now: float) -> bool:
+        try:
+            key = source_key(host)
+        except ValueError:
+            return False
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            if len(self._buckets) >= self.max_sources:
+                # at most one pass a second, so that a flood of new sources costs no more
+                # than a lookup each
+                if now - self._pruned_at < 1.0:
+                    return False
+                self._pruned_at = now
+                self._prune(now)
+                if len(self._buckets) >= self.max_sources:
+                    return False
+            bucket = self._buckets[key] = TokenBucket(self.rate, self.burst, now)
+        return bucket.allow(now)
+
+    def _prune(self, now: float) -> None:
+        for key in [k for k, b in self._buckets.items() if b.full(now)]:
+            del self._buckets[key]
