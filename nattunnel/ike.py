@@ -12,6 +12,7 @@ import dataclasses
 import hashlib
 import heapq
 import hmac
+import ipaddress
 import itertools
 import logging
 import os
@@ -22,6 +23,8 @@ from .constants import ExchangeType, NotifyType
 from .ike_message import (
     Header,
     IkeDecodeError,
+    Message,
+    Nonce,
     Notify,
     decode_message,
     encode_message,
@@ -41,6 +44,7 @@ from .ike_sa import (
 )
 from .keylog import KeyLog
 from .peer import Addr
+from .ratelimit import SourceLimiter, TokenBucket
 from .sa import InboundSA, OutboundSA
 from .tunnel import Tunnel
 
@@ -48,6 +52,10 @@ log = logging.getLogger("nattunnel")
 
 #: half-open IKE SAs above which IKE_SA_INIT requests must carry a COOKIE (section 2.6)
 COOKIE_THRESHOLD = 32
+#: octets of the hash in our cookies (after one octet of secret version)
+COOKIE_HASH_LEN = 16
+#: at most one summary line a minute about half-open IKE SAs that went
+HALF_OPEN_LOG_INTERVAL = 60.0
 #: how long an old inbound SA stays after a rekey or delete (in-flight packets)
 CHILD_GRACE = 2.0
 #: wait before initiating again after an IKE SA of ours went down; doubles with each failure
@@ -128,8 +136,19 @@ class IkeManager:
         self._half_open_sas: dict[tuple[bytes, Addr], IkeSa] = {}
         self._half_open_keys: dict[IkeSa, tuple[bytes, Addr]] = {}
         self._by_remote_id: dict[Identity, list[IkePeer]] = {}
-        self._cookie_secret = os.urandom(32)
-        self.counters = {"cookies_sent": 0, "init_requests": 0, "dropped": 0}
+        # cookie secrets by version (section 2.6): the current one and the one before
+        self._cookie_version = 0
+        self._cookie_secrets: dict[int, bytes] = {}
+        self._cookie_rotate_at = float("-inf")
+        self._init_per_source = SourceLimiter(limits.init_rate, limits.init_burst)
+        self._init_total = TokenBucket(limits.init_rate_total, limits.init_rate_total, 0.0)
+        #: unauthenticated responder SAs that went (timed out or refused) since the last
+        #: summary line, and when the next summary may be logged
+        self._half_open_gone = 0
+        self._half_open_log_at = 0.0
+        self.counters = {"cookies_sent": 0, "init_requests": 0, "dropped": 0,
+                         "init_rate_limited": 0, "init_half_open_full": 0,
+                         "half_open_dropped": 0, "identity_cap_deleted": 0}
 
     # --- configuration ------------------------------------------------------------------------
     def add_peer(self, peer: IkePeer, now: float) -> None:
@@ -191,14 +210,72 @@ class IkeManager:
         sa.receive(data, now)
         self._process(sa, now)
 
-    def _cookie(self, hdr: Header, remote: Addr) -> bytes:
-        """Section 2.6: a stateless cookie, Hash(Ni... ) approximated by the SPIi and address."""
-        mac = hmac.new(self._cookie_secret, hdr.spi_i + remote[0].encode()
-                       + remote[1].to_bytes(2, "big"), hashlib.sha256).digest()
-        return b"\x00" + mac[:16]
+    # --- IKE_SA_INIT requests: the responder's defences (docs/security.md) ------------------
+    def _cookie(self, version: int, ni: bytes, spi_i: bytes, remote: Addr) -> bytes | None:
+        """Section 2.6: Cookie = <VersionIDofSecret> | Hash(Ni | IPi | SPIi | <secret>), or
+        None if the secret of ``version`` is no longer kept."""
+        secret = self._cookie_secrets.get(version)
+        if secret is None:
+            return None
+        try:
+            ipi = ipaddress.ip_address(remote[0].split("%", 1)[0]).packed
+        except ValueError:
+            ipi = remote[0].encode()
+        mac = hmac.new(secret, ni + ipi + spi_i, hashlib.sha256).digest()
+        return bytes([version]) + mac[:COOKIE_HASH_LEN]
+
+    def _rotate_cookie_secret(self, now: float) -> None:
+        """A new secret every ``cookie_secret_lifetime``; cookies made with the one before
+        are still accepted until the next rotation (section 2.6.1)."""
+        if now < self._cookie_rotate_at:
+            return
+        if now >= self._cookie_rotate_at + self.limits.cookie_secret_lifetime:
+            self._cookie_secrets.clear()  # idle for two lifetimes: the previous one is stale
+        self._cookie_version = (self._cookie_version + 1) % 256
+        self._cookie_secrets = {v: k for v, k in self._cookie_secrets.items()
+                                if v == (self._cookie_version - 1) % 256}
+        self._cookie_secrets[self._cookie_version] = os.urandom(32)
+        self._cookie_rotate_at = now + self.limits.cookie_secret_lifetime
+
+    def _cookie_ok(self, got: bytes, ni: bytes, spi_i: bytes, remote: Addr) -> bool:
+        if len(got) != 1 + COOKIE_HASH_LEN:
+            return False
+        want = self._cookie(got[0], ni, spi_i, remote)
+        return want is not None and hmac.compare_digest(got, want)
 
     def _half_open(self) -> int:
         return len(self._half_open_sas)
+
+    def _admit_init(self, msg: Message, hdr: Header, remote: Addr, natt: bool,
+                    now: float) -> bool:
+        """Whether a new IKE_SA_INIT request gets a half-open SA. Checked from the cheapest
+        to the dearest: the cookie (stateless, answered), the half-open cap, the source's
+        token bucket, the bucket of all sources; only then a key exchange is spent."""
+        limits = self.limits
+        if self._half_open() >= limits.cookie_threshold:
+            self._rotate_cookie_secret(now)
+            nonce = msg.get(Nonce)
+            ni = nonce.data if nonce is not None else b""
+            got = msg.notify(NotifyType.COOKIE)
+            if got is None or not self._cookie_ok(got.data, ni, hdr.spi_i, remote):
+                cookie = self._cookie(self._cookie_version, ni, hdr.spi_i, remote)
+                assert cookie is not None
+                self.counters["cookies_sent"] += 1
+                out = encode_message(Header.make(ExchangeType.IKE_SA_INIT, hdr.spi_i,
+                                                 initiator=False, response=True),
+                                     [Notify(NotifyType.COOKIE, cookie)])
+                self.send(Outgoing(out, remote, natt))
+                return False
+        if self._half_open() >= limits.half_open_max:
+            self.counters["init_half_open_full"] += 1
+            return False
+        if not self._init_per_source.allow(remote[0], now):
+            self.counters["init_rate_limited"] += 1
+            return False
+        if not self._init_total.allow(now):
+            self.counters["init_rate_limited"] += 1
+            return False
+        return True
 
     def _init_request(self, data: bytes, hdr: Header, remote: Addr, natt: bool,
                       now: float) -> None:
@@ -213,20 +290,13 @@ class IkeManager:
         except IkeDecodeError:
             self.counters["dropped"] += 1
             return
-        if self._half_open() >= self.cookie_threshold:
-            want = self._cookie(hdr, remote)
-            got = msg.notify(NotifyType.COOKIE)
-            if got is None or not hmac.compare_digest(got.data, want):
-                self.counters["cookies_sent"] += 1
-                out = encode_message(Header.make(ExchangeType.IKE_SA_INIT, hdr.spi_i,
-                                                 initiator=False, response=True),
-                                     [Notify(NotifyType.COOKIE, want)])
-                self.send(Outgoing(out, remote, natt))
-                return
+        if not self._admit_init(msg, hdr, remote, natt, now):
+            return
         local = self.local_addr(remote, natt)
         sa = IkeSa(None, initiator=False, local=local, remote=remote, now=now,
                    lookup=self._lookup)
         sa._request_natt = natt
+        sa.half_open_timeout = self.limits.half_open_timeout
         proposals = next(iter(self.peers.values())).config.ike_proposals if self.peers else ()
         sa.respond_init(msg, data, now, proposals)
         if sa.state is not State.DEAD:
@@ -279,6 +349,7 @@ class IkeManager:
 
     def _ike_up(self, ev: IkeUp, now: float) -> None:
         ike = ev.ike
+        self._cap_identity(ike, now)
         if ike.initial_contact:
             # section 2.4: the peer rebooted; every older SA with it is gone on its side
             for other in list(self.sas.values()):
@@ -348,6 +419,9 @@ class IkeManager:
         log.info("peer %s: child SA %#010x/%#010x deleted", ev.ike.name, ev.spi_in, ev.spi_out)
 
     def _ike_down(self, ev: IkeDown, now: float) -> None:
+        if ev.ike.config is None:
+            self._half_open_down(now)  # never authenticated: a summary, not a line each
+            return
         if ev.ike.rekeyed:
             log.info("peer %s: old IKE SA deleted after the rekey", ev.ike.name)
             return
@@ -362,6 +436,35 @@ class IkeManager:
             delay = min(REINITIATE_DELAY * 2 ** n, REINITIATE_MAX)
             self._reinitiate[peer.config.name] = now + delay
             log.info("peer %s: initiating again in %.0f s", peer.config.name, delay)
+
+    def _cap_identity(self, ike: IkeSa, now: float) -> None:
+        """At most ``ike_sas_per_identity`` established IKE SAs per peer: beyond it the
+        oldest are deleted, so that a peer (or a stolen key) cannot pile them up."""
+        same = [sa for sa in self.sas.values()
+                if sa is not ike and sa.name == ike.name and sa.state is State.ESTABLISHED
+                and not sa.rekeyed]
+        excess = len(same) + 1 - self.limits.ike_sas_per_identity
+        if excess <= 0:
+            return
+        same.sort(key=lambda sa: sa.created)
+        for old in same[:excess]:
+            log.info("peer %s: more than %d IKE SAs; deleting the oldest", ike.name,
+                     self.limits.ike_sas_per_identity)
+            self.counters["identity_cap_deleted"] += 1
+            old.delete(now)
+            self._process(old, now)
+
+    def _half_open_down(self, now: float) -> None:
+        """A responder SA that never authenticated went (timed out or refused). Floods make
+        thousands: one summary line per HALF_OPEN_LOG_INTERVAL instead of a line each."""
+        self.counters["half_open_dropped"] += 1
+        self._half_open_gone += 1
+        if now >= self._half_open_log_at:
+            log.info("%d half-open IKE SA(s) went without authenticating (timed out or "
+                     "refused) since the last such line; %d half-open now",
+                     self._half_open_gone, self._half_open())
+            self._half_open_gone = 0
+            self._half_open_log_at = now + HALF_OPEN_LOG_INTERVAL
 
     # --- timers -------------------------------------------------------------------------------
     def next_deadline(self) -> float | None:

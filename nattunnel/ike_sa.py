@@ -606,8 +606,13 @@ class IkeSa:
         assert self.config is not None and self.initiator
         props = self.config.ike_proposals
         group = group or props[0].dh
-        self._ke = kc.KeyExchange(group)
-        self._ni = os.urandom(NONCE_LEN)
+        # Section 2.6: a retry with a COOKIE repeats the request with all other payloads
+        # unchanged (the responder's cookie covers Ni); after INVALID_KE_PAYLOAD only the KE
+        # changes (2.6.1)
+        if self._ke is None or self._ke.group != group:
+            self._ke = kc.KeyExchange(group)
+        if not self._ni:
+            self._ni = os.urandom(NONCE_LEN)
         sa = SA([ike_proposal(i, encr=p.encr, prf=p.prf, dh=p.dh, key_length=p.key_bits)
                  for i, p in enumerate(props, 1)])
         payloads: list[Payload] = []

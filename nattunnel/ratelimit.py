@@ -4,9 +4,9 @@ table (docs/security.md).
 A bucket holds up to ``burst`` tokens and gains ``rate`` tokens a second; a request takes one
 token or is refused. Sources are IPv4 addresses and IPv6 /64 prefixes (one host usually holds
 a whole /64, as WireGuard's rate limiter assumes). The table never holds more than
-``max_sources`` buckets: full buckets are dropped (at most one pass a second) (a full bucket is the same as no
-bucket), and if every bucket is still in use a new source is refused rather than let the
-table grow. Sans-I/O: every call takes ``now``.
+``max_sources`` buckets: full buckets are dropped, at most one pass a second (a full bucket is
+the same as no bucket), and if every bucket is still in use a new source is refused rather
+than let the table grow. Sans-I/O: every call takes ``now``.
 """
 
 from __future__ import annotations
