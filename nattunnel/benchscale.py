@@ -45,7 +45,7 @@ import asyncio_dgram  # noqa: F401  (imported before the baseline: Endpoint impo
 from . import ike_crypto as kc
 from .bench import ipv4_packet, machine_info
 from .endpoint import Endpoint, InProcessInterface
-from .ike import IkeManager, IkePeer
+from .ike import IkeLimits, IkeManager, IkePeer
 from .ike_message import IkeDecodeError, peek_header
 from .ike_sa import Identity, IkeConfig, Outgoing
 from .peer import Addr
@@ -294,7 +294,10 @@ async def run_scale(params: ScaleParams,
         # IKE manager, crypto backends.
         tunnel = Tunnel()
         b = Endpoint(tunnel, InProcessInterface(), [("127.0.0.1", 0)])
-        mgr = IkeManager(tunnel, _unset, _unset)
+        # every simulated peer comes from 127.0.0.1: one source, so its IKE_SA_INIT rate
+        # limit is lifted here (the half-open cap and cookies stay)
+        mgr = IkeManager(tunnel, _unset, _unset,
+                         limits=IkeLimits(init_rate=1e6, init_burst=1_000_000))
         b.enable_ike(mgr, port=0)
         counts = _instrument(b, mgr)
         _warm_up()
