@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import ipaddress
 import logging
 import socket
 import struct
@@ -241,17 +242,30 @@ class Endpoint:
             self.drops.counts[DropReason.SEND_FAILED] += 1
 
     def _local_addr(self, remote: Addr, natt: bool) -> Addr:
-        """Our address towards ``remote``: the source the kernel's routing picks, and the
-        port we use (for NAT detection hashes, RFC 7296 section 2.23)."""
+        """Our address towards ``remote`` (for NAT detection hashes, RFC 7296 section 2.23):
+        the address and port of the socket the messages go out of (the NAT-T socket of that
+        family for ``natt``, the port-500 IKE socket otherwise). Only when that socket is
+        bound to the wildcard address does the kernel's routing say which source it picks;
+        a socket bound to one address (a secondary one, say) always sends from it."""
         fam = _family(remote)
-        with socket.socket(fam, socket.SOCK_DGRAM) as s:
-            s.connect((remote[0], remote[1]))
-            ip = s.getsockname()[0]
+        bound: Addr | None = None
         if natt:
             sock = self._by_family.get(fam)
-            port = sock.getsockname()[1] if sock is not None else 4500
+            if sock is not None:
+                bound = sock.getsockname()
         else:
-            port = self.ike_port
+            stream = self._ike_streams.get(fam)
+            if stream is not None:
+                bound = stream.sockname
+        if bound is None:
+            port = (4500 if natt else self.ike_port)
+            ip = "::" if fam == socket.AF_INET6 else "0.0.0.0"
+        else:
+            ip, port = bound[0], bound[1]
+        if ipaddress.ip_address(ip).is_unspecified:
+            with socket.socket(fam, socket.SOCK_DGRAM) as s:
+                s.connect((remote[0], remote[1]))
+                ip = s.getsockname()[0]
         return (ip, port)
 
     def local_addresses(self) -> list[Addr]:

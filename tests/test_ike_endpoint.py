@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import socket
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
@@ -25,15 +26,15 @@ def noop(*_a):
 
 
 async def make(name, peer_name, local_id, remote_id, local_ts, remote_ts, auth, keys,
-               initiate_to=None, keylog=None):
+               initiate_to=None, keylog=None, host="127.0.0.1", force_encap=True):
     t = Tunnel()
     t.add_peer(peer_name, [remote_ts], keepalive_interval=0.3)
     iface = InProcessInterface()
-    ep = Endpoint(t, iface, [("127.0.0.1", 0)])
+    ep = Endpoint(t, iface, [(host, 0)])
     mgr = IkeManager(t, noop, noop, keylog=keylog)
     cfg = IkeConfig(peer_name, Identity.parse(local_id), Identity.parse(remote_id), auth=auth,
                     psk=b"shared secret", private_key=keys[0], peer_public_key=keys[1],
-                    local_ts=(local_ts,), remote_ts=(remote_ts,), force_encap=True,
+                    local_ts=(local_ts,), remote_ts=(remote_ts,), force_encap=force_encap,
                     dpd_interval=5.0)
     ep.enable_ike(mgr, port=0)
     await ep.start()
@@ -135,6 +136,49 @@ async def test_sequence_number_soft_limit_triggers_a_child_rekey():
         pkt = ip4(A_INNER, B_INNER, 200)
         ia.send(pkt)
         assert await asyncio.wait_for(ib.recv(), 2) == pkt
+    finally:
+        a.close()
+        b.close()
+
+
+@pytest.mark.parametrize("natt", [False, True], ids=["port-500", "natt"])
+async def test_no_nat_found_between_two_addresses_of_one_host(natt, caplog):
+    """Issue 9 item 7: an endpoint bound to 127.0.0.2 talking to 127.0.0.1 sends from
+    127.0.0.2, so its NAT detection hashes must be made with 127.0.0.2 (the address its
+    socket is bound to), not with the route's preferred source (127.0.0.1).
+
+    port-500: the initiator on 127.0.0.2 (its port-500 IKE socket); neither side finds NAT
+    and no keepalives are sent. natt: the responder on 127.0.0.2 answers on its NAT-T socket
+    (the initiator forces encapsulation, which fakes its own NAT detection source hash, so
+    the responder rightly sees "peer side"); the responder's own hashes are right."""
+    caplog.set_level("INFO", logger="nattunnel")
+    ka, kb = ed25519.Ed25519PrivateKey.generate(), ed25519.Ed25519PrivateKey.generate()
+    b_host, a_host = ("127.0.0.2", "127.0.0.1") if natt else ("127.0.0.1", "127.0.0.2")
+    b, _, mb, cb = await make("b", "a", "hostb", "hosta", NET_B, NET_A, "psk",
+                              (kb, ka.public_key()), host=b_host, force_encap=natt)
+    mb.add_peer(IkePeer(cb, initiate=False, remote=None), 0)
+    a, _, ma, ca = await make("a", "b", "hosta", "hostb", NET_A, NET_B, "psk",
+                              (ka, kb.public_key()), host=a_host, force_encap=natt)
+    loop = asyncio.get_running_loop()
+    # to B's NAT-T socket (force_encap) or to its port-500 IKE socket (port 0 here)
+    b_to = b.local_addresses()[0] if natt else b._ike_streams[socket.AF_INET].sockname
+    ma.add_peer(IkePeer(ca, initiate=True, remote=(b_to[0], b_to[1])), loop.time())
+    a._arm_timer()
+    try:
+        def established(m):
+            return [x for x in m.stats()["ike_sas"] if x["state"] == "established"]
+
+        await wait_for(lambda: established(ma) and established(mb))
+        (sa_a,), (sa_b,) = established(ma), established(mb)
+        assert sa_b["remote"].startswith(a_host + ":")
+        assert sa_a["remote"].startswith(b_host + ":")
+        assert (sa_a["local_behind_nat"], sa_a["remote_behind_nat"]) == (False, False)
+        assert sa_b["local_behind_nat"] is False
+        assert sa_b["remote_behind_nat"] is natt  # forced by the initiator's force_encap
+        if not natt:
+            assert not a.tunnel.peers["b"].keepalive and not b.tunnel.peers["a"].keepalive
+        assert "NAT: this side" not in caplog.text
+        assert caplog.text.count("NAT: none") == (1 if natt else 2)
     finally:
         a.close()
         b.close()
