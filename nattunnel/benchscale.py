@@ -294,10 +294,11 @@ async def run_scale(params: ScaleParams,
         # IKE manager, crypto backends.
         tunnel = Tunnel()
         b = Endpoint(tunnel, InProcessInterface(), [("127.0.0.1", 0)])
-        # every simulated peer comes from 127.0.0.1: one source, so its IKE_SA_INIT rate
-        # limit is lifted here (the half-open cap and cookies stay)
+        # every simulated peer comes from 127.0.0.1 at once: the IKE_SA_INIT rate limits
+        # are lifted here (the half-open cap and cookies stay)
         mgr = IkeManager(tunnel, _unset, _unset,
-                         limits=IkeLimits(init_rate=1e6, init_burst=1_000_000))
+                         limits=IkeLimits(init_rate=1e6, init_burst=1_000_000,
+                                          init_rate_total=1e6))
         b.enable_ike(mgr, port=0)
         counts = _instrument(b, mgr)
         _warm_up()

@@ -346,6 +346,34 @@ def peek_header(data: bytes | bytearray | memoryview) -> Header:
     return _decode_header(bytes(data[:IKE_HEADER_LEN]))[0]
 
 
+def peek_nonce_and_cookie(data: bytes | bytearray | memoryview
+                          ) -> tuple[bytes | None, bytes | None]:
+    """(Ni, COOKIE data) of an unencrypted message, either None if absent, from the payload
+    chain's generic headers alone: what a responder under load needs to check a cookie
+    (RFC 7296 section 2.6) before it spends a full decode. Raises IkeDecodeError if the
+    chain is broken."""
+    mv = memoryview(data)
+    _, next_payload, length = _decode_header(bytes(mv[:IKE_HEADER_LEN]))
+    end = min(length, len(mv))
+    off = IKE_HEADER_LEN
+    nonce = cookie = None
+    while next_payload != PayloadType.NONE:
+        _need(off + IKE_GENERIC_HEADER_LEN <= end, "truncated payload header")
+        following, _, plen = _GENERIC.unpack_from(mv, off)
+        _need(plen >= IKE_GENERIC_HEADER_LEN and off + plen <= end, "bad payload length")
+        body = mv[off + IKE_GENERIC_HEADER_LEN : off + plen]
+        if next_payload == PayloadType.NONCE and nonce is None:
+            nonce = bytes(body)
+        elif (next_payload == PayloadType.NOTIFY and cookie is None
+              and len(body) >= _PROTO_SPI_U16.size):
+            _, spi_size, notify_type = _PROTO_SPI_U16.unpack_from(body)
+            if notify_type == NotifyType.COOKIE:
+                cookie = bytes(body[_PROTO_SPI_U16.size + spi_size :])
+        next_payload = following
+        off += plen
+    return nonce, cookie
+
+
 # --- payloads --------------------------------------------------------------------------------
 class Payload(ABC):
     """A payload's body (everything after its generic payload header)."""

@@ -11,7 +11,9 @@ than let the table grow. Sans-I/O: every call takes ``now``.
 
 from __future__ import annotations
 
-import ipaddress
+import socket
+
+_V4_MAPPED = bytes(10) + b"\xff\xff"
 
 
 class TokenBucket:
@@ -40,12 +42,16 @@ class TokenBucket:
 def source_key(host: str) -> bytes:
     """The rate-limited unit for an address: an IPv4 address, or an IPv6 /64 (an IPv4-mapped
     IPv6 address counts as the IPv4 address)."""
-    ip = ipaddress.ip_address(host.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address):
-        if ip.ipv4_mapped is not None:
-            return ip.ipv4_mapped.packed
-        return ip.packed[:8]
-    return ip.packed
+    host = host.split("%", 1)[0]
+    try:
+        if ":" not in host:
+            return socket.inet_pton(socket.AF_INET, host)
+        packed = socket.inet_pton(socket.AF_INET6, host)
+    except OSError:
+        raise ValueError(f"not an IP address: {host!r}") from None
+    if packed[:12] == _V4_MAPPED:
+        return packed[12:]
+    return packed[:8]
 
 
 class SourceLimiter:
