@@ -223,3 +223,22 @@ def test_spoofed_cookie_response_is_not_answered_with_state():
     junk = encode_message(hdr, [Notify(NotifyType.COOKIE, b"\x00" * 17), Nonce(b"n" * 32)])
     mgr.receive(junk, ("198.18.0.1", 500), False, 0.0)
     assert cookie_of(sent[-1]) is not None and not mgr.sas
+
+
+def test_peek_nonce_and_cookie_agrees_with_the_decoder():
+    import pytest
+
+    from nattunnel.ike_message import IkeDecodeError, peek_nonce_and_cookie
+
+    att = Attacker(("198.18.0.1", 500))
+    plain = att.request()
+    msg = decode_message(plain)
+    assert peek_nonce_and_cookie(plain) == (msg.get(Nonce).data, None)
+    with_cookie = encode_message(msg.header, [Notify(NotifyType.COOKIE, b"c" * 17),
+                                              *msg.payloads])
+    assert peek_nonce_and_cookie(with_cookie) == (msg.get(Nonce).data, b"c" * 17)
+    for cut in (30, 40, len(plain) - 1):
+        broken = bytearray(plain[:cut])
+        broken[24:28] = len(broken).to_bytes(4, "big")
+        with pytest.raises(IkeDecodeError):
+            peek_nonce_and_cookie(bytes(broken))
