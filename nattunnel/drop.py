@@ -50,6 +50,11 @@ class DropReason(IntEnum):
     SEND_FAILED = 18
     #: the socket reported an error on receive (an ICMP error for an earlier send, say)
     RECEIVE_ERROR = 19
+    #: handling the datagram raised an exception in a core (a bug): counted, not fatal
+    INTERNAL_ERROR = 20
+    #: dropped by the kernel before we read it: the socket's receive buffer was full (the
+    #: socket's drop count, SO_RXQ_OVFL / the drops column of /proc/net/udp)
+    KERNEL_RCVBUF = 21
 
 
 class DropCounters:

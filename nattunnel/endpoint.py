@@ -10,11 +10,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import ipaddress
 import logging
+import os
 import socket
 import struct
+import time
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -52,7 +55,15 @@ _ESP_PLAIN_OFF = ESP_HEADER_LEN + ESP_IV_LEN
 #: the send buffer: one GSO batch plus the packet that did not fit into it (with its ESP
 #: header, padding, trailer and ICV)
 _TX_SIZE = GSO_MAX_BYTES + _ESP_PLAIN_OFF + _MAX_INNER + 64
+#: an exception from a core is logged (with its traceback) at most this often
+ERROR_LOG_INTERVAL = 10.0
 _GRO_SEG = struct.Struct("=i")
+_U32 = struct.Struct("=I")
+#: SOL_SOCKET option (include/uapi/asm-generic/socket.h): a control message on receive with
+#: the socket's running count of datagrams the kernel dropped (receive buffer full)
+SO_RXQ_OVFL = 40
+#: room for the UDP_GRO and SO_RXQ_OVFL control messages (CMSG_SPACE(4) = 24 each)
+_ANC_SIZE = 64
 _GSO_SEG = struct.Struct("=H")
 
 
@@ -119,6 +130,13 @@ class Endpoint:
         #: GRO reads that held more than one datagram
         self.gro_batches = 0
         self._closed = asyncio.Event()
+        #: exceptions raised by the cores (tunnel, IKE manager) inside a callback, by where;
+        #: the callback carries on (``_core_error``)
+        self.errors: dict[str, int] = {}
+        #: per socket (fd), the last kernel drop count seen in a control message
+        self._kernel_drops: dict[int, int] = {}
+        self._error_log_at = 0.0
+        self._errors_unlogged = 0
         #: the IKE manager, when IKE is enabled (``enable_ike``)
         self.ike: IkeManager | None = None
         self.ike_port = 500
@@ -146,6 +164,8 @@ class Endpoint:
                     sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _SOCKBUF)
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _SOCKBUF)
+                with contextlib.suppress(OSError):  # Linux 2.6.33+
+                    sock.setsockopt(socket.SOL_SOCKET, SO_RXQ_OVFL, 1)
                 sock.setblocking(False)
                 sock.bind((host, port))
             except OSError as e:
@@ -216,14 +236,37 @@ class Endpoint:
                     return
                 self.drops.counts[DropReason.RECEIVE_ERROR] += 1
                 continue
-            self.ike.receive(bytes(data), addr, False, self._loop.time())
+            try:
+                self.ike.receive(bytes(data), addr, False, self._loop.time())
+            except Exception:
+                self.drops.counts[DropReason.INTERNAL_ERROR] += 1
+                self._core_error("ike_receive")
             self._handle_events(None)
 
     def _on_ike_natt(self, data: memoryview, addr: Addr, now: float) -> None:
         """IKE behind the non-ESP marker on a NAT-T socket (from the tunnel's demux)."""
         assert self.ike is not None
-        self.ike.receive(bytes(data), addr, True, now)
+        try:
+            self.ike.receive(bytes(data), addr, True, now)
+        except Exception:
+            self.drops.counts[DropReason.INTERNAL_ERROR] += 1
+            self._core_error("ike_receive")
         self._arm_timer()
+
+    def _core_error(self, where: str) -> None:
+        """Call from an ``except`` block: an exception from a core in a callback is counted
+        by where, and logged with its traceback at most once per ERROR_LOG_INTERVAL (with
+        how many were not logged since), so that a packet that trips a bug neither stops
+        the endpoint nor floods the log."""
+        self.errors[where] = self.errors.get(where, 0) + 1
+        now = time.monotonic()
+        if now < self._error_log_at:
+            self._errors_unlogged += 1
+            return
+        self._error_log_at = now + ERROR_LOG_INTERVAL
+        skipped, self._errors_unlogged = self._errors_unlogged, 0
+        log.error("internal error in %s (counted; %d more since the last one logged)", where,
+                  skipped, exc_info=True)
 
     def _ike_send(self, out: Outgoing) -> None:
         fam = _family(out.remote)
@@ -311,29 +354,35 @@ class Endpoint:
         # hold views of the packets it was given until it flushes, before the space is reused.
         limit = len(rxv) - _MAX_DATAGRAM
         off = 0
-        for _ in range(self.budget):
-            if off > limit:
-                flush()
-                off = 0
-            try:
-                n, addr = recv(rxv[off:])
-            except BlockingIOError:
-                break
-            except OSError:
-                # e.g. ECONNREFUSED from an earlier ICMP error; the socket stays usable
-                self.drops.counts[DropReason.RECEIVE_ERROR] += 1
-                continue
-            m = receive(rxv, off, n, addr, now)
-            if m > 0:
-                write(rxv[off + 16 : off + 16 + m])
-                off += n
+        try:
+            for _ in range(self.budget):
+                if off > limit:
+                    flush()
+                    off = 0
+                try:
+                    n, addr = recv(rxv[off:])
+                except BlockingIOError:
+                    break
+                except OSError:
+                    # e.g. ECONNREFUSED from an earlier ICMP error; the socket stays usable
+                    self.drops.counts[DropReason.RECEIVE_ERROR] += 1
+                    continue
+                m = receive(rxv, off, n, addr, now)
+                if m > 0:
+                    write(rxv[off + 16 : off + 16 + m])
+                    off += n
+        except Exception:  # a bug in a core: count it, keep the reader alive
+            self.drops.counts[DropReason.INTERNAL_ERROR] += 1
+            self._core_error("receive")
         flush()
         if self.tunnel.events:
             self._handle_events(sock)
 
     def _on_udp_gro(self, sock: socket.socket) -> None:
         """As ``_on_udp``, for a socket with UDP_GRO: one read may hold many datagrams of one
-        size from one sender (the last may be shorter), each handled at its offset."""
+        size from one sender (the last may be shorter), each handled at its offset. The
+        control messages also carry the socket's kernel drop count (SO_RXQ_OVFL) once it is
+        not zero."""
         assert self._loop is not None
         now = self._loop.time()
         recvmsg = sock.recvmsg_into
@@ -344,27 +393,37 @@ class Endpoint:
         write = self.interface.write
         flush = self.interface.flush  # before the next read reuses the buffer
         budget = self.budget
-        while budget > 0:
-            try:
-                n, anc, _, addr = recvmsg(bufs, 64)
-            except BlockingIOError:
-                break
-            except OSError:
-                self.drops.counts[DropReason.RECEIVE_ERROR] += 1
-                budget -= 1
-                continue
-            seg = _GRO_SEG.unpack(anc[0][2])[0] if anc else n
-            if seg >= n:
-                budget -= 1
-                m = receive(rxv, 0, n, addr, now)
-                if m > 0:
-                    write(rxv[16 : 16 + m])
-                    flush()
-                continue
-            self.gro_batches += 1
-            receive_batch(rxv, n, seg, addr, now, write)
+        try:
+            while budget > 0:
+                try:
+                    n, anc, _, addr = recvmsg(bufs, _ANC_SIZE)
+                except BlockingIOError:
+                    break
+                except OSError:
+                    self.drops.counts[DropReason.RECEIVE_ERROR] += 1
+                    budget -= 1
+                    continue
+                seg = n
+                for level, kind, data in anc:
+                    if kind == UDP_GRO and level == SOL_UDP:
+                        seg = _GRO_SEG.unpack(data)[0]
+                    elif kind == SO_RXQ_OVFL and level == socket.SOL_SOCKET:
+                        self._kernel_drops[sock.fileno()] = _U32.unpack(data)[0]
+                if seg >= n:
+                    budget -= 1
+                    m = receive(rxv, 0, n, addr, now)
+                    if m > 0:
+                        write(rxv[16 : 16 + m])
+                        flush()
+                    continue
+                self.gro_batches += 1
+                receive_batch(rxv, n, seg, addr, now, write)
+                flush()
+                budget -= (n + seg - 1) // seg
+        except Exception:  # a bug in a core: count it, keep the reader alive
+            self.drops.counts[DropReason.INTERNAL_ERROR] += 1
+            self._core_error("receive")
             flush()
-            budget -= (n + seg - 1) // seg
         if self.tunnel.events:
             self._handle_events(sock)
 
@@ -506,38 +565,52 @@ class Endpoint:
 
     # --- events and the timer -----------------------------------------------------------------
     def _handle_events(self, sock: socket.socket | None) -> None:
-        for ev in self.tunnel.pop_events():
-            if isinstance(ev, PeerMoved):
-                peer = self.tunnel.peers.get(ev.peer)
-                if peer is not None:
-                    peer.sock = sock if sock is not None else self._by_family.get(
-                        _family(ev.new)
-                    )
-                if ev.old is None:
-                    log.info("peer %s: first authenticated packet from %s", ev.peer,
-                             _fmt(ev.new))
-                else:
-                    log.info("peer %s moved from %s to %s (NAT rebinding)", ev.peer,
-                             _fmt(ev.old), _fmt(ev.new))
-            elif isinstance(ev, RekeyNeeded):
-                assert self._loop is not None
-                if self.ike is not None and self.ike.rekey_outbound(ev.spi, self._loop.time()):
-                    log.info("peer %s: SA %#010x passed its sequence-number soft limit; "
-                             "rekeying", ev.peer, ev.spi)
-                else:
-                    log.warning("peer %s: SA %#010x passed its sequence-number soft limit; "
-                                "manual SAs cannot be rekeyed: install new keys", ev.peer,
-                                ev.spi)
-        self._arm_timer()
+        try:
+            for ev in self.tunnel.pop_events():
+                try:
+                    self._handle_event(ev, sock)
+                except Exception:
+                    self._core_error("events")
+        except Exception:
+            self._core_error("events")
+        finally:
+            self._arm_timer()
+
+    def _handle_event(self, ev: object, sock: socket.socket | None) -> None:
+        if isinstance(ev, PeerMoved):
+            peer = self.tunnel.peers.get(ev.peer)
+            if peer is not None:
+                peer.sock = sock if sock is not None else self._by_family.get(
+                    _family(ev.new)
+                )
+            if ev.old is None:
+                log.info("peer %s: first authenticated packet from %s", ev.peer,
+                         _fmt(ev.new))
+            else:
+                log.info("peer %s moved from %s to %s (NAT rebinding)", ev.peer,
+                         _fmt(ev.old), _fmt(ev.new))
+        elif isinstance(ev, RekeyNeeded):
+            assert self._loop is not None
+            if self.ike is not None and self.ike.rekey_outbound(ev.spi, self._loop.time()):
+                log.info("peer %s: SA %#010x passed its sequence-number soft limit; "
+                         "rekeying", ev.peer, ev.spi)
+            else:
+                log.warning("peer %s: SA %#010x passed its sequence-number soft limit; "
+                            "manual SAs cannot be rekeyed: install new keys", ev.peer,
+                            ev.spi)
 
     def _arm_timer(self) -> None:
-        if self._loop is None:
+        if self._loop is None or self._closed.is_set():
             return
-        when = self.tunnel.next_deadline()
-        if self.ike is not None:
-            ike_when = self.ike.next_deadline()
-            if ike_when is not None and (when is None or ike_when < when):
-                when = ike_when
+        try:
+            when = self.tunnel.next_deadline()
+            if self.ike is not None:
+                ike_when = self.ike.next_deadline()
+                if ike_when is not None and (when is None or ike_when < when):
+                    when = ike_when
+        except Exception:
+            self._core_error("timer")
+            when = self._loop.time() + 1.0  # try again soon
         if when == self._timer_at and self._timer is not None:
             return
         if self._timer is not None:
@@ -552,22 +625,70 @@ class Endpoint:
         self._timer = None
         self._timer_at = None
         now = self._loop.time()
-        for peer, data in self.tunnel.on_timer(now):
-            self.send_datagram(peer, data)
-        if self.ike is not None:
-            self.ike.on_timer(now)
-            self._handle_events(None)
-        self._arm_timer()
+        try:
+            for peer, data in self.tunnel.on_timer(now):
+                self.send_datagram(peer, data)
+        except Exception:
+            self._core_error("timer")
+        try:
+            if self.ike is not None:
+                self.ike.on_timer(now)
+        except Exception:
+            self._core_error("timer")
+        finally:
+            self._handle_events(None)  # and re-arms the timer, whatever happened above
+
+    def kernel_drops(self) -> dict[str, int]:
+        """Datagrams the kernel dropped on each of our UDP sockets (NAT-T and port 500)
+        because its receive buffer was full, by local address: the larger of the count last
+        seen in a control message (SO_RXQ_OVFL) and the socket's drops column in
+        /proc/net/udp{,6} (read now; also covers sockets read without control messages)."""
+        socks: list[tuple[str, socket.socket]] = [(_fmt(s.getsockname()), s) for s in self.socks]
+        for stream in self._ike_streams.values():
+            with contextlib.suppress(Exception):
+                sock = stream.socket
+                socks.append((_fmt(sock.getsockname()), sock))
+        proc = _proc_udp_drops()
+        out: dict[str, int] = {}
+        for name, sock in socks:
+            try:
+                fd = sock.fileno()
+                inode = os.fstat(fd).st_ino
+            except OSError:
+                continue
+            out[name] = max(self._kernel_drops.get(fd, 0), proc.get(inode, 0))
+        return out
 
     def stats(self) -> dict[str, object]:
         s = self.tunnel.stats()
+        kernel = self.kernel_drops()
+        self.drops.counts[DropReason.KERNEL_RCVBUF] = sum(kernel.values())
+        s["kernel_drops"] = kernel
         s["endpoint_drops"] = self.drops.as_dict()
+        s["errors"] = dict(self.errors)
         if self.ike is not None:
             s["ike"] = self.ike.stats()
         s["offload"] = {"gso": self.gso, "gso_sends": self.gso_sends,
                         "gro_batches": self.gro_batches}
         s["listen"] = [_fmt(a) for a in self.local_addresses()]
         return s
+
+
+def _proc_udp_drops() -> dict[int, int]:
+    """Socket inode -> drops, from /proc/net/udp and /proc/net/udp6 (this network namespace);
+    the last column of each line is the socket's sk_drops."""
+    out: dict[int, int] = {}
+    for path in ("/proc/net/udp", "/proc/net/udp6"):
+        try:
+            with open(path) as f:
+                next(f, None)
+                for line in f:
+                    fields = line.split()
+                    if len(fields) >= 13:
+                        out[int(fields[9])] = int(fields[-1])
+        except (OSError, ValueError):
+            continue
+    return out
 
 
 def _fmt(addr: Addr) -> str:

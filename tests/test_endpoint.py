@@ -266,3 +266,222 @@ async def test_peer_added_to_a_running_endpoint_gets_traffic_and_keepalives():
     finally:
         a.close()
         b.close()
+
+
+# --- exceptions from the cores never stop a callback (issue 9) --------------------------------
+class RaisingIke:
+    """A stand-in IKE manager whose methods raise while ``failing`` lasts."""
+
+    def __init__(self, fail_receives: int = 1, timer_every: float | None = None) -> None:
+        self.received: list[tuple[bytes, bool]] = []
+        self.fail_receives = fail_receives
+        self.timer_every = timer_every
+        self.timer_calls = 0
+        self.deadline: float | None = None
+
+    def receive(self, data, addr, natt, now):
+        self.received.append((data, natt))
+        if len(self.received) <= self.fail_receives:
+            raise RuntimeError("a bug in the IKE core")
+
+    def next_deadline(self):
+        if self.timer_every is not None and self.deadline is None:
+            self.deadline = asyncio.get_running_loop().time() + self.timer_every
+        return self.deadline
+
+    def on_timer(self, now):
+        self.timer_calls += 1
+        self.deadline = None
+        raise RuntimeError("a bug in the IKE timer")
+
+    def rekey_outbound(self, spi, now):
+        raise RuntimeError("a bug in the rekey")
+
+    def stats(self):
+        return {}
+
+
+async def _ike_endpoint(fake: RaisingIke) -> Endpoint:
+    ep = Endpoint(Tunnel(), InProcessInterface(), [("127.0.0.1", 0)])
+    ep.enable_ike(fake, port=0)  # type: ignore[arg-type]
+    await ep.start()
+    return ep
+
+
+def _loop_errors() -> list[dict]:
+    """Exceptions that reached the event loop's handler (a callback that raised)."""
+    seen: list[dict] = []
+    asyncio.get_running_loop().set_exception_handler(lambda _loop, ctx: seen.append(ctx))
+    return seen
+
+
+async def _until(pred, timeout: float = 2.0) -> None:
+    end = asyncio.get_running_loop().time() + timeout
+    while not pred():
+        if asyncio.get_running_loop().time() > end:
+            raise TimeoutError
+        await asyncio.sleep(0.01)
+
+
+async def test_port_500_reader_survives_an_exception_from_the_ike_core(caplog):
+    fake = RaisingIke(fail_receives=3)
+    ep = await _ike_endpoint(fake)
+    port500 = ep._ike_streams[socket.AF_INET].sockname
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        for i in range(5):
+            s.sendto(b"ike %d" % i, port500)
+        await _until(lambda: len(fake.received) == 5)  # the reader outlived 3 exceptions
+        assert [d for d, _ in fake.received] == [b"ike %d" % i for i in range(5)]
+        assert ep.errors == {"ike_receive": 3}
+        assert ep.drops[DropReason.INTERNAL_ERROR] == 3
+        assert ep.stats()["errors"] == {"ike_receive": 3}
+        # logged once with its traceback, not once per exception
+        logged = [r for r in caplog.records if "internal error" in r.getMessage()]
+        assert len(logged) == 1 and logged[0].exc_info is not None
+    finally:
+        s.close()
+        ep.close()
+
+
+async def test_natt_ike_exception_is_counted_and_the_udp_reader_goes_on():
+    errors = _loop_errors()
+    fake = RaisingIke(fail_receives=1)
+    ep = await _ike_endpoint(fake)
+    natt = ep.local_addresses()[0]
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        first, second = b"first".ljust(40, b"."), b"second".ljust(40, b".")
+        s.sendto(bytes(4) + first, natt)  # non-ESP marker: IKE (long enough for a header)
+        await _until(lambda: len(fake.received) == 1)
+        s.sendto(bytes(4) + second, natt)
+        s.sendto(b"\xff", natt)  # a keepalive behind it
+        await _until(lambda: len(fake.received) == 2 and ep.tunnel.keepalives_received == 1)
+        assert fake.received == [(first, True), (second, True)]
+        assert ep.errors == {"ike_receive": 1}
+        assert errors == []  # nothing escaped to the event loop
+    finally:
+        s.close()
+        ep.close()
+
+
+async def test_data_path_exception_is_counted_and_the_reader_goes_on(pair, monkeypatch):
+    await pair.start(keepalive=False)
+    errors = _loop_errors()
+    real = pair.b.tunnel.receive
+    calls = []
+
+    def flaky(*args):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("a bug in the tunnel core")
+        return real(*args)
+
+    monkeypatch.setattr(pair.b.tunnel, "receive", flaky)
+    pkt = ip4(A_INNER, B_INNER, 300)
+    pair.ia.send(pkt)  # lost to the bug
+    await _until(lambda: calls)
+    pair.ia.send(pkt)
+    assert await recv(pair.ib) == pkt
+    assert pair.b.errors == {"receive": 1}
+    assert pair.b.drops[DropReason.INTERNAL_ERROR] == 1
+    assert errors == []
+
+
+async def test_timer_is_rearmed_after_exceptions_from_both_cores(monkeypatch):
+    errors = _loop_errors()
+    loop = asyncio.get_running_loop()
+    fake = RaisingIke(timer_every=0.03)
+    ep = Endpoint(Tunnel(), InProcessInterface(), [("127.0.0.1", 0)])
+    ep.enable_ike(fake, port=0)  # type: ignore[arg-type]
+    sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sink.bind(("127.0.0.1", 0))
+    peer = ep.tunnel.add_peer("b", [ipaddress.ip_network(B_INNER + "/32")],
+                              addr=sink.getsockname(), keepalive=True,
+                              keepalive_interval=0.05, now=loop.time())
+    real = ep.tunnel.on_timer
+    tunnel_calls = []
+
+    def flaky(now):
+        tunnel_calls.append(now)
+        if len(tunnel_calls) == 1:
+            raise RuntimeError("a bug in the tunnel's timer")
+        return real(now)
+
+    monkeypatch.setattr(ep.tunnel, "on_timer", flaky)
+    await ep.start()
+    try:
+        # the IKE timer raises every time, the tunnel's once: keepalives still go out
+        await _until(lambda: peer.keepalives_sent >= 2 and fake.timer_calls >= 3)
+        assert sink.recv(16) == b"\xff"
+        assert ep.errors["timer"] >= 4
+        assert errors == []
+    finally:
+        sink.close()
+        ep.close()
+
+
+async def test_exception_handling_an_event_is_counted_and_the_timer_armed():
+    from nattunnel.tunnel import RekeyNeeded
+
+    fake = RaisingIke(timer_every=5.0)
+    ep = await _ike_endpoint(fake)
+    try:
+        ep._timer.cancel()
+        ep._timer = None
+        ep.tunnel.events.append(RekeyNeeded("b", 0x1234))
+        ep._handle_events(None)  # rekey_outbound raises
+        assert ep.errors == {"events": 1}
+        assert ep._timer is not None
+    finally:
+        ep.close()
+
+
+# --- kernel receive-buffer drops (SO_RXQ_OVFL, /proc/net/udp) ---------------------------------
+@pytest.mark.parametrize("offload", [True, False], ids=["gro-recvmsg", "recvfrom"])
+async def test_kernel_receive_buffer_drops_are_counted(offload):
+    """A socket with a tiny receive buffer, flooded while nobody reads it, drops datagrams
+    in the kernel: the stats show them with the other drops, and the tunnel still works."""
+    suite = AES_GCM_256
+    key = os.urandom(suite.keymat_len)
+    tb = Tunnel()
+    pb = tb.add_peer("a", [ipaddress.ip_network(A_INNER + "/32")])
+    tb.install_inbound(pb, InboundSA(0x2001, suite, key))
+    ib = InProcessInterface()
+    b = Endpoint(tb, ib, [("127.0.0.1", 0)], offload=offload)
+    await b.start()
+    sock = b.socks[0]
+    loop = asyncio.get_running_loop()
+    out = OutboundSA(0x2001, suite, key)
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        assert sock.getsockopt(socket.SOL_SOCKET, 40)  # SO_RXQ_OVFL on
+        reader = b._on_udp_gro if b.offload and _gro(sock) else b._on_udp
+        loop.remove_reader(sock.fileno())
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        for _ in range(300):
+            s.sendto(os.urandom(1000), sock.getsockname())
+        assert b.stats()["endpoint_drops"]["kernel_rcvbuf"] > 0
+        loop.add_reader(sock.fileno(), reader, sock)
+        await asyncio.sleep(0.1)  # the few queued datagrams are read (unknown SPIs)
+        buf = memoryview(bytearray(2048))
+        pkt = ip4(A_INNER, B_INNER, 1000)
+        n = out.encapsulate_into(pkt, buf)
+        s.sendto(buf[:n], sock.getsockname())  # carries the drop count as a control message
+        assert await recv(ib) == pkt
+        stats = b.stats()
+        dropped = stats["endpoint_drops"]["kernel_rcvbuf"]
+        assert 0 < dropped <= 300
+        assert stats["kernel_drops"] == {f"127.0.0.1:{sock.getsockname()[1]}": dropped}
+        if reader == b._on_udp_gro:
+            assert b._kernel_drops[sock.fileno()] == dropped
+    finally:
+        s.close()
+        b.close()
+
+
+def _gro(sock: socket.socket) -> bool:
+    try:
+        return bool(sock.getsockopt(17, 104))
+    except OSError:
+        return False
