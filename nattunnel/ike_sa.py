@@ -128,19 +128,73 @@ class Identity:
 
     @classmethod
     def parse(cls, text: str) -> Identity:
-        """``fqdn:host``, ``keyid:hex`` or ``keyid:text``, an IP address, or a bare name
-        (FQDN), as strongSwan writes them."""
+        """``fqdn:host``, ``keyid:#hex`` (binary) or ``keyid:text`` (its UTF-8 octets), an IP
+        address, or a bare name (FQDN), as strongSwan writes them (``@NAME`` and ``@#HEX``
+        too). Anything else is a ValueError (never a UnicodeError) saying what is wrong: an
+        FQDN is printable ASCII without whitespace (section 3.5), a bare name has no ':',
+        ``#hex`` is whole octets, an IPv6 address has no zone, and no identity is empty or
+        longer than 255 octets."""
+        limit = 255  # a DNS name's limit (RFC 1035); key ids are hashes or short names
+
+        def checked(data: bytes) -> bytes:
+            if len(data) > limit:
+                raise ValueError(f"is {len(data)} octets long; an identity is at most {limit}")
+            return data
+
+        def fqdn(name: str) -> bytes:
+            if not name.isascii():
+                raise ValueError("an FQDN identity must be ASCII (RFC 7296 section 3.5); "
+                                 "write an internationalized name in its IDNA form (xn--...)")
+            if any(c.isspace() or not c.isprintable() for c in name):
+                raise ValueError("an FQDN identity must be printable ASCII without whitespace "
+                                 "or control characters")
+            return checked(name.encode("ascii"))
+
+        if text.startswith("@@"):
+            raise ValueError("@@NAME is an e-mail identity (RFC822_ADDR), which is not "
+                             "supported; use fqdn:NAME or keyid:HEX")
+        if text.startswith("@#"):  # strongSwan's shorthands
+            text = "keyid:#" + text[2:]
+        elif text.startswith("@"):
+            text = "fqdn:" + text[1:]
         if text.startswith("keyid:"):
             v = text[6:]
             if v.startswith("#"):  # strongSwan: keyid:#hex is binary, keyid:text is text
-                return cls(IdType.KEY_ID, bytes.fromhex(v[1:]))
-            return cls(IdType.KEY_ID, v.encode())
+                digits = v[1:]
+                if not digits:
+                    raise ValueError("has no hex digits after keyid:# (or @#)")
+                if not all(c in "0123456789abcdefABCDEF" for c in digits):
+                    raise ValueError("keyid:# (or @#) must be followed by hex digits (0-9, a-f) "
+                                     "only, two per octet")
+                if len(digits) % 2:
+                    raise ValueError(f"has an odd number of hex digits ({len(digits)}) after "
+                                     f"keyid:# (or @#); write two per octet, e.g. 0a")
+                return cls(IdType.KEY_ID, checked(bytes.fromhex(digits)))
+            if not v:
+                raise ValueError("has nothing after keyid:")
+            try:
+                data = v.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError("the keyid: text is not valid Unicode (it holds a lone "
+                                 "surrogate)") from None
+            return cls(IdType.KEY_ID, checked(data))
         if text.startswith("fqdn:"):
-            return cls(IdType.FQDN, text[5:].encode("ascii"))
+            if not text[5:]:
+                raise ValueError("has nothing after fqdn:")
+            return cls(IdType.FQDN, fqdn(text[5:]))
+        if not text:
+            raise ValueError("is empty")
         try:
             ip = ipaddress.ip_address(text)
         except ValueError:
-            return cls(IdType.FQDN, text.encode("ascii"))
+            name = fqdn(text)
+            if ":" in text:
+                raise ValueError("is not an IP address, and a bare name (an FQDN) has no ':'; "
+                                 "write fqdn:NAME if the name really holds one") from None
+            return cls(IdType.FQDN, name)
+        if isinstance(ip, ipaddress.IPv6Address) and ip.scope_id is not None:
+            raise ValueError("an IP address identity has no zone (%...): the ID payload holds "
+                             "the 16 address octets only")
         return cls(IdType.IPV4_ADDR if ip.version == 4 else IdType.IPV6_ADDR, ip.packed)
 
     def __str__(self) -> str:
@@ -148,7 +202,8 @@ class Identity:
             return str(ipaddress.ip_address(self.data))
         if self.id_type == IdType.FQDN:
             return self.data.decode("ascii", "replace")
-        return "keyid:" + self.data.hex()
+        # binary, the form parse() reads back (keyid:TEXT would give other octets)
+        return "keyid:#" + self.data.hex()
 
 
 @dataclass
