@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import heapq
 import hmac
@@ -42,7 +43,7 @@ from .ike_sa import (
     State,
 )
 from .keylog import KeyLog
-from .peer import Addr
+from .peer import Addr, Peer
 from .ratelimit import SourceLimiter, TokenBucket
 from .sa import InboundSA, OutboundSA
 from .tunnel import Tunnel
@@ -169,7 +170,8 @@ class IkeManager:
             raise ValueError(f"peer {name}: no address to initiate to")
         natt = peer.config.force_encap
         local = peer.local or self.local_addr(peer.remote, natt)
-        sa = IkeSa(peer.config, initiator=True, local=local, remote=peer.remote, now=now)
+        sa = IkeSa(peer.config, initiator=True, local=local, remote=peer.remote, now=now,
+                   max_children=self.limits.children_per_ike_sa)
         self.sas[sa.local_spi] = sa
         sa.start(now)
         self._process(sa, now)
@@ -186,7 +188,14 @@ class IkeManager:
 
     # --- receiving ----------------------------------------------------------------------------
     def receive(self, data: bytes, remote: Addr, natt: bool, now: float) -> None:
-        """One IKE message (marker removed) from ``remote`` on port 4500 (``natt``) or 500."""
+        """One IKE message (marker removed) from ``remote`` on port 4500 (``natt``) or 500.
+        Never raises: whatever a message makes go wrong is counted and logged here."""
+        try:
+            self._receive(data, remote, natt, now)
+        except Exception as e:  # the last line of defence
+            self._internal_error("a received message", e, now)
+
+    def _receive(self, data: bytes, remote: Addr, natt: bool, now: float) -> None:
         try:
             hdr = peek_header(data)
         except IkeDecodeError:
@@ -201,14 +210,39 @@ class IkeManager:
         if sa is None:
             self.counters["dropped"] += 1
             return
-        if natt and (remote != sa.remote):
-            # a NAT mapping changed; the SA's messages are authenticated in receive(), and
-            # replies go to where the request came from (section 2.23)
-            sa.remote = remote
-        if natt and not sa.natt:
-            sa.natt = True
-        sa.receive(data, now)
+        # Replies go to where the request came from (section 2.11); the SA moves to a new
+        # address only for an authenticated new message (section 2.23, in IkeSa.receive).
+        before = sa.remote
+        if sa.receive(data, now, remote, natt) and sa.remote != before:
+            self._ike_moved(sa, before)
         self._process(sa, now)
+
+    def _ike_moved(self, sa: IkeSa, before: Addr) -> None:
+        """An authenticated message moved the IKE SA: ESP follows it (on port 4500)."""
+        log.info("peer %s: IKE SA moved from %s:%d to %s:%d", sa.name, before[0], before[1],
+                 sa.remote[0], sa.remote[1])
+        peer = self._tunnel_peer(sa)
+        if peer is not None and sa.established and sa.natt:
+            self.tunnel.set_peer_address(peer, sa.remote)
+
+    # --- the last line of defence -------------------------------------------------------------
+    #: an internal error is logged at most this often (the rest are only counted)
+    ERROR_LOG_INTERVAL = 10.0
+    _error_logged_at = float("-inf")
+    _errors_unlogged = 0
+
+    def _internal_error(self, what: str, exc: Exception, now: float) -> None:
+        """Count an exception that escaped the IKE code and log it, rate-limited. The log
+        has the exception and where it was raised, never the message or any key."""
+        self.counters["errors"] = self.counters.get("errors", 0) + 1
+        if now - self._error_logged_at < self.ERROR_LOG_INTERVAL:
+            self._errors_unlogged += 1
+            return
+        more = f" ({self._errors_unlogged} more since the last report)" \
+            if self._errors_unlogged else ""
+        self._error_logged_at, self._errors_unlogged = now, 0
+        log.error("internal error handling %s: %s: %s%s", what, type(exc).__name__, exc,
+                  more, exc_info=(type(exc), exc, exc.__traceback__))
 
     # --- IKE_SA_INIT requests: the responder's defences (docs/security.md) ------------------
     def _cookie(self, version: int, ni: bytes, spi_i: bytes, remote: Addr) -> bytes | None:
@@ -313,6 +347,9 @@ class IkeManager:
 
     # --- effects ------------------------------------------------------------------------------
     def _process(self, sa: IkeSa, now: float) -> None:
+        # every IKE SA this manager drives has its child limit (responder SAs too, which
+        # are made before they are first processed; IKE SA rekeys inherit it)
+        sa.max_children = self.limits.children_per_ike_sa
         for out in sa.pop_outputs():
             self.send(out)
         for ev in sa.pop_events():
@@ -372,7 +409,8 @@ class IkeManager:
         self._log_ike_keys(ike)
         if peer is not None:
             # ESP goes where IKE goes on 4500 (RFC 3948); keepalives only if we are behind NAT
-            addr = ev.remote if ike.natt else (ev.remote[0], 4500)
+            # (ike.remote: where the authenticated IKE_AUTH exchange came from or went)
+            addr = ike.remote if ike.natt else (ike.remote[0], 4500)
             self.tunnel.set_peer_address(peer, addr)
             mode = ike.config.keepalive if ike.config else "nat"
             on = mode == "always" or (mode == "nat" and ev.local_behind_nat)
@@ -398,9 +436,10 @@ class IkeManager:
         self.tunnel.install_inbound(peer, inbound)
         # a packet lifetime is the outbound SA's soft limit: RekeyNeeded, then rekey_outbound
         soft = cfg.rekey_packets if cfg and cfg.rekey_packets else None
-        self.tunnel.set_outbound(peer, OutboundSA(ev.spi_out, ev.suite, ev.keymat_out,
-                                                  esn=ev.esn, tfc_pad=cfg.tfc_pad if cfg else 0,
-                                                  soft_limit=soft))
+        outbound = OutboundSA(ev.spi_out, ev.suite, ev.keymat_out, esn=ev.esn,
+                              tfc_pad=cfg.tfc_pad if cfg else 0, soft_limit=soft)
+        self._outbound_sas[ev.spi_out] = (peer, outbound)
+        self.tunnel.set_outbound(peer, outbound)
         if cfg and cfg.rekey_bytes:
             self._byte_limits[ev.spi_in] = (ev.ike, peer.tx_bytes)
             if self._next_lifetime_check is None:
@@ -415,13 +454,27 @@ class IkeManager:
                  ev.spi_in, ev.spi_out, ev.suite.name, " ESN" if ev.esn else "",
                  " (rekey)" if ev.replaces is not None else "")
 
+    @functools.cached_property
+    def _outbound_sas(self) -> dict[int, tuple[Peer, OutboundSA]]:
+        """The outbound SA of every child SA that is up, by SPI, oldest first."""
+        return {}
+
     def _child_down(self, ev: ChildDown, now: float) -> None:
         # keep the inbound SA a moment for packets in flight; stop sending on the outbound
-        # SA unless a rekey already replaced it (ChildUp of the new one comes first)
+        # SA unless a rekey already replaced it (ChildUp of the new one comes first). If
+        # it was in use, the newest child SA still up with that peer takes over: after a
+        # rekey collision (section 2.8.1) the redundant SA, installed last, is deleted
+        # while the surviving one, installed before it, stays.
         self._grace.append((now + CHILD_GRACE, ev.spi_in))
+        self._outbound_sas.pop(ev.spi_out, None)
         peer = self._tunnel_peer(ev.ike)
         if peer is not None and peer.outbound is not None and peer.outbound.spi == ev.spi_out:
-            peer.outbound = None
+            survivor = next((sa for p, sa in reversed(self._outbound_sas.values())
+                             if p is peer), None)
+            if survivor is not None:
+                self.tunnel.set_outbound(peer, survivor)
+            else:
+                peer.outbound = None
         log.info("peer %s: child SA %#010x/%#010x deleted", ev.ike.name, ev.spi_in, ev.spi_out)
 
     def _ike_down(self, ev: IkeDown, now: float) -> None:
@@ -485,6 +538,19 @@ class IkeManager:
         return min(times) if times else None
 
     def on_timer(self, now: float) -> None:
+        """Everything due by ``now``. Never raises (see ``receive``)."""
+        try:
+            self._on_timer(now)
+        except Exception as e:  # the last line of defence
+            self._internal_error("a timer", e, now)
+            # an SA taken off the timer heap when it failed is put back, a second later
+            # (not at once: that would spin on an SA that fails each time)
+            for sa in list(self.sas.values()):
+                if sa not in self._when and sa.next_deadline() is not None:
+                    self._when[sa] = now + 1.0
+                    heapq.heappush(self._heap, (now + 1.0, next(self._tick), sa))
+
+    def _on_timer(self, now: float) -> None:
         heap = self._heap
         while heap and heap[0][0] <= now:
             d, _, sa = heapq.heappop(heap)

@@ -80,6 +80,13 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 RETRANSMIT_BASE = 0.5
 RETRANSMIT_TRIES = 6
 NONCE_LEN = 32
+#: child SAs per IKE SA unless the manager says otherwise (``IkeLimits``)
+MAX_CHILDREN = 16
+#: section 2.25: after TEMPORARY_FAILURE, try a rekey again this long later (plus up to as
+#: much again at random, so that two peers do not collide again)
+RETRY_AFTER_TEMPORARY_FAILURE = 5.0
+#: the key exchange methods ``ike_crypto.KeyExchange`` implements
+SUPPORTED_GROUPS = frozenset({DhGroup.CURVE25519, DhGroup.ECP_256})
 
 
 # --- configuration -----------------------------------------------------------------------------
@@ -331,6 +338,8 @@ class _Request:
     sent_at: float
     tries: int = 1
     context: dict[str, Any] = field(default_factory=dict)
+    #: the exchange type; its response must have the same one
+    exchange: int = -1
 
 
 class IkeError(Exception):
@@ -355,6 +364,10 @@ def _notify_name(notify_type: int) -> str:
         return NotifyType(notify_type).name
     except ValueError:
         return f"notify {notify_type}"
+
+
+def _retry_delay() -> float:
+    return RETRY_AFTER_TEMPORARY_FAILURE * (1 + int.from_bytes(os.urandom(2), "big") / 65535)
 
 
 def new_child_spi() -> int:
@@ -427,8 +440,18 @@ def _pick_ike(offered: SA, ours: Sequence[IkeProposal]) -> tuple[int, IkeProposa
     return None
 
 
-def _pick_esp(offered: SA, ours: Sequence[EspProposal], pfs_group: int | None
-              ) -> tuple[Proposal, EspProposal, bool] | None:
+def _pick_esp(offered: SA, ours: Sequence[EspProposal], ke: KE | None, *, pfs: bool = True
+              ) -> tuple[Proposal, EspProposal, bool, int | None] | IkeError:
+    """The responder's choice of an ESP proposal (by our order), with its PFS group (None:
+    no key exchange) or the error to answer with.
+
+    ``pfs`` False (IKE_AUTH, section 1.2): key exchange transforms are ignored. Otherwise
+    (CREATE_CHILD_SA, sections 1.3.1 and 3.4) a proposal of ours with a group requires that
+    group; one without takes no key exchange if the offer allows it (no DH transform, or
+    NONE), else a group we implement. The KE payload must be in the chosen group: if it is
+    not, but some group is acceptable, INVALID_KE_PAYLOAD names the one we want; if nothing
+    is acceptable, NO_PROPOSAL_CHOSEN."""
+    want: int | None = None  # the group for INVALID_KE_PAYLOAD
     for mine in ours:
         for prop in offered.proposals:
             if prop.protocol != ProtocolId.ESP or len(prop.spi) != 4:
@@ -443,11 +466,26 @@ def _pick_esp(offered: SA, ours: Sequence[EspProposal], pfs_group: int | None
             esn = mine.esn and EsnId.ESN in esns
             if not esn and EsnId.NO_ESN not in esns:
                 continue
-            dhs = [t.id for t in prop.get(TransformType.DH) if t.id != DhGroup.NONE]
-            if pfs_group is not None and dhs and pfs_group not in dhs:
+            if not pfs:
+                return prop, mine, esn, None
+            dhs = [t.id for t in prop.get(TransformType.DH)] or [DhGroup.NONE]
+            if mine.dh:
+                groups = [mine.dh] if mine.dh in dhs else []
+            else:
+                groups = [DhGroup.NONE] if DhGroup.NONE in dhs else []
+                groups += [g for g in dhs if g in SUPPORTED_GROUPS]
+            if not groups:
                 continue
-            return prop, mine, esn
-    return None
+            if ke is not None and ke.group in groups and ke.group != DhGroup.NONE:
+                return prop, mine, esn, ke.group
+            if ke is None and DhGroup.NONE in groups:
+                return prop, mine, esn, None
+            if want is None:
+                want = next((g for g in groups if g != DhGroup.NONE), None)
+    if want is not None:
+        return IkeError(NotifyType.INVALID_KE_PAYLOAD, "another key exchange group wanted",
+                        want.to_bytes(2, "big"))
+    return IkeError(NotifyType.NO_PROPOSAL_CHOSEN, "no acceptable ESP proposal")
 
 
 def _esp_offer(proposals: Sequence[EspProposal], spi: int, pfs: int | None = None
@@ -486,8 +524,11 @@ class IkeSa:
     def __init__(self, config: IkeConfig | None, *, initiator: bool, local: Addr,
                  remote: Addr, now: float,
                  lookup: Callable[[Identity, Identity | None], IkeConfig | None] | None = None,
-                 ) -> None:
+                 max_children: int = MAX_CHILDREN) -> None:
         self.config = config
+        #: CREATE_CHILD_SA requests for new child SAs beyond this many are refused with
+        #: NO_ADDITIONAL_SAS (section 3.10.1); rekeys are not counted
+        self.max_children = max_children
         self.initiator = initiator
         self.local = local
         self.remote = remote
@@ -509,6 +550,9 @@ class IkeSa:
         self._next_request_id = 0
         self._peer_next_id = 0  # the message ID we expect in the peer's next request
         self._last_response: tuple[int, bytes] | None = None
+        #: while a request is handled: where its response goes (section 2.11: back to the
+        #: address and port the request came from), and over which port
+        self._reply_to: tuple[Addr, bool] | None = None
         self._prf: kc.Prf | None = None
         self._alg: kc.EncrAlg | None = None
         self._proposal: IkeProposal | None = None
@@ -584,7 +628,7 @@ class IkeSa:
         mid = self._next_request_id
         self._next_request_id += 1
         data = encode_message(self._header(exchange, mid, False), payloads, sk=self._sk_out)
-        self._request = _Request(mid, data, kind, now, context=context)
+        self._request = _Request(mid, data, kind, now, context=context, exchange=exchange)
         self._send(data)
 
     def _respond(self, exchange: int, message_id: int, payloads: list[Payload],
@@ -592,7 +636,14 @@ class IkeSa:
         data = encode_message(self._header(exchange, message_id, True), payloads,
                               sk=self._sk_out if encrypted else None)
         self._last_response = (message_id, data)
-        self._send(data)
+        self._reply(data)
+
+    def _reply(self, data: bytes) -> None:
+        """Send a response: to where the request came from if the caller said so."""
+        if self._reply_to is not None:
+            self.outputs.append(Outgoing(data, *self._reply_to))
+        else:
+            self._send(data)
 
     # --- timers ----------------------------------------------------------------------------
     def next_deadline(self) -> float | None:
@@ -623,7 +674,7 @@ class IkeSa:
             self._request_send(ExchangeType.INFORMATIONAL,
                                [Delete(ProtocolId.ESP, [c.spi_in.to_bytes(4, "big")
                                                         for c in expired])],
-                               "delete child", now)
+                               "delete child", now, closing=[c.spi_out for c in expired])
             return
         req = self._request
         if req is not None:
@@ -972,7 +1023,8 @@ class IkeSa:
         self.initial_contact = msg.notify(NotifyType.INITIAL_CONTACT) is not None
         my_idr = self._id_payload(IDr, config.local_id)
         payloads: list[Payload] = [my_idr, self._auth_payload(my_idr.encode_body())]
-        child_payloads, child = self._negotiate_child(msg, self._ni, self._nr, None)
+        child_payloads, child = self._negotiate_child(msg, self._ni, self._nr, None,
+                                                      pfs_allowed=False)
         payloads += child_payloads
         self._established(now)
         self._respond(ExchangeType.IKE_AUTH, msg.header.message_id, payloads)
@@ -982,19 +1034,27 @@ class IkeSa:
             child()
 
     def _negotiate_child(self, msg: Message, ni: bytes, nr: bytes, ke_payload: KE | None,
-                         replaces: int | None = None
+                         replaces: int | None = None, *, pfs_allowed: bool = True
                          ) -> tuple[list[Payload], Callable[[], None] | None]:
         """Responder side of a child SA: the payloads to answer with, and a thunk that
-        installs the child once the response is queued."""
+        installs the child once the response is queued. Nothing changes before the thunk
+        runs, so that an error answer leaves the SA as it was."""
         assert self.config is not None and self._prf is not None and self._keys is not None
         sa, tsi, tsr = msg.get(SA), msg.get(TSi), msg.get(TSr)
         if sa is None or tsi is None or tsr is None:
             return [Notify(NotifyType.NO_PROPOSAL_CHOSEN)], None
-        pfs = ke_payload.group if ke_payload is not None else None
-        picked = _pick_esp(sa, self.config.esp_proposals, pfs)
-        if picked is None:
-            return [Notify(NotifyType.NO_PROPOSAL_CHOSEN)], None
-        prop, mine, esn = picked
+        picked = _pick_esp(sa, self.config.esp_proposals, ke_payload, pfs=pfs_allowed)
+        if isinstance(picked, IkeError):
+            return [Notify(picked.notify, picked.data)], None
+        prop, mine, esn, pfs = picked
+        kex = kc.KeyExchange(pfs) if pfs is not None else None
+        g_ir = b""
+        if kex is not None:
+            assert ke_payload is not None
+            try:
+                g_ir = kex.shared(ke_payload.data)
+            except ValueError:  # wrong length, not on the curve, degenerate
+                return [Notify(NotifyType.INVALID_SYNTAX)], None
         # their TSi is their side (our remote), their TSr our side
         remote_ts = tuple(_intersect(tsi.selectors, self.config.remote_ts))
         local_ts = tuple(_intersect(tsr.selectors, self.config.local_ts))
@@ -1003,11 +1063,8 @@ class IkeSa:
         spi_in = new_child_spi()
         spi_out = int.from_bytes(prop.spi, "big")
         payloads: list[Payload] = [_esp_choice(prop, mine, esn, spi_in, pfs)]
-        g_ir = b""
-        if ke_payload is not None:
-            kex = kc.KeyExchange(ke_payload.group)
-            g_ir = kex.shared(ke_payload.data)
-            payloads.append(KE(ke_payload.group, kex.public))
+        if kex is not None:
+            payloads.append(KE(kex.group, kex.public))
         payloads += [TSi.of(*remote_ts), TSr.of(*local_ts)]
         i2r, r2i = kc.child_keymat(self._prf, self._keys.sk_d, ni, nr, mine.suite.keymat_len,
                                    g_ir)
@@ -1019,32 +1076,108 @@ class IkeSa:
         return payloads, install
 
     # --- receiving ----------------------------------------------------------------------------
-    def receive(self, raw: bytes, now: float) -> None:
-        """A message for this SA (its SPIs matched). Never raises for bad input."""
+    def receive(self, raw: bytes, now: float, source: Addr | None = None,
+                natt: bool | None = None) -> bool:
+        """A message for this SA (its SPIs matched). Never raises for bad input.
+
+        ``source`` and ``natt`` say where it came from (the address, and whether on port
+        4500); responses go back there (section 2.11). Returns True when the message was
+        authenticated and new (not a retransmission): the response to our outstanding
+        request or the peer's next request, both protected with this SA's keys. Only then
+        may the peer's address change (section 2.23), and only such a message (or the
+        IKE_SA_INIT response in INIT_SENT) changes any state of this SA: nothing in the
+        clear after IKE_SA_INIT does, so that nobody on the path can use up a message ID,
+        replace the response cache, or move the SA with a spoofed header.
+        """
         if self.state is State.DEAD:
-            return
+            return False
+        self._reply_to = (source, bool(natt)) if source is not None and natt is not None \
+            else None
+        try:
+            return self._receive(raw, now, source, bool(natt))
+        finally:
+            self._reply_to = None
+
+    def _receive(self, raw: bytes, now: float, source: Addr | None, natt: bool) -> bool:
         try:
             msg = decode_message(raw, sk=self._sk_in if self._keys else None)
         except IkeIntegrityError:
-            return  # silently dropped (section 2.21.2)
+            return False  # silently dropped (section 2.21.2)
         except IkeDecodeError as e:
             hdr = e.header
             if hdr is not None and not hdr.is_response and e.authenticated and e.notify:
+                # malformed inside the protection: the peer's own message, answered with the
+                # notify within the window like any request (section 3.10.1)
+                if not self._new_request(hdr.message_id):
+                    return False
+                self._peer_next_id = hdr.message_id + 1
+                self.last_rx = now
                 self._respond(hdr.exchange_type, hdr.message_id,
                               [Notify(e.notify, e.notify_data)])
-            return
+            return False
         hdr = msg.header
+        if not msg.encrypted:
+            return self._on_clear(msg, raw, now)
         if hdr.is_response:
+            req = self._request
+            if (req is None or hdr.message_id != req.message_id
+                    or hdr.exchange_type != req.exchange):
+                return False  # not the answer to our outstanding request: drop
+            self._adopt_source(source, natt)
             self._on_response(msg, raw, now)
-        else:
-            self._on_request(msg, raw, now)
+            return True
+        if not self._new_request(hdr.message_id):
+            return False
+        self._adopt_source(source, natt)
+        self._on_request(msg, raw, now)
+        return True
+
+    def _new_request(self, mid: int) -> bool:
+        """Window size 1 (section 2.1): True for the peer's next request; a retransmission
+        of the last one is answered from the cache; anything else is dropped."""
+        if self._last_response is not None and mid == self._last_response[0]:
+            self._reply(self._last_response[1])
+            return False
+        return mid == self._peer_next_id
+
+    def _on_clear(self, msg: Message, raw: bytes, now: float) -> bool:
+        """An unprotected message. After IKE_SA_INIT only two are of any use: the IKE_SA_INIT
+        response while we wait for it, and a retransmission of the IKE_SA_INIT request we
+        answered (the same octets: section 2.1), answered from the cache. The rest is
+        dropped without a trace."""
+        hdr = msg.header
+        if hdr.exchange_type != ExchangeType.IKE_SA_INIT or hdr.message_id != 0:
+            return False
+        req = self._request
+        if hdr.is_response:
+            if (self.state is State.INIT_SENT and req is not None
+                    and req.kind == "IKE_SA_INIT"):
+                self._on_response(msg, raw, now)
+            return False
+        if (not self.initiator and self.state is State.INIT_DONE and self._init_response
+                and raw == self._init_request):
+            if self._reply_to is not None:
+                self._reply(self._init_response)
+            else:  # back over the port the request first came on
+                self.outputs.append(Outgoing(self._init_response, self.remote,
+                                             self._request_natt))
+        return False
+
+    def _adopt_source(self, source: Addr | None, natt: bool) -> None:
+        """Section 2.23: an authenticated new message on port 4500 from another address or
+        port (a NAT mapping changed) moves the SA there. A host behind a NAT does not do
+        this once the SA is up (it would let a single packet break the SA). During
+        IKE_AUTH the responder learns the port the initiator floated to."""
+        if source is None or not natt:
+            return
+        if self.state is State.ESTABLISHED and self.local_behind_nat:
+            return
+        self.remote = source
+        self.natt = True
 
     def _on_response(self, msg: Message, raw: bytes, now: float) -> None:
         req = self._request
-        if req is None or msg.header.message_id != req.message_id:
-            return  # not for our outstanding request: drop
-        if req.kind != "IKE_SA_INIT" and not msg.encrypted:
-            return
+        assert req is not None
         self.last_rx = now
         if req.kind == "IKE_SA_INIT":
             self._on_init_response(msg, raw, now)
@@ -1060,15 +1193,10 @@ class IkeSa:
                 self._die("deleted")
 
     def _on_request(self, msg: Message, raw: bytes, now: float) -> None:
+        """An authenticated request with the next message ID: it uses the ID up whatever
+        the answer (section 2.1), and that answer is cached for its retransmissions."""
         hdr = msg.header
         mid = hdr.message_id
-        if self._last_response is not None and mid == self._last_response[0]:
-            self._send(self._last_response[1])  # a retransmission: answer from the cache
-            return
-        if mid != self._peer_next_id:
-            return  # outside the window: drop
-        if hdr.exchange_type != ExchangeType.IKE_SA_INIT and not msg.encrypted:
-            return
         self.last_rx = now
         self._peer_next_id = mid + 1
         try:
@@ -1098,7 +1226,10 @@ class IkeSa:
                     out_spi = int.from_bytes(spi, "big")
                     for c in list(self.children):
                         if c.spi_out == out_spi:
+                            # section 2.25.1: also if we are rekeying it (our rekey's answer
+                            # then finds no old SA to replace)
                             self.children.remove(c)
+                            self._peer_rekeys.pop(c.spi_in, None)
                             ours.append(c.spi_in.to_bytes(4, "big"))
                             self.events.append(ChildDown(self, c.spi_in, c.spi_out))
                 if ours:
@@ -1136,8 +1267,16 @@ class IkeSa:
             old_out = int.from_bytes(rekey.spi, "big")
             old = next((c for c in self.children if c.spi_out == old_out), None)
             if old is None:
+                req = self._request
+                if (req is not None and req.kind == "delete child"
+                        and old_out in req.context.get("closing", ())):
+                    # section 2.25.1: a rekey of a child SA we are closing
+                    raise IkeError(NotifyType.TEMPORARY_FAILURE, "child SA being deleted")
                 raise IkeError(NotifyType.CHILD_SA_NOT_FOUND, "rekey of an unknown child SA")
             replaces = old.spi_in
+        elif len(self.children) >= self.max_children:
+            raise IkeError(NotifyType.NO_ADDITIONAL_SAS,
+                           f"already {len(self.children)} child SAs")
         payloads, install = self._negotiate_child(msg, nonce.data, nr, msg.get(KE), replaces)
         if install is not None:
             payloads.insert(1, Nonce(nr))
@@ -1150,19 +1289,35 @@ class IkeSa:
     def _on_rekey_ike(self, msg: Message, sa: SA, nonce: Nonce, now: float) -> None:
         """Section 1.3.2: the peer replaces this IKE SA; we answer and hand over."""
         assert self._prf is not None and self._keys is not None and self.config is not None
+        req = self._request
+        if req is not None and req.kind in ("rekey child", "delete child"):
+            # section 2.25.2: not while we are rekeying or closing a child SA of this one
+            raise IkeError(NotifyType.TEMPORARY_FAILURE, "a child SA exchange is under way")
+        offered = [p for p in sa.proposals if p.protocol == ProtocolId.IKE]
+        if any(len(p.spi) != 8 or p.spi == bytes(8) for p in offered):
+            # section 3.3.1: in a rekey the SPI of an IKE proposal is the new SA's, 8 octets
+            raise IkeError(NotifyType.INVALID_SYNTAX, "IKE SA rekey proposal without an SPI")
         ke = msg.get(KE)
-        chosen = _pick_ike(sa, self.config.ike_proposals)
-        if chosen is None or ke is None:
-            raise IkeError(NotifyType.NO_PROPOSAL_CHOSEN, "no acceptable IKE proposal")
-        number, prop = chosen
-        if ke.group != prop.dh:
+        if ke is None:
+            raise IkeError(NotifyType.INVALID_SYNTAX, "IKE SA rekey without KE")  # 1.3.2
+        ours = self.config.ike_proposals
+        # a proposal in the KE's group if any is acceptable; else the group we want
+        chosen = _pick_ike(sa, [p for p in ours if p.dh == ke.group])
+        if chosen is None:
+            other = _pick_ike(sa, ours)
+            if other is None:
+                raise IkeError(NotifyType.NO_PROPOSAL_CHOSEN, "no acceptable IKE proposal")
             raise IkeError(NotifyType.INVALID_KE_PAYLOAD, "wrong group",
-                           prop.dh.to_bytes(2, "big"))
-        peer_prop = next(p for p in sa.proposals if p.number == number)
+                           other[1].dh.to_bytes(2, "big"))
+        number, prop = chosen
+        peer_prop = next(p for p in offered if p.number == number)
         kex = kc.KeyExchange(prop.dh)
-        g_ir = kex.shared(ke.data)
+        try:
+            g_ir = kex.shared(ke.data)
+        except ValueError as e:
+            raise IkeError(NotifyType.INVALID_SYNTAX, f"bad KE: {e}") from None
         new = IkeSa(self.config, initiator=False, local=self.local, remote=self.remote,
-                    now=now, lookup=self.lookup)
+                    now=now, lookup=self.lookup, max_children=self.max_children)
         new.spi_i = peer_prop.spi
         new.spi_r = _spi_bytes()
         new._ni, new._nr = nonce.data, os.urandom(NONCE_LEN)
@@ -1217,7 +1372,12 @@ class IkeSa:
         sa, nonce = msg.get(SA), msg.get(Nonce)
         old_spi = int(ctx["old"])
         if sa is None or nonce is None or len(sa.proposals) != 1:
-            return  # refused (e.g. the peer's own rekey already replaced it): keep what we have
+            # refused (e.g. the peer's own rekey already replaced it): keep what we have
+            self._peer_rekeys.pop(old_spi, None)
+            old = next((c for c in self.children if c.spi_in == old_spi), None)
+            if old is not None and msg.notify(NotifyType.TEMPORARY_FAILURE) is not None:
+                old.rekey_at = now + _retry_delay()  # section 2.25
+            return
         ni = bytes(ctx["ni"])
         g_ir = b""
         kex: kc.KeyExchange | None = ctx.get("kex")
@@ -1251,7 +1411,7 @@ class IkeSa:
             self._request_send(ExchangeType.INFORMATIONAL,
                                [Delete(ProtocolId.ESP, [c.spi_in.to_bytes(4, "big")
                                                         for c in doomed])],
-                               "delete child", now)
+                               "delete child", now, closing=[c.spi_out for c in doomed])
 
     # --- IKE SA rekey as initiator (section 1.3.2) --------------------------------------------
     def rekey_ike(self, now: float) -> bool:
@@ -1279,15 +1439,19 @@ class IkeSa:
         sa, nonce, ke = msg.get(SA), msg.get(Nonce), msg.get(KE)
         kex: kc.KeyExchange = ctx["kex"]
         if (sa is None or nonce is None or ke is None or len(sa.proposals) != 1
-                or ke.group != kex.group or len(sa.proposals[0].spi) != 8):
-            return  # refused: keep this SA, try again at the next deadline
+                or ke.group != kex.group or len(sa.proposals[0].spi) != 8
+                or sa.proposals[0].spi == bytes(8)):
+            # refused: keep this SA; after TEMPORARY_FAILURE try again a little later
+            if msg.notify(NotifyType.TEMPORARY_FAILURE) is not None:
+                self.ike_rekey_at = now + _retry_delay()
+            return
         assert self._proposal is not None
         try:
             g_ir = kex.shared(ke.data)
         except ValueError:
             return
         new = IkeSa(self.config, initiator=True, local=self.local, remote=self.remote,
-                    now=now, lookup=self.lookup)
+                    now=now, lookup=self.lookup, max_children=self.max_children)
         new.spi_i, new.spi_r = bytes(ctx["spi"]), sa.proposals[0].spi
         new._ni, new._nr = bytes(ctx["ni"]), nonce.data
         seed = kc.skeyseed_rekey(self._prf, self._keys.sk_d, g_ir, new._ni, new._nr)
