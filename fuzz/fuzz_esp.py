@@ -348,9 +348,9 @@ def check_one(got: int, buf: memoryview, off: int, pkt: bytes, want: int,
     if want > 0:
         if bytes(buf[off + 16 : off + 16 + got]) != inner:
             fail("inner_octets", f"{what}: inner packet differs, packet {pkt.hex()}")
-    elif want == -DropReason.AUTH_FAILED and n > 32:
-        if not _no_plaintext(bytes(buf[off + 16 : off + n - 16]), pkt[16 : n - 16]):
-            fail("plaintext_after_auth_failure", f"{what}: packet {pkt.hex()}")
+    elif want == -DropReason.AUTH_FAILED and n > 32 and not _no_plaintext(
+            bytes(buf[off + 16 : off + n - 16]), pkt[16 : n - 16]):
+        fail("plaintext_after_auth_failure", f"{what}: packet {pkt.hex()}")
 
 
 def run_into(case: Case, r: Reader, packets: list[bytes]) -> None:

@@ -20,6 +20,7 @@ import atheris
 
 with atheris.instrument_imports(include=["nattunnel"]):
     import _common
+
     from nattunnel.drop import DropReason
     from nattunnel.tunnel import CONSUMED, Tunnel
     from nattunnel.udpencap import Kind, build_esp, build_ike, classify, ike_payload
