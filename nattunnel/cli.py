@@ -31,6 +31,31 @@ def _tunnels(text: str) -> list[str]:
     return names
 
 
+def _rate(text: str) -> int:
+    """A datagram rate: a positive integer, or "max" (0: as fast as the attacker can)."""
+    if text.strip().lower() == "max":
+        return 0
+    try:
+        rate = int(text.replace("_", "").replace(",", ""))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a rate: {text!r} (a number or max)") from None
+    if not 1 <= rate <= 10_000_000:
+        raise argparse.ArgumentTypeError("a rate must be 1..10000000 per second, or max")
+    return rate
+
+
+def _attacks(text: str) -> list[str]:
+    from .benchattack import ATTACKS
+
+    names = [x.strip() for x in text.split(",") if x.strip()]
+    unknown = [n for n in names if n not in ATTACKS]
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(
+            f"--only: {', '.join(unknown) or 'empty list'}: choose from {','.join(ATTACKS)}"
+        )
+    return names
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .suite import SUITES
 
@@ -75,6 +100,25 @@ def build_parser() -> argparse.ArgumentParser:
                           help="suite to measure (repeatable; default aes256gcm16)")
     loopback.add_argument("--seconds", type=float, default=2.0, help="per row (default 2)")
     loopback.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    attack = bsub.add_parser(
+        "attack", help="an IKEv2 nattunnel tunnel's throughput, memory and drops under "
+                       "floods of junk and IKE_SA_INIT (root)"
+    )
+    attack.add_argument("--seconds", type=float, default=8.0,
+                        help="length of the flow's run per attack (default 8)")
+    attack.add_argument("--rate", type=_rate, default=50_000, metavar="N|max",
+                        help="junk datagrams per second (default 50000; max: as fast as "
+                             "the attacker can)")
+    attack.add_argument("--ike-rate", type=_rate, default=2_000, metavar="N|max",
+                        help="IKE_SA_INIT requests per second in the IKE flood (default 2000)")
+    attack.add_argument("--only", type=_attacks, default=None, metavar="LIST",
+                        help="comma-separated attacks (default all, in this order: "
+                             "control,replay,truncated,forged,random,oversized,ike-junk,"
+                             "keepalive,ike-init)")
+    attack.add_argument("--udp", action="store_true",
+                        help="the legitimate flow is iperf3 UDP (1300-octet datagrams) "
+                             "instead of TCP")
+    attack.add_argument("--json", action="store_true", help="print JSON instead of a table")
     scale = bsub.add_parser(
         "scale", help="one endpoint with many idle peers (keepalives, IKE DPD): CPU, memory"
     )
@@ -219,6 +263,14 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         return netns_main(args.seconds, args.json, args.only or TUNNELS, png=args.png,
                           install=args.install_peers, profile=args.profile)
+    if args.command == "bench" and args.bench_command == "attack":
+        from .benchattack import ATTACKS, attack_main
+
+        if not 1 <= args.seconds <= 600:
+            print("nattunnel bench attack: --seconds must be 1..600", file=sys.stderr)
+            return 2
+        return attack_main(args.seconds, args.rate, args.ike_rate, args.only or list(ATTACKS),
+                           args.json, udp=args.udp)
     if args.command == "bench" and args.bench_command == "scale":
         from .benchscale import scale_main
 
