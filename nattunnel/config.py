@@ -26,6 +26,7 @@ never hold key bytes, and values are echoed only for fields that are not keys.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import difflib
 import ipaddress
 import math
@@ -47,6 +48,7 @@ from .constants import (
     REPLAY_WINDOW_MIN,
     SPI_RESERVED_MAX,
 )
+from .ike import IkeLimits
 from .ike_sa import (
     DEFAULT_ESP_PROPOSALS,
     DEFAULT_IKE_PROPOSALS,
@@ -79,6 +81,8 @@ DEFAULT_UNDERLAY_MTU: Final = 1500
 DEFAULT_SUITE: Final = "aes256gcm16"
 #: Linux IFNAMSIZ is 16 including the terminating NUL.
 IFNAME_MAX: Final = 15
+#: Linux PATH_MAX is 4096 including the terminating NUL.
+PATH_MAX: Final = 4095
 UNDERLAY_MTU_MIN: Final = 1280
 UNDERLAY_MTU_MAX: Final = 65535
 #: RFC 791: every IPv4 host must handle 68-octet datagrams; Linux's minimum IPv4 MTU.
@@ -218,6 +222,8 @@ class Config:
     keylog: Path | None = None
     #: local UDP port for IKE without NAT-T (IKE_SA_INIT); IKE over NAT-T uses the listen ports
     ike_port: int = IKE_PORT
+    #: the ``[limits]`` table: bounds on what IKE senders can make this host hold or compute
+    limits: IkeLimits = dataclasses.field(default_factory=IkeLimits)
 
 
 class ConfigError(ValueError):
@@ -264,6 +270,8 @@ def parse_config(text: str, base_dir: Path, path: Path | None = None) -> Config:
     except tomllib.TOMLDecodeError as e:
         # tomllib's message ends with "(at line L, column C)".
         raise ConfigError(f"TOML syntax error: {e}", file=path) from None
+    except ValueError as e:  # int(): an integer of more than 4300 digits
+        raise ConfigError(f"TOML error: {e}", file=path) from None
     return _Parser(path, Path(base_dir)).config(doc)
 
 
@@ -272,7 +280,14 @@ def parse_config(text: str, base_dir: Path, path: Path | None = None) -> Config:
 _T = TypeVar("_T")
 _MISSING: Final = object()
 
-_TOP_KEYS: Final = ("listen", "interface", "peer", "keylog", "ike_port")
+_TOP_KEYS: Final = ("listen", "interface", "peer", "keylog", "ike_port", "limits")
+#: the fields of ike.IkeLimits (a test checks that they are all here)
+_LIMITS_KEYS: Final = (
+    "cookie_threshold", "half_open_max", "half_open_timeout", "init_rate", "init_burst",
+    "init_rate_total", "ike_sas_per_identity", "children_per_ike_sa", "cookie_secret_lifetime",
+)
+#: the largest count in [limits]
+LIMIT_COUNT_MAX: Final = 2**31 - 1
 _INTERFACE_KEYS: Final = ("kind", "name", "addresses", "underlay_mtu", "mtu")
 _PEER_KEYS: Final = (
     "name", "endpoint", "allowed_ips", "suite", "spi_in", "spi_out", "key_in", "key_out",
@@ -320,7 +335,8 @@ def _show(value: object) -> str:
         s = value if len(value) <= 60 else value[:57] + "..."
         return repr(s)
     if isinstance(value, int | float):
-        return str(value)
+        s = str(value)
+        return s if len(s) <= 60 else s[:57] + "..."
     return _toml_type(value)
 
 
@@ -344,6 +360,15 @@ def _parse_ip(text: str) -> IPAddress:
     return ipaddress.ip_address(text)
 
 
+#: an IPv6 zone (scope ID): ``fe80::1%eth0``. ipaddress accepts any text after the '%'.
+_ZONE_PROBLEM: Final = ("has an IPv6 zone (%...), which nattunnel does not support; write the "
+                        "address without it")
+
+
+def _has_zone(text: str) -> bool:
+    return "%" in text
+
+
 def _parse_addr(text: str, *, bare_port: bool) -> Addr:
     """``host:port`` or ``[v6host]:port`` (and a bare ``port`` if ``bare_port``). ValueError
     with the problem. Listen addresses (``bare_port``) may use port 0: any free port."""
@@ -360,10 +385,12 @@ def _parse_addr(text: str, *, bare_port: bool) -> Addr:
         host_text, rest = s[1:close], s[close + 1:]
         if not rest.startswith(":") or not rest[1:]:
             raise ValueError("needs a port after the bracketed IPv6 address: [ADDRESS]:PORT")
+        if _has_zone(host_text):
+            raise ValueError(_ZONE_PROBLEM)
         try:
             host = ipaddress.IPv6Address(host_text)
         except ValueError:
-            raise ValueError(f"{host_text!r} is not an IPv6 address") from None
+            raise ValueError(f"{_show(host_text)} is not an IPv6 address") from None
         return str(host), _parse_port(rest[1:], lo)
     if s.count(":") > 1:
         raise ValueError("an IPv6 address must be in brackets with a port: [ADDRESS]:PORT, "
@@ -374,14 +401,16 @@ def _parse_addr(text: str, *, bare_port: bool) -> Addr:
     try:
         host4 = ipaddress.IPv4Address(host_text)
     except ValueError:
-        raise ValueError(f"{host_text!r} is not an IPv4 address (host names are not "
+        raise ValueError(f"{_show(host_text)} is not an IPv4 address (host names are not "
                          f"resolved; write an IP address)") from None
     return str(host4), _parse_port(port_text, lo)
 
 
 def _parse_port(text: str, lo: int = 1) -> int:
     if not text.isdecimal() or not text.isascii():
-        raise ValueError(f"port {text!r} is not a number")
+        raise ValueError(f"port {_show(text)} is not a number")
+    if len(text.lstrip("0")) > 5:  # before int(): no digit-limit error for huge numbers
+        raise ValueError(f"port {_show(text)} is outside {lo}..65535")
     port = int(text)
     if not lo <= port <= 65535:
         raise ValueError(f"port {port} is outside {lo}..65535")
@@ -421,8 +450,8 @@ _UNSUPPORTED: Final = (
 def _unknown(token: str, kinds: str) -> ValueError:
     for pattern, why in _UNSUPPORTED:
         if pattern.fullmatch(token):
-            return ValueError(f"{token!r} {why}")
-    return ValueError(f"unknown algorithm {token!r}; expected {kinds}")
+            return ValueError(f"{_show(token)} {why}")
+    return ValueError(f"unknown algorithm {_show(token)}; expected {kinds}")
 
 
 def _tokens(text: str) -> list[str]:
@@ -615,7 +644,7 @@ class _Parser:
             if not text.strip():
                 raise self.err("keylog", "is empty; expected the path of a directory (leave "
                                          "keylog out for no key log)")
-            keylog = self.base_dir / text
+            keylog = self.base_dir / self.path_text("keylog", text)
         ike_port = self.get_int(doc, "ike_port", "", 0, 65535, IKE_PORT)
         for j, addr in enumerate(listen):
             if ike_port and addr[1] == ike_port:
@@ -623,6 +652,8 @@ class _Parser:
                 raise self.err("ike_port", f"{ike_port} is also the port of {where} "
                                            f"({format_addr(addr)}); IKE without NAT-T needs its "
                                            f"own port (usually 500, with 4500 in listen)")
+
+        limits = self.limits(doc)
 
         peer_tables = self.get(doc, "peer", "", list, "an array of tables [[peer]]", [])
         peers: list[PeerConfig] = []
@@ -634,7 +665,48 @@ class _Parser:
         self.cross_check(peers, interface)
         peers = self.load_keys(peers)
         return Config(listen=listen, interface=interface, peers=tuple(peers), path=self.path,
-                      keylog=keylog, ike_port=ike_port)
+                      keylog=keylog, ike_port=ike_port, limits=limits)
+
+    def limits(self, doc: dict[str, Any]) -> IkeLimits:
+        """The ``[limits]`` table: ike.IkeLimits, each field optional with its default."""
+        table = self.get(doc, "limits", "", dict, "a table [limits] (docs/config.md)", {})
+        pre = "limits."
+        self.check_keys(table, _LIMITS_KEYS, pre)
+        d = IkeLimits()
+        top = LIMIT_COUNT_MAX
+        half_open_max = self.get_int(table, "half_open_max", pre, 1, top, d.half_open_max)
+        # 0: every IKE_SA_INIT request must carry a cookie
+        cookie_threshold = self.get_int(table, "cookie_threshold", pre, 0, top,
+                                        d.cookie_threshold)
+        if cookie_threshold >= half_open_max:
+            if "cookie_threshold" in table:
+                raise self.err(pre + "cookie_threshold",
+                               f"{cookie_threshold} is not below half_open_max "
+                               f"({half_open_max}); cookies must be required before the "
+                               f"half-open SAs reach the cap, or they never help")
+            raise self.err(pre + "half_open_max",
+                           f"{half_open_max} is not above cookie_threshold ({cookie_threshold}, "
+                           f"the default); cookies must be required before the half-open SAs "
+                           f"reach the cap: set cookie_threshold below {half_open_max} too")
+        rate = "a number of requests per second"
+        return IkeLimits(
+            cookie_threshold=cookie_threshold,
+            half_open_max=half_open_max,
+            half_open_timeout=self.seconds(table, "half_open_timeout", pre,
+                                           d.half_open_timeout, zero=False),
+            init_rate=self.number(table, "init_rate", pre, d.init_rate, f"{rate} > 0",
+                                  lambda v: v > 0),
+            init_burst=self.get_int(table, "init_burst", pre, 1, top, d.init_burst),
+            # the shared bucket holds init_rate_total tokens: below 1 it would never answer
+            init_rate_total=self.number(table, "init_rate_total", pre, d.init_rate_total,
+                                        f"{rate} >= 1", lambda v: v >= 1),
+            ike_sas_per_identity=self.get_int(table, "ike_sas_per_identity", pre, 1, top,
+                                              d.ike_sas_per_identity),
+            children_per_ike_sa=self.get_int(table, "children_per_ike_sa", pre, 1, top,
+                                             d.children_per_ike_sa),
+            cookie_secret_lifetime=self.seconds(table, "cookie_secret_lifetime", pre,
+                                                d.cookie_secret_lifetime, zero=False),
+        )
 
     def listen(self, doc: dict[str, Any]) -> tuple[Addr, ...]:
         field = "listen"
@@ -718,20 +790,29 @@ class _Parser:
                                underlay_mtu=underlay, mtu=mtu)
 
     def check_ifname(self, name: str, field: str) -> None:
-        # Linux dev_valid_name(): 1..IFNAMSIZ-1 octets, not "." or "..", no '/', ':' or space.
+        # Linux dev_valid_name(): 1..IFNAMSIZ-1 octets, not "." or "..", no '/', ':' or space;
+        # narrowed as tun.validate_name narrows it: printable ASCII, and no '%' (the kernel
+        # would take "tun%d" as a template and pick a name itself).
         problem = None
         if not name:
             problem = "is empty"
-        elif len(name.encode()) > IFNAME_MAX:
-            problem = f"is {len(name.encode())} octets long; Linux allows at most {IFNAME_MAX}"
+        elif not name.isascii():
+            problem = "must be printable ASCII (Linux device names are octets; nattunnel " \
+                      "takes ASCII only)"
+        elif len(name) > IFNAME_MAX:
+            problem = f"is {len(name)} octets long; Linux allows at most {IFNAME_MAX}"
         elif name in (".", ".."):
             problem = "is not a valid device name"
         elif any(c in "/:" or c.isspace() or not c.isprintable() for c in name):
             problem = "must not contain '/', ':', whitespace or control characters"
+        elif "%" in name:
+            problem = "must not contain '%' (the kernel would read it as a name template)"
         if problem:
             raise self.err(field, f"{_show(name)} {problem}")
 
     def inner_address(self, field: str, text: str, seen: list[IPInterface]) -> IPInterface:
+        if _has_zone(text):
+            raise self.err(field, f"{_show(text)} {_ZONE_PROBLEM}")
         try:
             iface = ipaddress.ip_interface(text.strip())
         except ValueError:
@@ -826,13 +907,24 @@ class _Parser:
     def seconds(self, t: dict[str, Any], key: str, pre: str, default: float, *,
                 zero: bool) -> float:
         """A finite number of seconds, > 0 (or >= 0 if ``zero``), as a float."""
-        expected = "a number of seconds >= 0" if zero else "a number of seconds > 0"
+        if zero:
+            return self.number(t, key, pre, default, "a number of seconds >= 0",
+                               lambda v: v >= 0)
+        return self.number(t, key, pre, default, "a number of seconds > 0", lambda v: v > 0)
+
+    def number(self, t: dict[str, Any], key: str, pre: str, default: float, expected: str,
+               ok: Callable[[float], bool]) -> float:
+        """A finite integer or float for which ``ok`` holds, as a float."""
         value = self.get(t, key, pre, object, expected, default)
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise self.err(pre + key, f"expected {expected}, {_got(value)}")
-        if not (math.isfinite(value) and (value >= 0 if zero else value > 0)):
+        try:
+            number = float(value)
+        except OverflowError:  # an integer beyond the floats (tomllib takes any size)
+            number = math.inf
+        if not (math.isfinite(number) and ok(number)):
             raise self.err(pre + key, f"{_show(value)} is out of range; expected {expected}")
-        return float(value)
+        return number
 
     def auth(self, t: dict[str, Any], pre: str) -> IkeAuth | None:
         """The peer's kind: None for manual SAs, else its IKE authentication. A field of the
@@ -947,7 +1039,7 @@ class _Parser:
         s = text.strip()
         if s.startswith("@#"):
             s = "keyid:#" + s[2:]
-        elif s.startswith("@"):
+        elif s.startswith("@") and not s.startswith("@@"):  # @@NAME: e-mail (below)
             s = "fqdn:" + s[1:]
         prefix, colon, rest = s.partition(":")
         problem = None
@@ -959,10 +1051,11 @@ class _Parser:
             try:
                 ip = ipaddress.ip_address(rest)
             except ValueError:
-                problem = f"{rest!r} is not an IP address"
+                problem = f"{_show(rest)} is not an IP address"
             else:
                 if ip.version != int(prefix[-1]):
-                    problem = f"{rest!r} is not an {prefix[:2].upper()}{prefix[2:]} address"
+                    problem = (f"{_show(rest)} is not an {prefix[:2].upper()}{prefix[2:]} "
+                               f"address")
                 s = rest
         elif colon and prefix in ("fqdn", "keyid"):
             if not rest:
@@ -979,20 +1072,34 @@ class _Parser:
         elif "=" in s or "," in s:
             problem = ("looks like a distinguished name (ASN.1 DN), which is not supported; "
                        "use fqdn:NAME or keyid:HEX")
-        if problem is None and (s.startswith("fqdn:") or ":" not in s):
-            host = s.removeprefix("fqdn:")
-            if not host.isascii() or any(c.isspace() or not c.isprintable() for c in host):
-                problem = "an FQDN identity must be printable ASCII without whitespace"
-        if problem is not None:
-            raise self.err(field, f"{_show(text)}: {problem}")
-        return Identity.parse(s)
+        if problem is None:
+            try:  # the core forms: non-ASCII FQDNs, bad keyid:# hex, lengths, zones
+                return Identity.parse(s)
+            except ValueError as e:
+                problem = str(e)
+        raise self.err(field, f"{_show(text)}: {problem}")
 
     def file_path(self, t: dict[str, Any], key: str, pre: str, expected: str) -> Path:
         text = self.get(t, key, pre, str, expected)
         if not text:
             raise self.err(pre + key, f"is empty; expected {expected}")
         # Joined, not resolved (see key_path).
-        return self.base_dir / text
+        return self.base_dir / self.path_text(pre + key, text)
+
+    def path_text(self, field: str, text: str) -> str:
+        """``text`` if the OS can take it as a path: no NUL, at most PATH_MAX - 1 octets."""
+        if "\x00" in text:
+            raise self.err(field, f"{_show(text)} contains a NUL character, which no file "
+                                  f"path can hold")
+        try:
+            size = len(os.fsencode(text))
+        except UnicodeEncodeError:
+            raise self.err(field, f"{_show(text)} is not valid Unicode (it holds a lone "
+                                  f"surrogate)") from None
+        if size > PATH_MAX:
+            raise self.err(field, f"{_show(text)} is {size} octets long; Linux paths are at "
+                                  f"most {PATH_MAX}")
+        return text
 
     def proposals(self, t: dict[str, Any], key: str, pre: str,
                   parse: Callable[[str], _T], default: tuple[_T, ...], expected: str
@@ -1023,10 +1130,12 @@ class _Parser:
             bare = text.strip()
             if bare.startswith("[") and bare.endswith("]"):
                 bare = bare[1:-1]
+            if _has_zone(bare):
+                raise self.err(field, f"{_show(text)} {_ZONE_PROBLEM}")
             with contextlib.suppress(ValueError):
                 addr = (str(ipaddress.ip_address(bare)), default_port)
             if addr is None and ":" not in bare:
-                raise self.err(field, f"{_show(text)}: {bare.strip()!r} is not an IP address "
+                raise self.err(field, f"{_show(text)}: {_show(bare.strip())} is not an IP address "
                                       f"(host names are not resolved; write an IP address, "
                                       f"with :PORT if not 500)")
         if addr is None:
@@ -1052,6 +1161,8 @@ class _Parser:
 
     def network(self, field: str, text: str) -> IPNetwork:
         s = text.strip()
+        if _has_zone(s):
+            raise self.err(field, f"{_show(text)} {_ZONE_PROBLEM}")
         try:
             return ipaddress.ip_network(s)
         except ValueError as e:
@@ -1072,7 +1183,7 @@ class _Parser:
             raise self.err(pre + key, "is empty; expected the path of a key file")
         # Joined, not resolved: a symbolic link as the last component must stay visible to
         # load_keymat, which refuses it.
-        return self.base_dir / text
+        return self.base_dir / self.path_text(pre + key, text)
 
     def load_keys(self, peers: list[PeerConfig]) -> list[PeerConfig]:
         """Read every key file; refuse two SAs with the same keying material."""

@@ -49,7 +49,8 @@ def build_tunnel(config: Config, now: float) -> Tunnel:
 
 
 def build_ike(config: Config, tunnel: Tunnel, now: float) -> IkeManager | None:
-    """The IKE manager for the configuration's IKE peers, or None if there are none."""
+    """The IKE manager for the configuration's IKE peers (bounded by ``config.limits``, the
+    ``[limits]`` table), or None if there are none."""
     ike_peers = [pc for pc in config.peers if pc.ike is not None]
     if not ike_peers:
         return None
@@ -58,7 +59,7 @@ def build_ike(config: Config, tunnel: Tunnel, now: float) -> IkeManager | None:
     def unset(*_: object) -> Any:  # Endpoint.enable_ike provides the real ones
         raise RuntimeError("IKE manager not attached to an endpoint")
 
-    manager = IkeManager(tunnel, unset, unset, keylog=keylog)
+    manager = IkeManager(tunnel, unset, unset, keylog=keylog, limits=config.limits)
     for pc in ike_peers:
         assert pc.ike is not None
         remote = sockaddr(*pc.endpoint) if pc.endpoint else None

@@ -6,6 +6,7 @@ from __future__ import annotations
 import ipaddress
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -1096,3 +1097,407 @@ def test_docs_ike_ed25519_variant(tmp_path: Path) -> None:
     assert ia.peer_public_key == ib.private_key.public_key()
     assert ib.peer_public_key == ia.private_key.public_key()
     assert ia.peer_public_key == load_ed25519_public(tmp_path / "b" / "keys" / "hostb.pub")
+
+
+# --- every bad string is a ConfigError naming its field (issue 9 item 5) ---------------------
+# Before, some strings reached str.encode("ascii"), bytes.fromhex, os.* or ipaddress unchecked
+# and the loader raised UnicodeEncodeError or a bare ValueError, which `nattunnel up` printed as
+# a traceback; or the string loaded and failed later, at run time.
+
+LONG = "a" * 5000
+#: base config ("psk": IKE_PSK, "pubkey": IKE_PUBKEY, "manual": VALID), (replace this, with
+#: this) -> field path, a fragment of the problem
+STRING_BAD = [
+    # identities: non-ASCII FQDNs (RFC 7296 section 3.5: ID_FQDN is ASCII)
+    ("psk", 'local_id = "hosta"', 'local_id = "1a:é"', "peer[0].local_id", "must be ASCII"),
+    ("psk", 'local_id = "hosta"', 'local_id = "hosté"', "peer[0].local_id", "xn--"),
+    ("psk", 'local_id = "hosta"', 'local_id = "fqdn:bücher.example"', "peer[0].local_id",
+     "must be ASCII (RFC 7296"),
+    ("psk", 'local_id = "hosta"', 'local_id = "@bücher.example"', "peer[0].local_id",
+     "must be ASCII"),
+    # identities: binary key ids
+    ("psk", 'remote_id = "fqdn:hostb.example"', 'remote_id = "keyid:#zz"', "peer[0].remote_id",
+     "hex digits"),
+    ("psk", 'remote_id = "fqdn:hostb.example"', 'remote_id = "@#0"', "peer[0].remote_id",
+     "odd number of hex digits"),
+    ("psk", 'remote_id = "fqdn:hostb.example"', 'remote_id = "keyid:#00 11"',
+     "peer[0].remote_id", "hex digits"),
+    ("psk", 'remote_id = "fqdn:hostb.example"', 'remote_id = "keyid:#"', "peer[0].remote_id",
+     "no hex digits"),
+    ("psk", 'remote_id = "fqdn:hostb.example"', 'remote_id = "@#"', "peer[0].remote_id",
+     "no hex digits"),
+    # identities: lengths, IPv6 zones, a colon that is neither an address nor a type
+    ("psk", 'remote_id = "fqdn:hostb.example"', f'remote_id = "{LONG}"', "peer[0].remote_id",
+     "5000 octets long; an identity is at most 255"),
+    ("psk", 'remote_id = "fqdn:hostb.example"', f'remote_id = "keyid:{LONG}"',
+     "peer[0].remote_id", "at most 255"),
+    ("psk", 'remote_id = "fqdn:hostb.example"', f'remote_id = "keyid:#{"00" * 256}"',
+     "peer[0].remote_id", "256 octets long"),
+    ("psk", 'remote_id = "fqdn:hostb.example"', 'remote_id = "1:2"', "peer[0].remote_id",
+     "not an IP address"),
+    ("psk", 'remote_id = "fqdn:hostb.example"', 'remote_id = "fe80::1%eth0"',
+     "peer[0].remote_id", "zone"),
+    ("psk", 'remote_id = "fqdn:hostb.example"', 'remote_id = "ipv6:fe80::1%eth0"',
+     "peer[0].remote_id", "zone"),
+    # file paths: NUL (os.* raise "embedded null byte"), length
+    ("psk", 'psk_file = "keys/b.psk"', r'psk_file = "keys/b\u0000.psk"', "peer[0].psk_file",
+     "NUL"),
+    ("psk", 'psk_file = "keys/b.psk"', f'psk_file = "{LONG}"', "peer[0].psk_file",
+     "5000 octets long"),
+    ("pubkey", 'private_key = "keys/a.key"', r'private_key = "keys/a\u0000"',
+     "peer[0].private_key", "NUL"),
+    ("pubkey", 'peer_public_key = "keys/d.pub"', r'peer_public_key = "\u0000"',
+     "peer[0].peer_public_key", "NUL"),
+    ("manual", 'key_in = "keys/b-in.key"', r'key_in = "keys/b-in.key\u0000"', "peer[0].key_in",
+     "NUL"),
+    ("manual", 'key_out = "keys/b-out.key"', f'key_out = "{LONG}"', "peer[0].key_out",
+     "octets long"),
+    ("psk", 'listen = ["0.0.0.0:4500"]', 'listen = ["0.0.0.0:4500"]\nkeylog = "k\\u0000"',
+     "keylog", "NUL"),
+    ("psk", 'listen = ["0.0.0.0:4500"]', f'listen = ["0.0.0.0:4500"]\nkeylog = "{LONG}"',
+     "keylog", "5000 octets long"),
+    # the interface name: what the TUN code accepts (printable ASCII, no '%')
+    ("manual", 'name = "nt0"', 'name = "é"', "interface.name", "printable ASCII"),
+    ("manual", 'name = "nt0"', 'name = "tun%d"', "interface.name", "'%'"),
+    # addresses: IPv6 zones (ipaddress accepts "%anything", NUL included), huge ports
+    ("psk", 'listen = ["0.0.0.0:4500"]', 'listen = ["[fe80::1%eth0]:4500"]', "listen[0]",
+     "zone"),
+    ("psk", 'listen = ["0.0.0.0:4500"]', r'listen = ["[fe80::1%\u0000]:4500"]', "listen[0]",
+     "zone"),
+    ("psk", 'listen = ["0.0.0.0:4500"]', f'listen = ["0.0.0.0:{"9" * 5000}"]', "listen[0]",
+     "outside 0..65535"),
+    ("psk", 'endpoint = "198.18.0.2"', f'endpoint = "198.18.0.2:{"9" * 5000}"',
+     "peer[0].endpoint", "outside 1..65535"),
+    ("psk", 'endpoint = "198.18.0.2"', 'endpoint = "fe80::2%eth0"', "peer[0].endpoint",
+     "zone"),
+    ("psk", 'endpoint = "198.18.0.2"', 'endpoint = "[fe80::2%eth0]:500"', "peer[0].endpoint",
+     "zone"),
+    ("manual", 'addresses = ["198.18.100.1/24"]', 'addresses = ["fe80::1%eth0/64"]',
+     "interface.addresses[0]", "zone"),
+    ("manual", 'allowed_ips = ["198.18.101.0/24"]', 'allowed_ips = ["fe80::%e/64"]',
+     "peer[1].allowed_ips[0]", "zone"),
+    ("psk", 'allowed_ips = ["198.18.100.2/32"]',
+     'allowed_ips = ["198.18.100.2/32"]\nlocal_ts = ["fe80::1%x/128"]', "peer[0].local_ts[0]",
+     "zone"),
+]
+
+
+@pytest.mark.parametrize(("base", "old", "new", "field", "fragment"), STRING_BAD,
+                         ids=[f"{i}-{b[3]}" for i, b in enumerate(STRING_BAD)])
+def test_bad_string_is_a_config_error(ikedir: Path, base: str, old: str, new: str, field: str,
+                                      fragment: str) -> None:
+    text = {"psk": IKE_PSK, "pubkey": IKE_PUBKEY, "manual": VALID}[base]
+    e = ike_error(ikedir, mutate(old, new, text))
+    assert e.field == field
+    assert fragment in str(e)
+    assert len(str(e)) < 600  # long values are shown shortened
+
+
+@pytest.mark.parametrize(("text", "fragment"), [
+    ("", "is empty"),
+    ("1a:é", "must be ASCII"),
+    ("é", "must be ASCII"),
+    ("fqdn:é", "must be ASCII"),
+    ("fqdn:", "nothing after fqdn:"),
+    ("fqdn:a b", "without whitespace"),
+    ("a\x00b", "without whitespace or control characters"),
+    ("keyid:", "nothing after keyid:"),
+    ("keyid:#", "no hex digits"),
+    ("keyid:#zz", "hex digits (0-9, a-f)"),
+    ("keyid:#0", "odd number of hex digits"),
+    ("keyid:#0 1", "hex digits (0-9, a-f)"),
+    ("keyid:\ud800", "not valid Unicode"),
+    ("fe80::1%eth0", "zone"),
+    ("a" * 256, "256 octets long"),
+    ("1:2", "not an IP address"),
+])
+def test_identity_parse_raises_value_error(text: str, fragment: str) -> None:
+    from nattunnel.ike_sa import Identity
+
+    with pytest.raises(ValueError) as info:
+        Identity.parse(text)
+    assert not isinstance(info.value, UnicodeError)
+    assert fragment in str(info.value)
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("hosta", (2, b"hosta")),
+    ("fqdn:hosta.example", (2, b"hosta.example")),
+    ("a" * 255, (2, b"a" * 255)),
+    ("198.18.0.1", (1, bytes([198, 18, 0, 1]))),
+    ("2001:db8::1", (5, ipaddress.ip_address("2001:db8::1").packed)),
+    ("keyid:#0011AA", (11, bytes.fromhex("0011aa"))),
+    ("keyid:grüezi", (11, "grüezi".encode())),
+])
+def test_identity_parse_and_str_round_trip(text: str, expected: tuple[int, bytes]) -> None:
+    from nattunnel.ike_sa import Identity
+
+    ident = Identity.parse(text)
+    assert (ident.id_type, ident.data) == expected
+    assert Identity.parse(str(ident)) == ident
+
+
+
+def test_huge_integer_in_a_seconds_field(ikedir: Path) -> None:
+    # tomllib takes integers of any size; float() of this one raised OverflowError
+    e = ike_error(ikedir, mutate('endpoint = "198.18.0.2"',
+                                 'endpoint = "198.18.0.2"\ndpd_interval = 1' + "0" * 400,
+                                 IKE_PSK))
+    assert e.field == "peer[0].dpd_interval" and "is out of range" in str(e)
+    assert len(str(e)) < 300
+
+
+def test_integer_with_too_many_digits(ikedir: Path) -> None:
+    # tomllib's int() raised a bare ValueError (not TOMLDecodeError) past 4300 digits
+    e = ike_error(ikedir, mutate("spi_in = 0x1001", "spi_in = " + "9" * 5000))
+    assert "TOML error" in str(e) and "4300 digits" in str(e)
+
+
+# --- property: the loader raises ConfigError or nothing ----------------------------------------
+
+def _toml_string(s: str) -> str:
+    out = []
+    for c in s:
+        if c in '"\\':
+            out.append("\\" + c)
+        elif ord(c) < 0x20 or ord(c) == 0x7F:
+            out.append(f"\\u{ord(c):04x}")
+        else:
+            out.append(c)
+    return '"' + "".join(out) + '"'
+
+
+def _toml_value(v: object) -> str:
+    """A TOML rendering of a value tomllib could have produced."""
+    import datetime
+    import math
+
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        if math.isnan(v):
+            return "nan"
+        if math.isinf(v):
+            return "inf" if v > 0 else "-inf"
+        return repr(v)
+    if isinstance(v, str):
+        return _toml_string(v)
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{_toml_string(k)} = {_toml_value(x)}"
+                               for k, x in v.items()) + "}"
+    assert isinstance(v, datetime.date | datetime.time)
+    return v.isoformat()
+
+
+def _set_field(text: str, section: str, key: str, value: object) -> str:
+    """``text`` with ``key = value`` in ``section`` ("top", "interface", "peer", "limits")
+    instead of any line for ``key`` there. The text has one [interface] and one [[peer]]."""
+    import re
+
+    top, rest = text.split("[interface]", 1)
+    iface, peer = rest.split("[[peer]]", 1)
+    line = f"{key} = {_toml_value(value)}\n"
+    drop = re.compile(rf"^{re.escape(key)} = .*\n", re.MULTILINE)
+    if section == "top":
+        top = drop.sub("", top) + line
+    elif section == "interface":
+        iface = drop.sub("", iface) + line
+    elif section == "peer":
+        peer = drop.sub("", peer) + line
+    text = top + "[interface]" + iface + "[[peer]]" + peer
+    if section == "limits":
+        text += "\n[limits]\n" + line
+    return text
+
+
+def _fuzz_values() -> Any:  # a hypothesis SearchStrategy
+    from hypothesis import strategies as st
+
+    seeds = st.sampled_from([
+        "", " ", "#", "@", "@#", "keyid:", "keyid:#", "fqdn:", "ipv4:", "ipv6:", "keys/",
+        "keys/b.psk", "/", "\x00", "é", "198.18.0.2", "198.18.0.2:", "0.0.0.0:", "[", "[::]:",
+        "fe80::1%", "fd00::/", "198.18.100.0/", "aes256gcm16-", "psk", "pubkey", "auto", "nat",
+    ])
+    strings = st.one_of(
+        st.text(max_size=30),
+        st.builds(lambda a, b: a + b, seeds, st.text(max_size=20)),
+        st.text(alphabet="0123456789abcdefxz:#.%[]/@-", max_size=30),
+    )
+    others = st.one_of(
+        st.integers(min_value=-2**63, max_value=2**63 - 1), st.floats(), st.booleans(),
+        st.integers(min_value=300, max_value=4000).map(lambda n: 10**n),  # tomllib: any size
+        st.dates(), st.times(), st.datetimes(),
+    )
+    # mostly strings: most fields are strings, and strings reach the parsers. (one_of would
+    # flatten the alternatives into equal shares, so the mix is chosen explicitly.)
+    scalars = st.sampled_from((strings,) * 4 + (others,)).flatmap(lambda s: s)
+    containers = st.recursive(scalars, lambda inner: st.lists(inner, max_size=3)
+                              | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+                              max_leaves=6)
+    return st.sampled_from((scalars,) * 4 + (containers,)).flatmap(lambda s: s)
+
+
+def _fuzz_fields() -> list[tuple[str, str, str]]:
+    from nattunnel import config as c
+
+    fields = [(base, "peer", key) for base in ("psk", "pubkey", "manual")
+              for key in c._PEER_KEYS]
+    fields += [("psk", "top", key) for key in c._TOP_KEYS if key not in ("interface", "peer")]
+    fields += [("manual", "interface", key) for key in c._INTERFACE_KEYS]
+    fields += [("psk", "limits", key) for key in c._LIMITS_KEYS]
+    return fields
+
+
+@pytest.mark.parametrize("where", _fuzz_fields(), ids="-".join)
+def test_fuzz_any_value_in_any_field_is_a_config_error_or_loads(
+        ikedir: Path, where: tuple[str, str, str]) -> None:
+    """Arbitrary TOML values in every field: parse_config succeeds or raises ConfigError,
+    never anything else (a traceback from `nattunnel up`)."""
+    from hypothesis import HealthCheck, given, settings
+
+    base, section, key = where
+    text = {"psk": IKE_PSK, "pubkey": IKE_PUBKEY, "manual": VALID.replace(PEER_B, "")}[base]
+
+    @settings(max_examples=50, deadline=None, database=None, derandomize=True,
+              suppress_health_check=[HealthCheck.too_slow])
+    @given(value=_fuzz_values())
+    def check(value: object) -> None:
+        mutated = _set_field(text, section, key, value)
+        try:
+            parse_config(mutated, ikedir)
+        except ConfigError as e:
+            assert "TOML syntax error" not in str(e), mutated  # the test's TOML writer is wrong
+            assert_no_key(str(e))
+
+    check()
+
+
+
+# --- [limits]: ike.IkeLimits ------------------------------------------------------------------
+
+def test_limits_default_to_ike_limits(ikedir: Path) -> None:
+    from nattunnel.ike import IkeLimits
+
+    assert load(ikedir, IKE_PSK).limits == IkeLimits()
+    assert load(ikedir, VALID).limits == IkeLimits()
+    assert load(ikedir, IKE_PSK + "\n[limits]\n").limits == IkeLimits()
+
+
+def test_limits_keys_are_the_ike_limits_fields() -> None:
+    import dataclasses
+
+    from nattunnel import config as c
+    from nattunnel.ike import IkeLimits
+
+    assert tuple(f.name for f in dataclasses.fields(IkeLimits)) == c._LIMITS_KEYS
+
+
+def test_limits_all_fields(ikedir: Path) -> None:
+    from nattunnel.ike import IkeLimits
+
+    cfg = load(ikedir, IKE_PSK + """
+[limits]
+cookie_threshold = 0
+half_open_max = 64
+half_open_timeout = 10
+init_rate = 2.5
+init_burst = 5
+init_rate_total = 50
+ike_sas_per_identity = 1
+children_per_ike_sa = 2
+cookie_secret_lifetime = 120.5
+""")
+    assert cfg.limits == IkeLimits(
+        cookie_threshold=0, half_open_max=64, half_open_timeout=10.0, init_rate=2.5,
+        init_burst=5, init_rate_total=50.0, ike_sas_per_identity=1, children_per_ike_sa=2,
+        cookie_secret_lifetime=120.5)
+    assert isinstance(cfg.limits.half_open_timeout, float)
+    assert isinstance(cfg.limits.init_rate_total, float)
+    # a few fields only: the rest keep their defaults
+    cfg = load(ikedir, IKE_PSK + "\n[limits]\ninit_rate = 1\n")
+    assert cfg.limits == IkeLimits(init_rate=1.0)
+
+
+#: lines of a [limits] table -> field path, a fragment of the problem
+LIMITS_BAD = [
+    ("cookie_threshold = -1", "limits.cookie_threshold", "out of range; expected an integer 0.."),
+    ("cookie_threshold = 1.5", "limits.cookie_threshold", "expected an integer 0.."),
+    ("cookie_threshold = true", "limits.cookie_threshold", "got a boolean"),
+    ("cookie_threshold = 1024", "limits.cookie_threshold", "not below half_open_max (1024)"),
+    ("half_open_max = 8\ncookie_threshold = 8", "limits.cookie_threshold",
+     "not below half_open_max (8)"),
+    ("half_open_max = 0", "limits.half_open_max", "out of range; expected an integer 1.."),
+    ("half_open_max = 16", "limits.half_open_max",
+     "16 is not above cookie_threshold (32, the default)"),
+    ("half_open_max = 4294967296", "limits.half_open_max", "out of range"),
+    ("half_open_timeout = 0", "limits.half_open_timeout", "expected a number of seconds > 0"),
+    ("half_open_timeout = inf", "limits.half_open_timeout", "out of range"),
+    ('half_open_timeout = "30"', "limits.half_open_timeout", "got a string"),
+    ("init_rate = 0", "limits.init_rate", "expected a number of requests per second > 0"),
+    ("init_rate = -1.5", "limits.init_rate", "out of range"),
+    ("init_rate = nan", "limits.init_rate", "out of range"),
+    ("init_rate = 1" + "0" * 400, "limits.init_rate", "out of range"),
+    ("init_burst = 0", "limits.init_burst", "out of range; expected an integer 1.."),
+    ("init_burst = 2.0", "limits.init_burst", "expected an integer"),
+    ("init_rate_total = 0.5", "limits.init_rate_total",
+     "expected a number of requests per second >= 1"),
+    ("init_rate_total = -inf", "limits.init_rate_total", "out of range"),
+    ("ike_sas_per_identity = 0", "limits.ike_sas_per_identity", "out of range"),
+    ("children_per_ike_sa = 0", "limits.children_per_ike_sa", "out of range"),
+    ("children_per_ike_sa = [1]", "limits.children_per_ike_sa", "got an array"),
+    ("cookie_secret_lifetime = 0", "limits.cookie_secret_lifetime", "seconds > 0"),
+    ("cookie_secret_lifetime = -1", "limits.cookie_secret_lifetime", "out of range"),
+    ("half_open_maxx = 5", "limits.half_open_maxx", "did you mean 'half_open_max'?"),
+    ("rate = 5", "limits.rate", "unknown key"),
+]
+
+
+@pytest.mark.parametrize(("lines", "field", "fragment"), LIMITS_BAD,
+                         ids=[f"{i}-{b[1]}" for i, b in enumerate(LIMITS_BAD)])
+def test_limits_bad_value(ikedir: Path, lines: str, field: str, fragment: str) -> None:
+    e = ike_error(ikedir, IKE_PSK + "\n[limits]\n" + lines + "\n")
+    assert e.field == field
+    assert f"{field}: " in str(e)
+    assert fragment in str(e)
+
+
+def test_limits_must_be_a_table(ikedir: Path) -> None:
+    e = ike_error(ikedir, "limits = 5\n" + IKE_PSK)
+    assert e.field == "limits" and "expected a table [limits]" in str(e)
+    e = ike_error(ikedir, IKE_PSK.replace("listen", "limit", 1))
+    assert e.field == "limit" and "did you mean 'limits'?" in str(e)
+
+
+def test_build_ike_passes_the_limits(ikedir: Path) -> None:
+    from nattunnel.ike import IkeLimits
+    from nattunnel.up import build_ike, build_tunnel
+
+    cfg = load(ikedir, IKE_PSK + "\n[limits]\nhalf_open_max = 100\ninit_burst = 3\n")
+    manager = build_ike(cfg, build_tunnel(cfg, now=0.0), now=0.0)
+    assert manager is not None
+    assert manager.limits == cfg.limits == IkeLimits(half_open_max=100, init_burst=3)
+    assert manager.cookie_threshold == cfg.limits.cookie_threshold
+    cfg = load(ikedir, IKE_PSK)
+    manager = build_ike(cfg, build_tunnel(cfg, now=0.0), now=0.0)
+    assert manager is not None and manager.limits == IkeLimits()
+
+
+def test_docs_limits_table_matches_ike_limits() -> None:
+    """docs/config.md lists every [limits] key with IkeLimits' default."""
+    import dataclasses
+    import re
+
+    from nattunnel.ike import IkeLimits
+
+    docs = (Path(__file__).resolve().parent.parent / "docs" / "config.md").read_text()
+    section = docs[docs.index("## `[limits]`"):]
+    section = section[:section.index("\n## ", 1)]
+    rows = dict(re.findall(r"^\| `(\w+)` \| [^|]+ \| `([^`]+)` \|", section, re.MULTILINE))
+    defaults = {f.name: getattr(IkeLimits(), f.name) for f in dataclasses.fields(IkeLimits)}
+    assert set(rows) == set(defaults)
+    for key, default in defaults.items():
+        assert float(rows[key]) == default, key

@@ -10,8 +10,10 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from nattunnel.config import parse_config
-from nattunnel.keys import generate_keymat, write_key_file
+from nattunnel.keys import generate_keymat, write_key_file, write_psk_file
 from nattunnel.suite import AES_GCM_256
 from nattunnel.up import build_tunnel
 
@@ -96,3 +98,42 @@ def test_up_refuses_a_bad_config_naming_the_field(tmp_path):
                        capture_output=True, text=True, timeout=30, cwd=REPO)
     assert r.returncode == 2
     assert "peer[0].spi_in" in r.stderr and "nattunnel up:" in r.stderr
+
+
+IKE_CONFIG = """listen = ["127.0.0.1:0"]
+ike_port = 0
+[interface]
+kind = "inprocess"
+[[peer]]
+name = "b"
+auth = "psk"
+psk_file = "b.psk"
+local_id = "hosta"
+remote_id = "hostb"
+allowed_ips = ["198.18.100.2/32"]
+local_ts = ["198.18.100.1/32"]
+"""
+
+
+@pytest.mark.parametrize(("old", "new", "field"), [
+    ('local_id = "hosta"', 'local_id = "1a:é"', "peer[0].local_id"),
+    ('remote_id = "hostb"', 'remote_id = "keyid:#zz"', "peer[0].remote_id"),
+    ('remote_id = "hostb"', 'remote_id = "@#0"', "peer[0].remote_id"),
+    ('psk_file = "b.psk"', r'psk_file = "b\u0000.psk"', "peer[0].psk_file"),
+    ('ike_port = 0', 'ike_port = 0\nkeylog = "k\\u0000"', "keylog"),
+    ('ike_port = 0', 'ike_port = 0\n[limits]\nhalf_open_max = 0', "limits.half_open_max"),
+])
+def test_up_prints_one_line_without_a_traceback(tmp_path, old, new, field):
+    """Strings that reached encode/fromhex/os unchecked made `nattunnel up` print a
+    traceback (issue 9 item 5): now one line naming the field, and exit status 2."""
+    write_psk_file(tmp_path / "b.psk", b"correct horse battery staple")
+    assert IKE_CONFIG.count(old) == 1
+    path = tmp_path / "c.toml"
+    path.write_text(IKE_CONFIG.replace(old, new), encoding="utf-8")
+    r = subprocess.run([sys.executable, "-m", "nattunnel", "up", str(path)],
+                       capture_output=True, text=True, timeout=30, cwd=REPO)
+    assert "Traceback" not in r.stderr
+    assert r.returncode == 2
+    lines = r.stderr.splitlines()
+    assert len(lines) == 1, r.stderr
+    assert lines[0].startswith(f"nattunnel up: {path}: {field}: ")
