@@ -576,6 +576,9 @@ class IkeSa:
         self.ike_rekey_at: float | None = None
         #: child rekeys the peer started, by the old inbound SPI: (their Ni, our Nr, new SPI)
         self._peer_rekeys: dict[int, tuple[bytes, bytes, int]] = {}
+        #: child SAs gone past their hard lifetime while a request of ours was outstanding:
+        #: their Delete goes as soon as the window is free
+        self._unsent_deletes: list[Child] = []
 
     # --- common ----------------------------------------------------------------------------
     @property
@@ -652,6 +655,8 @@ class IkeSa:
         times = [c.expire_at for c in self.children if c.expire_at is not None]
         if self._request is not None:
             times.append(self._request.sent_at + RETRANSMIT_BASE * 2 ** (self._request.tries - 1))
+        elif self.state is State.ESTABLISHED and self._unsent_deletes:
+            times.append(self.last_rx)  # now
         elif self.state is State.ESTABLISHED:
             if self.config and self.config.dpd_interval > 0:
                 times.append(self.last_rx + self.config.dpd_interval)
@@ -669,12 +674,16 @@ class IkeSa:
         for c in expired:
             # past its hard lifetime without a rekey: it may not carry traffic any longer
             self.children.remove(c)
+            self._peer_rekeys.pop(c.spi_in, None)
             self.events.append(ChildDown(self, c.spi_in, c.spi_out))
-        if expired and self._request is None:
+            self._unsent_deletes.append(c)
+        if (self._unsent_deletes and self._request is None
+                and self.state is State.ESTABLISHED):
+            gone, self._unsent_deletes = self._unsent_deletes, []
             self._request_send(ExchangeType.INFORMATIONAL,
                                [Delete(ProtocolId.ESP, [c.spi_in.to_bytes(4, "big")
-                                                        for c in expired])],
-                               "delete child", now, closing=[c.spi_out for c in expired])
+                                                        for c in gone])],
+                               "delete child", now, closing=[c.spi_out for c in gone])
             return
         req = self._request
         if req is not None:
@@ -1268,8 +1277,10 @@ class IkeSa:
             old = next((c for c in self.children if c.spi_out == old_out), None)
             if old is None:
                 req = self._request
-                if (req is not None and req.kind == "delete child"
-                        and old_out in req.context.get("closing", ())):
+                closing = [c.spi_out for c in self._unsent_deletes]
+                if req is not None and req.kind == "delete child":
+                    closing += req.context.get("closing", [])
+                if old_out in closing:
                     # section 2.25.1: a rekey of a child SA we are closing
                     raise IkeError(NotifyType.TEMPORARY_FAILURE, "child SA being deleted")
                 raise IkeError(NotifyType.CHILD_SA_NOT_FOUND, "rekey of an unknown child SA")

@@ -622,3 +622,53 @@ def test_peer_deletes_the_child_we_are_rekeying():
         else:
             assert oa is None and ob is None
         assert sa_a._request is None and sa_b._request is None
+
+
+def test_child_expiring_while_a_request_is_outstanding_is_still_deleted_at_the_peer():
+    a_cfg, b_cfg = configs()
+    w = Wire(a_cfg, b_cfg)
+    w.a.start(0.0)
+    w.pump()
+    assert w.b is not None
+    (ca,) = w.a.children
+    w.a.on_timer(10.0)  # a liveness check goes out
+    assert w.a._request is not None and w.a._request.kind == "liveness check"
+    ca.expire_at = 10.1
+    w.a.on_timer(10.1)  # the child's hard lifetime passes while the check is outstanding
+    assert not w.a.children
+    # B rekeys that child meanwhile: TEMPORARY_FAILURE, we are deleting it (2.25.1)
+    (cb,) = w.b.children
+    cb.rekey_at = None  # as on_timer does when it starts the rekey
+    assert w.b.rekey_child(cb.spi_in, 10.1)
+    w.pump(10.2)  # the check is answered, B's rekey refused
+    assert w.a._request is None and w.b._request is None
+    assert len(child_ups(w.events_b)) == 1 and w.b.children == [cb]
+    assert cb.rekey_at is not None and 15.2 <= cb.rekey_at <= 20.2  # B tries again later
+    t = w.a.next_deadline()
+    assert t is not None and t <= 10.2
+    w.a.on_timer(10.2)  # now the Delete goes
+    w.pump(10.2)
+    assert not w.b.children and not w.a.children
+    assert w.a.established and w.b.established
+
+
+def test_ike_sa_rekey_during_a_child_rekey_gets_temporary_failure_and_is_retried():
+    w = established()
+    assert w.b is not None
+    (cb,) = w.b.children
+    assert w.b.rekey_child(cb.spi_in, 1.0)
+    held = w.b.pop_outputs()  # B's child rekey request, held back for now
+    assert w.a.rekey_ike(1.0)
+    w.a.ike_rekey_at = None  # as on_timer does when it starts the rekey
+    w.pump(1.0)
+    n = [e for e in w.events_a if isinstance(e, IkeRekeyed)]
+    assert not n and not w.a.rekeyed and not w.b.rekeyed  # refused: B is rekeying a child
+    assert w.a.ike_rekey_at is not None and 6.0 <= w.a.ike_rekey_at <= 11.0
+    assert len(w.a.children) == 1 and len(w.b.children) == 1
+    w.b.outputs[:0] = held
+    w.pump(1.5)
+    assert len(child_ups(w.events_a)) == 2
+    w.a.on_timer(w.a.ike_rekey_at)
+    w.pump(w.a.ike_rekey_at or 11.0)
+    (ev,) = [e for e in w.events_a if isinstance(e, IkeRekeyed)]
+    assert len(ev.new.children) == 1
