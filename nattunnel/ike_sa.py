@@ -674,7 +674,7 @@ class IkeSa:
         for c in expired:
             # past its hard lifetime without a rekey: it may not carry traffic any longer
             self.children.remove(c)
-            self._peer_rekeys.pop(c.spi_in, None)
+            self._forget_peer_rekey(c.spi_in)
             self.events.append(ChildDown(self, c.spi_in, c.spi_out))
             self._unsent_deletes.append(c)
         if (self._unsent_deletes and self._request is None
@@ -1238,7 +1238,7 @@ class IkeSa:
                             # section 2.25.1: also if we are rekeying it (our rekey's answer
                             # then finds no old SA to replace)
                             self.children.remove(c)
-                            self._peer_rekeys.pop(c.spi_in, None)
+                            self._forget_peer_rekey(c.spi_in)
                             ours.append(c.spi_in.to_bytes(4, "big"))
                             self.events.append(ChildDown(self, c.spi_in, c.spi_out))
                 if ours:
@@ -1247,6 +1247,13 @@ class IkeSa:
         self._respond(ExchangeType.INFORMATIONAL, msg.header.message_id, answer)
         if dead:
             self._die("deleted by the peer")
+
+    def _forget_peer_rekey(self, spi_in: int) -> None:
+        """The child SA ``spi_in`` is gone: its entry in ``_peer_rekeys`` too, unless our
+        own rekey of it is outstanding (its response still needs it for section 2.8.1)."""
+        req = self._request
+        if req is None or req.kind != "rekey child" or req.context.get("old") != spi_in:
+            self._peer_rekeys.pop(spi_in, None)
 
     def forget(self, reason: str) -> None:
         """Drop this SA without a word to the peer (it has forgotten it: INITIAL_CONTACT)."""

@@ -672,3 +672,32 @@ def test_ike_sa_rekey_during_a_child_rekey_gets_temporary_failure_and_is_retried
     w.pump(w.a.ike_rekey_at or 11.0)
     (ev,) = [e for e in w.events_a if isinstance(e, IkeRekeyed)]
     assert len(ev.new.children) == 1
+
+
+def test_collision_with_the_peers_delete_arriving_before_our_rekey_response():
+    """Section 2.8.1 with reordering: B resolved the collision first and its Delete overtakes
+    its response to our rekey; we must still delete our SA if it is the redundant one."""
+    outcomes = set()
+    for _ in range(40):
+        w = established()
+        assert w.b is not None
+        (ca,), (cb,) = w.a.children, w.b.children
+        assert w.a.rekey_child(ca.spi_in, 1.0) and w.b.rekey_child(cb.spi_in, 1.0)
+        assert w.a._request is not None
+        ours = w.a._request.context["spi_in"]  # A's inbound SPI of the SA A's rekey makes
+        (ra,), (rb,) = w.a.pop_outputs(), w.b.pop_outputs()
+        w.b.receive(ra.data, 1.0)
+        (resp_to_a,) = w.b.pop_outputs()
+        w.a.receive(rb.data, 1.0)
+        (resp_to_b,) = w.a.pop_outputs()
+        w.b.receive(resp_to_b.data, 1.0)  # B's rekey completes: B deletes what it must
+        (b_delete,) = w.b.pop_outputs()
+        w.a.receive(b_delete.data, 1.0)  # ... and that Delete reaches A first
+        w.a.receive(resp_to_a.data, 1.0)
+        w.pump(1.0)
+        assert len(w.a.children) == 1 and len(w.b.children) == 1
+        (na,), (nb,) = w.a.children, w.b.children
+        assert (na.spi_in, na.spi_out) == (nb.spi_out, nb.spi_in)
+        outcomes.add(na.spi_in == ours)
+        assert w.a._request is None and w.b._request is None
+    assert outcomes == {True, False}  # each side's SA survived in some runs
