@@ -888,7 +888,10 @@ class _Parser:
         try:
             suite = suite_by_name(suite_name)
         except ValueError as e:
-            raise self.err(pre + "suite", str(e)) from None
+            message = str(e)
+            if len(suite_name) > 60:  # suite_by_name shows the whole name
+                message = message.replace(repr(suite_name), _show(suite_name), 1)
+            raise self.err(pre + "suite", message) from None
 
         spi_in = self.get_int(t, "spi_in", pre, SPI_MIN, SPI_MAX, hex_=True)
         spi_out = self.get_int(t, "spi_out", pre, SPI_MIN, SPI_MAX, hex_=True)
@@ -1128,12 +1131,16 @@ class _Parser:
         addr = None
         if default_port is not None:
             bare = text.strip()
-            if bare.startswith("[") and bare.endswith("]"):
+            bracketed = bare.startswith("[") and bare.endswith("]")
+            if bracketed:
                 bare = bare[1:-1]
             if _has_zone(bare):
                 raise self.err(field, f"{_show(text)} {_ZONE_PROBLEM}")
             with contextlib.suppress(ValueError):
                 addr = (str(ipaddress.ip_address(bare)), default_port)
+            if bracketed and addr is not None and ":" not in addr[0]:
+                raise self.err(field, f"{_show(text)}: brackets are for IPv6 addresses; write "
+                                      f"an IPv4 address without them")
             if addr is None and ":" not in bare:
                 raise self.err(field, f"{_show(text)}: {_show(bare.strip())} is not an IP address "
                                       f"(host names are not resolved; write an IP address, "
