@@ -251,14 +251,23 @@ def snapshot(obj: T, share: Iterable[Any] = ()) -> T:
     return copy.deepcopy(obj, memo)
 
 
+#: libFuzzer flags for the structure-aware harnesses: their inputs are programs, which want
+#: room from the start (libFuzzer otherwise grows the length limit slowly from the seeds')
+STRUCTURED_FLAGS = ("-max_len=2048", "-len_control=0")
+
+
 # --- the command line ---------------------------------------------------------------------------
 def main(target: str, test_one_input: Callable[[bytes], None],
-         seeds: Callable[[], Iterable[bytes]], argv: list[str] | None = None) -> None:
+         seeds: Callable[[], Iterable[bytes]], argv: list[str] | None = None,
+         defaults: Sequence[str] = ()) -> None:
     """Run libFuzzer on ``test_one_input``. Corpus directories are the arguments that do not
-    start with '-'; with none, the seeds go to a temporary directory used as the corpus."""
+    start with '-'; with none, the seeds go to a temporary directory used as the corpus.
+    ``defaults`` are libFuzzer flags used unless the command line sets the same flag."""
     import atheris
 
     args = list(sys.argv if argv is None else argv)
+    given = {a.split("=", 1)[0] for a in args[1:] if a.startswith("-")}
+    args[1:1] = [d for d in defaults if d.split("=", 1)[0] not in given]
     if not [a for a in args[1:] if not a.startswith("-")]:
         # one scratch corpus per target, emptied at each start (no clutter in /tmp)
         corpus = Path(tempfile.gettempdir()) / f"nattunnel-fuzz-{target}"

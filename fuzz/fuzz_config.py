@@ -34,7 +34,7 @@ with atheris.instrument_imports(include=["nattunnel"]):
     from nattunnel.config import ConfigError, parse_config
     from nattunnel.keys import write_ed25519_pair, write_key_file, write_psk_file
 
-from _common import FuzzFailure, Reader, known
+from _common import STRUCTURED_FLAGS, FuzzFailure, Reader, known
 
 EXAMPLES = _common.REPO / "docs" / "examples"
 PSK = b"fuzz psk: correct horse battery staple"
@@ -317,4 +317,4 @@ def seed_texts() -> list[bytes]:
 
 
 if __name__ == "__main__":
-    _common.main("config", test_one_input, seed_texts, sys.argv)
+    _common.main("config", test_one_input, seed_texts, sys.argv, STRUCTURED_FLAGS)

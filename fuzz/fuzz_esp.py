@@ -46,7 +46,7 @@ with atheris.instrument_imports(include=["nattunnel"]):
     from nattunnel.suite import AES_GCM_128, AES_GCM_256, CHACHA20_POLY1305
     from nattunnel.tunnel import CONSUMED, PeerMoved, Tunnel
 
-from _common import FuzzFailure, Reader, mutate
+from _common import STRUCTURED_FLAGS, FuzzFailure, Reader, mutate
 
 SUITES = (AES_GCM_128, AES_GCM_256, CHACHA20_POLY1305)
 WINDOWS = (64, 65, 100, 128, 1024, 4096, 8192, 64)
@@ -559,4 +559,4 @@ def seed_programs() -> list[bytes]:
 
 
 if __name__ == "__main__":
-    _common.main("esp", test_one_input, seed_programs, sys.argv)
+    _common.main("esp", test_one_input, seed_programs, sys.argv, STRUCTURED_FLAGS)
