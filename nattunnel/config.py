@@ -9,7 +9,10 @@ included, so that an endpoint never starts with half a configuration:
 - addresses: IP literals only (no DNS at load time), IPv6 in brackets, ports 1..65535;
 - across peers: unique names, unique ``spi_in``, no overlapping ``allowed_ips``, and no two
   key files holding the same keying material (two SAs on one key and salt would reuse AEAD
-  nonces); no two IKE peers with the same ``remote_id``.
+  nonces); no two IKE peers with the same ``remote_id``;
+- strings before anything uses them: identities (``Identity.parse``), paths (no NUL, at most
+  PATH_MAX), no IPv6 zones, so that no bad value escapes as another exception;
+- ``[limits]``: the IKE flood bounds, an ``ike.IkeLimits`` (``Config.limits``).
 
 A ``[[peer]]`` is either manual (``spi_in``, ``spi_out``, ``key_in``, ``key_out``: static keys)
 or IKE-managed (``auth = "psk"`` or ``"pubkey"``: IKEv2 negotiates the child SAs); a field of
