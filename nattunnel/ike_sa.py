@@ -15,7 +15,14 @@ Covered here:
 - CREATE_CHILD_SA as responder: child SA rekeys with optional PFS (1.3.3, 2.17) and IKE SA
   rekeys (1.3.2, 2.18); as initiator: child SA rekeys;
 - retransmission of our requests with exponential backoff and a cap (2.1), and answering a
-  retransmitted request from the cache of our last response (2.1, window size 1).
+  retransmitted request from the cache of our last response (2.1, window size 1);
+- after IKE_SA_INIT nothing unprotected changes any state (message IDs, the response cache,
+  the peer's address): only an IKE_SA_INIT retransmission identical to the request is
+  answered; an authenticated new message alone may move the peer (2.23);
+- KE payloads in CREATE_CHILD_SA: INVALID_KE_PAYLOAD, NO_PROPOSAL_CHOSEN or INVALID_SYNTAX
+  (1.3, 3.4, 3.10.1); NO_ADDITIONAL_SAS beyond ``max_children``; child rekey collisions
+  (2.8.1) and rekey/delete collisions (2.25.1, 2.25.2 with TEMPORARY_FAILURE). Simultaneous
+  IKE SA rekeys (2.8.2) are not resolved yet.
 """
 
 from __future__ import annotations
