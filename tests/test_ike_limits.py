@@ -8,7 +8,7 @@ import logging
 
 from nattunnel.constants import ExchangeType, NotifyType
 from nattunnel.ike import IkeLimits, IkeManager, IkePeer
-from nattunnel.ike_message import Header, Notify, Nonce, decode_message, encode_message
+from nattunnel.ike_message import Header, Nonce, Notify, decode_message, encode_message
 from nattunnel.ike_sa import Identity, IkeConfig, IkeSa, Outgoing, State
 from nattunnel.ratelimit import SourceLimiter, TokenBucket, source_key
 from nattunnel.tunnel import Tunnel
