@@ -583,6 +583,13 @@ class IkeSa:
         self.ike_rekey_at: float | None = None
         #: child rekeys the peer started, by the old inbound SPI: (their Ni, our Nr, new SPI)
         self._peer_rekeys: dict[int, tuple[bytes, bytes, int]] = {}
+        #: section 2.8.2: the peer's rekey of this SA that we answered while ours was
+        #: outstanding: (their Ni, our Nr, the new SA)
+        self._peer_ike_rekey: tuple[bytes, bytes, IkeSa] | None = None
+        #: that new SA's old one, until the collision is resolved
+        self._rekeyed_from: IkeSa | None = None
+        #: the peer deleted this SA while our rekey of it was outstanding (section 2.8.2)
+        self._closing_by_peer = False
         #: child SAs gone past their hard lifetime while a request of ours was outstanding:
         #: their Delete goes as soon as the window is free
         self._unsent_deletes: list[Child] = []
@@ -1252,7 +1259,23 @@ class IkeSa:
                     answer.append(Delete(ProtocolId.ESP, ours))
         # everything else (DPD, MOBIKE's NO_ADDITIONAL_ADDRESSES, ...) gets an empty answer
         self._respond(ExchangeType.INFORMATIONAL, msg.header.message_id, answer)
+        if dead and (self._request is not None and self._request.kind == "rekey IKE"
+                     and self._peer_ike_rekey is not None):
+            # Sections 2.8.2 and 2.25.2: both sides rekeyed this SA, the peer's new SA won
+            # and the peer deletes this one before the answer to our rekey came. Answered as
+            # usual; this SA stays until that answer only to delete the redundant SA our
+            # rekey made at the peer (nobody else would).
+            self._closing_by_peer = True
+            return
         if dead:
+            old = self._rekeyed_from
+            if old is not None and old.state is not State.DEAD:
+                # section 2.8.2: the peer found this SA redundant before the answer to our
+                # own rekey reached us: the children wait in the old SA for the survivor
+                old.children += self.children
+                self.children = []
+                self.rekeyed = True
+                self._rekeyed_from = None
             self._die("deleted by the peer")
 
     def _forget_peer_rekey(self, spi_in: int) -> None:
@@ -1315,9 +1338,12 @@ class IkeSa:
         """Section 1.3.2: the peer replaces this IKE SA; we answer and hand over."""
         assert self._prf is not None and self._keys is not None and self.config is not None
         req = self._request
-        if req is not None and req.kind in ("rekey child", "delete child"):
-            # section 2.25.2: not while we are rekeying or closing a child SA of this one
-            raise IkeError(NotifyType.TEMPORARY_FAILURE, "a child SA exchange is under way")
+        if req is not None and req.kind in ("rekey child", "delete child", "delete IKE SA"):
+            # section 2.25.2: not while we are rekeying or closing a child SA of this one,
+            # or closing this one
+            raise IkeError(NotifyType.TEMPORARY_FAILURE, "another exchange is under way")
+        if self.rekeyed:
+            raise IkeError(NotifyType.TEMPORARY_FAILURE, "this IKE SA was rekeyed already")
         offered = [p for p in sa.proposals if p.protocol == ProtocolId.IKE]
         if any(len(p.spi) != 8 or p.spi == bytes(8) for p in offered):
             # section 3.3.1: in a rekey the SPI of an IKE proposal is the new SA's, 8 octets
@@ -1365,6 +1391,11 @@ class IkeSa:
         self._respond(ExchangeType.CREATE_CHILD_SA, msg.header.message_id, answer)
         self.events.append(IkeRekeyed(self, new))
         self.rekeyed = True  # the old SA lives until the peer deletes it
+        if req is not None and req.kind == "rekey IKE":
+            # section 2.8.2: we are rekeying it too. Answered as usual; which of the two new
+            # SAs stays is decided by the nonces when the answer to ours comes
+            self._peer_ike_rekey = (nonce.data, new._nr, new)
+            new._rekeyed_from = self
 
     def rekey_child(self, spi_in: int, now: float) -> bool:
         """Start a rekey of the child SA with inbound SPI ``spi_in`` (make-before-break)."""
@@ -1458,15 +1489,24 @@ class IkeSa:
         return True
 
     def _on_rekey_ike_response(self, msg: Message, now: float) -> None:
+        self._rekey_ike_answered(msg, now)
+        if self._closing_by_peer:  # see _on_informational
+            self._die("deleted by the peer")
+
+    def _rekey_ike_answered(self, msg: Message, now: float) -> None:
         assert self._request is not None and self._prf is not None and self._keys is not None
         ctx = self._request.context
         self._request = None
         sa, nonce, ke = msg.get(SA), msg.get(Nonce), msg.get(KE)
         kex: kc.KeyExchange = ctx["kex"]
+        collision, self._peer_ike_rekey = self._peer_ike_rekey, None
+        if collision is not None:
+            collision[2]._rekeyed_from = None
         if (sa is None or nonce is None or ke is None or len(sa.proposals) != 1
                 or ke.group != kex.group or len(sa.proposals[0].spi) != 8
                 or sa.proposals[0].spi == bytes(8)):
-            # refused: keep this SA; after TEMPORARY_FAILURE try again a little later
+            # refused: keep this SA (or, if the peer's rekey of it went through, wait for
+            # its Delete); after TEMPORARY_FAILURE try again a little later
             if msg.notify(NotifyType.TEMPORARY_FAILURE) is not None:
                 self.ike_rekey_at = now + _retry_delay()
             return
@@ -1485,9 +1525,25 @@ class IkeSa:
         new.natt = self.natt
         new.local_behind_nat, new.remote_behind_nat = (self.local_behind_nat,
                                                        self.remote_behind_nat)
-        new.children, self.children = self.children, []
-        self.rekeyed = True
         self.events.append(IkeRekeyed(self, new))
+        if collision is not None:
+            # Section 2.8.2: both sides rekeyed this SA at once. The new SA made by the
+            # exchange with the lowest of the four nonces is redundant; its initiator
+            # deletes it, and the initiator of the other deletes the old SA.
+            their_ni, our_nr, theirs = collision
+            # (the peer deleting the old SA already means that its new SA stays)
+            if self._closing_by_peer or min(new._ni, new._nr, their_ni, our_nr) in (
+                    new._ni, new._nr):
+                new.rekeyed = True  # ours goes; the peer deletes this one
+                new._request_send(ExchangeType.INFORMATIONAL, [Delete(ProtocolId.IKE)],
+                                  "delete IKE SA", now)
+                self.outputs += new.pop_outputs()
+                return
+            theirs.rekeyed = True  # theirs goes (the peer deletes it); ours takes over
+            new.children, theirs.children = theirs.children, []
+        new.children += self.children
+        self.children = []
+        self.rekeyed = True
         self._request_send(ExchangeType.INFORMATIONAL, [Delete(ProtocolId.IKE)],
                            "delete IKE SA", now)
 

@@ -701,3 +701,73 @@ def test_collision_with_the_peers_delete_arriving_before_our_rekey_response():
         outcomes.add(na.spi_in == ours)
         assert w.a._request is None and w.b._request is None
     assert outcomes == {True, False}  # each side's SA survived in some runs
+
+
+def one_ike_sa_each(net: Net) -> tuple[IkeSa, IkeSa]:
+    live_a = [s for s in net.a.sas.values() if s.state is not State.DEAD]
+    live_b = [s for s in net.b.sas.values() if s.state is not State.DEAD]
+    assert len(live_a) == 1 and len(live_b) == 1, (live_a, live_b)
+    (sa_a,), (sa_b,) = live_a, live_b
+    assert sa_a.established and sa_b.established
+    assert (sa_a.spi_i, sa_a.spi_r) == (sa_b.spi_i, sa_b.spi_r)
+    assert sa_a.initiator != sa_b.initiator
+    return sa_a, sa_b
+
+
+def test_simultaneous_ike_sa_rekeys_leave_one_ike_sa_with_the_child():
+    """Section 2.8.2, random delivery order with duplicates."""
+    for seed in range(100):
+        rng = random.Random(seed)
+        net = Net()
+        net.a.initiate("b", 0.0)
+        net.deliver()
+        (sa_a,), (sa_b,) = net.a.sas.values(), net.b.sas.values()
+        assert sa_a.rekey_ike(1.0) and sa_b.rekey_ike(1.0)
+        net.a._process(sa_a, 1.0)
+        net.b._process(sa_b, 1.0)
+        net.deliver(1.0, rng, dup=0.3)
+        for t in (2.0, 4.0, 8.0, 16.0, 32.0):
+            net.a.on_timer(t)
+            net.b.on_timer(t)
+            net.deliver(t, rng, dup=0.3)
+        try:
+            one_ike_sa_each(net)
+            assert_one_working_child(net)
+        except AssertionError as e:
+            raise AssertionError(f"seed {seed}: {e}") from e
+
+
+def test_simultaneous_ike_sa_rekeys_with_the_delete_overtaking_the_response():
+    """Section 2.8.2: B resolves the collision first and its Delete reaches A before B's
+    answer to A's rekey; the children must not go with the SA that Delete removes."""
+    survivors = set()
+    for _ in range(40):
+        net = Net()
+        net.a.initiate("b", 0.0)
+        net.deliver()
+        (sa_a,), (sa_b,) = net.a.sas.values(), net.b.sas.values()
+        assert sa_a.rekey_ike(1.0) and sa_b.rekey_ike(1.0)
+        net.a._process(sa_a, 1.0)
+        net.b._process(sa_b, 1.0)
+        (ra,), (rb,) = net.to_b, net.to_a
+        net.to_b, net.to_a = [], []
+        net.b.receive(ra[0], ra[1], ra[2], 1.0)
+        (resp_to_a,) = net.to_a
+        net.to_a = []
+        net.a.receive(rb[0], rb[1], rb[2], 1.0)
+        (resp_to_b,) = net.to_b
+        net.to_b = []
+        net.b.receive(resp_to_b[0], resp_to_b[1], resp_to_b[2], 1.0)
+        (b_delete,) = net.to_a  # B deletes the redundant new SA, or the old one
+        net.to_a = []
+        net.a.receive(b_delete[0], b_delete[1], b_delete[2], 1.0)
+        net.a.receive(resp_to_a[0], resp_to_a[1], resp_to_a[2], 1.0)
+        net.deliver(1.0)
+        for t in (2.0, 4.0, 8.0):
+            net.a.on_timer(t)
+            net.b.on_timer(t)
+            net.deliver(t)
+        new_a, _ = one_ike_sa_each(net)
+        assert_one_working_child(net)
+        survivors.add(new_a.initiator)
+    assert survivors == {True, False}  # A's new SA survived in some runs, B's in others
