@@ -21,8 +21,8 @@ Covered here:
   answered; an authenticated new message alone may move the peer (2.23);
 - KE payloads in CREATE_CHILD_SA: INVALID_KE_PAYLOAD, NO_PROPOSAL_CHOSEN or INVALID_SYNTAX
   (1.3, 3.4, 3.10.1); NO_ADDITIONAL_SAS beyond ``max_children``; child rekey collisions
-  (2.8.1) and rekey/delete collisions (2.25.1, 2.25.2 with TEMPORARY_FAILURE). Simultaneous
-  IKE SA rekeys (2.8.2) are not resolved yet.
+  (2.8.1), simultaneous IKE SA rekeys (2.8.2) and rekey/delete collisions (2.25.1, 2.25.2,
+  with TEMPORARY_FAILURE).
 """
 
 from __future__ import annotations
