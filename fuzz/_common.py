@@ -225,6 +225,20 @@ def _setup_snapshot() -> None:
         lambda: ed25519.Ed25519PrivateKey.generate().public_key(),
     ):
         atomic.append(type(make()))
+    # immutable values of the project (frozen dataclasses, networks): shared, not copied
+    import ipaddress
+
+    from nattunnel.ike_sa import EspProposal, Identity, IkeProposal
+    from nattunnel.suite import Suite
+
+    atomic += [Suite, IkeProposal, EspProposal, Identity, ipaddress.IPv4Network,
+               ipaddress.IPv6Network, ipaddress.IPv4Address, ipaddress.IPv6Address]
+    try:
+        from nattunnel.ike import IkeLimits
+
+        atomic.append(IkeLimits)
+    except ImportError:
+        pass
     for t in atomic:
         copy._deepcopy_dispatch[t] = _atomic  # type: ignore[attr-defined]
 

@@ -62,6 +62,8 @@ class Sent:
 @dataclass
 class Net:
     auth: str = "psk"
+    #: B's cookie threshold (0: every IKE_SA_INIT request must carry a COOKIE)
+    cookie_threshold: int = 32
     queue: list[Sent] = field(default_factory=list)
     log: list[Sent] = field(default_factory=list)
 
@@ -70,7 +72,8 @@ class Net:
         self.ta.add_peer("b", [NET_B])
         self.tb.add_peer("a", [NET_A])
         self.a = IkeManager(self.ta, self.send_from_a, self.addr_a)
-        self.b = IkeManager(self.tb, self.send_from_b, self.addr_b)
+        self.b = IkeManager(self.tb, self.send_from_b, self.addr_b,
+                            cookie_threshold=self.cookie_threshold)
         self.ca, self.cb = configs(self.auth)
         self.a.add_peer(IkePeer(self.ca, initiate=False, remote=B_ADDR), 0)
         self.b.add_peer(IkePeer(self.cb, initiate=False, remote=None), 0)

@@ -1,0 +1,205 @@
+"""Fuzz the IKE manager (nattunnel/ike.py ``IkeManager.receive``) with real crypto.
+
+Two managers (A initiates, B responds; each with its Tunnel) run a real handshake in memory;
+the network between them is captured after every delivered message (and after a child
+rekey, an IKE SA rekey, a liveness check and a delete were started), with B's cookie
+threshold normal or zero (every IKE_SA_INIT must carry a COOKIE). Every input starts from a
+copy of one of those snapshots and is a program of up to 12 operations on the messages in
+flight and the managers:
+
+- deliver the next message, or one of them byte-mutated (the original kept or lost), dropped,
+  duplicated, from another source address or port (a NAT rebinding, IPv6), on port 500 or
+  4500 (``natt`` True/False);
+- arbitrary octets to A or B from any source, on either port;
+- a message of any stage of the recorded handshake, byte-mutated, to either side;
+- a flood of IKE_SA_INIT requests (the real one under fresh SPIs, from many sources);
+- timers (retransmissions, DPD, rekeys, half-open expiry) on both;
+- the API: rekey a child or the IKE SA, delete, initiate again.
+
+Nothing may escape ``receive``/``on_timer`` (and the manager's own catch-all must not have
+caught anything: it is patched to re-raise); every SA the manager keeps is alive and filed
+under its own SPI; every half-open entry is a live INIT_DONE SA.
+
+    python3 fuzz/fuzz_ike_manager.py [libFuzzer flags] [corpus dirs]
+"""
+
+from __future__ import annotations
+
+import sys
+
+import atheris
+
+with atheris.instrument_imports(include=["nattunnel"]):
+    import _common
+    import _ike_world as world
+
+    from nattunnel.ike_sa import State
+
+from _common import STRUCTURED_FLAGS, FuzzFailure, Reader, mutate, snapshot
+
+MAX_OPS = 12
+SOURCES = [None, None, ("198.18.0.1", 4500), ("198.18.0.1", 61001), ("198.18.0.2", 4500),
+           ("203.0.113.9", 500), ("2001:db8::9", 4500, 0, 0), ("198.18.0.1", 0)]
+
+
+def fail(sig: str, detail: str) -> None:
+    raise FuzzFailure("ike_manager." + sig, detail)
+
+
+class Escaped(Exception):
+    """What the manager's last line of defence caught, re-raised by the harness."""
+
+
+def _reraise(what: str, exc: Exception, now: float) -> None:
+    raise Escaped(f"caught by the manager's catch-all ({what}): {exc!r}") from exc
+
+
+def _arm(net: world.Net) -> None:
+    for m in (net.a, net.b):
+        m._internal_error = _reraise  # type: ignore[method-assign]
+
+
+SNAPSHOTS: list[world.Net] = []
+RECORDED: list[world.Sent] = []
+
+
+def snapshots() -> list[world.Net]:
+    if SNAPSHOTS:
+        return SNAPSHOTS
+    for auth in ("psk", "pubkey"):
+        for threshold in (32, 0):
+            net = world.Net(auth, cookie_threshold=threshold)
+            net.a.initiate("b", 0.0)
+            SNAPSHOTS.append(snapshot(net))
+            for _ in range(12):  # one message at a time, to established
+                if not net.queue:
+                    break
+                net.deliver_one(net.queue.pop(0), 0.0)
+                SNAPSHOTS.append(snapshot(net))
+            sa_a, sa_b = net.ike_sa("a"), net.ike_sa("b")
+            assert sa_a is not None and sa_b is not None, "the handshake did not complete"
+            for start in ("rekey child", "rekey IKE", "dpd", "delete", "b rekey child"):
+                n = snapshot(net)
+                a, b = n.ike_sa("a"), n.ike_sa("b")
+                if start == "rekey child":
+                    a.rekey_child(a.children[0].spi_in, 1.0)
+                    n.a._process(a, 1.0)
+                elif start == "b rekey child":
+                    b.rekey_child(b.children[0].spi_in, 1.0)
+                    n.b._process(b, 1.0)
+                elif start == "rekey IKE":
+                    a.rekey_ike(1.0)
+                    n.a._process(a, 1.0)
+                elif start == "dpd":
+                    n.a.on_timer(50.0)
+                else:
+                    a.delete(1.0)
+                    n.a._process(a, 1.0)
+                SNAPSHOTS.append(snapshot(n))
+                n.pump(1.0)
+                RECORDED.extend(n.log)
+            RECORDED.extend(net.log)
+    for n in SNAPSHOTS:
+        n.log = []  # what is recorded is in RECORDED; a snapshot need not copy it each time
+    return SNAPSHOTS
+
+
+def check(net: world.Net, what: str) -> None:
+    for side in ("a", "b"):
+        m = net.manager(side)
+        for spi, sa in m.sas.items():
+            if sa.state is State.DEAD:
+                fail("dead_sa_kept", f"{what}: side {side} keeps a DEAD SA")
+            if sa.local_spi != spi:
+                fail("sa_filed_wrong", f"{what}: side {side} SA under {spi.hex()} has "
+                                       f"{sa.local_spi.hex()}")
+        for key, sa in m._half_open_sas.items():
+            if sa.state is not State.INIT_DONE or m.sas.get(sa.local_spi) is not sa:
+                fail("half_open_stale", f"{what}: side {side} half-open {key} is {sa.state}")
+        m.next_deadline()
+        if m.counters.get("errors", 0):
+            fail("internal_error", f"{what}: side {side} counted an internal error")
+
+
+def run(data: bytes) -> None:
+    r = Reader(data)
+    snaps = snapshots()
+    base = snaps[r.below(len(snaps))]
+    net = snapshot(base, (base.ca, base.cb))
+    _arm(net)
+    now = 1.0
+    for step in range(MAX_OPS):
+        if r.left == 0:
+            break
+        op = r.u8() % 12
+        what = f"step {step} op {op}"
+        q = net.queue
+        if op <= 1 and q:
+            net.deliver_one(q.pop(0), now)
+        elif op in (2, 3) and q:
+            i = r.below(len(q))
+            s = q[i] if r.bool() else q.pop(i)
+            src = r.pick(SOURCES) or s.src
+            natt = s.natt if r.u8() & 3 else not s.natt
+            net.manager(s.to).receive(mutate(r, s.data, 4), src, natt, now)
+        elif op == 4 and q:
+            q.pop(r.below(len(q)))
+        elif op == 5 and q:
+            s = q[r.below(len(q))]
+            net.deliver_one(s, now)  # a duplicate (the original stays queued)
+        elif op == 6:
+            side = r.pick(("a", "b"))
+            net.manager(side).receive(r.blob(255), r.pick(SOURCES) or ("192.0.2.7", 4500),
+                                      r.bool(), now)
+        elif op == 7:
+            s = r.pick(RECORDED)
+            to = s.to if r.u8() & 3 else ("a" if s.to == "b" else "b")
+            net.manager(to).receive(mutate(r, s.data, 3), r.pick(SOURCES) or s.src,
+                                    r.bool(), now)
+        elif op == 8:
+            init = next(x for x in RECORDED if x.to == "b")
+            for k in range(1 + r.u8() % 8):
+                spi = bytes([k + 1]) + r.take(7).ljust(7, b"\x01")
+                src = (f"198.51.100.{r.u8()}", r.pick((500, 4500, 1024 + k)))
+                net.b.receive(spi + init.data[8:], src, src[1] == 4500, now)
+        elif op == 9:
+            now += r.pick((0.1, 0.6, 2.0, 10.0, 31.0, 61.0, 5000.0))
+            net.a.on_timer(now)
+            net.b.on_timer(now)
+        elif op == 10:
+            m = net.manager(r.pick(("a", "b")))
+            sas = [sa for sa in m.sas.values() if sa.state is State.ESTABLISHED]
+            if sas:
+                sa = sas[r.below(len(sas))]
+                k = r.u8() % 4
+                if k == 0 and sa.children:
+                    sa.rekey_child(sa.children[r.below(len(sa.children))].spi_in, now)
+                elif k == 1:
+                    sa.rekey_ike(now)
+                elif k == 2:
+                    sa.delete(now)
+                m._process(sa, now)
+            elif m is net.a and r.bool():
+                net.a.initiate("b", now)
+        else:
+            net.pump(now, rounds=1)
+        check(net, what)
+
+
+def test_one_input(data: bytes) -> None:
+    run(data)
+
+
+def seed_programs() -> list[bytes]:
+    out = []
+    for i in range(len(snapshots())):
+        out.append(bytes([i]) + bytes(12))  # deliver everything in order
+        out.append(bytes([i, 2, 0, 1, 1, 0, 0, 0, 1]) + bytes(8))  # a mutated delivery
+        out.append(bytes([i, 9, 4, 0, 9, 6, 1, 0]) + bytes(6))  # timers
+        out.append(bytes([i, 8, 5, 0, 0, 0, 1]))  # a flood, then deliveries
+    return out
+
+
+if __name__ == "__main__":
+    snapshots()
+    _common.main("ike_manager", test_one_input, seed_programs, sys.argv, STRUCTURED_FLAGS)
