@@ -1189,11 +1189,14 @@ class IkeSa:
     def _adopt_source(self, source: Addr | None, natt: bool) -> None:
         """Section 2.23: an authenticated new message on port 4500 from another address or
         port (a NAT mapping changed) moves the SA there. A host behind a NAT does not do
-        this once the SA is up (it would let a single packet break the SA). During
-        IKE_AUTH the responder learns the port the initiator floated to."""
+        this once the SA is up (2.23: SHOULD NOT), unless the peer is behind a NAT too (both
+        sides behind NAT, one reached through a port forward, is supported, and the other
+        side's mapping can change like any). During IKE_AUTH the responder learns the port
+        the initiator floated to."""
         if source is None or not natt:
             return
-        if self.state is State.ESTABLISHED and self.local_behind_nat:
+        if (self.state is State.ESTABLISHED and self.local_behind_nat
+                and not self.remote_behind_nat):
             return
         self.remote = source
         self.natt = True

@@ -771,3 +771,28 @@ def test_simultaneous_ike_sa_rekeys_with_the_delete_overtaking_the_response():
         assert_one_working_child(net)
         survivors.add(new_a.initiator)
     assert survivors == {True, False}  # A's new SA survived in some runs, B's in others
+
+
+def test_the_side_behind_the_nat_does_not_follow_a_public_peer_to_another_address():
+    """Section 2.23: a host behind a NAT does not update the address (A is; B is public)."""
+    w = established()
+    assert w.b is not None and w.a.local_behind_nat and not w.a.remote_behind_nat
+    w.b._request_send(ExchangeType.INFORMATIONAL, [], "liveness check", 5.0)
+    (out,) = w.b.pop_outputs()
+    where = w.a.remote
+    elsewhere = ("198.18.0.99", 4500)
+    assert w.a.receive(out.data, 5.0, elsewhere, True)  # authenticated and new
+    (resp,) = w.a.pop_outputs()
+    assert resp.remote == elsewhere  # answered where it came from (section 2.11)
+    assert w.a.remote == where  # but not followed
+    # B, public, follows A (A is behind the NAT): likewise with both behind NATs
+    w.a._request_send(ExchangeType.INFORMATIONAL, [], "liveness check", 6.0)
+    (out,) = w.a.pop_outputs()
+    assert w.b.receive(out.data, 6.0, ("198.18.0.1", 40001), True)
+    assert w.b.remote == ("198.18.0.1", 40001)
+    w.b.local_behind_nat = True
+    w.a._request = None
+    w.a._request_send(ExchangeType.INFORMATIONAL, [], "liveness check", 7.0)
+    (out,) = w.a.pop_outputs()
+    assert w.b.receive(out.data, 7.0, ("198.18.0.1", 40002), True)
+    assert w.b.remote == ("198.18.0.1", 40002)
