@@ -5,7 +5,9 @@ NAT (a second, legitimate IKE peer of B) and E on B's segment (the attacker). A 
 ``nattunnel up`` with IKEv2 (PSK); the legitimate flow is iperf3 A -> B through the tunnel
 (TCP by default). One after another, in the same run:
 
-- the baseline: the flow alone;
+- the baseline: the flow alone, before the first attack and again after each one (the
+  machine's load drifts: each attack is compared with the mean of the baselines just before
+  and just after it);
 - for each attack: the flow while a separate attacker process in E's namespace sends one kind
   of junk to B's port 4500 at ``rate`` datagrams per second (``0``: as fast as it can) -- see
   ``ATTACKS``; the attacker is bounded in count and time and stops by itself;
@@ -13,10 +15,9 @@ NAT (a second, legitimate IKE peer of B) and E on B's segment (the attacker). A 
   project's encoder, each with a fresh SPI, and every COOKIE notify answered (an attacker
   that does not spoof its address); after the flow's run, with the flood still going, C is
   started and the time until its IKE SA is established is measured (also measured without a
-  flood in the baseline phase);
-- the baseline again (drift).
+  flood in the first baseline phase).
 
-For each: the flow's throughput and its ratio to the mean of the two baselines, B's CPU time,
+For each: the flow's throughput and its ratio to its two neighbouring baselines, B's CPU time,
 the peak RSS of B's process (sampled every 0.1 s), B's drop counters by reason (including the
 kernel's receive-buffer drops, ``kernel_rcvbuf``) and IKE counters, as differences over the
 phase, and what the attacker achieved (datagrams sent per second, its CPU time).
@@ -72,7 +73,6 @@ ATTACKS: dict[str, str] = {
                 "answered (ike_rate per second)",
 }
 BASELINE = "baseline"
-BASELINE_END = "baseline (end)"
 #: the port each attack targets on B
 PORT = {name: 4500 for name in ATTACKS} | {"control": 4501, "ike-init": 500}
 DEFAULT_RATE = 50_000
@@ -98,7 +98,11 @@ class AttackResult:
     #: datagrams per second asked of the attacker (0: as fast as it can), None: no attacker
     rate_target: int | None
     mbps: float | None = None
+    #: the mean of the baseline runs just before and just after this one, and the ratio
+    baseline_mbps: float | None = None
     ratio_to_baseline: float | None = None
+    #: ratio_to_baseline over the control row's: nattunnel's own share of the loss
+    ratio_to_control: float | None = None
     #: datagrams the attacker sent (cookie answers included) and per second
     sent: int | None = None
     rate_sent: float | None = None
@@ -212,6 +216,63 @@ class _InitFlood:
         return encode_message(hdr, [Notify(NotifyType.COOKIE, cookie.data), *self.payloads])
 
 
+class _Batches:
+    """sendmmsg(2) through ctypes: the pool's datagrams as ready-made ``mmsghdr`` arrays of
+    up to BATCH, so that one system call sends a burst and the attacker's own CPU time stays
+    small next to what its datagrams cost the receiver (each still a datagram of its own on
+    the wire: no GSO, no aggregation at B)."""
+
+    BATCH = 64
+
+    def __init__(self, sock: socket.socket, dest: tuple[str, int], pool: list[bytes]) -> None:
+        import ctypes
+        import ctypes.util
+
+        class Iovec(ctypes.Structure):
+            _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
+
+        class Msghdr(ctypes.Structure):
+            _fields_ = [("name", ctypes.c_void_p), ("namelen", ctypes.c_uint32),
+                        ("iov", ctypes.POINTER(Iovec)), ("iovlen", ctypes.c_size_t),
+                        ("control", ctypes.c_void_p), ("controllen", ctypes.c_size_t),
+                        ("flags", ctypes.c_int)]
+
+        class Mmsghdr(ctypes.Structure):
+            _fields_ = [("hdr", Msghdr), ("len", ctypes.c_uint)]
+
+        self._ctypes = ctypes
+        self._libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        self._fd = sock.fileno()
+        addr = (socket.AF_INET.to_bytes(2, sys.byteorder) + dest[1].to_bytes(2, "big")
+                + socket.inet_aton(dest[0]) + bytes(8))
+        self._name = ctypes.create_string_buffer(addr, len(addr))
+        self._keep: list[Any] = []
+        self.arrays: list[Any] = []
+        for start in range(0, len(pool), self.BATCH):
+            chunk = pool[start : start + self.BATCH]
+            arr = (Mmsghdr * len(chunk))()
+            iovs = (Iovec * len(chunk))()
+            for k, data in enumerate(chunk):
+                buf = ctypes.create_string_buffer(data, len(data))
+                self._keep.append(buf)
+                iovs[k].base = ctypes.addressof(buf)
+                iovs[k].len = len(data)
+                arr[k].hdr.name = ctypes.addressof(self._name)
+                arr[k].hdr.namelen = len(addr)
+                arr[k].hdr.iov = ctypes.pointer(iovs[k])
+                arr[k].hdr.iovlen = 1
+            self._keep.append(iovs)
+            self.arrays.append((arr, len(chunk)))
+        self._next = 0
+
+    def send(self, n: int) -> int:
+        """Send up to ``n`` (at most one array) datagrams; how many went, -1 if none could."""
+        arr, size = self.arrays[self._next]
+        self._next = (self._next + 1) % len(self.arrays)
+        sent: int = self._libc.sendmmsg(self._fd, arr, min(n, size), 0x40)  # MSG_DONTWAIT
+        return sent
+
+
 def attacker_main(argv: Sequence[str] | None = None) -> int:
     """The attacker process: ``python -c 'from nattunnel.benchattack import attacker_main;
     attacker_main()' JSON``; JSON has kind, host, port, rate (0: full speed), seconds,
@@ -236,6 +297,7 @@ def attacker_main(argv: Sequence[str] | None = None) -> int:
     else:
         pool = _junk_pool(kind, [bytes.fromhex(h) for h in cfg.get("esp", [])])
     sendto, npool = s.sendto, len(pool)
+    batches = _Batches(s, dest, pool) if pool and cfg.get("mmsg", True) else None
     sent = blocked = resends = 0
     cpu0, t0 = time.process_time(), time.monotonic()
     end = t0 + seconds
@@ -250,6 +312,14 @@ def attacker_main(argv: Sequence[str] | None = None) -> int:
             if burst <= 0:
                 time.sleep(0.0005)
                 continue
+        if batches is not None:
+            n = batches.send(burst)
+            if n > 0:
+                sent += n
+            else:
+                blocked += 1
+                select.select([], [s], [], 0.002)
+            continue
         for _ in range(burst):
             data = flood.fresh() if flood is not None else pool[i % npool]
             i += 1
@@ -525,20 +595,40 @@ def _short(reason: str, limit: int = 90) -> str:
 
 
 def _add_ratios(results: list[AttackResult]) -> float | None:
-    base = [r.mbps for r in results if r.attack in (BASELINE, BASELINE_END) and r.mbps]
+    """Each attack against the mean of the nearest baseline run before it and after it (a
+    baseline row against the mean of all); ``ratio_to_control`` against the control row.
+    Returns the mean of all baseline runs."""
+    base = [r.mbps for r in results if r.attack == BASELINE and r.mbps]
     if not base:
         return None
-    ref = sum(base) / len(base)
-    for r in results:
-        if r.mbps is not None:
+    mean = sum(base) / len(base)
+    for i, r in enumerate(results):
+        if r.attack == BASELINE:
+            ref: float | None = mean
+        else:
+            before = next((x.mbps for x in reversed(results[:i])
+                           if x.attack == BASELINE and x.mbps), None)
+            after = next((x.mbps for x in results[i + 1 :]
+                          if x.attack == BASELINE and x.mbps), None)
+            near = [m for m in (before, after) if m]
+            ref = sum(near) / len(near) if near else None
+        r.baseline_mbps = ref
+        if r.mbps is not None and ref:
             r.ratio_to_baseline = r.mbps / ref
-    return ref
+    ctrl = next((r.ratio_to_baseline for r in results
+                 if r.attack == "control" and r.ratio_to_baseline), None)
+    if ctrl is not None:
+        for r in results:
+            if r.attack != BASELINE and r.ratio_to_baseline is not None:
+                r.ratio_to_control = r.ratio_to_baseline / ctrl
+    return mean
 
 
 def run_attack(seconds: float, rate: int, ike_rate: int, attacks: Sequence[str] = tuple(ATTACKS),
                udp: bool = False, progress: Callable[[str], None] | None = None
                ) -> list[AttackResult]:
-    """The baseline, each of ``attacks`` (in ``ATTACKS`` order), the baseline again."""
+    """The baseline, then each of ``attacks`` (in ``ATTACKS`` order) followed by the
+    baseline again."""
     say = progress or (lambda s: None)
     results: list[AttackResult] = []
     with Lab(with_c=True, with_e=True) as lab, \
@@ -562,8 +652,8 @@ def run_attack(seconds: float, rate: int, ike_rate: int, attacks: Sequence[str] 
                                   new_peer=name == "ike-init"))
             if results[-1].status != OK:
                 say(f"{name}: {results[-1].status}")
-        say(f"{BASELINE_END}: {seconds:g} s ...")
-        results.append(_phase(t, BASELINE_END, seconds, udp, None, esp, workdir))
+            say(f"{BASELINE}: {seconds:g} s ...")
+            results.append(_phase(t, BASELINE, seconds, udp, None, esp, workdir))
     _add_ratios(results)
     return results
 
@@ -583,24 +673,37 @@ def _top_drops(drops: dict[str, int], n: int = 3) -> str:
 
 
 def format_table(results: list[AttackResult]) -> str:
-    head = (f"{'attack':<15}{'port':>5}{'rate/s':>9}{'sent/s':>9}{'Mbit/s':>8}"
-            f"{'x base':>8}{'B CPU s':>8}{'RSS MB':>8}{'rcvbuf':>8}{'peer s':>7}  drops")
+    """One row per attack (the baseline runs between them are summed up in the first row
+    and give each attack its ``base`` column)."""
+    head = (f"{'attack':<11}{'port':>5}{'rate/s':>8}{'sent/s':>8}{'Mbit/s':>7}{'base':>6}"
+            f"{'x base':>7}{'x ctrl':>7}{'B CPU':>6}{'RSS MB':>7}{'rcvbuf':>7}{'peer s':>7}"
+            f"  drops")
     lines = [head]
-    for r in results:
+    base = [r for r in results if r.attack == BASELINE]
+    shown = base[:1] + [r for r in results if r.attack != BASELINE]
+    for r in shown:
         rate = "-" if r.rate_target is None else ("max" if r.rate_target == 0
                                                   else f"{r.rate_target:,}")
-        left = f"{r.attack:<15}{_num(r.port, 'd'):>5}{rate:>9}"
+        name = r.attack if r.attack != BASELINE or len(base) < 2 else f"baseline*{len(base)}"
+        left = f"{name:<11}{_num(r.port, 'd'):>5}{rate:>8}"
         if r.status != OK:
             lines.append(f"{left}  {r.status}")
             continue
         peer = _num(r.new_peer_seconds, ".2f")
         if r.new_peer_seconds is None and r.new_peer_within_target is False:
             peer = "none"
+        mbps = r.mbps
+        if r.attack == BASELINE and len(base) > 1:  # the mean of every baseline run
+            runs = [x.mbps for x in base if x.mbps]
+            mbps = sum(runs) / len(runs) if runs else None
+        other = {k: v for k, v in r.drops.items() if k != "kernel_rcvbuf"}
         lines.append(
-            f"{left}{_num(r.rate_sent, ',.0f'):>9}{_num(r.mbps, '.0f'):>8}"
-            f"{_num(r.ratio_to_baseline, '.3f'):>8}{_num(r.endpoint_cpu_seconds, '.1f'):>8}"
-            f"{_num(r.rss_peak_mb, '.1f'):>8}{r.drops.get('kernel_rcvbuf', 0):>8}"
-            f"{peer:>7}  {_top_drops({k: v for k, v in r.drops.items() if k != 'kernel_rcvbuf'})}"
+            f"{left}{_num(r.rate_sent, ',.0f'):>8}{_num(mbps, '.0f'):>7}"
+            f"{_num(r.baseline_mbps if r.attack != BASELINE else None, '.0f'):>6}"
+            f"{_num(r.ratio_to_baseline if r.attack != BASELINE else None, '.3f'):>7}"
+            f"{_num(r.ratio_to_control, '.3f'):>7}{_num(r.endpoint_cpu_seconds, '.1f'):>6}"
+            f"{_num(r.rss_peak_mb, '.1f'):>7}{r.drops.get('kernel_rcvbuf', 0):>7}"
+            f"{peer:>7}  {_top_drops(other)}"
         )
     return "\n".join(lines)
 
@@ -608,8 +711,9 @@ def format_table(results: list[AttackResult]) -> str:
 def report_json(results: list[AttackResult], machine: dict[str, Any], seconds: float,
                 rate: int, ike_rate: int, proto: str,
                 other_work: float | None) -> dict[str, Any]:
-    base = [r.mbps for r in results if r.attack in (BASELINE, BASELINE_END) and r.mbps]
-    base_rss = next((r.rss_peak_mb for r in results if r.attack == BASELINE), None)
+    base = [r.mbps for r in results if r.attack == BASELINE and r.mbps]
+    base_rss = max((r.rss_peak_mb for r in results if r.attack == BASELINE
+                    and r.rss_peak_mb is not None), default=None)
     return {
         "machine": machine,
         "seconds": seconds,
@@ -617,6 +721,7 @@ def report_json(results: list[AttackResult], machine: dict[str, Any], seconds: f
         "ike_rate": ike_rate,
         "proto": proto,
         "baseline_mbps": sum(base) / len(base) if base else None,
+        "baseline_runs_mbps": base,
         "other_work_cores": other_work,
         "targets": {"ratio_to_baseline": TARGET_RATIO,
                     "new_peer_seconds": TARGET_NEW_PEER_SECONDS,
@@ -655,15 +760,19 @@ def attack_main(seconds: float, rate: int, ike_rate: int, attacks: Sequence[str]
           f"Python {info['python']}")
     print(f"other work on the machine during the run: {_num(other_work, '.2f')} of "
           f"{info['cores']} cores on average (processes outside this run)")
+    runs = [r.mbps for r in results if r.attack == BASELINE and r.mbps]
     print(f"iperf3 {proto.upper()} A (behind NAT) -> B through nattunnel (IKEv2), "
-          f"{seconds:g} s per row; attacker on B's segment; baseline (mean of first and last) "
-          f"{_num(base, '.0f')} Mbit/s; {time.monotonic() - t0:.0f} s in all\n")
+          f"{seconds:g} s per run; attacker on B's segment; {len(runs)} baseline runs, "
+          f"mean {_num(base, '.0f')} Mbit/s (min {_num(min(runs, default=None), '.0f')}, "
+          f"max {_num(max(runs, default=None), '.0f')}); {time.monotonic() - t0:.0f} s in all\n")
     print(format_table(results))
     print(f"\ntargets: >= {TARGET_RATIO:.0%} of the baseline under each flood; B's RSS at "
           f"most {RSS_GROWTH_BOUND_MB:.0f} MB above the baseline row's; the new peer C "
           f"established within {TARGET_NEW_PEER_SECONDS:g} s during the IKE_SA_INIT flood")
-    print("rcvbuf: datagrams B's kernel dropped (socket receive buffer full); peer s: C's "
-          "IKE SA set up time; drops: B's largest drop counters over the row")
+    print("base: mean of the baseline runs just before and after the row; x ctrl: x base over "
+          "the control row's (nattunnel's own share); B CPU: seconds of B's endpoint process;\n"
+          "rcvbuf: datagrams B's kernel dropped (socket receive buffer full); peer s: C's IKE "
+          "SA set up time; drops: B's largest drop counters over the row")
     return 0
 
 

@@ -104,8 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
         "attack", help="an IKEv2 nattunnel tunnel's throughput, memory and drops under "
                        "floods of junk and IKE_SA_INIT (root)"
     )
-    attack.add_argument("--seconds", type=float, default=8.0,
-                        help="length of the flow's run per attack (default 8)")
+    attack.add_argument("--seconds", type=float, default=5.0,
+                        help="length of each iperf3 run (default 5): one per attack, one "
+                             "baseline before each attack and one after the last")
     attack.add_argument("--rate", type=_rate, default=50_000, metavar="N|max",
                         help="junk datagrams per second (default 50000; max: as fast as "
                              "the attacker can)")

@@ -16,7 +16,6 @@ import pytest
 from nattunnel.benchattack import (
     ATTACKS,
     BASELINE,
-    BASELINE_END,
     AttackResult,
     _add_ratios,
     _InitFlood,
@@ -30,7 +29,8 @@ from nattunnel.constants import ExchangeType, NotifyType
 from nattunnel.ike_message import Header, Notify, decode_message, encode_message
 from tests.lab import require_lab_tools
 
-RESULT_KEYS = {"attack", "description", "port", "rate_target", "mbps", "ratio_to_baseline",
+RESULT_KEYS = {"attack", "description", "port", "rate_target", "mbps", "baseline_mbps",
+               "ratio_to_baseline", "ratio_to_control",
                "sent", "rate_sent", "attacker_cpu_seconds", "endpoint_cpu_seconds",
                "rss_peak_mb", "drops", "ike", "attacker", "new_peer_seconds",
                "new_peer_within_target", "status"}
@@ -49,15 +49,17 @@ def test_bench_attack_runs_and_reports_json():
     assert report["rate"] == 5000 and report["ike_rate"] == 500 and report["proto"] == "tcp"
     assert set(report["targets"]) == {"ratio_to_baseline", "new_peer_seconds", "rss_bound_mb"}
     rows = report["results"]
-    assert [x["attack"] for x in rows] == [BASELINE, *ATTACKS, BASELINE_END]
-    assert report["baseline_mbps"] > 0
+    # a baseline run before each attack and after the last
+    assert [x["attack"] for x in rows] == [BASELINE] + [x for a in ATTACKS for x in (a, BASELINE)]
+    assert report["baseline_mbps"] > 0 and len(report["baseline_runs_mbps"]) == len(ATTACKS) + 1
     for row in rows:
         assert set(row) == RESULT_KEYS
         assert row["status"] == "ok", row
-        assert row["mbps"] > 0 and row["ratio_to_baseline"] > 0
+        assert row["mbps"] > 0 and row["ratio_to_baseline"] > 0 and row["baseline_mbps"] > 0
         assert row["rss_peak_mb"] > 0 and row["endpoint_cpu_seconds"] >= 0
         assert all(isinstance(v, int) for v in row["drops"].values())
         if row["attack"] in ATTACKS:
+            assert row["ratio_to_control"] > 0
             assert row["sent"] > 0 and row["rate_sent"] > 0 and row["port"] in (500, 4500, 4501)
             assert row["attacker"]["kind"] == row["attack"]
     by = {x["attack"]: x for x in rows}
@@ -127,12 +129,16 @@ def _fake() -> list[AttackResult]:
     rows = [
         AttackResult(BASELINE, "alone", None, None, mbps=1000.0, rss_peak_mb=40.0,
                      new_peer_seconds=0.02, new_peer_within_target=True),
-        AttackResult("forged", ATTACKS["forged"], 4500, 50000, mbps=800.0, sent=400000,
+        AttackResult("control", ATTACKS["control"], 4501, 50000, mbps=950.0, sent=400000,
+                     rate_sent=50000.0, rss_peak_mb=40.0),
+        AttackResult(BASELINE, "alone", None, None, mbps=900.0, rss_peak_mb=42.0),
+        AttackResult("forged", ATTACKS["forged"], 4500, 50000, mbps=760.0, sent=400000,
                      rate_sent=49000.0, rss_peak_mb=41.0,
                      drops={"auth_failed": 390000, "kernel_rcvbuf": 12}),
+        AttackResult(BASELINE, "alone", None, None, mbps=1000.0),
         AttackResult("ike-init", ATTACKS["ike-init"], 500, 0, mbps=None,
                      status="failed: iperf3 failed: x"),
-        AttackResult(BASELINE_END, "alone", None, None, mbps=900.0),
+        AttackResult(BASELINE, "alone", None, None, mbps=1100.0),
     ]
     _add_ratios(rows)
     return rows
@@ -140,15 +146,25 @@ def _fake() -> list[AttackResult]:
 
 def test_table_and_json_from_fake_results():
     rows = _fake()
-    assert rows[1].ratio_to_baseline == pytest.approx(800 / 950)
+    # against the baselines just before and after
+    assert rows[1].baseline_mbps == pytest.approx(950)
+    assert rows[1].ratio_to_baseline == pytest.approx(1.0)
+    assert rows[3].ratio_to_baseline == pytest.approx(0.8)
+    assert rows[3].ratio_to_control == pytest.approx(0.8)
+    assert rows[5].ratio_to_baseline is None and rows[5].baseline_mbps == pytest.approx(1050)
     lines = format_table(rows).splitlines()
     assert lines[0].split()[:3] == ["attack", "port", "rate/s"]
-    assert lines[2].split()[:7] == ["forged", "4500", "50,000", "49,000", "800", "0.842", "-"]
-    assert lines[2].split()[-1] == "auth_failed=390000" and " 12 " in lines[2]
-    assert "max" in lines[3] and lines[3].endswith("failed: iperf3 failed: x")
+    assert len(lines) == 1 + 4  # the baselines in one row
+    assert lines[1].split()[:3] == ["baseline*4", "-", "-"]
+    assert lines[1].split()[4] == "1000"  # their mean
+    assert lines[3].split()[:8] == ["forged", "4500", "50,000", "49,000", "760", "950",
+                                    "0.800", "0.800"]
+    assert lines[3].split()[-1] == "auth_failed=390000" and " 12 " in lines[3]
+    assert "max" in lines[4] and lines[4].endswith("failed: iperf3 failed: x")
     doc = json.loads(json.dumps(report_json(rows, {"cpu": "x"}, 8.0, 50000, 2000, "tcp", 0.1)))
-    assert doc["baseline_mbps"] == pytest.approx(950)
-    assert doc["targets"]["rss_bound_mb"] == pytest.approx(40 + 64)
+    assert doc["baseline_mbps"] == pytest.approx(1000)
+    assert doc["baseline_runs_mbps"] == [1000.0, 900.0, 1000.0, 1100.0]
+    assert doc["targets"]["rss_bound_mb"] == pytest.approx(42 + 64)
     assert set(doc["results"][1]) == RESULT_KEYS
 
 
