@@ -438,7 +438,7 @@ class IkeManager:
         soft = cfg.rekey_packets if cfg and cfg.rekey_packets else None
         outbound = OutboundSA(ev.spi_out, ev.suite, ev.keymat_out, esn=ev.esn,
                               tfc_pad=cfg.tfc_pad if cfg else 0, soft_limit=soft)
-        self._outbound_sas[ev.spi_out] = (peer, outbound)
+        self._outbound_sas[(ev.ike.name, ev.spi_out)] = (peer, outbound)
         self.tunnel.set_outbound(peer, outbound)
         if cfg and cfg.rekey_bytes:
             self._byte_limits[ev.spi_in] = (ev.ike, peer.tx_bytes)
@@ -455,8 +455,9 @@ class IkeManager:
                  " (rekey)" if ev.replaces is not None else "")
 
     @functools.cached_property
-    def _outbound_sas(self) -> dict[int, tuple[Peer, OutboundSA]]:
-        """The outbound SA of every child SA that is up, by SPI, oldest first."""
+    def _outbound_sas(self) -> dict[tuple[str, int], tuple[Peer, OutboundSA]]:
+        """The outbound SA of every child SA that is up, by (peer, SPI), oldest first (the
+        peer chose the SPI: two peers may choose the same)."""
         return {}
 
     def _child_down(self, ev: ChildDown, now: float) -> None:
@@ -466,7 +467,7 @@ class IkeManager:
         # rekey collision (section 2.8.1) the redundant SA, installed last, is deleted
         # while the surviving one, installed before it, stays.
         self._grace.append((now + CHILD_GRACE, ev.spi_in))
-        self._outbound_sas.pop(ev.spi_out, None)
+        self._outbound_sas.pop((ev.ike.name, ev.spi_out), None)
         peer = self._tunnel_peer(ev.ike)
         if peer is not None and peer.outbound is not None and peer.outbound.spi == ev.spi_out:
             survivor = next((sa for p, sa in reversed(self._outbound_sas.values())
