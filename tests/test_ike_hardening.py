@@ -796,3 +796,33 @@ def test_the_side_behind_the_nat_does_not_follow_a_public_peer_to_another_addres
     (out,) = w.a.pop_outputs()
     assert w.b.receive(out.data, 7.0, ("198.18.0.1", 40002), True)
     assert w.b.remote == ("198.18.0.1", 40002)
+
+
+def test_outbound_fallback_is_per_peer_even_with_equal_spis():
+    """The peer chooses the outbound SPI, so two peers may choose the same one."""
+    from types import SimpleNamespace
+
+    from nattunnel.ike_sa import ChildDown, ChildUp
+    from nattunnel.tunnel import Tunnel
+
+    tunnel = Tunnel()
+    tunnel.add_peer("x", [NET_A])
+    tunnel.add_peer("y", [NET_B])
+    m = IkeManager(tunnel, lambda o: None, lambda r, n: ("198.18.0.2", 500))
+    x, y = (SimpleNamespace(name=n, config=None, remote=("198.18.0.9", 4500)) for n in "xy")
+    spi_in = iter(range(0x100, 0x200))
+
+    def child(ike, spi_out):
+        return ChildUp(ike, next(spi_in), spi_out, AES_GCM_256, False, bytes(36), bytes(36),
+                       (), ())
+
+    m._child_up(child(x, 0x1000), 0.0)
+    y1 = child(y, 0x1000)
+    m._child_up(y1, 0.0)
+    m._child_down(ChildDown(x, 0x100, 0x1000), 0.0)
+    assert tunnel.peers["x"].outbound is None
+    assert tunnel.peers["y"].outbound.spi == 0x1000
+    y2 = child(y, 0x2000)
+    m._child_up(y2, 0.0)
+    m._child_down(ChildDown(y, y2.spi_in, 0x2000), 0.0)
+    assert tunnel.peers["y"].outbound is not None and tunnel.peers["y"].outbound.spi == 0x1000
