@@ -461,7 +461,7 @@ def _pick_esp(offered: SA, ours: Sequence[EspProposal], ke: KE | None, *, pfs: b
     want: int | None = None  # the group for INVALID_KE_PAYLOAD
     for mine in ours:
         for prop in offered.proposals:
-            if prop.protocol != ProtocolId.ESP or len(prop.spi) != 4:
+            if prop.protocol != ProtocolId.ESP or not _esp_spi_ok(prop.spi):
                 continue
             encr = [(t.id, t.key_length) for t in prop.get(TransformType.ENCR)]
             bits = mine.suite.key_attr_bits
@@ -493,6 +493,11 @@ def _pick_esp(offered: SA, ours: Sequence[EspProposal], ke: KE | None, *, pfs: b
         return IkeError(NotifyType.INVALID_KE_PAYLOAD, "another key exchange group wanted",
                         want.to_bytes(2, "big"))
     return IkeError(NotifyType.NO_PROPOSAL_CHOSEN, "no acceptable ESP proposal")
+
+
+def _esp_spi_ok(spi: bytes) -> bool:
+    """RFC 4303 section 2.1: 4 octets; 0 must not be sent, 1 to 255 are reserved by IANA."""
+    return len(spi) == 4 and int.from_bytes(spi, "big") > 0xFF
 
 
 def _esp_offer(proposals: Sequence[EspProposal], spi: int, pfs: int | None = None
@@ -929,7 +934,7 @@ class IkeSa:
         assert self._prf is not None and self._keys is not None and self.config is not None
         prop = sa.proposals[0]
         found = _suite_of(prop)
-        if found is None or len(prop.spi) != 4:
+        if found is None or not _esp_spi_ok(prop.spi):
             self._die("peer chose an ESP proposal we did not offer")
             return
         suite, esn = found

@@ -826,3 +826,26 @@ def test_outbound_fallback_is_per_peer_even_with_equal_spis():
     m._child_up(y2, 0.0)
     m._child_down(ChildDown(y, y2.spi_in, 0x2000), 0.0)
     assert tunnel.peers["y"].outbound is not None and tunnel.peers["y"].outbound.spi == 0x1000
+
+
+@pytest.mark.parametrize("spi", [bytes(4), b"\x00\x00\x00\xff"])
+def test_reserved_esp_spis_are_refused(spi):
+    """RFC 4303 section 2.1: SPI 0 is never sent, 1 to 255 are reserved."""
+    w = established()
+    assert w.b is not None
+    w.b.receive(new_child_request(w, spi), 1.0)
+    (out,) = w.b.pop_outputs()
+    assert only_notify(out.data, w.a).notify_type == NotifyType.NO_PROPOSAL_CHOSEN
+    assert len(w.b.children) == 1
+    # as initiator: a response choosing such an SPI makes no child SA
+    (ca,) = w.a.children
+    assert w.a.rekey_child(ca.spi_in, 2.0)
+    w.a.pop_outputs()
+    req = w.a._request
+    resp = encode_message(
+        Header.make(ExchangeType.CREATE_CHILD_SA, w.a.spi_i, w.a.spi_r,
+                    message_id=req.message_id, initiator=False, response=True),
+        [esp_offer(spi, ()), Nonce(b"r" * 32), TSi.of(NET_A), TSr.of(NET_B)], sk=w.b._sk_out)
+    w.a.receive(resp, 2.0)
+    assert not child_ups(w.a.pop_events())
+    assert all(c.spi_out > 0xFF for c in w.a.children)
