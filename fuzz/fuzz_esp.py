@@ -251,17 +251,23 @@ def crafted_plaintext(r: Reader, room: int | None) -> bytes:
         payload = inner_packet(r) + r.blob(64)  # TFC-style trailing octets
     else:
         payload = r.blob(255)
-    pad_kind = r.u8() % 4
+    pad_kind = r.u8() % 6
     padlen = r.u8()
-    if pad_kind == 0:
-        padlen = -(len(payload) + 2) % 4
-        padding = bytes(range(1, padlen + 1))
-    elif pad_kind == 1:
+    if pad_kind == 0:  # the least padding, as a sender makes it
+        padding = bytes(range(1, -(len(payload) + 2) % 4 + 1))
+    elif pad_kind == 1:  # correct, up to 255 octets
         padding = bytes(range(1, padlen + 1))
     elif pad_kind == 2:
         padding = bytes(range(1, padlen % 8 + 1))
-    else:
+    elif pad_kind == 3:  # the right length, one octet wrong
+        padding = bytearray(range(1, padlen + 1))
+        if padding:
+            padding[r.u8() % len(padding)] ^= 1 << (r.u8() & 7)
+        padding = bytes(padding)
+    else:  # octets of the input, the pad length saying their number (4) or not (5)
         padding = r.take(padlen % 16)
+    if pad_kind != 5:
+        padlen = len(padding)
     nh = r.pick((4, 41, 59, 4, 41, 0, 50, 255, r.u8()))
     if nh in (4, 41) and payload[:1]:
         want = 4 if nh == 4 else 6
