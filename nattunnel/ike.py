@@ -363,6 +363,10 @@ class IkeManager:
                 self._ike_down(ev, now)
             elif isinstance(ev, IkeRekeyed):
                 self.sas[ev.new.local_spi] = ev.new
+                # the children moved to the new IKE SA, and so do their byte lifetimes
+                for spi_in, (owner, tx_start) in list(self._byte_limits.items()):
+                    if owner is ev.old:
+                        self._byte_limits[spi_in] = (ev.new, tx_start)
                 self._schedule(ev.new)
                 log.info("peer %s: IKE SA rekeyed", ev.new.name)
                 self._log_ike_keys(ev.new)

@@ -180,3 +180,22 @@ def test_keepalive_modes_for_ike_peers():
     assert up(net)
     assert not net.ta.peers["b"].keepalive
     assert net.tb.peers["a"].keepalive
+
+
+def test_byte_lifetimes_survive_an_ike_sa_rekey():
+    net = Net()
+    net.ca.rekey_bytes = 10_000
+    net.a.initiate("b", 0.0)
+    net.deliver()
+    old = next(iter(net.a.sas.values()))
+    assert old.rekey_ike(1.0)
+    net.a._process(old, 1.0)
+    net.deliver(1.0)
+    assert old.state is State.DEAD and len(net.a.sas) == 1  # the children moved over
+    first = net.ta.peers["b"].outbound
+    _traffic(net, 12)  # about 12 kB: past the byte lifetime
+    t = net.a.next_deadline()
+    assert t is not None and t <= 6.0
+    net.a.on_timer(t)
+    net.deliver(t)
+    assert net.ta.peers["b"].outbound is not first
