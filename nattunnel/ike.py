@@ -334,7 +334,7 @@ class IkeManager:
             return
         local = self.local_addr(remote, natt)
         sa = IkeSa(None, initiator=False, local=local, remote=remote, now=now,
-                   lookup=self._lookup)
+                   lookup=self._lookup, max_children=self.limits.children_per_ike_sa)
         sa._request_natt = natt
         sa.half_open_timeout = self.limits.half_open_timeout
         proposals = next(iter(self.peers.values())).config.ike_proposals if self.peers else ()
@@ -347,9 +347,6 @@ class IkeManager:
 
     # --- effects ------------------------------------------------------------------------------
     def _process(self, sa: IkeSa, now: float) -> None:
-        # every IKE SA this manager drives has its child limit (responder SAs too, which
-        # are made before they are first processed; IKE SA rekeys inherit it)
-        sa.max_children = self.limits.children_per_ike_sa
         for out in sa.pop_outputs():
             self.send(out)
         for ev in sa.pop_events():
