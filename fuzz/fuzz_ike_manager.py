@@ -14,11 +14,17 @@ flight and the managers:
 - a message of any stage of the recorded handshake, byte-mutated, to either side;
 - a flood of IKE_SA_INIT requests (the real one under fresh SPIs, from many sources);
 - timers (retransmissions, DPD, rekeys, half-open expiry) on both;
-- the API: rekey a child or the IKE SA, delete, initiate again.
+- the API: rekey a child or the IKE SA, delete, initiate again;
+- a spoofed clear message with the SPIs of a live SA (they travel in the clear: anyone on
+  the path has them), any exchange type and flags, and the message ID the SA expects next
+  (or the one of its outstanding request, or any), optionally with clear payloads.
 
 Nothing may escape ``receive``/``on_timer`` (and the manager's own catch-all must not have
 caught anything: it is patched to re-raise); every SA the manager keeps is alive and filed
-under its own SPI; every half-open entry is a live INIT_DONE SA.
+under its own SPI; every half-open entry is a live INIT_DONE SA; and what was not sent by
+a real peer (mutated, arbitrary or spoofed octets) changes no existing SA (its state, message
+IDs, children, outstanding request, address) except one waiting in INIT_SENT for the
+(unprotected) IKE_SA_INIT response.
 
     python3 fuzz/fuzz_ike_manager.py [libFuzzer flags] [corpus dirs]
 """
@@ -33,6 +39,8 @@ with atheris.instrument_imports(include=["nattunnel"]):
     import _common
     import _ike_world as world
 
+    from nattunnel.constants import ExchangeType, NotifyType
+    from nattunnel.ike_message import Header, Notify, VendorID, encode_message
     from nattunnel.ike_sa import State
 
 from _common import STRUCTURED_FLAGS, FuzzFailure, Reader, mutate, snapshot
@@ -61,6 +69,7 @@ def _arm(net: world.Net) -> None:
 
 SNAPSHOTS: list[world.Net] = []
 RECORDED: list[world.Sent] = []
+RECORDED_DATA: set[bytes] = set()
 
 
 def snapshots() -> list[world.Net]:
@@ -99,9 +108,19 @@ def snapshots() -> list[world.Net]:
                 n.pump(1.0)
                 RECORDED.extend(n.log)
             RECORDED.extend(net.log)
+    RECORDED_DATA.update(x.data for x in RECORDED)
     for n in SNAPSHOTS:
         n.log = []  # what is recorded is in RECORDED; a snapshot need not copy it each time
     return SNAPSHOTS
+
+
+FP_FIELDS = ("state", "our next request ID", "peer's next request ID", "children", "remote",
+             "natt", "outstanding request")
+
+
+def _diff(a: tuple, b: tuple) -> str:
+    return "; ".join(f"{n} {x} -> {y}" for n, x, y in zip(FP_FIELDS, a, b, strict=True)
+                     if x != y)
 
 
 def check(net: world.Net, what: str) -> None:
@@ -121,6 +140,40 @@ def check(net: world.Net, what: str) -> None:
             fail("internal_error", f"{what}: side {side} counted an internal error")
 
 
+def fingerprints(net: world.Net) -> dict[int, tuple]:
+    out = {}
+    for m in (net.a, net.b):
+        for sa in m.sas.values():
+            req = sa._request
+            out[id(sa)] = (sa.state, sa._next_request_id, sa._peer_next_id,
+                           [(c.spi_in, c.spi_out) for c in sa.children], sa.remote, sa.natt,
+                           None if req is None else (req.message_id, req.kind))
+    return out
+
+
+def live_sas(net: world.Net) -> list:
+    return [sa for m in (net.a, net.b) for sa in m.sas.values()]
+
+
+def spoof(r: Reader, net: world.Net) -> tuple[str, bytes]:
+    """A clear message with a live SA's SPIs, as anyone on the path can make it."""
+    sas = live_sas(net)
+    if not sas:
+        return "b", b""
+    sa = sas[r.below(len(sas))]
+    to = "a" if sa in net.a.sas.values() else "b"
+    req = sa._request
+    mid = r.pick([sa._peer_next_id, req.message_id if req else 0, 0, r.u32()])
+    exchange = r.pick([ExchangeType.IKE_SA_INIT, ExchangeType.IKE_AUTH,
+                       ExchangeType.CREATE_CHILD_SA, ExchangeType.INFORMATIONAL, r.u8()])
+    payloads = r.pick([[], [], [Notify(NotifyType.COOKIE, b"c" * 8)],
+                       [Notify(NotifyType.INVALID_KE_PAYLOAD, b"\x00\x13")],
+                       [VendorID(r.blob(16))]])
+    hdr = Header.make(exchange, sa.spi_i, sa.spi_r, message_id=mid,
+                      initiator=r.bool(), response=r.bool())
+    return to, encode_message(hdr, payloads)
+
+
 def run(data: bytes) -> None:
     r = Reader(data)
     snaps = snapshots()
@@ -131,9 +184,12 @@ def run(data: bytes) -> None:
     for step in range(MAX_OPS):
         if r.left == 0:
             break
-        op = r.u8() % 12
+        op = r.u8() % 13
         what = f"step {step} op {op}"
         q = net.queue
+        before = fingerprints(net)
+        genuine = {x.data for x in net.queue} | RECORDED_DATA
+        forged: bytes | None = None  # octets no real peer sent, if this step delivers some
         if op <= 1 and q:
             net.deliver_one(q.pop(0), now)
         elif op in (2, 3) and q:
@@ -141,7 +197,8 @@ def run(data: bytes) -> None:
             s = q[i] if r.bool() else q.pop(i)
             src = r.pick(SOURCES) or s.src
             natt = s.natt if r.u8() & 3 else not s.natt
-            net.manager(s.to).receive(mutate(r, s.data, 4), src, natt, now)
+            forged = mutate(r, s.data, 4)
+            net.manager(s.to).receive(forged, src, natt, now)
         elif op == 4 and q:
             q.pop(r.below(len(q)))
         elif op == 5 and q:
@@ -149,13 +206,14 @@ def run(data: bytes) -> None:
             net.deliver_one(s, now)  # a duplicate (the original stays queued)
         elif op == 6:
             side = r.pick(("a", "b"))
-            net.manager(side).receive(r.blob(255), r.pick(SOURCES) or ("192.0.2.7", 4500),
+            forged = r.blob(255)
+            net.manager(side).receive(forged, r.pick(SOURCES) or ("192.0.2.7", 4500),
                                       r.bool(), now)
         elif op == 7:
             s = r.pick(RECORDED)
             to = s.to if r.u8() & 3 else ("a" if s.to == "b" else "b")
-            net.manager(to).receive(mutate(r, s.data, 3), r.pick(SOURCES) or s.src,
-                                    r.bool(), now)
+            forged = mutate(r, s.data, 3)
+            net.manager(to).receive(forged, r.pick(SOURCES) or s.src, r.bool(), now)
         elif op == 8:
             init = next(x for x in RECORDED if x.to == "b")
             for k in range(1 + r.u8() % 8):
@@ -181,9 +239,21 @@ def run(data: bytes) -> None:
                 m._process(sa, now)
             elif m is net.a and r.bool():
                 net.a.initiate("b", now)
+        elif op == 12:
+            to, forged = spoof(r, net)
+            if forged:
+                net.manager(to).receive(forged, r.pick(SOURCES) or ("198.18.0.1", 4500),
+                                        r.bool(), now)
         else:
             net.pump(now, rounds=1)
         check(net, what)
+        if forged is not None and forged not in genuine:
+            after = fingerprints(net)
+            for key, fp in before.items():
+                if key in after and after[key] != fp and fp[0] is not State.INIT_SENT:
+                    fail("unauthenticated_change",
+                         f"{what}: octets no peer sent changed an SA ({fp[0]}: "
+                         f"{_diff(fp, after[key])}): {forged.hex()}")
 
 
 def test_one_input(data: bytes) -> None:
