@@ -55,6 +55,10 @@ class DropReason(IntEnum):
     #: dropped by the kernel before we read it: the socket's receive buffer was full (the
     #: socket's drop count, SO_RXQ_OVFL / the drops column of /proc/net/udp)
     KERNEL_RCVBUF = 21
+    #: dropped by the kernel's socket filter, which the endpoint attaches during a flood of
+    #: datagrams with unknown SPIs (unknown, reserved SPIs, truncated ESP; see
+    #: ``Endpoint``'s ``kernel_filter``). Receive-buffer drops while it is on count here too.
+    KERNEL_FILTER = 22
 
 
 class DropCounters:

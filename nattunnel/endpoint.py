@@ -64,6 +64,64 @@ _U32 = struct.Struct("=I")
 SO_RXQ_OVFL = 40
 #: room for the UDP_GRO and SO_RXQ_OVFL control messages (CMSG_SPACE(4) = 24 each)
 _ANC_SIZE = 64
+# --- the socket filter under floods (classic BPF, SO_ATTACH_FILTER) ---------------------------
+SO_ATTACH_FILTER = 26
+SO_DETACH_FILTER = 27
+#: datagrams per second with SPIs we have no SA for (or reserved ones, or truncated ESP)
+#: above which the NAT-T sockets get a kernel filter that drops them before they are queued
+#: (and before they wake us); it comes off once the kernel drops fewer than FILTER_OFF_RATE
+#: per second for FILTER_QUIET seconds. Checked every FILTER_CHECK seconds.
+FILTER_ON_RATE = 2000
+FILTER_OFF_RATE = 200
+FILTER_QUIET = 10.0
+FILTER_CHECK = 1.0
+#: the filter lists SPIs one comparison each, with 8-bit jump offsets: above this many
+#: inbound SPIs it is not built (and the flood goes to user space as before)
+FILTER_MAX_SPIS = 250
+_MIN_ESP = 36  # the smallest ESP packet (nattunnel.sa.MIN_ESP_PACKET)
+
+
+def spi_filter(spis: Iterable[int]) -> list[tuple[int, int, int, int]] | None:
+    """A classic BPF program for a NAT-T socket, as (code, jt, jf, k) instructions; offset 0
+    is the UDP header, the payload starts at 8. It accepts datagrams too short to hold an
+    SPI (keepalives; user space counts the rest), the non-ESP marker (IKE), and ESP with one
+    of ``spis`` that is at least as long as the smallest ESP packet; it drops the rest
+    (unknown and reserved SPIs, truncated ESP). None above FILTER_MAX_SPIS SPIs.
+
+    With UDP GRO the filter sees one aggregate: its first datagram's octets and the
+    aggregate's length, so a length bound above would also drop legitimate aggregates; only
+    the lower bound is checked."""
+    spis = sorted(set(spis))
+    n = len(spis)
+    if n > FILTER_MAX_SPIS:
+        return None
+    ld_len, ld_word, jge, jeq, ret = 0x80, 0x20, 0x35, 0x15, 0x06
+    accept, check = 8 + n, 6 + n  # instruction indexes
+    prog = [
+        (ld_len, 0, 0, 0),  # 0: A = UDP header + payload
+        (jge, 1, 0, 8 + 4),  # 1: room for an SPI? to 3
+        (ret, 0, 0, 0xFFFFFFFF),  # 2: no: accept
+        (ld_word, 0, 0, 8),  # 3: A = the first four payload octets (network order)
+        (jeq, accept - 5, 0, 0),  # 4: the non-ESP marker: accept
+    ]
+    prog += [(jeq, check - (5 + i) - 1, 0, spi) for i, spi in enumerate(spis)]  # 5 ..
+    prog += [
+        (ret, 0, 0, 0),  # 5 + n: an SPI we have no SA for: drop
+        (ld_len, 0, 0, 0),  # check: long enough for ESP?
+        (jge, 0, 1, 8 + _MIN_ESP),
+        (ret, 0, 0, 0xFFFFFFFF),  # accept
+        (ret, 0, 0, 0),  # truncated: drop
+    ]
+    return prog
+
+
+def attach_filter(sock: socket.socket, prog: list[tuple[int, int, int, int]]) -> None:
+    """SO_ATTACH_FILTER (replaces any filter the socket had)."""
+    import ctypes
+
+    code = ctypes.create_string_buffer(b"".join(struct.pack("=HBBI", *ins) for ins in prog))
+    fprog = struct.pack("HL", len(prog), ctypes.addressof(code))  # struct sock_fprog
+    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
 _GSO_SEG = struct.Struct("=H")
 
 
@@ -104,8 +162,11 @@ class Endpoint:
         *,
         budget: int = DRAIN_BUDGET,
         offload: bool = True,
+        kernel_filter: bool = True,
     ) -> None:
-        """``offload``: use UDP GRO on receive and GSO on send where the kernel has them."""
+        """``offload``: use UDP GRO on receive and GSO on send where the kernel has them.
+        ``kernel_filter``: under a flood of datagrams with unknown SPIs, drop them in the
+        kernel with a socket filter (``spi_filter``) until it stops."""
         self.tunnel = tunnel
         self.interface = interface
         self.listen = list(listen)
@@ -135,6 +196,21 @@ class Endpoint:
         self.errors: dict[str, int] = {}
         #: per socket (fd), the last kernel drop count seen in a control message
         self._kernel_drops: dict[int, int] = {}
+        self.kernel_filter = kernel_filter
+        #: the socket filter is attached; how often it went on; its SPIs
+        self.filter_on = False
+        self.filter_engaged = 0
+        self._filter_spis = 0
+        self._filter_timer: asyncio.TimerHandle | None = None
+        self._filter_junk = 0  # unknown/reserved-SPI drops at the last check
+        self._filter_quiet = 0.0  # since when the kernel drops few (filter on)
+        #: kernel drops per socket (fd) already put in a bucket, and the buckets: datagrams
+        #: dropped while the filter was on (by it, mostly) and while it was off (receive
+        #: buffer full)
+        self._kernel_seen: dict[int, int] = {}
+        self._kernel_totals: dict[int, int] = {}  # the last read, per socket (fd)
+        self._kernel_rcvbuf = 0
+        self._kernel_filtered = 0
         self._error_log_at = 0.0
         self._errors_unlogged = 0
         #: the IKE manager, when IKE is enabled (``enable_ike``)
@@ -193,6 +269,10 @@ class Endpoint:
         self.interface.attach(self)
         if self.ike is not None:
             await self._start_ike(loop)
+        if self.kernel_filter:
+            self.tunnel.on_spis_changed = self._spis_changed
+            self._filter_junk = self._junk_count()
+            self._filter_timer = loop.call_later(FILTER_CHECK, self._check_filter)
         self._arm_timer()
 
     def add_peer(self, name: str, allowed: Iterable[Network], *, addr: Addr | None = None,
@@ -334,6 +414,11 @@ class Endpoint:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._filter_timer is not None:
+            self._filter_timer.cancel()
+            self._filter_timer = None
+        if self.tunnel.on_spis_changed == self._spis_changed:
+            self.tunnel.on_spis_changed = None
         self._close_sockets()
         self.interface.close()
         self._closed.set()
@@ -650,20 +735,117 @@ class Endpoint:
                 socks.append((_fmt(sock.getsockname()), sock))
         proc = _proc_udp_drops()
         out: dict[str, int] = {}
+        self._kernel_totals = {}
         for name, sock in socks:
             try:
                 fd = sock.fileno()
                 inode = os.fstat(fd).st_ino
             except OSError:
                 continue
-            out[name] = max(self._kernel_drops.get(fd, 0), proc.get(inode, 0))
+            out[name] = self._kernel_totals[fd] = max(self._kernel_drops.get(fd, 0),
+                                                      proc.get(inode, 0))
         return out
+
+    # --- the socket filter --------------------------------------------------------------------
+    def _junk_count(self) -> int:
+        """Datagrams so far that the socket filter would have dropped: unknown and reserved
+        SPIs, and ESP with one of our SPIs too short to be ESP."""
+        counts = self.tunnel.drops.counts
+        n = counts[DropReason.UNKNOWN_SPI] + counts[DropReason.RESERVED_SPI]
+        for peer in self.tunnel.peers.values():
+            for sa in peer.inbound:
+                n += sa.drops.counts[DropReason.TRUNCATED]
+        return n
+
+    def _account_kernel_drops(self) -> dict[str, int]:
+        """Read the kernel's drop counts and put what is new since the last read in the
+        bucket of the filter's state: KERNEL_FILTER while it is on (its drops, and any
+        receive-buffer drops meanwhile), KERNEL_RCVBUF otherwise. The per-socket totals."""
+        kernel = self.kernel_drops()
+        natt = {s.fileno() for s in self.socks}
+        for fd, total in self._kernel_totals.items():
+            new = total - self._kernel_seen.get(fd, 0)
+            if new <= 0:
+                continue
+            self._kernel_seen[fd] = total
+            if self.filter_on and fd in natt:
+                self._kernel_filtered += new
+            else:
+                self._kernel_rcvbuf += new
+        self.drops.counts[DropReason.KERNEL_RCVBUF] = self._kernel_rcvbuf
+        self.drops.counts[DropReason.KERNEL_FILTER] = self._kernel_filtered
+        return kernel
+
+    def _set_filter(self, on: bool) -> None:
+        self._account_kernel_drops()  # what came before goes in the old state's bucket
+        if on:
+            prog = spi_filter(self.tunnel.inbound_spis())
+            if prog is None:
+                return
+            for sock in self.socks:
+                attach_filter(sock, prog)
+            self._filter_spis = len(self.tunnel.inbound_spis())
+            if not self.filter_on:
+                self.filter_engaged += 1
+        else:
+            for sock in self.socks:
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, SO_DETACH_FILTER, 0)
+        self.filter_on = on
+
+    def _spis_changed(self) -> None:
+        if self.filter_on:
+            try:
+                self._set_filter(True)  # rebuilt with the new SPIs
+            except OSError:
+                self._core_error("filter")
+
+    def _check_filter(self) -> None:
+        """Every FILTER_CHECK seconds: the filter goes on when datagrams with unknown SPIs
+        come faster than FILTER_ON_RATE, and off when the kernel has dropped fewer than
+        FILTER_OFF_RATE per second for FILTER_QUIET seconds."""
+        assert self._loop is not None
+        self._filter_timer = None
+        if self._closed.is_set():
+            return
+        now = self._loop.time()
+        try:
+            junk = self._junk_count()
+            fresh, self._filter_junk = junk - self._filter_junk, junk
+            if not self.filter_on:
+                if fresh >= FILTER_ON_RATE * FILTER_CHECK:
+                    self._set_filter(True)
+                    if self.filter_on:
+                        self._filter_quiet = now
+                        log.warning("%d datagrams/s with unknown SPIs or truncated: dropping "
+                                    "them in the kernel (socket filter, %d SPIs) while it "
+                                    "lasts",
+                                    fresh / FILTER_CHECK, self._filter_spis)
+                    elif self.filter_engaged == 0:
+                        log.warning("%d datagrams/s with unknown SPIs; no socket filter for "
+                                    "more than %d SPIs", fresh / FILTER_CHECK,
+                                    FILTER_MAX_SPIS)
+            else:
+                before = self._kernel_filtered
+                self._account_kernel_drops()
+                if self._kernel_filtered - before >= FILTER_OFF_RATE * FILTER_CHECK:
+                    self._filter_quiet = now
+                elif now - self._filter_quiet >= FILTER_QUIET:
+                    self._set_filter(False)
+                    self._filter_junk = self._junk_count()
+                    log.info("the flood of unknown SPIs stopped: socket filter removed "
+                             "(%d datagrams dropped by the kernel in all)", self._kernel_filtered)
+        except Exception:
+            self._core_error("filter")
+        finally:
+            self._filter_timer = self._loop.call_later(FILTER_CHECK, self._check_filter)
 
     def stats(self) -> dict[str, object]:
         s = self.tunnel.stats()
-        kernel = self.kernel_drops()
-        self.drops.counts[DropReason.KERNEL_RCVBUF] = sum(kernel.values())
+        kernel = self._account_kernel_drops()
         s["kernel_drops"] = kernel
+        s["kernel_filter"] = {"on": self.filter_on, "engaged": self.filter_engaged,
+                              "spis": self._filter_spis if self.filter_on else 0}
         s["endpoint_drops"] = self.drops.as_dict()
         s["errors"] = dict(self.errors)
         if self.ike is not None:

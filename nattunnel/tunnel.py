@@ -79,6 +79,8 @@ class Tunnel:
         self._timers: list[tuple[float, int, Peer]] = []
         self._tick = itertools.count()
         self._results: list[int] = []  # per-run results of InboundSA.decapsulate_run
+        #: called after the set of inbound SPIs changed (the endpoint's socket filter)
+        self.on_spis_changed: Callable[[], None] | None = None
 
     # --- configuration ------------------------------------------------------------------------
     def add_peer(
@@ -121,6 +123,8 @@ class Tunnel:
             del self._by_addr[peer.addr]
         self._prefixes.remove(peer)
         self._clear_route_cache()
+        if peer.inbound and self.on_spis_changed is not None:
+            self.on_spis_changed()
 
     def install_inbound(self, peer: Peer, sa: InboundSA) -> None:
         """Accept packets with ``sa.spi`` from ``peer`` (old SAs stay until removed)."""
@@ -128,6 +132,12 @@ class Tunnel:
             raise ValueError(f"inbound SPI {sa.spi:#010x} is in use")
         self._by_spi[sa.spi] = (sa, peer)
         peer.inbound.append(sa)
+        if self.on_spis_changed is not None:
+            self.on_spis_changed()
+
+    def inbound_spis(self) -> list[int]:
+        """Every inbound SPI in use."""
+        return list(self._by_spi)
 
     def inbound_sa(self, spi: int) -> InboundSA | None:
         entry = self._by_spi.get(spi)
@@ -136,6 +146,8 @@ class Tunnel:
     def remove_inbound(self, spi: int) -> None:
         sa, peer = self._by_spi.pop(spi)
         peer.inbound.remove(sa)
+        if self.on_spis_changed is not None:
+            self.on_spis_changed()
 
     def set_outbound(self, peer: Peer, sa: OutboundSA) -> None:
         peer.outbound = sa

@@ -62,11 +62,13 @@ def test_bench_attack_runs_and_reports_json():
             assert row["ratio_to_control"] > 0
             assert row["sent"] > 0 and row["rate_sent"] > 0 and row["port"] in (500, 4500, 4501)
             assert row["attacker"]["kind"] == row["attack"]
-    by = {x["attack"]: x for x in rows}
-    for name in (BASELINE, "ike-init"):  # C set up without and during the IKE flood
-        assert by[name]["new_peer_within_target"] in (True, False)
+    by = {x["attack"]: x for x in rows[1:] if x["attack"] != BASELINE}
+    for row in (rows[0], by["ike-init"]):  # C set up without and during the IKE flood
+        assert row["new_peer_within_target"] in (True, False)
     assert by["forged"]["drops"].get("auth_failed", 0) > 0
-    assert by["random"]["drops"].get("unknown_spi", 0) > 0
+    # in user space, or in the kernel once the socket filter is on
+    assert (by["random"]["drops"].get("unknown_spi", 0)
+            + by["random"]["drops"].get("kernel_filter", 0)) > 0
     assert by["ike-init"]["ike"].get("init_requests", 0) > 0
 
 

@@ -6,6 +6,7 @@ import asyncio
 import ipaddress
 import os
 import socket
+import struct
 
 import pytest
 
@@ -485,3 +486,113 @@ def _gro(sock: socket.socket) -> bool:
         return bool(sock.getsockopt(17, 104))
     except OSError:
         return False
+
+
+# --- the socket filter under a flood of unknown SPIs ------------------------------------------
+def test_spi_filter_program_in_the_kernel():
+    """The classic BPF program on a real socket: what it lets through and what it drops."""
+    from nattunnel.endpoint import attach_filter, spi_filter
+
+    rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    rx.bind(("127.0.0.1", 0))
+    attach_filter(rx, spi_filter([0x2001, 0x3003]))
+    rx.settimeout(0.2)
+    tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    passes = [b"\xff", b"ab", bytes(4) + b"ike" * 20,
+              struct.pack("!II", 0x2001, 1) + bytes(28),  # 36: the smallest ESP packet
+              struct.pack("!II", 0x3003, 9) + bytes(1392)]
+    drops = [struct.pack("!II", 0x2002, 1) + bytes(1392),  # an SPI we have no SA for
+             struct.pack("!II", 7, 1) + bytes(60),  # reserved
+             struct.pack("!II", 0x2001, 1) + bytes(27),  # our SPI, truncated
+             os.urandom(65000)[:4].replace(bytes(4), b"\x80\0\0\0") + bytes(64996)]
+    for data in drops + passes:
+        tx.sendto(data, rx.getsockname())
+    got = []
+    with pytest.raises(TimeoutError):
+        while True:
+            got.append(rx.recv(70000))
+    assert got == passes
+    assert spi_filter(range(1000, 2000)) is None  # too many SPIs to list
+    tx.close()
+    rx.close()
+
+
+async def test_filter_goes_on_under_a_flood_and_off_after_it(monkeypatch):
+    import nattunnel.endpoint as ep_mod
+
+    monkeypatch.setattr(ep_mod, "FILTER_CHECK", 0.05)
+    monkeypatch.setattr(ep_mod, "FILTER_ON_RATE", 1000)  # 50 per check
+    monkeypatch.setattr(ep_mod, "FILTER_OFF_RATE", 200)  # 10 per check
+    monkeypatch.setattr(ep_mod, "FILTER_QUIET", 0.3)
+    suite = AES_GCM_256
+    key, key2 = os.urandom(suite.keymat_len), os.urandom(suite.keymat_len)
+    tb = Tunnel()
+    pb = tb.add_peer("a", [ipaddress.ip_network(A_INNER + "/32")])
+    tb.install_inbound(pb, InboundSA(0x2001, suite, key))
+    ib = InProcessInterface()
+    b = Endpoint(tb, ib, [("127.0.0.1", 0)])
+    await b.start()
+    dst = b.socks[0].getsockname()
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    buf = memoryview(bytearray(2048))
+
+    def esp(out: OutboundSA, pkt: bytes) -> bytes:
+        return bytes(buf[: out.encapsulate_into(pkt, buf)])
+
+    try:
+        # a trickle of junk: counted by reason in user space, no filter
+        for _ in range(20):
+            s.sendto(struct.pack("!I", 0x9999) + bytes(60), dst)
+        await asyncio.sleep(0.2)
+        assert not b.filter_on and tb.drops[DropReason.UNKNOWN_SPI] == 20
+        # a flood: the filter goes on, the tunnel still works, the kernel counts the rest
+        out = OutboundSA(0x2001, suite, key)
+        loop = asyncio.get_running_loop()
+        end = loop.time() + 0.5
+        while loop.time() < end:
+            for _ in range(100):
+                s.sendto(struct.pack("!I", 0x9999) + bytes(60), dst)
+            await asyncio.sleep(0.01)
+        assert b.filter_on and b.filter_engaged == 1
+        seen = tb.drops[DropReason.UNKNOWN_SPI]
+        for _ in range(200):
+            s.sendto(struct.pack("!I", 0x9999) + bytes(60), dst)
+        pkt = ip4(A_INNER, B_INNER, 500)
+        s.sendto(esp(out, pkt), dst)
+        assert await recv(ib) == pkt
+        stats = b.stats()
+        assert stats["kernel_filter"] == {"on": True, "engaged": 1, "spis": 1}
+        assert stats["endpoint_drops"]["kernel_filter"] >= 200
+        assert "kernel_rcvbuf" not in stats["endpoint_drops"]
+        assert tb.drops[DropReason.UNKNOWN_SPI] == seen  # none reached user space
+        # an SA installed while the filter is on is let through at once
+        tb.install_inbound(pb, InboundSA(0x2002, suite, key2))
+        pkt = ip4(A_INNER, B_INNER, 600)
+        s.sendto(esp(OutboundSA(0x2002, suite, key2), pkt), dst)
+        assert await recv(ib) == pkt
+        # quiet again: the filter comes off, junk is counted by reason again
+        await _until(lambda: not b.filter_on, timeout=3.0)
+        s.sendto(struct.pack("!I", 0x9999) + bytes(60), dst)
+        await _until(lambda: tb.drops[DropReason.UNKNOWN_SPI] == seen + 1)
+        assert b.stats()["kernel_filter"]["on"] is False
+    finally:
+        s.close()
+        b.close()
+
+
+async def test_without_kernel_filter_a_flood_stays_in_user_space(monkeypatch):
+    import nattunnel.endpoint as ep_mod
+
+    monkeypatch.setattr(ep_mod, "FILTER_CHECK", 0.05)
+    monkeypatch.setattr(ep_mod, "FILTER_ON_RATE", 100)
+    b = Endpoint(Tunnel(), InProcessInterface(), [("127.0.0.1", 0)], kernel_filter=False)
+    await b.start()
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        for _ in range(300):
+            s.sendto(struct.pack("!I", 0x9999) + bytes(60), b.socks[0].getsockname())
+        await asyncio.sleep(0.2)
+        assert not b.filter_on and b.tunnel.drops[DropReason.UNKNOWN_SPI] > 0
+    finally:
+        s.close()
+        b.close()
