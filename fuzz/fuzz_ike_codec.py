@@ -24,10 +24,16 @@ import atheris
 with atheris.instrument_imports(include=["nattunnel"]):
     import _common
 
+    from nattunnel import ike_message
+    from nattunnel.constants import NotifyType
     from nattunnel.ike_message import (
+        SK,
+        SKF,
         Fragment,
         IkeDecodeError,
         InvalidMajorVersion,
+        Nonce,
+        Notify,
         decode_message,
         decode_payloads,
         encode_fragment,
@@ -40,6 +46,9 @@ with atheris.instrument_imports(include=["nattunnel"]):
 import contextlib
 
 from _common import FuzzFailure
+
+#: (Ni, COOKIE) from the payload headers alone (the cookie check under load); newer codec only
+peek_nonce_and_cookie = getattr(ike_message, "peek_nonce_and_cookie", None)
 
 
 class NullSk:
@@ -105,6 +114,15 @@ def _round_trip_plain(data: bytes) -> None:
         raise _bad("round_trip_changes_message", data)
     if encode_message(msg2.header, msg2.payloads) != again:
         raise _bad("encoding_not_stable", data)
+    if peek_nonce_and_cookie is not None and not any(isinstance(p, SK | SKF)
+                                                     for p in msg.payloads):
+        # the shortcut must agree with the full decode of an unencrypted message (its
+        # domain: past an SK payload it walks on into the ciphertext's first payload type)
+        nonce = next((p.data for p in msg.payloads if isinstance(p, Nonce)), None)
+        cookie = next((p.data for p in msg.payloads
+                       if isinstance(p, Notify) and p.notify_type == NotifyType.COOKIE), None)
+        if peek_nonce_and_cookie(data) != (nonce, cookie):
+            raise _bad("peek_nonce_and_cookie_disagrees", data)
 
 
 def _round_trip_sealed(data: bytes, sk: NullSk | NullBlockSk) -> None:
@@ -158,6 +176,9 @@ def _payload_chain(data: bytes) -> None:
 def test_one_input(data: bytes) -> None:
     with contextlib.suppress(IkeDecodeError):
         peek_header(data)
+    if peek_nonce_and_cookie is not None:
+        with contextlib.suppress(IkeDecodeError):
+            peek_nonce_and_cookie(data)
     _round_trip_plain(data)
     for sk in CIPHERS:
         _round_trip_sealed(data, sk)
