@@ -81,8 +81,18 @@ with atheris.instrument_imports(include=["nattunnel"]):
         decode_message,
         encode_message,
         nat_detection_hash,
+        peek_header,
     )
-    from nattunnel.ike_sa import ChildUp, IkeDown, IkeRekeyed, IkeSa, IkeUp, State
+    from nattunnel.ike_sa import (
+        ChildUp,
+        EspProposal,
+        IkeDown,
+        IkeRekeyed,
+        IkeSa,
+        IkeUp,
+        State,
+    )
+    from nattunnel.suite import AES_GCM_256, CHACHA20_POLY1305
 
 from _common import STRUCTURED_FLAGS, FuzzFailure, Reader, Skip, known, mutate, snapshot
 
@@ -127,9 +137,17 @@ def sig_fail(sig: str, detail: str) -> None:
 class World:
     """The SAs of one real handshake, captured in each state, and its messages."""
 
-    def __init__(self, auth: str) -> None:
+    def __init__(self, auth: str, pfs: bool = False) -> None:
         self.auth = auth
         self.ca, self.cb = world.configs(auth)
+        if pfs:
+            # child SAs with a key exchange of their own (PFS, RFC 7296 section 1.3.1), and
+            # UDP encapsulation forced from the start (a claimed NAT)
+            for cfg in (self.ca, self.cb):
+                cfg.esp_proposals = (EspProposal(AES_GCM_256, dh=DhGroup.CURVE25519),
+                                     EspProposal(CHACHA20_POLY1305, esn=True,
+                                                 dh=DhGroup.ECP_256))
+            self.ca.force_encap = True
         self.states: dict[str, IkeSa] = {}
         self.messages: list[bytes] = []
         a = IkeSa(self.ca, initiator=True, local=world.A_ADDR, remote=world.B_ADDR, now=0.0)
@@ -183,7 +201,7 @@ WORLDS: list[World] = []
 
 def worlds() -> list[World]:
     if not WORLDS:
-        WORLDS.extend([World("psk"), World("pubkey")])
+        WORLDS.extend([World("psk"), World("pubkey"), World("psk", pfs=True)])
     return WORLDS
 
 
@@ -553,6 +571,10 @@ class Tracker:
         self.peer_next_id = sa._peer_next_id
         self.up = 0
         self.down = 0
+        #: the last request we saw this SA send: (message ID, octets)
+        req = sa._request
+        self.last_request: tuple[int, bytes] | None = (
+            None if req is None else (req.message_id, req.data))
 
     FIELDS = ("state", "our next request ID", "peer's next request ID", "remote", "natt",
               "children", "cached response", "outstanding request", "keys", "SPIr",
@@ -577,6 +599,31 @@ class Tracker:
                 else:
                     out.append(f"{name} {b} -> {a}")
         return "; ".join(out) or "nothing"
+
+    def sent(self, what: str, outs: list) -> None:
+        """Requests go out with rising message IDs (a retransmission repeats the octets;
+        IKE_SA_INIT may start again at 0 after COOKIE or INVALID_KE_PAYLOAD); responses
+        answer message IDs the SA has received."""
+        sa = self.sa
+        for o in outs:
+            try:
+                hdr = peek_header(o.data)
+            except IkeDecodeError:
+                sig_fail("sent_garbage", f"{what}: sent {o.data.hex()}")
+                continue
+            mid = hdr.message_id
+            if hdr.is_response:
+                if mid >= max(sa._peer_next_id, 1):
+                    sig_fail("response_to_unreceived_id",
+                             f"{what}: response with ID {mid}, next expected {sa._peer_next_id}")
+                continue
+            last = self.last_request
+            restart = hdr.exchange_type == ExchangeType.IKE_SA_INIT and mid == 0
+            if last is not None and not restart and (
+                    mid < last[0] or (mid == last[0] and o.data != last[1])):
+                sig_fail("request_id_reused",
+                         f"{what}: request ID {mid} after request ID {last[0]}")
+            self.last_request = (mid, o.data)
 
     def after(self, what: str, events: list) -> None:
         sa = self.sa
@@ -638,7 +685,7 @@ def _classify_exception(e: BaseException) -> str:
 # --- the harness ----------------------------------------------------------------------------------
 def run(data: bytes) -> None:
     r = Reader(data)
-    w = worlds()[r.u8() & 1]
+    w = worlds()[r.u8() % 3]
     state = STATE_NAMES[r.u8() % len(STATE_NAMES)]
     sa = snapshot(w.states[state], w.share)
     sas = [sa]
@@ -700,6 +747,7 @@ def run(data: bytes) -> None:
             continue
         outs = sa.pop_outputs()
         events = sa.pop_events()
+        tr.sent(what, outs)
         if raw and not authentic:
             _check_unauthenticated(sa, before, tr.fingerprint(), outs, raw, got, what)
         tr.after(what, events)
@@ -755,7 +803,7 @@ def seed_programs() -> list[bytes]:
     """For each auth method and state: the exchange the state expects, from the template,
     sealed with the real key; then a timer tick and a second message."""
     out = []
-    for auth in (0, 1):
+    for auth in (0, 1, 2):
         for st in range(len(STATE_NAMES)):
             # op 0 (message), intent 0 (answer our request / the peer's next request),
             # exchange by state, flags ok, template on; everything else from zeros
