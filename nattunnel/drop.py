@@ -57,8 +57,12 @@ class DropReason(IntEnum):
     KERNEL_RCVBUF = 21
     #: dropped by the kernel's socket filter, which the endpoint attaches during a flood of
     #: datagrams with unknown SPIs (unknown, reserved SPIs, truncated ESP; see
-    #: ``Endpoint``'s ``kernel_filter``). Receive-buffer drops while it is on count here too.
+    #: ``Endpoint``'s ``kernel_filter``): the socket's kernel drops while the filter is on,
+    #: less the namespace's receive-buffer drops meanwhile (those count as KERNEL_RCVBUF)
     KERNEL_FILTER = 22
+    #: an IKE message from a source address (an IPv6 /64) that sent more than the endpoint
+    #: parses per second (``endpoint.IKE_SOURCE_RATE``): dropped before the IKE manager
+    IKE_RATE_LIMITED = 23
 
 
 class DropCounters:

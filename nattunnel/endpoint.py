@@ -64,6 +64,15 @@ _U32 = struct.Struct("=I")
 SO_RXQ_OVFL = 40
 #: room for the UDP_GRO and SO_RXQ_OVFL control messages (CMSG_SPACE(4) = 24 each)
 _ANC_SIZE = 64
+#: IKE messages per second that one source address (an IPv6 /64) may make the endpoint hand
+#: to the IKE manager, on port 500 and on the NAT-T port together, with bursts up to
+#: IKE_SOURCE_BURST; the rest is dropped unparsed (IKE_RATE_LIMITED). A peer sends a few per
+#: exchange (tens with IKE fragmentation), so this only stops floods from one source; the IKE
+#: manager's own limits (IKE_SA_INIT per source, half-open SAs, cookies) come behind it.
+IKE_SOURCE_RATE = 100.0
+IKE_SOURCE_BURST = 200.0
+#: source buckets kept; beyond it they are all forgotten (a flood from many sources)
+IKE_SOURCES_MAX = 4096
 # --- the socket filter under floods (classic BPF, SO_ATTACH_FILTER) ---------------------------
 SO_ATTACH_FILTER = 26
 SO_DETACH_FILTER = 27
@@ -209,8 +218,11 @@ class Endpoint:
         #: buffer full)
         self._kernel_seen: dict[int, int] = {}
         self._kernel_totals: dict[int, int] = {}  # the last read, per socket (fd)
+        self._rcvbuf_seen = -1  # the namespace's UDP RcvbufErrors at the last read
         self._kernel_rcvbuf = 0
         self._kernel_filtered = 0
+        #: per source, [tokens, when last updated] (``_ike_allowed``)
+        self._ike_buckets: dict[object, list[float]] = {}
         self._error_log_at = 0.0
         self._errors_unlogged = 0
         #: the IKE manager, when IKE is enabled (``enable_ike``)
@@ -272,6 +284,7 @@ class Endpoint:
         if self.kernel_filter:
             self.tunnel.on_spis_changed = self._spis_changed
             self._filter_junk = self._junk_count()
+            self._rcvbuf_seen = _udp_rcvbuf_errors()
             self._filter_timer = loop.call_later(FILTER_CHECK, self._check_filter)
         self._arm_timer()
 
@@ -316,8 +329,11 @@ class Endpoint:
                     return
                 self.drops.counts[DropReason.RECEIVE_ERROR] += 1
                 continue
+            now = self._loop.time()
+            if not self._ike_allowed(addr, now):
+                continue
             try:
-                self.ike.receive(bytes(data), addr, False, self._loop.time())
+                self.ike.receive(bytes(data), addr, False, now)
             except Exception:
                 self.drops.counts[DropReason.INTERNAL_ERROR] += 1
                 self._core_error("ike_receive")
@@ -326,12 +342,36 @@ class Endpoint:
     def _on_ike_natt(self, data: memoryview, addr: Addr, now: float) -> None:
         """IKE behind the non-ESP marker on a NAT-T socket (from the tunnel's demux)."""
         assert self.ike is not None
+        if not self._ike_allowed(addr, now):
+            return
         try:
             self.ike.receive(bytes(data), addr, True, now)
         except Exception:
             self.drops.counts[DropReason.INTERNAL_ERROR] += 1
             self._core_error("ike_receive")
         self._arm_timer()
+
+    def _ike_allowed(self, addr: Addr, now: float) -> bool:
+        """A token bucket per source address (IPv4) or /64 (IPv6): IKE_SOURCE_RATE messages
+        per second, bursts of IKE_SOURCE_BURST. False (counted) when it is empty."""
+        key: object = addr[0]
+        if len(addr) == 4:
+            with contextlib.suppress(ValueError):
+                key = ipaddress.IPv6Address(addr[0].split("%", 1)[0]).packed[:8]
+        buckets = self._ike_buckets
+        b = buckets.get(key)
+        if b is None:
+            if len(buckets) >= IKE_SOURCES_MAX:
+                buckets.clear()
+            b = buckets[key] = [IKE_SOURCE_BURST, now]
+        tokens = min(IKE_SOURCE_BURST, b[0] + (now - b[1]) * IKE_SOURCE_RATE)
+        b[1] = now
+        if tokens < 1.0:
+            b[0] = tokens
+            self.drops.counts[DropReason.IKE_RATE_LIMITED] += 1
+            return False
+        b[0] = tokens - 1.0
+        return True
 
     def _core_error(self, where: str) -> None:
         """Call from an ``except`` block: an exception from a core in a callback is counted
@@ -758,20 +798,30 @@ class Endpoint:
         return n
 
     def _account_kernel_drops(self) -> dict[str, int]:
-        """Read the kernel's drop counts and put what is new since the last read in the
-        bucket of the filter's state: KERNEL_FILTER while it is on (its drops, and any
-        receive-buffer drops meanwhile), KERNEL_RCVBUF otherwise. The per-socket totals."""
+        """Read the kernel's drop counts and put what is new since the last read in its
+        bucket: KERNEL_RCVBUF, or KERNEL_FILTER for a NAT-T socket while the filter is on.
+        A socket's count does not say which; while the filter is on, the network
+        namespace's UDP RcvbufErrors (/proc/net/snmp, snmp6), which filter drops do not
+        count, say how many of the new ones were receive-buffer drops (exact when this is
+        the namespace's only busy UDP endpoint; an upper bound otherwise). The per-socket
+        totals."""
         kernel = self.kernel_drops()
         natt = {s.fileno() for s in self.socks}
-        for fd, total in self._kernel_totals.items():
+        rcvbuf = _udp_rcvbuf_errors()
+        rcvbuf_new = max(0, rcvbuf - self._rcvbuf_seen) if self._rcvbuf_seen >= 0 else 0
+        self._rcvbuf_seen = rcvbuf
+        for fd, total in sorted(self._kernel_totals.items(), key=lambda x: x[0] in natt):
             new = total - self._kernel_seen.get(fd, 0)
             if new <= 0:
                 continue
             self._kernel_seen[fd] = total
             if self.filter_on and fd in natt:
-                self._kernel_filtered += new
+                full = min(new, rcvbuf_new)
+                self._kernel_rcvbuf += full
+                self._kernel_filtered += new - full
             else:
                 self._kernel_rcvbuf += new
+            rcvbuf_new = max(0, rcvbuf_new - new)
         self.drops.counts[DropReason.KERNEL_RCVBUF] = self._kernel_rcvbuf
         self.drops.counts[DropReason.KERNEL_FILTER] = self._kernel_filtered
         return kernel
@@ -871,6 +921,27 @@ def _proc_udp_drops() -> dict[int, int]:
         except (OSError, ValueError):
             continue
     return out
+
+
+def _udp_rcvbuf_errors() -> int:
+    """UDP (and UDP over IPv6) datagrams this network namespace dropped because a socket's
+    receive buffer was full (RcvbufErrors in /proc/net/snmp and /proc/net/snmp6)."""
+    total = 0
+    try:
+        with open("/proc/net/snmp") as f:
+            rows = [line.split() for line in f if line.startswith("Udp:")]
+        if len(rows) >= 2 and "RcvbufErrors" in rows[0]:
+            total += int(rows[1][rows[0].index("RcvbufErrors")])
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        with open("/proc/net/snmp6") as f:
+            for line in f:
+                if line.startswith("Udp6RcvbufErrors"):
+                    total += int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return total
 
 
 def _fmt(addr: Addr) -> str:

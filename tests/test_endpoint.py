@@ -562,8 +562,9 @@ async def test_filter_goes_on_under_a_flood_and_off_after_it(monkeypatch):
         assert await recv(ib) == pkt
         stats = b.stats()
         assert stats["kernel_filter"] == {"on": True, "engaged": 1, "spis": 1}
-        assert stats["endpoint_drops"]["kernel_filter"] >= 200
-        assert "kernel_rcvbuf" not in stats["endpoint_drops"]
+        # (a receive-buffer drop elsewhere in this namespace meanwhile would count as such)
+        kernel = stats["endpoint_drops"]
+        assert kernel.get("kernel_filter", 0) + kernel.get("kernel_rcvbuf", 0) >= 200
         assert tb.drops[DropReason.UNKNOWN_SPI] == seen  # none reached user space
         # an SA installed while the filter is on is let through at once
         tb.install_inbound(pb, InboundSA(0x2002, suite, key2))
@@ -596,3 +597,37 @@ async def test_without_kernel_filter_a_flood_stays_in_user_space(monkeypatch):
     finally:
         s.close()
         b.close()
+
+
+async def test_ike_messages_are_rate_limited_per_source(monkeypatch):
+    """A flood of IKE messages from one source reaches the IKE manager at IKE_SOURCE_RATE
+    (bursts of IKE_SOURCE_BURST), on port 500 and 4500 together; other sources are not
+    affected."""
+    import nattunnel.endpoint as ep_mod
+
+    monkeypatch.setattr(ep_mod, "IKE_SOURCE_BURST", 20.0)
+    monkeypatch.setattr(ep_mod, "IKE_SOURCE_RATE", 1.0)
+    fake = RaisingIke(fail_receives=0)
+    ep = await _ike_endpoint(fake)
+    natt, port500 = ep.local_addresses()[0], ep._ike_streams[socket.AF_INET].sockname
+    flood = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    flood.bind(("127.0.0.1", 0))
+    other = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    other.bind(("127.0.0.2", 0))
+    msg = b"ike".ljust(40, b".")
+    try:
+        for _ in range(50):
+            flood.sendto(bytes(4) + msg, natt)
+        await _until(lambda: ep.drops[DropReason.IKE_RATE_LIMITED] + len(fake.received) == 50)
+        assert len(fake.received) == 20
+        for _ in range(3):
+            flood.sendto(msg, port500)  # the same source's bucket
+        for _ in range(5):
+            other.sendto(bytes(4) + msg, natt)
+        await _until(lambda: len(fake.received) == 25)
+        await _until(lambda: ep.drops[DropReason.IKE_RATE_LIMITED] == 33)
+        assert ep.stats()["endpoint_drops"]["ike_rate_limited"] == 33
+    finally:
+        flood.close()
+        other.close()
+        ep.close()
