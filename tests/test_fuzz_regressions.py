@@ -213,3 +213,32 @@ def test_path_with_a_null_character_is_a_config_error(keydir, field, value):
         text = MANUAL_PEER.format(key_in=value)
     with pytest.raises(ConfigError):
         parse_config(text, keydir)
+
+
+# --- fuzz_ike_manager: [ike_manager.unauthenticated_move] (fixed in 3d57e05) -----------------
+@pytest.mark.parametrize("established", [False, True])
+def test_forged_message_on_port_4500_does_not_move_the_ike_sa(established):
+    """A mutated IKE_AUTH request (its ICV fails) with a live SA's SPIs, from another address
+    on port 4500, moved the responder's SA there: its replies (and, established, DPD and
+    ESP) went to whoever sent it."""
+    from tests.test_ike_manager import Net
+
+    net = Net()
+    net.a.initiate("b", 0.0)
+    if established:
+        net.deliver(0.0)
+    else:  # IKE_SA_INIT only: B waits for IKE_AUTH
+        for data, src, natt in net.to_b:
+            net.b.receive(data, src, natt, 0.0)
+        net.to_b.clear()
+    (sa,) = net.b.sas.values()
+    assert sa.state is (State.ESTABLISHED if established else State.INIT_DONE)
+    before = sa.remote
+    forged = encode_message(Header.make(ExchangeType.IKE_AUTH, sa.spi_i, sa.spi_r,
+                                        message_id=sa._peer_next_id, initiator=True),
+                            [Notify(NotifyType.INITIAL_CONTACT)])
+    # an SK payload of garbage instead of the clear Notify: the ICV cannot verify
+    forged = forged[:16] + bytes([46]) + forged[17:28] + bytes([41, 0, 0, 40]) + bytes(36)
+    forged = forged[:24] + len(forged).to_bytes(4, "big") + forged[28:]
+    net.b.receive(forged, ("203.0.113.66", 4500), True, 1.0)
+    assert sa.remote == before
