@@ -213,6 +213,7 @@ class Endpoint:
         self._filter_timer: asyncio.TimerHandle | None = None
         self._filter_junk = 0  # unknown/reserved-SPI drops at the last check
         self._filter_quiet = 0.0  # since when the kernel drops few (filter on)
+        self._filter_warned = False
         #: kernel drops per socket (fd) already put in a bucket, and the buckets: datagrams
         #: dropped while the filter was on (by it, mostly) and while it was off (receive
         #: buffer full)
@@ -871,7 +872,8 @@ class Endpoint:
                                     "them in the kernel (socket filter, %d SPIs) while it "
                                     "lasts",
                                     fresh / FILTER_CHECK, self._filter_spis)
-                    elif self.filter_engaged == 0:
+                    elif not self._filter_warned:
+                        self._filter_warned = True  # once: it stays so until SAs go
                         log.warning("%d datagrams/s with unknown SPIs; no socket filter for "
                                     "more than %d SPIs", fresh / FILTER_CHECK,
                                     FILTER_MAX_SPIS)

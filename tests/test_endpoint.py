@@ -631,3 +631,32 @@ async def test_ike_messages_are_rate_limited_per_source(monkeypatch):
         flood.close()
         other.close()
         ep.close()
+
+
+async def test_no_filter_above_its_spi_limit_and_one_warning(monkeypatch, caplog):
+    import nattunnel.endpoint as ep_mod
+
+    monkeypatch.setattr(ep_mod, "FILTER_CHECK", 0.05)
+    monkeypatch.setattr(ep_mod, "FILTER_ON_RATE", 1000)
+    monkeypatch.setattr(ep_mod, "FILTER_MAX_SPIS", 3)
+    t = Tunnel()
+    peer = t.add_peer("a", [ipaddress.ip_network(A_INNER + "/32")])
+    for spi in range(0x2001, 0x2005):  # 4 SPIs
+        t.install_inbound(peer, InboundSA(spi, AES_GCM_256, os.urandom(36)))
+    b = Endpoint(t, InProcessInterface(), [("127.0.0.1", 0)])
+    await b.start()
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        loop = asyncio.get_running_loop()
+        end = loop.time() + 0.4
+        while loop.time() < end:
+            for _ in range(100):
+                s.sendto(struct.pack("!I", 0x9999) + bytes(60), b.socks[0].getsockname())
+            await asyncio.sleep(0.01)
+        assert not b.filter_on and b.filter_engaged == 0
+        assert t.drops[DropReason.UNKNOWN_SPI] > 1000  # still counted in user space
+        warned = [r for r in caplog.records if "no socket filter" in r.getMessage()]
+        assert len(warned) == 1
+    finally:
+        s.close()
+        b.close()
