@@ -84,9 +84,10 @@ FILTER_ON_RATE = 2000
 FILTER_OFF_RATE = 200
 FILTER_QUIET = 10.0
 FILTER_CHECK = 1.0
-#: the filter lists SPIs one comparison each, with 8-bit jump offsets: above this many
-#: inbound SPIs it is not built (and the flood goes to user space as before)
-FILTER_MAX_SPIS = 250
+#: the filter compares the SPIs one after another (a classic BPF program has at most 4096
+#: instructions): above this many inbound SPIs it is not built (and a flood goes to user
+#: space as before)
+FILTER_MAX_SPIS = 4000
 _MIN_ESP = 36  # the smallest ESP packet (nattunnel.sa.MIN_ESP_PACKET)
 
 
@@ -97,31 +98,46 @@ def spi_filter(spis: Iterable[int]) -> list[tuple[int, int, int, int]] | None:
     of ``spis`` that is at least as long as the smallest ESP packet; it drops the rest
     (unknown and reserved SPIs, truncated ESP). None above FILTER_MAX_SPIS SPIs.
 
-    With UDP GRO the filter sees one aggregate: its first datagram's octets and the
-    aggregate's length, so a length bound above would also drop legitimate aggregates; only
-    the lower bound is checked."""
+    The SPIs are compared one after another, in groups of at most 250 (a conditional jump
+    reaches 255 instructions ahead) each followed by its own unconditional jump to the
+    length check. With UDP GRO the filter sees one aggregate: its first datagram's octets and
+    the aggregate's length, so a length bound above would also drop legitimate aggregates;
+    only the lower bound is checked."""
     spis = sorted(set(spis))
-    n = len(spis)
-    if n > FILTER_MAX_SPIS:
+    if len(spis) > FILTER_MAX_SPIS:
         return None
-    ld_len, ld_word, jge, jeq, ret = 0x80, 0x20, 0x35, 0x15, 0x06
-    accept, check = 8 + n, 6 + n  # instruction indexes
-    prog = [
-        (ld_len, 0, 0, 0),  # 0: A = UDP header + payload
-        (jge, 1, 0, 8 + 4),  # 1: room for an SPI? to 3
-        (ret, 0, 0, 0xFFFFFFFF),  # 2: no: accept
-        (ld_word, 0, 0, 8),  # 3: A = the first four payload octets (network order)
-        (jeq, accept - 5, 0, 0),  # 4: the non-ESP marker: accept
+    ld_len, ld_word, jge, jeq, ja, ret = 0x80, 0x20, 0x35, 0x15, 0x05, 0x06
+    accept_all = 0xFFFFFFFF
+    # instructions with symbolic targets ("check", "accept"), resolved below
+    prog: list[tuple[int, int | str, int | str, int | str]] = [
+        (ld_len, 0, 0, 0),  # A = UDP header + payload
+        (jge, 1, 0, 8 + 4),  # room for an SPI? skip the accept
+        (ret, 0, 0, accept_all),  # no: accept (keepalives; user space counts the rest)
+        (ld_word, 0, 0, 8),  # A = the first four payload octets (network order)
+        (jeq, 0, 1, 0),  # the non-ESP marker:
+        (ja, 0, 0, "accept"),  # IKE: accept
     ]
-    prog += [(jeq, check - (5 + i) - 1, 0, spi) for i, spi in enumerate(spis)]  # 5 ..
+    for g in range(0, len(spis), 250):
+        group = spis[g : g + 250]
+        for i, spi in enumerate(group):
+            prog.append((jeq, len(group) - i, 0, spi))  # to this group's trampoline
+        prog.append((ja, 0, 0, 1))  # none of this group: over the trampoline
+        prog.append((ja, 0, 0, "check"))
+    prog.append((ret, 0, 0, 0))  # an SPI we have no SA for: drop
+    labels = {"check": len(prog), "accept": len(prog) + 2}
     prog += [
-        (ret, 0, 0, 0),  # 5 + n: an SPI we have no SA for: drop
         (ld_len, 0, 0, 0),  # check: long enough for ESP?
         (jge, 0, 1, 8 + _MIN_ESP),
-        (ret, 0, 0, 0xFFFFFFFF),  # accept
+        (ret, 0, 0, accept_all),  # accept
         (ret, 0, 0, 0),  # truncated: drop
     ]
-    return prog
+    out: list[tuple[int, int, int, int]] = []
+    for pc, (code, jt, jf, k) in enumerate(prog):
+        if isinstance(k, str):
+            k = labels[k] - pc - 1
+        assert isinstance(jt, int) and isinstance(jf, int)
+        out.append((code, jt, jf, k))
+    return out
 
 
 def attach_filter(sock: socket.socket, prog: list[tuple[int, int, int, int]]) -> None:

@@ -512,7 +512,33 @@ def test_spi_filter_program_in_the_kernel():
         while True:
             got.append(rx.recv(70000))
     assert got == passes
-    assert spi_filter(range(1000, 2000)) is None  # too many SPIs to list
+    assert spi_filter(range(1000, 6000)) is None  # too many SPIs to list
+    tx.close()
+    rx.close()
+
+
+def test_spi_filter_with_thousands_of_spis():
+    """More SPIs than one conditional jump reaches: the groups and their trampolines."""
+    from nattunnel.endpoint import attach_filter, spi_filter
+
+    spis = list(range(0x10000, 0x10000 + 3000 * 7, 7))
+    prog = spi_filter(spis)
+    assert prog is not None and len(prog) <= 4096
+    rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    rx.bind(("127.0.0.1", 0))
+    attach_filter(rx, prog)
+    rx.settimeout(0.2)
+    tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    ours = [spis[0], spis[249], spis[250], spis[1234], spis[-1]]
+    theirs = [spis[0] + 1, spis[-1] + 7, 0x0FFFF, 0x7FFFFFFF]
+    for spi in theirs + ours:
+        tx.sendto(struct.pack("!II", spi, 1) + bytes(100), rx.getsockname())
+    tx.sendto(bytes(4) + b"ike" * 20, rx.getsockname())
+    got = []
+    with pytest.raises(TimeoutError):
+        while True:
+            got.append(struct.unpack("!I", rx.recv(2048)[:4])[0])
+    assert got == [*ours, 0]
     tx.close()
     rx.close()
 
