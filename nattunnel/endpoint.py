@@ -442,7 +442,7 @@ class Endpoint:
             ip = "::" if fam == socket.AF_INET6 else "0.0.0.0"
         else:
             ip, port = bound[0], bound[1]
-        if ipaddress.ip_address(ip).is_unspecified:
+        if ipaddress.ip_address(ip.split("%", 1)[0]).is_unspecified:
             with socket.socket(fam, socket.SOCK_DGRAM) as s:
                 s.connect((remote[0], remote[1]))
                 ip = s.getsockname()[0]
