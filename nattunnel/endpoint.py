@@ -40,6 +40,8 @@ _MAX_DATAGRAM = 65535
 #: interface may hold views of them until it flushes), so room for several
 _RX_SIZE = 4 * _MAX_DATAGRAM
 _SOCKBUF = 4 << 20
+#: the port-500 IKE sockets' receive buffer
+_IKE_SOCKBUF = 1 << 20
 # Linux UDP offloads (include/uapi/linux/udp.h); the socket module does not name them.
 SOL_UDP = 17
 UDP_SEGMENT = 103
@@ -331,6 +333,11 @@ class Endpoint:
                 self.close()
                 raise OSError(e.errno, f"cannot listen for IKE on {host}:{self.ike_port}: "
                                        f"{e.strerror}") from e
+            with contextlib.suppress(OSError, AttributeError):
+                # room for a legitimate peer's request behind a flood (the per-source limit
+                # drops the flood cheaply, but only once it is read)
+                stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _IKE_SOCKBUF)
+                stream.socket.setsockopt(socket.SOL_SOCKET, SO_RXQ_OVFL, 1)
             self._ike_streams.setdefault(fam, stream)
             self._ike_tasks.append(loop.create_task(self._ike_reader(stream)))
 
