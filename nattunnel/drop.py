@@ -60,9 +60,6 @@ class DropReason(IntEnum):
     #: ``Endpoint``'s ``kernel_filter``): the socket's kernel drops while the filter is on,
     #: less the namespace's receive-buffer drops meanwhile (those count as KERNEL_RCVBUF)
     KERNEL_FILTER = 22
-    #: an IKE message from a source address (an IPv6 /64) that sent more than the endpoint
-    #: parses per second (``endpoint.IKE_SOURCE_RATE``): dropped before the IKE manager
-    IKE_RATE_LIMITED = 23
 
 
 class DropCounters:

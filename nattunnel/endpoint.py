@@ -66,15 +66,6 @@ _U32 = struct.Struct("=I")
 SO_RXQ_OVFL = 40
 #: room for the UDP_GRO and SO_RXQ_OVFL control messages (CMSG_SPACE(4) = 24 each)
 _ANC_SIZE = 64
-#: IKE messages per second that one source address (an IPv6 /64) may make the endpoint hand
-#: to the IKE manager, on port 500 and on the NAT-T port together, with bursts up to
-#: IKE_SOURCE_BURST; the rest is dropped unparsed (IKE_RATE_LIMITED). A peer sends a few per
-#: exchange (tens with IKE fragmentation), so this only stops floods from one source; the IKE
-#: manager's own limits (IKE_SA_INIT per source, half-open SAs, cookies) come behind it.
-IKE_SOURCE_RATE = 100.0
-IKE_SOURCE_BURST = 200.0
-#: source buckets kept; beyond it they are all forgotten (a flood from many sources)
-IKE_SOURCES_MAX = 4096
 # --- the socket filter under floods (classic BPF, SO_ATTACH_FILTER) ---------------------------
 SO_ATTACH_FILTER = 26
 SO_DETACH_FILTER = 27
@@ -240,8 +231,6 @@ class Endpoint:
         self._rcvbuf_seen = -1  # the namespace's UDP RcvbufErrors at the last read
         self._kernel_rcvbuf = 0
         self._kernel_filtered = 0
-        #: per source, [tokens, when last updated] (``_ike_allowed``)
-        self._ike_buckets: dict[object, list[float]] = {}
         self._error_log_at = 0.0
         self._errors_unlogged = 0
         #: the IKE manager, when IKE is enabled (``enable_ike``)
@@ -354,8 +343,6 @@ class Endpoint:
                 self.drops.counts[DropReason.RECEIVE_ERROR] += 1
                 continue
             now = self._loop.time()
-            if not self._ike_allowed(addr, now):
-                continue
             try:
                 self.ike.receive(bytes(data), addr, False, now)
             except Exception:
@@ -366,36 +353,12 @@ class Endpoint:
     def _on_ike_natt(self, data: memoryview, addr: Addr, now: float) -> None:
         """IKE behind the non-ESP marker on a NAT-T socket (from the tunnel's demux)."""
         assert self.ike is not None
-        if not self._ike_allowed(addr, now):
-            return
         try:
             self.ike.receive(bytes(data), addr, True, now)
         except Exception:
             self.drops.counts[DropReason.INTERNAL_ERROR] += 1
             self._core_error("ike_receive")
         self._arm_timer()
-
-    def _ike_allowed(self, addr: Addr, now: float) -> bool:
-        """A token bucket per source address (IPv4) or /64 (IPv6): IKE_SOURCE_RATE messages
-        per second, bursts of IKE_SOURCE_BURST. False (counted) when it is empty."""
-        key: object = addr[0]
-        if len(addr) == 4:
-            with contextlib.suppress(ValueError):
-                key = ipaddress.IPv6Address(addr[0].split("%", 1)[0]).packed[:8]
-        buckets = self._ike_buckets
-        b = buckets.get(key)
-        if b is None:
-            if len(buckets) >= IKE_SOURCES_MAX:
-                buckets.clear()
-            b = buckets[key] = [IKE_SOURCE_BURST, now]
-        tokens = min(IKE_SOURCE_BURST, b[0] + (now - b[1]) * IKE_SOURCE_RATE)
-        b[1] = now
-        if tokens < 1.0:
-            b[0] = tokens
-            self.drops.counts[DropReason.IKE_RATE_LIMITED] += 1
-            return False
-        b[0] = tokens - 1.0
-        return True
 
     def _core_error(self, where: str) -> None:
         """Call from an ``except`` block: an exception from a core in a callback is counted

@@ -29,6 +29,7 @@ from .ike_message import (
     encode_message,
     peek_header,
     peek_nonce_and_cookie,
+    peek_receiver_spi,
 )
 from .ike_sa import (
     ChildDown,
@@ -196,16 +197,20 @@ class IkeManager:
             self._internal_error("a received message", e, now)
 
     def _receive(self, data: bytes, remote: Addr, natt: bool, now: float) -> None:
-        try:
-            hdr = peek_header(data)
-        except IkeDecodeError:
+        # junk with unknown SPIs costs a lookup: nothing is parsed before an SA is found
+        found = peek_receiver_spi(data)
+        if found is None:
             self.counters["dropped"] += 1
             return
-        if (hdr.exchange_type == ExchangeType.IKE_SA_INIT and not hdr.is_response
-                and hdr.spi_r == bytes(8)):
+        local_spi, opens = found
+        if opens:
+            try:
+                hdr = peek_header(data)
+            except IkeDecodeError:
+                self.counters["dropped"] += 1
+                return
             self._init_request(data, hdr, remote, natt, now)
             return
-        local_spi = hdr.spi_r if hdr.is_initiator else hdr.spi_i
         sa = self.sas.get(local_spi)
         if sa is None:
             self.counters["dropped"] += 1

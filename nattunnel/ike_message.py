@@ -346,6 +346,26 @@ def peek_header(data: bytes | bytearray | memoryview) -> Header:
     return _decode_header(bytes(data[:IKE_HEADER_LEN]))[0]
 
 
+#: offsets in the IKE header (RFC 7296 section 3.1)
+_EXCHANGE_OFF: Final = 18
+_FLAGS_OFF: Final = 19
+_NO_SPI: Final = bytes(8)
+
+
+def peek_receiver_spi(data: bytes) -> tuple[bytes, bool] | None:
+    """(the receiver's IKE SPI, whether the message is an IKE_SA_INIT request that opens a
+    new IKE SA) straight from the header's octets, or None if there is no header: how a
+    message finds its IKE SA, at the cost of two slices, before anything is parsed."""
+    if len(data) < IKE_HEADER_LEN:
+        return None
+    flags = data[_FLAGS_OFF]
+    spi_r = data[8:16]
+    if (data[_EXCHANGE_OFF] == ExchangeType.IKE_SA_INIT and not flags & IKE_FLAG_RESPONSE
+            and spi_r == _NO_SPI):
+        return spi_r, True
+    return (spi_r if flags & IKE_FLAG_INITIATOR else data[:8]), False
+
+
 def peek_nonce_and_cookie(data: bytes | bytearray | memoryview
                           ) -> tuple[bytes | None, bytes | None]:
     """(Ni, COOKIE data) of an unencrypted message, either None if absent, from the payload

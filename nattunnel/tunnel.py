@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Final
 
-from .constants import NAT_KEEPALIVE
+from .constants import ESP_HEADER_LEN, NAT_KEEPALIVE, SPI_RESERVED_MAX
 from .drop import DropCounters, DropReason
 from .peer import Addr, Network, Peer
 from .prefixes import PrefixTable
@@ -35,6 +35,7 @@ _U32: Final = struct.Struct("!I")
 #: return value of ``receive`` for a datagram the control plane consumed (keepalive, IKE)
 CONSUMED: Final = -1000
 _SOURCE_NOT_ALLOWED: Final = -DropReason.SOURCE_NOT_ALLOWED
+_UNKNOWN_SPI: Final = -DropReason.UNKNOWN_SPI
 _ROUTE_CACHE_MAX: Final = 4096
 
 IkeHandler = Callable[[memoryview, Addr, float], None]
@@ -316,6 +317,11 @@ class Tunnel:
         self.drops.counts[DropReason.SOURCE_NOT_ALLOWED] += 1
 
     def _receive_other(self, buf: memoryview, off: int, n: int, addr: Addr, now: float) -> int:
+        if n >= ESP_HEADER_LEN and _U32.unpack_from(buf, off)[0] > SPI_RESERVED_MAX:
+            # ESP for no SA of ours (what classify would say, without building its answer):
+            # a flood of junk costs a lookup and a count
+            self.drops.counts[DropReason.UNKNOWN_SPI] += 1
+            return _UNKNOWN_SPI
         data = buf[off : off + n]
         c = classify(data)
         if c.kind is Kind.KEEPALIVE:

@@ -469,13 +469,13 @@ def test_bad_ke_in_responses_to_our_rekeys_does_not_raise():
 def test_no_exception_leaves_the_manager(monkeypatch, caplog):
     net = Net()
     boom = {"n": 0}
-    real = ike_mod.peek_header
+    real = ike_mod.peek_receiver_spi
 
     def exploding(data):
         boom["n"] += 1
         raise RuntimeError("injected failure")
 
-    monkeypatch.setattr(ike_mod, "peek_header", exploding)
+    monkeypatch.setattr(ike_mod, "peek_receiver_spi", exploding)
     with caplog.at_level(logging.ERROR, logger="nattunnel"):
         for i in range(5):
             net.b.receive(b"\x00" * 40, ("198.18.0.9", 500), False, 1.0 + i * 0.1)
@@ -483,7 +483,7 @@ def test_no_exception_leaves_the_manager(monkeypatch, caplog):
     logged = [r for r in caplog.records if "injected failure" in r.getMessage()
               or (r.exc_info and "injected failure" in str(r.exc_info[1]))]
     assert len(logged) == 1  # rate-limited
-    monkeypatch.setattr(ike_mod, "peek_header", real)
+    monkeypatch.setattr(ike_mod, "peek_receiver_spi", real)
     monkeypatch.setattr(IkeSa, "on_timer", lambda self, now: 1 / 0)
     net.a.initiate("b", 0.0)
     net.deliver()
