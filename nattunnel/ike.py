@@ -150,7 +150,7 @@ class IkeManager:
         self._half_open_log_at = 0.0
         self.counters = {"cookies_sent": 0, "init_requests": 0, "dropped": 0,
                          "init_rate_limited": 0, "init_half_open_full": 0,
-                         "half_open_dropped": 0, "identity_cap_deleted": 0}
+                         "half_open_dropped": 0, "identity_cap_deleted": 0, "errors": 0}
 
     # --- configuration ------------------------------------------------------------------------
     def add_peer(self, peer: IkePeer, now: float) -> None:
@@ -239,7 +239,7 @@ class IkeManager:
     def _internal_error(self, what: str, exc: Exception, now: float) -> None:
         """Count an exception that escaped the IKE code and log it, rate-limited. The log
         has the exception and where it was raised, never the message or any key."""
-        self.counters["errors"] = self.counters.get("errors", 0) + 1
+        self.counters["errors"] += 1
         if now - self._error_logged_at < self.ERROR_LOG_INTERVAL:
             self._errors_unlogged += 1
             return
