@@ -40,8 +40,6 @@ from dataclasses import asdict, dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
-import asyncio_dgram  # noqa: F401  (imported before the baseline: Endpoint imports it lazily)
-
 from . import ike_crypto as kc
 from .bench import ipv4_packet, machine_info
 from .endpoint import Endpoint, InProcessInterface

@@ -19,7 +19,7 @@ import socket
 import struct
 import time
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from .constants import ESP_HEADER_LEN, ESP_IV_LEN, NON_ESP_MARKER
 from .drop import DropCounters, DropReason
@@ -236,9 +236,11 @@ class Endpoint:
         #: the IKE manager, when IKE is enabled (``enable_ike``)
         self.ike: IkeManager | None = None
         self.ike_port = 500
-        self._ike_streams: dict[int, Any] = {}
-        self._ike_tasks: list[asyncio.Task[None]] = []
-        self._ike_sends: set[asyncio.Future[Any]] = set()
+        #: port-500 sockets, and the first of each address family (what IKE sends from)
+        self._ike_socks: list[socket.socket] = []
+        self._ike_by_family: dict[int, socket.socket] = {}
+        #: an IKE message came through a NAT-T reader: it re-arms the timer after its batch
+        self._ike_seen = False
 
     # --- life cycle ---------------------------------------------------------------------------
     def enable_ike(self, manager: IkeManager, port: int = 500) -> None:
@@ -311,44 +313,56 @@ class Endpoint:
         return peer
 
     async def _start_ike(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Port 500: control-plane sockets through asyncio-dgram (one per listen address)."""
-        import asyncio_dgram
-
+        """Port 500: one non-blocking socket per listen address, read like the NAT-T
+        sockets (drained with a budget per wakeup, so that a flood of IKE_SA_INIT requests
+        costs a system call and a cookie each, not a future)."""
         for host, _ in self.listen:
             fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+            sock = socket.socket(fam, socket.SOCK_DGRAM)
             try:
-                stream = await asyncio_dgram.bind((host, self.ike_port))
+                if fam == socket.AF_INET6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                sock.setblocking(False)
+                sock.bind((host, self.ike_port))
             except OSError as e:
+                sock.close()
                 self.close()
                 raise OSError(e.errno, f"cannot listen for IKE on {host}:{self.ike_port}: "
                                        f"{e.strerror}") from e
-            with contextlib.suppress(OSError, AttributeError):
-                # room for a legitimate peer's request behind a flood (the per-source limit
-                # drops the flood cheaply, but only once it is read)
-                stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _IKE_SOCKBUF)
-                stream.socket.setsockopt(socket.SOL_SOCKET, SO_RXQ_OVFL, 1)
-            self._ike_streams.setdefault(fam, stream)
-            self._ike_tasks.append(loop.create_task(self._ike_reader(stream)))
+            with contextlib.suppress(OSError):
+                # room for a legitimate peer's request behind a flood
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _IKE_SOCKBUF)
+                sock.setsockopt(socket.SOL_SOCKET, SO_RXQ_OVFL, 1)
+            self._ike_socks.append(sock)
+            self._ike_by_family.setdefault(fam, sock)
+            loop.add_reader(sock.fileno(), self._on_ike_udp, sock)
 
-    async def _ike_reader(self, stream: Any) -> None:
+    def _on_ike_udp(self, sock: socket.socket) -> None:
+        """Port 500 readable: IKE messages until EAGAIN or the budget, then one pass over
+        the events and one re-arm of the timer."""
         assert self._loop is not None and self.ike is not None
-        while True:
-            try:
-                data, addr = await stream.recv()
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # closed, or an ICMP error surfaced on the socket
-                if self._closed.is_set():
-                    return
-                self.drops.counts[DropReason.RECEIVE_ERROR] += 1
-                continue
-            now = self._loop.time()
-            try:
-                self.ike.receive(bytes(data), addr, False, now)
-            except Exception:
-                self.drops.counts[DropReason.INTERNAL_ERROR] += 1
-                self._core_error("ike_receive")
+        now = self._loop.time()
+        receive = self.ike.receive
+        try:
+            for _ in range(self.budget):
+                try:
+                    data, addr = sock.recvfrom(_MAX_DATAGRAM)
+                except BlockingIOError:
+                    break
+                except OSError:  # an ICMP error for an earlier send, say
+                    self.drops.counts[DropReason.RECEIVE_ERROR] += 1
+                    continue
+                try:
+                    receive(data, addr, False, now)
+                except Exception:
+                    self.drops.counts[DropReason.INTERNAL_ERROR] += 1
+                    self._core_error("ike_receive")
+        finally:
             self._handle_events(None)
+
+    def ike_addresses(self) -> list[Addr]:
+        """The port-500 sockets' local addresses."""
+        return [s.getsockname() for s in self._ike_socks]
 
     def _on_ike_natt(self, data: memoryview, addr: Addr, now: float) -> None:
         """IKE behind the non-ESP marker on a NAT-T socket (from the tunnel's demux)."""
@@ -358,7 +372,8 @@ class Endpoint:
         except Exception:
             self.drops.counts[DropReason.INTERNAL_ERROR] += 1
             self._core_error("ike_receive")
-        self._arm_timer()
+        # the reader that demultiplexed it re-arms the timer once, after its whole batch
+        self._ike_seen = True
 
     def _core_error(self, where: str) -> None:
         """Call from an ``except`` block: an exception from a core in a callback is counted
@@ -383,11 +398,9 @@ class Endpoint:
                 if sock is not None:
                     sock.sendto(NON_ESP_MARKER + out.data, out.remote)
             else:
-                stream = self._ike_streams.get(fam)
-                if stream is not None:
-                    task = asyncio.ensure_future(stream.send(out.data, out.remote))
-                    self._ike_sends.add(task)
-                    task.add_done_callback(self._ike_sends.discard)
+                sock = self._ike_by_family.get(fam)
+                if sock is not None:
+                    sock.sendto(out.data, out.remote)
         except OSError:
             self.drops.counts[DropReason.SEND_FAILED] += 1
 
@@ -404,9 +417,9 @@ class Endpoint:
             if sock is not None:
                 bound = sock.getsockname()
         else:
-            stream = self._ike_streams.get(fam)
-            if stream is not None:
-                bound = stream.sockname
+            sock = self._ike_by_family.get(fam)
+            if sock is not None:
+                bound = sock.getsockname()
         if bound is None:
             port = (4500 if natt else self.ike_port)
             ip = "::" if fam == socket.AF_INET6 else "0.0.0.0"
@@ -432,12 +445,12 @@ class Endpoint:
     def close(self) -> None:
         """Stop reading, close sockets and the inner interface. Idempotent."""
         self._closed.set()
-        for task in self._ike_tasks:
-            task.cancel()
-        self._ike_tasks.clear()
-        for stream in self._ike_streams.values():
-            stream.close()
-        self._ike_streams.clear()
+        for sock in self._ike_socks:
+            if self._loop is not None:
+                self._loop.remove_reader(sock.fileno())
+            sock.close()
+        self._ike_socks.clear()
+        self._ike_by_family.clear()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -487,7 +500,8 @@ class Endpoint:
             self.drops.counts[DropReason.INTERNAL_ERROR] += 1
             self._core_error("receive")
         flush()
-        if self.tunnel.events:
+        if self.tunnel.events or self._ike_seen:
+            self._ike_seen = False
             self._handle_events(sock)
 
     def _on_udp_gro(self, sock: socket.socket) -> None:
@@ -536,7 +550,8 @@ class Endpoint:
             self.drops.counts[DropReason.INTERNAL_ERROR] += 1
             self._core_error("receive")
             flush()
-        if self.tunnel.events:
+        if self.tunnel.events or self._ike_seen:
+            self._ike_seen = False
             self._handle_events(sock)
 
     def send_datagram(self, peer: Peer, data: bytes | memoryview) -> None:
@@ -756,9 +771,8 @@ class Endpoint:
         seen in a control message (SO_RXQ_OVFL) and the socket's drops column in
         /proc/net/udp{,6} (read now; also covers sockets read without control messages)."""
         socks: list[tuple[str, socket.socket]] = [(_fmt(s.getsockname()), s) for s in self.socks]
-        for stream in self._ike_streams.values():
-            with contextlib.suppress(Exception):
-                sock = stream.socket
+        for sock in self._ike_socks:
+            with contextlib.suppress(OSError):
                 socks.append((_fmt(sock.getsockname()), sock))
         proc = _proc_udp_drops()
         out: dict[str, int] = {}

@@ -327,7 +327,7 @@ async def _until(pred, timeout: float = 2.0) -> None:
 async def test_port_500_reader_survives_an_exception_from_the_ike_core(caplog):
     fake = RaisingIke(fail_receives=3)
     ep = await _ike_endpoint(fake)
-    port500 = ep._ike_streams[socket.AF_INET].sockname
+    port500 = ep.ike_addresses()[0]
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
         for i in range(5):
@@ -632,7 +632,7 @@ async def test_a_flood_from_a_peers_address_does_not_stop_its_ike_messages():
     and limits only IKE_SA_INIT requests, after cookies)."""
     fake = RaisingIke(fail_receives=0)
     ep = await _ike_endpoint(fake)
-    natt, port500 = ep.local_addresses()[0], ep._ike_streams[socket.AF_INET].sockname
+    natt, port500 = ep.local_addresses()[0], ep.ike_addresses()[0]
     peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     peer.bind(("127.0.0.1", 0))
     junk, real = b"junk".ljust(40, b"."), b"real".ljust(40, b".")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import socket
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
@@ -161,7 +160,7 @@ async def test_no_nat_found_between_two_addresses_of_one_host(natt, caplog):
                               (ka, kb.public_key()), host=a_host, force_encap=natt)
     loop = asyncio.get_running_loop()
     # to B's NAT-T socket (force_encap) or to its port-500 IKE socket (port 0 here)
-    b_to = b.local_addresses()[0] if natt else b._ike_streams[socket.AF_INET].sockname
+    b_to = b.local_addresses()[0] if natt else b.ike_addresses()[0]
     ma.add_peer(IkePeer(ca, initiate=True, remote=(b_to[0], b_to[1])), loop.time())
     a._arm_timer()
     try:
