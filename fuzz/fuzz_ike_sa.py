@@ -1,10 +1,11 @@
 """Fuzz the IKE SA state machine (nattunnel/ike_sa.py ``IkeSa``) in every role and state.
 
 Byte mutation of encrypted messages cannot get past the ICV, so this harness is structure-
-aware. At start, two IkeSa cores run a real handshake in memory (PSK and Ed25519) and the SA of
-each side is kept as a snapshot in each state: initiator INIT_SENT, AUTH_SENT, ESTABLISHED;
-responder before IKE_SA_INIT, INIT_DONE, ESTABLISHED. Every input starts from a copy of one
-of them and is a program (``_common.Reader``) of up to 8 operations:
+aware. At start, two IkeSa cores run a real handshake in memory (PSK, Ed25519, and PSK with
+PFS child SAs and forced UDP encapsulation) and the SA of each side is kept as a snapshot
+in each state: initiator INIT_SENT, AUTH_SENT, ESTABLISHED; responder before IKE_SA_INIT,
+INIT_DONE, ESTABLISHED. Every input starts from a copy of one of them and is a program
+(``_common.Reader``) of up to 8 operations:
 
 - a message built from payloads the input chooses (SA with IKE or ESP proposals, KE with a
   valid, degenerate, off-curve or wrong-length public value, Nonce, Notify of every type that
