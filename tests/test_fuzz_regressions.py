@@ -13,7 +13,7 @@ import pytest
 
 from nattunnel import ike_crypto as kc
 from nattunnel.config import ConfigError, parse_config
-from nattunnel.constants import DhGroup, ExchangeType, NotifyType, ProtocolId
+from nattunnel.constants import DhGroup, EncrId, ExchangeType, NotifyType, PrfId, ProtocolId
 from nattunnel.ike_message import (
     KE,
     SA,
@@ -25,6 +25,7 @@ from nattunnel.ike_message import (
     decode_message,
     encode_message,
     esp_proposal,
+    ike_proposal,
 )
 from nattunnel.ike_sa import ChildUp, IkeSa, State
 from nattunnel.keys import write_key_file, write_psk_file
@@ -106,6 +107,28 @@ def test_bad_ke_in_create_child_sa_does_not_raise(group, data):
     got = decode_message(answer.data, sk=_peer_key_out(b))
     assert got.header.is_response
     assert all(n.is_error for n in got.notifies()) and got.notifies()
+
+
+@pytest.mark.parametrize("data", [b"\x09" * 31, bytes(32)])
+def test_bad_ke_in_an_ike_sa_rekey_request_does_not_raise(data):
+    """The same in an IKE SA rekey (CREATE_CHILD_SA with an IKE proposal): the fuzzer's input
+    reached KeyExchange.shared through _on_rekey_ike."""
+    w = _established()
+    b = w.b
+    payloads = [
+        SA([ike_proposal(1, encr=EncrId.AES_GCM_16, prf=PrfId.HMAC_SHA2_256,
+                         dh=DhGroup.CURVE25519, key_length=256, spi=bytes(range(1, 9)))]),
+        Nonce(bytes(range(32))), KE(DhGroup.CURVE25519, data),
+    ]
+    msg = encode_message(Header.make(ExchangeType.CREATE_CHILD_SA, b.spi_i, b.spi_r,
+                                     message_id=b._peer_next_id, initiator=True),
+                         payloads, sk=_peer_key(b))
+    b.receive(msg, 1.0)
+    assert b.state is State.ESTABLISHED and not b.rekeyed
+    (answer,) = b.pop_outputs()
+    got = decode_message(answer.data, sk=_peer_key_out(b))
+    assert got.header.is_response and got.notifies() and all(n.is_error
+                                                               for n in got.notifies())
 
 
 def _peer_key_out(sa: IkeSa) -> kc.AeadSk:
