@@ -49,6 +49,19 @@ from _common import FuzzFailure
 
 #: (Ni, COOKIE) from the payload headers alone (the cookie check under load); newer codec only
 peek_nonce_and_cookie = getattr(ike_message, "peek_nonce_and_cookie", None)
+#: (receiver's SPI, opens a new IKE SA) from the raw header (how a message finds its SA)
+peek_receiver_spi = getattr(ike_message, "peek_receiver_spi", None)
+
+
+def _receiver_spi_reference(data: bytes) -> tuple[bytes, bool] | None:
+    """RFC 7296 section 3.1: the receiver's SPI is SPIr in a message from the original
+    initiator (I flag), else SPIi; an IKE_SA_INIT request with a zero SPIr opens a new SA."""
+    if len(data) < 28:
+        return None
+    hdr = peek_header(data)
+    if (hdr.exchange_type == 34 and not hdr.is_response and hdr.spi_r == bytes(8)):
+        return hdr.spi_r, True
+    return (hdr.spi_r if hdr.is_initiator else hdr.spi_i), False
 
 
 class NullSk:
@@ -179,6 +192,9 @@ def test_one_input(data: bytes) -> None:
     if peek_nonce_and_cookie is not None:
         with contextlib.suppress(IkeDecodeError):
             peek_nonce_and_cookie(data)
+    if peek_receiver_spi is not None and peek_receiver_spi(data) != _receiver_spi_reference(
+            data):
+        raise _bad("peek_receiver_spi", data)
     _round_trip_plain(data)
     for sk in CIPHERS:
         _round_trip_sealed(data, sk)
