@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Sequence
 
 
 def _sizes(text: str) -> list[int]:
@@ -19,16 +20,21 @@ def _sizes(text: str) -> list[int]:
     return sizes
 
 
+def _names(text: str, known: Sequence[str]) -> list[str]:
+    """``--only``: a comma-separated list of names from ``known``."""
+    names = [x.strip() for x in text.split(",") if x.strip()]
+    unknown = [n for n in names if n not in known]
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(
+            f"--only: {', '.join(unknown) or 'empty list'}: choose from {','.join(known)}"
+        )
+    return names
+
+
 def _tunnels(text: str) -> list[str]:
     from .benchnet import TUNNELS
 
-    names = [x.strip() for x in text.split(",") if x.strip()]
-    unknown = [n for n in names if n not in TUNNELS]
-    if not names or unknown:
-        raise argparse.ArgumentTypeError(
-            f"--only: {', '.join(unknown) or 'empty list'}: choose from {','.join(TUNNELS)}"
-        )
-    return names
+    return _names(text, list(TUNNELS))
 
 
 def _rate(text: str) -> int:
@@ -47,13 +53,7 @@ def _rate(text: str) -> int:
 def _attacks(text: str) -> list[str]:
     from .benchattack import ATTACKS
 
-    names = [x.strip() for x in text.split(",") if x.strip()]
-    unknown = [n for n in names if n not in ATTACKS]
-    if not names or unknown:
-        raise argparse.ArgumentTypeError(
-            f"--only: {', '.join(unknown) or 'empty list'}: choose from {','.join(ATTACKS)}"
-        )
-    return names
+    return _names(text, list(ATTACKS))
 
 
 def build_parser() -> argparse.ArgumentParser:
