@@ -1,4 +1,5 @@
-"""The ``nattunnel`` command line."""
+"""nattunnel: a userspace IPsec tunnel (ESP in UDP, RFC 3948) with IKEv2 (RFC 7296) that
+crosses NATs."""
 
 from __future__ import annotations
 
@@ -152,7 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "(keys/NAME.key and keys/NAME.pub) or a path prefix")
     pubkey = sub.add_parser("pubkey", help="print the public key (PEM) of an Ed25519 key file")
     pubkey.add_argument("key", metavar="FILE", help="private key file (PKCS#8 PEM, mode 0600)")
-    up = sub.add_parser("up", help="run a tunnel endpoint in the foreground (manual SAs)")
+    up = sub.add_parser("up",
+                        help="run a tunnel endpoint in the foreground (IKEv2 or manual SAs)")
     up.add_argument("config", metavar="CONFIG", help="TOML configuration (docs/config.md)")
     up.add_argument("--stats", metavar="FILE",
                     help="write counters as JSON to FILE on SIGUSR1 and at exit")

@@ -1,7 +1,7 @@
 """Peer tunnels for ``nattunnel bench netns``: wireguard-go, OpenVPN and strongSwan in the NAT lab.
 
 Each ``start_*`` function brings one tunnel up between host A (behind the NAT) and host B
-(public), the way ../shared/reference/peers.md ran them, and returns a ``Running`` tunnel:
+(public), the way their own documentation runs them, and returns a ``Running`` tunnel:
 the daemons' processes on both ends (their PIDs give the CPU time), the tunnel interface on
 each end (its MTU and packet counters) and B's inner address (where iperf3 listens). A start
 that fails stops what it started and raises ``PeerError`` with a short reason.

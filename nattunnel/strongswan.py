@@ -1,7 +1,7 @@
 """strongSwan (charon + swanctl) as a reference IKEv2 / ESP-in-UDP peer inside the NAT lab.
 
 Used by the interop tests (tests/test_strongswan.py) and meant for ``nattunnel bench``. See
-../shared/interop/strongswan.md for why it is set up this way. In short:
+docs/interop-strongswan.md for why it is set up this way. In short:
 
 - charon runs with the **userspace** IPsec stack (``kernel-libipsec`` loaded before
   ``kernel-netlink``): ESP is handled in charon through a TUN device ``ipsec0`` and is always

@@ -1,4 +1,4 @@
-"""``nattunnel up CONFIG``: run one endpoint in the foreground with manual SAs.
+"""``nattunnel up CONFIG``: run one endpoint in the foreground (IKEv2 and manual peers).
 
 Builds the tunnel core from the configuration, opens the inner interface (a TUN device, or the
 in-process interface), listens, and runs until SIGINT or SIGTERM; then the TUN device is
@@ -27,7 +27,8 @@ log = logging.getLogger("nattunnel")
 
 
 def build_tunnel(config: Config, now: float) -> Tunnel:
-    """The tunnel core for a configuration: one peer per [[peer]], manual SAs installed.
+    """The tunnel core for a configuration: one peer per [[peer]], manual SAs installed (IKE
+    peers get theirs from the IKE manager, ``build_ike``).
     IKE-managed peers start without SAs (``build_ike`` negotiates them)."""
     tunnel = Tunnel()
     for pc in config.peers:
