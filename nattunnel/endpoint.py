@@ -21,7 +21,7 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Protocol
 
-from .constants import ESP_HEADER_LEN, ESP_IV_LEN, NON_ESP_MARKER
+from .constants import ESP_HEADER_LEN, ESP_IV_LEN, IKE_PORT, NAT_T_PORT, NON_ESP_MARKER
 from .drop import DropCounters, DropReason
 from .peer import Addr, Network, Peer
 from .tunnel import PeerMoved, RekeyNeeded, Tunnel
@@ -235,7 +235,7 @@ class Endpoint:
         self._errors_unlogged = 0
         #: the IKE manager, when IKE is enabled (``enable_ike``)
         self.ike: IkeManager | None = None
-        self.ike_port = 500
+        self.ike_port = IKE_PORT
         #: port-500 sockets, and the first of each address family (what IKE sends from)
         self._ike_socks: list[socket.socket] = []
         self._ike_by_family: dict[int, socket.socket] = {}
@@ -243,7 +243,7 @@ class Endpoint:
         self._ike_seen = False
 
     # --- life cycle ---------------------------------------------------------------------------
-    def enable_ike(self, manager: IkeManager, port: int = 500) -> None:
+    def enable_ike(self, manager: IkeManager, port: int = IKE_PORT) -> None:
         """Handle IKE on ``port`` (plain) and behind the non-ESP marker on the NAT-T sockets."""
         self.ike = manager
         self.ike_port = port
@@ -421,7 +421,7 @@ class Endpoint:
             if sock is not None:
                 bound = sock.getsockname()
         if bound is None:
-            port = (4500 if natt else self.ike_port)
+            port = NAT_T_PORT if natt else self.ike_port
             ip = "::" if fam == socket.AF_INET6 else "0.0.0.0"
         else:
             ip, port = bound[0], bound[1]

@@ -20,7 +20,7 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .constants import ExchangeType, NotifyType
+from .constants import NAT_T_PORT, ExchangeType, NotifyType
 from .ike_message import (
     Header,
     IkeDecodeError,
@@ -416,7 +416,7 @@ class IkeManager:
         if peer is not None:
             # ESP goes where IKE goes on 4500 (RFC 3948); keepalives only if we are behind NAT
             # (ike.remote: where the authenticated IKE_AUTH exchange came from or went)
-            addr = ike.remote if ike.natt else (ike.remote[0], 4500)
+            addr = ike.remote if ike.natt else (ike.remote[0], NAT_T_PORT)
             self.tunnel.set_peer_address(peer, addr)
             mode = ike.config.keepalive if ike.config else "nat"
             on = mode == "always" or (mode == "nat" and ev.local_behind_nat)
