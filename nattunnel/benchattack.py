@@ -312,6 +312,7 @@ def attacker_main(argv: Sequence[str] | None = None) -> int:
             if burst <= 0:
                 time.sleep(0.0005)
                 continue
+        burst = min(burst, count - sent)  # never past the count
         if batches is not None:
             n = batches.send(burst)
             if n > 0:
