@@ -212,7 +212,7 @@ def _setup_snapshot() -> None:
     from cryptography.hazmat.primitives.asymmetric import ec, ed25519, x25519
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 
-    from nattunnel.sa import InboundSA, OutboundSA
+    from nattunnel.esp.sa import InboundSA, OutboundSA
 
     atomic: list[type] = [AESGCM, ChaCha20Poly1305]
     # the key classes are abstract; the concrete (Rust) classes are what instances have
@@ -228,13 +228,13 @@ def _setup_snapshot() -> None:
     # immutable values of the project (frozen dataclasses, networks): shared, not copied
     import ipaddress
 
-    from nattunnel.ike_sa import EspProposal, Identity, IkeProposal
-    from nattunnel.suite import Suite
+    from nattunnel.esp.suite import Suite
+    from nattunnel.ike.sa import EspProposal, Identity, IkeProposal
 
     atomic += [Suite, IkeProposal, EspProposal, Identity, ipaddress.IPv4Network,
                ipaddress.IPv6Network, ipaddress.IPv4Address, ipaddress.IPv6Address]
     try:
-        from nattunnel.ike import IkeLimits
+        from nattunnel.ike.manager import IkeLimits
 
         atomic.append(IkeLimits)
     except ImportError:

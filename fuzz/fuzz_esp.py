@@ -41,10 +41,10 @@ with atheris.instrument_imports(include=["nattunnel"]):
     import _common
     from cryptography.exceptions import InvalidTag
 
-    from nattunnel.drop import DropReason
-    from nattunnel.sa import InboundSA, OutboundSA
-    from nattunnel.suite import AES_GCM_128, AES_GCM_256, CHACHA20_POLY1305
-    from nattunnel.tunnel import CONSUMED, PeerMoved, Tunnel
+    from nattunnel.esp.drop import DropReason
+    from nattunnel.esp.sa import InboundSA, OutboundSA
+    from nattunnel.esp.suite import AES_GCM_128, AES_GCM_256, CHACHA20_POLY1305
+    from nattunnel.tunnel.core import CONSUMED, PeerMoved, Tunnel
 
 from _common import STRUCTURED_FLAGS, FuzzFailure, Reader, mutate
 

@@ -24,9 +24,9 @@ import atheris
 with atheris.instrument_imports(include=["nattunnel"]):
     import _common
 
-    from nattunnel import ike_message
     from nattunnel.constants import NotifyType
-    from nattunnel.ike_message import (
+    from nattunnel.ike import message as ike_message
+    from nattunnel.ike.message import (
         SK,
         SKF,
         Fragment,

@@ -45,7 +45,6 @@ with atheris.instrument_imports(include=["nattunnel"]):
     import _common
     import _ike_world as world
 
-    from nattunnel import ike_crypto as kc
     from nattunnel.constants import (
         AuthMethod,
         DhGroup,
@@ -59,7 +58,9 @@ with atheris.instrument_imports(include=["nattunnel"]):
         ProtocolId,
         TransformType,
     )
-    from nattunnel.ike_message import (
+    from nattunnel.esp.suite import AES_GCM_256, CHACHA20_POLY1305
+    from nattunnel.ike import crypto as kc
+    from nattunnel.ike.message import (
         KE,
         SA,
         Auth,
@@ -84,7 +85,7 @@ with atheris.instrument_imports(include=["nattunnel"]):
         nat_detection_hash,
         peek_header,
     )
-    from nattunnel.ike_sa import (
+    from nattunnel.ike.sa import (
         ChildUp,
         EspProposal,
         IkeDown,
@@ -93,7 +94,6 @@ with atheris.instrument_imports(include=["nattunnel"]):
         IkeUp,
         State,
     )
-    from nattunnel.suite import AES_GCM_256, CHACHA20_POLY1305
 
 from _common import STRUCTURED_FLAGS, FuzzFailure, Reader, Skip, known, mutate, snapshot
 

@@ -21,9 +21,9 @@ import atheris
 with atheris.instrument_imports(include=["nattunnel"]):
     import _common
 
-    from nattunnel.drop import DropReason
-    from nattunnel.tunnel import CONSUMED, Tunnel
-    from nattunnel.udpencap import Kind, build_esp, build_ike, classify, ike_payload
+    from nattunnel.esp.drop import DropReason
+    from nattunnel.esp.udpencap import Kind, build_esp, build_ike, classify, ike_payload
+    from nattunnel.tunnel.core import CONSUMED, Tunnel
 
 from _common import FuzzFailure
 

@@ -1,8 +1,8 @@
 """nattunnel: a userspace IPsec NAT-traversal tunnel (RFC 4303 ESP in RFC 3948 UDP)."""
 
-from .drop import DropCounters, DropReason
-from .sa import InboundSA, OutboundSA, SequenceNumberExhausted
-from .suite import AES_GCM_128, AES_GCM_256, CHACHA20_POLY1305, SUITES, Suite, suite_by_name
+from .esp.drop import DropCounters, DropReason
+from .esp.sa import InboundSA, OutboundSA, SequenceNumberExhausted
+from .esp.suite import AES_GCM_128, AES_GCM_256, CHACHA20_POLY1305, SUITES, Suite, suite_by_name
 
 __version__ = "0.1.0"
 

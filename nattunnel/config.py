@@ -51,8 +51,10 @@ from .constants import (
     REPLAY_WINDOW_MIN,
     SPI_RESERVED_MAX,
 )
-from .ike import IkeLimits
-from .ike_sa import (
+from .esp.suite import SUITES, Suite, suite_by_name
+from .esp.udpencap import inner_mtu
+from .ike.manager import IkeLimits
+from .ike.sa import (
     DEFAULT_ESP_PROPOSALS,
     DEFAULT_IKE_PROPOSALS,
     EspProposal,
@@ -68,9 +70,7 @@ from .keys import (
     load_psk,
     public_key_b64,
 )
-from .prefixes import PrefixTable
-from .suite import SUITES, Suite, suite_by_name
-from .udpencap import inner_mtu
+from .tunnel.prefixes import PrefixTable
 
 #: (host, port); the host is an IP literal without brackets.
 Addr = tuple[str, int]
@@ -221,7 +221,7 @@ class Config:
     #: the file it was loaded from, if any
     path: Path | None
     #: directory for Wireshark key tables (``esp_sa``, ``ikev2_decryption_table``; see
-    #: nattunnel.keylog), or None: no key log
+    #: nattunnel.ike.keylog), or None: no key log
     keylog: Path | None = None
     #: local UDP port for IKE without NAT-T (IKE_SA_INIT); IKE over NAT-T uses the listen ports
     ike_port: int = IKE_PORT

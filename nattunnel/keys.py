@@ -41,7 +41,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa, x448, x25519
 
-from .suite import Suite
+from .esp.suite import Suite
 
 StrPath = str | os.PathLike[str]
 

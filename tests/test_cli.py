@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from nattunnel.cli import main
+from nattunnel.cli.main import main
 
 
 def test_bench_crypto_json(capsys):

@@ -19,8 +19,8 @@ from nattunnel.config import (
     parse_config,
 )
 from nattunnel.constants import DEFAULT_KEEPALIVE_INTERVAL, REPLAY_WINDOW_DEFAULT
+from nattunnel.esp.suite import AES_GCM_128, AES_GCM_256, CHACHA20_POLY1305
 from nattunnel.keys import write_key_file
-from nattunnel.suite import AES_GCM_128, AES_GCM_256, CHACHA20_POLY1305
 
 # Recognisable keying material (36 octets, aes256gcm16): any leak is easy to spot.
 KEYS = {
@@ -684,7 +684,7 @@ def ike_error(ikedir: Path, text: str) -> ConfigError:
 
 
 def test_ike_psk_peer(ikedir: Path) -> None:
-    from nattunnel.ike_sa import DEFAULT_ESP_PROPOSALS, DEFAULT_IKE_PROPOSALS, Identity, IkeConfig
+    from nattunnel.ike.sa import DEFAULT_ESP_PROPOSALS, DEFAULT_IKE_PROPOSALS, Identity, IkeConfig
 
     cfg = load(ikedir, IKE_PSK)
     assert cfg.keylog is None and cfg.ike_port == 500
@@ -717,7 +717,7 @@ def test_ike_psk_peer(ikedir: Path) -> None:
 def test_ike_pubkey_peer(ikedir: Path) -> None:
     from cryptography.hazmat.primitives.asymmetric import ed25519
 
-    from nattunnel.ike_sa import Identity
+    from nattunnel.ike.sa import Identity
     from nattunnel.keys import load_ed25519_private, load_ed25519_public
 
     cfg = load(ikedir, IKE_PUBKEY)
@@ -735,7 +735,7 @@ def test_ike_pubkey_peer(ikedir: Path) -> None:
 
 
 def test_ike_all_fields(ikedir: Path) -> None:
-    from nattunnel.ike_sa import EspProposal, IkeProposal
+    from nattunnel.ike.sa import EspProposal, IkeProposal
 
     text = IKE_PSK.replace('listen = ["0.0.0.0:4500"]',
                            'listen = ["0.0.0.0:4500", "[::]:4500"]\nkeylog = "klog"\n'
@@ -1216,7 +1216,7 @@ def test_bad_string_is_a_config_error(ikedir: Path, base: str, old: str, new: st
     ("1:2", "not an IP address"),
 ])
 def test_identity_parse_raises_value_error(text: str, fragment: str) -> None:
-    from nattunnel.ike_sa import Identity
+    from nattunnel.ike.sa import Identity
 
     with pytest.raises(ValueError) as info:
         Identity.parse(text)
@@ -1234,7 +1234,7 @@ def test_identity_parse_raises_value_error(text: str, fragment: str) -> None:
     ("keyid:grüezi", (11, "grüezi".encode())),
 ])
 def test_identity_parse_and_str_round_trip(text: str, expected: tuple[int, bytes]) -> None:
-    from nattunnel.ike_sa import Identity
+    from nattunnel.ike.sa import Identity
 
     ident = Identity.parse(text)
     assert (ident.id_type, ident.data) == expected
@@ -1385,7 +1385,7 @@ def test_fuzz_any_value_in_any_field_is_a_config_error_or_loads(
 # --- [limits]: ike.IkeLimits ------------------------------------------------------------------
 
 def test_limits_default_to_ike_limits(ikedir: Path) -> None:
-    from nattunnel.ike import IkeLimits
+    from nattunnel.ike.manager import IkeLimits
 
     assert load(ikedir, IKE_PSK).limits == IkeLimits()
     assert load(ikedir, VALID).limits == IkeLimits()
@@ -1396,13 +1396,13 @@ def test_limits_keys_are_the_ike_limits_fields() -> None:
     import dataclasses
 
     from nattunnel import config as c
-    from nattunnel.ike import IkeLimits
+    from nattunnel.ike.manager import IkeLimits
 
     assert tuple(f.name for f in dataclasses.fields(IkeLimits)) == c._LIMITS_KEYS
 
 
 def test_limits_all_fields(ikedir: Path) -> None:
-    from nattunnel.ike import IkeLimits
+    from nattunnel.ike.manager import IkeLimits
 
     cfg = load(ikedir, IKE_PSK + """
 [limits]
@@ -1478,8 +1478,8 @@ def test_limits_must_be_a_table(ikedir: Path) -> None:
 
 
 def test_build_ike_passes_the_limits(ikedir: Path) -> None:
-    from nattunnel.ike import IkeLimits
-    from nattunnel.up import build_ike, build_tunnel
+    from nattunnel.app import build_ike, build_tunnel
+    from nattunnel.ike.manager import IkeLimits
 
     cfg = load(ikedir, IKE_PSK + "\n[limits]\nhalf_open_max = 100\ninit_burst = 3\n")
     manager = build_ike(cfg, build_tunnel(cfg, now=0.0), now=0.0)
@@ -1496,7 +1496,7 @@ def test_docs_limits_table_matches_ike_limits() -> None:
     import dataclasses
     import re
 
-    from nattunnel.ike import IkeLimits
+    from nattunnel.ike.manager import IkeLimits
 
     docs = (Path(__file__).resolve().parent.parent / "docs" / "config.md").read_text()
     section = docs[docs.index("## `[limits]`"):]

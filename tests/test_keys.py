@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from nattunnel.cli import main
+from nattunnel.cli.main import main
+from nattunnel.esp.suite import SUITES, suite_by_name
 from nattunnel.keys import (
     KeyFileError,
     generate_keymat,
@@ -21,7 +22,6 @@ from nattunnel.keys import (
     load_keymat,
     write_key_file,
 )
-from nattunnel.suite import SUITES, suite_by_name
 
 # A recognisable key: any leak of it (raw or hex, or a long fragment) is easy to spot.
 KEY = bytes(range(0xA0, 0xA0 + 36))

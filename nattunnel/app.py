@@ -1,0 +1,133 @@
+"""``nattunnel up CONFIG``: run one endpoint in the foreground (IKEv2 and manual peers).
+
+Builds the tunnel core from the configuration, opens the inner interface (a TUN device, or the
+in-process interface), listens, and runs until SIGINT or SIGTERM; then the TUN device is
+removed and the sockets closed. SIGUSR1 writes the counters as JSON to ``--stats FILE``
+(and so does a clean exit), for tests and operators.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+from .config import Config, KeepaliveMode, format_addr
+from .esp.sa import InboundSA, OutboundSA
+from .ike.keylog import KeyLog
+from .ike.manager import IkeManager, IkePeer
+from .io.endpoint import Endpoint, InnerInterface, InProcessInterface, sockaddr
+from .tunnel.core import Tunnel
+
+log = logging.getLogger("nattunnel")
+
+
+def build_tunnel(config: Config, now: float) -> Tunnel:
+    """The tunnel core for a configuration: one peer per [[peer]], manual SAs installed (IKE
+    peers get theirs from the IKE manager, ``build_ike``).
+    IKE-managed peers start without SAs (``build_ike`` negotiates them)."""
+    tunnel = Tunnel()
+    for pc in config.peers:
+        keepalive = pc.ike is None and (pc.keepalive is KeepaliveMode.ALWAYS or (
+            pc.keepalive is KeepaliveMode.NAT and pc.behind_nat
+        ))
+        addr = sockaddr(*pc.endpoint) if pc.endpoint and pc.ike is None else None
+        peer = tunnel.add_peer(pc.name, pc.allowed_ips, addr=addr, keepalive=keepalive,
+                               keepalive_interval=pc.keepalive_interval, now=now)
+        if pc.ike is not None:
+            continue
+        assert pc.spi_out is not None and pc.spi_in is not None
+        assert pc.key_out is not None and pc.key_in is not None
+        tunnel.set_outbound(peer, OutboundSA(pc.spi_out, pc.suite, pc.key_out, esn=pc.esn,
+                                             tfc_pad=pc.tfc_pad))
+        tunnel.install_inbound(peer, InboundSA(pc.spi_in, pc.suite, pc.key_in, esn=pc.esn,
+                                               replay_window=pc.replay_window))
+    return tunnel
+
+
+def build_ike(config: Config, tunnel: Tunnel, now: float) -> IkeManager | None:
+    """The IKE manager for the configuration's IKE peers (bounded by ``config.limits``, the
+    ``[limits]`` table), or None if there are none."""
+    ike_peers = [pc for pc in config.peers if pc.ike is not None]
+    if not ike_peers:
+        return None
+    keylog = KeyLog(config.keylog) if config.keylog is not None else None
+
+    def unset(*_: object) -> Any:  # Endpoint.enable_ike provides the real ones
+        raise RuntimeError("IKE manager not attached to an endpoint")
+
+    manager = IkeManager(tunnel, unset, unset, keylog=keylog, limits=config.limits)
+    for pc in ike_peers:
+        assert pc.ike is not None
+        remote = sockaddr(*pc.endpoint) if pc.endpoint else None
+        manager.add_peer(IkePeer(pc.ike, initiate=pc.initiate and remote is not None,
+                                 remote=remote), now)
+    return manager
+
+
+def open_interface(config: Config) -> InnerInterface:
+    ic = config.interface
+    if ic.kind == "inprocess":
+        return InProcessInterface()
+    from .io.tun import TunDevice, TunInterface
+
+    routes = [net for pc in config.peers for net in pc.allowed_ips]
+    # IFF_VNET_HDR: TCP segments coalesced on write (nattunnel.io.coalesce)
+    device = TunDevice.create(ic.name, ic.mtu, ic.addresses, routes, vnet_hdr=True)
+    return TunInterface(device)
+
+
+def write_stats(endpoint: Endpoint, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(endpoint.stats(), indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+async def run(config: Config, stats_path: Path | None = None) -> int:
+    loop = asyncio.get_running_loop()
+    tunnel = build_tunnel(config, loop.time())
+    interface = open_interface(config)
+    endpoint = Endpoint(tunnel, interface, config.listen)
+    manager = build_ike(config, tunnel, loop.time())
+    if manager is not None:
+        endpoint.enable_ike(manager, config.ike_port)
+    try:
+        await endpoint.start()
+    except BaseException:
+        interface.close()
+        raise
+    ic = config.interface
+    where = ", ".join(format_addr(a[:2]) for a in endpoint.local_addresses())
+    log.info("listening on %s; inner interface %s (%s, mtu %d)", where, ic.kind,
+             ic.name, ic.mtu)
+    for pc in config.peers:
+        where = format_addr(pc.endpoint) if pc.endpoint else "address learned"
+        allowed = ", ".join(map(str, pc.allowed_ips))
+        if pc.ike is not None:
+            log.info("peer %s: %s, allowed %s, IKEv2 %s auth as %s, %s", pc.name, where,
+                     allowed, pc.ike.auth, pc.ike.local_id,
+                     "initiating" if pc.initiate else "responding")
+            continue
+        log.info("peer %s: %s, allowed %s, %s, SPI in %#010x out %#010x, keepalive %s%s "
+                 "(manual SAs: no forward secrecy)", pc.name, where, allowed, pc.suite.name,
+                 pc.spi_in, pc.spi_out, pc.keepalive.value,
+                 " (behind NAT)" if pc.behind_nat else "")
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    if stats_path is not None:
+        loop.add_signal_handler(signal.SIGUSR1, write_stats, endpoint, stats_path)
+    try:
+        await stop.wait()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
+            loop.remove_signal_handler(sig)
+        if stats_path is not None:
+            write_stats(endpoint, stats_path)
+        endpoint.close()
+        log.info("stopped: sockets closed, interface removed")
+    return 0

@@ -1,0 +1,396 @@
+"""The tunnel core, sans-I/O: RFC 3948 demultiplexing, SAs by SPI, routes by inner prefix,
+NAT rebinding and NAT keepalives.
+
+``Tunnel`` is fed received datagrams and inner packets with an explicit ``now``; it returns
+inner packets to deliver, ESP packets to send, events, and its next deadline. It owns no socket,
+no device and no clock: the asyncio endpoint (``nattunnel.io.endpoint``) moves the bytes, and tests
+pair two cores in memory.
+
+Received datagrams:
+- ESP with a known SPI: decapsulated in place; the inner source must lie in the peer's allowed
+  prefixes; an authenticated packet from a new address moves the peer there (NAT rebinding,
+  never on an unauthenticated packet, since the SA checks ICV and replay first).
+- a NAT-keepalive (one 0xFF octet): counted and dropped (RFC 3948 section 2.3).
+- IKE behind the non-ESP marker: handed to the IKE handler, if one is installed.
+- anything else: dropped with a counted ``DropReason``.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import struct
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Final
+
+from ..constants import ESP_HEADER_LEN, NAT_KEEPALIVE, SPI_RESERVED_MAX
+from ..esp.drop import DropCounters, DropReason
+from ..esp.sa import InboundSA, OutboundSA
+from ..esp.udpencap import Kind, classify, ike_payload
+from .peer import Addr, Network, Peer
+from .prefixes import PrefixTable
+
+_U32: Final = struct.Struct("!I")
+#: return value of ``receive`` for a datagram the control plane consumed (keepalive, IKE)
+CONSUMED: Final = -1000
+_SOURCE_NOT_ALLOWED: Final = -DropReason.SOURCE_NOT_ALLOWED
+_UNKNOWN_SPI: Final = -DropReason.UNKNOWN_SPI
+_ROUTE_CACHE_MAX: Final = 4096
+
+IkeHandler = Callable[[memoryview, Addr, float], None]
+
+
+@dataclass(frozen=True, slots=True)
+class PeerMoved:
+    """An authenticated packet came from a new address: the peer now lives there."""
+
+    peer: str
+    old: Addr | None
+    new: Addr
+
+
+@dataclass(frozen=True, slots=True)
+class RekeyNeeded:
+    """An outbound SA passed its soft sequence-number limit (RFC 4303 section 3.3.3)."""
+
+    peer: str
+    spi: int
+
+
+Event = PeerMoved | RekeyNeeded
+
+
+class Tunnel:
+    """Peers, SAs and routes of one endpoint."""
+
+    def __init__(self, ike_handler: IkeHandler | None = None) -> None:
+        self.peers: dict[str, Peer] = {}
+        self.ike_handler = ike_handler
+        #: datagram drops that belong to no SA (unknown SPI, malformed, source not allowed...)
+        self.drops = DropCounters()
+        self.keepalives_received = 0
+        self.events: list[Event] = []
+        self._by_spi: dict[int, tuple[InboundSA, Peer]] = {}
+        self._by_addr: dict[Addr, Peer] = {}
+        #: every peer's allowed prefixes (disjoint across peers): routes and the source check
+        self._prefixes: PrefixTable[Peer] = PrefixTable()
+        self._cache4: dict[int, Peer | None] = {}
+        self._cache6: dict[int, Peer | None] = {}
+        self._timers: list[tuple[float, int, Peer]] = []
+        self._tick = itertools.count()
+        self._results: list[int] = []  # per-run results of InboundSA.decapsulate_run
+        #: called after the set of inbound SPIs changed (the endpoint's socket filter)
+        self.on_spis_changed: Callable[[], None] | None = None
+
+    # --- configuration ------------------------------------------------------------------------
+    def add_peer(
+        self,
+        name: str,
+        allowed: Iterable[Network],
+        *,
+        addr: Addr | None = None,
+        keepalive: bool = False,
+        keepalive_interval: float = 20.0,
+        now: float = 0.0,
+    ) -> Peer:
+        if name in self.peers:
+            raise ValueError(f"peer {name!r} exists")
+        peer = Peer(name, allowed, addr=addr, keepalive=keepalive,
+                    keepalive_interval=keepalive_interval, now=now)
+        for net in peer.allowed:
+            if (c := self._prefixes.conflict(net)) is not None:
+                theirs, other = c
+                raise ValueError(
+                    f"peer {name!r}: allowed prefix {net} overlaps {theirs} of peer "
+                    f"{other.name!r}"
+                )
+        self._prefixes.add_all(peer.allowed, peer)
+        peer.on_rekey = self.check_rekey
+        self.peers[name] = peer
+        if addr is not None:
+            self._by_addr[addr] = peer
+        self._clear_route_cache()
+        if keepalive:
+            self._schedule(peer, now + keepalive_interval)
+        return peer
+
+    def remove_peer(self, name: str) -> None:
+        peer = self.peers.pop(name)
+        peer.removed = True
+        for sa in peer.inbound:
+            self._by_spi.pop(sa.spi, None)
+        if peer.addr is not None and self._by_addr.get(peer.addr) is peer:
+            del self._by_addr[peer.addr]
+        self._prefixes.remove(peer)
+        self._clear_route_cache()
+        if peer.inbound and self.on_spis_changed is not None:
+            self.on_spis_changed()
+
+    def install_inbound(self, peer: Peer, sa: InboundSA) -> None:
+        """Accept packets with ``sa.spi`` from ``peer`` (old SAs stay until removed)."""
+        if sa.spi in self._by_spi:
+            raise ValueError(f"inbound SPI {sa.spi:#010x} is in use")
+        self._by_spi[sa.spi] = (sa, peer)
+        peer.inbound.append(sa)
+        if self.on_spis_changed is not None:
+            self.on_spis_changed()
+
+    def inbound_spis(self) -> list[int]:
+        """Every inbound SPI in use."""
+        return list(self._by_spi)
+
+    def inbound_sa(self, spi: int) -> InboundSA | None:
+        entry = self._by_spi.get(spi)
+        return entry[0] if entry else None
+
+    def remove_inbound(self, spi: int) -> None:
+        sa, peer = self._by_spi.pop(spi)
+        peer.inbound.remove(sa)
+        if self.on_spis_changed is not None:
+            self.on_spis_changed()
+
+    def set_outbound(self, peer: Peer, sa: OutboundSA) -> None:
+        peer.outbound = sa
+        peer.rekey_signalled = False
+
+    def set_peer_address(self, peer: Peer, addr: Addr) -> None:
+        """Point the peer at ``addr`` (the control plane learned it, e.g. from IKE)."""
+        if addr != peer.addr:
+            self._moved(peer, addr)
+
+    def set_keepalive(self, peer: Peer, on: bool, now: float = 0.0) -> None:
+        """Send NAT keepalives to ``peer`` (IKE found this side behind NAT) or stop."""
+        if on and not peer.keepalive:
+            peer.keepalive = True
+            self._schedule(peer, max(now, peer.last_tx) + peer.keepalive_interval)
+        elif not on:
+            peer.keepalive = False
+
+    def _clear_route_cache(self) -> None:
+        self._cache4 = {}
+        self._cache6 = {}
+
+    # --- inner packets out --------------------------------------------------------------------
+    def route(self, inner: bytes | bytearray | memoryview) -> Peer | None:
+        """The peer whose allowed prefixes hold the inner packet's destination (prefixes of
+        different peers never overlap, so there is at most one)."""
+        return self.route_at(inner, 0, len(inner))
+
+    def route_at(self, buf: bytes | bytearray | memoryview, at: int, n: int) -> Peer | None:
+        """``route`` for the n-octet inner packet at ``buf[at:]``."""
+        if n >= 20 and buf[at] >> 4 == 4:
+            dst = _U32.unpack_from(buf, at + 16)[0]
+            try:
+                return self._cache4[dst]
+            except KeyError:
+                return self._lookup(dst, self._prefixes.lookup4, self._cache4)
+        if n >= 40 and buf[at] >> 4 == 6:
+            dst6 = int.from_bytes(buf[at + 24 : at + 40], "big")
+            try:
+                return self._cache6[dst6]
+            except KeyError:
+                return self._lookup(dst6, self._prefixes.lookup6, self._cache6)
+        return None
+
+    @staticmethod
+    def _lookup(
+        dst: int, lookup: Callable[[int], Peer | None], cache: dict[int, Peer | None]
+    ) -> Peer | None:
+        found = lookup(dst)
+        if len(cache) >= _ROUTE_CACHE_MAX:
+            cache.clear()
+        cache[dst] = found
+        return found
+
+    def encapsulate_into(
+        self, inner: bytes | bytearray | memoryview, out: memoryview, now: float
+    ) -> tuple[Peer | None, int]:
+        """Route and encapsulate one inner packet. Returns (peer, length) or (peer, -reason).
+
+        The data path calls ``route`` and ``Peer.encapsulate_into`` itself; this is the
+        readable form for everything else.
+        """
+        peer = self.route(inner)
+        if peer is None:
+            self.drops.counts[DropReason.NO_ROUTE] += 1
+            return None, -DropReason.NO_ROUTE
+        n = peer.encapsulate_into(inner, out, now)
+        if n < 0:
+            self.drops.counts[-n] += 1
+        return peer, n
+
+    def check_rekey(self, peer: Peer) -> None:
+        sa = peer.outbound
+        if sa is not None and sa.rekey_needed and not peer.rekey_signalled:
+            peer.rekey_signalled = True
+            self.events.append(RekeyNeeded(peer.name, sa.spi))
+
+    # --- datagrams in -------------------------------------------------------------------------
+    def receive(self, buf: memoryview, off: int, n: int, addr: Addr, now: float) -> int:
+        """Handle the n-octet UDP payload at ``buf[off:]`` from ``addr``.
+
+        Returns the inner packet's length ``m`` (the packet is ``buf[off+16 : off+16+m]``),
+        ``CONSUMED`` for keepalives and IKE, or ``-DropReason``.
+        """
+        if n >= 8:
+            entry = self._by_spi.get(_U32.unpack_from(buf, off)[0])
+            if entry is not None:
+                sa, peer = entry
+                m = sa.decapsulate_into(buf, off, n)
+                if m < 0:
+                    return m
+                # RFC 4301 section 5.2: the inner source must be one the SA may carry.
+                ct = off + 16
+                if buf[ct] >> 4 == 4:
+                    ok = peer.source_allowed4(_U32.unpack_from(buf, ct + 12)[0])
+                else:
+                    ok = peer.source_allowed6(int.from_bytes(buf[ct + 8 : ct + 24], "big"))
+                if not ok:
+                    self._source_drop(sa, peer, m)
+                    return _SOURCE_NOT_ALLOWED
+                peer.last_rx = now
+                if addr != peer.addr:
+                    self._moved(peer, addr)
+                return m
+        return self._receive_other(buf, off, n, addr, now)
+
+    def receive_batch(self, buf: memoryview, n: int, seg: int, addr: Addr, now: float,
+                      deliver: Callable[[memoryview], object]) -> None:
+        """Handle one UDP GRO read: datagrams of ``seg`` octets side by side in ``buf[:n]``
+        (the last may be shorter), all from ``addr``. Each inner packet is passed to
+        ``deliver`` (a view into ``buf``, valid during the call) in order.
+
+        The same checks and counters as ``receive`` on each datagram; runs of one SPI are
+        decapsulated by ``InboundSA.decapsulate_run`` and their inner sources checked against
+        the last allowed one first.
+        """
+        by_spi = self._by_spi
+        unpack = _U32.unpack_from
+        results = self._results
+        off = 0
+        while off < n:
+            size = seg if off + seg <= n else n - off
+            entry = by_spi.get(unpack(buf, off)[0]) if size >= 8 else None
+            if entry is None:
+                m = self._receive_other(buf, off, size, addr, now)
+                if m > 0:
+                    deliver(buf[off + 16 : off + 16 + m])
+                off += seg
+                continue
+            sa, peer = entry
+            results.clear()
+            start = off
+            off = sa.decapsulate_run(buf, off, n, seg, results)
+            ok4 = -1  # the last inner IPv4 source found allowed in this run
+            delivered = False
+            ct = start + 16
+            for m in results:
+                if m > 0:
+                    # RFC 4301 section 5.2: the inner source must be one the SA may carry.
+                    if buf[ct] >> 4 == 4:
+                        src = unpack(buf, ct + 12)[0]
+                        if src != ok4:
+                            if peer.source_allowed4(src):
+                                ok4 = src
+                            else:
+                                self._source_drop(sa, peer, m)
+                                ct += seg
+                                continue
+                    elif not peer.source_allowed6(int.from_bytes(buf[ct + 8 : ct + 24], "big")):
+                        self._source_drop(sa, peer, m)
+                        ct += seg
+                        continue
+                    delivered = True
+                    deliver(buf[ct : ct + m])
+                ct += seg
+            if delivered:
+                peer.last_rx = now
+                if addr != peer.addr:
+                    self._moved(peer, addr)
+
+    def _source_drop(self, sa: InboundSA, peer: Peer, m: int) -> None:
+        # the SA counted it as delivered; it is not
+        sa.packets -= 1
+        sa.bytes -= m
+        peer.source_drops += 1
+        self.drops.counts[DropReason.SOURCE_NOT_ALLOWED] += 1
+
+    def _receive_other(self, buf: memoryview, off: int, n: int, addr: Addr, now: float) -> int:
+        if n >= ESP_HEADER_LEN and _U32.unpack_from(buf, off)[0] > SPI_RESERVED_MAX:
+            # ESP for no SA of ours (what classify would say, without building its answer):
+            # a flood of junk costs a lookup and a count
+            self.drops.counts[DropReason.UNKNOWN_SPI] += 1
+            return _UNKNOWN_SPI
+        data = buf[off : off + n]
+        c = classify(data)
+        if c.kind is Kind.KEEPALIVE:
+            self.keepalives_received += 1
+            peer = self._by_addr.get(addr)
+            if peer is not None:
+                peer.keepalives_received += 1
+            return CONSUMED
+        if c.kind is Kind.IKE:
+            if self.ike_handler is None:
+                self.drops.counts[DropReason.NO_IKE_HANDLER] += 1
+                return -DropReason.NO_IKE_HANDLER
+            self.ike_handler(ike_payload(data), addr, now)
+            return CONSUMED
+        reason = DropReason.UNKNOWN_SPI if c.kind is Kind.ESP else c.reason
+        assert reason is not None
+        self.drops.counts[reason] += 1
+        return -reason
+
+    def _moved(self, peer: Peer, addr: Addr) -> None:
+        old = peer.addr
+        if old is not None:
+            peer.rebinds += 1
+            if self._by_addr.get(old) is peer:
+                del self._by_addr[old]
+        peer.addr = addr
+        self._by_addr[addr] = peer
+        self.events.append(PeerMoved(peer.name, old, addr))
+
+    def pop_events(self) -> list[Event]:
+        events, self.events = self.events, []
+        return events
+
+    # --- timers -------------------------------------------------------------------------------
+    def _schedule(self, peer: Peer, when: float) -> None:
+        heapq.heappush(self._timers, (when, next(self._tick), peer))
+
+    def next_deadline(self) -> float | None:
+        """When ``on_timer`` next has work: the earliest keepalive that may be due."""
+        timers = self._timers
+        while timers and (timers[0][2].removed or not timers[0][2].keepalive):
+            heapq.heappop(timers)
+        return timers[0][0] if timers else None
+
+    def on_timer(self, now: float) -> list[tuple[Peer, bytes]]:
+        """Datagrams due at ``now``: NAT keepalives to peers idle for their interval.
+
+        One heap entry per peer with keepalives; an entry that finds traffic was sent since it
+        was armed re-arms for last_tx + interval (no per-packet timer work).
+        """
+        out: list[tuple[Peer, bytes]] = []
+        timers = self._timers
+        while timers and timers[0][0] <= now:
+            _, _, peer = heapq.heappop(timers)
+            if peer.removed or not peer.keepalive:
+                continue
+            due = peer.last_tx + peer.keepalive_interval
+            if due <= now:
+                if peer.addr is not None:
+                    out.append((peer, NAT_KEEPALIVE))
+                    peer.keepalives_sent += 1
+                    peer.last_tx = now
+                due = now + peer.keepalive_interval
+            self._schedule(peer, due)
+        return out
+
+    def stats(self) -> dict[str, object]:
+        return {
+            "peers": {name: p.stats() for name, p in self.peers.items()},
+            "drops": self.drops.as_dict(),
+            "keepalives_received": self.keepalives_received,
+        }

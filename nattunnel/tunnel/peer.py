@@ -1,0 +1,148 @@
+"""A tunnel peer: where it is, what it may send, its SAs and its keepalive timer.
+
+Sans-I/O: a ``Peer`` holds state and is driven by ``Tunnel`` with an explicit ``now``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable, Iterable
+
+from ..constants import ESP_HEADER_LEN, ESP_IV_LEN
+from ..esp.drop import DropReason
+from ..esp.sa import InboundSA, OutboundSA, SequenceNumberExhausted
+
+#: (host, port) for IPv4, (host, port, flowinfo, scope_id) for IPv6, as the socket module has it
+Addr = tuple[str, int] | tuple[str, int, int, int]
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+_NO_ENDPOINT = -DropReason.NO_ENDPOINT
+_EXHAUSTED = -DropReason.SEQUENCE_EXHAUSTED
+#: where an ESP packet's plaintext starts: after the header and the IV
+_PLAIN_OFF = ESP_HEADER_LEN + ESP_IV_LEN
+
+
+class Peer:
+    """One remote tunnel endpoint."""
+
+    __slots__ = (
+        "_allowed4",
+        "_allowed6",
+        "addr",
+        "allowed",
+        "inbound",
+        "keepalive",
+        "keepalive_interval",
+        "keepalives_received",
+        "keepalives_sent",
+        "last_rx",
+        "last_tx",
+        "name",
+        "on_rekey",
+        "outbound",
+        "rebinds",
+        "rekey_signalled",
+        "removed",
+        "sock",
+        "source_drops",
+        "tx_bytes",
+    )
+
+    def __init__(
+        self,
+        name: str,
+        allowed: Iterable[Network],
+        *,
+        addr: Addr | None = None,
+        keepalive: bool = False,
+        keepalive_interval: float = 20.0,
+        now: float = 0.0,
+    ) -> None:
+        if keepalive_interval <= 0:
+            raise ValueError("keepalive_interval must be positive")
+        self.name = name
+        self.allowed: tuple[Network, ...] = tuple(allowed)
+        self._allowed4 = tuple(
+            (int(n.network_address), int(n.netmask))
+            for n in self.allowed if isinstance(n, ipaddress.IPv4Network)
+        )
+        self._allowed6 = tuple(
+            (int(n.network_address), int(n.netmask))
+            for n in self.allowed if isinstance(n, ipaddress.IPv6Network)
+        )
+        #: where packets go: configured, or learned from authenticated packets (NAT rebinding)
+        self.addr: Addr | None = addr
+        #: the endpoint's socket for ``addr`` (opaque to the core)
+        self.sock: object = None
+        self.outbound: OutboundSA | None = None
+        self.inbound: list[InboundSA] = []
+        #: whether this side sends NAT keepalives to the peer (RFC 3948 section 4)
+        self.keepalive = keepalive
+        self.keepalive_interval = keepalive_interval
+        self.last_tx = now
+        self.last_rx = now
+        self.keepalives_sent = 0
+        #: ESP octets sent (for byte lifetimes of negotiated SAs)
+        self.tx_bytes = 0
+        self.keepalives_received = 0
+        self.rebinds = 0
+        self.source_drops = 0
+        self.rekey_signalled = False
+        #: called once when the outbound SA passes its soft limit (the Tunnel raises an event)
+        self.on_rekey: Callable[[Peer], None] | None = None
+        self.removed = False
+
+    # Plain loops: any() with a generator costs a frame per call on the per-packet path.
+    def source_allowed4(self, src: int) -> bool:
+        for net, mask in self._allowed4:  # noqa: SIM110
+            if src & mask == net:
+                return True
+        return False
+
+    def source_allowed6(self, src: int) -> bool:
+        for net, mask in self._allowed6:  # noqa: SIM110
+            if src & mask == net:
+                return True
+        return False
+
+    def encapsulate_into(
+        self, inner: bytes | bytearray | memoryview, out: memoryview, now: float, off: int = 0
+    ) -> int:
+        """ESP packet for ``inner`` at ``out[off:]``: its length, or ``-DropReason``."""
+        n = len(inner)
+        out[off + _PLAIN_OFF : off + _PLAIN_OFF + n] = inner
+        return self.encapsulate_in_place(out, off, n, now)
+
+    def encapsulate_in_place(self, out: memoryview, off: int, n: int, now: float) -> int:
+        """As ``encapsulate_into`` for an n-octet inner packet already at ``out[off + 16:]``
+        (``OutboundSA.encapsulate_in_place``)."""
+        sa = self.outbound
+        if sa is None or self.addr is None:
+            return _NO_ENDPOINT
+        try:
+            n = sa.encapsulate_in_place(out, off, n)
+        except SequenceNumberExhausted:
+            return _EXHAUSTED
+        self.last_tx = now
+        self.tx_bytes += n
+        if sa.rekey_needed and not self.rekey_signalled and self.on_rekey is not None:
+            self.on_rekey(self)
+        return n
+
+    def stats(self) -> dict[str, object]:
+        out = self.outbound
+        return {
+            "addr": list(self.addr[:2]) if self.addr else None,
+            "allowed_ips": [str(n) for n in self.allowed],
+            "tx_packets": out.packets if out else 0,
+            "rx_packets": sum(sa.packets for sa in self.inbound),
+            "rx_bytes": sum(sa.bytes for sa in self.inbound),
+            "keepalives_sent": self.keepalives_sent,
+            "keepalives_received": self.keepalives_received,
+            "rebinds": self.rebinds,
+            "source_drops": self.source_drops,
+            "rekey_needed": bool(out and out.rekey_needed),
+            "sa_drops": {
+                f"{sa.spi:#010x}": sa.drops.as_dict() for sa in self.inbound if sa.drops.total()
+            },
+        }

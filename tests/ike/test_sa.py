@@ -1,0 +1,422 @@
+"""Two IKE SA cores paired in memory: exchanges, auth methods, loss, retransmission, rekeys."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from nattunnel.constants import DhGroup, PrfId
+from nattunnel.esp.sa import InboundSA, OutboundSA
+from nattunnel.ike.message import decode_message, peek_header
+from nattunnel.ike.sa import (
+    ChildDown,
+    ChildUp,
+    Identity,
+    IkeConfig,
+    IkeDown,
+    IkeProposal,
+    IkeRekeyed,
+    IkeSa,
+    IkeUp,
+    State,
+)
+from tests.tunnel.test_tunnel import ip4
+
+A_ADDR = ("198.19.1.2", 500)  # behind NAT
+A_SEEN = ("198.18.0.1", 500)  # A as B sees it
+B_ADDR = ("198.18.0.2", 500)
+NET_A = ipaddress.ip_network("198.18.100.1/32")
+NET_B = ipaddress.ip_network("198.18.100.2/32")
+
+
+def configs(auth="psk", b_props=None, a_props=None):
+    ka, kb = ed25519.Ed25519PrivateKey.generate(), ed25519.Ed25519PrivateKey.generate()
+    common = dict(auth=auth, psk=b"correct horse battery staple")
+    a = IkeConfig("b", Identity.parse("hosta"), Identity.parse("hostb"), local_ts=(NET_A,),
+                  remote_ts=(NET_B,), private_key=ka, peer_public_key=kb.public_key(),
+                  dpd_interval=10.0, **common)
+    b = IkeConfig("a", Identity.parse("hostb"), Identity.parse("hosta"), local_ts=(NET_B,),
+                  remote_ts=(NET_A,), private_key=kb, peer_public_key=ka.public_key(),
+                  dpd_interval=10.0, **common)
+    if a_props:
+        a.ike_proposals = a_props
+    if b_props:
+        b.ike_proposals = b_props
+    return a, b
+
+
+class Wire:
+    """Carries messages between an initiator and the responder side, with a NAT in between."""
+
+    def __init__(self, a_cfg, b_cfg, now=0.0):
+        self.b_cfg = b_cfg
+        self.a = IkeSa(a_cfg, initiator=True, local=A_ADDR, remote=B_ADDR, now=now)
+        self.b: IkeSa | None = None
+        self.lost = 0
+        self.events_a: list = []
+        self.events_b: list = []
+
+    def lookup(self, idi, idr):
+        return self.b_cfg if idi == self.b_cfg.remote_id else None
+
+    def pump(self, now=0.0, drop=lambda who, data: False, rounds=20):
+        for _ in range(rounds):
+            moved = False
+            for out in self.a.pop_outputs():
+                if drop("a", out.data):
+                    self.lost += 1
+                    continue
+                moved = True
+                self.to_b(out.data, now)
+            if self.b is not None:
+                for out in self.b.pop_outputs():
+                    if drop("b", out.data):
+                        self.lost += 1
+                        continue
+                    moved = True
+                    self.a.receive(out.data, now)
+            self.events_a += self.a.pop_events()
+            if self.b is not None:
+                self.events_b += self.b.pop_events()
+            if not moved:
+                return
+
+    def to_b(self, data, now):
+        hdr = peek_header(data)
+        if self.b is None or (hdr.exchange_type == 34 and not hdr.is_response):
+            if self.b is not None and self.b.spi_i == hdr.spi_i and self.b._last_response:
+                self.b.receive(data, now)
+                return
+            self.b = IkeSa(None, initiator=False, local=B_ADDR, remote=A_SEEN, now=now,
+                           lookup=self.lookup)
+            self.b.respond_init(decode_message(data), data, now, self.b_cfg.ike_proposals)
+        else:
+            self.b.receive(data, now)
+
+
+def child_ups(events):
+    return [e for e in events if isinstance(e, ChildUp)]
+
+
+def assert_child_pair_works(up_a: ChildUp, up_b: ChildUp):
+    assert up_a.spi_out == up_b.spi_in and up_b.spi_out == up_a.spi_in
+    assert up_a.suite is up_b.suite
+    out = OutboundSA(up_a.spi_out, up_a.suite, up_a.keymat_out)
+    inb = InboundSA(up_b.spi_in, up_b.suite, up_b.keymat_in)
+    pkt = ip4("198.18.100.1", "198.18.100.2", 100)
+    assert inb.decapsulate(out.encapsulate(pkt)) == pkt
+    out2 = OutboundSA(up_b.spi_out, up_b.suite, up_b.keymat_out)
+    inb2 = InboundSA(up_a.spi_in, up_a.suite, up_a.keymat_in)
+    assert inb2.decapsulate(out2.encapsulate(pkt)) == pkt
+
+
+@pytest.mark.parametrize("auth", ["psk", "pubkey"])
+def test_full_exchange_nat_detected_child_keys_agree(auth):
+    a_cfg, b_cfg = configs(auth)
+    w = Wire(a_cfg, b_cfg)
+    w.a.start(0.0)
+    w.pump()
+    assert w.a.state is State.ESTABLISHED and w.b.state is State.ESTABLISHED
+    up_a = next(e for e in w.events_a if isinstance(e, IkeUp))
+    up_b = next(e for e in w.events_b if isinstance(e, IkeUp))
+    # A is behind the NAT: A finds itself behind it; B finds its peer behind it
+    assert up_a.local_behind_nat and not up_a.remote_behind_nat
+    assert up_b.remote_behind_nat and not up_b.local_behind_nat
+    assert w.a.natt and w.b.natt
+    (ca,), (cb,) = child_ups(w.events_a), child_ups(w.events_b)
+    assert ca.local_ts == (NET_A,) and ca.remote_ts == (NET_B,)
+    assert cb.local_ts == (NET_B,) and cb.remote_ts == (NET_A,)
+    assert_child_pair_works(ca, cb)
+
+
+def test_wrong_psk_fails_authentication():
+    a_cfg, b_cfg = configs("psk")
+    b_cfg.psk = b"wrong"
+    w = Wire(a_cfg, b_cfg)
+    w.a.start(0.0)
+    w.pump()
+    assert w.b.state is State.DEAD and w.a.state is State.DEAD
+    assert any(isinstance(e, IkeDown) for e in w.events_a)
+    assert not child_ups(w.events_a) and not child_ups(w.events_b)
+
+
+def test_wrong_ed25519_key_fails():
+    a_cfg, b_cfg = configs("pubkey")
+    b_cfg.peer_public_key = ed25519.Ed25519PrivateKey.generate().public_key()
+    w = Wire(a_cfg, b_cfg)
+    w.a.start(0.0)
+    w.pump()
+    assert w.b.state is State.DEAD and w.a.state is State.DEAD
+
+
+def test_invalid_ke_payload_retry_with_the_group_asked_for():
+    b_only_ecp = (IkeProposal(20, 128, PrfId.HMAC_SHA2_256, DhGroup.ECP_256),)
+    a_both = (IkeProposal(20, 256, PrfId.HMAC_SHA2_256, DhGroup.CURVE25519),
+              IkeProposal(20, 128, PrfId.HMAC_SHA2_256, DhGroup.ECP_256))
+    a_cfg, b_cfg = configs(b_props=b_only_ecp, a_props=a_both)
+    w = Wire(a_cfg, b_cfg)
+    w.a.start(0.0)
+    w.pump()
+    assert w.a.state is State.ESTABLISHED
+    assert w.a._proposal.dh == DhGroup.ECP_256
+
+
+def test_no_proposal_chosen():
+    a_cfg, b_cfg = configs(a_props=(IkeProposal(28, None, PrfId.HMAC_SHA2_512,
+                                                DhGroup.CURVE25519),),
+                           b_props=(IkeProposal(20, 256, PrfId.HMAC_SHA2_256,
+                                                DhGroup.CURVE25519),))
+    w = Wire(a_cfg, b_cfg)
+    w.a.start(0.0)
+    w.pump()
+    assert w.a.state is State.DEAD and "NO_PROPOSAL_CHOSEN" in w.a.dead_reason
+
+
+def test_disjoint_traffic_selectors_give_ts_unacceptable_but_ike_sa_is_up():
+    a_cfg, b_cfg = configs()
+    b_cfg.remote_ts = (ipaddress.ip_network("198.18.200.0/24"),)
+    w = Wire(a_cfg, b_cfg)
+    w.a.start(0.0)
+    w.pump()
+    assert w.a.state is State.ESTABLISHED
+    assert not child_ups(w.events_a) and not child_ups(w.events_b)
+
+
+def test_lost_messages_are_retransmitted_and_answered_from_the_cache():
+    a_cfg, b_cfg = configs()
+    w = Wire(a_cfg, b_cfg)
+    w.a.start(0.0)
+    dropped = {"n": 0}
+
+    def drop_first_two_responses(who, data):
+        if who == "b" and dropped["n"] < 2:
+            dropped["n"] += 1
+            return True
+        return False
+
+    w.pump(0.0, drop_first_two_responses)  # INIT response lost
+    assert w.a.state is State.INIT_SENT
+    t = w.a.next_deadline()
+    assert t == pytest.approx(0.5)
+    w.a.on_timer(t)
+    w.pump(t, drop_first_two_responses)  # retransmitted INIT, whose answer is lost again
+    t = w.a.next_deadline()
+    assert t == pytest.approx(1.5)  # backoff doubles
+    w.a.on_timer(t)
+    w.pump(t, drop_first_two_responses)
+    assert w.a.state is State.ESTABLISHED and w.b.state is State.ESTABLISHED
+    assert len(child_ups(w.events_b)) == 1  # the responder did not redo the work
+
+
+def test_retransmissions_give_up_after_the_cap():
+    a_cfg, b_cfg = configs()
+    w = Wire(a_cfg, b_cfg)
+    w.a.start(0.0)
+    sends = len(w.a.pop_outputs())
+    now = 0.0
+    while w.a.state is not State.DEAD:
+        now = w.a.next_deadline()
+        w.a.on_timer(now)
+        sends += len(w.a.pop_outputs())
+    # 6 sends at 0, 0.5, 1.5, 3.5, 7.5, 15.5 s; given up 16 s after the last
+    assert sends == 6 and now == pytest.approx(31.5)
+    assert "no response to IKE_SA_INIT after 6 tries" in w.a.dead_reason
+
+
+def test_dpd_liveness_and_death():
+    a_cfg, b_cfg = configs()
+    w = Wire(a_cfg, b_cfg)
+    w.a.start(0.0)
+    w.pump()
+    assert w.a.next_deadline() == 10.0
+    w.a.on_timer(10.0)  # liveness check, answered
+    w.pump(10.0)
+    assert w.a.state is State.ESTABLISHED and w.a.next_deadline() == 20.0
+    # the peer disappears: checks go unanswered until the cap
+    now = 20.0
+    w.a.on_timer(now)
+    while w.a.state is not State.DEAD:
+        w.a.pop_outputs()
+        now = w.a.next_deadline()
+        w.a.on_timer(now)
+    assert any(isinstance(e, ChildDown) for e in w.a.pop_events())
+
+
+def test_child_rekey_by_initiator_is_make_before_break():
+    a_cfg, b_cfg = configs()
+    w = Wire(a_cfg, b_cfg)
+    w.a.start(0.0)
+    w.pump()
+    old_a = child_ups(w.events_a)[0]
+    assert w.a.rekey_child(old_a.spi_in, 1.0)
+    w.pump(1.0)
+    new_a, new_b = child_ups(w.events_a)[1], child_ups(w.events_b)[1]
+    assert new_a.replaces == old_a.spi_in
+    assert_child_pair_works(new_a, new_b)
+    downs_b = [e for e in w.events_b if isinstance(e, ChildDown)]
+    assert [d.spi_out for d in downs_b] == [old_a.spi_in]
+    assert [c.spi_in for c in w.a.children] == [new_a.spi_in]
+    assert [c.spi_in for c in w.b.children] == [new_b.spi_in]
+
+
+def test_delete_ike_sa_brings_both_down():
+    a_cfg, b_cfg = configs()
+    w = Wire(a_cfg, b_cfg)
+    w.a.start(0.0)
+    w.pump()
+    w.a.delete(1.0)
+    w.pump(1.0)
+    assert w.a.state is State.DEAD and w.b.state is State.DEAD
+    assert any(isinstance(e, ChildDown) for e in w.events_b)
+
+
+def test_garbage_and_truncated_messages_never_crash():
+    a_cfg, b_cfg = configs()
+    w = Wire(a_cfg, b_cfg)
+    w.a.start(0.0)
+    w.pump()
+    spi_i, spi_r = w.a.spi_i, w.a.spi_r
+    hdr = spi_i + spi_r + bytes([46, 0x20, 37, 0x08]) + (5).to_bytes(4, "big")
+    for junk in [b"", b"\x00" * 10, hdr + (100).to_bytes(4, "big"),
+                 hdr + (60).to_bytes(4, "big") + bytes(32)]:
+        w.b.receive(junk, 2.0)
+        w.a.receive(junk, 2.0)
+    w.pump(2.0)
+    assert w.a.state is State.ESTABLISHED and w.b.state is State.ESTABLISHED
+
+
+def test_ike_rekey_by_peer_hands_children_over():
+    """The responder side of an IKE SA rekey (charon starts these): B answers as responder."""
+    a_cfg, b_cfg = configs()
+    w = Wire(a_cfg, b_cfg)
+    w.a.start(0.0)
+    w.pump()
+    # drive B's responder path with a CREATE_CHILD_SA(IKE) request built by hand
+    from nattunnel.constants import ExchangeType
+    from nattunnel.ike import crypto as kc
+    from nattunnel.ike.message import KE, SA, Header, Nonce, encode_message, ike_proposal
+
+    kex = kc.KeyExchange(DhGroup.CURVE25519)
+    new_spi = b"N" * 8
+    ni = b"n" * 32
+    req = encode_message(
+        Header.make(ExchangeType.CREATE_CHILD_SA, w.a.spi_i, w.a.spi_r,
+                    message_id=w.a._next_request_id, initiator=True),
+        [SA([ike_proposal(1, encr=20, prf=5, dh=31, key_length=256, spi=new_spi)]),
+         Nonce(ni), KE(31, kex.public)], sk=w.a._sk_out)
+    w.b.receive(req, 3.0)
+    (ev,) = [e for e in w.b.pop_events() if isinstance(e, IkeRekeyed)]
+    assert ev.new.spi_i == new_spi and ev.new.established
+    assert len(ev.new.children) == 1 and not ev.old.children
+    resp = w.b.pop_outputs()[0].data
+    msg = decode_message(resp, sk=w.a._sk_in)
+    assert msg.header.is_response and msg.get(SA).proposals[0].spi == ev.new.spi_r
+
+
+def test_child_rekey_by_time_with_jitter():
+    a_cfg, b_cfg = configs()
+    a_cfg.child_rekey_time = 100.0
+    a_cfg.rekey_jitter = 0.1
+    a_cfg.dpd_interval = 0
+    w = Wire(a_cfg, b_cfg)
+    w.a.start(0.0)
+    w.pump()
+    (child,) = w.a.children
+    assert 90.0 <= child.rekey_at <= 100.0
+    t = w.a.next_deadline()
+    assert t == child.rekey_at
+    w.a.on_timer(t)
+    w.pump(t)
+    ups = child_ups(w.events_a)
+    assert len(ups) == 2 and ups[1].replaces == ups[0].spi_in
+    assert [c.spi_in for c in w.a.children] == [ups[1].spi_in]
+    assert_child_pair_works(ups[1], child_ups(w.events_b)[1])
+
+
+def test_ike_sa_rekey_started_by_us_keeps_children_and_keys_agree():
+    a_cfg, b_cfg = configs()
+    w = Wire(a_cfg, b_cfg)
+    w.a.start(0.0)
+    w.pump()
+    old_a, old_b = w.a, w.b
+    assert w.a.rekey_ike(1.0)
+    w.pump(1.0)
+    (ra,) = [e for e in w.events_a if isinstance(e, IkeRekeyed)]
+    (rb,) = [e for e in w.events_b if isinstance(e, IkeRekeyed)]
+    new_a, new_b = ra.new, rb.new
+    assert (new_a.spi_i, new_a.spi_r) == (new_b.spi_i, new_b.spi_r) != (old_a.spi_i, old_a.spi_r)
+    assert new_a.initiator and not new_b.initiator
+    assert len(new_a.children) == 1 and len(new_b.children) == 1
+    assert old_a.state is State.DEAD and old_b.state is State.DEAD  # Delete(IKE) exchanged
+    assert not [e for e in w.events_a + w.events_b if isinstance(e, ChildDown)]
+    # the new SA works: a liveness check across it
+    w.a, w.b = new_a, new_b
+    w.a.on_timer(w.a.next_deadline())
+    w.pump(20.0)
+    assert w.a.state is State.ESTABLISHED and w.a._request is None
+
+
+def test_simultaneous_child_rekeys_resolve_to_one_child_each_side():
+    """Section 2.8.1: both peers rekey the same child at once; one new SA survives."""
+    a_cfg, b_cfg = configs()
+    w = Wire(a_cfg, b_cfg)
+    w.a.start(0.0)
+    w.pump()
+    (ca,), (cb,) = w.a.children, w.b.children
+    assert w.a.rekey_child(ca.spi_in, 1.0)
+    assert w.b.rekey_child(cb.spi_in, 1.0)
+    w.pump(1.0)
+    assert len(w.a.children) == 1 and len(w.b.children) == 1
+    (na,), (nb,) = w.a.children, w.b.children
+    assert na.spi_in == nb.spi_out and na.spi_out == nb.spi_in
+    assert na.spi_in not in (ca.spi_in, cb.spi_in)
+
+
+def test_child_rekey_with_pfs():
+    from nattunnel.esp.suite import AES_GCM_256
+    from nattunnel.ike.sa import EspProposal
+
+    a_cfg, b_cfg = configs()
+    for c in (a_cfg, b_cfg):
+        c.esp_proposals = (EspProposal(AES_GCM_256, dh=DhGroup.CURVE25519),)
+    w = Wire(a_cfg, b_cfg)
+    w.a.start(0.0)
+    w.pump()
+    old = child_ups(w.events_a)[0]
+    seen = []
+    w.a.rekey_child(old.spi_in, 1.0)
+    req = w.a.outputs[-1].data
+    w.pump(1.0, drop=lambda who, data: seen.append((who, data)) and False)
+    msg = decode_message(req, sk=w.b._sk_in)
+    from nattunnel.ike.message import KE
+
+    assert msg.get(KE) is not None and msg.get(KE).group == DhGroup.CURVE25519
+    new_a, new_b = child_ups(w.events_a)[1], child_ups(w.events_b)[1]
+    assert_child_pair_works(new_a, new_b)
+    assert new_a.keymat_out != old.keymat_out
+
+
+def test_child_past_its_hard_lifetime_is_deleted_when_rekeys_fail():
+    a_cfg, b_cfg = configs()
+    a_cfg.child_rekey_time = 100.0
+    a_cfg.rekey_jitter = 0.1
+    a_cfg.dpd_interval = 0
+    w = Wire(a_cfg, b_cfg)
+    w.a.start(0.0)
+    w.pump()
+    (child,) = w.a.children
+    assert child.expire_at == pytest.approx(110.0)
+    # the peer stops answering: the rekey at ~95 s goes unanswered
+    now = w.a.next_deadline()
+    while now is not None and now < 110.0 and w.a.state is State.ESTABLISHED:
+        w.a.on_timer(now)
+        w.a.pop_outputs()
+        now = w.a.next_deadline()
+    assert w.a.state is State.ESTABLISHED  # the rekey is still being retransmitted
+    assert now == pytest.approx(110.0)
+    w.a.on_timer(now)
+    downs = [e for e in w.a.pop_events() if isinstance(e, ChildDown)]
+    assert [d.spi_in for d in downs] == [child.spi_in]
+    assert not w.a.children

@@ -1,0 +1,139 @@
+"""`nattunnel up` from a configuration: keepalive modes, the in-process kind, signals."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from nattunnel.app import build_tunnel
+from nattunnel.config import parse_config
+from nattunnel.esp.suite import AES_GCM_256
+from nattunnel.keys import generate_keymat, write_key_file, write_psk_file
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def peer(name, n, keepalive, behind_nat, endpoint=True):
+    return f"""
+[[peer]]
+name = "{name}"
+{f'endpoint = "198.18.0.{n}:4500"' if endpoint else ""}
+allowed_ips = ["198.18.100.{n}/32"]
+spi_in = {0x1000 + n}
+spi_out = {0x2000 + n}
+key_in = "keys/{name}-in.key"
+key_out = "keys/{name}-out.key"
+keepalive = "{keepalive}"
+behind_nat = {"true" if behind_nat else "false"}
+keepalive_interval = 5
+"""
+
+
+def write_config(tmp: Path, port: int = 0) -> Path:
+    (tmp / "keys").mkdir()
+    for name in ("natbehind", "natpublic", "always", "never"):
+        for d in ("in", "out"):
+            write_key_file(tmp / "keys" / f"{name}-{d}.key", generate_keymat(AES_GCM_256))
+    text = (f'listen = ["127.0.0.1:{port}"]\n[interface]\nkind = "inprocess"\n'
+            + peer("natbehind", 1, "nat", True) + peer("natpublic", 2, "nat", False,
+                                                         endpoint=False)
+            + peer("always", 3, "always", False) + peer("never", 4, "never", True))
+    path = tmp / "c.toml"
+    path.write_text(text)
+    return path
+
+
+def test_keepalive_modes_map_to_the_core(tmp_path):
+    path = write_config(tmp_path)
+    cfg = parse_config(path.read_text(), tmp_path, path)
+    t = build_tunnel(cfg, now=100.0)
+    ka = {name: p.keepalive for name, p in t.peers.items()}
+    assert ka == {"natbehind": True, "natpublic": False, "always": True, "never": False}
+    assert t.peers["natpublic"].addr is None  # learned later
+    assert t.next_deadline() == 105.0
+
+
+def test_up_runs_reports_stats_and_stops_cleanly(tmp_path):
+    path = write_config(tmp_path)
+    stats = tmp_path / "stats.json"
+    logf = tmp_path / "up.log"
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    with logf.open("w") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "nattunnel", "up", str(path), "--stats",
+                                 str(stats)], stderr=err, env=env)
+    try:
+        deadline = time.monotonic() + 10
+        # SIGUSR1 before the handler is installed would end the process: wait for the log
+        while "listening on" not in logf.read_text() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGUSR1)
+        while not stats.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        report = json.loads(stats.read_text())
+        assert set(report["peers"]) == {"natbehind", "natpublic", "always", "never"}
+        assert report["listen"][0].startswith("127.0.0.1:")
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    log = logf.read_text()
+    assert "listening on 127.0.0.1:" in log and "stopped" in log
+    for name in ("natbehind", "always", "never"):
+        key = (tmp_path / "keys" / f"{name}-out.key").read_text().strip()
+        assert key not in log and key[:16] not in log  # keys are never logged
+
+
+def test_up_refuses_a_bad_config_naming_the_field(tmp_path):
+    path = write_config(tmp_path)
+    path.write_text(path.read_text().replace("spi_in = 4097", "spi_in = 12"))
+    r = subprocess.run([sys.executable, "-m", "nattunnel", "up", str(path)],
+                       capture_output=True, text=True, timeout=30, cwd=REPO)
+    assert r.returncode == 2
+    assert "peer[0].spi_in" in r.stderr and "nattunnel up:" in r.stderr
+
+
+IKE_CONFIG = """listen = ["127.0.0.1:0"]
+ike_port = 0
+[interface]
+kind = "inprocess"
+[[peer]]
+name = "b"
+auth = "psk"
+psk_file = "b.psk"
+local_id = "hosta"
+remote_id = "hostb"
+allowed_ips = ["198.18.100.2/32"]
+local_ts = ["198.18.100.1/32"]
+"""
+
+
+@pytest.mark.parametrize(("old", "new", "field"), [
+    ('local_id = "hosta"', 'local_id = "1a:é"', "peer[0].local_id"),
+    ('remote_id = "hostb"', 'remote_id = "keyid:#zz"', "peer[0].remote_id"),
+    ('remote_id = "hostb"', 'remote_id = "@#0"', "peer[0].remote_id"),
+    ('psk_file = "b.psk"', r'psk_file = "b\u0000.psk"', "peer[0].psk_file"),
+    ('ike_port = 0', 'ike_port = 0\nkeylog = "k\\u0000"', "keylog"),
+    ('ike_port = 0', 'ike_port = 0\n[limits]\nhalf_open_max = 0', "limits.half_open_max"),
+])
+def test_up_prints_one_line_without_a_traceback(tmp_path, old, new, field):
+    """Strings that reached encode/fromhex/os unchecked made `nattunnel up` print a
+    traceback (issue 9 item 5): now one line naming the field, and exit status 2."""
+    write_psk_file(tmp_path / "b.psk", b"correct horse battery staple")
+    assert IKE_CONFIG.count(old) == 1
+    path = tmp_path / "c.toml"
+    path.write_text(IKE_CONFIG.replace(old, new), encoding="utf-8")
+    r = subprocess.run([sys.executable, "-m", "nattunnel", "up", str(path)],
+                       capture_output=True, text=True, timeout=30, cwd=REPO)
+    assert "Traceback" not in r.stderr
+    assert r.returncode == 2
+    lines = r.stderr.splitlines()
+    assert len(lines) == 1, r.stderr
+    assert lines[0].startswith(f"nattunnel up: {path}: {field}: ")
