@@ -16,11 +16,12 @@ import signal
 from pathlib import Path
 from typing import Any
 
-from .config import Config, KeepaliveMode, format_addr
+from .addr import format_addr, sockaddr
+from .config import Config, KeepaliveMode
 from .esp.sa import InboundSA, OutboundSA
 from .ike.keylog import KeyLog
 from .ike.manager import IkeManager, IkePeer
-from .io.endpoint import Endpoint, InnerInterface, InProcessInterface, sockaddr
+from .io.endpoint import Endpoint, InnerInterface, InProcessInterface
 from .tunnel.core import Tunnel
 
 log = logging.getLogger("nattunnel")

@@ -42,6 +42,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
+from .addr import HostPort, Network, format_addr
 from .constants import (
     DEFAULT_KEEPALIVE_INTERVAL,
     IKE_PORT,
@@ -73,12 +74,10 @@ from .keys import (
 from .tunnel.prefixes import PrefixTable
 
 #: (host, port); the host is an IP literal without brackets.
-Addr = tuple[str, int]
 IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
-DEFAULT_LISTEN: Final[tuple[Addr, ...]] = (("0.0.0.0", NAT_T_PORT),)
+DEFAULT_LISTEN: Final[tuple[HostPort, ...]] = (("0.0.0.0", NAT_T_PORT),)
 DEFAULT_INTERFACE_NAME: Final = "nt0"
 DEFAULT_UNDERLAY_MTU: Final = 1500
 DEFAULT_SUITE: Final = "aes256gcm16"
@@ -161,10 +160,10 @@ class PeerConfig:
     name: str
     #: where to send; None: learned from the first authenticated packet (a peer behind NAT).
     #: For an IKE peer: where to send IKE_SA_INIT (port 500 unless given).
-    endpoint: Addr | None
+    endpoint: HostPort | None
     #: inner prefixes routed to this peer and accepted from it (an IKE peer: the remote
     #: traffic selectors, ``ike.remote_ts``)
-    allowed_ips: tuple[IPNetwork, ...]
+    allowed_ips: tuple[Network, ...]
     #: a manual peer's ESP suite; an IKE peer: the suite of its first ESP proposal (the child
     #: SAs use the negotiated one)
     suite: Suite
@@ -215,7 +214,7 @@ def _hex_or_none(value: int | None) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Config:
-    listen: tuple[Addr, ...]
+    listen: tuple[HostPort, ...]
     interface: InterfaceConfig
     peers: tuple[PeerConfig, ...]
     #: the file it was loaded from, if any
@@ -240,14 +239,6 @@ class ConfigError(ValueError):
         self.problem = message
         parts = [str(p) for p in (file, field) if p is not None]
         super().__init__(": ".join([*parts, message]))
-
-
-def format_addr(addr: Addr) -> str:
-    """``host:port``, with an IPv6 host in brackets: ``[2001:db8::1]:4500``."""
-    host, port = addr
-    if ":" in host:
-        return f"[{host}]:{port}"
-    return f"{host}:{port}"
 
 
 def load_config(path: str | os.PathLike[str]) -> Config:
@@ -372,7 +363,7 @@ def _has_zone(text: str) -> bool:
     return "%" in text
 
 
-def _parse_addr(text: str, *, bare_port: bool) -> Addr:
+def _parse_addr(text: str, *, bare_port: bool) -> HostPort:
     """``host:port`` or ``[v6host]:port`` (and a bare ``port`` if ``bare_port``). ValueError
     with the problem. Listen addresses (``bare_port``) may use port 0: any free port."""
     lo = 0 if bare_port else 1
@@ -420,7 +411,7 @@ def _parse_port(text: str, lo: int = 1) -> int:
     return port
 
 
-def _is_ipv6(addr: Addr) -> bool:
+def _is_ipv6(addr: HostPort) -> bool:
     return ":" in addr[0]
 
 
@@ -550,7 +541,7 @@ def esp_proposal_name(p: EspProposal) -> str:
     return "-".join(parts)
 
 
-def _local_networks(addresses: tuple[IPInterface, ...]) -> tuple[IPNetwork, ...]:
+def _local_networks(addresses: tuple[IPInterface, ...]) -> tuple[Network, ...]:
     """The default local traffic selectors: each inner address as a /32 or /128."""
     return tuple(ipaddress.ip_network(a.ip) for a in addresses)
 
@@ -711,7 +702,7 @@ class _Parser:
                                                 d.cookie_secret_lifetime, zero=False),
         )
 
-    def listen(self, doc: dict[str, Any]) -> tuple[Addr, ...]:
+    def listen(self, doc: dict[str, Any]) -> tuple[HostPort, ...]:
         field = "listen"
         if "listen" not in doc:
             return DEFAULT_LISTEN
@@ -724,8 +715,8 @@ class _Parser:
             items = [(f"{field}[{i}]", v) for i, v in enumerate(value)]
         else:
             items = [(field, value)]
-        out: list[Addr] = []
-        seen: dict[Addr, str] = {}
+        out: list[HostPort] = []
+        seen: dict[HostPort, str] = {}
         for f, v in items:
             if isinstance(v, int) and not isinstance(v, bool):
                 # a bare port written as a TOML integer
@@ -829,7 +820,7 @@ class _Parser:
                 raise self.err(field, f"{_show(text)}: address {ip} is listed twice")
         return iface
 
-    def peer(self, t: dict[str, Any], pre: str, listen: tuple[Addr, ...],
+    def peer(self, t: dict[str, Any], pre: str, listen: tuple[HostPort, ...],
              interface: InterfaceConfig, index: int) -> PeerConfig:
         self.check_keys(t, _PEER_KEYS, pre)
         name = self.get(t, "name", pre, str, "a string of letters, digits, '_', '.', '-'")
@@ -848,7 +839,7 @@ class _Parser:
                                      IKE_PORT if auth is not None else None)
 
         expected = "an array of inner prefixes, e.g. [\"198.18.100.2/32\"]"
-        allowed: list[IPNetwork] = []
+        allowed: list[Network] = []
         for f, s in self.get_str_list(t, "allowed_ips", pre, expected):
             allowed.append(self.network(f, s))
         if not allowed:
@@ -967,7 +958,7 @@ class _Parser:
         return auth
 
     def ike(self, t: dict[str, Any], pre: str, name: str, auth: IkeAuth,
-            endpoint: Addr | None, remote_ts: tuple[IPNetwork, ...],
+            endpoint: HostPort | None, remote_ts: tuple[Network, ...],
             interface: InterfaceConfig, index: int) -> tuple[IkeConfig, bool]:
         """The IkeConfig of an IKE peer (credentials still empty: load_keys reads them) and
         whether to initiate."""
@@ -1013,7 +1004,7 @@ class _Parser:
 
         if "local_ts" in t:
             expected = "an array of local inner prefixes, e.g. [\"198.18.100.1/32\"]"
-            local: list[IPNetwork] = []
+            local: list[Network] = []
             for f, s in self.get_str_list(t, "local_ts", pre, expected):
                 local.append(self.network(f, s))
             if not local:
@@ -1128,8 +1119,8 @@ class _Parser:
                                       f"for the defaults")
         return tuple(out)
 
-    def endpoint(self, field: str, text: str, listen: tuple[Addr, ...],
-                 default_port: int | None = None) -> Addr:
+    def endpoint(self, field: str, text: str, listen: tuple[HostPort, ...],
+                 default_port: int | None = None) -> HostPort:
         """``host:port``; with ``default_port`` (IKE peers) also an address alone."""
         addr = None
         if default_port is not None:
@@ -1169,7 +1160,7 @@ class _Parser:
                                   f"address can reach it; add one to listen")
         return addr
 
-    def network(self, field: str, text: str) -> IPNetwork:
+    def network(self, field: str, text: str) -> Network:
         s = text.strip()
         if _has_zone(s):
             raise self.err(field, f"{_show(text)} {_ZONE_PROBLEM}")
@@ -1259,7 +1250,7 @@ class _Parser:
         names: dict[str, int] = {}
         spis: dict[int, int] = {}
         remote_ids: dict[Identity, int] = {}
-        nets: list[tuple[IPNetwork, str, str]] = []
+        nets: list[tuple[Network, str, str]] = []
         held: PrefixTable[tuple[str, str]] = PrefixTable()  # the same, for overlap checks
         for i, p in enumerate(peers):
             pre = f"peer[{i}]."

@@ -14,7 +14,6 @@ from nattunnel.config import (
     Config,
     ConfigError,
     KeepaliveMode,
-    format_addr,
     load_config,
     parse_config,
 )
@@ -233,11 +232,6 @@ def test_explicit_mtu_overrides(cfgdir: Path) -> None:
 def test_listen_forms(cfgdir: Path, value: str, expected: tuple[tuple[str, int], ...]) -> None:
     cfg = load(cfgdir, mutate('listen = ["0.0.0.0:4500"]', f"listen = {value}"))
     assert cfg.listen == expected
-
-
-def test_format_addr() -> None:
-    assert format_addr(("0.0.0.0", 4500)) == "0.0.0.0:4500"
-    assert format_addr(("2001:db8::1", 4500)) == "[2001:db8::1]:4500"
 
 
 def test_suite_aliases_and_key_length(cfgdir: Path) -> None:

@@ -40,6 +40,7 @@ from dataclasses import asdict, dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
+from ..addr import Addr
 from ..esp.sa import InboundSA, OutboundSA
 from ..esp.suite import SUITES
 from ..ike import crypto as kc
@@ -48,7 +49,6 @@ from ..ike.message import IkeDecodeError, peek_header
 from ..ike.sa import Identity, IkeConfig, Outgoing
 from ..io.endpoint import Endpoint, InProcessInterface
 from ..tunnel.core import Tunnel
-from ..tunnel.peer import Addr
 from .crypto import ipv4_packet, machine_info
 
 SUITE = SUITES["aes256gcm16"]

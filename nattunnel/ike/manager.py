@@ -20,10 +20,11 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ..addr import Addr, format_addr
 from ..constants import NAT_T_PORT, ExchangeType, NotifyType
 from ..esp.sa import InboundSA, OutboundSA
 from ..tunnel.core import Tunnel
-from ..tunnel.peer import Addr, Peer
+from ..tunnel.peer import Peer
 from .keylog import KeyLog
 from .message import (
     Header,
@@ -224,8 +225,8 @@ class IkeManager:
 
     def _ike_moved(self, sa: IkeSa, before: Addr) -> None:
         """An authenticated message moved the IKE SA: ESP follows it (on port 4500)."""
-        log.info("peer %s: IKE SA moved from %s:%d to %s:%d", sa.name, before[0], before[1],
-                 sa.remote[0], sa.remote[1])
+        log.info("peer %s: IKE SA moved from %s to %s", sa.name, format_addr(before),
+                 format_addr(sa.remote))
         peer = self._tunnel_peer(sa)
         if peer is not None and sa.established and sa.natt:
             self.tunnel.set_peer_address(peer, sa.remote)
@@ -408,7 +409,7 @@ class IkeManager:
         peer = self._tunnel_peer(ike)
         self._failures.pop(ike.name, None)
         log.info("peer %s: IKE SA established with %s (%s); NAT: %s", ike.name,
-                 f"{ev.remote[0]}:{ev.remote[1]}",
+                 format_addr(ev.remote),
                  ike._proposal.name if ike._proposal else "?",
                  "this side" if ev.local_behind_nat else
                  "peer side" if ev.remote_behind_nat else "none")
@@ -605,7 +606,7 @@ class IkeManager:
         return {
             "ike_sas": [
                 {"peer": sa.name, "state": sa.state.value, "initiator": sa.initiator,
-                 "remote": f"{sa.remote[0]}:{sa.remote[1]}", "natt": sa.natt,
+                 "remote": format_addr(sa.remote), "natt": sa.natt,
                  "local_behind_nat": sa.local_behind_nat,
                  "remote_behind_nat": sa.remote_behind_nat,
                  "children": [f"{c.spi_in:#010x}/{c.spi_out:#010x}" for c in sa.children]}

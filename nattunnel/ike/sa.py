@@ -36,6 +36,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from ..addr import Addr, Network
 from ..constants import (
     ENCR_AES_GCM_16,
     ENCR_CHACHA20_POLY1305,
@@ -53,7 +54,6 @@ from ..constants import (
     TransformType,
 )
 from ..esp.suite import SUITES, Suite
-from ..tunnel.peer import Addr
 from . import crypto as kc
 from .message import (
     KE,
@@ -80,8 +80,6 @@ from .message import (
     ike_proposal,
     nat_detection_hash,
 )
-
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 #: section 2.1: retransmit after 0.5 s, doubling, at most this many tries
 RETRANSMIT_BASE = 0.5

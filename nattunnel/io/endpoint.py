@@ -21,10 +21,11 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Protocol
 
+from ..addr import Addr, Network, format_addr, sockaddr
 from ..constants import ESP_HEADER_LEN, ESP_IV_LEN, IKE_PORT, NAT_T_PORT, NON_ESP_MARKER
 from ..esp.drop import DropCounters, DropReason
 from ..tunnel.core import PeerMoved, RekeyNeeded, Tunnel
-from ..tunnel.peer import Addr, Network, Peer
+from ..tunnel.peer import Peer
 
 if TYPE_CHECKING:
     from ..ike.manager import IkeManager
@@ -162,13 +163,6 @@ def _family(addr: Addr) -> int:
     return socket.AF_INET6 if len(addr) == 4 else socket.AF_INET
 
 
-def sockaddr(host: str, port: int) -> Addr:
-    """The address tuple the socket module gives for (host, port), IPv4 or IPv6."""
-    if ":" in host:
-        return (host, port, 0, 0)
-    return (host, port)
-
-
 class Endpoint:
     """An asyncio tunnel endpoint around one ``Tunnel`` core."""
 
@@ -269,7 +263,8 @@ class Endpoint:
             except OSError as e:
                 sock.close()
                 self._close_sockets()
-                raise OSError(e.errno, f"cannot listen on {host}:{port}: {e.strerror}") from e
+                where = format_addr((host, port))
+                raise OSError(e.errno, f"cannot listen on {where}: {e.strerror}") from e
             self.socks.append(sock)
             self._by_family.setdefault(fam, sock)
             gro = False
@@ -327,8 +322,8 @@ class Endpoint:
             except OSError as e:
                 sock.close()
                 self.close()
-                raise OSError(e.errno, f"cannot listen for IKE on {host}:{self.ike_port}: "
-                                       f"{e.strerror}") from e
+                where = format_addr((host, self.ike_port))
+                raise OSError(e.errno, f"cannot listen for IKE on {where}: {e.strerror}") from e
             with contextlib.suppress(OSError):
                 # room for a legitimate peer's request behind a flood
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _IKE_SOCKBUF)
@@ -712,10 +707,10 @@ class Endpoint:
                 )
             if ev.old is None:
                 log.info("peer %s: first authenticated packet from %s", ev.peer,
-                         _fmt(ev.new))
+                         format_addr(ev.new))
             else:
                 log.info("peer %s moved from %s to %s (NAT rebinding)", ev.peer,
-                         _fmt(ev.old), _fmt(ev.new))
+                         format_addr(ev.old), format_addr(ev.new))
         elif isinstance(ev, RekeyNeeded):
             assert self._loop is not None
             if self.ike is not None and self.ike.rekey_outbound(ev.spi, self._loop.time()):
@@ -770,10 +765,10 @@ class Endpoint:
         because its receive buffer was full, by local address: the larger of the count last
         seen in a control message (SO_RXQ_OVFL) and the socket's drops column in
         /proc/net/udp{,6} (read now; also covers sockets read without control messages)."""
-        socks: list[tuple[str, socket.socket]] = [(_fmt(s.getsockname()), s) for s in self.socks]
+        socks = [(format_addr(s.getsockname()), s) for s in self.socks]
         for sock in self._ike_socks:
             with contextlib.suppress(OSError):
-                socks.append((_fmt(sock.getsockname()), sock))
+                socks.append((format_addr(sock.getsockname()), sock))
         proc = _proc_udp_drops()
         out: dict[str, int] = {}
         self._kernel_totals = {}
@@ -904,7 +899,7 @@ class Endpoint:
             s["ike"] = self.ike.stats()
         s["offload"] = {"gso": self.gso, "gso_sends": self.gso_sends,
                         "gro_batches": self.gro_batches}
-        s["listen"] = [_fmt(a) for a in self.local_addresses()]
+        s["listen"] = [format_addr(a) for a in self.local_addresses()]
         return s
 
 
@@ -944,11 +939,6 @@ def _udp_rcvbuf_errors() -> int:
     except (OSError, ValueError, IndexError):
         pass
     return total
-
-
-def _fmt(addr: Addr) -> str:
-    host, port = addr[0], addr[1]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 class InProcessInterface:

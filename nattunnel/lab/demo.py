@@ -17,6 +17,7 @@ import os
 import time
 from dataclasses import dataclass
 
+from ..addr import Addr, format_addr
 from ..bench.crypto import ipv4_packet
 from ..esp.sa import InboundSA, OutboundSA
 from ..esp.suite import AES_GCM_256, Suite
@@ -84,10 +85,8 @@ async def _reaches(src: Side, dst: Side, packet: bytes, timeout: float) -> bool:
         return False
 
 
-def _fmt(addr: object) -> str:
-    if isinstance(addr, tuple):
-        return f"{addr[0]}:{addr[1]}"
-    return str(addr)
+def _fmt(addr: Addr | None) -> str:
+    return format_addr(addr) if addr is not None else "(none)"
 
 
 async def throughput(seconds: float, size: int = 1400, burst: int = 64,

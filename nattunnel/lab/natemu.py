@@ -43,6 +43,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
+from ..addr import HostPort
+
 __all__ = [
     "Counters",
     "Filtering",
@@ -50,7 +52,6 @@ __all__ = [
     "NatEmulator",
 ]
 
-Addr = tuple[str, int]
 Direction = Literal["outbound", "inbound"]
 
 
@@ -94,7 +95,7 @@ class _ExternalProtocol(asyncio.DatagramProtocol):
         self.emu = emu
         self.mapping = mapping
 
-    def datagram_received(self, data: bytes, addr: Addr) -> None:
+    def datagram_received(self, data: bytes, addr: HostPort) -> None:
         self.emu._inbound(self.mapping, self, data, (addr[0], addr[1]))
 
     def error_received(self, exc: Exception) -> None:  # ICMP errors: ignore, like a NAT
@@ -105,7 +106,7 @@ class _InsideProtocol(asyncio.DatagramProtocol):
     def __init__(self, emu: NatEmulator) -> None:
         self.emu = emu
 
-    def datagram_received(self, data: bytes, addr: Addr) -> None:
+    def datagram_received(self, data: bytes, addr: HostPort) -> None:
         self.emu._outbound(data, (addr[0], addr[1]))
 
     def error_received(self, exc: Exception) -> None:
@@ -116,18 +117,18 @@ class _InsideProtocol(asyncio.DatagramProtocol):
 class Mapping:
     """One NAT binding: inside endpoint -> external port."""
 
-    inside: Addr
-    external: Addr
+    inside: HostPort
+    external: HostPort
     created: float
     last_activity: float
     transport: asyncio.DatagramTransport | None = None
     protocol: _ExternalProtocol | None = None
-    contacted: set[Addr] = field(default_factory=set)
-    pending: list[tuple[bytes, Addr]] = field(default_factory=list)
+    contacted: set[HostPort] = field(default_factory=set)
+    pending: list[tuple[bytes, HostPort]] = field(default_factory=list)
     packets_out: int = 0
     packets_in: int = 0
 
-    def permits(self, src: Addr, filtering: Filtering) -> bool:
+    def permits(self, src: HostPort, filtering: Filtering) -> bool:
         if filtering is Filtering.ENDPOINT_INDEPENDENT:
             return True
         if filtering is Filtering.ADDRESS_DEPENDENT:
@@ -140,7 +141,7 @@ class NatEmulator:
 
     def __init__(
         self,
-        public_target: Addr,
+        public_target: HostPort,
         *,
         inside_host: str = "127.0.0.1",
         inside_port: int = 0,
@@ -163,7 +164,7 @@ class NatEmulator:
                 raise ValueError(f"{name} probability must be in [0, 1], got {p}")
         if mapping_timeout <= 0:
             raise ValueError("mapping_timeout must be positive")
-        self.public_target: Addr = public_target
+        self.public_target: HostPort = public_target
         self.inside_host = inside_host
         self.inside_port = inside_port
         self.outside_host = outside_host
@@ -181,7 +182,7 @@ class NatEmulator:
             sweep_interval if sweep_interval is not None else min(mapping_timeout / 4, 1.0)
         )
         self.counters = Counters()
-        self._mappings: dict[Addr, Mapping] = {}
+        self._mappings: dict[HostPort, Mapping] = {}
         self._inside: asyncio.DatagramTransport | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._sweeper: asyncio.Task[None] | None = None
@@ -238,7 +239,7 @@ class NatEmulator:
     # ------------------------------------------------------------------ inspection
 
     @property
-    def inside_address(self) -> Addr:
+    def inside_address(self) -> HostPort:
         """Where inside endpoints send their packets."""
         if self._inside is None:
             raise RuntimeError("NatEmulator not started")
@@ -249,14 +250,14 @@ class NatEmulator:
     def mappings(self) -> list[Mapping]:
         return list(self._mappings.values())
 
-    def mapping_for(self, inside: Addr) -> Mapping | None:
+    def mapping_for(self, inside: HostPort) -> Mapping | None:
         return self._mappings.get((inside[0], inside[1]))
 
-    def external_address(self, inside: Addr) -> Addr | None:
+    def external_address(self, inside: HostPort) -> HostPort | None:
         m = self.mapping_for(inside)
         return m.external if m is not None else None
 
-    def set_target(self, target: Addr) -> None:
+    def set_target(self, target: HostPort) -> None:
         """Change where outbound packets go (existing mappings keep their ports)."""
         self.public_target = target
 
@@ -297,7 +298,7 @@ class NatEmulator:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _new_mapping(self, inside: Addr) -> Mapping:
+    def _new_mapping(self, inside: HostPort) -> Mapping:
         sock = self._bind_external()
         host, port = sock.getsockname()[:2]
         now = self.clock()
@@ -342,7 +343,7 @@ class NatEmulator:
             await asyncio.sleep(self.sweep_interval)
             self.expire_idle()
 
-    def rebind(self, inside: Addr) -> Addr:
+    def rebind(self, inside: HostPort) -> HostPort:
         """Move the mapping of ``inside`` onto a new external port (a NAT rebinding).
         The old port is closed: the outside's packets to it are lost from now on."""
         m = self.mapping_for(inside)
@@ -359,7 +360,7 @@ class NatEmulator:
 
     # ------------------------------------------------------------------ data path
 
-    def _outbound(self, data: bytes, src: Addr) -> None:
+    def _outbound(self, data: bytes, src: HostPort) -> None:
         if self._closed:
             self.counters.dropped_closed += 1
             return
@@ -375,7 +376,7 @@ class NatEmulator:
         m.contacted.add(dst)
         m.packets_out += 1
 
-        def send(payload: bytes, m: Mapping = m, dst: Addr = dst) -> None:
+        def send(payload: bytes, m: Mapping = m, dst: HostPort = dst) -> None:
             if m.transport is not None:
                 m.transport.sendto(payload, dst)
             elif m.protocol is not None:
@@ -386,7 +387,7 @@ class NatEmulator:
 
         self._impaired(m, "outbound", data, send)
 
-    def _inbound(self, m: Mapping, proto: _ExternalProtocol, data: bytes, src: Addr) -> None:
+    def _inbound(self, m: Mapping, proto: _ExternalProtocol, data: bytes, src: HostPort) -> None:
         if self._closed or m.protocol is not proto or self._inside is None:
             self.counters.dropped_closed += 1  # a socket already rebound or closing
             return
@@ -403,7 +404,7 @@ class NatEmulator:
         m.packets_in += 1
         inside_transport = self._inside
 
-        def send(payload: bytes, dst: Addr = m.inside) -> None:
+        def send(payload: bytes, dst: HostPort = m.inside) -> None:
             inside_transport.sendto(payload, dst)
             self.counters.forwarded_inbound += 1
 

@@ -24,11 +24,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Final
 
+from ..addr import Addr, Network
 from ..constants import ESP_HEADER_LEN, NAT_KEEPALIVE, SPI_RESERVED_MAX
 from ..esp.drop import DropCounters, DropReason
 from ..esp.sa import InboundSA, OutboundSA
 from ..esp.udpencap import Kind, classify, ike_payload
-from .peer import Addr, Network, Peer
+from .peer import Peer
 from .prefixes import PrefixTable
 
 _U32: Final = struct.Struct("!I")

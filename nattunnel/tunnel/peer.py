@@ -8,13 +8,10 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Callable, Iterable
 
+from ..addr import Addr, Network
 from ..constants import ESP_HEADER_LEN, ESP_IV_LEN
 from ..esp.drop import DropReason
 from ..esp.sa import InboundSA, OutboundSA, SequenceNumberExhausted
-
-#: (host, port) for IPv4, (host, port, flowinfo, scope_id) for IPv6, as the socket module has it
-Addr = tuple[str, int] | tuple[str, int, int, int]
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 _NO_ENDPOINT = -DropReason.NO_ENDPOINT
 _EXHAUSTED = -DropReason.SEQUENCE_EXHAUSTED

@@ -10,12 +10,12 @@ address?), each O(log n). Adding or removing is O(n) in list moves done in C.
 
 from __future__ import annotations
 
-import ipaddress
 from bisect import bisect_right
 from collections.abc import Iterable
 from typing import Generic, TypeVar
 
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+from ..addr import Network
+
 T = TypeVar("T")
 
 
