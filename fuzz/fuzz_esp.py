@@ -475,7 +475,7 @@ def check_tunnel(t: Tunnel, ref: TunnelRef, seen: list[bytes], what: str) -> Non
         fail("source_drops", f"{what}: {peer.source_drops}, model {ref.source_drops}")
     if t.keepalives_received != ref.keepalives:
         fail("keepalives", f"{what}: {t.keepalives_received}, model {ref.keepalives}")
-    for ev in t.pop_events():
+    while (ev := t.next_event()) is not None:
         if not isinstance(ev, PeerMoved):
             fail("event", f"{what}: unexpected {ev}")
 

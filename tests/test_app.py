@@ -57,7 +57,7 @@ def test_keepalive_modes_map_to_the_core(tmp_path):
     ka = {name: p.keepalive for name, p in t.peers.items()}
     assert ka == {"natbehind": True, "natpublic": False, "always": True, "never": False}
     assert t.peers["natpublic"].addr is None  # learned later
-    assert t.next_deadline() == 105.0
+    assert t.get_timer() == 105.0
 
 
 def test_up_runs_reports_stats_and_stops_cleanly(tmp_path):

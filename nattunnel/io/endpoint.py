@@ -688,7 +688,7 @@ class Endpoint:
     # --- events and the timer -----------------------------------------------------------------
     def _handle_events(self, sock: socket.socket | None) -> None:
         try:
-            for ev in self.tunnel.pop_events():
+            while (ev := self.tunnel.next_event()) is not None:
                 try:
                     self._handle_event(ev, sock)
                 except Exception:
@@ -725,7 +725,7 @@ class Endpoint:
         if self._loop is None or self._closed.is_set():
             return
         try:
-            when = self.tunnel.next_deadline()
+            when = self.tunnel.get_timer()
             if self.ike is not None:
                 ike_when = self.ike.next_deadline()
                 if ike_when is not None and (when is None or ike_when < when):
@@ -748,7 +748,8 @@ class Endpoint:
         self._timer_at = None
         now = self._loop.time()
         try:
-            for peer, data in self.tunnel.on_timer(now):
+            self.tunnel.handle_timer(now)
+            for peer, data in self.tunnel.datagrams_to_send():
                 self.send_datagram(peer, data)
         except Exception:
             self._core_error("timer")

@@ -2,7 +2,10 @@
 NAT rebinding and NAT keepalives.
 
 ``Tunnel`` is fed received datagrams and inner packets with an explicit ``now``; it returns
-inner packets to deliver, ESP packets to send, events, and its next deadline. It owns no socket,
+inner packets to deliver and ESP packets to send. The rest follows the contract every core
+follows (docs/architecture.md): ``get_timer()`` is its next deadline, ``handle_timer(now)``
+runs what is due, ``datagrams_to_send()`` gives what that made to send (NAT keepalives), and
+``next_event()`` what happened (a peer moved, an SA wants a rekey). It owns no socket,
 no device and no clock: the asyncio endpoint (``nattunnel.io.endpoint``) moves the bytes, and tests
 pair two cores in memory.
 
@@ -17,9 +20,8 @@ Received datagrams:
 
 from __future__ import annotations
 
-import heapq
-import itertools
 import struct
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Final
@@ -29,6 +31,7 @@ from ..constants import ESP_HEADER_LEN, NAT_KEEPALIVE, SPI_RESERVED_MAX
 from ..esp.drop import DropCounters, DropReason
 from ..esp.sa import InboundSA, OutboundSA
 from ..esp.udpencap import Kind, classify, ike_payload
+from .deadlines import DeadlineHeap
 from .peer import Peer
 from .prefixes import PrefixTable
 
@@ -71,15 +74,17 @@ class Tunnel:
         #: datagram drops that belong to no SA (unknown SPI, malformed, source not allowed...)
         self.drops = DropCounters()
         self.keepalives_received = 0
-        self.events: list[Event] = []
+        #: what happened, oldest first (``next_event``)
+        self.events: deque[Event] = deque()
         self._by_spi: dict[int, tuple[InboundSA, Peer]] = {}
         self._by_addr: dict[Addr, Peer] = {}
         #: every peer's allowed prefixes (disjoint across peers): routes and the source check
         self._prefixes: PrefixTable[Peer] = PrefixTable()
         self._cache4: dict[int, Peer | None] = {}
         self._cache6: dict[int, Peer | None] = {}
-        self._timers: list[tuple[float, int, Peer]] = []
-        self._tick = itertools.count()
+        #: each peer with NAT keepalives: when its next one may be due
+        self._timers: DeadlineHeap[Peer] = DeadlineHeap()
+        self._outgoing: list[tuple[Peer, bytes]] = []
         self._results: list[int] = []  # per-run results of InboundSA.decapsulate_run
         #: called after the set of inbound SPIs changed (the endpoint's socket filter)
         self.on_spis_changed: Callable[[], None] | None = None
@@ -124,6 +129,7 @@ class Tunnel:
         if peer.addr is not None and self._by_addr.get(peer.addr) is peer:
             del self._by_addr[peer.addr]
         self._prefixes.remove(peer)
+        self._timers.cancel(peer)
         self._clear_route_cache()
         if peer.inbound and self.on_spis_changed is not None:
             self.on_spis_changed()
@@ -167,6 +173,7 @@ class Tunnel:
             self._schedule(peer, max(now, peer.last_tx) + peer.keepalive_interval)
         elif not on:
             peer.keepalive = False
+            self._timers.cancel(peer)
 
     def _clear_route_cache(self) -> None:
         self._cache4 = {}
@@ -352,41 +359,39 @@ class Tunnel:
         self._by_addr[addr] = peer
         self.events.append(PeerMoved(peer.name, old, addr))
 
-    def pop_events(self) -> list[Event]:
-        events, self.events = self.events, []
-        return events
+    def next_event(self) -> Event | None:
+        """The oldest event not yet taken, or None."""
+        return self.events.popleft() if self.events else None
 
     # --- timers -------------------------------------------------------------------------------
     def _schedule(self, peer: Peer, when: float) -> None:
-        heapq.heappush(self._timers, (when, next(self._tick), peer))
+        self._timers.schedule(peer, when)
 
-    def next_deadline(self) -> float | None:
-        """When ``on_timer`` next has work: the earliest keepalive that may be due."""
-        timers = self._timers
-        while timers and (timers[0][2].removed or not timers[0][2].keepalive):
-            heapq.heappop(timers)
-        return timers[0][0] if timers else None
+    def get_timer(self) -> float | None:
+        """When ``handle_timer`` next has work: the earliest keepalive that may be due."""
+        return self._timers.next_deadline()
 
-    def on_timer(self, now: float) -> list[tuple[Peer, bytes]]:
-        """Datagrams due at ``now``: NAT keepalives to peers idle for their interval.
+    def handle_timer(self, now: float) -> None:
+        """NAT keepalives to peers idle for their interval (``datagrams_to_send``).
 
-        One heap entry per peer with keepalives; an entry that finds traffic was sent since it
-        was armed re-arms for last_tx + interval (no per-packet timer work).
+        One deadline per peer with keepalives; one that finds traffic was sent since it was
+        armed re-arms for last_tx + interval (no per-packet timer work).
         """
-        out: list[tuple[Peer, bytes]] = []
-        timers = self._timers
-        while timers and timers[0][0] <= now:
-            _, _, peer = heapq.heappop(timers)
+        for peer in self._timers.pop_due(now):
             if peer.removed or not peer.keepalive:
                 continue
             due = peer.last_tx + peer.keepalive_interval
             if due <= now:
                 if peer.addr is not None:
-                    out.append((peer, NAT_KEEPALIVE))
+                    self._outgoing.append((peer, NAT_KEEPALIVE))
                     peer.keepalives_sent += 1
                     peer.last_tx = now
                 due = now + peer.keepalive_interval
             self._schedule(peer, due)
+
+    def datagrams_to_send(self) -> list[tuple[Peer, bytes]]:
+        """Control datagrams to send (NAT keepalives), each with its peer; taken once."""
+        out, self._outgoing = self._outgoing, []
         return out
 
     def stats(self) -> dict[str, object]:

@@ -400,7 +400,7 @@ async def test_timer_is_rearmed_after_exceptions_from_both_cores(monkeypatch):
     peer = ep.tunnel.add_peer("b", [ipaddress.ip_network(B_INNER + "/32")],
                               addr=sink.getsockname(), keepalive=True,
                               keepalive_interval=0.05, now=loop.time())
-    real = ep.tunnel.on_timer
+    real = ep.tunnel.handle_timer
     tunnel_calls = []
 
     def flaky(now):
@@ -409,7 +409,7 @@ async def test_timer_is_rearmed_after_exceptions_from_both_cores(monkeypatch):
             raise RuntimeError("a bug in the tunnel's timer")
         return real(now)
 
-    monkeypatch.setattr(ep.tunnel, "on_timer", flaky)
+    monkeypatch.setattr(ep.tunnel, "handle_timer", flaky)
     await ep.start()
     try:
         # the IKE timer raises every time, the tunnel's once: keepalives still go out
