@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .addr import format_addr, sockaddr
-from .config import Config, KeepaliveMode
+from .config import Config
 from .esp.sa import InboundSA, OutboundSA
 from .ike.keylog import KeyLog
 from .ike.manager import IkeManager, IkePeer
@@ -33,9 +33,7 @@ def build_tunnel(config: Config, now: float) -> Tunnel:
     IKE-managed peers start without SAs (``build_ike`` negotiates them)."""
     tunnel = Tunnel()
     for pc in config.peers:
-        keepalive = pc.ike is None and (pc.keepalive is KeepaliveMode.ALWAYS or (
-            pc.keepalive is KeepaliveMode.NAT and pc.behind_nat
-        ))
+        keepalive = pc.ike is None and pc.keepalive.wanted(pc.behind_nat)
         addr = sockaddr(*pc.endpoint) if pc.endpoint and pc.ike is None else None
         peer = tunnel.add_peer(pc.name, pc.allowed_ips, addr=addr, keepalive=keepalive,
                                keepalive_interval=pc.keepalive_interval, now=now)

@@ -71,6 +71,7 @@ from .keys import (
     load_psk,
     public_key_b64,
 )
+from .tunnel.peer import KeepaliveMode
 from .tunnel.prefixes import PrefixTable
 
 #: (host, port); the host is an IP literal without brackets.
@@ -109,15 +110,6 @@ class IkeAuth(StrEnum):
 
     PSK = "psk"
     PUBKEY = "pubkey"
-
-
-class KeepaliveMode(StrEnum):
-    """When to send RFC 3948 NAT-keepalives (one 0xFF octet) to a peer while idle."""
-
-    #: only if this host is behind NAT towards the peer (``behind_nat = true``)
-    NAT = "nat"
-    ALWAYS = "always"
-    NEVER = "never"
 
 
 @dataclass(frozen=True, slots=True)
@@ -867,7 +859,7 @@ class _Parser:
             ike.replay_window = replay_window
             ike.tfc_pad = tfc_pad
             ike.keepalive_interval = interval
-            ike.keepalive = keepalive.value
+            ike.keepalive = keepalive
             first = ike.esp_proposals[0]
             return PeerConfig(
                 name=name, endpoint=endpoint, allowed_ips=tuple(allowed), suite=first.suite,

@@ -24,7 +24,7 @@ from ..addr import Addr, format_addr
 from ..constants import NAT_T_PORT, ExchangeType, NotifyType
 from ..esp.sa import InboundSA, OutboundSA
 from ..tunnel.core import Tunnel
-from ..tunnel.peer import Peer
+from ..tunnel.peer import KeepaliveMode, Peer
 from .keylog import KeyLog
 from .message import (
     Header,
@@ -419,8 +419,8 @@ class IkeManager:
             # (ike.remote: where the authenticated IKE_AUTH exchange came from or went)
             addr = ike.remote if ike.natt else (ike.remote[0], NAT_T_PORT)
             self.tunnel.set_peer_address(peer, addr)
-            mode = ike.config.keepalive if ike.config else "nat"
-            on = mode == "always" or (mode == "nat" and ev.local_behind_nat)
+            mode = KeepaliveMode(ike.config.keepalive) if ike.config else KeepaliveMode.NAT
+            on = mode.wanted(ev.local_behind_nat)
             if ike.config is not None:
                 peer.keepalive_interval = ike.config.keepalive_interval
             self.tunnel.set_keepalive(peer, on, ike.last_rx)

@@ -54,6 +54,7 @@ from ..constants import (
     TransformType,
 )
 from ..esp.suite import SUITES, Suite
+from ..tunnel.peer import KeepaliveMode
 from . import crypto as kc
 from .message import (
     KE,
@@ -249,8 +250,8 @@ class IkeConfig:
     replay_window: int = 1024
     tfc_pad: int = 0
     keepalive_interval: float = 20.0
-    #: "nat": NAT keepalives when IKE finds this side behind NAT; "always"; "never"
-    keepalive: str = "nat"
+    #: NAT keepalives: when IKE finds this side behind NAT (NAT), always, or never
+    keepalive: KeepaliveMode = KeepaliveMode.NAT
 
 
 # --- outputs and events ------------------------------------------------------------------------

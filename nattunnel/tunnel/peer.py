@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Callable, Iterable
+from enum import StrEnum
 
 from ..addr import Addr, Network
 from ..constants import ESP_HEADER_LEN, ESP_IV_LEN
@@ -17,6 +18,20 @@ _NO_ENDPOINT = -DropReason.NO_ENDPOINT
 _EXHAUSTED = -DropReason.SEQUENCE_EXHAUSTED
 #: where an ESP packet's plaintext starts: after the header and the IV
 _PLAIN_OFF = ESP_HEADER_LEN + ESP_IV_LEN
+
+
+class KeepaliveMode(StrEnum):
+    """When to send RFC 3948 NAT-keepalives (one 0xFF octet) to a peer while idle: the one
+    definition of the policy, for manual peers (config) and IKE peers alike."""
+
+    #: only if this host is behind NAT towards the peer (configured, or found by IKE)
+    NAT = "nat"
+    ALWAYS = "always"
+    NEVER = "never"
+
+    def wanted(self, behind_nat: bool) -> bool:
+        """Whether this side sends keepalives, given whether it is behind NAT."""
+        return self is KeepaliveMode.ALWAYS or (self is KeepaliveMode.NAT and behind_nat)
 
 
 class Peer:
