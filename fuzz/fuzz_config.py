@@ -1,4 +1,4 @@
-"""Fuzz the configuration loader (nattunnel/config.py ``parse_config``).
+"""Fuzz the configuration loader (nattunnel/config/, ``parse_config``).
 
 Two kinds of input:
 

@@ -1340,13 +1340,14 @@ def _fuzz_values() -> Any:  # a hypothesis SearchStrategy
 
 
 def _fuzz_fields() -> list[tuple[str, str, str]]:
-    from nattunnel import config as c
+    from nattunnel.config.parser import INTERFACE_KEYS, LIMITS_KEYS, TOP_KEYS
+    from nattunnel.config.peers import PEER_KEYS
 
     fields = [(base, "peer", key) for base in ("psk", "pubkey", "manual")
-              for key in c._PEER_KEYS]
-    fields += [("psk", "top", key) for key in c._TOP_KEYS if key not in ("interface", "peer")]
-    fields += [("manual", "interface", key) for key in c._INTERFACE_KEYS]
-    fields += [("psk", "limits", key) for key in c._LIMITS_KEYS]
+              for key in PEER_KEYS]
+    fields += [("psk", "top", key) for key in TOP_KEYS if key not in ("interface", "peer")]
+    fields += [("manual", "interface", key) for key in INTERFACE_KEYS]
+    fields += [("psk", "limits", key) for key in LIMITS_KEYS]
     return fields
 
 
@@ -1389,10 +1390,10 @@ def test_limits_default_to_ike_limits(ikedir: Path) -> None:
 def test_limits_keys_are_the_ike_limits_fields() -> None:
     import dataclasses
 
-    from nattunnel import config as c
+    from nattunnel.config.parser import LIMITS_KEYS
     from nattunnel.ike.manager import IkeLimits
 
-    assert tuple(f.name for f in dataclasses.fields(IkeLimits)) == c._LIMITS_KEYS
+    assert tuple(f.name for f in dataclasses.fields(IkeLimits)) == LIMITS_KEYS
 
 
 def test_limits_all_fields(ikedir: Path) -> None:
