@@ -404,3 +404,11 @@ class NotifyType(IntEnum):
 
 #: RFC 7296 section 3.10.1: Notify Message Types below this value are errors.
 NOTIFY_STATUS_MIN: Final = 16384
+
+# --- ESP packet layout, derived (RFC 4303 section 2, RFC 4106 section 3) ----------------------
+#: Where the plaintext (the inner packet) starts in an ESP packet: after the SPI, the
+#: sequence number and the explicit IV.
+ESP_PLAINTEXT_OFFSET: Final = ESP_HEADER_LEN + ESP_IV_LEN
+#: The smallest ESP packet: header, IV, one aligned block (RFC 4303 section 2.4: the pad
+#: length and next header octets, padded to 4) and the ICV.
+ESP_MIN_PACKET: Final = ESP_PLAINTEXT_OFFSET + ESP_ALIGN + ESP_ICV_LEN

@@ -8,11 +8,15 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Callable, Iterable
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
 from ..addr import Addr, Network
 from ..constants import ESP_HEADER_LEN, ESP_IV_LEN
 from ..esp.drop import DropReason
 from ..esp.sa import InboundSA, OutboundSA, SequenceNumberExhausted
+
+if TYPE_CHECKING:
+    import socket
 
 _NO_ENDPOINT = -DropReason.NO_ENDPOINT
 _EXHAUSTED = -DropReason.SEQUENCE_EXHAUSTED
@@ -84,8 +88,9 @@ class Peer:
         )
         #: where packets go: configured, or learned from authenticated packets (NAT rebinding)
         self.addr: Addr | None = addr
-        #: the endpoint's socket for ``addr`` (opaque to the core)
-        self.sock: object = None
+        #: the endpoint's socket for ``addr`` (set and used by the endpoint; the core never
+        #: touches it)
+        self.sock: socket.socket | None = None
         self.outbound: OutboundSA | None = None
         self.inbound: list[InboundSA] = []
         #: whether this side sends NAT keepalives to the peer (RFC 3948 section 4)

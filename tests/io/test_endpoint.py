@@ -312,7 +312,7 @@ async def test_kernel_receive_buffer_drops_are_counted(offload):
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
         assert sock.getsockopt(socket.SOL_SOCKET, 40)  # SO_RXQ_OVFL on
-        reader = b._on_udp_gro if b.offload and _gro(sock) else b._on_udp
+        reader = b.receiver.on_udp_gro if b.offload and _gro(sock) else b.receiver.on_udp
         loop.remove_reader(sock.fileno())
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         for _ in range(300):
@@ -329,8 +329,8 @@ async def test_kernel_receive_buffer_drops_are_counted(offload):
         dropped = stats["endpoint_drops"]["kernel_rcvbuf"]
         assert 0 < dropped <= 300
         assert stats["kernel_drops"] == {f"127.0.0.1:{sock.getsockname()[1]}": dropped}
-        if reader == b._on_udp_gro:
-            assert b._kernel_drops[sock.fileno()] == dropped
+        if reader == b.receiver.on_udp_gro:
+            assert b.sock_filter.rxq_ovfl[sock.fileno()] == dropped
     finally:
         s.close()
         b.close()
@@ -346,7 +346,7 @@ def _gro(sock: socket.socket) -> bool:
 # --- the socket filter under a flood of unknown SPIs ------------------------------------------
 def test_spi_filter_program_in_the_kernel():
     """The classic BPF program on a real socket: what it lets through and what it drops."""
-    from nattunnel.io.endpoint import attach_filter, spi_filter
+    from nattunnel.io.sockfilter import attach_filter, spi_filter
 
     rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     rx.bind(("127.0.0.1", 0))
@@ -374,7 +374,7 @@ def test_spi_filter_program_in_the_kernel():
 
 def test_spi_filter_with_thousands_of_spis():
     """More SPIs than one conditional jump reaches: the groups and their trampolines."""
-    from nattunnel.io.endpoint import attach_filter, spi_filter
+    from nattunnel.io.sockfilter import attach_filter, spi_filter
 
     spis = list(range(0x10000, 0x10000 + 3000 * 7, 7))
     prog = spi_filter(spis)
@@ -399,7 +399,7 @@ def test_spi_filter_with_thousands_of_spis():
 
 
 async def test_filter_goes_on_under_a_flood_and_off_after_it(monkeypatch):
-    import nattunnel.io.endpoint as ep_mod
+    import nattunnel.io.sockfilter as ep_mod
 
     monkeypatch.setattr(ep_mod, "FILTER_CHECK", 0.05)
     monkeypatch.setattr(ep_mod, "FILTER_ON_RATE", 1000)  # 50 per check
@@ -463,7 +463,7 @@ async def test_filter_goes_on_under_a_flood_and_off_after_it(monkeypatch):
 
 
 async def test_without_kernel_filter_a_flood_stays_in_user_space(monkeypatch):
-    import nattunnel.io.endpoint as ep_mod
+    import nattunnel.io.sockfilter as ep_mod
 
     monkeypatch.setattr(ep_mod, "FILTER_CHECK", 0.05)
     monkeypatch.setattr(ep_mod, "FILTER_ON_RATE", 100)
@@ -481,7 +481,7 @@ async def test_without_kernel_filter_a_flood_stays_in_user_space(monkeypatch):
 
 
 async def test_no_filter_above_its_spi_limit_and_one_warning(monkeypatch, caplog):
-    import nattunnel.io.endpoint as ep_mod
+    import nattunnel.io.sockfilter as ep_mod
 
     monkeypatch.setattr(ep_mod, "FILTER_CHECK", 0.05)
     monkeypatch.setattr(ep_mod, "FILTER_ON_RATE", 1000)

@@ -1,0 +1,154 @@
+"""The receive path: UDP datagrams in, inner packets out.
+
+    recvmsg with GRO                      Receiver.on_udp_gro (here; Receiver.on_udp without GRO)
+    -> SPI runs                           Tunnel.receive_batch (tunnel/core.py)
+    -> decrypt in place, replay window    InboundSA.decapsulate_run (esp/sa.py, esp/replay.py)
+    -> source check, NAT rebinding        Tunnel._deliver_run (tunnel/core.py)
+    -> coalesce                           interface.write: TunInterface.write (io/tun.py,
+                                          io/coalesce.py), InProcessInterface.write
+    -> writev                             interface.flush: TunInterface.flush (io/tun.py)
+    -> events (peer moved, rekey), timer  the endpoint's ``after`` (Endpoint, io/endpoint.py)
+
+Keepalives, IKE behind the non-ESP marker and junk leave the path in the tunnel core
+(``Tunnel._receive_other``). One reader callback drains its socket until EAGAIN or its
+budget; packets are decrypted where they were read and handed on as views into the one
+receive buffer, which is reused only after ``flush``.
+
+Part of ``nattunnel.io``.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Callable
+
+from ..constants import ESP_PLAINTEXT_OFFSET
+from ..esp.drop import DropCounters, DropReason
+from ..tunnel.core import Tunnel
+from .interface import InnerInterface
+from .udp import GRO_SEG, MAX_DATAGRAM, SO_RXQ_OVFL, SOL_UDP, U32, UDP_GRO
+
+#: receive buffer: without GRO, datagrams are read one after another into it (the inner
+#: interface may hold views of them until it flushes), so room for several
+RX_SIZE = 4 * MAX_DATAGRAM
+#: room for the UDP_GRO and SO_RXQ_OVFL control messages (CMSG_SPACE(4) = 24 each)
+ANC_SIZE = 64
+_PLAIN = ESP_PLAINTEXT_OFFSET
+
+
+class Receiver:
+    """The receive path of one endpoint: its reader callbacks and its buffer.
+
+    ``after(sock)`` runs once after each callback's batch (the endpoint handles the core's
+    events there); ``core_error(where)`` is called from an ``except`` block when a core
+    raised. ``rxq_ovfl`` (socket fd -> count) gets the kernel drop counts that come in
+    control messages.
+    """
+
+    def __init__(
+        self,
+        tunnel: Tunnel,
+        interface: InnerInterface,
+        drops: DropCounters,
+        *,
+        budget: int,
+        rxq_ovfl: dict[int, int],
+        after: Callable[[socket.socket], None],
+        core_error: Callable[[str], None],
+    ) -> None:
+        self.tunnel = tunnel
+        self.interface = interface
+        self.drops = drops
+        self.budget = budget
+        self.rxq_ovfl = rxq_ovfl
+        self.after = after
+        self.core_error = core_error
+        #: the event loop's clock (``Endpoint.start`` sets it)
+        self.clock: Callable[[], float] = time.monotonic
+        self._rx = bytearray(RX_SIZE)
+        self._rxv = memoryview(self._rx)
+        #: GRO reads that held more than one datagram
+        self.gro_batches = 0
+
+    def on_udp_gro(self, sock: socket.socket) -> None:
+        """A socket with UDP_GRO is readable: one read may hold many datagrams of one size
+        from one sender (the last may be shorter), each handled at its offset. The control
+        messages also carry the socket's kernel drop count (SO_RXQ_OVFL) once it is not
+        zero."""
+        now = self.clock()
+        recvmsg = sock.recvmsg_into
+        bufs = [self._rx]
+        rxv = self._rxv
+        receive = self.tunnel.receive
+        receive_batch = self.tunnel.receive_batch
+        write = self.interface.write
+        flush = self.interface.flush  # before the next read reuses the buffer
+        budget = self.budget
+        try:
+            while budget > 0:
+                try:
+                    n, anc, _, addr = recvmsg(bufs, ANC_SIZE)
+                except BlockingIOError:
+                    break
+                except OSError:
+                    self.drops.counts[DropReason.RECEIVE_ERROR] += 1
+                    budget -= 1
+                    continue
+                seg = n
+                for level, kind, data in anc:
+                    if kind == UDP_GRO and level == SOL_UDP:
+                        seg = GRO_SEG.unpack(data)[0]
+                    elif kind == SO_RXQ_OVFL and level == socket.SOL_SOCKET:
+                        self.rxq_ovfl[sock.fileno()] = U32.unpack(data)[0]
+                if seg >= n:
+                    budget -= 1
+                    m = receive(rxv, 0, n, addr, now)
+                    if m > 0:
+                        write(rxv[_PLAIN : _PLAIN + m])
+                        flush()
+                    continue
+                self.gro_batches += 1
+                receive_batch(rxv, n, seg, addr, now, write)
+                flush()
+                budget -= (n + seg - 1) // seg
+        except Exception:  # a bug in a core: count it, keep the reader alive
+            self.drops.counts[DropReason.INTERNAL_ERROR] += 1
+            self.core_error("receive")
+            flush()
+        self.after(sock)
+
+    def on_udp(self, sock: socket.socket) -> None:
+        """A socket without GRO is readable: one datagram per read, read one after another
+        into the buffer, so that the interface may hold views of the packets it was given
+        until it flushes, before the space is reused."""
+        now = self.clock()
+        recv = sock.recvfrom_into
+        rxv = self._rxv
+        receive = self.tunnel.receive
+        write = self.interface.write
+        flush = self.interface.flush
+        limit = len(rxv) - MAX_DATAGRAM
+        off = 0
+        try:
+            for _ in range(self.budget):
+                if off > limit:
+                    flush()
+                    off = 0
+                try:
+                    n, addr = recv(rxv[off:])
+                except BlockingIOError:
+                    break
+                except OSError:
+                    # e.g. ECONNREFUSED from an earlier ICMP error; the socket stays usable
+                    self.drops.counts[DropReason.RECEIVE_ERROR] += 1
+                    continue
+                m = receive(rxv, off, n, addr, now)
+                if m > 0:
+                    write(rxv[off + _PLAIN : off + _PLAIN + m])
+                    off += n
+        except Exception:  # a bug in a core: count it, keep the reader alive
+            self.drops.counts[DropReason.INTERNAL_ERROR] += 1
+            self.core_error("receive")
+        flush()
+        self.after(sock)
