@@ -89,10 +89,10 @@ def esp_packets() -> list[bytes]:
 
 
 def udpencap() -> list[bytes]:
-    from nattunnel.bench.crypto import ipv4_packet
     from nattunnel.esp.sa import OutboundSA
     from nattunnel.esp.suite import AES_GCM_128
     from nattunnel.esp.udpencap import build_esp, build_ike, build_keepalive
+    from nattunnel.lab.packets import ipv4_packet
 
     esp = OutboundSA(0x1001, AES_GCM_128, bytes(20)).encapsulate(ipv4_packet(40))
     ike = ike_messages()[0]

@@ -18,22 +18,15 @@ import time
 from dataclasses import dataclass
 
 from ..addr import Addr, format_addr
-from ..bench.crypto import ipv4_packet
 from ..esp.sa import InboundSA, OutboundSA
 from ..esp.suite import AES_GCM_256, Suite
 from ..io.endpoint import Endpoint, InProcessInterface
 from ..tunnel.core import Tunnel
 from .natemu import NatEmulator
+from .packets import inner_packet
 
 A_INNER = ipaddress.IPv4Address("198.18.100.1")
 B_INNER = ipaddress.IPv4Address("198.18.100.2")
-
-
-def inner_packet(src: ipaddress.IPv4Address, dst: ipaddress.IPv4Address, size: int) -> bytes:
-    p = bytearray(ipv4_packet(size))
-    p[12:16] = src.packed
-    p[16:20] = dst.packed
-    return bytes(p)
 
 
 @dataclass
