@@ -1,0 +1,44 @@
+"""``nattunnel up CONFIG``: run one tunnel endpoint in the foreground (``nattunnel.app``)."""
+
+from __future__ import annotations
+
+import argparse
+
+from .common import Subparsers, fail
+
+
+def add_parser(sub: Subparsers) -> None:
+    p = sub.add_parser(
+        "up", help="run a tunnel endpoint in the foreground",
+        description="Run one tunnel endpoint in the foreground with the peers of a TOML "
+                    "configuration (IKEv2-managed or with static keys; docs/config.md) until "
+                    "SIGINT or SIGTERM. SIGUSR1 writes the counters to --stats.")
+    p.add_argument("config", metavar="CONFIG", help="TOML configuration (docs/config.md)")
+    p.add_argument("--stats", metavar="FILE",
+                   help="write counters as JSON to FILE on SIGUSR1 and at exit")
+    p.add_argument("--log-level", default="info",
+                   choices=["debug", "info", "warning", "error"], help="default info")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import asyncio
+    import logging
+    import signal
+    from pathlib import Path
+
+    from ..app import run as run_endpoint
+    from ..config import ConfigError, load_config
+
+    # until the endpoint runs, SIGUSR1 (stats) must not end the process
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(message)s")
+    try:
+        config = load_config(args.config)
+    except ConfigError as e:
+        return fail("up", str(e))
+    try:
+        return asyncio.run(run_endpoint(config, Path(args.stats) if args.stats else None))
+    except OSError as e:  # TUN device or socket setup; TunError says which and why
+        return fail("up", str(e), 1)
