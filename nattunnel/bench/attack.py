@@ -2,8 +2,8 @@
 
 Builds the NAT lab (``nattunnel.lab.netns``) with host A behind the NAT, B public, C behind the
 NAT (a second, legitimate IKE peer of B) and E on B's segment (the attacker). A and B run
-``nattunnel up`` with IKEv2 (PSK); the legitimate flow is iperf3 A -> B through the tunnel
-(TCP by default). One after another, in the same run:
+``nattunnel up`` with IKEv2 (PSK, ``nattunnel.lab.tunnels``); the legitimate flow is iperf3
+A -> B through the tunnel (TCP by default). One after another, in the same run:
 
 - the baseline: the flow alone, before the first attack and again after each one (the
   machine's load drifts: each attack is compared with the mean of the baselines just before
@@ -52,16 +52,15 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from ..lab.netns import (
+from ..lab.netns import Lab, lab_problems
+from ..lab.tunnels import (
     INNER,
     PKG_ROOT,
-    Lab,
     Tunnels,
-    lab_problems,
     start_ike_node,
     start_ike_tunnels,
+    wait_ike_up,
 )
-from ..lab.netns import wait_ike_up as _wait_ike_up
 from .crypto import machine_info
 
 #: the attacks in the order they run, with what the attacker sends
@@ -150,7 +149,7 @@ def _nonzero(data: bytes) -> bytes:
     return (b"\x80" + data[1:]) if data[:4] == bytes(4) or data == b"\xff" else data
 
 
-def _junk_pool(kind: str, esp: list[bytes], n: int = 512) -> list[bytes]:
+def junk_pool(kind: str, esp: list[bytes], n: int = 512) -> list[bytes]:
     from ..constants import ExchangeType
     from ..ike.message import Header
 
@@ -178,7 +177,7 @@ def _junk_pool(kind: str, esp: list[bytes], n: int = 512) -> list[bytes]:
     raise ValueError(f"unknown attack {kind!r}")
 
 
-class _InitFlood:
+class InitFlood:
     """IKE_SA_INIT requests made with the project's own encoder: one template request (a
     real initiator's, ``IkeSa.start``) re-encoded with a fresh SPI each time, and again with
     the COOKIE notify in front when the responder asks for one (RFC 7296 section 2.6)."""
@@ -296,14 +295,14 @@ def attacker_main(argv: Sequence[str] | None = None) -> int:
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
     s.bind(("0.0.0.0", 0))
     s.setblocking(False)
-    flood: _InitFlood | None = None
+    flood: InitFlood | None = None
     pool: list[bytes] = []
     if kind == "ike-init":
         s.connect(dest)
-        flood = _InitFlood((s.getsockname()[0], s.getsockname()[1]), dest)
+        flood = InitFlood((s.getsockname()[0], s.getsockname()[1]), dest)
         s = _rebind_unconnected(s)
     else:
-        pool = _junk_pool(kind, [bytes.fromhex(h) for h in cfg.get("esp", [])])
+        pool = junk_pool(kind, [bytes.fromhex(h) for h in cfg.get("esp", [])])
     sendto, npool = s.sendto, len(pool)
     batches = _Batches(s, dest, pool) if pool and cfg.get("mmsg", True) else None
     sent = blocked = resends = 0
@@ -517,8 +516,8 @@ def new_peer_seconds(t: Tunnels, timeout: float = NEW_PEER_TIMEOUT) -> float | N
         t.lab.stop(node.proc, timeout=5.0)
 
 
-def _iperf(lab: Lab, seconds: float, udp: bool) -> float:
-    from .netns import _iperf as iperf
+def _iperf_b(lab: Lab, seconds: float, udp: bool) -> float:
+    from .netns import iperf
 
     return iperf(lab, "b", "a", INNER["b"], seconds, udp)
 
@@ -568,7 +567,7 @@ def _phase(t: Tunnels, name: str, seconds: float, udp: bool, rate: int | None,
                 bound = seconds + (NEW_PEER_TIMEOUT + 20.0 if new_peer else 8.0)
                 attacker = _start_attacker(lab, name, rate, bound, esp, report)
                 time.sleep(0.5)
-            res.mbps = _iperf(lab, seconds, udp)
+            res.mbps = _iperf_b(lab, seconds, udp)
             if new_peer:
                 res.new_peer_seconds = new_peer_seconds(t)
                 res.new_peer_within_target = (res.new_peer_seconds is not None
@@ -603,7 +602,7 @@ def _short(reason: str, limit: int = 90) -> str:
     return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
-def _add_ratios(results: list[AttackResult]) -> float | None:
+def add_ratios(results: list[AttackResult]) -> float | None:
     """Each attack against the mean of the nearest baseline run before it and after it (a
     baseline row against the mean of all); ``ratio_to_control`` against the control row.
     Returns the mean of all baseline runs."""
@@ -645,7 +644,7 @@ def run_attack(seconds: float, rate: int, ike_rate: int, attacks: Sequence[str] 
         workdir = Path(tmp)
         say("starting nattunnel (IKEv2) on A, B and C ...")
         t = start_ike_tunnels(lab, workdir, hosts=("a", "c"), log_level="info")
-        if not _wait_ike_up(t, ("a", "c"), timeout=15):
+        if not wait_ike_up(t, ("a", "c"), timeout=15):
             raise RuntimeError("IKE did not come up between A, C and B; B's log:\n"
                                + t.nodes["b"].log()[-2000:])
         lab.stop(t.nodes["c"].proc, timeout=5.0)  # C comes back for the new-peer tests
@@ -663,7 +662,7 @@ def run_attack(seconds: float, rate: int, ike_rate: int, attacks: Sequence[str] 
                 say(f"{name}: {results[-1].status}")
             say(f"{BASELINE}: {seconds:g} s ...")
             results.append(_phase(t, BASELINE, seconds, udp, None, esp, workdir))
-    _add_ratios(results)
+    add_ratios(results)
     return results
 
 
@@ -764,7 +763,7 @@ def attack_main(seconds: float, rate: int, ike_rate: int, attacks: Sequence[str]
         doc["wall_seconds"] = time.monotonic() - t0
         print(json.dumps(doc, indent=2))
         return 0
-    base = _add_ratios(results)
+    base = add_ratios(results)
     print(f"\nmachine: {info['cpu']}, {info['cores']} cores, kernel {info['kernel']}, "
           f"Python {info['python']}")
     print(f"other work on the machine during the run: {_num(other_work, '.2f')} of "

@@ -32,8 +32,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from ..lab.netns import INNER, Lab, Tunnels, lab_problems, start_tunnels
+from ..lab.netns import Lab, lab_problems
 from ..lab.peers import NOT_INSTALLED, PEERS, STARTERS, PeerError, Running, peer_problems, started
+from ..lab.tunnels import INNER, Tunnels, start_tunnels
 from . import profile as _profile
 from .crypto import machine_info
 
@@ -98,7 +99,7 @@ class OtherWork:
                 continue
         return out
 
-    def _sample(self, first: bool = False) -> None:
+    def sample(self, first: bool = False) -> None:
         snap = self._snapshot()
         me = os.getpid()
         ours: dict[int, bool] = {me: True, 0: False, 1: False, 2: False}
@@ -121,11 +122,11 @@ class OtherWork:
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval):
-            self._sample()
+            self.sample()
 
     def start(self) -> OtherWork:
         try:
-            self._sample(first=True)
+            self.sample(first=True)
         except OSError:
             return self
         self._t0 = time.monotonic()
@@ -140,7 +141,7 @@ class OtherWork:
         self._stop.set()
         self._thread.join(5.0)
         with contextlib.suppress(OSError):
-            self._sample()
+            self.sample()
         wall = time.monotonic() - self._t0
         return self.cpu_seconds() / wall if wall > 0 else None
 
@@ -149,7 +150,7 @@ class OtherWork:
         return sum(max(0.0, self._last[p] - self._first[p]) for p in self._last)
 
 
-def _iperf(lab: Lab, server_ns: str, client_ns: str, addr: str, seconds: float,
+def iperf(lab: Lab, server_ns: str, client_ns: str, addr: str, seconds: float,
            udp: bool) -> float:
     """Received Mbit/s of one iperf3 run; a run that ends without a result (iperf3 exits 0
     with an incomplete report now and then) is repeated once."""
@@ -203,7 +204,7 @@ def _tunnel_packets(t: Tunnels) -> int:
 
 
 def start_nattunnel(lab: Lab, workdir: Path) -> Running:
-    """``nattunnel up`` on A and B (``netlab.start_tunnels``) as a ``Running`` tunnel."""
+    """``nattunnel up`` on A and B (``lab.tunnels.start_tunnels``) as a ``Running`` tunnel."""
     run = Running("nattunnel", lab, INNER["b"], {"a": "nt0", "b": "nt0"})
 
     def bring_up() -> None:
@@ -236,7 +237,7 @@ def _measure(lab: Lab, run: Running, proto: str, seconds: float, mtu: int | None
     try:
         cpu0 = sum(_cpu_seconds(p) for p in pids)
         pk0 = run.packets()
-        mbps = _iperf(lab, "b", "a", run.dest, seconds, proto == "udp")
+        mbps = iperf(lab, "b", "a", run.dest, seconds, proto == "udp")
         cpu = sum(_cpu_seconds(p) for p in pids) - cpu0
         pk = run.packets() - pk0
         for sm in samplers:
@@ -250,7 +251,7 @@ def _measure(lab: Lab, run: Running, proto: str, seconds: float, mtu: int | None
                      packets_per_cpu_second=pk / cpu if cpu > 0 else None, mtu=mtu)
 
 
-def _add_ratios(results: list[NetResult]) -> None:
+def add_ratios(results: list[NetResult]) -> None:
     ref: dict[tuple[str, str], float] = {}
     for r in results:
         if r.tunnel in (BASELINE, "nattunnel") and r.mbps:
@@ -278,7 +279,7 @@ def run_netns(seconds: float, tunnels: Sequence[str] = TUNNELS,
         for proto in PROTOS:
             say(f"baseline (no tunnel) {proto.upper()} {seconds:g} s ...")
             try:
-                mbps = _iperf(lab, "b", "a", lab.addr["b"], seconds, proto == "udp")
+                mbps = iperf(lab, "b", "a", lab.addr["b"], seconds, proto == "udp")
             except (RuntimeError, OSError, ValueError) as exc:
                 results.append(NetResult(BASELINE, proto, None, mtu=eth.mtu(),
                                          status=f"failed: {_short(str(exc))}"))
@@ -312,7 +313,7 @@ def run_netns(seconds: float, tunnels: Sequence[str] = TUNNELS,
                         say(f"{name} {proto.upper()}: {results[-1].status}")
             finally:
                 run.close()
-    _add_ratios(results)
+    add_ratios(results)
     return results
 
 

@@ -91,23 +91,30 @@ class Counters:
 
 
 class _ExternalProtocol(asyncio.DatagramProtocol):
-    def __init__(self, emu: NatEmulator, mapping: Mapping) -> None:
-        self.emu = emu
+    """A mapping's external socket: hands what arrives to ``deliver(mapping, self, data,
+    source)`` (the emulator's inbound path)."""
+
+    def __init__(self, deliver: Callable[[Mapping, _ExternalProtocol, bytes, HostPort], None],
+                 mapping: Mapping) -> None:
+        self.deliver = deliver
         self.mapping = mapping
 
     def datagram_received(self, data: bytes, addr: HostPort) -> None:
-        self.emu._inbound(self.mapping, self, data, (addr[0], addr[1]))
+        self.deliver(self.mapping, self, data, (addr[0], addr[1]))
 
     def error_received(self, exc: Exception) -> None:  # ICMP errors: ignore, like a NAT
         pass
 
 
 class _InsideProtocol(asyncio.DatagramProtocol):
-    def __init__(self, emu: NatEmulator) -> None:
-        self.emu = emu
+    """The inside socket: hands what arrives to ``deliver(data, source)`` (the emulator's
+    outbound path)."""
+
+    def __init__(self, deliver: Callable[[bytes, HostPort], None]) -> None:
+        self.deliver = deliver
 
     def datagram_received(self, data: bytes, addr: HostPort) -> None:
-        self.emu._outbound(data, (addr[0], addr[1]))
+        self.deliver(data, (addr[0], addr[1]))
 
     def error_received(self, exc: Exception) -> None:
         pass
@@ -197,7 +204,7 @@ class NatEmulator:
     async def start(self) -> NatEmulator:
         self._loop = asyncio.get_running_loop()
         transport, _ = await self._loop.create_datagram_endpoint(
-            lambda: _InsideProtocol(self), local_addr=(self.inside_host, self.inside_port)
+            lambda: _InsideProtocol(self._outbound), local_addr=(self.inside_host, self.inside_port)
         )
         self._inside = transport
         self._sweeper = self._loop.create_task(self._sweep_loop())
@@ -277,7 +284,7 @@ class NatEmulator:
         """Create the transport for ``sock`` asynchronously; queue packets until ready."""
         assert self._loop is not None
         mapping.transport = None
-        mapping.protocol = proto = _ExternalProtocol(self, mapping)
+        mapping.protocol = proto = _ExternalProtocol(self._inbound, mapping)
 
         async def attach() -> None:
             assert self._loop is not None

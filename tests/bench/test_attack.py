@@ -17,11 +17,11 @@ from nattunnel.bench.attack import (
     ATTACKS,
     BASELINE,
     AttackResult,
-    _add_ratios,
-    _InitFlood,
-    _junk_pool,
+    InitFlood,
+    add_ratios,
     flat_drops,
     format_table,
+    junk_pool,
     report_json,
 )
 from nattunnel.cli.main import build_parser
@@ -101,18 +101,18 @@ def test_attacker_sends_at_its_rate_and_stops_by_itself(tmp_path):
 
 def test_junk_pools():
     esp = [bytes.fromhex("00001a00") + i.to_bytes(4, "big") + os.urandom(100) for i in range(4)]
-    assert _junk_pool("replay", esp) == esp
-    assert all(9 <= len(p) <= 31 and p[:4] == esp[0][:4] for p in _junk_pool("truncated", esp))
-    forged = _junk_pool("forged", esp)
+    assert junk_pool("replay", esp) == esp
+    assert all(9 <= len(p) <= 31 and p[:4] == esp[0][:4] for p in junk_pool("truncated", esp))
+    forged = junk_pool("forged", esp)
     assert all(len(p) == 1400 and p[:4] == esp[0][:4] for p in forged)
-    assert all(len(p) == 65000 for p in _junk_pool("oversized", esp))
-    assert _junk_pool("keepalive", esp) == [b"\xff"]
-    ike = _junk_pool("ike-junk", esp)
+    assert all(len(p) == 65000 for p in junk_pool("oversized", esp))
+    assert junk_pool("keepalive", esp) == [b"\xff"]
+    ike = junk_pool("ike-junk", esp)
     assert all(p[:4] == bytes(4) for p in ike)
 
 
 def test_init_flood_builds_requests_and_answers_cookies():
-    flood = _InitFlood(("198.18.0.3", 40000), ("198.18.0.2", 500))
+    flood = InitFlood(("198.18.0.3", 40000), ("198.18.0.2", 500))
     a, b = decode_message(flood.fresh()), decode_message(flood.fresh())
     assert a.header.exchange_type == ExchangeType.IKE_SA_INIT and not a.header.is_response
     assert a.header.spi_i != b.header.spi_i and a.header.spi_r == bytes(8)
@@ -142,7 +142,7 @@ def _fake() -> list[AttackResult]:
                      status="failed: iperf3 failed: x"),
         AttackResult(BASELINE, "alone", None, None, mbps=1100.0),
     ]
-    _add_ratios(rows)
+    add_ratios(rows)
     return rows
 
 

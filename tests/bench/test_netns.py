@@ -17,7 +17,7 @@ from nattunnel.bench.netns import (
     TUNNELS,
     NetResult,
     OtherWork,
-    _add_ratios,
+    add_ratios,
     format_table,
     report_json,
     write_png,
@@ -93,7 +93,7 @@ def _fake() -> list[NetResult]:
         NetResult("strongswan", "tcp", None, status="failed: no ping across the tunnel"),
         NetResult("strongswan", "udp", None, status="failed: no ping across the tunnel"),
     ]
-    _add_ratios(results)
+    add_ratios(results)
     return results
 
 
@@ -170,8 +170,8 @@ def test_other_work_counts_only_processes_outside_the_run(monkeypatch):
     ])
     monkeypatch.setattr(OtherWork, "_snapshot", staticmethod(lambda: next(snaps)))
     w = OtherWork()
-    w._sample(first=True)
-    w._sample()
+    w.sample(first=True)
+    w.sample()
     assert w.cpu_seconds() == pytest.approx(2.0)
 
 

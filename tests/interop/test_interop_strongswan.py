@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 
 from nattunnel.keys import write_ed25519_pair
-from nattunnel.lab.netns import PKG_ROOT, Node, tun_present
 from nattunnel.lab.strongswan import Charon, SwanConn, strongswan_problems
 from tests.support.lab import Lab, lab_fixture  # noqa: F401  (registers the ``lab`` fixture)
+from tests.support.tunnel_lab import PKG_ROOT, Node, tun_present
 
 INNER = {"a": "198.18.100.1", "b": "198.18.100.2"}
 PUBLIC_B = "198.18.0.2"

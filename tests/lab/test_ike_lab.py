@@ -24,22 +24,24 @@ import pytest
 
 from nattunnel.ike.manager import IkeManager, IkePeer
 from nattunnel.ike.sa import Identity, IkeConfig, Outgoing
-from nattunnel.lab.netns import (
-    INNER,
-    Tunnels,
-    ike_sas,
-    start_ike_node,
-    start_ike_tunnels,
-    wait_ike_up,
-)
 from nattunnel.tunnel.core import Tunnel
-from tests.lab.test_nat_lab import _TCP_CLIENT, _TCP_SERVER, expected_stream_digest
 from tests.support.lab import (
     HOST_ADDR,
     ROUTER_WAN,
     Lab,
     lab_fixture,  # noqa: F401  (registers the ``lab`` fixture)
 )
+from tests.support.tunnel_lab import (
+    INNER,
+    Tunnels,
+    expected_stream_digest,
+    ike_sas,
+    start_ike_node,
+    start_ike_tunnels,
+    wait_ike_up,
+)
+from tests.support.tunnel_lab import TCP_CLIENT as _TCP_CLIENT
+from tests.support.tunnel_lab import TCP_SERVER as _TCP_SERVER
 
 A, B = HOST_ADDR["a"], HOST_ADDR["b"]
 

@@ -1,5 +1,5 @@
-"""``nattunnel up`` through a real Linux NAT (root only): the NAT lab of tests/lab.py with
-endpoints started by tests/tunnel_lab.py.
+"""``nattunnel up`` through a real Linux NAT (root only): the NAT lab of tests/support/lab.py
+with endpoints started by tests/support/tunnel_lab.py.
 
 Hosts A and C sit behind the router's nftables masquerade (198.19.1.0/24 -> 198.18.0.1); host B
 (198.18.0.2) is public and learns where A and C are from their first authenticated packets.
@@ -12,7 +12,6 @@ stops what it started by PID (``Lab.stop`` / ``Lab.close``).
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import json
 import random
@@ -36,7 +35,14 @@ from tests.support.lab import (
     Lab,
     lab_fixture,  # noqa: F401  (registers the ``lab`` fixture)
 )
-from tests.support.tunnel_lab import INNER, SPI, Tunnels
+from tests.support.tunnel_lab import (
+    INNER,
+    SPI,
+    TCP_CLIENT,
+    TCP_SERVER,
+    Tunnels,
+    expected_stream_digest,
+)
 
 A, B, C, E = HOST_ADDR["a"], HOST_ADDR["b"], HOST_ADDR["c"], HOST_ADDR["e"]
 SUITE = "aes256gcm16"
@@ -79,73 +85,6 @@ def stop_cleanly(lab: Lab, t: Tunnels, role: str) -> None:
     assert json.loads(node.stats_path.read_text())["peers"]
 
 
-# A TCP sink and source for the inner addresses: the server prints what it received and its
-# SHA-256; the client sends SIZE octets from a seeded generator and prints the same.
-_TCP_SERVER = r"""
-import hashlib, json, socket, sys
-host, port = sys.argv[1], int(sys.argv[2])
-ls = socket.socket()
-ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-ls.bind((host, port))
-ls.listen(1)
-ls.settimeout(30)
-print("ready", flush=True)
-conn, peer = ls.accept()
-conn.settimeout(30)
-h, n = hashlib.sha256(), 0
-while True:
-    b = conn.recv(1 << 16)
-    if not b:
-        break
-    h.update(b)
-    n += len(b)
-conn.sendall(h.hexdigest().encode())
-conn.close()
-print(json.dumps({"bytes": n, "sha256": h.hexdigest(), "peer": peer[0]}), flush=True)
-"""
-
-_TCP_CLIENT = r"""
-import hashlib, json, random, socket, sys, time
-host, port, size, seed, chunk = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), \
-    int(sys.argv[4]), int(sys.argv[5])
-deadline = time.monotonic() + 10
-while True:
-    try:
-        s = socket.create_connection((host, port), timeout=5)
-        break
-    except OSError:
-        if time.monotonic() > deadline:
-            raise
-        time.sleep(0.1)
-s.settimeout(30)
-rng, h, n = random.Random(seed), hashlib.sha256(), 0
-t0 = time.monotonic()
-while n < size:
-    b = rng.randbytes(min(chunk, size - n))
-    s.sendall(b)
-    h.update(b)
-    n += len(b)
-s.shutdown(socket.SHUT_WR)
-echo = b""
-while True:
-    b = s.recv(256)
-    if not b:
-        break
-    echo += b
-print(json.dumps({"bytes": n, "sha256": h.hexdigest(), "echo": echo.decode(),
-                  "seconds": time.monotonic() - t0}), flush=True)
-"""
-
-
-def expected_stream_digest(size: int, seed: int, chunk: int) -> str:
-    rng, h, n = random.Random(seed), hashlib.sha256(), 0
-    while n < size:
-        b = rng.randbytes(min(chunk, size - n))
-        h.update(b)
-        n += len(b)
-    return h.hexdigest()
-
-
 # --------------------------------------------------------------------------- 1. A <-> B
 
 
@@ -161,11 +100,11 @@ def test_tunnel_through_nat_ping_and_tcp_transfer(lab: Lab, tmp_path: Path) -> N
     assert b_sees_a["rebinds"] == 0
 
     size, seed, chunk, port = 32 << 20, 20251127, 1 << 16, 5201
-    server = lab.popen("b", sys.executable, "-u", "-c", _TCP_SERVER, INNER["b"], port,
+    server = lab.popen("b", sys.executable, "-u", "-c", TCP_SERVER, INNER["b"], port,
                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert server.stdout is not None and server.stderr is not None
     assert server.stdout.readline().strip() == "ready", server.stderr.read()
-    cp = lab.exec("a", sys.executable, "-c", _TCP_CLIENT, INNER["b"], port, size, seed, chunk,
+    cp = lab.exec("a", sys.executable, "-c", TCP_CLIENT, INNER["b"], port, size, seed, chunk,
                   timeout=45, check=False)
     assert cp.returncode == 0, f"client failed: {cp.stderr}\nA log:\n{t.nodes['a'].log()}"
     sent = json.loads(cp.stdout)
