@@ -1,7 +1,8 @@
 """strongSwan (charon + swanctl) as a reference IKEv2 / ESP-in-UDP peer inside the NAT lab.
 
-Used by the interop tests (tests/test_strongswan.py) and meant for ``nattunnel bench``. See
-docs/interop-strongswan.md for why it is set up this way. In short:
+Used by the interop tests (tests/interop/) and by ``nattunnel bench netns`` (through
+``nattunnel.lab.peers``). docs/interop-strongswan.md says why it is set up this way and what
+was verified against it; docs/benchmarks.md has the figures. In short:
 
 - charon runs with the **userspace** IPsec stack (``kernel-libipsec`` loaded before
   ``kernel-netlink``): ESP is handled in charon through a TUN device ``ipsec0`` and is always
@@ -56,9 +57,9 @@ __all__ = [
     "SWANCTL",
     "Charon",
     "CharonError",
-    "ChildSa",
-    "IkeSa",
+    "SwanChildSa",
     "SwanConn",
+    "SwanIkeSa",
     "ed25519_private_pem",
     "ed25519_public_pem",
     "generate_ed25519_keypair",
@@ -172,7 +173,8 @@ def _list(value: str | Sequence[str]) -> str:
 
 @dataclass
 class SwanConn:
-    """One swanctl connection with one CHILD_SA (tunnel mode), rendered as in strongswan.md.
+    """One swanctl connection with one CHILD_SA (tunnel mode), rendered as in
+    docs/interop-strongswan.md.
 
     ``auth="psk"`` needs ``psk``; ``auth="pubkey"`` needs ``private_key`` (PKCS#8 PEM of our
     Ed25519 key), ``local_pubkey`` (our SPKI PEM) and ``remote_pubkey`` (the peer's SPKI PEM);
@@ -421,7 +423,9 @@ def _spi(value: Any) -> int:
 
 
 @dataclass(frozen=True)
-class ChildSa:
+class SwanChildSa:
+    """A child SA as charon lists it (``swanctl --list-sas``)."""
+
     name: str
     uniqueid: int
     reqid: int
@@ -442,7 +446,7 @@ class ChildSa:
     raw: VNode = field(repr=False, compare=False)
 
     @classmethod
-    def from_vici(cls, d: VNode) -> ChildSa:
+    def from_vici(cls, d: VNode) -> SwanChildSa:
         return cls(
             name=str(d.get("name", "")),
             uniqueid=_int(d.get("uniqueid")),
@@ -466,7 +470,10 @@ class ChildSa:
 
 
 @dataclass(frozen=True)
-class IkeSa:
+class SwanIkeSa:
+    """An IKE SA as charon lists it (``swanctl --list-sas``), with its child SAs; not to be
+    confused with nattunnel's own ``nattunnel.ike.sa.IkeSa``."""
+
     name: str
     uniqueid: int
     state: str
@@ -489,11 +496,11 @@ class IkeSa:
     encr_keysize: int
     prf_alg: str
     dh_group: str
-    children: tuple[ChildSa, ...]
+    children: tuple[SwanChildSa, ...]
     raw: VNode = field(repr=False, compare=False)
 
     @classmethod
-    def from_vici(cls, name: str, d: VNode) -> IkeSa:
+    def from_vici(cls, name: str, d: VNode) -> SwanIkeSa:
         kids = d.get("child-sas", {})
         return cls(
             name=name,
@@ -517,12 +524,12 @@ class IkeSa:
             prf_alg=str(d.get("prf-alg", "")),
             dh_group=str(d.get("dh-group", "")),
             children=tuple(
-                ChildSa.from_vici(v) for v in kids.values() if isinstance(v, dict)
+                SwanChildSa.from_vici(v) for v in kids.values() if isinstance(v, dict)
             ),
             raw=d,
         )
 
-    def child(self, name: str, state: str | None = "INSTALLED") -> ChildSa | None:
+    def child(self, name: str, state: str | None = "INSTALLED") -> SwanChildSa | None:
         """The (first) CHILD_SA called ``name``, optionally only in ``state``."""
         for c in self.children:
             if c.name == name and (state is None or c.state == state):
@@ -530,15 +537,15 @@ class IkeSa:
         return None
 
 
-def parse_list_sas(text: str) -> list[IkeSa]:
+def parse_list_sas(text: str) -> list[SwanIkeSa]:
     """IKE SAs from ``swanctl --list-sas --pretty`` (one ``list-sa event`` per IKE_SA)."""
-    out: list[IkeSa] = []
+    out: list[SwanIkeSa] = []
     for msg, body in parse_vici_pretty(text):
         if msg != "list-sa event":
             continue
         for name, d in body.items():
             if isinstance(d, dict):
-                out.append(IkeSa.from_vici(name, d))
+                out.append(SwanIkeSa.from_vici(name, d))
     return out
 
 
@@ -802,28 +809,29 @@ class Charon:
         """Start an IKE_SA rekey (asynchronous in charon)."""
         return self.swanctl("--rekey", "--ike", name or self.conns[0].name)
 
-    def list_sas(self, ike: str | None = None) -> list[IkeSa]:
+    def list_sas(self, ike: str | None = None) -> list[SwanIkeSa]:
         """The current IKE_SAs (and their CHILD_SAs), optionally only those named ``ike``."""
         args = ["--list-sas", "--pretty"]
         if ike:
             args += ["--ike", ike]
         return parse_list_sas(self.swanctl(*args).stdout)
 
-    def ike_sa(self, name: str | None = None, state: str | None = "ESTABLISHED") -> IkeSa | None:
+    def ike_sa(self, name: str | None = None, state: str | None = "ESTABLISHED"
+               ) -> SwanIkeSa | None:
         name = name or self.conns[0].name
         for sa in self.list_sas(name):
             if sa.name == name and (state is None or sa.state == state):
                 return sa
         return None
 
-    def child_sa(self, child: str | None = None, ike: str | None = None) -> ChildSa | None:
+    def child_sa(self, child: str | None = None, ike: str | None = None) -> SwanChildSa | None:
         """The INSTALLED CHILD_SA ``child`` of the ESTABLISHED IKE_SA ``ike``, or None."""
         child = child or self.conns[0].child
         sa = self.ike_sa(ike)
         return None if sa is None else sa.child(child)
 
     def wait_established(self, ike: str | None = None, child: str | None = None,
-                         timeout: float = 15.0) -> tuple[IkeSa, ChildSa]:
+                         timeout: float = 15.0) -> tuple[SwanIkeSa, SwanChildSa]:
         """Wait until the IKE_SA is ESTABLISHED with the CHILD_SA INSTALLED."""
         ike = ike or self.conns[0].name
         child = child or self.conns[0].child
@@ -839,8 +847,8 @@ class Charon:
                 )
             time.sleep(0.2)
 
-    def wait_child_rekeyed(self, old: ChildSa, child: str | None = None,
-                           timeout: float = 15.0, *, old_gone: bool = False) -> ChildSa:
+    def wait_child_rekeyed(self, old: SwanChildSa, child: str | None = None,
+                           timeout: float = 15.0, *, old_gone: bool = False) -> SwanChildSa:
         """Wait until an INSTALLED CHILD_SA with SPIs other than ``old``'s exists and the old
         one is no longer INSTALLED; return the new one. charon lists the old one as DELETED
         for ``charon.delete_rekeyed_delay`` (5 s) after a rekey (its inbound SA still accepts

@@ -16,9 +16,9 @@ from cryptography.hazmat.primitives import serialization
 
 from nattunnel.lab.strongswan import (
     Charon,
-    ChildSa,
-    IkeSa,
+    SwanChildSa,
     SwanConn,
+    SwanIkeSa,
     ed25519_private_pem,
     ed25519_public_pem,
     generate_ed25519_keypair,
@@ -93,7 +93,7 @@ def _ping(lab: Lab, src: str, dst: str, count: int = 2) -> bool:
     return r.returncode == 0
 
 
-def _check_established(lab: Lab, ca: Charon, cb: Charon) -> tuple[IkeSa, IkeSa]:
+def _check_established(lab: Lab, ca: Charon, cb: Charon) -> tuple[SwanIkeSa, SwanIkeSa]:
     """Both sides ESTABLISHED/INSTALLED, SPIs matching, NAT seen, ping across the tunnel."""
     sa_a, child_a = ca.wait_established(timeout=10)
     sa_b, child_b = cb.wait_established(timeout=10)
@@ -127,7 +127,7 @@ def _check_established(lab: Lab, ca: Charon, cb: Charon) -> tuple[IkeSa, IkeSa]:
     return sa_a, sa_b
 
 
-def _ping_through(lab: Lab, ca: Charon, cb: Charon) -> tuple[ChildSa, ChildSa]:
+def _ping_through(lab: Lab, ca: Charon, cb: Charon) -> tuple[SwanChildSa, SwanChildSa]:
     """Ping both ways over the inner addresses and check the ESP counters moved."""
     before_a = ca.child_sa()
     assert before_a is not None
