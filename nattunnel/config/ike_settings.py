@@ -61,7 +61,7 @@ class IkeFiles:
 
 
 class _IkeConfig(IkeConfig):
-    """An ``ike_sa.IkeConfig`` whose repr names the authentication but never holds the
+    """An ``ike.sa.IkeConfig`` whose repr names the authentication but never holds the
     pre-shared key (the dataclass repr of IkeConfig would print it)."""
 
     def __repr__(self) -> str:

@@ -1,4 +1,4 @@
-"""Self-test of the strongSwan harness (nattunnel/strongswan.py).
+"""Self-test of the strongSwan harness (nattunnel/lab/strongswan.py).
 
 Two charons (kernel-libipsec, userspace ESP-in-UDP) through the lab's real Linux NAT: charon on
 A (behind the NAT) initiates to charon on B (public), with a PSK and with Ed25519 raw public

@@ -1,4 +1,4 @@
-"""Proves the NAT lab harness (tests/lab.py) with plain UDP through a real Linux NAT."""
+"""Proves the NAT lab harness (tests/support/lab.py) with plain UDP through a real Linux NAT."""
 
 from __future__ import annotations
 
