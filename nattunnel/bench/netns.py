@@ -67,6 +67,21 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _CLK_TCK  # utime + stime
 
 
+def proc_snapshot() -> dict[int, tuple[int, float]]:
+    """pid -> (ppid, utime + stime in seconds) of every process."""
+    out: dict[int, tuple[int, float]] = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            out[int(name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / _CLK_TCK)
+        except (OSError, ValueError, IndexError):
+            continue
+    return out
+
+
 class OtherWork:
     """CPU used by processes outside this run (other work competing with the benchmark).
 
@@ -75,8 +90,11 @@ class OtherWork:
     softirq work) is summed from the first sample (or from 0 for processes started
     later). Short-lived processes between two samples are missed, so it is a lower bound."""
 
-    def __init__(self, interval: float = 1.0) -> None:
+    def __init__(self, interval: float = 1.0,
+                 snapshot: Callable[[], dict[int, tuple[int, float]]] | None = None) -> None:
         self.interval = interval
+        #: pid -> (ppid, CPU seconds) of every process; /proc unless given (tests)
+        self.snapshot = snapshot or proc_snapshot
         self._first: dict[int, float] = {}
         self._last: dict[int, float] = {}
         self._stop = threading.Event()
@@ -84,23 +102,9 @@ class OtherWork:
         self._t0 = 0.0
         self._started = False
 
-    @staticmethod
-    def _snapshot() -> dict[int, tuple[int, float]]:
-        """pid -> (ppid, utime + stime in seconds) of every process."""
-        out: dict[int, tuple[int, float]] = {}
-        for name in os.listdir("/proc"):
-            if not name.isdigit():
-                continue
-            try:
-                with open(f"/proc/{name}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-                out[int(name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / _CLK_TCK)
-            except (OSError, ValueError, IndexError):
-                continue
-        return out
-
     def sample(self, first: bool = False) -> None:
-        snap = self._snapshot()
+        """Read every process's CPU time once (the thread does it each ``interval``)."""
+        snap = self.snapshot()
         me = os.getpid()
         ours: dict[int, bool] = {me: True, 0: False, 1: False, 2: False}
 

@@ -159,7 +159,7 @@ def test_only_option():
         p.parse_args(["bench", "netns", "--only", "nattunnel,tinc"])
 
 
-def test_other_work_counts_only_processes_outside_the_run(monkeypatch):
+def test_other_work_counts_only_processes_outside_the_run():
     me = os.getpid()
     snaps = iter([
         {me: (1, 10.0), 500: (me, 1.0), 600: (1, 5.0), 700: (2, 3.0)},
@@ -168,8 +168,7 @@ def test_other_work_counts_only_processes_outside_the_run(monkeypatch):
         {me: (1, 12.0), 500: (me, 3.0), 600: (1, 6.5), 700: (2, 9.0), 800: (600, 0.5),
          900: (500, 4.0)},
     ])
-    monkeypatch.setattr(OtherWork, "_snapshot", staticmethod(lambda: next(snaps)))
-    w = OtherWork()
+    w = OtherWork(snapshot=lambda: next(snaps))
     w.sample(first=True)
     w.sample()
     assert w.cpu_seconds() == pytest.approx(2.0)
