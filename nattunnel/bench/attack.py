@@ -545,9 +545,10 @@ def _stop_attacker(lab: Lab, proc: subprocess.Popen[Any], report: Path) -> dict[
         pass
     lab.stop(proc)
     try:
-        return json.loads(report.read_text())  # type: ignore[no-any-return]
+        doc: dict[str, Any] = json.loads(report.read_text())
     except (OSError, ValueError):
         raise RuntimeError(f"the attacker gave no report: {err.strip()[-300:]}") from None
+    return doc
 
 
 def _phase(t: Tunnels, name: str, seconds: float, udp: bool, rate: int | None,

@@ -245,7 +245,8 @@ def _measure(lab: Lab, run: Running, proto: str, seconds: float, mtu: int | None
         cpu = sum(_cpu_seconds(p) for p in pids) - cpu0
         pk = run.packets() - pk0
         for sm in samplers:
-            profile[sm.role] = sm.result(timeout=10)  # type: ignore[index]
+            assert profile is not None  # samplers run only with a profile to fill
+            profile[sm.role] = sm.result(timeout=10)
     except (RuntimeError, OSError, ValueError, KeyError, IndexError) as exc:
         return NetResult(run.name, proto, None, mtu=mtu, status=f"failed: {_short(str(exc))}")
     if not run.alive():

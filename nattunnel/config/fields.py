@@ -16,7 +16,7 @@ import math
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import Any, Final, TypeVar, cast
 
 from ..addr import HostPort, Network
 from .model import PATH_MAX, IPAddress
@@ -175,14 +175,15 @@ class Fields:
         if key not in table:
             if default is MISSING:
                 raise self.err(field, f"missing required key; expected {expected}")
-            return default  # type: ignore[return-value]
+            return cast("_T", default)
         value = table[key]
         ok = isinstance(value, kind)
         if kind is int and isinstance(value, bool):
             ok = False
         if not ok:
             raise self.err(field, f"expected {expected}, {got(value)}")
-        return value  # type: ignore[no-any-return]
+        checked: _T = value
+        return checked
 
     def get_int(self, table: Mapping[str, Any], key: str, prefix: str, lo: int, hi: int,
                 default: object = MISSING, *, hex_: bool = False) -> int:
