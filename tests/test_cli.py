@@ -65,3 +65,50 @@ def test_bench_loopback_json(capsys):
     (row,) = report["results"]
     assert row["size"] == 200 and row["suite"] == "aes256gcm16"
     assert row["pps"] > 0 and row["packets"] > 0
+
+
+@pytest.mark.parametrize("argv, module", [
+    (["up", "x.toml"], "up"),
+    (["keygen", "k"], "keygen"),
+    (["pubkey", "k"], "pubkey"),
+    (["demo"], "demo"),
+    (["bench", "crypto"], "bench"),
+    (["bench", "loopback"], "bench"),
+    (["bench", "netns"], "bench"),
+    (["bench", "attack"], "bench"),
+    (["bench", "scale"], "bench"),
+])
+def test_every_command_dispatches_through_set_defaults(argv, module):
+    from nattunnel.cli.main import build_parser
+
+    func = build_parser().parse_args(argv).func
+    assert callable(func) and func.__module__ == f"nattunnel.cli.{module}"
+
+
+def test_help_says_what_nattunnel_and_up_are():
+    top = subprocess.run([sys.executable, "-m", "nattunnel", "--help"], capture_output=True,
+                         text=True, timeout=60, check=True).stdout
+    assert "userspace IPsec tunnel" in top and "command line" not in top
+    for command in ("up", "keygen", "pubkey", "demo", "bench"):
+        assert command in top
+    up = subprocess.run([sys.executable, "-m", "nattunnel", "up", "--help"],
+                        capture_output=True, text=True, timeout=60, check=True).stdout
+    assert "CONFIG" in up and "--stats" in up and "manual SAs" not in up
+
+
+def test_parser_loads_neither_lab_nor_bench():
+    """Building the parser (and so `nattunnel up`) imports no lab or benchmark module."""
+    code = ("import sys; from nattunnel.cli.main import build_parser; build_parser(); "
+            "print(sorted(m for m in sys.modules if m.startswith(('nattunnel.lab', "
+            "'nattunnel.bench'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_up_refuses_a_missing_configuration_in_one_line(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "nattunnel", "up", str(tmp_path / "no.toml")],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2
+    assert r.stderr.startswith("nattunnel up: ") and "cannot read" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
