@@ -16,8 +16,10 @@ from dataclasses import dataclass, field
 import _common  # noqa: F401  (puts the repository on sys.path)
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from nattunnel.ike.base import State
+from nattunnel.ike.config import Identity, IkeConfig
+from nattunnel.ike.events import Outgoing
 from nattunnel.ike.manager import IkeManager, IkePeer
-from nattunnel.ike.sa import Identity, IkeConfig, Outgoing, State
 from nattunnel.tunnel.core import Tunnel
 
 logging.disable(logging.CRITICAL)  # the manager logs every event; not wanted at 1000s/s

@@ -40,8 +40,8 @@ with atheris.instrument_imports(include=["nattunnel"]):
     import _ike_world as world
 
     from nattunnel.constants import ExchangeType, NotifyType
+    from nattunnel.ike.base import State
     from nattunnel.ike.message import Header, Notify, VendorID, encode_message
-    from nattunnel.ike.sa import State
 
 from _common import STRUCTURED_FLAGS, FuzzFailure, Reader, Skip, known, mutate, snapshot
 

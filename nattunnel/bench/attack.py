@@ -190,7 +190,7 @@ class InitFlood:
                         auth="psk", psk=os.urandom(32))
         sa = IkeSa(cfg, initiator=True, local=local, remote=remote, now=0.0)
         sa.start(0.0)
-        template = sa.pop_outputs()[0].data
+        template = sa.datagrams_to_send()[0].data
         self.payloads = decode_message(template).payloads
         self.stats = Counter[str]()
 

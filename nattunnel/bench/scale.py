@@ -44,9 +44,10 @@ from ..addr import Addr
 from ..esp.sa import InboundSA, OutboundSA
 from ..esp.suite import SUITES
 from ..ike import crypto as kc
+from ..ike.config import Identity, IkeConfig
+from ..ike.events import Outgoing
 from ..ike.manager import IkeLimits, IkeManager, IkePeer
 from ..ike.message import IkeDecodeError, peek_header
-from ..ike.sa import Identity, IkeConfig, Outgoing
 from ..io.endpoint import Endpoint, InProcessInterface
 from ..tunnel.core import Tunnel
 from .crypto import ipv4_packet, machine_info

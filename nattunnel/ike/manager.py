@@ -25,6 +25,9 @@ from ..constants import NAT_T_PORT, ExchangeType, NotifyType
 from ..esp.sa import InboundSA, OutboundSA
 from ..tunnel.core import Tunnel
 from ..tunnel.peer import KeepaliveMode, Peer
+from .base import State
+from .config import Identity, IkeConfig
+from .events import ChildDown, ChildUp, DownCause, IkeDown, IkeRekeyed, IkeUp, Outgoing
 from .keylog import KeyLog
 from .message import (
     Header,
@@ -37,18 +40,7 @@ from .message import (
     peek_receiver_spi,
 )
 from .ratelimit import SourceLimiter, TokenBucket
-from .sa import (
-    ChildDown,
-    ChildUp,
-    Identity,
-    IkeConfig,
-    IkeDown,
-    IkeRekeyed,
-    IkeSa,
-    IkeUp,
-    Outgoing,
-    State,
-)
+from .sa import IkeSa
 
 log = logging.getLogger("nattunnel")
 
@@ -340,11 +332,10 @@ class IkeManager:
             return
         local = self.local_addr(remote, natt)
         sa = IkeSa(None, initiator=False, local=local, remote=remote, now=now,
-                   lookup=self._lookup, max_children=self.limits.children_per_ike_sa)
-        sa._request_natt = natt
-        sa.half_open_timeout = self.limits.half_open_timeout
+                   lookup=self._lookup, max_children=self.limits.children_per_ike_sa,
+                   half_open_timeout=self.limits.half_open_timeout)
         proposals = next(iter(self.peers.values())).config.ike_proposals if self.peers else ()
-        sa.respond_init(msg, data, now, proposals)
+        sa.respond_init(msg, data, now, proposals, natt=natt)
         if sa.state is not State.DEAD:
             self.sas[sa.local_spi] = sa
             self._half_open_sas[(sa.spi_i, remote)] = sa
@@ -353,9 +344,9 @@ class IkeManager:
 
     # --- effects ------------------------------------------------------------------------------
     def _process(self, sa: IkeSa, now: float) -> None:
-        for out in sa.pop_outputs():
+        for out in sa.datagrams_to_send():
             self.send(out)
-        for ev in sa.pop_events():
+        while (ev := sa.next_event()) is not None:
             if isinstance(ev, ChildUp):
                 self._child_up(ev, now)
             elif isinstance(ev, ChildDown):
@@ -385,7 +376,7 @@ class IkeManager:
 
     def _schedule(self, sa: IkeSa) -> None:
         """Make sure the heap holds an entry no later than the SA's next deadline."""
-        d = sa.next_deadline()
+        d = sa.get_timer()
         if d is None:
             self._when.pop(sa, None)
             return
@@ -404,13 +395,13 @@ class IkeManager:
             # section 2.4: the peer rebooted; every older SA with it is gone on its side
             for other in list(self.sas.values()):
                 if other is not ike and other.name == ike.name:
-                    other.forget("replaced: the peer sent INITIAL_CONTACT")
+                    other.forget()
                     self._process(other, now)
         peer = self._tunnel_peer(ike)
         self._failures.pop(ike.name, None)
         log.info("peer %s: IKE SA established with %s (%s); NAT: %s", ike.name,
                  format_addr(ev.remote),
-                 ike._proposal.name if ike._proposal else "?",
+                 ike.proposal.name if ike.proposal else "?",
                  "this side" if ev.local_behind_nat else
                  "peer side" if ev.remote_behind_nat else "none")
         self._log_ike_keys(ike)
@@ -492,7 +483,7 @@ class IkeManager:
         if ev.ike.rekeyed:
             log.info("peer %s: old IKE SA deleted after the rekey", ev.ike.name)
             return
-        if "INITIAL_CONTACT" in ev.reason:
+        if ev.cause is DownCause.REPLACED:
             log.info("peer %s: older IKE SA dropped: %s", ev.ike.name, ev.reason)
             return
         log.warning("peer %s: IKE SA down: %s", ev.ike.name, ev.reason)
@@ -554,7 +545,7 @@ class IkeManager:
             # an SA taken off the timer heap when it failed is put back, a second later
             # (not at once: that would spin on an SA that fails each time)
             for sa in list(self.sas.values()):
-                if sa not in self._when and sa.next_deadline() is not None:
+                if sa not in self._when and sa.get_timer() is not None:
                     self._when[sa] = now + 1.0
                     heapq.heappush(self._heap, (now + 1.0, next(self._tick), sa))
 
@@ -565,9 +556,9 @@ class IkeManager:
             if self._when.get(sa) != d:
                 continue
             del self._when[sa]
-            real = sa.next_deadline()
+            real = sa.get_timer()
             if real is not None and real <= now:
-                sa.on_timer(now)
+                sa.handle_timer(now)
                 self._process(sa, now)
             else:
                 self._schedule(sa)

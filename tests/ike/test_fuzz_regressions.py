@@ -15,6 +15,8 @@ from nattunnel.config import ConfigError, parse_config
 from nattunnel.constants import DhGroup, EncrId, ExchangeType, NotifyType, PrfId, ProtocolId
 from nattunnel.esp.suite import AES_GCM_256
 from nattunnel.ike import crypto as kc
+from nattunnel.ike.base import State
+from nattunnel.ike.events import ChildUp
 from nattunnel.ike.message import (
     KE,
     SA,
@@ -28,9 +30,10 @@ from nattunnel.ike.message import (
     esp_proposal,
     ike_proposal,
 )
-from nattunnel.ike.sa import ChildUp, IkeSa, State
+from nattunnel.ike.sa import IkeSa
 from nattunnel.keys import write_key_file, write_psk_file
 from tests.ike.test_sa import A_ADDR, A_SEEN, B_ADDR, NET_A, NET_B, Wire, configs
+from tests.support.ike import drain
 
 
 def _handshake_until_auth():
@@ -38,13 +41,13 @@ def _handshake_until_auth():
     a_cfg, b_cfg = configs()
     a = IkeSa(a_cfg, initiator=True, local=A_ADDR, remote=B_ADDR, now=0.0)
     a.start(0.0)
-    init = a.pop_outputs()[0].data
+    init = a.datagrams_to_send()[0].data
     b = IkeSa(None, initiator=False, local=B_ADDR, remote=A_SEEN, now=0.0,
               lookup=lambda idi, idr: b_cfg)
     b.respond_init(decode_message(init), init, 0.0, b_cfg.ike_proposals)
-    a.receive(b.pop_outputs()[0].data, 0.0)
+    a.receive(b.datagrams_to_send()[0].data, 0.0)
     assert a.state is State.AUTH_SENT and b.state is State.INIT_DONE
-    return a, b, a.pop_outputs()[0].data
+    return a, b, a.datagrams_to_send()[0].data
 
 
 def _established() -> Wire:
@@ -71,13 +74,13 @@ def test_clear_ike_sa_init_request_with_the_next_message_id_changes_nothing(stat
         _, sa, _ = _handshake_until_auth()
     else:
         sa = _established().b
-    sa.pop_outputs()
+    sa.datagrams_to_send()
     next_id = sa._peer_next_id
     spoof = encode_message(Header.make(ExchangeType.IKE_SA_INIT, sa.spi_i, sa.spi_r,
                                        message_id=next_id, initiator=True), [])
     sa.receive(spoof, 1.0)
     assert sa._peer_next_id == next_id
-    assert sa.pop_outputs() == []
+    assert sa.datagrams_to_send() == []
 
 
 # --- fuzz_ike_sa: ValueError out of IkeSa.receive (known bug) ----------------------------------
@@ -103,7 +106,7 @@ def test_bad_ke_in_create_child_sa_does_not_raise(group, data):
                          payloads, sk=_peer_key(b))
     b.receive(msg, 1.0)
     assert b.state is State.ESTABLISHED
-    (answer,) = b.pop_outputs()
+    (answer,) = b.datagrams_to_send()
     got = decode_message(answer.data, sk=_peer_key_out(b))
     assert got.header.is_response
     assert all(n.is_error for n in got.notifies()) and got.notifies()
@@ -125,7 +128,7 @@ def test_bad_ke_in_an_ike_sa_rekey_request_does_not_raise(data):
                          payloads, sk=_peer_key(b))
     b.receive(msg, 1.0)
     assert b.state is State.ESTABLISHED and not b.rekeyed
-    (answer,) = b.pop_outputs()
+    (answer,) = b.datagrams_to_send()
     got = decode_message(answer.data, sk=_peer_key_out(b))
     assert got.header.is_response and got.notifies() and all(n.is_error
                                                                for n in got.notifies())
@@ -144,14 +147,14 @@ def test_ike_auth_response_choosing_a_reserved_esp_spi_makes_no_child(spi):
     install (OutboundSA refuses SPIs 0-255, RFC 4303 section 2.1)."""
     a, b, auth_req = _handshake_until_auth()
     b.receive(auth_req, 0.0)
-    resp = b.pop_outputs()[0].data
+    resp = b.datagrams_to_send()[0].data
     msg = decode_message(resp, sk=_peer_key(a))
     for p in msg.payloads:
         if isinstance(p, SA):
             p.proposals[0].spi = spi.to_bytes(4, "big")
     a.receive(encode_message(msg.header, msg.payloads, sk=_peer_key(a)), 0.0)
     assert all(c.spi_out > 255 for c in a.children)
-    assert not [e for e in a.pop_events() if isinstance(e, ChildUp) and e.spi_out <= 255]
+    assert not [e for e in drain(a) if isinstance(e, ChildUp) and e.spi_out <= 255]
 
 
 @pytest.mark.parametrize("spi", [0, 255])
@@ -166,7 +169,7 @@ def test_ike_auth_request_offering_a_reserved_esp_spi_makes_no_child(spi):
                 prop.spi = spi.to_bytes(4, "big")
     b.receive(encode_message(msg.header, msg.payloads, sk=_peer_key(b)), 0.0)
     assert all(c.spi_out > 255 for c in b.children)
-    assert not [e for e in b.pop_events() if isinstance(e, ChildUp) and e.spi_out <= 255]
+    assert not [e for e in drain(b) if isinstance(e, ChildUp) and e.spi_out <= 255]
 
 
 # --- fuzz_config: UnicodeEncodeError / fromhex ValueError / embedded null (known bugs) --------

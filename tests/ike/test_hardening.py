@@ -12,6 +12,8 @@ from nattunnel.constants import DhGroup, ExchangeType, NotifyType, ProtocolId, T
 from nattunnel.esp.suite import AES_GCM_256
 from nattunnel.ike import crypto as kc
 from nattunnel.ike import manager as ike_mod
+from nattunnel.ike.base import RekeyChildContext, RequestKind, State
+from nattunnel.ike.events import IkeRekeyed, Outgoing
 from nattunnel.ike.manager import IkeLimits, IkeManager, IkePeer
 from nattunnel.ike.message import (
     KE,
@@ -27,9 +29,11 @@ from nattunnel.ike.message import (
     esp_proposal,
     ike_proposal,
 )
-from nattunnel.ike.sa import EspProposal, IkeRekeyed, IkeSa, Outgoing, State
+from nattunnel.ike.proposals import EspProposal
+from nattunnel.ike.sa import IkeSa
 from tests.ike.test_manager import A_SEEN, Net, up
 from tests.ike.test_sa import NET_A, NET_B, Wire, assert_child_pair_works, child_ups, configs
+from tests.support.ike import drain
 from tests.tunnel.test_tunnel import ip4
 
 
@@ -76,7 +80,7 @@ def test_spoofed_clear_request_on_an_established_sa_changes_nothing():
                              ExchangeType.CREATE_CHILD_SA):
                 target.receive(spoof(target, mid, from_initiator=peer_is_initiator,
                                      exchange=exchange), 5.0)
-        assert not target.pop_outputs(), "an unprotected request was answered"
+        assert not target.datagrams_to_send(), "an unprotected request was answered"
         assert snapshot(target) == before
     # the next real requests in both directions work: a child rekey each way
     (ca,) = w.a.children
@@ -98,13 +102,13 @@ def test_spoofed_header_while_the_responder_waits_for_ike_auth():
     a_cfg, b_cfg = configs()
     w = Wire(a_cfg, b_cfg)
     w.a.start(0.0)
-    (init,) = w.a.pop_outputs()
+    (init,) = w.a.datagrams_to_send()
     w.to_b(init.data, 0.0)
     assert w.b is not None and w.b.state is State.INIT_DONE
-    init_response = w.b.pop_outputs()
+    init_response = w.b.datagrams_to_send()
     w.b.receive(spoof(w.b, 1, from_initiator=True), 0.0)  # the ID IKE_AUTH will have
-    assert not w.b.pop_outputs()
-    w.b.outputs[:0] = init_response
+    assert not w.b.datagrams_to_send()
+    w.release("b", init_response)
     w.pump()
     assert w.a.established and w.b.established, w.a.dead_reason
     (ca,), (cb,) = child_ups(w.events_a), child_ups(w.events_b)
@@ -115,18 +119,18 @@ def test_spoofed_header_while_the_initiator_waits_for_the_ike_auth_response():
     a_cfg, b_cfg = configs()
     w = Wire(a_cfg, b_cfg)
     w.a.start(0.0)
-    (init,) = w.a.pop_outputs()
+    (init,) = w.a.datagrams_to_send()
     w.to_b(init.data, 0.0)
     assert w.b is not None
-    (resp,) = w.b.pop_outputs()
+    (resp,) = w.b.datagrams_to_send()
     w.a.receive(resp.data, 0.0)
     assert w.a.state is State.AUTH_SENT
     before = snapshot(w.a)
     w.a.receive(spoof(w.a, 0, from_initiator=False), 0.0)  # the ID of B's first request
-    outs = w.a.pop_outputs()
+    outs = w.a.datagrams_to_send()
     assert [o.data for o in outs] == [w.a._request.data]  # only the IKE_AUTH request
     assert snapshot(w.a) == before
-    w.a.outputs[:0] = outs
+    w.release("a", outs)
     w.pump()
     assert w.a.established and w.b.established
     # B's first request (message ID 0): a child rekey, answered for real
@@ -161,26 +165,26 @@ def test_clear_ike_sa_init_is_answered_only_if_it_repeats_the_request_exactly():
     a_cfg, b_cfg = configs()
     w = Wire(a_cfg, b_cfg)
     w.a.start(0.0)
-    (init,) = w.a.pop_outputs()
+    (init,) = w.a.datagrams_to_send()
     w.to_b(init.data, 0.0)
     assert w.b is not None
-    (resp,) = w.b.pop_outputs()
+    (resp,) = w.b.datagrams_to_send()
     w.b.receive(init.data, 0.5)  # the retransmission: the same response again
-    assert [o.data for o in w.b.pop_outputs()] == [resp.data]
+    assert [o.data for o in w.b.datagrams_to_send()] == [resp.data]
     before = snapshot(w.b)
     changed = bytearray(init.data)
     changed[-1] ^= 1
     for data in (bytes(changed), spoof(w.b, 0, from_initiator=True)):
         w.b.receive(data, 0.6)
-        assert not w.b.pop_outputs()
+        assert not w.b.datagrams_to_send()
     assert snapshot(w.b) == before
 
 
 def test_unprotected_responses_are_ignored():
     w = established()
     assert w.b is not None
-    w.a.on_timer(w.a.next_deadline())  # a liveness check
-    w.a.pop_outputs()
+    w.a.handle_timer(w.a.get_timer())  # a liveness check
+    w.a.datagrams_to_send()
     req = w.a._request
     assert req is not None
     for exchange in (ExchangeType.INFORMATIONAL, ExchangeType.IKE_SA_INIT):
@@ -238,8 +242,8 @@ def test_authenticated_message_from_a_new_address_moves_the_sa():
     net.deliver()
     (sa_a,), (sa_b,) = net.a.sas.values(), net.b.sas.values()
     # A's NAT mapping changed: A's next request reaches B from a new port
-    sa_a._request_send(ExchangeType.INFORMATIONAL, [], "liveness check", 5.0)
-    (out,) = sa_a.pop_outputs()
+    assert sa_a.check_liveness(5.0)
+    (out,) = sa_a.datagrams_to_send()
     new = (A_SEEN[0], 40000)
     rec.sent.clear()
     net.b.receive(out.data, new, True, 5.0)
@@ -247,7 +251,7 @@ def test_authenticated_message_from_a_new_address_moves_the_sa():
     assert resp.remote == new  # the response goes where the request came from
     assert sa_b.remote == new and net.tb.peers["a"].addr == new
     rec.sent.clear()
-    net.b.on_timer(sa_b.next_deadline())
+    net.b.on_timer(sa_b.get_timer())
     assert [o.remote for o in rec.sent] == [new]  # and so does B's next DPD
     # a replay of that request from the old address answers there but moves nothing back
     rec.sent.clear()
@@ -346,13 +350,13 @@ def test_bad_ke_in_a_child_rekey_is_answered_with_the_right_notify(b_dh, dhs, ke
     req = child_rekey_request(w, dhs, ke)
     mid = w.b._peer_next_id
     w.b.receive(req, 1.0)  # must not raise
-    (out,) = w.b.pop_outputs()
+    (out,) = w.b.datagrams_to_send()
     n = only_notify(out.data, w.a)
     assert (n.notify_type, n.data) == (notify, data)
     assert w.b._peer_next_id == mid + 1  # the message ID is used up
-    assert w.b.children == children and not w.b.pop_events()
+    assert w.b.children == children and not drain(w.b)
     w.b.receive(req, 1.5)  # the retransmission: the same answer from the cache
-    assert [o.data for o in w.b.pop_outputs()] == [out.data]
+    assert [o.data for o in w.b.datagrams_to_send()] == [out.data]
     # the SA still works: a real rekey (with PFS if B wants it)
     if b_dh is not None:
         a_cfg.esp_proposals = (EspProposal(AES_GCM_256, dh=b_dh),)
@@ -373,7 +377,7 @@ def test_child_rekey_with_an_acceptable_ke_group_that_is_not_our_first():
     kex = kc.KeyExchange(DhGroup.ECP_256)
     w.b.receive(child_rekey_request(w, (DhGroup.CURVE25519, DhGroup.ECP_256),
                                     KE(DhGroup.ECP_256, kex.public)), 1.0)
-    (out,) = w.b.pop_outputs()
+    (out,) = w.b.datagrams_to_send()
     msg = decode_message(out.data, sk=w.a._sk_in)
     assert not [n for n in msg.notifies() if n.is_error]
     assert msg.get(KE).group == DhGroup.ECP_256
@@ -422,13 +426,13 @@ def test_bad_ike_sa_rekey_request_is_refused_with_the_right_notify(kw, notify, d
     mid = w.b._peer_next_id
     req = ike_rekey_request(w, **kw)
     w.b.receive(req, 1.0)
-    (out,) = w.b.pop_outputs()
+    (out,) = w.b.datagrams_to_send()
     n = only_notify(out.data, w.a)
     assert (n.notify_type, n.data) == (notify, data)
-    assert not [e for e in w.b.pop_events() if isinstance(e, IkeRekeyed)]
+    assert not [e for e in drain(w.b) if isinstance(e, IkeRekeyed)]
     assert w.b._peer_next_id == mid + 1 and not w.b.rekeyed and len(w.b.children) == 1
     w.b.receive(req, 1.5)
-    assert [o.data for o in w.b.pop_outputs()] == [out.data]
+    assert [o.data for o in w.b.datagrams_to_send()] == [out.data]
     # a real IKE SA rekey still works afterwards
     assert w.a.rekey_ike(2.0)
     w.pump(2.0)
@@ -444,7 +448,7 @@ def test_bad_ke_in_responses_to_our_rekeys_does_not_raise():
     (ca,) = w.a.children
     for bad in (bytes(32), X25519[:31], b""):
         assert w.a.rekey_child(ca.spi_in, 1.0)
-        w.a.pop_outputs()
+        w.a.datagrams_to_send()
         req = w.a._request
         resp = encode_message(
             Header.make(ExchangeType.CREATE_CHILD_SA, w.a.spi_i, w.a.spi_r,
@@ -453,9 +457,9 @@ def test_bad_ke_in_responses_to_our_rekeys_does_not_raise():
              KE(DhGroup.CURVE25519, bad), TSi.of(NET_A), TSr.of(NET_B)], sk=w.b._sk_out)
         w.a.receive(resp, 1.0)
         assert w.a._request is None and w.a.children == [ca]
-        assert not child_ups(w.a.pop_events())
+        assert not child_ups(drain(w.a))
     assert w.a.rekey_ike(2.0)
-    w.a.pop_outputs()
+    w.a.datagrams_to_send()
     req = w.a._request
     resp = encode_message(
         Header.make(ExchangeType.CREATE_CHILD_SA, w.a.spi_i, w.a.spi_r,
@@ -484,12 +488,12 @@ def test_no_exception_leaves_the_manager(monkeypatch, caplog):
               or (r.exc_info and "injected failure" in str(r.exc_info[1]))]
     assert len(logged) == 1  # rate-limited
     monkeypatch.setattr(ike_mod, "peek_receiver_spi", real)
-    monkeypatch.setattr(IkeSa, "on_timer", lambda self, now: 1 / 0)
+    monkeypatch.setattr(IkeSa, "handle_timer", lambda self, now: 1 / 0)
     net.a.initiate("b", 0.0)
     net.deliver()
     assert up(net)
     (sa_a,) = net.a.sas.values()
-    sa_a._request_send(ExchangeType.INFORMATIONAL, [], "liveness check", 2.0)
+    assert sa_a.check_liveness(2.0)
     net.a._schedule(sa_a)
     net.a.on_timer(100.0)  # must not raise
     assert net.a.counters["errors"] == 1
@@ -510,11 +514,11 @@ def test_children_beyond_the_limit_get_no_additional_sas():
     assert w.b is not None and w.b.max_children == 16
     w.b.max_children = 2
     w.b.receive(new_child_request(w, b"\x00\x00\x10\x01"), 1.0)
-    (out,) = w.b.pop_outputs()
+    (out,) = w.b.datagrams_to_send()
     msg = decode_message(out.data, sk=w.a._sk_in)
     assert not [n for n in msg.notifies() if n.is_error] and len(w.b.children) == 2
     w.b.receive(new_child_request(w, b"\x00\x00\x10\x02"), 1.0)
-    (out,) = w.b.pop_outputs()
+    (out,) = w.b.datagrams_to_send()
     n = only_notify(out.data, w.a)
     assert n.notify_type == NotifyType.NO_ADDITIONAL_SAS and len(w.b.children) == 2
     # a rekey is not a new child: still allowed at the limit
@@ -605,7 +609,7 @@ def test_peer_deletes_the_child_we_are_rekeying():
         if seed % 2:  # B sees the rekey first, then deletes the old child
             net.deliver(1.0, rng, rounds=1)
         sa_b.children[0].expire_at = 1.0  # B's hard lifetime: B deletes it
-        sa_b.on_timer(1.0)
+        sa_b.handle_timer(1.0)
         net.b._process(sa_b, 1.0)
         for t in (1.0, 2.0, 3.0, 5.0, 9.0, 17.0):
             net.a.on_timer(t)
@@ -631,10 +635,10 @@ def test_child_expiring_while_a_request_is_outstanding_is_still_deleted_at_the_p
     w.pump()
     assert w.b is not None
     (ca,) = w.a.children
-    w.a.on_timer(10.0)  # a liveness check goes out
-    assert w.a._request is not None and w.a._request.kind == "liveness check"
+    w.a.handle_timer(10.0)  # a liveness check goes out
+    assert w.a.request is not None and w.a.request.kind is RequestKind.LIVENESS_CHECK
     ca.expire_at = 10.1
-    w.a.on_timer(10.1)  # the child's hard lifetime passes while the check is outstanding
+    w.a.handle_timer(10.1)  # the child's hard lifetime passes while the check is outstanding
     assert not w.a.children
     # B rekeys that child meanwhile: TEMPORARY_FAILURE, we are deleting it (2.25.1)
     (cb,) = w.b.children
@@ -644,9 +648,9 @@ def test_child_expiring_while_a_request_is_outstanding_is_still_deleted_at_the_p
     assert w.a._request is None and w.b._request is None
     assert len(child_ups(w.events_b)) == 1 and w.b.children == [cb]
     assert cb.rekey_at is not None and 15.2 <= cb.rekey_at <= 20.2  # B tries again later
-    t = w.a.next_deadline()
+    t = w.a.get_timer()
     assert t is not None and t <= 10.2
-    w.a.on_timer(10.2)  # now the Delete goes
+    w.a.handle_timer(10.2)  # now the Delete goes
     w.pump(10.2)
     assert not w.b.children and not w.a.children
     assert w.a.established and w.b.established
@@ -657,7 +661,7 @@ def test_ike_sa_rekey_during_a_child_rekey_gets_temporary_failure_and_is_retried
     assert w.b is not None
     (cb,) = w.b.children
     assert w.b.rekey_child(cb.spi_in, 1.0)
-    held = w.b.pop_outputs()  # B's child rekey request, held back for now
+    held = w.b.datagrams_to_send()  # B's child rekey request, held back for now
     assert w.a.rekey_ike(1.0)
     w.a.ike_rekey_at = None  # as on_timer does when it starts the rekey
     w.pump(1.0)
@@ -665,10 +669,10 @@ def test_ike_sa_rekey_during_a_child_rekey_gets_temporary_failure_and_is_retried
     assert not n and not w.a.rekeyed and not w.b.rekeyed  # refused: B is rekeying a child
     assert w.a.ike_rekey_at is not None and 6.0 <= w.a.ike_rekey_at <= 11.0
     assert len(w.a.children) == 1 and len(w.b.children) == 1
-    w.b.outputs[:0] = held
+    w.release("b", held)
     w.pump(1.5)
     assert len(child_ups(w.events_a)) == 2
-    w.a.on_timer(w.a.ike_rekey_at)
+    w.a.handle_timer(w.a.ike_rekey_at)
     w.pump(w.a.ike_rekey_at or 11.0)
     (ev,) = [e for e in w.events_a if isinstance(e, IkeRekeyed)]
     assert len(ev.new.children) == 1
@@ -684,14 +688,16 @@ def test_collision_with_the_peers_delete_arriving_before_our_rekey_response():
         (ca,), (cb,) = w.a.children, w.b.children
         assert w.a.rekey_child(ca.spi_in, 1.0) and w.b.rekey_child(cb.spi_in, 1.0)
         assert w.a._request is not None
-        ours = w.a._request.context["spi_in"]  # A's inbound SPI of the SA A's rekey makes
-        (ra,), (rb,) = w.a.pop_outputs(), w.b.pop_outputs()
+        ctx = w.a.request.context if w.a.request else None
+        assert isinstance(ctx, RekeyChildContext)
+        ours = ctx.spi_in  # A's inbound SPI of the SA A's rekey makes
+        (ra,), (rb,) = w.a.datagrams_to_send(), w.b.datagrams_to_send()
         w.b.receive(ra.data, 1.0)
-        (resp_to_a,) = w.b.pop_outputs()
+        (resp_to_a,) = w.b.datagrams_to_send()
         w.a.receive(rb.data, 1.0)
-        (resp_to_b,) = w.a.pop_outputs()
+        (resp_to_b,) = w.a.datagrams_to_send()
         w.b.receive(resp_to_b.data, 1.0)  # B's rekey completes: B deletes what it must
-        (b_delete,) = w.b.pop_outputs()
+        (b_delete,) = w.b.datagrams_to_send()
         w.a.receive(b_delete.data, 1.0)  # ... and that Delete reaches A first
         w.a.receive(resp_to_a.data, 1.0)
         w.pump(1.0)
@@ -777,23 +783,23 @@ def test_the_side_behind_the_nat_does_not_follow_a_public_peer_to_another_addres
     """Section 2.23: a host behind a NAT does not update the address (A is; B is public)."""
     w = established()
     assert w.b is not None and w.a.local_behind_nat and not w.a.remote_behind_nat
-    w.b._request_send(ExchangeType.INFORMATIONAL, [], "liveness check", 5.0)
-    (out,) = w.b.pop_outputs()
+    assert w.b.check_liveness(5.0)
+    (out,) = w.b.datagrams_to_send()
     where = w.a.remote
     elsewhere = ("198.18.0.99", 4500)
     assert w.a.receive(out.data, 5.0, elsewhere, True)  # authenticated and new
-    (resp,) = w.a.pop_outputs()
+    (resp,) = w.a.datagrams_to_send()
     assert resp.remote == elsewhere  # answered where it came from (section 2.11)
     assert w.a.remote == where  # but not followed
     # B, public, follows A (A is behind the NAT): likewise with both behind NATs
-    w.a._request_send(ExchangeType.INFORMATIONAL, [], "liveness check", 6.0)
-    (out,) = w.a.pop_outputs()
+    assert w.a.check_liveness(6.0)
+    (out,) = w.a.datagrams_to_send()
     assert w.b.receive(out.data, 6.0, ("198.18.0.1", 40001), True)
     assert w.b.remote == ("198.18.0.1", 40001)
     w.b.local_behind_nat = True
     w.a._request = None
-    w.a._request_send(ExchangeType.INFORMATIONAL, [], "liveness check", 7.0)
-    (out,) = w.a.pop_outputs()
+    assert w.a.check_liveness(7.0)
+    (out,) = w.a.datagrams_to_send()
     assert w.b.receive(out.data, 7.0, ("198.18.0.1", 40002), True)
     assert w.b.remote == ("198.18.0.1", 40002)
 
@@ -802,7 +808,7 @@ def test_outbound_fallback_is_per_peer_even_with_equal_spis():
     """The peer chooses the outbound SPI, so two peers may choose the same one."""
     from types import SimpleNamespace
 
-    from nattunnel.ike.sa import ChildDown, ChildUp
+    from nattunnel.ike.events import ChildDown, ChildUp
     from nattunnel.tunnel.core import Tunnel
 
     tunnel = Tunnel()
@@ -834,18 +840,18 @@ def test_reserved_esp_spis_are_refused(spi):
     w = established()
     assert w.b is not None
     w.b.receive(new_child_request(w, spi), 1.0)
-    (out,) = w.b.pop_outputs()
+    (out,) = w.b.datagrams_to_send()
     assert only_notify(out.data, w.a).notify_type == NotifyType.NO_PROPOSAL_CHOSEN
     assert len(w.b.children) == 1
     # as initiator: a response choosing such an SPI makes no child SA
     (ca,) = w.a.children
     assert w.a.rekey_child(ca.spi_in, 2.0)
-    w.a.pop_outputs()
+    w.a.datagrams_to_send()
     req = w.a._request
     resp = encode_message(
         Header.make(ExchangeType.CREATE_CHILD_SA, w.a.spi_i, w.a.spi_r,
                     message_id=req.message_id, initiator=False, response=True),
         [esp_offer(spi, ()), Nonce(b"r" * 32), TSi.of(NET_A), TSr.of(NET_B)], sk=w.b._sk_out)
     w.a.receive(resp, 2.0)
-    assert not child_ups(w.a.pop_events())
+    assert not child_ups(drain(w.a))
     assert all(c.spi_out > 0xFF for c in w.a.children)

@@ -7,10 +7,13 @@ import ipaddress
 import logging
 
 from nattunnel.constants import ExchangeType, NotifyType
+from nattunnel.ike.base import State
+from nattunnel.ike.config import Identity, IkeConfig
+from nattunnel.ike.events import Outgoing
 from nattunnel.ike.manager import IkeLimits, IkeManager, IkePeer
 from nattunnel.ike.message import Header, Nonce, Notify, decode_message, encode_message
 from nattunnel.ike.ratelimit import SourceLimiter, TokenBucket, source_key
-from nattunnel.ike.sa import Identity, IkeConfig, IkeSa, Outgoing, State
+from nattunnel.ike.sa import ON_REQUEST, IkeSa
 from nattunnel.tunnel.core import Tunnel
 
 NET_A = ipaddress.ip_network("198.18.100.1/32")
@@ -43,7 +46,7 @@ class Attacker:
         self.sa.start(0.0)
 
     def request(self) -> bytes:
-        return self.sa.pop_outputs()[-1].data
+        return self.sa.datagrams_to_send()[-1].data
 
     def answer(self, out: Outgoing, now: float) -> None:
         self.sa.receive(out.data, now)
@@ -83,7 +86,7 @@ def test_cookie_is_a_hash_of_ni_ipi_spii_with_a_versioned_secret():
     other = IkeSa(_config(), initiator=True, local=att.src, remote=B, now=0.0)
     other.spi_i = att.sa.spi_i
     other.start(0.0)
-    mgr.receive(other.pop_outputs()[-1].data, att.src, False, 10.0)
+    mgr.receive(other.datagrams_to_send()[-1].data, att.src, False, 10.0)
     c2 = cookie_of(sent[-1])
     assert c2 is not None and c2 != c1 and c2[0] == c1[0]
     # another address, same request: another cookie (IPi)
@@ -177,13 +180,14 @@ def test_ike_sas_per_identity_are_capped_oldest_first(monkeypatch):
     from tests.ike.test_manager import Net
 
     # a peer (or a stolen key) that opens IKE SA after IKE SA without INITIAL_CONTACT
-    real = IkeSa._on_auth_request
+    key = (ExchangeType.IKE_AUTH, State.INIT_DONE)
+    real = ON_REQUEST[key]
 
     def no_initial_contact(self: IkeSa, msg, now):  # type: ignore[no-untyped-def]
         real(self, msg, now)
         self.initial_contact = False
 
-    monkeypatch.setattr(IkeSa, "_on_auth_request", no_initial_contact)
+    monkeypatch.setitem(ON_REQUEST, key, no_initial_contact)
     net = Net()
     net.b.limits = IkeLimits(ike_sas_per_identity=2)
     made = []

@@ -5,8 +5,10 @@ from __future__ import annotations
 import ipaddress
 import random
 
+from nattunnel.ike.base import State
+from nattunnel.ike.config import Identity, IkeConfig
+from nattunnel.ike.events import Outgoing
 from nattunnel.ike.manager import IkeManager, IkePeer
-from nattunnel.ike.sa import Identity, IkeConfig, Outgoing, State
 from nattunnel.tunnel.core import Tunnel
 
 NET_A = ipaddress.ip_network("198.18.100.1/32")
@@ -101,7 +103,7 @@ def test_cookies_above_the_half_open_threshold():
     other.to_b.clear()
     sa._request = None
     sa.start(0.0)
-    data = sa.pop_outputs()[-1].data
+    data = sa.datagrams_to_send()[-1].data
     half_open = len(net.b.sas)
     net.b.receive(data, ("198.18.0.7", 500), False, 0.0)
     assert net.b.counters["cookies_sent"] == 2 and len(net.b.sas) == half_open

@@ -9,19 +9,13 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from nattunnel.constants import DhGroup, PrfId
 from nattunnel.esp.sa import InboundSA, OutboundSA
+from nattunnel.ike.base import State
+from nattunnel.ike.config import Identity, IkeConfig
+from nattunnel.ike.events import ChildDown, ChildUp, IkeDown, IkeRekeyed, IkeUp
 from nattunnel.ike.message import decode_message, peek_header
-from nattunnel.ike.sa import (
-    ChildDown,
-    ChildUp,
-    Identity,
-    IkeConfig,
-    IkeDown,
-    IkeProposal,
-    IkeRekeyed,
-    IkeSa,
-    IkeUp,
-    State,
-)
+from nattunnel.ike.proposals import IkeProposal
+from nattunnel.ike.sa import IkeSa
+from tests.support.ike import drain
 from tests.tunnel.test_tunnel import ip4
 
 A_ADDR = ("198.19.1.2", 500)  # behind NAT
@@ -57,29 +51,38 @@ class Wire:
         self.lost = 0
         self.events_a: list = []
         self.events_b: list = []
+        self.held: dict[str, list] = {"a": [], "b": []}
 
     def lookup(self, idi, idr):
         return self.b_cfg if idi == self.b_cfg.remote_id else None
 
+    def release(self, who, outs):
+        """Messages taken from an SA go out (before its own) at the next pump."""
+        self.held[who][:0] = outs
+
+    def _outs(self, who, sa):
+        held, self.held[who] = self.held[who], []
+        return held + sa.datagrams_to_send()
+
     def pump(self, now=0.0, drop=lambda who, data: False, rounds=20):
         for _ in range(rounds):
             moved = False
-            for out in self.a.pop_outputs():
+            for out in self._outs("a", self.a):
                 if drop("a", out.data):
                     self.lost += 1
                     continue
                 moved = True
                 self.to_b(out.data, now)
             if self.b is not None:
-                for out in self.b.pop_outputs():
+                for out in self._outs("b", self.b):
                     if drop("b", out.data):
                         self.lost += 1
                         continue
                     moved = True
                     self.a.receive(out.data, now)
-            self.events_a += self.a.pop_events()
+            self.events_a += drain(self.a)
             if self.b is not None:
-                self.events_b += self.b.pop_events()
+                self.events_b += drain(self.b)
             if not moved:
                 return
 
@@ -198,13 +201,13 @@ def test_lost_messages_are_retransmitted_and_answered_from_the_cache():
 
     w.pump(0.0, drop_first_two_responses)  # INIT response lost
     assert w.a.state is State.INIT_SENT
-    t = w.a.next_deadline()
+    t = w.a.get_timer()
     assert t == pytest.approx(0.5)
-    w.a.on_timer(t)
+    w.a.handle_timer(t)
     w.pump(t, drop_first_two_responses)  # retransmitted INIT, whose answer is lost again
-    t = w.a.next_deadline()
+    t = w.a.get_timer()
     assert t == pytest.approx(1.5)  # backoff doubles
-    w.a.on_timer(t)
+    w.a.handle_timer(t)
     w.pump(t, drop_first_two_responses)
     assert w.a.state is State.ESTABLISHED and w.b.state is State.ESTABLISHED
     assert len(child_ups(w.events_b)) == 1  # the responder did not redo the work
@@ -214,12 +217,12 @@ def test_retransmissions_give_up_after_the_cap():
     a_cfg, b_cfg = configs()
     w = Wire(a_cfg, b_cfg)
     w.a.start(0.0)
-    sends = len(w.a.pop_outputs())
+    sends = len(w.a.datagrams_to_send())
     now = 0.0
     while w.a.state is not State.DEAD:
-        now = w.a.next_deadline()
-        w.a.on_timer(now)
-        sends += len(w.a.pop_outputs())
+        now = w.a.get_timer()
+        w.a.handle_timer(now)
+        sends += len(w.a.datagrams_to_send())
     # 6 sends at 0, 0.5, 1.5, 3.5, 7.5, 15.5 s; given up 16 s after the last
     assert sends == 6 and now == pytest.approx(31.5)
     assert "no response to IKE_SA_INIT after 6 tries" in w.a.dead_reason
@@ -230,18 +233,18 @@ def test_dpd_liveness_and_death():
     w = Wire(a_cfg, b_cfg)
     w.a.start(0.0)
     w.pump()
-    assert w.a.next_deadline() == 10.0
-    w.a.on_timer(10.0)  # liveness check, answered
+    assert w.a.get_timer() == 10.0
+    w.a.handle_timer(10.0)  # liveness check, answered
     w.pump(10.0)
-    assert w.a.state is State.ESTABLISHED and w.a.next_deadline() == 20.0
+    assert w.a.state is State.ESTABLISHED and w.a.get_timer() == 20.0
     # the peer disappears: checks go unanswered until the cap
     now = 20.0
-    w.a.on_timer(now)
+    w.a.handle_timer(now)
     while w.a.state is not State.DEAD:
-        w.a.pop_outputs()
-        now = w.a.next_deadline()
-        w.a.on_timer(now)
-    assert any(isinstance(e, ChildDown) for e in w.a.pop_events())
+        w.a.datagrams_to_send()
+        now = w.a.get_timer()
+        w.a.handle_timer(now)
+    assert any(isinstance(e, ChildDown) for e in drain(w.a))
 
 
 def test_child_rekey_by_initiator_is_make_before_break():
@@ -307,10 +310,10 @@ def test_ike_rekey_by_peer_hands_children_over():
         [SA([ike_proposal(1, encr=20, prf=5, dh=31, key_length=256, spi=new_spi)]),
          Nonce(ni), KE(31, kex.public)], sk=w.a._sk_out)
     w.b.receive(req, 3.0)
-    (ev,) = [e for e in w.b.pop_events() if isinstance(e, IkeRekeyed)]
+    (ev,) = [e for e in drain(w.b) if isinstance(e, IkeRekeyed)]
     assert ev.new.spi_i == new_spi and ev.new.established
     assert len(ev.new.children) == 1 and not ev.old.children
-    resp = w.b.pop_outputs()[0].data
+    resp = w.b.datagrams_to_send()[0].data
     msg = decode_message(resp, sk=w.a._sk_in)
     assert msg.header.is_response and msg.get(SA).proposals[0].spi == ev.new.spi_r
 
@@ -325,9 +328,9 @@ def test_child_rekey_by_time_with_jitter():
     w.pump()
     (child,) = w.a.children
     assert 90.0 <= child.rekey_at <= 100.0
-    t = w.a.next_deadline()
+    t = w.a.get_timer()
     assert t == child.rekey_at
-    w.a.on_timer(t)
+    w.a.handle_timer(t)
     w.pump(t)
     ups = child_ups(w.events_a)
     assert len(ups) == 2 and ups[1].replaces == ups[0].spi_in
@@ -353,7 +356,7 @@ def test_ike_sa_rekey_started_by_us_keeps_children_and_keys_agree():
     assert not [e for e in w.events_a + w.events_b if isinstance(e, ChildDown)]
     # the new SA works: a liveness check across it
     w.a, w.b = new_a, new_b
-    w.a.on_timer(w.a.next_deadline())
+    w.a.handle_timer(w.a.get_timer())
     w.pump(20.0)
     assert w.a.state is State.ESTABLISHED and w.a._request is None
 
@@ -376,7 +379,7 @@ def test_simultaneous_child_rekeys_resolve_to_one_child_each_side():
 
 def test_child_rekey_with_pfs():
     from nattunnel.esp.suite import AES_GCM_256
-    from nattunnel.ike.sa import EspProposal
+    from nattunnel.ike.proposals import EspProposal
 
     a_cfg, b_cfg = configs()
     for c in (a_cfg, b_cfg):
@@ -387,7 +390,9 @@ def test_child_rekey_with_pfs():
     old = child_ups(w.events_a)[0]
     seen = []
     w.a.rekey_child(old.spi_in, 1.0)
-    req = w.a.outputs[-1].data
+    outs = w.a.datagrams_to_send()
+    req = outs[-1].data
+    w.release("a", outs)
     w.pump(1.0, drop=lambda who, data: seen.append((who, data)) and False)
     msg = decode_message(req, sk=w.b._sk_in)
     from nattunnel.ike.message import KE
@@ -409,14 +414,14 @@ def test_child_past_its_hard_lifetime_is_deleted_when_rekeys_fail():
     (child,) = w.a.children
     assert child.expire_at == pytest.approx(110.0)
     # the peer stops answering: the rekey at ~95 s goes unanswered
-    now = w.a.next_deadline()
+    now = w.a.get_timer()
     while now is not None and now < 110.0 and w.a.state is State.ESTABLISHED:
-        w.a.on_timer(now)
-        w.a.pop_outputs()
-        now = w.a.next_deadline()
+        w.a.handle_timer(now)
+        w.a.datagrams_to_send()
+        now = w.a.get_timer()
     assert w.a.state is State.ESTABLISHED  # the rekey is still being retransmitted
     assert now == pytest.approx(110.0)
-    w.a.on_timer(now)
-    downs = [e for e in w.a.pop_events() if isinstance(e, ChildDown)]
+    w.a.handle_timer(now)
+    downs = [e for e in drain(w.a) if isinstance(e, ChildDown)]
     assert [d.spi_in for d in downs] == [child.spi_in]
     assert not w.a.children

@@ -8,9 +8,9 @@ import ipaddress
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from nattunnel.ike.config import Identity, IkeConfig
 from nattunnel.ike.keylog import KeyLog
 from nattunnel.ike.manager import IkeManager, IkePeer
-from nattunnel.ike.sa import Identity, IkeConfig
 from nattunnel.io.endpoint import Endpoint, InProcessInterface
 from nattunnel.lab.natemu import NatEmulator
 from nattunnel.tunnel.core import Tunnel

@@ -22,8 +22,9 @@ from typing import Any
 
 import pytest
 
+from nattunnel.ike.config import Identity, IkeConfig
+from nattunnel.ike.events import Outgoing
 from nattunnel.ike.manager import IkeManager, IkePeer
-from nattunnel.ike.sa import Identity, IkeConfig, Outgoing
 from nattunnel.tunnel.core import Tunnel
 from tests.support.lab import (
     HOST_ADDR,

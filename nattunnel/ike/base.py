@@ -1,0 +1,401 @@
+"""The IKE SA's state and what every exchange shares: the states, the kinds of request we make
+(an enum, each with a typed context), sending requests and responses, key derivation and the
+child SA bookkeeping. ``nattunnel.ike.sa.IkeSa`` is built on ``SaCore`` with the exchanges of
+``child``, ``initial`` and ``rekey`` (one class, split by exchange).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum
+from typing import TYPE_CHECKING, Self, cast
+
+from ..addr import Addr, Network
+from ..constants import CHILD_SPI_LEN, IKE_PORT, IKE_SPI_LEN, NAT_T_PORT, NotifyType
+from ..esp.suite import Suite
+from . import crypto as kc
+from .config import Identity, IkeConfig
+from .events import ChildDown, ChildUp, DownCause, Event, IkeDown, Outgoing
+from .message import Header, Payload, encode_message, nat_detection_hash
+from .proposals import IkeProposal
+
+if TYPE_CHECKING:
+    from .sa import IkeSa
+
+NONCE_LEN = 32
+#: child SAs per IKE SA unless the manager says otherwise (``IkeLimits``)
+MAX_CHILDREN = 16
+#: section 2.25: after TEMPORARY_FAILURE, try a rekey again this long later (plus up to as
+#: much again at random, so that two peers do not collide again)
+RETRY_AFTER_TEMPORARY_FAILURE = 5.0
+#: a responder SA waiting for IKE_AUTH goes after this long unless the manager says otherwise
+HALF_OPEN_TIMEOUT = 30.0
+
+Lookup = Callable[[Identity, Identity | None], IkeConfig | None]
+
+
+class State(Enum):
+    INIT_SENT = "init-sent"
+    AUTH_SENT = "auth-sent"
+    INIT_DONE = "init-done"  # responder: IKE_SA_INIT answered, waiting for IKE_AUTH
+    ESTABLISHED = "established"
+    DEAD = "dead"
+
+
+@dataclass
+class Child:
+    spi_in: int
+    spi_out: int
+    suite: Suite
+    esn: bool
+    local_ts: tuple[Network, ...]
+    remote_ts: tuple[Network, ...]
+    #: when to start a rekey (soft lifetime with jitter), or None
+    rekey_at: float | None = None
+    #: when the SA must go if no rekey replaced it (hard lifetime), or None
+    expire_at: float | None = None
+
+
+class RequestKind(Enum):
+    """The requests we make; the value names it in log lines and reasons."""
+
+    IKE_SA_INIT = "IKE_SA_INIT"
+    IKE_AUTH = "IKE_AUTH"
+    LIVENESS_CHECK = "liveness check"
+    REKEY_CHILD = "rekey child"
+    REKEY_IKE = "rekey IKE"
+    DELETE_CHILD = "delete child"
+    DELETE_IKE = "delete IKE SA"
+
+
+# --- what each kind of request remembers until its response ----------------------------------
+@dataclass(frozen=True)
+class AuthContext:
+    """IKE_AUTH: the inbound SPI we offered for the first child SA."""
+
+    spi_in: int
+
+
+@dataclass(frozen=True)
+class RekeyChildContext:
+    #: the new child SA's inbound SPI, our nonce, the old SA's inbound SPI
+    spi_in: int
+    ni: bytes
+    old: int
+    #: our key exchange, with PFS
+    kex: kc.KeyExchange | None
+
+
+@dataclass(frozen=True)
+class RekeyIkeContext:
+    #: the new IKE SA's SPI (ours), our nonce and key exchange
+    spi: bytes
+    ni: bytes
+    kex: kc.KeyExchange
+
+
+@dataclass(frozen=True)
+class DeleteChildContext:
+    #: the outbound SPIs of the child SAs being deleted
+    closing: tuple[int, ...]
+
+
+RequestContext = AuthContext | RekeyChildContext | RekeyIkeContext | DeleteChildContext | None
+
+
+@dataclass
+class Request:
+    """Our outstanding request (window size 1)."""
+
+    kind: RequestKind
+    message_id: int
+    #: the exchange type; its response must have the same one
+    exchange: int
+    data: bytes
+    sent_at: float
+    context: RequestContext = None
+    tries: int = 1
+
+
+class IkeError(Exception):
+    """Raised inside the core to answer with an error notify."""
+
+    def __init__(self, notify: int, reason: str, data: bytes = b"") -> None:
+        super().__init__(reason)
+        self.notify = notify
+        self.data = data
+
+
+# --- helpers -----------------------------------------------------------------------------------
+def spi_bytes() -> bytes:
+    """A random IKE SPI (never zero)."""
+    while True:
+        s = os.urandom(IKE_SPI_LEN)
+        if s != bytes(IKE_SPI_LEN):
+            return s
+
+
+def new_child_spi() -> int:
+    """A random ESP SPI (never one of the reserved 0 to 255)."""
+    while True:
+        spi = int.from_bytes(os.urandom(CHILD_SPI_LEN), "big")
+        if spi > 0xFF:
+            return spi
+
+
+def notify_name(notify_type: int) -> str:
+    try:
+        return NotifyType(notify_type).name
+    except ValueError:
+        return f"notify {notify_type}"
+
+
+def retry_delay() -> float:
+    return RETRY_AFTER_TEMPORARY_FAILURE * (1 + int.from_bytes(os.urandom(2), "big") / 65535)
+
+
+def nat_hash(spi_i: bytes, spi_r: bytes, addr: Addr) -> bytes:
+    return nat_detection_hash(spi_i, spi_r, ipaddress.ip_address(addr[0]), addr[1])
+
+
+# --- the SA's state ------------------------------------------------------------------------------
+class SaCore:
+    """One IKE SA's state, and what every exchange does with it."""
+
+    def __init__(self, config: IkeConfig | None, *, initiator: bool, local: Addr,
+                 remote: Addr, now: float, lookup: Lookup | None = None,
+                 max_children: int = MAX_CHILDREN,
+                 half_open_timeout: float = HALF_OPEN_TIMEOUT) -> None:
+        self.config = config
+        #: CREATE_CHILD_SA requests for new child SAs beyond this many are refused with
+        #: NO_ADDITIONAL_SAS (section 3.10.1); rekeys are not counted
+        self.max_children = max_children
+        #: a responder SA waiting for IKE_AUTH goes after this long
+        self.half_open_timeout = half_open_timeout
+        self.initiator = initiator
+        self.local = local
+        self.remote = remote
+        self.lookup = lookup
+        self.state = State.INIT_SENT if initiator else State.INIT_DONE
+        self.spi_i = spi_bytes() if initiator else bytes(IKE_SPI_LEN)
+        self.spi_r = bytes(IKE_SPI_LEN)
+        self.natt = bool(config and config.force_encap)
+        if self.natt and remote[1] == IKE_PORT:
+            self.remote = (remote[0], NAT_T_PORT)
+        self.local_behind_nat = False
+        self.remote_behind_nat = False
+        self.children: list[Child] = []
+        self._outputs: list[Outgoing] = []
+        self._events: deque[Event] = deque()
+        self.last_rx = now
+        self.created = now
+        self._request: Request | None = None
+        self._next_request_id = 0
+        self._peer_next_id = 0  # the message ID we expect in the peer's next request
+        self._last_response: tuple[int, bytes] | None = None
+        #: while a request is handled: where its response goes (section 2.11: back to the
+        #: address and port the request came from), and over which port
+        self._reply_to: tuple[Addr, bool] | None = None
+        #: responder: whether the IKE_SA_INIT request came on port 4500 (its answer and the
+        #: answers to its retransmissions go back that way)
+        self._request_natt = False
+        self._prf: kc.Prf | None = None
+        self._alg: kc.EncrAlg | None = None
+        self._proposal: IkeProposal | None = None
+        self._keys: kc.IkeKeys | None = None
+        self._sk_out: kc.AeadSk | None = None
+        self._sk_in: kc.AeadSk | None = None
+        self._ke: kc.KeyExchange | None = None
+        self._ni = b""
+        self._nr = b""
+        self._init_request = b""  # RealMessage1
+        self._init_response = b""  # RealMessage2
+        self._cookie = b""
+        self._peer_hash_ok = False  # peer sent SIGNATURE_HASH_ALGORITHMS with Identity
+        self.dead_reason = ""
+        #: replaced by a rekey (its deletion is then expected, not a failure)
+        self.rekeyed = False
+        #: the peer sent INITIAL_CONTACT: it has no other SAs with us (section 2.4)
+        self.initial_contact = False
+        #: when we start an IKE SA rekey, or None
+        self.ike_rekey_at: float | None = None
+        #: child rekeys the peer started, by the old inbound SPI: (their Ni, our Nr, new SPI)
+        self._peer_rekeys: dict[int, tuple[bytes, bytes, int]] = {}
+        #: section 2.8.2: the peer's rekey of this SA that we answered while ours was
+        #: outstanding: (their Ni, our Nr, the new SA)
+        self._peer_ike_rekey: tuple[bytes, bytes, SaCore] | None = None
+        #: that new SA's old one, until the collision is resolved
+        self._rekeyed_from: SaCore | None = None
+        #: the peer deleted this SA while our rekey of it was outstanding (section 2.8.2)
+        self._closing_by_peer = False
+        #: child SAs gone past their hard lifetime while a request of ours was outstanding:
+        #: their Delete goes as soon as the window is free
+        self._unsent_deletes: list[Child] = []
+
+    # --- what anyone may ask -------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return self.config.name if self.config else "?"
+
+    @property
+    def local_spi(self) -> bytes:
+        return self.spi_i if self.initiator else self.spi_r
+
+    @property
+    def established(self) -> bool:
+        return self.state is State.ESTABLISHED
+
+    @property
+    def proposal(self) -> IkeProposal | None:
+        """The IKE proposal in use, once IKE_SA_INIT chose one."""
+        return self._proposal
+
+    @property
+    def request(self) -> Request | None:
+        """Our outstanding request, if any."""
+        return self._request
+
+    @property
+    def message_ids(self) -> tuple[int, int]:
+        """(the message ID of our next request, the one we expect in the peer's next)."""
+        return self._next_request_id, self._peer_next_id
+
+    def datagrams_to_send(self) -> list[Outgoing]:
+        """The messages to send since the last call, in order."""
+        out, self._outputs = self._outputs, []
+        return out
+
+    def next_event(self) -> Event | None:
+        """The next event, or None."""
+        return self._events.popleft() if self._events else None
+
+    def keys_for_log(self) -> tuple[bytes, bytes, bytes, bytes, int, int] | None:
+        """(SPIi, SPIr, SK_ei, SK_er, encr transform, key bits) for a key log."""
+        if self._keys is None or self._alg is None:
+            return None
+        return (self.spi_i, self.spi_r, self._keys.sk_ei, self._keys.sk_er,
+                self._alg.transform_id, self._alg.key_bits)
+
+    # --- sending -------------------------------------------------------------------------------
+    def _header(self, exchange: int, message_id: int, response: bool) -> Header:
+        return Header.make(exchange, self.spi_i, self.spi_r, message_id=message_id,
+                           initiator=self.initiator, response=response)
+
+    def _send(self, data: bytes) -> None:
+        self._outputs.append(Outgoing(data, self.remote, self.natt))
+
+    def _request_send(self, exchange: int, payloads: list[Payload], kind: RequestKind,
+                      now: float, context: RequestContext = None) -> None:
+        mid = self._next_request_id
+        self._next_request_id += 1
+        data = encode_message(self._header(exchange, mid, False), payloads, sk=self._sk_out)
+        self._request = Request(kind, mid, exchange, data, now, context)
+        self._send(data)
+
+    def _respond(self, exchange: int, message_id: int, payloads: list[Payload],
+                 encrypted: bool = True) -> None:
+        data = encode_message(self._header(exchange, message_id, True), payloads,
+                              sk=self._sk_out if encrypted else None)
+        self._last_response = (message_id, data)
+        self._reply(data)
+
+    def _reply(self, data: bytes) -> None:
+        """Send a response: to where the request came from if the caller said so."""
+        if self._reply_to is not None:
+            self._outputs.append(Outgoing(data, *self._reply_to))
+        else:
+            self._send(data)
+
+    def _die(self, reason: str, cause: DownCause) -> None:
+        if self.state is State.DEAD:
+            return
+        self.state = State.DEAD
+        self.dead_reason = reason
+        for c in self.children:
+            self._events.append(ChildDown(self._me(), c.spi_in, c.spi_out))
+        self.children.clear()
+        self._request = None
+        self._events.append(IkeDown(self._me(), reason, cause))
+
+    def _die_deleted_by_peer(self) -> None:
+        self._die("deleted by the peer", DownCause.DELETED_BY_PEER)
+
+    def _me(self) -> IkeSa:
+        """This SA as the events name it (every ``SaCore`` is an ``IkeSa``)."""
+        return cast("IkeSa", self)
+
+    # --- keys ----------------------------------------------------------------------------------
+    def _derive(self, prop: IkeProposal, g_ir: bytes, skeyseed: bytes | None = None) -> None:
+        self._proposal = prop
+        self._prf = kc.Prf(prop.prf)
+        self._alg = kc.encr_alg(prop.encr, prop.key_bits)
+        if skeyseed is None:
+            skeyseed = kc.skeyseed_initial(self._prf, self._ni, self._nr, g_ir)
+        self._keys = kc.derive_ike_keys(self._prf, self._alg, skeyseed, self._ni, self._nr,
+                                        self.spi_i, self.spi_r)
+        ei = kc.AeadSk(self._alg, self._keys.sk_ei)
+        er = kc.AeadSk(self._alg, self._keys.sk_er)
+        self._sk_out, self._sk_in = (ei, er) if self.initiator else (er, ei)
+
+    def _successor(self, *, initiator: bool, spi_i: bytes, spi_r: bytes, ni: bytes, nr: bytes,
+                   prop: IkeProposal, g_ir: bytes, now: float) -> Self:
+        """The established IKE SA that replaces this one (section 1.3.2): its keys come from
+        this SA's SK_d and the rekey exchange's nonces and shared secret (2.18); the peer's
+        address and what NAT detection found carry over. The peer that started the rekey is
+        its initiator."""
+        assert self._prf is not None and self._keys is not None
+        new = type(self)(self.config, initiator=initiator, local=self.local,
+                         remote=self.remote, now=now, lookup=self.lookup,
+                         max_children=self.max_children)
+        new.spi_i, new.spi_r = spi_i, spi_r
+        new._ni, new._nr = ni, nr
+        seed = kc.skeyseed_rekey(self._prf, self._keys.sk_d, g_ir, ni, nr)
+        new._derive(prop, g_ir, seed)
+        new._established(now)
+        new.natt = self.natt
+        new.local_behind_nat, new.remote_behind_nat = (self.local_behind_nat,
+                                                       self.remote_behind_nat)
+        return new
+
+    # --- life cycle and child SAs --------------------------------------------------------------
+    def _soft_deadline(self, lifetime: float) -> float | None:
+        """When to start a rekey: ``lifetime`` after now, less a random jitter (section 2.8:
+        so that two peers with the same lifetime rarely start at once)."""
+        if lifetime <= 0 or self.config is None:
+            return None
+        jitter = self.config.rekey_jitter * lifetime
+        return self.last_rx + lifetime - int.from_bytes(os.urandom(2), "big") / 65535 * jitter
+
+    def _established(self, now: float) -> None:
+        self.state = State.ESTABLISHED
+        self.last_rx = now
+        if self.config is not None:
+            self.ike_rekey_at = self._soft_deadline(self.config.ike_rekey_time)
+
+    def _add_child(self, child: Child, *, keymat_in: bytes, keymat_out: bytes,
+                   replaces: int | None) -> None:
+        if self.config is not None:
+            child.rekey_at = self._soft_deadline(self.config.child_rekey_time)
+            if self.config.child_rekey_time > 0:
+                # hard lifetime: the soft one plus the jitter range again
+                child.expire_at = self.last_rx + self.config.child_rekey_time * (
+                    1 + self.config.rekey_jitter)
+        self.children.append(child)
+        self._events.append(ChildUp(self._me(), child.spi_in, child.spi_out, child.suite,
+                                    child.esn, keymat_in, keymat_out, child.local_ts,
+                                    child.remote_ts, replaces))
+
+    def _child_down(self, child: Child) -> None:
+        """``child`` is gone (deleted, or past its hard lifetime): out of the list, and its
+        entry in ``_peer_rekeys`` too unless our own rekey of it is outstanding (its response
+        still needs it for section 2.8.1)."""
+        self.children.remove(child)
+        req = self._request
+        ctx = req.context if req is not None else None
+        if not (isinstance(ctx, RekeyChildContext) and ctx.old == child.spi_in):
+            self._peer_rekeys.pop(child.spi_in, None)
+        self._events.append(ChildDown(self._me(), child.spi_in, child.spi_out))

@@ -1,0 +1,214 @@
+"""Child SAs of an IKE SA: negotiating one as responder (in IKE_AUTH and CREATE_CHILD_SA) or
+taking one from a response as initiator, and child SA rekeys both ways (RFC 7296 sections 1.3.1,
+1.3.3, 2.8, 2.8.1 for simultaneous rekeys, 2.25.1 for a rekey of a child SA being deleted).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+from ..constants import CHILD_SPI_LEN, ExchangeType, NotifyType, ProtocolId
+from . import crypto as kc
+from .base import (
+    NONCE_LEN,
+    Child,
+    DeleteChildContext,
+    IkeError,
+    RekeyChildContext,
+    Request,
+    RequestKind,
+    SaCore,
+    State,
+    new_child_spi,
+    retry_delay,
+)
+from .events import ChildDown, DownCause
+from .message import KE, SA, Delete, Message, Nonce, Notify, Payload, TSi, TSr
+from .proposals import (
+    EspProposal,
+    Refusal,
+    esp_answer,
+    esp_offer,
+    esp_spi_ok,
+    narrow,
+    pick_esp,
+    suite_of,
+    ts_networks,
+)
+
+
+class ChildSaExchanges(SaCore):
+    """Child SA negotiation and child SA rekeys."""
+
+    # --- responder ---------------------------------------------------------------------------
+    def _negotiate_child(self, msg: Message, ni: bytes, nr: bytes, ke_payload: KE | None,
+                         replaces: int | None = None, *, pfs_allowed: bool = True
+                         ) -> tuple[list[Payload], Callable[[], None] | None]:
+        """Responder side of a child SA: the payloads to answer with, and a thunk that
+        installs the child once the response is queued. Nothing changes before the thunk
+        runs, so that an error answer leaves the SA as it was."""
+        assert self.config is not None and self._prf is not None and self._keys is not None
+        sa, tsi, tsr = msg.get(SA), msg.get(TSi), msg.get(TSr)
+        if sa is None or tsi is None or tsr is None:
+            return [Notify(NotifyType.NO_PROPOSAL_CHOSEN)], None
+        choice = pick_esp(sa, self.config.esp_proposals, ke_payload, pfs=pfs_allowed)
+        if isinstance(choice, Refusal):
+            return [Notify(choice.notify, choice.data)], None
+        kex = kc.KeyExchange(choice.dh) if choice.dh is not None else None
+        g_ir = b""
+        if kex is not None:
+            assert ke_payload is not None
+            try:
+                g_ir = kex.shared(ke_payload.data)
+            except ValueError:  # wrong length, not on the curve, degenerate
+                return [Notify(NotifyType.INVALID_SYNTAX)], None
+        # their TSi is their side (our remote), their TSr our side
+        remote_ts = tuple(narrow(tsi.selectors, self.config.remote_ts))
+        local_ts = tuple(narrow(tsr.selectors, self.config.local_ts))
+        if not remote_ts or not local_ts:
+            return [Notify(NotifyType.TS_UNACCEPTABLE)], None
+        spi_in = new_child_spi()
+        spi_out = int.from_bytes(choice.proposal.spi, "big")
+        payloads: list[Payload] = [esp_answer(choice, spi_in)]
+        if kex is not None:
+            payloads.append(KE(kex.group, kex.public))
+        payloads += [TSi.of(*remote_ts), TSr.of(*local_ts)]
+        suite = choice.mine.suite
+        i2r, r2i = kc.child_keymat(self._prf, self._keys.sk_d, ni, nr, suite.keymat_len, g_ir)
+        child = Child(spi_in, spi_out, suite, choice.esn, local_ts, remote_ts)
+
+        def install() -> None:
+            self._add_child(child, keymat_in=i2r, keymat_out=r2i, replaces=replaces)
+
+        return payloads, install
+
+    def _rekeyed_child(self, rekey: Notify) -> int:
+        """The inbound SPI of the child SA a REKEY_SA notify names (by its outbound SPI), or
+        the error to answer with."""
+        old_out = int.from_bytes(rekey.spi, "big")
+        old = next((c for c in self.children if c.spi_out == old_out), None)
+        if old is not None:
+            return old.spi_in
+        closing = [c.spi_out for c in self._unsent_deletes]
+        req = self._request
+        if req is not None and isinstance(req.context, DeleteChildContext):
+            closing += req.context.closing
+        if old_out in closing:
+            # section 2.25.1: a rekey of a child SA we are closing
+            raise IkeError(NotifyType.TEMPORARY_FAILURE, "child SA being deleted")
+        raise IkeError(NotifyType.CHILD_SA_NOT_FOUND, "rekey of an unknown child SA")
+
+    def _on_create_child(self, msg: Message, nonce: Nonce) -> None:
+        """CREATE_CHILD_SA for a child SA: a new one, or a rekey (REKEY_SA)."""
+        nr = os.urandom(NONCE_LEN)
+        rekey = msg.notify(NotifyType.REKEY_SA)
+        replaces = None
+        if rekey is not None:
+            replaces = self._rekeyed_child(rekey)
+        elif len(self.children) >= self.max_children:
+            raise IkeError(NotifyType.NO_ADDITIONAL_SAS,
+                           f"already {len(self.children)} child SAs")
+        payloads, install = self._negotiate_child(msg, nonce.data, nr, msg.get(KE), replaces)
+        if install is not None:
+            payloads.insert(1, Nonce(nr))
+        self._respond(ExchangeType.CREATE_CHILD_SA, msg.header.message_id, payloads)
+        if install is not None:
+            install()
+            if replaces is not None:
+                self._peer_rekeys[replaces] = (nonce.data, nr, self.children[-1].spi_in)
+
+    # --- initiator ---------------------------------------------------------------------------
+    def _child_from_response(self, sa: SA, msg: Message, spi_in: int, ni: bytes, nr: bytes,
+                             g_ir: bytes, replaces: int | None) -> None:
+        """We initiated the exchange: keymat i->r is what we send."""
+        assert self._prf is not None and self._keys is not None and self.config is not None
+        prop = sa.proposals[0]
+        found = suite_of(prop)
+        if found is None or not esp_spi_ok(prop.spi):
+            self._die("peer chose an ESP proposal we did not offer", DownCause.FAILED)
+            return
+        suite, esn = found
+        spi_out = int.from_bytes(prop.spi, "big")
+        i2r, r2i = kc.child_keymat(self._prf, self._keys.sk_d, ni, nr, suite.keymat_len, g_ir)
+        local_ts = tuple(ts_networks(msg.get(TSi))) or self.config.local_ts
+        remote_ts = tuple(ts_networks(msg.get(TSr))) or self.config.remote_ts
+        self._add_child(Child(spi_in, spi_out, suite, esn, local_ts, remote_ts),
+                        keymat_in=r2i, keymat_out=i2r, replaces=replaces)
+
+    def rekey_child(self, spi_in: int, now: float) -> bool:
+        """Start a rekey of the child SA with inbound SPI ``spi_in`` (make-before-break)."""
+        assert self.config is not None
+        child = next((c for c in self.children if c.spi_in == spi_in), None)
+        if child is None or self._request is not None or self.state is not State.ESTABLISHED:
+            return False
+        new_spi = new_child_spi()
+        ni = os.urandom(NONCE_LEN)
+        # PFS (section 1.3.1): a fresh key exchange if the proposal names a group
+        pfs = next((p.dh for p in self.config.esp_proposals
+                    if p.suite is child.suite and p.dh), None)
+        kex = kc.KeyExchange(pfs) if pfs else None
+        payloads: list[Payload] = [
+            Notify(NotifyType.REKEY_SA, protocol=ProtocolId.ESP,
+                   spi=child.spi_in.to_bytes(CHILD_SPI_LEN, "big")),
+            esp_offer([EspProposal(child.suite, child.esn, pfs)], new_spi, pfs), Nonce(ni),
+        ]
+        if kex is not None:
+            payloads.append(KE(kex.group, kex.public))
+        payloads += [TSi.of(*child.local_ts), TSr.of(*child.remote_ts)]
+        self._request_send(ExchangeType.CREATE_CHILD_SA, payloads, RequestKind.REKEY_CHILD,
+                           now, RekeyChildContext(new_spi, ni, child.spi_in, kex))
+        return True
+
+    def _on_rekey_child_response(self, msg: Message, raw: bytes, now: float,
+                                 req: Request) -> None:
+        ctx = req.context
+        assert isinstance(ctx, RekeyChildContext)
+        self._request = None
+        sa, nonce = msg.get(SA), msg.get(Nonce)
+        if sa is None or nonce is None or len(sa.proposals) != 1:
+            # refused (e.g. the peer's own rekey already replaced it): keep what we have
+            self._peer_rekeys.pop(ctx.old, None)
+            old = next((c for c in self.children if c.spi_in == ctx.old), None)
+            if old is not None and msg.notify(NotifyType.TEMPORARY_FAILURE) is not None:
+                old.rekey_at = now + retry_delay()  # section 2.25
+            return
+        g_ir = b""
+        if ctx.kex is not None:
+            ke = msg.get(KE)
+            if ke is None or ke.group != ctx.kex.group:
+                return  # PFS refused: keep the old SA
+            try:
+                g_ir = ctx.kex.shared(ke.data)
+            except ValueError:
+                return
+        self._child_from_response(sa, msg, ctx.spi_in, ctx.ni, nonce.data, g_ir, ctx.old)
+        self._drop_replaced(ctx, nonce.data, now)
+
+    def _drop_replaced(self, ctx: RekeyChildContext, nr: bytes, now: float) -> None:
+        """Make-before-break: the new SA is installed; now the old one goes, and after a
+        collision (section 2.8.1) the redundant one too: the SA made by the exchange with
+        the lowest of the four nonces is redundant, and its initiator deletes it."""
+        doomed = []
+        old = next((c for c in self.children if c.spi_in == ctx.old), None)
+        if old is not None:
+            doomed.append(old)
+        collision = self._peer_rekeys.pop(ctx.old, None)
+        if collision is not None:
+            their_ni, our_nr, _ = collision
+            if min(ctx.ni, nr, their_ni, our_nr) in (ctx.ni, nr):
+                mine = next((c for c in self.children if c.spi_in == ctx.spi_in), None)
+                if mine is not None:
+                    doomed.append(mine)
+        for c in doomed:
+            self.children.remove(c)
+            self._events.append(ChildDown(self._me(), c.spi_in, c.spi_out))
+        if doomed:
+            self._delete_children(doomed, now)
+
+    def _delete_children(self, children: list[Child], now: float) -> None:
+        """An INFORMATIONAL Delete of these child SAs (already removed here)."""
+        spis = [c.spi_in.to_bytes(CHILD_SPI_LEN, "big") for c in children]
+        self._request_send(ExchangeType.INFORMATIONAL, [Delete(ProtocolId.ESP, spis)],
+                           RequestKind.DELETE_CHILD, now,
+                           DeleteChildContext(tuple(c.spi_out for c in children)))

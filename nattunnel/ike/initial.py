@@ -1,0 +1,348 @@
+"""The initial exchanges of an IKE SA, both sides (RFC 7296 sections 1.2, 2.6, 2.15, 2.23):
+
+- IKE_SA_INIT with NAT detection, the INVALID_KE_PAYLOAD retry and COOKIE, and the switch to
+  UDP 4500 when NAT is found or encapsulation is forced;
+- IKE_AUTH with PSK (2.15) or Ed25519 (RFC 7427 / RFC 8420), INITIAL_CONTACT, and the first
+  child SA with traffic selectors narrowed by the responder (2.9).
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+from collections.abc import Sequence
+
+from ..constants import (
+    IKE_PORT,
+    IKE_SPI_LEN,
+    NAT_DETECTION_HASH_LEN,
+    NAT_T_PORT,
+    AuthMethod,
+    ExchangeType,
+    HashAlgorithm,
+    NotifyType,
+)
+from . import crypto as kc
+from .base import (
+    NONCE_LEN,
+    AuthContext,
+    IkeError,
+    Request,
+    RequestKind,
+    State,
+    nat_hash,
+    new_child_spi,
+    notify_name,
+    spi_bytes,
+)
+from .child import ChildSaExchanges
+from .config import Identity, IkeConfig
+from .events import DownCause, IkeUp, Outgoing
+from .message import (
+    KE,
+    SA,
+    Auth,
+    IDi,
+    IDr,
+    Message,
+    Nonce,
+    Notify,
+    Payload,
+    TSi,
+    TSr,
+    encode_message,
+    ike_proposal,
+)
+from .proposals import IkeProposal, esp_offer, pick_ike
+
+
+def _has_identity_hash(msg: Message) -> bool:
+    n = msg.notify(NotifyType.SIGNATURE_HASH_ALGORITHMS)
+    if n is None:
+        return False
+    try:
+        return HashAlgorithm.IDENTITY in n.hash_algorithms()
+    except ValueError:
+        return False
+
+
+class InitialExchanges(ChildSaExchanges):
+    """IKE_SA_INIT and IKE_AUTH."""
+
+    # --- initiator: IKE_SA_INIT --------------------------------------------------------------
+    def start(self, now: float, group: int | None = None) -> None:
+        """Send IKE_SA_INIT (again, with ``group`` after INVALID_KE_PAYLOAD or a cookie)."""
+        assert self.config is not None and self.initiator
+        props = self.config.ike_proposals
+        group = group or props[0].dh
+        # Section 2.6: a retry with a COOKIE repeats the request with all other payloads
+        # unchanged (the responder's cookie covers Ni); after INVALID_KE_PAYLOAD only the KE
+        # changes (2.6.1)
+        if self._ke is None or self._ke.group != group:
+            self._ke = kc.KeyExchange(group)
+        if not self._ni:
+            self._ni = os.urandom(NONCE_LEN)
+        sa = SA([ike_proposal(i, encr=p.encr, prf=p.prf, dh=p.dh, key_length=p.key_bits)
+                 for i, p in enumerate(props, 1)])
+        payloads: list[Payload] = []
+        if self._cookie:
+            payloads.append(Notify(NotifyType.COOKIE, self._cookie))
+        payloads += [SA(sa.proposals), KE(group, self._ke.public), Nonce(self._ni)]
+        no_spi = bytes(IKE_SPI_LEN)
+        src_hash = nat_hash(self.spi_i, no_spi, self.local)
+        if self.config.force_encap:
+            # claim NAT so that everything moves to UDP 4500
+            src_hash = os.urandom(NAT_DETECTION_HASH_LEN)
+        payloads += [
+            Notify(NotifyType.NAT_DETECTION_SOURCE_IP, src_hash),
+            Notify(NotifyType.NAT_DETECTION_DESTINATION_IP,
+                   nat_hash(self.spi_i, no_spi, self.remote)),
+            Notify(NotifyType.SIGNATURE_HASH_ALGORITHMS,
+                   HashAlgorithm.IDENTITY.to_bytes(2, "big")),
+        ]
+        self._next_request_id = 0
+        self._request_send(ExchangeType.IKE_SA_INIT, payloads, RequestKind.IKE_SA_INIT, now)
+        self._init_request = self._request.data if self._request else b""
+        self.state = State.INIT_SENT
+
+    def _retry_init(self, msg: Message, now: float) -> bool:
+        """INVALID_KE_PAYLOAD (1.2) or COOKIE (2.6) in the IKE_SA_INIT response: send the
+        request again as asked (True), or give up (False, and the SA is dead)."""
+        assert self.config is not None and self._ke is not None
+        ke_err = msg.notify(NotifyType.INVALID_KE_PAYLOAD)
+        if ke_err is not None and len(ke_err.data) == 2:
+            group = int.from_bytes(ke_err.data, "big")
+            if group in [p.dh for p in self.config.ike_proposals] and group != self._ke.group:
+                self._request = None
+                self.start(now, group)
+                return True
+            self._die(f"peer wants key exchange group {group}, which we do not offer",
+                      DownCause.REFUSED)
+            return True
+        cookie = msg.notify(NotifyType.COOKIE)
+        if cookie is not None and not self._cookie:
+            self._cookie = cookie.data
+            self._request = None
+            self.start(now, self._ke.group)
+            return True
+        return False
+
+    def _on_init_response(self, msg: Message, raw: bytes, now: float, req: Request) -> None:
+        assert self.config is not None and self._ke is not None
+        if self._retry_init(msg, now):
+            return
+        for n in msg.notifies():
+            if n.is_error:
+                self._die(f"IKE_SA_INIT refused: {notify_name(n.notify_type)}",
+                          DownCause.REFUSED)
+                return
+        sa, ke, nonce = msg.get(SA), msg.get(KE), msg.get(Nonce)
+        if sa is None or ke is None or nonce is None or len(sa.proposals) != 1:
+            self._die("malformed IKE_SA_INIT response", DownCause.FAILED)
+            return
+        chosen = pick_ike(sa, self.config.ike_proposals)
+        if chosen is None or chosen[1].dh != ke.group or ke.group != self._ke.group:
+            self._die("IKE_SA_INIT response chose a proposal we did not offer",
+                      DownCause.FAILED)
+            return
+        self._request = None
+        self.spi_r = msg.header.spi_r
+        self._nr = nonce.data
+        self._init_response = raw
+        self._detect_nat(msg)
+        try:
+            self._derive(chosen[1], self._ke.shared(ke.data))
+        except ValueError as e:
+            self._die(f"key exchange failed: {e}", DownCause.FAILED)
+            return
+        self._peer_hash_ok = _has_identity_hash(msg)
+        if self.local_behind_nat or self.remote_behind_nat:
+            self._switch_to_natt()
+        self._send_auth(now)
+
+    def _switch_to_natt(self) -> None:
+        """Section 2.23: after NAT is detected the initiator moves to port 4500 (the marker
+        goes with it); a peer already reached on a non-500 port stays there."""
+        self.natt = True
+        if self.remote[1] == IKE_PORT:
+            self.remote = (self.remote[0], NAT_T_PORT)
+
+    def _detect_nat(self, msg: Message) -> None:
+        """Section 2.23: compare the peer's NAT_DETECTION hashes with the addresses we see."""
+        spi_r = msg.header.spi_r if self.initiator else bytes(IKE_SPI_LEN)
+        srcs = [n.data for n in msg.notifies(NotifyType.NAT_DETECTION_SOURCE_IP)]
+        dsts = [n.data for n in msg.notifies(NotifyType.NAT_DETECTION_DESTINATION_IP)]
+        if not srcs or not dsts:
+            return
+        self.remote_behind_nat = nat_hash(self.spi_i, spi_r, self.remote) not in srcs
+        self.local_behind_nat = nat_hash(self.spi_i, spi_r, self.local) not in dsts
+
+    # --- AUTH -------------------------------------------------------------------------------
+    def _auth_payload(self, id_body: bytes) -> Auth:
+        assert self.config is not None and self._prf is not None and self._keys is not None
+        if self.initiator:
+            octets = kc.signed_octets(self._init_request, self._nr, self._prf,
+                                      self._keys.sk_pi, id_body)
+        else:
+            octets = kc.signed_octets(self._init_response, self._ni, self._prf,
+                                      self._keys.sk_pr, id_body)
+        if self.config.auth == "psk":
+            return Auth(AuthMethod.SHARED_KEY_MIC, kc.psk_auth(self._prf, self.config.psk,
+                                                               octets))
+        assert self.config.private_key is not None
+        return Auth(AuthMethod.DIGITAL_SIGNATURE, kc.ed25519_auth(self.config.private_key,
+                                                                  octets))
+
+    def _verify_auth(self, config: IkeConfig, auth: Auth, peer_id_body: bytes) -> bool:
+        assert self._prf is not None and self._keys is not None
+        if self.initiator:  # the peer is the responder
+            octets = kc.signed_octets(self._init_response, self._ni, self._prf,
+                                      self._keys.sk_pr, peer_id_body)
+        else:
+            octets = kc.signed_octets(self._init_request, self._nr, self._prf,
+                                      self._keys.sk_pi, peer_id_body)
+        if config.auth == "psk":
+            if auth.method != AuthMethod.SHARED_KEY_MIC:
+                return False
+            return hmac.compare_digest(auth.data, kc.psk_auth(self._prf, config.psk, octets))
+        if auth.method != AuthMethod.DIGITAL_SIGNATURE or config.peer_public_key is None:
+            return False
+        return kc.ed25519_verify(config.peer_public_key, auth.data, octets)
+
+    def _send_auth(self, now: float) -> None:
+        assert self.config is not None
+        idi = IDi(self.config.local_id.id_type, self.config.local_id.data)
+        remote_id = self.config.remote_id
+        spi = new_child_spi()
+        payloads: list[Payload] = [idi, Notify(NotifyType.INITIAL_CONTACT),
+                                   IDr(remote_id.id_type, remote_id.data),
+                                   self._auth_payload(idi.encode_body()),
+                                   esp_offer(self.config.esp_proposals, spi),
+                                   TSi.of(*self.config.local_ts), TSr.of(*self.config.remote_ts)]
+        self.state = State.AUTH_SENT
+        self._request_send(ExchangeType.IKE_AUTH, payloads, RequestKind.IKE_AUTH, now,
+                           AuthContext(spi))
+
+    def _on_auth_response(self, msg: Message, raw: bytes, now: float, req: Request) -> None:
+        assert self.config is not None and isinstance(req.context, AuthContext)
+        spi_in = req.context.spi_in
+        self._request = None
+        for n in msg.notifies():
+            if n.is_error and n.notify_type != NotifyType.TS_UNACCEPTABLE and \
+                    n.notify_type != NotifyType.NO_PROPOSAL_CHOSEN:
+                self._die(f"IKE_AUTH refused: {notify_name(n.notify_type)}",
+                          DownCause.REFUSED)
+                return
+        idr, auth = msg.get(IDr), msg.get(Auth)
+        if idr is None or auth is None:
+            self._die("IKE_AUTH response without IDr or AUTH", DownCause.FAILED)
+            return
+        if Identity(idr.id_type, idr.data) != self.config.remote_id:
+            self._die(f"peer identified as {Identity(idr.id_type, idr.data)}, "
+                      f"not {self.config.remote_id}", DownCause.AUTHENTICATION_FAILED)
+            return
+        if not self._verify_auth(self.config, auth, idr.encode_body()):
+            self._die("peer authentication failed", DownCause.AUTHENTICATION_FAILED)
+            return
+        self._established(now)
+        self._events.append(IkeUp(self._me(), self.remote, self.local_behind_nat,
+                                  self.remote_behind_nat))
+        sa = msg.get(SA)
+        if sa is None or len(sa.proposals) != 1:
+            return  # IKE SA without a child (the peer refused it)
+        self._child_from_response(sa, msg, spi_in, self._ni, self._nr, b"", None)
+
+    # --- responder ----------------------------------------------------------------------------
+    def respond_init(self, msg: Message, raw: bytes, now: float,
+                     proposals: Sequence[IkeProposal], *, natt: bool = False) -> None:
+        """Answer an IKE_SA_INIT request (the manager has checked cookies) that came on port
+        4500 (``natt``) or 500: the answer goes back the same way."""
+        self._request_natt = natt
+        sa, ke, nonce = msg.get(SA), msg.get(KE), msg.get(Nonce)
+        self.spi_i = msg.header.spi_i
+        self._init_request = raw
+        if sa is None or ke is None or nonce is None:
+            self._refuse_init(NotifyType.INVALID_SYNTAX)
+            return
+        chosen = pick_ike(sa, proposals)
+        if chosen is None:
+            self._refuse_init(NotifyType.NO_PROPOSAL_CHOSEN)
+            return
+        number, prop = chosen
+        if ke.group != prop.dh:
+            self._refuse_init(NotifyType.INVALID_KE_PAYLOAD, prop.dh.to_bytes(2, "big"))
+            return
+        self._ke = kc.KeyExchange(prop.dh)
+        try:
+            g_ir = self._ke.shared(ke.data)
+        except ValueError:
+            self._refuse_init(NotifyType.INVALID_SYNTAX)
+            return
+        self.spi_r = spi_bytes()
+        self._ni = nonce.data
+        self._nr = os.urandom(NONCE_LEN)
+        self._detect_nat(msg)
+        self.natt = self.local_behind_nat or self.remote_behind_nat
+        self._peer_hash_ok = _has_identity_hash(msg)
+        self._answer_init(number, prop)
+        self._derive(prop, g_ir)
+        self.state = State.INIT_DONE
+
+    def _answer_init(self, number: int, prop: IkeProposal) -> None:
+        """The IKE_SA_INIT response: our choice, KE, Nr and NAT detection hashes."""
+        assert self._ke is not None
+        payloads: list[Payload] = [
+            SA([ike_proposal(number, encr=prop.encr, prf=prop.prf, dh=prop.dh,
+                             key_length=prop.key_bits)]),
+            KE(prop.dh, self._ke.public), Nonce(self._nr),
+            Notify(NotifyType.NAT_DETECTION_SOURCE_IP,
+                   nat_hash(self.spi_i, self.spi_r, self.local)),
+            Notify(NotifyType.NAT_DETECTION_DESTINATION_IP,
+                   nat_hash(self.spi_i, self.spi_r, self.remote)),
+        ]
+        if self._peer_hash_ok:
+            payloads.append(Notify(NotifyType.SIGNATURE_HASH_ALGORITHMS,
+                                   HashAlgorithm.IDENTITY.to_bytes(2, "big")))
+        data = encode_message(self._header(ExchangeType.IKE_SA_INIT, 0, True), payloads)
+        self._init_response = data
+        self._last_response = (0, data)
+        self._peer_next_id = 1
+        # the response goes back the way the request came (port 500 or 4500)
+        self._outputs.append(Outgoing(data, self.remote, self._request_natt))
+
+    def _refuse_init(self, notify: int, data: bytes = b"") -> None:
+        out = encode_message(self._header(ExchangeType.IKE_SA_INIT, 0, True),
+                             [Notify(notify, data)])
+        self._outputs.append(Outgoing(out, self.remote, self._request_natt))
+        self._die(f"IKE_SA_INIT refused with notify {notify}", DownCause.REFUSED)
+
+    def _on_auth_request(self, msg: Message, now: float) -> None:
+        idi, auth = msg.get(IDi), msg.get(Auth)
+        if idi is None or auth is None:
+            raise IkeError(NotifyType.INVALID_SYNTAX, "IKE_AUTH request without IDi or AUTH")
+        peer_id = Identity(idi.id_type, idi.data)
+        idr = msg.get(IDr)
+        config = self.lookup(peer_id, Identity(idr.id_type, idr.data) if idr else None) \
+            if self.lookup else self.config
+        if config is None or not self._verify_auth(config, auth, idi.encode_body()):
+            self._respond(ExchangeType.IKE_AUTH, msg.header.message_id,
+                          [Notify(NotifyType.AUTHENTICATION_FAILED)])
+            self.config = config or self.config  # for the peer's name in the log
+            self._die(f"authentication of {peer_id} failed"
+                      + ("" if config else ": no peer with that identity"),
+                      DownCause.AUTHENTICATION_FAILED)
+            return
+        self.config = config
+        self.last_rx = now
+        self.initial_contact = msg.notify(NotifyType.INITIAL_CONTACT) is not None
+        my_idr = IDr(config.local_id.id_type, config.local_id.data)
+        payloads: list[Payload] = [my_idr, self._auth_payload(my_idr.encode_body())]
+        child_payloads, child = self._negotiate_child(msg, self._ni, self._nr, None,
+                                                      pfs_allowed=False)
+        payloads += child_payloads
+        self._established(now)
+        self._respond(ExchangeType.IKE_AUTH, msg.header.message_id, payloads)
+        self._events.append(IkeUp(self._me(), self.remote, self.local_behind_nat,
+                                  self.remote_behind_nat))
+        if child is not None:
+            child()
