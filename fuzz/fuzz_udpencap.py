@@ -6,7 +6,7 @@
 four octets and must not be one of the reserved values 0-255 (RFC 4303 section 2.1), with at
 least SPI and sequence number present. ``classify`` must agree on the kind, the SPI and the
 drop reason for bytes, bytearray and memoryview input; ``ike_payload`` must be the message
-after the marker; ``build_ike``/``build_esp`` must produce what classifies back, and refuse
+after the marker; ``frame_ike``/``frame_esp`` must produce what classifies back, and refuse
 exactly what they document; and a Tunnel without SAs must dispatch the datagram the same way.
 
     python3 fuzz/fuzz_udpencap.py [libFuzzer flags] [corpus dirs]
@@ -22,7 +22,7 @@ with atheris.instrument_imports(include=["nattunnel"]):
     import _common
 
     from nattunnel.esp.drop import DropReason
-    from nattunnel.esp.udpencap import Kind, build_esp, build_ike, classify, ike_payload
+    from nattunnel.esp.udpencap import Kind, classify, frame_esp, frame_ike, ike_payload
     from nattunnel.tunnel.core import CONSUMED, Tunnel
 
 from _common import FuzzFailure
@@ -69,24 +69,24 @@ def test_one_input(data: bytes) -> None:
 
     # builders
     try:
-        dgram = build_ike(data)
+        dgram = frame_ike(data)
     except ValueError:
         if len(data) >= IKE_HEADER:
             fail("build_ike_refused", data.hex())
     else:
         if len(data) < IKE_HEADER or dgram != MARKER + data:
-            fail("build_ike", data.hex())
+            fail("frame_ike", data.hex())
         if classify(dgram).kind is not (Kind.IKE if data[IKE_VERSION_AT] >> 4 == 2
                                         else Kind.DROP):
             fail("build_ike_classify", data.hex())
     try:
-        esp = build_esp(data)
+        esp = frame_esp(data)
     except ValueError:
         if want[0] is Kind.ESP:
             fail("build_esp_refused", data.hex())
     else:
         if want[0] is not Kind.ESP or esp != data:
-            fail("build_esp", f"{data.hex()} built, reference {want}")
+            fail("frame_esp", f"{data.hex()} built, reference {want}")
 
     # the Tunnel's dispatch of what no SA claims
     seen: list[bytes] = []

@@ -91,12 +91,12 @@ def esp_packets() -> list[bytes]:
 def udpencap() -> list[bytes]:
     from nattunnel.esp.sa import OutboundSA
     from nattunnel.esp.suite import AES_GCM_128
-    from nattunnel.esp.udpencap import build_esp, build_ike, build_keepalive
+    from nattunnel.esp.udpencap import frame_esp, frame_ike, frame_keepalive
     from nattunnel.lab.packets import ipv4_packet
 
     esp = OutboundSA(0x1001, AES_GCM_128, bytes(20)).encapsulate(ipv4_packet(40))
     ike = ike_messages()[0]
-    return [build_keepalive(), build_ike(ike), build_esp(esp), b"\x00\x00\x00\xff" + esp[4:],
+    return [frame_keepalive(), frame_ike(ike), frame_esp(esp), b"\x00\x00\x00\xff" + esp[4:],
             b"", b"\x00", b"\x00\x00\x00\x00", bytes(32)]
 
 

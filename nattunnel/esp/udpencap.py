@@ -97,22 +97,22 @@ def ike_payload(datagram: bytes | bytearray | memoryview) -> memoryview:
     return memoryview(datagram)[_MARKER_LEN:]
 
 
-def build_keepalive() -> bytes:
+def frame_keepalive() -> bytes:
     """A NAT-keepalive datagram (RFC 3948 section 2.3)."""
     return NAT_KEEPALIVE
 
 
-def build_ike(message: bytes | bytearray | memoryview) -> bytes:
+def frame_ike(message: bytes | bytearray | memoryview) -> bytes:
     """An IKE message for port 4500: the non-ESP marker, then the message (section 2.2)."""
     if len(message) < IKE_HEADER_LEN:
         raise ValueError(f"an IKE message is at least {IKE_HEADER_LEN} octets")
     return NON_ESP_MARKER + bytes(message)
 
 
-def build_esp(esp_packet: bytes | bytearray | memoryview) -> bytes:
+def frame_esp(esp_packet: bytes | bytearray | memoryview) -> bytes:
     """An ESP packet for port 4500 is the UDP payload as it is (section 2.1); checks the SPI."""
     if len(esp_packet) < ESP_HEADER_LEN:
-        raise ValueError("an ESP packet is at least 8 octets")
+        raise ValueError(f"an ESP packet is at least {ESP_HEADER_LEN} octets")
     if _U32.unpack_from(esp_packet)[0] <= SPI_RESERVED_MAX:
         raise ValueError("ESP SPI 0-255 cannot be sent (RFC 4303 section 2.1)")
     return bytes(esp_packet)

@@ -7,10 +7,10 @@ import pytest
 from nattunnel.esp.drop import DropReason
 from nattunnel.esp.udpencap import (
     Kind,
-    build_esp,
-    build_ike,
-    build_keepalive,
     classify,
+    frame_esp,
+    frame_ike,
+    frame_keepalive,
     ike_payload,
 )
 
@@ -18,14 +18,14 @@ IKE_HEADER = bytes(8) + bytes(8) + bytes([33, 0x20, 34, 0x08]) + bytes(4) + (28)
 
 
 def test_keepalive():
-    assert build_keepalive() == b"\xff"
+    assert frame_keepalive() == b"\xff"
     assert classify(b"\xff").kind is Kind.KEEPALIVE
     assert classify(b"\x00").reason is DropReason.MALFORMED
     assert classify(b"\xff\xff").reason is DropReason.TRUNCATED
 
 
 def test_ike_behind_non_esp_marker():
-    dgram = build_ike(IKE_HEADER)
+    dgram = frame_ike(IKE_HEADER)
     assert dgram[:4] == bytes(4)
     c = classify(dgram)
     assert c.kind is Kind.IKE
@@ -35,18 +35,18 @@ def test_ike_behind_non_esp_marker():
     wrong_version[4 + 17] = 0x10
     assert classify(wrong_version).reason is DropReason.MALFORMED
     with pytest.raises(ValueError):
-        build_ike(b"short")
+        frame_ike(b"short")
 
 
 def test_esp_and_reserved_spis():
     pkt = (0x12345678).to_bytes(4, "big") + (1).to_bytes(4, "big") + bytes(30)
-    assert build_esp(pkt) == pkt
+    assert frame_esp(pkt) == pkt
     c = classify(pkt)
     assert c.kind is Kind.ESP and c.spi == 0x12345678
     for spi in (1, 100, 255):
         assert classify(spi.to_bytes(4, "big") + bytes(40)).reason is DropReason.RESERVED_SPI
         with pytest.raises(ValueError):
-            build_esp(spi.to_bytes(4, "big") + bytes(40))
+            frame_esp(spi.to_bytes(4, "big") + bytes(40))
     assert classify((256).to_bytes(4, "big") + bytes(40)).kind is Kind.ESP
     assert classify((256).to_bytes(4, "big") + b"\x00").reason is DropReason.TRUNCATED
     for n in (0, 2, 3):
