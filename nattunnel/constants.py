@@ -412,3 +412,12 @@ ESP_PLAINTEXT_OFFSET: Final = ESP_HEADER_LEN + ESP_IV_LEN
 #: The smallest ESP packet: header, IV, one aligned block (RFC 4303 section 2.4: the pad
 #: length and next header octets, padded to 4) and the ICV.
 ESP_MIN_PACKET: Final = ESP_PLAINTEXT_OFFSET + ESP_ALIGN + ESP_ICV_LEN
+
+# --- RFC 791 section 3.1, RFC 8200 section 3: where an inner packet's addresses lie -----------
+#: the IPv4 source and destination addresses (4 octets each)
+IPV4_SRC_OFFSET: Final = 12
+IPV4_DST_OFFSET: Final = 16
+#: the IPv6 source and destination addresses (16 octets each)
+IPV6_SRC_OFFSET: Final = 8
+IPV6_DST_OFFSET: Final = 24
+IPV6_ADDR_LEN: Final = 16

@@ -7,7 +7,11 @@ multiple of R and so is either older (then ``seq`` was not seen) or newer than t
 (impossible). Checking and committing are O(1) whatever the window size, and moving the window
 needs no shifting or clearing. Memory is 8 octets per slot.
 
-``check`` never changes state; ``commit`` is called only after the ICV has verified.
+The public API is ``check`` (may this sequence number be new? never changes state) and
+``commit`` (record it; called only after the ICV has verified), with ``top`` the right edge:
+a number above it is new without a look at the ring, which is how the SA's per-packet path
+skips ``check`` for in-order packets (``nattunnel.esp.sa``). Nothing outside this class
+touches the ring.
 """
 
 from __future__ import annotations

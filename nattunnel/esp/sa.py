@@ -32,7 +32,11 @@ from ..constants import (
     ESP_HEADER_LEN,
     ESP_ICV_LEN,
     ESP_IV_LEN,
+    ESP_MIN_PACKET,
+    ESP_PLAINTEXT_OFFSET,
     ESP_TRAILER_LEN,
+    IPV4_HEADER_LEN,
+    IPV6_HEADER_LEN,
     NH_IPV4,
     NH_IPV6,
     NH_NO_NEXT_HEADER,
@@ -57,9 +61,9 @@ _V4_LEN: Final = struct.Struct("!BxH")
 _V6_LEN: Final = struct.Struct("!B3xH")
 
 #: header + IV before the ciphertext
-_CT_OFF: Final = ESP_HEADER_LEN + ESP_IV_LEN
+_CT_OFF: Final = ESP_PLAINTEXT_OFFSET
 #: smallest valid packet: header, IV, 4 octets of ciphertext (2 trailer + 2 pad), ICV
-MIN_ESP_PACKET: Final = _CT_OFF + ESP_ALIGN + ESP_ICV_LEN
+MIN_ESP_PACKET: Final = ESP_MIN_PACKET
 _M32: Final = 0xFFFFFFFF
 
 #: RFC 4303 section 2.4: padding octets are 1, 2, 3, ...
@@ -112,6 +116,9 @@ _SLOT_SIZES_MAX: Final = 8
 #: one GRO segment slot: offset, ciphertext+ICV, plaintext, AAD, IV views, and the offsets
 #: where the ciphertext starts and the ICV starts
 _Slot = tuple[int, memoryview, memoryview, memoryview, memoryview, int, int]
+#: an outbound packet's shape: trailer, plaintext, ciphertext+ICV and AAD views, the ESP
+#: packet's length, and its trailers (padding, pad length, next header) by IP version
+_OutShape = tuple[memoryview, memoryview, memoryview, memoryview, int, tuple[bytes | None, ...]]
 _SPI_SEQ: Final = struct.Struct("!II")
 _U64: Final = struct.Struct("!Q")
 
@@ -129,6 +136,14 @@ def _fast_tail4() -> dict[int, tuple[int, int]]:
 
 
 _FAST_TAIL4: Final = _fast_tail4()
+
+
+def _slot(buf: memoryview, off: int, n: int) -> _Slot:
+    """The views and offsets of the n-octet ESP packet at ``buf[off:]`` that ``_open`` uses."""
+    ct = off + _CT_OFF
+    return (off, buf[ct : off + n], buf[ct : off + n - ESP_ICV_LEN],
+            buf[off : off + ESP_HEADER_LEN], buf[off + ESP_HEADER_LEN : ct], ct,
+            off + n - ESP_ICV_LEN)
 
 
 class OutboundSA:
@@ -198,13 +213,22 @@ class OutboundSA:
         #: ESN and TFC padding take the general path; the fast path is the common case
         self._general = bool(esn or tfc_pad)
         self._buf: object = None
-        self._views: dict[int, tuple[memoryview, memoryview, memoryview, memoryview,
-                                     memoryview, int, tuple[bytes | None, ...]]] = {}
+        self._views: dict[int, _OutShape] = {}
 
     @property
     def packets(self) -> int:
         """Packets sent on this SA."""
         return self.seq - self.initial_seq
+
+    def _next_seq(self) -> int:
+        """Take the next sequence number (RFC 4303 section 3.3.3: never reused; past the soft
+        limit ``rekey_needed``; past the hard limit SequenceNumberExhausted, nothing taken).
+        The fast path has these lines inline."""
+        seq = self.seq + 1
+        if seq > self._limit:
+            self._next_seq_slow(seq)
+        self.seq = seq
+        return seq
 
     def _next_seq_slow(self, seq: int) -> None:
         if seq > self.hard_limit:
@@ -216,8 +240,7 @@ class OutboundSA:
 
     def _shape(
         self, out: memoryview, off: int, n: int
-    ) -> tuple[memoryview, memoryview, memoryview, memoryview, memoryview, int,
-               tuple[bytes | None, ...]]:
+    ) -> _OutShape:
         """Views into ``out`` for an n-octet inner packet at ``off`` (cached per buffer)."""
         if n == 0:
             raise ValueError("inner packet is neither IPv4 nor IPv6: it is empty")
@@ -233,7 +256,6 @@ class OutboundSA:
         end = ct + n
         ct_end = end + pad + ESP_TRAILER_LEN
         shape = (
-            out[ct:end],
             out[end:ct_end],
             out[ct:ct_end],
             out[ct : ct_end + ESP_ICV_LEN],
@@ -244,6 +266,10 @@ class OutboundSA:
         self._views[(off << 16) | n] = shape
         return shape
 
+    # Two paths: the fast one (``encapsulate_in_place``: no ESN, no TFC padding, IPv4 or IPv6
+    # by the version nibble, views cached per buffer) and the general one
+    # (``_encapsulate_general``: anything, the same octets). The other entry points copy the
+    # inner packet into place and take one of them.
     def encapsulate_into(
         self, inner: bytes | bytearray | memoryview, out: memoryview, off: int = 0
     ) -> int:
@@ -257,46 +283,35 @@ class OutboundSA:
         if self._general:
             return self._encapsulate_general(inner, out, off, 0)
         n = len(inner)
-        if out is self._buf:
-            shape = self._views.get((off << 16) | n) or self._shape(out, off, n)
-        else:
-            shape = self._shape(out, off, n)
-        inner_v, trailer_v, pt_v, ct_v, aad_v, total, trailers = shape
-        trailer = trailers[inner[0] >> 4] if n else None
-        if trailer is None:
-            raise ValueError("inner packet is neither IPv4 nor IPv6")
-        inner_v[:] = inner  # raises (using no sequence number) if the shape does not fit
-        trailer_v[:] = trailer
-        seq = self.seq + 1
-        if seq > self._limit:
-            self._next_seq_slow(seq)
-        self.seq = seq
-        # The SPI too, every time: another SA may have written into the same buffer.
-        _HEADER.pack_into(out, off, self.spi, seq, seq)
-        self._encrypt_into(_NONCE.pack(self._salt, seq), pt_v, aad_v, ct_v)
-        return total
+        start = off + _CT_OFF
+        try:
+            out[start : start + n] = inner
+        except ValueError:  # before any sequence number is used
+            raise ValueError("output buffer too small for the ESP packet") from None
+        return self.encapsulate_in_place(out, off, n)
 
     def encapsulate_in_place(self, out: memoryview, off: int, n: int) -> int:
         """As ``encapsulate_into`` for an n-octet inner packet that already lies where its
         plaintext goes, at ``out[off + 16 : off + 16 + n]`` (read there from the TUN device):
-        the ESP packet at ``out[off:]``, its length returned, nothing copied."""
+        the ESP packet at ``out[off:]``, its length returned, nothing copied. The fast path."""
         if self._general:
             return self._encapsulate_general(None, out, off, 0, n)
         if out is self._buf:
             shape = self._views.get((off << 16) | n) or self._shape(out, off, n)
         else:
             shape = self._shape(out, off, n)
-        trailer = shape[6][out[off + _CT_OFF] >> 4]
+        trailer = shape[5][out[off + _CT_OFF] >> 4]
         if trailer is None:
             raise ValueError("inner packet is neither IPv4 nor IPv6")
-        shape[1][:] = trailer
-        seq = self.seq + 1
+        shape[0][:] = trailer
+        seq = self.seq + 1  # _next_seq, inline
         if seq > self._limit:
             self._next_seq_slow(seq)
         self.seq = seq
+        # The SPI too, every time: another SA may have written into the same buffer.
         _HEADER.pack_into(out, off, self.spi, seq, seq)
-        self._encrypt_into(_NONCE.pack(self._salt, seq), shape[2], shape[4], shape[3])
-        return shape[5]
+        self._encrypt_into(_NONCE.pack(self._salt, seq), shape[1], shape[3], shape[2])
+        return shape[4]
 
     def encapsulate_dummy_into(self, out: memoryview, off: int = 0, size: int = 0) -> int:
         """A dummy packet (next header 59, RFC 4303 section 2.6) with ``size`` zero octets."""
@@ -326,10 +341,7 @@ class OutboundSA:
         if n < payload:
             out[ct + n : end] = bytes(payload - n)
         out[end:ct_end] = trailers[pad]
-        seq = self.seq + 1
-        if seq > self._limit:
-            self._next_seq_slow(seq)
-        self.seq = seq
+        seq = self._next_seq()
         _HEADER.pack_into(out, off, self.spi, seq & _M32, seq)
         if self.esn:
             aad: bytes | memoryview = _AAD_ESN.pack(self.spi, seq >> 32, seq & _M32)
@@ -390,28 +402,12 @@ class InboundSA:
         self._nonce = bytearray(salt + bytes(ESP_IV_LEN))
         self._nonce_iv = memoryview(self._nonce)[len(salt) :]
         self._buf: object = None
-        self._views: dict[int, tuple[memoryview, memoryview, memoryview, memoryview]] = {}
+        self._views: dict[int, _Slot] = {}
         self._run_buf: object = None
         self._run_slots: dict[int, list[_Slot]] = {}
         self.drops = DropCounters()
         self.packets = 0
         self.bytes = 0
-
-    def _shape(
-        self, buf: memoryview, off: int, n: int
-    ) -> tuple[memoryview, memoryview, memoryview, memoryview]:
-        if buf is not self._buf or len(self._views) >= _VIEW_CACHE_MAX:
-            self._buf = buf
-            self._views = {}
-        ct = off + _CT_OFF
-        shape = (
-            buf[ct : off + n],
-            buf[ct : off + n - ESP_ICV_LEN],
-            buf[off : off + ESP_HEADER_LEN],
-            buf[off + ESP_HEADER_LEN : ct],
-        )
-        self._views[(off << 16) | n] = shape
-        return shape
 
     def decapsulate_into(self, buf: memoryview, off: int, n: int) -> int:
         """Authenticate and decrypt, in place, the n-octet ESP packet at ``buf[off:]``.
@@ -420,32 +416,30 @@ class InboundSA:
         ``buf[off + 16 : off + 16 + m]``, or ``-DropReason`` (counted in ``self.drops``).
         A packet that fails authentication leaves no plaintext behind. The caller has already
         matched the SPI. Reuse the same ``buf``, as views into it are cached.
+
+        The same steps as ``_open`` (which ``decapsulate_run`` uses) with the same helpers,
+        written out for one packet: a run's set-up would cost more than the packet.
         """
         if n < MIN_ESP_PACKET:
             return self._drop(_TRUNCATED)
-        seql = _U32.unpack_from(buf, off + 4)[0]
+        if buf is self._buf:
+            slot = self._views.get((off << 16) | n) or self._shape(buf, off, n)
+        else:
+            slot = self._shape(buf, off, n)
+        _, ct_v, pt_v, aad, iv_v, ct, ct_end = slot
+        seq = _U32.unpack_from(buf, off + 4)[0]
         replay = self.replay
         # RFC 4303 section 3.4.3: check before the ICV, commit after it.
         if self.esn:
+            seql = seq
             seq = replay.check(seql)
             if seq < 0:
                 return self._drop(seq)
-        else:
-            seq = seql
-            top = replay.top
-            if seq <= top and (
-                seq == 0
-                or top - seq >= replay.size
-                or replay._ring[seq & replay._mask] == seq
-            ):
-                return self._drop(replay.check(seq))
-        if buf is self._buf:
-            shape = self._views.get((off << 16) | n) or self._shape(buf, off, n)
-        else:
-            shape = self._shape(buf, off, n)
-        ct_v, pt_v, aad, iv_v = shape
-        if self.esn:
             aad = memoryview(_AAD_ESN.pack(_U32.unpack_from(buf, off)[0], seq >> 32, seql))
+        elif seq <= replay.top:  # not right of the window: 0, too old, or maybe a replay
+            seq = replay.check(seq)
+            if seq < 0:
+                return self._drop(seq)
         self._nonce_iv[:] = iv_v
         try:
             self._decrypt_into(self._nonce, ct_v, aad, pt_v)
@@ -453,10 +447,8 @@ class InboundSA:
             pt_v[:] = bytes(len(pt_v))
             return self._drop(_AUTH_FAILED)
         # Authentic from here on: the window moves even if the contents are then refused.
-        replay._ring[seq & replay._mask] = seq
-        if seq > replay.top:
-            replay.top = seq
-        inner_len = self._check_trailer(buf, off + _CT_OFF, off + n - ESP_ICV_LEN)
+        replay.commit(seq)
+        inner_len = self._check_trailer(buf, ct, ct_end)
         if inner_len > 0:
             self.packets += 1
             self.bytes += inner_len
@@ -472,93 +464,109 @@ class InboundSA:
         ``-DropReason``) appended to ``out``, until ``end`` or a packet with another SPI.
         Returns the offset of the first packet not handled.
 
-        Same checks, same order, same results and counters as ``decapsulate_into`` on each
-        packet (tests/test_batch.py holds them to that). What makes it cheaper: the views of
-        each segment slot are made once per buffer and size; the SA's state lives in locals;
-        and an IPv4 packet with 0-3 octets of padding, the common case, is checked with one
-        look at its first word (version and length) and one at its last 8 octets (padding,
-        pad length, next header). Anything else takes the general checks.
+        The steps of ``decapsulate_into``, with its helpers, in a loop: the same checks in the
+        same order, the same results and counters. Cheaper: each segment slot's views are made
+        once per buffer and size; the SA's state lives in locals; an IPv4 packet with 0-3
+        octets of padding (the common case) is checked with one look at its first word and
+        one at its last 8 octets; anything else takes ``_check_trailer``.
         """
-        append = out.append
-        if self.esn or seg < MIN_ESP_PACKET or off % seg:
-            while off < end:
-                n = seg if off + seg <= end else end - off
-                if n < 8 or _U32.unpack_from(buf, off)[0] != self.spi:
-                    break
-                append(self.decapsulate_into(buf, off, n))
-                off += seg
-            return off
+        if seg < MIN_ESP_PACKET or off % seg:  # truncated, or off the grid: one by one
+            return self._one_by_one(buf, off, end, seg, out)
         nfull = end // seg
-        slots = self._run_slots.get(seg) if buf is self._run_buf else None
-        if slots is None or len(slots) < nfull:
-            slots = self._make_slots(buf, seg, nfull)
+        slots = self._slots(buf, seg, nfull)
         spi = self.spi
-        unpack = _U32.unpack_from
+        append = out.append
         head = _SPI_SEQ.unpack_from
+        unpack = _U32.unpack_from
         tail8 = _U64.unpack_from
         fast4 = _FAST_TAIL4.get
         replay = self.replay
-        ring = replay._ring
-        mask = replay._mask
-        wsize = replay.size
+        check = replay.check
+        commit = replay.commit
         top = replay.top
+        esn = self.esn
         decrypt_into = self._decrypt_into
         nonce = self._nonce
         nonce_iv = self._nonce_iv
-        packets = 0
-        nbytes = 0
+        packets = nbytes = 0
         stop = nfull * seg
-        todo = slots[off // seg : nfull]
-        for off, ct_v, pt_v, aad_v, iv_v, ct, ct_end in todo:
-            spi_, seq = head(buf, off)
+        for at, ct_v, pt_v, aad, iv_v, ct, ct_end in slots[off // seg : nfull]:
+            spi_, seq = head(buf, at)
             if spi_ != spi:
-                stop = off
+                stop = at
                 break
-            if seq <= top and (seq == 0 or top - seq >= wsize or ring[seq & mask] == seq):
-                append(self._drop(replay.check(seq)))
-                continue
+            if esn:
+                seql = seq
+                seq = check(seql)
+                if seq < 0:
+                    append(self._drop(seq))
+                    continue
+                aad = memoryview(_AAD_ESN.pack(spi, seq >> 32, seql))
+            elif seq <= top:  # not right of the window: 0, too old, or maybe a replay
+                r = check(seq)
+                if r < 0:
+                    append(self._drop(r))
+                    continue
             nonce_iv[:] = iv_v
             try:
-                decrypt_into(nonce, ct_v, aad_v, pt_v)
+                decrypt_into(nonce, ct_v, aad, pt_v)
             except InvalidTag:
                 pt_v[:] = bytes(len(pt_v))
                 append(self._drop(_AUTH_FAILED))
                 continue
-            ring[seq & mask] = seq
+            commit(seq)
             if seq > top:
-                top = replay.top = seq
+                top = seq
             word = unpack(buf, ct)[0]
             inner_len = word & 0xFFFF
             mw = fast4(ct_end - ct - inner_len)
-            if (mw is not None and inner_len >= 20 and word >> 28 == 4
-                    and tail8(buf, ct_end - 8)[0] & mw[0] == mw[1]):
-                packets += 1
-                nbytes += inner_len
-                append(inner_len)
-                continue
-            inner_len = self._check_trailer(buf, ct, ct_end)
-            if inner_len > 0:
-                packets += 1
-                nbytes += inner_len
+            if (mw is None or inner_len < IPV4_HEADER_LEN or word >> 28 != 4
+                    or tail8(buf, ct_end - 8)[0] & mw[0] != mw[1]):
+                inner_len = self._check_trailer(buf, ct, ct_end)
+                if inner_len < 0:
+                    append(inner_len)
+                    continue
+            packets += 1
+            nbytes += inner_len
             append(inner_len)
         self.packets += packets
         self.bytes += nbytes
-        off = stop
-        if off == nfull * seg and off < end and end - off >= 8 and unpack(buf, off)[0] == spi:
-            append(self.decapsulate_into(buf, off, end - off))  # the shorter last one
-            off = end
+        if stop < nfull * seg or stop == end:
+            return stop
+        return min(self._one_by_one(buf, stop, end, seg, out), end)  # the shorter last one
+
+    def _one_by_one(self, buf: memoryview, off: int, end: int, seg: int, out: list[int]) -> int:
+        """``decapsulate_run`` with ``decapsulate_into`` on each packet (the shorter last one
+        of a run; segments too short for ESP or off the grid)."""
+        spi = self.spi
+        while off < end:
+            n = seg if off + seg <= end else end - off
+            if n < ESP_HEADER_LEN or _U32.unpack_from(buf, off)[0] != spi:
+                break
+            out.append(self.decapsulate_into(buf, off, n))
+            off += seg
         return off
+
+    def _shape(self, buf: memoryview, off: int, n: int) -> _Slot:
+        """The slot of the n-octet packet at ``buf[off:]`` (cached per buffer)."""
+        if buf is not self._buf or len(self._views) >= _VIEW_CACHE_MAX:
+            self._buf = buf
+            self._views = {}
+        slot = self._views[(off << 16) | n] = _slot(buf, off, n)
+        return slot
+
+    def _slots(self, buf: memoryview, seg: int, count: int) -> list[_Slot]:
+        """At least ``count`` slots of ``seg`` octets from the start of ``buf`` (cached)."""
+        slots = self._run_slots.get(seg) if buf is self._run_buf else None
+        if slots is None or len(slots) < count:
+            slots = self._make_slots(buf, seg, count)
+        return slots
 
     def _make_slots(self, buf: memoryview, seg: int, count: int) -> list[_Slot]:
         if buf is not self._run_buf or len(self._run_slots) >= _SLOT_SIZES_MAX:
             self._run_buf = buf
             self._run_slots = {}
-        slots = [
-            (o, buf[o + _CT_OFF : o + seg], buf[o + _CT_OFF : o + seg - ESP_ICV_LEN],
-             buf[o : o + ESP_HEADER_LEN], buf[o + ESP_HEADER_LEN : o + _CT_OFF],
-             o + _CT_OFF, o + seg - ESP_ICV_LEN)
-            for o in range(0, count * seg, seg)
-        ]
+        slots = [_slot(buf, o, seg) for o in range(0, count * seg, seg)]
         self._run_slots[seg] = slots
         return slots
 
@@ -581,12 +589,13 @@ class InboundSA:
         inner_len = inner_end - ct
         if nh == NH_IPV4:
             word = _U32.unpack_from(buf, ct)[0]
-            if inner_len < 20 or word & 0xF000FFFF != 0x40000000 | inner_len:
+            if inner_len < IPV4_HEADER_LEN or word & 0xF000FFFF != 0x40000000 | inner_len:
                 return self._inner_length(buf, ct, inner_len, nh)
             return inner_len
         if nh == NH_IPV6:
             version, ip_len = _V6_LEN.unpack_from(buf, ct)
-            if inner_len < 40 or version >> 4 != 6 or ip_len + 40 != inner_len:
+            if (inner_len < IPV6_HEADER_LEN or version >> 4 != 6
+                    or ip_len + IPV6_HEADER_LEN != inner_len):
                 return self._inner_length(buf, ct, inner_len, nh)
             return inner_len
         if nh == NH_NO_NEXT_HEADER:
@@ -599,14 +608,14 @@ class InboundSA:
         Shorter than ``room`` means TFC padding follows it (RFC 4303 section 2.4).
         """
         if nh == NH_IPV4:
-            if room >= 20:
+            if room >= IPV4_HEADER_LEN:
                 version, ip_len = _V4_LEN.unpack_from(buf, ct)
-                if version >> 4 == 4 and 20 <= ip_len <= room:
+                if version >> 4 == 4 and IPV4_HEADER_LEN <= ip_len <= room:
                     return int(ip_len)
-        elif room >= 40:
+        elif room >= IPV6_HEADER_LEN:
             version, ip_len = _V6_LEN.unpack_from(buf, ct)
-            if version >> 4 == 6 and ip_len + 40 <= room:
-                return int(ip_len) + 40
+            if version >> 4 == 6 and ip_len + IPV6_HEADER_LEN <= room:
+                return int(ip_len) + IPV6_HEADER_LEN
         return self._drop(_BAD_INNER)
 
     def _drop(self, neg_reason: int) -> int:

@@ -1,18 +1,25 @@
-"""The receive path: UDP datagrams in, inner packets out.
+"""The receive path: ESP-in-UDP datagrams in, inner packets out. Top to bottom:
 
-    recvmsg with GRO                      Receiver.on_udp_gro (here; Receiver.on_udp without GRO)
-    -> SPI runs                           Tunnel.receive_batch (tunnel/core.py)
-    -> decrypt in place, replay window    InboundSA.decapsulate_run (esp/sa.py, esp/replay.py)
-    -> source check, NAT rebinding        Tunnel._deliver_run (tunnel/core.py)
-    -> coalesce                           interface.write: TunInterface.write (io/tun.py,
-                                          io/coalesce.py), InProcessInterface.write
-    -> writev                             interface.flush: TunInterface.flush (io/tun.py)
-    -> events (peer moved, rekey), timer  the endpoint's ``after`` (Endpoint, io/endpoint.py)
+    recvmsg with GRO         Receiver.on_udp_gro (here): one read, many datagrams of one size
+                             from one sender (Receiver.on_udp without GRO: recvfrom_into)
+    -> SPI runs              Tunnel.receive_batch (tunnel/core.py): consecutive datagrams of
+                             one SA; keepalives, IKE and junk leave in Tunnel._receive_other
+    -> decrypt               InboundSA.decapsulate_run (esp/sa.py): replay check, ICV, replay
+                             commit (esp/replay.py), trailer, in place in the receive buffer
+    -> source check          Tunnel._source_ok -> Peer.source_allowed_at (RFC 4301 5.2)
+    -> rebinding             Tunnel._heard (tunnel/core.py): an authentic packet moves the peer
+    -> coalesce              interface.write: TcpCoalescer.write (io/coalesce.py) behind
+                             TunInterface (io/tun.py), or InProcessInterface.write
+    -> writev                interface.flush: TcpCoalescer.flush (io/coalesce.py), before the
+                             buffer is reused
+    -> events                the endpoint's ``after`` (Endpoint._after_receive, io/endpoint.py):
+                             peer moved, rekey, IKE that came behind the non-ESP marker
 
-Keepalives, IKE behind the non-ESP marker and junk leave the path in the tunnel core
-(``Tunnel._receive_other``). One reader callback drains its socket until EAGAIN or its
-budget; packets are decrypted where they were read and handed on as views into the one
-receive buffer, which is reused only after ``flush``.
+A datagram alone in its read takes the one-datagram forms of the same steps: Tunnel.receive
+-> InboundSA.decapsulate_into -> the same source check and rebinding. One reader callback
+drains its socket until EAGAIN or its budget; packets are decrypted where they were read and
+handed on as views into the one receive buffer. No logging per packet, and no allocation
+beyond the small objects Python cannot avoid (views).
 
 Part of ``nattunnel.io``.
 """

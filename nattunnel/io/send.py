@@ -1,20 +1,24 @@
-"""The send path: inner packets in, UDP datagrams out.
+"""The send path: inner packets in, ESP-in-UDP datagrams out. Top to bottom:
 
-    read from the inner interface       read_into: TunInterface._read (io/tun.py), straight
-                                        into the send buffer where the plaintext goes
-    -> route                            Tunnel.route_at (tunnel/core.py, tunnel/prefixes.py)
-    -> encrypt in place                 Peer.encapsulate_in_place (tunnel/peer.py),
-                                        OutboundSA.encapsulate_in_place (esp/sa.py)
-    -> GSO batch                        Sender.drain_inner (here): ESP packets of one size to
-                                        one peer side by side
-    -> sendmsg                          Sender._send_batch (here): one sendmsg with
-                                        UDP_SEGMENT, or sendto per packet without GSO
-    -> events (rekey needed)            the endpoint's ``on_events`` (io/endpoint.py)
+    read from TUN            Sender.drain_inner (here) calls read_into: TunDevice.read_into
+                             or .read_into_vnet (io/tun.py), straight into the send buffer
+                             where the ESP packet's plaintext goes
+    -> route                 Tunnel.route_at (tunnel/core.py; prefixes in tunnel/prefixes.py)
+    -> encrypt in place      Peer.encapsulate_in_place (tunnel/peer.py: SA, address, counters)
+                             -> OutboundSA.encapsulate_in_place (esp/sa.py: trailer, sequence
+                             number, header, AEAD), the ESP packet where it lies
+    -> GSO batch             Sender.drain_inner (here): ESP packets of one size to one peer
+                             side by side in the buffer, up to 64 or 64 KiB
+    -> sendmsg               Sender._send_batch (here): one sendmsg with UDP_SEGMENT (io/udp.py)
+                             per batch; without GSO one sendto per packet
+    -> events                the endpoint's ``on_events`` (Endpoint._after_send,
+                             io/endpoint.py): an SA past its soft limit wants a rekey
 
-``Sender.drain_inner`` is the whole path for a TUN device (called when it is readable);
-``Sender.send_inner`` is the one-packet form (the in-process interface, tests): the same
-route and encapsulation, then one ``sendto``. ``send_datagram`` sends what a core made
-(NAT keepalives).
+The one-packet form is ``Sender.send_inner`` (the in-process interface, tests):
+Tunnel.encapsulate_into (route, then Peer.encapsulate_into: copy into place and the same
+Peer.encapsulate_in_place) and one sendto. ``send_datagram`` sends what a core made (NAT
+keepalives). No logging per packet, and no allocation beyond the small objects Python
+cannot avoid (views, the nonce).
 
 Part of ``nattunnel.io``.
 """
@@ -99,8 +103,7 @@ class Sender:
                 counts[DropReason.NO_ROUTE] += 1
                 continue
             m = peer.encapsulate_in_place(txv, off, n, now)
-            if m < 0:
-                counts[-m] += 1
+            if m < 0:  # counted
                 continue
             if not gso:
                 sock, addr = peer.sock, peer.addr
@@ -139,18 +142,12 @@ class Sender:
         """Encapsulate one inner packet and send it; the ESP length, or ``-DropReason``."""
         if now is None:
             now = self.clock()
-        tunnel = self.tunnel
-        peer = tunnel.route(packet)
-        if peer is None:
-            tunnel.drops.counts[DropReason.NO_ROUTE] += 1
-            return -DropReason.NO_ROUTE
-        m = peer.encapsulate_into(packet, self._txv, now)
-        if m < 0:
-            tunnel.drops.counts[-m] += 1
+        peer, m = self.tunnel.encapsulate_into(packet, self._txv, now)
+        if m < 0 or peer is None:
             return m
         if not self._sendto(peer, self._txv[:m]):
             return -DropReason.SEND_FAILED
-        if tunnel.events:
+        if self.tunnel.events:
             self.on_events()
         return m
 

@@ -379,7 +379,7 @@ def _nothing() -> None:
 
 
 class TunInterface:
-    """A ``TunDevice`` as the endpoint's inner interface (``nattunnel.io.endpoint.InnerInterface``).
+    """A ``TunDevice`` as the endpoint's inner interface (``io.interface.InnerInterface``).
 
     Packets read from the device are drained by the endpoint with ``add_reader`` (until EAGAIN
     or the budget). Decapsulated packets are written to the device; on a device opened with

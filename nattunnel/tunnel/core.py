@@ -27,7 +27,18 @@ from dataclasses import dataclass
 from typing import Final
 
 from ..addr import Addr, Network
-from ..constants import ESP_HEADER_LEN, NAT_KEEPALIVE, SPI_RESERVED_MAX
+from ..constants import (
+    ESP_HEADER_LEN,
+    ESP_PLAINTEXT_OFFSET,
+    IPV4_DST_OFFSET,
+    IPV4_HEADER_LEN,
+    IPV4_SRC_OFFSET,
+    IPV6_ADDR_LEN,
+    IPV6_DST_OFFSET,
+    IPV6_HEADER_LEN,
+    NAT_KEEPALIVE,
+    SPI_RESERVED_MAX,
+)
 from ..esp.drop import DropCounters, DropReason
 from ..esp.sa import InboundSA, OutboundSA
 from ..esp.udpencap import Kind, classify, ike_payload
@@ -40,7 +51,10 @@ _U32: Final = struct.Struct("!I")
 CONSUMED: Final = -1000
 _SOURCE_NOT_ALLOWED: Final = -DropReason.SOURCE_NOT_ALLOWED
 _UNKNOWN_SPI: Final = -DropReason.UNKNOWN_SPI
+_NO_ROUTE: Final = -DropReason.NO_ROUTE
 _ROUTE_CACHE_MAX: Final = 4096
+#: where an ESP packet's plaintext, the inner packet, starts
+_PLAIN: Final = ESP_PLAINTEXT_OFFSET
 
 IkeHandler = Callable[[memoryview, Addr, float], None]
 
@@ -103,7 +117,7 @@ class Tunnel:
         if name in self.peers:
             raise ValueError(f"peer {name!r} exists")
         peer = Peer(name, allowed, addr=addr, keepalive=keepalive,
-                    keepalive_interval=keepalive_interval, now=now)
+                    keepalive_interval=keepalive_interval, now=now, drops=self.drops)
         for net in peer.allowed:
             if (c := self._prefixes.conflict(net)) is not None:
                 theirs, other = c
@@ -180,6 +194,10 @@ class Tunnel:
         self._cache6 = {}
 
     # --- inner packets out --------------------------------------------------------------------
+    # One send path: ``route_at`` finds the peer of the inner packet where it lies, then
+    # ``Peer.encapsulate_in_place`` encrypts it there (the endpoint's drain reads packets
+    # straight into its send buffer) and counts a refusal in the tunnel's drops.
+    # ``encapsulate_into`` is the same two steps for a packet given as bytes.
     def route(self, inner: bytes | bytearray | memoryview) -> Peer | None:
         """The peer whose allowed prefixes hold the inner packet's destination (prefixes of
         different peers never overlap, so there is at most one)."""
@@ -187,14 +205,15 @@ class Tunnel:
 
     def route_at(self, buf: bytes | bytearray | memoryview, at: int, n: int) -> Peer | None:
         """``route`` for the n-octet inner packet at ``buf[at:]``."""
-        if n >= 20 and buf[at] >> 4 == 4:
-            dst = _U32.unpack_from(buf, at + 16)[0]
+        if n >= IPV4_HEADER_LEN and buf[at] >> 4 == 4:
+            dst = _U32.unpack_from(buf, at + IPV4_DST_OFFSET)[0]
             try:
                 return self._cache4[dst]
             except KeyError:
                 return self._lookup(dst, self._prefixes.lookup4, self._cache4)
-        if n >= 40 and buf[at] >> 4 == 6:
-            dst6 = int.from_bytes(buf[at + 24 : at + 40], "big")
+        if n >= IPV6_HEADER_LEN and buf[at] >> 4 == 6:
+            dst6 = int.from_bytes(buf[at + IPV6_DST_OFFSET : at + IPV6_DST_OFFSET + IPV6_ADDR_LEN],
+                                  "big")
             try:
                 return self._cache6[dst6]
             except KeyError:
@@ -212,21 +231,15 @@ class Tunnel:
         return found
 
     def encapsulate_into(
-        self, inner: bytes | bytearray | memoryview, out: memoryview, now: float
+        self, inner: bytes | bytearray | memoryview, out: memoryview, now: float, off: int = 0
     ) -> tuple[Peer | None, int]:
-        """Route and encapsulate one inner packet. Returns (peer, length) or (peer, -reason).
-
-        The data path calls ``route`` and ``Peer.encapsulate_into`` itself; this is the
-        readable form for everything else.
-        """
+        """Route and encapsulate one inner packet: (peer, the ESP packet's length at
+        ``out[off:]``), or (peer or None, ``-DropReason``), counted."""
         peer = self.route(inner)
         if peer is None:
             self.drops.counts[DropReason.NO_ROUTE] += 1
-            return None, -DropReason.NO_ROUTE
-        n = peer.encapsulate_into(inner, out, now)
-        if n < 0:
-            self.drops.counts[-n] += 1
-        return peer, n
+            return None, _NO_ROUTE
+        return peer, peer.encapsulate_into(inner, out, now, off)
 
     def check_rekey(self, peer: Peer) -> None:
         sa = peer.outbound
@@ -235,31 +248,26 @@ class Tunnel:
             self.events.append(RekeyNeeded(peer.name, sa.spi))
 
     # --- datagrams in -------------------------------------------------------------------------
+    # One receive path: ``receive`` is a run of one datagram, ``receive_batch`` runs of one
+    # SPI within a GRO read. Both decrypt with the SA (``InboundSA.decapsulate_into`` is the
+    # one-packet form of ``decapsulate_run``), then check the inner source (``_source_ok``)
+    # and let an authentic packet move the peer (``_heard``).
     def receive(self, buf: memoryview, off: int, n: int, addr: Addr, now: float) -> int:
         """Handle the n-octet UDP payload at ``buf[off:]`` from ``addr``.
 
-        Returns the inner packet's length ``m`` (the packet is ``buf[off+16 : off+16+m]``),
-        ``CONSUMED`` for keepalives and IKE, or ``-DropReason``.
+        Returns the inner packet's length ``m`` (the packet is ``buf[off+16 : off+16+m]``,
+        16 being ESP_PLAINTEXT_OFFSET), ``CONSUMED`` for keepalives and IKE, or
+        ``-DropReason``.
         """
-        if n >= 8:
+        if n >= ESP_HEADER_LEN:
             entry = self._by_spi.get(_U32.unpack_from(buf, off)[0])
             if entry is not None:
                 sa, peer = entry
                 m = sa.decapsulate_into(buf, off, n)
-                if m < 0:
-                    return m
-                # RFC 4301 section 5.2: the inner source must be one the SA may carry.
-                ct = off + 16
-                if buf[ct] >> 4 == 4:
-                    ok = peer.source_allowed4(_U32.unpack_from(buf, ct + 12)[0])
-                else:
-                    ok = peer.source_allowed6(int.from_bytes(buf[ct + 8 : ct + 24], "big"))
-                if not ok:
-                    self._source_drop(sa, peer, m)
-                    return _SOURCE_NOT_ALLOWED
-                peer.last_rx = now
-                if addr != peer.addr:
-                    self._moved(peer, addr)
+                if m > 0:
+                    if not self._source_ok(sa, peer, buf, off + _PLAIN, m):
+                        return _SOURCE_NOT_ALLOWED
+                    self._heard(peer, addr, now)
                 return m
         return self._receive_other(buf, off, n, addr, now)
 
@@ -279,11 +287,11 @@ class Tunnel:
         off = 0
         while off < n:
             size = seg if off + seg <= n else n - off
-            entry = by_spi.get(unpack(buf, off)[0]) if size >= 8 else None
+            entry = by_spi.get(unpack(buf, off)[0]) if size >= ESP_HEADER_LEN else None
             if entry is None:
                 m = self._receive_other(buf, off, size, addr, now)
                 if m > 0:
-                    deliver(buf[off + 16 : off + 16 + m])
+                    deliver(buf[off + _PLAIN : off + _PLAIN + m])
                 off += seg
                 continue
             sa, peer = entry
@@ -292,37 +300,40 @@ class Tunnel:
             off = sa.decapsulate_run(buf, off, n, seg, results)
             ok4 = -1  # the last inner IPv4 source found allowed in this run
             delivered = False
-            ct = start + 16
+            ct = start + _PLAIN
             for m in results:
                 if m > 0:
-                    # RFC 4301 section 5.2: the inner source must be one the SA may carry.
-                    if buf[ct] >> 4 == 4:
-                        src = unpack(buf, ct + 12)[0]
-                        if src != ok4:
-                            if peer.source_allowed4(src):
-                                ok4 = src
-                            else:
-                                self._source_drop(sa, peer, m)
-                                ct += seg
-                                continue
-                    elif not peer.source_allowed6(int.from_bytes(buf[ct + 8 : ct + 24], "big")):
-                        self._source_drop(sa, peer, m)
-                        ct += seg
-                        continue
+                    if buf[ct] >> 4 != 4 or unpack(buf, ct + IPV4_SRC_OFFSET)[0] != ok4:
+                        if not self._source_ok(sa, peer, buf, ct, m):
+                            ct += seg
+                            continue
+                        if buf[ct] >> 4 == 4:
+                            ok4 = unpack(buf, ct + IPV4_SRC_OFFSET)[0]
                     delivered = True
                     deliver(buf[ct : ct + m])
                 ct += seg
             if delivered:
-                peer.last_rx = now
-                if addr != peer.addr:
-                    self._moved(peer, addr)
+                self._heard(peer, addr, now)
 
-    def _source_drop(self, sa: InboundSA, peer: Peer, m: int) -> None:
+    def _source_ok(self, sa: InboundSA, peer: Peer, buf: memoryview, at: int, m: int) -> bool:
+        """RFC 4301 section 5.2: the inner source must be one the SA may carry. A packet that
+        fails is counted (and no longer counted as the SA's)."""
+        if peer.source_allowed_at(buf, at):
+            return True
         # the SA counted it as delivered; it is not
         sa.packets -= 1
         sa.bytes -= m
         peer.source_drops += 1
         self.drops.counts[DropReason.SOURCE_NOT_ALLOWED] += 1
+        return False
+
+    def _heard(self, peer: Peer, addr: Addr, now: float) -> None:
+        """An authentic packet from ``peer`` came from ``addr``: it lives there now (NAT
+        rebinding; never on an unauthenticated packet, since the SA checks ICV and replay
+        first)."""
+        peer.last_rx = now
+        if addr != peer.addr:
+            self._moved(peer, addr)
 
     def _receive_other(self, buf: memoryview, off: int, n: int, addr: Addr, now: float) -> int:
         if n >= ESP_HEADER_LEN and _U32.unpack_from(buf, off)[0] > SPI_RESERVED_MAX:

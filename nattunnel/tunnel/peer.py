@@ -6,13 +6,14 @@ Sans-I/O: a ``Peer`` holds state and is driven by ``Tunnel`` with an explicit ``
 from __future__ import annotations
 
 import ipaddress
+import struct
 from collections.abc import Callable, Iterable
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
 from ..addr import Addr, Network
-from ..constants import ESP_HEADER_LEN, ESP_IV_LEN
-from ..esp.drop import DropReason
+from ..constants import ESP_PLAINTEXT_OFFSET, IPV4_SRC_OFFSET, IPV6_ADDR_LEN, IPV6_SRC_OFFSET
+from ..esp.drop import DropCounters, DropReason
 from ..esp.sa import InboundSA, OutboundSA, SequenceNumberExhausted
 
 if TYPE_CHECKING:
@@ -21,7 +22,9 @@ if TYPE_CHECKING:
 _NO_ENDPOINT = -DropReason.NO_ENDPOINT
 _EXHAUSTED = -DropReason.SEQUENCE_EXHAUSTED
 #: where an ESP packet's plaintext starts: after the header and the IV
-_PLAIN_OFF = ESP_HEADER_LEN + ESP_IV_LEN
+_PLAIN_OFF = ESP_PLAINTEXT_OFFSET
+#: an IPv4 source address
+_U32 = struct.Struct("!I")
 
 
 class KeepaliveMode(StrEnum):
@@ -46,6 +49,7 @@ class Peer:
         "_allowed6",
         "addr",
         "allowed",
+        "drops",
         "inbound",
         "keepalive",
         "keepalive_interval",
@@ -73,7 +77,9 @@ class Peer:
         keepalive: bool = False,
         keepalive_interval: float = 20.0,
         now: float = 0.0,
+        drops: DropCounters | None = None,
     ) -> None:
+        """``drops``: where packets this peer refuses to send are counted (the tunnel's)."""
         if keepalive_interval <= 0:
             raise ValueError("keepalive_interval must be positive")
         self.name = name
@@ -108,15 +114,20 @@ class Peer:
         #: called once when the outbound SA passes its soft limit (the Tunnel raises an event)
         self.on_rekey: Callable[[Peer], None] | None = None
         self.removed = False
+        self.drops = drops if drops is not None else DropCounters()
 
-    # Plain loops: any() with a generator costs a frame per call on the per-packet path.
-    def source_allowed4(self, src: int) -> bool:
-        for net, mask in self._allowed4:  # noqa: SIM110
-            if src & mask == net:
-                return True
-        return False
-
-    def source_allowed6(self, src: int) -> bool:
+    def source_allowed_at(self, buf: bytes | bytearray | memoryview, at: int) -> bool:
+        """RFC 4301 section 5.2: whether the inner packet at ``buf[at:]`` (IPv4, or else IPv6)
+        comes from a source in the peer's allowed prefixes."""
+        # Plain loops: any() with a generator costs a frame per call on the per-packet path.
+        if buf[at] >> 4 == 4:
+            src = _U32.unpack_from(buf, at + IPV4_SRC_OFFSET)[0]
+            for net, mask in self._allowed4:  # noqa: SIM110
+                if src & mask == net:
+                    return True
+            return False
+        at += IPV6_SRC_OFFSET
+        src = int.from_bytes(buf[at : at + IPV6_ADDR_LEN], "big")
         for net, mask in self._allowed6:  # noqa: SIM110
             if src & mask == net:
                 return True
@@ -132,13 +143,16 @@ class Peer:
 
     def encapsulate_in_place(self, out: memoryview, off: int, n: int, now: float) -> int:
         """As ``encapsulate_into`` for an n-octet inner packet already at ``out[off + 16:]``
-        (``OutboundSA.encapsulate_in_place``)."""
+        (``OutboundSA.encapsulate_in_place``). A refusal (no SA or address, sequence numbers
+        exhausted) is counted in ``drops``."""
         sa = self.outbound
         if sa is None or self.addr is None:
+            self.drops.counts[DropReason.NO_ENDPOINT] += 1
             return _NO_ENDPOINT
         try:
             n = sa.encapsulate_in_place(out, off, n)
         except SequenceNumberExhausted:
+            self.drops.counts[DropReason.SEQUENCE_EXHAUSTED] += 1
             return _EXHAUSTED
         self.last_tx = now
         self.tx_bytes += n
