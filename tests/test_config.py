@@ -678,7 +678,8 @@ def ike_error(ikedir: Path, text: str) -> ConfigError:
 
 
 def test_ike_psk_peer(ikedir: Path) -> None:
-    from nattunnel.ike.sa import DEFAULT_ESP_PROPOSALS, DEFAULT_IKE_PROPOSALS, Identity, IkeConfig
+    from nattunnel.ike.config import Identity, IkeConfig
+    from nattunnel.ike.proposals import DEFAULT_ESP_PROPOSALS, DEFAULT_IKE_PROPOSALS
 
     cfg = load(ikedir, IKE_PSK)
     assert cfg.keylog is None and cfg.ike_port == 500
@@ -711,7 +712,7 @@ def test_ike_psk_peer(ikedir: Path) -> None:
 def test_ike_pubkey_peer(ikedir: Path) -> None:
     from cryptography.hazmat.primitives.asymmetric import ed25519
 
-    from nattunnel.ike.sa import Identity
+    from nattunnel.ike.config import Identity
     from nattunnel.keys import load_ed25519_private, load_ed25519_public
 
     cfg = load(ikedir, IKE_PUBKEY)
@@ -729,7 +730,7 @@ def test_ike_pubkey_peer(ikedir: Path) -> None:
 
 
 def test_ike_all_fields(ikedir: Path) -> None:
-    from nattunnel.ike.sa import EspProposal, IkeProposal
+    from nattunnel.ike.proposals import EspProposal, IkeProposal
 
     text = IKE_PSK.replace('listen = ["0.0.0.0:4500"]',
                            'listen = ["0.0.0.0:4500", "[::]:4500"]\nkeylog = "klog"\n'
@@ -1210,7 +1211,7 @@ def test_bad_string_is_a_config_error(ikedir: Path, base: str, old: str, new: st
     ("1:2", "not an IP address"),
 ])
 def test_identity_parse_raises_value_error(text: str, fragment: str) -> None:
-    from nattunnel.ike.sa import Identity
+    from nattunnel.ike.config import Identity
 
     with pytest.raises(ValueError) as info:
         Identity.parse(text)
@@ -1228,7 +1229,7 @@ def test_identity_parse_raises_value_error(text: str, fragment: str) -> None:
     ("keyid:grüezi", (11, "grüezi".encode())),
 ])
 def test_identity_parse_and_str_round_trip(text: str, expected: tuple[int, bytes]) -> None:
-    from nattunnel.ike.sa import Identity
+    from nattunnel.ike.config import Identity
 
     ident = Identity.parse(text)
     assert (ident.id_type, ident.data) == expected

@@ -183,8 +183,9 @@ class InitFlood:
     the COOKIE notify in front when the responder asks for one (RFC 7296 section 2.6)."""
 
     def __init__(self, local: tuple[str, int], remote: tuple[str, int]) -> None:
+        from ..ike.config import Identity, IkeConfig
         from ..ike.message import decode_message
-        from ..ike.sa import Identity, IkeConfig, IkeSa
+        from ..ike.sa import IkeSa
 
         cfg = IkeConfig("attacker", Identity.parse("attacker"), Identity.parse("hostb"),
                         auth="psk", psk=os.urandom(32))

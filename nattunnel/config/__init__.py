@@ -17,7 +17,7 @@ included, so that an endpoint never starts with half a configuration:
 A ``[[peer]]`` is either manual (``spi_in``, ``spi_out``, ``key_in``, ``key_out``: static keys)
 or IKE-managed (``auth = "psk"`` or ``"pubkey"``: IKEv2 negotiates the child SAs); a field of
 the other kind in a peer is an error naming that field. An IKE peer's ``PeerConfig.ike`` is an
-``ike.sa.IkeConfig`` whose repr never shows its pre-shared key.
+``ike.config.IkeConfig`` whose repr never shows its pre-shared key.
 
 Every ConfigError message has the form ``FILE: FIELD: problem``, where FIELD is a path such as
 ``peer[1].spi_in`` or ``interface.addresses[0]`` (peers are numbered from 0, in file order).

@@ -1,6 +1,6 @@
 """An IKE peer's settings: ``auth``, identities, proposals, traffic selectors, credentials.
 
-``IkeFields`` reads the IKEv2 fields of a ``[[peer]]`` into an ``ike.sa.IkeConfig`` (its repr
+``IkeFields`` reads the IKEv2 fields of a ``[[peer]]`` into an ``ike.config.IkeConfig`` (its repr
 never shows the pre-shared key or the private key) and, once the whole file is checked, the
 peer's PSK or Ed25519 key files into it. A field of the other kind of peer is an error naming
 that field.
@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any, Final, TypeVar
 
 from ..addr import HostPort, Network
-from ..ike.sa import DEFAULT_ESP_PROPOSALS, DEFAULT_IKE_PROPOSALS, Identity, IkeConfig
+from ..ike.config import Identity, IkeConfig
+from ..ike.proposals import DEFAULT_ESP_PROPOSALS, DEFAULT_IKE_PROPOSALS
 from ..keys import KeyFileError, load_ed25519_private, load_ed25519_public, load_psk, public_key_b64
 from .fields import Fields, show
 from .model import (
@@ -61,7 +62,7 @@ class IkeFiles:
 
 
 class _IkeConfig(IkeConfig):
-    """An ``ike.sa.IkeConfig`` whose repr names the authentication but never holds the
+    """An ``ike.config.IkeConfig`` whose repr names the authentication but never holds the
     pre-shared key (the dataclass repr of IkeConfig would print it)."""
 
     def __repr__(self) -> str:

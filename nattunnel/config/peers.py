@@ -23,7 +23,7 @@ from ..constants import (
     REPLAY_WINDOW_MIN,
 )
 from ..esp.suite import SUITES, Suite, suite_by_name
-from ..ike.sa import Identity
+from ..ike.config import Identity
 from ..keys import KeyFileError, load_keymat
 from ..tunnel.peer import KeepaliveMode
 from ..tunnel.prefixes import PrefixTable

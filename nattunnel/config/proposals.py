@@ -1,6 +1,6 @@
 """IKE and ESP proposals as strongSwan writes them (``ike_proposals``, ``esp_proposals``).
 
-``parse_ike_proposal("aes256gcm16-prfsha256-x25519")`` is an ``ike.sa.IkeProposal``,
+``parse_ike_proposal("aes256gcm16-prfsha256-x25519")`` is an ``ike.proposals.IkeProposal``,
 ``parse_esp_proposal("aes128gcm16-esn")`` an ``EspProposal``; each raises ValueError with the
 problem (the caller names the field). strongSwan keywords that nattunnel knows but does not
 implement are refused with the reason. ``esp_proposal_name`` writes one back.
@@ -12,7 +12,7 @@ import re
 from typing import Final
 
 from ..esp.suite import SUITES, Suite
-from ..ike.sa import EspProposal, IkeProposal
+from ..ike.proposals import EspProposal, IkeProposal
 from .fields import show
 
 _IKE_ENCR: Final[dict[str, tuple[int, int | None]]] = {
