@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from ..addr import Addr, format_addr
 from ..esp.sa import InboundSA, OutboundSA
 from ..esp.suite import AES_GCM_256, Suite
-from ..io.endpoint import Endpoint, InProcessInterface
+from ..io.endpoint import Endpoint
+from ..io.interface import InProcessInterface
 from ..tunnel.core import Tunnel
 from .natemu import NatEmulator
 from .packets import inner_packet
