@@ -280,8 +280,6 @@ class OutboundSA:
         from the inner packet's IP version. Raises ValueError for an inner packet that is
         neither IPv4 nor IPv6, and SequenceNumberExhausted at the hard limit.
         """
-        if self._general:
-            return self._encapsulate_general(inner, out, off, 0)
         n = len(inner)
         start = off + _CT_OFF
         try:
@@ -294,11 +292,10 @@ class OutboundSA:
         """As ``encapsulate_into`` for an n-octet inner packet that already lies where its
         plaintext goes, at ``out[off + 16 : off + 16 + n]`` (read there from the TUN device):
         the ESP packet at ``out[off:]``, its length returned, nothing copied. The fast path."""
-        if self._general:
-            return self._encapsulate_general(None, out, off, 0, n)
-        if out is self._buf:
-            shape = self._views.get((off << 16) | n) or self._shape(out, off, n)
-        else:
+        shape = self._views.get((off << 16) | n) if out is self._buf else None
+        if shape is None:  # a new shape, or a general SA (which caches none)
+            if self._general:
+                return self._encapsulate_general(None, out, off, 0, n)
             shape = self._shape(out, off, n)
         trailer = shape[5][out[off + _CT_OFF] >> 4]
         if trailer is None:
