@@ -229,7 +229,8 @@ def _setup_snapshot() -> None:
     import ipaddress
 
     from nattunnel.esp.suite import Suite
-    from nattunnel.ike.sa import EspProposal, Identity, IkeProposal
+    from nattunnel.ike.config import Identity
+    from nattunnel.ike.proposals import EspProposal, IkeProposal
 
     atomic += [Suite, IkeProposal, EspProposal, Identity, ipaddress.IPv4Network,
                ipaddress.IPv6Network, ipaddress.IPv4Address, ipaddress.IPv6Address]
