@@ -139,7 +139,8 @@ _FAST_TAIL4: Final = _fast_tail4()
 
 
 def _slot(buf: memoryview, off: int, n: int) -> _Slot:
-    """The views and offsets of the n-octet ESP packet at ``buf[off:]`` that ``_open`` uses."""
+    """The views and offsets of the n-octet ESP packet at ``buf[off:]`` that ``decapsulate_into``
+    and ``decapsulate_run`` use."""
     ct = off + _CT_OFF
     return (off, buf[ct : off + n], buf[ct : off + n - ESP_ICV_LEN],
             buf[off : off + ESP_HEADER_LEN], buf[off + ESP_HEADER_LEN : ct], ct,
@@ -414,8 +415,9 @@ class InboundSA:
         A packet that fails authentication leaves no plaintext behind. The caller has already
         matched the SPI. Reuse the same ``buf``, as views into it are cached.
 
-        The same steps as ``_open`` (which ``decapsulate_run`` uses) with the same helpers,
-        written out for one packet: a run's set-up would cost more than the packet.
+        The steps of ``decapsulate_run``'s loop, with the same helpers (the slot views,
+        the replay window's ``check``/``commit``, ``_check_trailer``), for one packet: a run's
+        set-up would cost more than the packet.
         """
         if n < MIN_ESP_PACKET:
             return self._drop(_TRUNCATED)

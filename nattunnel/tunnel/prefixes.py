@@ -10,6 +10,7 @@ address?), each O(log n). Adding or removing is O(n) in list moves done in C.
 
 from __future__ import annotations
 
+import ipaddress
 from bisect import bisect_right
 from collections.abc import Iterable
 from typing import Generic, TypeVar
@@ -17,6 +18,15 @@ from typing import Generic, TypeVar
 from ..addr import Network
 
 T = TypeVar("T")
+
+
+def _nested(n: Network, o: Network) -> bool:
+    """Whether ``n`` lies inside ``o``, another prefix of the same family."""
+    if isinstance(n, ipaddress.IPv4Network) and isinstance(o, ipaddress.IPv4Network):
+        return n != o and n.subnet_of(o)
+    if isinstance(n, ipaddress.IPv6Network) and isinstance(o, ipaddress.IPv6Network):
+        return n != o and n.subnet_of(o)
+    return False
 
 
 class _Family(Generic[T]):
@@ -67,9 +77,7 @@ class PrefixTable(Generic[T]):
         are held (they cover the rest). ValueError, and nothing added, if one overlaps
         another owner's prefix."""
         unique = list(dict.fromkeys(nets))
-        outer = [n for n in unique
-                 if not any(o != n and o.version == n.version and n.subnet_of(o)  # type: ignore[arg-type]
-                            for o in unique)]
+        outer = [n for n in unique if not any(_nested(n, o) for o in unique)]
         for net in outer:
             if (c := self.conflict(net)) is not None:
                 raise ValueError(f"{net} overlaps {c[0]}")
