@@ -1,10 +1,10 @@
 """Two IKE peers in memory, for the seeds and the IKE harnesses (fuzz-only).
 
 ``configs()`` gives the IkeConfig pair of hosts A (initiator, behind a NAT) and B; ``Net``
-wires two IkeManagers (each with its Tunnel) together through message queues, like
-tests/test_ike_manager.py, with bound methods as the send callables so that a snapshot (deep
-copy) of a Net is a working Net; ``transcript()`` records a real handshake, a child rekey, a
-liveness check and a delete.
+wires two IkeManagers (each with its Tunnel) together through one message queue, like
+tests/support/ike.py: what a manager has to send is pulled into the queue (``collect``) after
+every call, so that a snapshot (deep copy) of a Net is a working Net; ``transcript()`` records
+a real handshake, a child rekey, a liveness check and a delete.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from nattunnel.ike.base import State
 from nattunnel.ike.config import Identity, IkeConfig
-from nattunnel.ike.events import Outgoing
 from nattunnel.ike.manager import IkeManager, IkePeer
 from nattunnel.tunnel.core import Tunnel
 
@@ -73,37 +72,35 @@ class Net:
         self.ta, self.tb = Tunnel(), Tunnel()
         self.ta.add_peer("b", [NET_B])
         self.tb.add_peer("a", [NET_A])
-        self.a = IkeManager(self.ta, self.send_from_a, self.addr_a)
-        self.b = IkeManager(self.tb, self.send_from_b, self.addr_b,
-                            cookie_threshold=self.cookie_threshold)
+        self.a = IkeManager(self.ta)
+        self.b = IkeManager(self.tb, cookie_threshold=self.cookie_threshold)
         self.ca, self.cb = configs(self.auth)
-        self.a.add_peer(IkePeer(self.ca, initiate=False, remote=B_ADDR), 0)
+        self.a.add_peer(IkePeer(self.ca, initiate=False, remote=B_ADDR, local=A_ADDR), 0)
         self.b.add_peer(IkePeer(self.cb, initiate=False, remote=None), 0)
 
-    # bound methods, so that a deep copy of the Net sends into the copy's queue
-    def send_from_a(self, o: Outgoing) -> None:
-        s = Sent("b", o.data, (A_SEEN[0], 4500 if o.natt else 500), o.natt)
-        self.queue.append(s)
-        self.log.append(s)
-
-    def send_from_b(self, o: Outgoing) -> None:
-        s = Sent("a", o.data, (B_ADDR[0], 4500 if o.natt else 500), o.natt)
-        self.queue.append(s)
-        self.log.append(s)
-
-    def addr_a(self, remote: tuple[str, int], natt: bool) -> tuple[str, int]:
-        return A_ADDR
-
-    def addr_b(self, remote: tuple[str, int], natt: bool) -> tuple[str, int]:
-        return B_ADDR
+    def collect(self) -> None:
+        """What the managers have to send, into the queue (A's, then B's)."""
+        for side, seen, to in (("a", A_SEEN, "b"), ("b", B_ADDR, "a")):
+            for o in self.manager(side).datagrams_to_send():
+                s = Sent(to, o.data, (seen[0], 4500 if o.natt else 500), o.natt)
+                self.queue.append(s)
+                self.log.append(s)
 
     def manager(self, side: str) -> IkeManager:
         return self.a if side == "a" else self.b
 
+    def receive(self, side: str, data: bytes, src: tuple[str, int], natt: bool,
+                now: float) -> None:
+        """A message to ``side`` (on its own address, port 4500 if ``natt``)."""
+        local = (A_ADDR if side == "a" else B_ADDR)[0], 4500 if natt else 500
+        self.manager(side).receive_datagram(data, src, now, natt=natt, local=local)
+        self.collect()
+
     def deliver_one(self, s: Sent, now: float) -> None:
-        self.manager(s.to).receive(s.data, s.src, s.natt, now)
+        self.receive(s.to, s.data, s.src, s.natt, now)
 
     def pump(self, now: float = 0.0, rounds: int = 30) -> None:
+        self.collect()
         for _ in range(rounds):
             if not self.queue:
                 return
@@ -132,7 +129,7 @@ def transcript(auth: str = "psk") -> list[Sent]:
         sa.rekey_child(sa.children[0].spi_in, 1.0)
         net.a._process(sa, 1.0)
         net.pump(1.0)
-        net.a.on_timer(100.0)  # DPD: a liveness check
+        net.a.handle_timer(100.0)  # DPD: a liveness check
         net.pump(100.0)
         sa.delete(101.0)
         net.a._process(sa, 101.0)

@@ -1,4 +1,5 @@
-"""Fuzz the IKE manager (nattunnel/ike.py ``IkeManager.receive``) with real crypto.
+"""Fuzz the IKE manager (``nattunnel.ike.manager.IkeManager.receive_datagram``) with real
+crypto.
 
 Two managers (A initiates, B responds; each with its Tunnel) run a real handshake in memory;
 the network between them is captured after every delivered message (and after a child
@@ -19,9 +20,9 @@ flight and the managers:
   the path has them), any exchange type and flags, and the message ID the SA expects next
   (or the one of its outstanding request, or any), optionally with clear payloads.
 
-Nothing may escape ``receive``/``on_timer`` (and the manager's own catch-all must not have
-caught anything: it is patched to re-raise); every SA the manager keeps is alive and filed
-under its own SPI; every half-open entry is a live INIT_DONE SA; and what was not sent by
+Nothing may escape ``receive_datagram``/``handle_timer`` (and the manager's own catch-all
+must not have caught anything: it is patched to re-raise); every SA the manager keeps is alive
+and filed under its own SPI; every half-open entry is a live INIT_DONE SA; and what was not sent by
 a real peer (mutated, arbitrary or spoofed octets) changes no existing SA (its state, message
 IDs, children, outstanding request, address) except one waiting in INIT_SENT for the
 (unprotected) IKE_SA_INIT response.
@@ -81,6 +82,7 @@ def snapshots() -> list[world.Net]:
         for threshold in (32, 0):
             net = world.Net(auth, cookie_threshold=threshold)
             net.a.initiate("b", 0.0)
+            net.collect()
             SNAPSHOTS.append(snapshot(net))
             for _ in range(12):  # one message at a time, to established
                 if not net.queue:
@@ -102,10 +104,11 @@ def snapshots() -> list[world.Net]:
                     a.rekey_ike(1.0)
                     n.a._process(a, 1.0)
                 elif start == "dpd":
-                    n.a.on_timer(50.0)
+                    n.a.handle_timer(50.0)
                 else:
                     a.delete(1.0)
                     n.a._process(a, 1.0)
+                n.collect()
                 SNAPSHOTS.append(snapshot(n))
                 n.pump(1.0)
                 RECORDED.extend(n.log)
@@ -137,7 +140,7 @@ def check(net: world.Net, what: str) -> None:
         for key, sa in m._half_open_sas.items():
             if sa.state is not State.INIT_DONE or m.sas.get(sa.local_spi) is not sa:
                 fail("half_open_stale", f"{what}: side {side} half-open {key} is {sa.state}")
-        m.next_deadline()
+        m.get_timer()
         if m.counters.get("errors", 0):
             fail("internal_error", f"{what}: side {side} counted an internal error")
 
@@ -200,7 +203,7 @@ def run(data: bytes) -> None:
             src = r.pick(SOURCES) or s.src
             natt = s.natt if r.u8() & 3 else not s.natt
             forged = mutate(r, s.data, 4)
-            net.manager(s.to).receive(forged, src, natt, now)
+            net.receive(s.to, forged, src, natt, now)
         elif op == 4 and q:
             q.pop(r.below(len(q)))
         elif op == 5 and q:
@@ -209,23 +212,23 @@ def run(data: bytes) -> None:
         elif op == 6:
             side = r.pick(("a", "b"))
             forged = r.blob(255)
-            net.manager(side).receive(forged, r.pick(SOURCES) or ("192.0.2.7", 4500),
-                                      r.bool(), now)
+            net.receive(side, forged, r.pick(SOURCES) or ("192.0.2.7", 4500), r.bool(), now)
         elif op == 7:
             s = r.pick(RECORDED)
             to = s.to if r.u8() & 3 else ("a" if s.to == "b" else "b")
             forged = mutate(r, s.data, 3)
-            net.manager(to).receive(forged, r.pick(SOURCES) or s.src, r.bool(), now)
+            net.receive(to, forged, r.pick(SOURCES) or s.src, r.bool(), now)
         elif op == 8:
             init = next(x for x in RECORDED if x.to == "b")
             for k in range(1 + r.u8() % 8):
                 spi = bytes([k + 1]) + r.take(7).ljust(7, b"\x01")
                 src = (f"198.51.100.{r.u8()}", r.pick((500, 4500, 1024 + k)))
-                net.b.receive(spi + init.data[8:], src, src[1] == 4500, now)
+                net.receive("b", spi + init.data[8:], src, src[1] == 4500, now)
         elif op == 9:
             now += r.pick((0.1, 0.6, 2.0, 10.0, 31.0, 61.0, 5000.0))
-            net.a.on_timer(now)
-            net.b.on_timer(now)
+            net.a.handle_timer(now)
+            net.b.handle_timer(now)
+            net.collect()
         elif op == 10:
             m = net.manager(r.pick(("a", "b")))
             sas = [sa for sa in m.sas.values() if sa.state is State.ESTABLISHED]
@@ -241,11 +244,12 @@ def run(data: bytes) -> None:
                 m._process(sa, now)
             elif m is net.a and r.bool():
                 net.a.initiate("b", now)
+            net.collect()
         elif op == 12:
             to, forged = spoof(r, net)
             if forged:
-                net.manager(to).receive(forged, r.pick(SOURCES) or ("198.18.0.1", 4500),
-                                        r.bool(), now)
+                net.receive(to, forged, r.pick(SOURCES) or ("198.18.0.1", 4500), r.bool(),
+                            now)
         else:
             net.pump(now, rounds=1)
         check(net, what)

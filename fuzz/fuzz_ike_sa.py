@@ -20,7 +20,7 @@ INIT_DONE, ESTABLISHED. Every input starts from a copy of one of them and is a p
 - a timer tick (retransmission, DPD, rekeys, half-open and hard-lifetime expiry);
 - an API call (rekey_child, rekey_ike, delete).
 
-Nothing may raise out of ``receive``/``on_timer``/the API calls, and after each step:
+Nothing may raise out of ``receive``/``handle_timer``/the API calls, and after each step:
 message IDs never go backwards (ours, and the peer's we expect; the IKE_SA_INIT restart
 after COOKIE or INVALID_KE_PAYLOAD excepted); every child and every ChildUp has both SPIs,
 valid (256..2**32-1), and keying material of its suite's length; children only in

@@ -1,9 +1,13 @@
 """``nattunnel up CONFIG``: run one endpoint in the foreground (IKEv2 and manual peers).
 
-Builds the tunnel core from the configuration, opens the inner interface (a TUN device, or the
-in-process interface), listens, and runs until SIGINT or SIGTERM; then the TUN device is
-removed and the sockets closed. SIGUSR1 writes the counters as JSON to ``--stats FILE``
-(and so does a clean exit), for tests and operators.
+Builds the tunnel core and the IKE manager from the configuration, and ``Controller``, the glue
+between them: what the tunnel's events mean for IKE (an outbound SA past its sequence-number
+soft limit is rekeyed; a peer that moved is only logged, since IKE follows authenticated IKE
+messages alone, RFC 7296 section 2.23). The endpoint drives the controller as it drives the
+tunnel. ``run`` opens the inner interface (a TUN device, or the in-process interface), listens,
+and runs until SIGINT or SIGTERM; then the TUN device is removed and the sockets closed.
+SIGUSR1 writes the counters as JSON to ``--stats FILE`` (and so does a clean exit), for tests
+and operators.
 """
 
 from __future__ import annotations
@@ -14,17 +18,78 @@ import logging
 import os
 import signal
 from pathlib import Path
-from typing import Any
 
-from .addr import format_addr, sockaddr
+from .addr import Addr, format_addr, sockaddr
 from .config import Config
+from .constants import IKE_PORT
 from .esp.sa import InboundSA, OutboundSA
+from .ike.events import Outgoing
 from .ike.keylog import KeyLog
-from .ike.manager import IkeManager, IkePeer
+from .ike.manager import IkeManager, IkePeer, LocalAddressNeeded
 from .io.endpoint import Endpoint, InnerInterface, InProcessInterface
-from .tunnel.core import Tunnel
+from .tunnel.core import Event as TunnelEvent
+from .tunnel.core import PeerMoved, RekeyNeeded, Tunnel
 
 log = logging.getLogger("nattunnel")
+
+
+class Controller:
+    """The tunnel core and the IKE manager (None: manual peers only) as one endpoint's
+    control side (``nattunnel.io.endpoint.Control``): IKE messages and timers go to the
+    manager, and the tunnel's events are handled here."""
+
+    def __init__(self, tunnel: Tunnel, ike: IkeManager | None = None, *,
+                 ike_port: int = IKE_PORT) -> None:
+        self.tunnel = tunnel
+        self.ike = ike
+        #: the port of plain IKE; None without IKE (no port-500 sockets then)
+        self.ike_port: int | None = ike_port if ike is not None else None
+
+    # --- the tunnel's events ------------------------------------------------------------------
+    def handle_tunnel_event(self, event: TunnelEvent, now: float) -> None:
+        if isinstance(event, PeerMoved):
+            # ESP moved the peer (an authenticated packet from a new address); its IKE SA
+            # moves only with an authenticated IKE message (section 2.23): nothing for IKE
+            if event.old is None:
+                log.info("peer %s: first authenticated packet from %s", event.peer,
+                         format_addr(event.new))
+            else:
+                log.info("peer %s moved from %s to %s (NAT rebinding)", event.peer,
+                         format_addr(event.old), format_addr(event.new))
+        elif isinstance(event, RekeyNeeded):
+            if self.ike is not None and self.ike.rekey_outbound(event.spi, now):
+                log.info("peer %s: SA %#010x passed its sequence-number soft limit; "
+                         "rekeying", event.peer, event.spi)
+            else:
+                log.warning("peer %s: SA %#010x passed its sequence-number soft limit; "
+                            "manual SAs cannot be rekeyed: install new keys", event.peer,
+                            event.spi)
+
+    # --- IKE: the manager's core contract -----------------------------------------------------
+    def receive_datagram(self, data: bytes, remote: Addr, now: float, *, natt: bool,
+                         local: Addr) -> None:
+        if self.ike is not None:
+            self.ike.receive_datagram(data, remote, now, natt=natt, local=local)
+
+    def datagrams_to_send(self) -> list[Outgoing]:
+        return self.ike.datagrams_to_send() if self.ike is not None else []
+
+    def next_event(self) -> LocalAddressNeeded | None:
+        return self.ike.next_event() if self.ike is not None else None
+
+    def local_address_found(self, remote: Addr, natt: bool, local: Addr, now: float) -> None:
+        if self.ike is not None:
+            self.ike.local_address_found(remote, natt, local, now)
+
+    def get_timer(self) -> float | None:
+        return self.ike.get_timer() if self.ike is not None else None
+
+    def handle_timer(self, now: float) -> None:
+        if self.ike is not None:
+            self.ike.handle_timer(now)
+
+    def stats(self) -> dict[str, object]:
+        return {"ike": self.ike.stats()} if self.ike is not None else {}
 
 
 def build_tunnel(config: Config, now: float) -> Tunnel:
@@ -55,11 +120,7 @@ def build_ike(config: Config, tunnel: Tunnel, now: float) -> IkeManager | None:
     if not ike_peers:
         return None
     keylog = KeyLog(config.keylog) if config.keylog is not None else None
-
-    def unset(*_: object) -> Any:  # Endpoint.enable_ike provides the real ones
-        raise RuntimeError("IKE manager not attached to an endpoint")
-
-    manager = IkeManager(tunnel, unset, unset, keylog=keylog, limits=config.limits)
+    manager = IkeManager(tunnel, keylog=keylog, limits=config.limits)
     for pc in ike_peers:
         assert pc.ike is not None
         remote = sockaddr(*pc.endpoint) if pc.endpoint else None
@@ -89,11 +150,10 @@ def write_stats(endpoint: Endpoint, path: Path) -> None:
 async def run(config: Config, stats_path: Path | None = None) -> int:
     loop = asyncio.get_running_loop()
     tunnel = build_tunnel(config, loop.time())
+    controller = Controller(tunnel, build_ike(config, tunnel, loop.time()),
+                            ike_port=config.ike_port)
     interface = open_interface(config)
-    endpoint = Endpoint(tunnel, interface, config.listen)
-    manager = build_ike(config, tunnel, loop.time())
-    if manager is not None:
-        endpoint.enable_ike(manager, config.ike_port)
+    endpoint = Endpoint(tunnel, interface, config.listen, control=controller)
     try:
         await endpoint.start()
     except BaseException:

@@ -12,10 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from nattunnel.app import build_tunnel
+from nattunnel.app import Controller, build_tunnel
 from nattunnel.config import parse_config
 from nattunnel.esp.suite import AES_GCM_256
 from nattunnel.keys import generate_keymat, write_key_file, write_psk_file
+from nattunnel.tunnel.core import PeerMoved, RekeyNeeded, Tunnel
+from tests.support.ike import Net
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -137,3 +139,43 @@ def test_up_prints_one_line_without_a_traceback(tmp_path, old, new, field):
     lines = r.stderr.splitlines()
     assert len(lines) == 1, r.stderr
     assert lines[0].startswith(f"nattunnel up: {path}: {field}: ")
+
+
+def test_controller_tells_tunnel_events_to_ike_and_the_log(caplog):
+    """The Tunnel <-> IKE policy: an outbound SA past its soft limit is rekeyed by IKE (the
+    request comes out of the controller), or, for a manual SA, a warning; a peer that moved
+    is logged (IKE moves only with an authenticated IKE message)."""
+    caplog.set_level("INFO", logger="nattunnel")
+    net = Net()
+    net.a.initiate("b", 0.0)
+    net.deliver()
+    first = net.ta.peers["b"].outbound
+    assert first is not None
+    control = Controller(net.ta, net.a, ike_port=0)
+    assert control.ike_port == 0 and set(control.stats()) == {"ike"}
+    control.handle_tunnel_event(RekeyNeeded("b", first.spi), 1.0)
+    assert f"peer b: SA {first.spi:#010x} passed its sequence-number soft limit; rekeying" \
+        in caplog.text
+    (rekey,) = control.datagrams_to_send()  # the CREATE_CHILD_SA request
+    assert rekey.natt and rekey.remote == ("198.18.0.2", 4500)
+    control.handle_tunnel_event(RekeyNeeded("b", 0x1234), 1.0)  # no child SA has it
+    assert "SA 0x00001234 passed its sequence-number soft limit; manual SAs cannot be " \
+        "rekeyed" in caplog.text
+    sa_a = next(iter(net.a.sas.values()))
+    control.handle_tunnel_event(PeerMoved("b", ("198.18.0.2", 4500), ("198.18.0.2", 4501)),
+                                2.0)
+    assert "peer b moved from 198.18.0.2:4500 to 198.18.0.2:4501 (NAT rebinding)" in caplog.text
+    assert sa_a.remote == ("198.18.0.2", 4500)  # IKE stays where IKE was authenticated
+
+
+def test_controller_without_ike(caplog):
+    caplog.set_level("INFO", logger="nattunnel")
+    control = Controller(Tunnel())
+    assert control.ike_port is None and control.stats() == {}
+    assert control.get_timer() is None and control.next_event() is None
+    assert control.datagrams_to_send() == []
+    control.handle_tunnel_event(PeerMoved("m", None, ("198.18.0.9", 4500)), 0.0)
+    control.handle_tunnel_event(RekeyNeeded("m", 0x2001), 0.0)
+    assert "peer m: first authenticated packet from 198.18.0.9:4500" in caplog.text
+    assert "peer m: SA 0x00002001 passed its sequence-number soft limit; manual SAs cannot " \
+        "be rekeyed: install new keys" in caplog.text

@@ -14,11 +14,12 @@ Endpoint B (the one under test, this process) holds ``peers`` peers on loopback:
 A second process keeps A's CPU time and memory out of B's figures; it also hosts the sinks.
 
 Measured for B, during ``seconds`` of idle after setup: wall and process CPU time, timer
-wakeups (``Endpoint._on_timer`` wrapped on the instance; the library is not instrumented), the
-deadlines that fell due (keepalives sent and IKE requests sent: DPD and their retransmissions),
-and the time spent in the IKE manager's ``next_deadline``/``on_timer``. Memory: VmRSS before
-the peers were added and after their SAs were up, and Python-heap bytes (tracemalloc, on only
-during setup; its own bookkeeping is subtracted from the RSS figure).
+wakeups and the CPU time spent in them (the endpoint's counters ``timer_wakeups``,
+``timer_cpu``, ``control_timer_cpu``), the deadlines that fell due (keepalives sent and IKE
+requests sent: DPD and their retransmissions, the IKE manager's ``requests_sent``), and the
+IKE manager's ``handle_timer`` and ``receive_datagram`` calls. Memory: VmRSS before the peers
+were added and after their SAs were up, and Python-heap bytes (tracemalloc, on only during
+setup; its own bookkeeping is subtracted from the RSS figure).
 """
 
 from __future__ import annotations
@@ -41,15 +42,15 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from ..addr import Addr
+from ..app import Controller
 from ..esp.sa import InboundSA, OutboundSA
 from ..esp.suite import SUITES
 from ..ike import crypto as kc
 from ..ike.config import Identity, IkeConfig
-from ..ike.events import Outgoing
 from ..ike.manager import IkeLimits, IkeManager, IkePeer
-from ..ike.message import IkeDecodeError, peek_header
 from ..io.endpoint import Endpoint, InProcessInterface
 from ..tunnel.core import Tunnel
+from ..tunnel.peer import Peer
 from .crypto import ipv4_packet, machine_info
 
 SUITE = SUITES["aes256gcm16"]
@@ -106,14 +107,12 @@ class ScaleResult:
     #: the fewest keepalives any manual peer sent during the idle period
     min_keepalives_per_peer: int = 0
     max_keepalives_per_peer: int = 0
-    #: CPU time inside Endpoint._on_timer, per wakeup
+    #: CPU time inside the endpoint's timer callback, per wakeup
     timer_cpu_s: float = 0.0
     cpu_per_wakeup_us: float = 0.0
-    #: calls of IkeManager.next_deadline / on_timer and the CPU time inside them; each scans
-    #: every IKE SA
-    ike_next_deadline_calls: int = 0
-    ike_on_timer_calls: int = 0
-    ike_scan_cpu_s: float = 0.0
+    #: calls of IkeManager.handle_timer, and the CPU time inside the control side's timer
+    ike_timer_calls: int = 0
+    ike_timer_cpu_s: float = 0.0
     ike_sas: int = 0
     # memory, endpoint B
     rss_before: int = 0
@@ -159,10 +158,6 @@ def _config(i: int, psk: bytes, dpd: float, *, gateway: bool) -> IkeConfig:
     return IkeConfig(f"ike{i}", client_id, gw_id, auth="psk", psk=psk,
                      local_ts=(_client_net(i),), remote_ts=(_gw_net(i),),
                      force_encap=True, dpd_interval=dpd)
-
-
-def _unset(*_: object) -> Any:
-    raise RuntimeError("replaced by Endpoint.enable_ike")
 
 
 def vm_rss() -> int:
@@ -220,9 +215,9 @@ async def _peer_side_async(conn: Connection, n_ike: int, n_sinks: int, dpd: floa
     tunnel = Tunnel()
     for i in range(n_ike):
         tunnel.add_peer(f"ike{i}", [_gw_net(i)])
-    a = Endpoint(tunnel, InProcessInterface(), [("127.0.0.1", 0)])
-    mgr = IkeManager(tunnel, _unset, _unset)
-    a.enable_ike(mgr, port=0)
+    mgr = IkeManager(tunnel)
+    a = Endpoint(tunnel, InProcessInterface(), [("127.0.0.1", 0)],
+                 control=Controller(tunnel, mgr, ike_port=0))
     await a.start()
     try:
         conn.send({"sinks": [s.getsockname() for s in sinks]})
@@ -235,7 +230,7 @@ async def _peer_side_async(conn: Connection, n_ike: int, n_sinks: int, dpd: floa
             for i in batch:
                 mgr.add_peer(IkePeer(_config(i, _psk(seed, i), dpd, gateway=False),
                                      initiate=True, remote=b_addr), loop.time())
-            a._arm_timer()
+            a.rearm_timer()
             while any(peers[i].outbound is None for i in batch):
                 if loop.time() > end:
                     raise TimeoutError("IKE SAs not established in time")
@@ -264,6 +259,156 @@ def _warm_up() -> None:
     ipaddress.ip_network("10.0.0.0/8").overlaps(ipaddress.ip_network("10.1.0.0/16"))
 
 
+@dataclass
+class _B:
+    """Endpoint B (the one under test) and what the measurements need of it."""
+
+    tunnel: Tunnel
+    endpoint: Endpoint
+    manager: IkeManager
+    ike_peers: list[Peer]
+    manual: list[Peer]
+
+
+def _start_peer_side(params: ScaleParams, n_sinks: int, seed: bytes
+                     ) -> tuple[multiprocessing.process.BaseProcess, Connection]:
+    ctx = multiprocessing.get_context("spawn")
+    conn, child_conn = ctx.Pipe()
+    proc = ctx.Process(target=_peer_side, name="nattunnel-bench-scale-peers", daemon=True,
+                       args=(child_conn, params.ike, n_sinks, params.dpd_interval, seed,
+                             params.setup_timeout))
+    proc.start()
+    child_conn.close()
+    return proc, conn
+
+
+async def _answer(conn: Connection, timeout: float) -> Any:
+    msg = await _recv(conn, timeout)
+    if "error" in msg:
+        raise RuntimeError(f"peer process: {msg['error']}")
+    return msg
+
+
+def _build_b() -> _B:
+    """Everything but the peers exists before the baseline: core, endpoint (its buffers),
+    IKE manager. Every simulated peer comes from 127.0.0.1 at once: the IKE_SA_INIT rate
+    limits are lifted here (the half-open cap and cookies stay)."""
+    tunnel = Tunnel()
+    mgr = IkeManager(tunnel, limits=IkeLimits(init_rate=1e6, init_burst=1_000_000,
+                                              init_rate_total=1e6))
+    b = Endpoint(tunnel, InProcessInterface(), [("127.0.0.1", 0)],
+                 control=Controller(tunnel, mgr, ike_port=0))
+    return _B(tunnel, b, mgr, [], [])
+
+
+async def _establish_ike(b: _B, params: ScaleParams, seed: bytes, conn: Connection,
+                         res: ScaleResult) -> None:
+    """B's IKE peers, responded to; A initiates to them all."""
+    loop = asyncio.get_running_loop()
+    t0 = time.perf_counter()
+    for i in range(params.ike):
+        b.ike_peers.append(b.tunnel.add_peer(f"ike{i}", [_client_net(i)], now=loop.time()))
+        b.manager.add_peer(IkePeer(_config(i, _psk(seed, i), params.dpd_interval,
+                                           gateway=True), initiate=False, remote=None),
+                           loop.time())
+    await b.endpoint.start()
+    conn.send({"b": list(b.endpoint.local_addresses()[0])})
+    await _answer(conn, params.setup_timeout + 10)
+    end = loop.time() + 10
+    while any(p.outbound is None for p in b.ike_peers):
+        if loop.time() > end:
+            raise TimeoutError("B has not installed every child SA")
+        await asyncio.sleep(0.02)
+    res.ike_setup_s = time.perf_counter() - t0
+    res.ike_established = sum(p.outbound is not None for p in b.ike_peers)
+    await asyncio.sleep(0.5)  # last responses out, nothing pending
+
+
+async def _add_manual(b: _B, params: ScaleParams, sinks: list[Addr],
+                      res: ScaleResult) -> None:
+    """Manual peers last, so that a long IKE setup cannot bunch their keepalives up: their
+    phases are spread over one interval (as if added over time, the worst case for wakeups:
+    no two keepalives fall due together). Added in chunks, yielding in between, so that the
+    loop keeps answering IKE."""
+    loop = asyncio.get_running_loop()
+    t0 = time.perf_counter()
+    n_manual = params.manual
+    for i in range(n_manual):
+        if i % 25 == 0:
+            await asyncio.sleep(0)
+        phase = params.keepalive_interval * i / n_manual
+        peer = b.endpoint.add_peer(f"m{i}", [_manual_net(i)], addr=sinks[i // PEERS_PER_SINK],
+                                   keepalive=True,
+                                   keepalive_interval=params.keepalive_interval,
+                                   now=loop.time() - phase)
+        b.tunnel.set_outbound(peer, OutboundSA(0x10000 + i, SUITE,
+                                               os.urandom(SUITE.keymat_len)))
+        b.tunnel.install_inbound(peer, InboundSA(0x20000 + i, SUITE,
+                                                 os.urandom(SUITE.keymat_len)))
+        b.manual.append(peer)
+    res.add_manual_s = time.perf_counter() - t0
+
+
+async def _setup(b: _B, params: ScaleParams, seed: bytes, conn: Connection,
+                 sinks: list[Addr], say: Callable[[str], None], res: ScaleResult) -> None:
+    """Both kinds of peers, with memory measured before and after each."""
+    _warm_up()
+    gc.collect()
+    res.rss_before = vm_rss()
+    tracemalloc.start()
+    heap0 = tracemalloc.get_traced_memory()[0]
+    say(f"establishing {params.ike} IKE SAs (PSK, one identity each, DPD every "
+        f"{params.dpd_interval:g} s)")
+    await _establish_ike(b, params, seed, conn, res)
+    gc.collect()
+    heap1 = tracemalloc.get_traced_memory()[0]
+    say(f"adding {params.manual} manual-SA peers (keepalive every "
+        f"{params.keepalive_interval:g} s)")
+    await _add_manual(b, params, sinks, res)
+    gc.collect()
+    heap2 = tracemalloc.get_traced_memory()[0]
+    res.tracemalloc_overhead = tracemalloc.get_tracemalloc_memory()
+    res.rss_after = vm_rss() - res.tracemalloc_overhead
+    tracemalloc.stop()
+    res.rss_per_peer = (res.rss_after - res.rss_before) / params.peers
+    res.heap_per_ike_peer = (heap1 - heap0) / params.ike
+    res.heap_per_manual_peer = (heap2 - heap1) / params.manual if params.manual else 0.0
+    res.heap_per_peer = (heap2 - heap0) / params.peers
+    res.ike_sas = len(b.manager.sas)
+
+
+async def _idle(b: _B, params: ScaleParams, res: ScaleResult) -> None:
+    """``params.seconds`` of idle, measured from the endpoint's and the manager's counters."""
+    ep, mgr = b.endpoint, b.manager
+    ka0 = [p.keepalives_sent for p in b.manual]
+    wakeups0, cpu0, ike_cpu0 = ep.timer_wakeups, ep.timer_cpu, ep.control_timer_cpu
+    sent0, received0, timers0 = mgr.requests_sent, mgr.receive_calls, mgr.timer_calls
+    r0 = resource.getrusage(resource.RUSAGE_SELF)
+    c0, w0 = time.process_time(), time.perf_counter()
+    await asyncio.sleep(params.seconds)
+    c1, w1 = time.process_time(), time.perf_counter()
+    r1 = resource.getrusage(resource.RUSAGE_SELF)
+    res.wall_s, res.cpu_s = w1 - w0, c1 - c0
+    res.utime_s = r1.ru_utime - r0.ru_utime
+    res.stime_s = r1.ru_stime - r0.ru_stime
+    res.cpu_percent = 100 * res.cpu_s / res.wall_s
+    per_peer = [p.keepalives_sent - k for p, k in zip(b.manual, ka0, strict=True)]
+    res.keepalives_sent = sum(per_peer)
+    res.min_keepalives_per_peer = min(per_peer, default=0)
+    res.max_keepalives_per_peer = max(per_peer, default=0)
+    res.wakeups = ep.timer_wakeups - wakeups0
+    res.wakeups_per_s = res.wakeups / res.wall_s
+    res.timer_cpu_s = ep.timer_cpu - cpu0
+    res.cpu_per_wakeup_us = 1e6 * res.timer_cpu_s / res.wakeups if res.wakeups else 0
+    res.ike_requests_sent = mgr.requests_sent - sent0
+    res.ike_received = mgr.receive_calls - received0
+    res.due_deadlines = res.keepalives_sent + res.ike_requests_sent
+    res.ike_timer_calls = mgr.timer_calls - timers0
+    res.ike_timer_cpu_s = ep.control_timer_cpu - ike_cpu0
+    res.rss_after_idle = vm_rss()
+    res.ike_up_after_idle = sum(sa.established for sa in mgr.sas.values())
+
+
 async def run_scale(params: ScaleParams,
                     progress: Callable[[str], None] | None = None) -> ScaleResult:
     if params.peers < 2:
@@ -271,210 +416,33 @@ async def run_scale(params: ScaleParams,
     say = progress or (lambda _s: None)
     loop = asyncio.get_running_loop()
     res = ScaleResult(params=asdict(params), machine=machine_info())
-    n_manual, n_ike = params.manual, params.ike
-    n_sinks = max(1, -(-n_manual // PEERS_PER_SINK))
+    n_sinks = max(1, -(-params.manual // PEERS_PER_SINK))
     seed = os.urandom(16)
-
-    ctx = multiprocessing.get_context("spawn")
-    conn, child_conn = ctx.Pipe()
-    proc = ctx.Process(target=_peer_side, name="nattunnel-bench-scale-peers", daemon=True,
-                       args=(child_conn, n_ike, n_sinks, params.dpd_interval, seed,
-                             params.setup_timeout))
-    proc.start()
-    child_conn.close()
-    b: Endpoint | None = None
+    proc, conn = _start_peer_side(params, n_sinks, seed)
+    b: _B | None = None
     try:
-        msg = await _recv(conn, 60)
-        if "error" in msg:
-            raise RuntimeError(f"peer process: {msg['error']}")
-        sinks: list[Addr] = [tuple(s) for s in msg["sinks"]]
-
-        # Everything but the peers exists before the baseline: core, endpoint (its buffers),
-        # IKE manager, crypto backends.
-        tunnel = Tunnel()
-        b = Endpoint(tunnel, InProcessInterface(), [("127.0.0.1", 0)])
-        # every simulated peer comes from 127.0.0.1 at once: the IKE_SA_INIT rate limits
-        # are lifted here (the half-open cap and cookies stay)
-        mgr = IkeManager(tunnel, _unset, _unset,
-                         limits=IkeLimits(init_rate=1e6, init_burst=1_000_000,
-                                          init_rate_total=1e6))
-        b.enable_ike(mgr, port=0)
-        counts = _instrument(b, mgr)
-        _warm_up()
-        gc.collect()
-        res.rss_before = vm_rss()
-        tracemalloc.start()
-        heap0 = tracemalloc.get_traced_memory()[0]
-
-        say(f"establishing {n_ike} IKE SAs (PSK, one identity each, DPD every "
-            f"{params.dpd_interval:g} s)")
-        t0 = time.perf_counter()
-        ike_peers = []
-        for i in range(n_ike):
-            ike_peers.append(tunnel.add_peer(f"ike{i}", [_client_net(i)], now=loop.time()))
-            mgr.add_peer(IkePeer(_config(i, _psk(seed, i), params.dpd_interval, gateway=True),
-                                 initiate=False, remote=None), loop.time())
-        await b.start()
-        b_addr = b.local_addresses()[0]
-        conn.send({"b": list(b_addr)})
-        msg = await _recv(conn, params.setup_timeout + 10)
-        if "error" in msg:
-            raise RuntimeError(f"peer process: {msg['error']}")
-        end = loop.time() + 10
-        while any(p.outbound is None for p in ike_peers):
-            if loop.time() > end:
-                raise TimeoutError("B has not installed every child SA")
-            await asyncio.sleep(0.02)
-        res.ike_setup_s = time.perf_counter() - t0
-        res.ike_established = sum(p.outbound is not None for p in ike_peers)
-        await asyncio.sleep(0.5)  # last responses out, nothing pending
-        gc.collect()
-        heap1 = tracemalloc.get_traced_memory()[0]
-
-        # Manual peers last, so that a long IKE setup cannot bunch their keepalives up: their
-        # phases are spread over one interval (as if added over time, the worst case for
-        # wakeups: no two keepalives fall due together). Added in chunks, yielding in between,
-        # so that the loop keeps answering IKE.
-        say(f"adding {n_manual} manual-SA peers (keepalive every {params.keepalive_interval:g} s)")
-        t0 = time.perf_counter()
-        manual = []
-        for i in range(n_manual):
-            if i % 25 == 0:
-                await asyncio.sleep(0)
-            phase = params.keepalive_interval * i / n_manual
-            peer = b.add_peer(f"m{i}", [_manual_net(i)], addr=sinks[i // PEERS_PER_SINK],
-                              keepalive=True, keepalive_interval=params.keepalive_interval,
-                              now=loop.time() - phase)
-            tunnel.set_outbound(peer, OutboundSA(0x10000 + i, SUITE,
-                                                 os.urandom(SUITE.keymat_len)))
-            tunnel.install_inbound(peer, InboundSA(0x20000 + i, SUITE,
-                                                   os.urandom(SUITE.keymat_len)))
-            manual.append(peer)
-            if i % 25 == 24:
-                b._arm_timer()
-        b._arm_timer()
-        res.add_manual_s = time.perf_counter() - t0
-        gc.collect()
-        heap2 = tracemalloc.get_traced_memory()[0]
-        res.tracemalloc_overhead = tracemalloc.get_tracemalloc_memory()
-        res.rss_after = vm_rss() - res.tracemalloc_overhead
-        tracemalloc.stop()
-        res.rss_per_peer = (res.rss_after - res.rss_before) / params.peers
-        res.heap_per_ike_peer = (heap1 - heap0) / n_ike
-        res.heap_per_manual_peer = (heap2 - heap1) / n_manual if n_manual else 0.0
-        res.heap_per_peer = (heap2 - heap0) / params.peers
-        res.ike_sas = len(mgr.sas)
-
+        sinks: list[Addr] = [tuple(s) for s in (await _answer(conn, 60))["sinks"]]
+        b = _build_b()
+        await _setup(b, params, seed, conn, sinks, say, res)
         say(f"idle for {params.seconds:g} s")
-        ka0 = [p.keepalives_sent for p in manual]
-        counts.reset()
-        r0 = resource.getrusage(resource.RUSAGE_SELF)
-        c0, w0 = time.process_time(), time.perf_counter()
-        await asyncio.sleep(params.seconds)
-        c1, w1 = time.process_time(), time.perf_counter()
-        r1 = resource.getrusage(resource.RUSAGE_SELF)
-        res.wall_s, res.cpu_s = w1 - w0, c1 - c0
-        res.utime_s = r1.ru_utime - r0.ru_utime
-        res.stime_s = r1.ru_stime - r0.ru_stime
-        res.cpu_percent = 100 * res.cpu_s / res.wall_s
-        per_peer = [p.keepalives_sent - k for p, k in zip(manual, ka0, strict=True)]
-        res.keepalives_sent = sum(per_peer)
-        res.min_keepalives_per_peer = min(per_peer, default=0)
-        res.max_keepalives_per_peer = max(per_peer, default=0)
-        res.wakeups = counts.wakeups
-        res.wakeups_per_s = counts.wakeups / res.wall_s
-        res.timer_cpu_s = counts.timer_cpu
-        res.cpu_per_wakeup_us = 1e6 * counts.timer_cpu / counts.wakeups if counts.wakeups else 0
-        res.ike_requests_sent = counts.ike_requests
-        res.ike_received = counts.ike_received
-        res.due_deadlines = res.keepalives_sent + res.ike_requests_sent
-        res.ike_next_deadline_calls = counts.next_deadline_calls
-        res.ike_on_timer_calls = counts.on_timer_calls
-        res.ike_scan_cpu_s = counts.ike_scan_cpu
-        res.rss_after_idle = vm_rss()
-        res.ike_up_after_idle = sum(sa.established for sa in mgr.sas.values())
-        b.close()  # no more keepalives: what was sent is in the sinks' buffers (loopback)
-        res.keepalives_sent_total = sum(p.keepalives_sent for p in manual)
-
+        await _idle(b, params, res)
+        b.endpoint.close()  # no more keepalives: what was sent is in the sinks' buffers
+        res.keepalives_sent_total = sum(p.keepalives_sent for p in b.manual)
         conn.send({"stop": True})
-        msg = await _recv(conn, 30)
-        if "error" in msg:
-            raise RuntimeError(f"peer process: {msg['error']}")
+        msg = await _answer(conn, 30)
         res.sink_keepalives_received = msg["sink_received"]
         res.peer_ike_up_after_idle = msg["ike_established"]
     finally:
         if tracemalloc.is_tracing():
             tracemalloc.stop()
         if b is not None:
-            b.close()
+            b.endpoint.close()
         await loop.run_in_executor(None, proc.join, 10)
         if proc.is_alive():
             proc.terminate()
             proc.join(5)
         conn.close()
     return res
-
-
-class _Counts:
-    def __init__(self) -> None:
-        self.reset()
-
-    def reset(self) -> None:
-        self.wakeups = 0
-        self.timer_cpu = 0.0
-        self.ike_requests = 0
-        self.ike_received = 0
-        self.next_deadline_calls = 0
-        self.on_timer_calls = 0
-        self.ike_scan_cpu = 0.0
-
-
-def _instrument(ep: Endpoint, mgr: IkeManager) -> _Counts:
-    """Wrap, on these instances only, the endpoint's timer callback and the IKE manager's
-    entry points, counting calls and CPU time."""
-    counts = _Counts()
-    clock = time.process_time
-    on_timer = ep._on_timer
-    next_deadline, ike_on_timer = mgr.next_deadline, mgr.on_timer
-    receive, send = mgr.receive, mgr.send
-
-    def timer() -> None:
-        t = clock()
-        on_timer()
-        counts.timer_cpu += clock() - t
-        counts.wakeups += 1
-
-    def deadline() -> float | None:
-        t = clock()
-        when = next_deadline()
-        counts.ike_scan_cpu += clock() - t
-        counts.next_deadline_calls += 1
-        return when
-
-    def ike_timer(now: float) -> None:
-        t = clock()
-        ike_on_timer(now)
-        counts.ike_scan_cpu += clock() - t
-        counts.on_timer_calls += 1
-
-    def ike_receive(data: bytes, remote: Addr, natt: bool, now: float) -> None:
-        counts.ike_received += 1
-        receive(data, remote, natt, now)
-
-    def ike_send(out: Outgoing) -> None:
-        try:
-            if not peek_header(out.data).is_response:
-                counts.ike_requests += 1
-        except IkeDecodeError:
-            pass
-        send(out)
-
-    ep._on_timer = timer  # type: ignore[method-assign]
-    mgr.next_deadline = deadline  # type: ignore[method-assign]
-    mgr.on_timer = ike_timer  # type: ignore[method-assign]
-    mgr.receive = ike_receive  # type: ignore[method-assign]
-    mgr.send = ike_send
-    return counts
 
 
 # --- output ------------------------------------------------------------------------------------
@@ -503,9 +471,9 @@ def format_report(r: ScaleResult) -> str:
         f"  keepalives per manual peer: {r.min_keepalives_per_peer}..{r.max_keepalives_per_peer}"
         f"; sinks received {r.sink_keepalives_received} of {r.keepalives_sent_total} sent",
         f"  timer callback {r.timer_cpu_s:.3f} s CPU, {r.cpu_per_wakeup_us:.0f} us per wakeup",
-        f"  IKE manager    next_deadline x{r.ike_next_deadline_calls}, on_timer "
-        f"x{r.ike_on_timer_calls}, each over {r.ike_sas} IKE SAs: {r.ike_scan_cpu_s:.3f} s CPU "
-        f"({100 * r.ike_scan_cpu_s / r.cpu_s if r.cpu_s else 0:.0f} % of the idle CPU)",
+        f"  IKE manager    handle_timer x{r.ike_timer_calls} over {r.ike_sas} IKE SAs: "
+        f"{r.ike_timer_cpu_s:.3f} s CPU "
+        f"({100 * r.ike_timer_cpu_s / r.cpu_s if r.cpu_s else 0:.0f} % of the idle CPU)",
         "",
         "memory:",
         f"  VmRSS          {r.rss_before / kib / kib:.1f} MiB before the peers, "

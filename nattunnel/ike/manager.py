@@ -1,29 +1,38 @@
 """The IKE manager: IKE SAs by SPI, their messages on ports 500 and 4500, and what their
 events mean for the tunnel (child SAs installed and removed, peer addresses, keepalives).
 
-Sans-I/O like the cores it drives: ``receive`` takes a message and where it came from,
-``on_timer`` the time; what to send goes to the ``send`` callable the endpoint provides.
+A sans-I/O core with the contract every core follows (as aioquic's ``QuicConnection``): it is
+fed messages (``receive_datagram``) and the time (``handle_timer``) with an explicit ``now``,
+and pulled from: ``datagrams_to_send()`` for the messages to send, ``get_timer()`` for its next
+deadline, ``next_event()`` for what it needs from the endpoint. Every timer it has (each IKE
+SA's next deadline, the grace period of old inbound SAs, initiating again after a failure, the
+byte lifetime checks) is in one ``DeadlineHeap``.
+
+NAT detection (RFC 7296 section 2.23) needs our address towards the peer. A message comes
+with the address of the socket it came on (``local``); when that is a wildcard (``0.0.0.0``,
+``::``), and when we initiate, the manager asks for it with a ``LocalAddressNeeded`` event and
+goes on once ``local_address_found`` answers. It opens no socket.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import hashlib
-import heapq
 import hmac
-import itertools
+import ipaddress
 import logging
 import os
 import socket
-from collections.abc import Callable
+from collections import OrderedDict
 from dataclasses import dataclass
+from enum import Enum
 
 from ..addr import Addr, format_addr
-from ..constants import NAT_T_PORT, ExchangeType, NotifyType
+from ..constants import IKE_FLAG_RESPONSE, NAT_T_PORT, ExchangeType, NotifyType
 from ..esp.sa import InboundSA, OutboundSA
 from ..tunnel.core import Tunnel
+from ..tunnel.deadlines import DeadlineHeap
 from ..tunnel.peer import KeepaliveMode, Peer
 from .base import State
 from .config import Identity, IkeConfig
@@ -32,6 +41,7 @@ from .keylog import KeyLog
 from .message import (
     Header,
     IkeDecodeError,
+    Message,
     Notify,
     decode_message,
     encode_message,
@@ -58,6 +68,11 @@ REINITIATE_DELAY = 2.0
 REINITIATE_MAX = 120.0
 #: how often byte lifetimes (``rekey_bytes``) are checked
 LIFETIME_CHECK = 5.0
+#: the IKE header's flags octet (RFC 7296 section 3.1)
+_FLAGS_AT = 19
+#: (remote, port) pairs whose local address the manager may wait for at once; the oldest
+#: wait is given up beyond it
+MAX_AWAITING_LOCAL = 256
 
 
 @dataclass(frozen=True)
@@ -94,20 +109,73 @@ class IkePeer:
     config: IkeConfig
     initiate: bool
     remote: Addr | None  # where to send IKE_SA_INIT (port 500 or 4500)
-    local: Addr | None = None  # our address towards it (for NAT detection)
+    #: our address towards it (for NAT detection); None: asked for when we initiate
+    local: Addr | None = None
+
+
+@dataclass(frozen=True)
+class LocalAddressNeeded:
+    """Our address (IP, port) towards ``remote`` over port 4500 (``natt``) or 500 is needed
+    for NAT detection: answer with ``IkeManager.local_address_found``."""
+
+    remote: Addr
+    natt: bool
+
+
+#: what the manager asks of the endpoint
+Event = LocalAddressNeeded
+
+
+# --- the keys of the manager's timers, besides the IKE SAs themselves --------------------------
+@dataclass(frozen=True)
+class _GraceEnd:
+    """An old inbound SA goes when its grace period ends."""
+
+    spi: int
+
+
+@dataclass(frozen=True)
+class _Initiate:
+    """Initiate to the peer (again)."""
+
+    name: str
+
+
+class _Check(Enum):
+    BYTE_LIFETIMES = "byte lifetimes"
+
+
+_TimerKey = IkeSa | _GraceEnd | _Initiate | _Check
+
+
+def _timer_rank(key: _TimerKey) -> int:
+    """Within one wakeup: the IKE SAs first, then grace periods, lifetimes, initiations."""
+    return {IkeSa: 0, _GraceEnd: 1, _Check: 2, _Initiate: 3}[type(key)]
+
+
+# --- what waits for a local address ------------------------------------------------------------
+@dataclass(frozen=True)
+class _InitWaiting:
+    """An admitted IKE_SA_INIT request."""
+
+    msg: Message
+    data: bytes
+
+
+@dataclass(frozen=True)
+class _InitiateWaiting:
+    name: str
+
+
+def _unspecified(addr: Addr) -> bool:
+    return ipaddress.ip_address(addr[0].split("%", 1)[0]).is_unspecified
 
 
 class IkeManager:
-    def __init__(self, tunnel: Tunnel, send: Callable[[Outgoing], None],
-                 local_addr: Callable[[Addr, bool], Addr], *,
-                 keylog: KeyLog | None = None, cookie_threshold: int | None = None,
-                 limits: IkeLimits | None = None) -> None:
-        """``send`` puts a message on the wire; ``local_addr(remote, natt)`` is our address
-        (IP, port) towards ``remote`` on port 500 or 4500. ``cookie_threshold`` overrides
-        the one in ``limits``."""
+    def __init__(self, tunnel: Tunnel, *, keylog: KeyLog | None = None,
+                 cookie_threshold: int | None = None, limits: IkeLimits | None = None) -> None:
+        """``cookie_threshold`` overrides the one in ``limits``."""
         self.tunnel = tunnel
-        self.send = send
-        self.local_addr = local_addr
         self.keylog = keylog
         limits = limits or IkeLimits()
         if cookie_threshold is not None:
@@ -116,17 +184,14 @@ class IkeManager:
         self.cookie_threshold = limits.cookie_threshold
         self.peers: dict[str, IkePeer] = {}
         self.sas: dict[bytes, IkeSa] = {}
-        self._grace: list[tuple[float, int]] = []
+        #: every timer of the manager
+        self._timers: DeadlineHeap[_TimerKey] = DeadlineHeap()
         #: byte lifetimes: inbound SPI -> (IKE SA, the peer's tx_bytes when it was made)
         self._byte_limits: dict[int, tuple[IkeSa, int]] = {}
-        self._next_lifetime_check: float | None = None
-        self._reinitiate: dict[str, float] = {}
         self._failures: dict[str, int] = {}
-        # Timers: a heap of (deadline, tick, IKE SA), checked lazily against _when, so that
-        # neither a wakeup nor a message costs a pass over every IKE SA.
-        self._heap: list[tuple[float, int, IkeSa]] = []
-        self._when: dict[IkeSa, float] = {}
-        self._tick = itertools.count()
+        #: the outbound SA of every child SA that is up, by (peer, SPI), oldest first (the
+        #: peer chose the SPI: two peers may choose the same)
+        self._outbound_sas: dict[tuple[str, int], tuple[Peer, OutboundSA]] = {}
         #: half-open responder SAs by (SPIi, remote), for retransmitted IKE_SA_INIT requests
         self._half_open_sas: dict[tuple[bytes, Addr], IkeSa] = {}
         self._half_open_keys: dict[IkeSa, tuple[bytes, Addr]] = {}
@@ -141,16 +206,26 @@ class IkeManager:
         #: summary line, and when the next summary may be logged
         self._half_open_gone = 0
         self._half_open_log_at = 0.0
+        self._outgoing: list[Outgoing] = []
+        self._events: list[Event] = []
+        #: what waits for our address towards (remote, natt), oldest first
+        self._awaiting: OrderedDict[tuple[Addr, bool],
+                                    list[_InitWaiting | _InitiateWaiting]] = OrderedDict()
         self.counters = {"cookies_sent": 0, "init_requests": 0, "dropped": 0,
                          "init_rate_limited": 0, "init_half_open_full": 0,
                          "half_open_dropped": 0, "identity_cap_deleted": 0, "errors": 0}
+        #: calls of receive_datagram and handle_timer, and the requests our IKE SAs sent
+        #: (new ones and retransmissions), for benchmarks (not in ``stats``)
+        self.receive_calls = 0
+        self.timer_calls = 0
+        self.requests_sent = 0
 
     # --- configuration ------------------------------------------------------------------------
     def add_peer(self, peer: IkePeer, now: float) -> None:
         self.peers[peer.config.name] = peer
         self._by_remote_id.setdefault(peer.config.remote_id, []).append(peer)
         if peer.initiate:
-            self._reinitiate[peer.config.name] = now
+            self._timers.schedule(_Initiate(peer.config.name), now)
 
     def _lookup(self, idi: Identity, idr: Identity | None) -> IkeConfig | None:
         for p in self._by_remote_id.get(idi, ()):
@@ -158,12 +233,32 @@ class IkeManager:
                 return p.config
         return None
 
-    def initiate(self, name: str, now: float) -> IkeSa:
+    # --- the core contract --------------------------------------------------------------------
+    def datagrams_to_send(self) -> list[Outgoing]:
+        """The messages to send since the last call, in order."""
+        out, self._outgoing = self._outgoing, []
+        return out
+
+    def next_event(self) -> Event | None:
+        return self._events.pop(0) if self._events else None
+
+    def get_timer(self) -> float | None:
+        return self._timers.next_deadline()
+
+    # --- initiating ---------------------------------------------------------------------------
+    def initiate(self, name: str, now: float) -> IkeSa | None:
+        """Start an IKE SA with the peer: the SA, or None until our local address towards it
+        is known (``LocalAddressNeeded``)."""
         peer = self.peers[name]
         if peer.remote is None:
             raise ValueError(f"peer {name}: no address to initiate to")
-        natt = peer.config.force_encap
-        local = peer.local or self.local_addr(peer.remote, natt)
+        if peer.local is None:
+            self._await_local(peer.remote, peer.config.force_encap, _InitiateWaiting(name))
+            return None
+        return self._start(peer, peer.local, now)
+
+    def _start(self, peer: IkePeer, local: Addr, now: float) -> IkeSa:
+        assert peer.remote is not None
         sa = IkeSa(peer.config, initiator=True, local=local, remote=peer.remote, now=now,
                    max_children=self.limits.children_per_ike_sa)
         self.sas[sa.local_spi] = sa
@@ -180,16 +275,46 @@ class IkeManager:
                     return True
         return False
 
-    # --- receiving ----------------------------------------------------------------------------
-    def receive(self, data: bytes, remote: Addr, natt: bool, now: float) -> None:
-        """One IKE message (marker removed) from ``remote`` on port 4500 (``natt``) or 500.
-        Never raises: whatever a message makes go wrong is counted and logged here."""
+    # --- our local address --------------------------------------------------------------------
+    def _await_local(self, remote: Addr, natt: bool,
+                     what: _InitWaiting | _InitiateWaiting) -> None:
+        key = (remote, natt)
+        waiting = self._awaiting.get(key)
+        if waiting is not None:
+            waiting.append(what)
+            return
+        if len(self._awaiting) >= MAX_AWAITING_LOCAL:
+            _, given_up = self._awaiting.popitem(last=False)
+            self.counters["dropped"] += len(given_up)
+        self._awaiting[key] = [what]
+        self._events.append(LocalAddressNeeded(remote, natt))
+
+    def local_address_found(self, remote: Addr, natt: bool, local: Addr, now: float) -> None:
+        """The answer to ``LocalAddressNeeded``: what waited for it goes on. Never raises."""
         try:
-            self._receive(data, remote, natt, now)
+            for what in self._awaiting.pop((remote, natt), []):
+                if isinstance(what, _InitWaiting):
+                    self._respond_init(what.msg, what.data, remote, natt, local, now)
+                else:
+                    peer = self.peers.get(what.name)
+                    if peer is not None and peer.remote == remote:
+                        self._start(peer, local, now)
+        except Exception as e:  # the last line of defence
+            self._internal_error("a local address", e, now)
+
+    # --- receiving ----------------------------------------------------------------------------
+    def receive_datagram(self, data: bytes, remote: Addr, now: float, *, natt: bool,
+                         local: Addr) -> None:
+        """One IKE message (marker removed) from ``remote`` on port 4500 (``natt``) or 500,
+        which came to ``local`` (the socket's address, maybe a wildcard). Never raises:
+        whatever a message makes go wrong is counted and logged here."""
+        self.receive_calls += 1
+        try:
+            self._receive(data, remote, natt, local, now)
         except Exception as e:  # the last line of defence
             self._internal_error("a received message", e, now)
 
-    def _receive(self, data: bytes, remote: Addr, natt: bool, now: float) -> None:
+    def _receive(self, data: bytes, remote: Addr, natt: bool, local: Addr, now: float) -> None:
         # junk with unknown SPIs costs a lookup: nothing is parsed before an SA is found
         found = peek_receiver_spi(data)
         if found is None:
@@ -202,7 +327,7 @@ class IkeManager:
             except IkeDecodeError:
                 self.counters["dropped"] += 1
                 return
-            self._init_request(data, hdr, remote, natt, now)
+            self._init_request(data, hdr, remote, natt, local, now)
             return
         sa = self.sas.get(local_spi)
         if sa is None:
@@ -280,6 +405,28 @@ class IkeManager:
     def _half_open(self) -> int:
         return len(self._half_open_sas)
 
+    def _cookie_passed(self, data: bytes, hdr: Header, remote: Addr, natt: bool,
+                       now: float) -> bool:
+        """Above the cookie threshold: whether the request carries a valid cookie; if not,
+        it is answered with a fresh one (section 2.6), statelessly."""
+        self._rotate_cookie_secret(now)
+        try:
+            ni, got = peek_nonce_and_cookie(data)
+        except IkeDecodeError:
+            self.counters["dropped"] += 1
+            return False
+        ni = ni or b""
+        if got is not None and self._cookie_ok(got, ni, hdr.spi_i, remote):
+            return True
+        cookie = self._cookie(self._cookie_version, ni, hdr.spi_i, remote)
+        assert cookie is not None
+        self.counters["cookies_sent"] += 1
+        out = encode_message(Header.make(ExchangeType.IKE_SA_INIT, hdr.spi_i,
+                                         initiator=False, response=True),
+                             [Notify(NotifyType.COOKIE, cookie)])
+        self._outgoing.append(Outgoing(out, remote, natt))
+        return False
+
     def _admit_init(self, data: bytes, hdr: Header, remote: Addr, natt: bool,
                     now: float) -> bool:
         """Whether a new IKE_SA_INIT request gets a half-open SA. Checked from the cheapest
@@ -287,23 +434,9 @@ class IkeManager:
         half-open cap, the source's token bucket, the bucket of all sources; only then is
         the message decoded and a key exchange spent."""
         limits = self.limits
-        if self._half_open() >= limits.cookie_threshold:
-            self._rotate_cookie_secret(now)
-            try:
-                ni, got = peek_nonce_and_cookie(data)
-            except IkeDecodeError:
-                self.counters["dropped"] += 1
-                return False
-            ni = ni or b""
-            if got is None or not self._cookie_ok(got, ni, hdr.spi_i, remote):
-                cookie = self._cookie(self._cookie_version, ni, hdr.spi_i, remote)
-                assert cookie is not None
-                self.counters["cookies_sent"] += 1
-                out = encode_message(Header.make(ExchangeType.IKE_SA_INIT, hdr.spi_i,
-                                                 initiator=False, response=True),
-                                     [Notify(NotifyType.COOKIE, cookie)])
-                self.send(Outgoing(out, remote, natt))
-                return False
+        if (self._half_open() >= limits.cookie_threshold
+                and not self._cookie_passed(data, hdr, remote, natt, now)):
+            return False
         if self._half_open() >= limits.half_open_max:
             self.counters["init_half_open_full"] += 1
             return False
@@ -315,7 +448,7 @@ class IkeManager:
             return False
         return True
 
-    def _init_request(self, data: bytes, hdr: Header, remote: Addr, natt: bool,
+    def _init_request(self, data: bytes, hdr: Header, remote: Addr, natt: bool, local: Addr,
                       now: float) -> None:
         self.counters["init_requests"] += 1
         known = self._half_open_sas.get((hdr.spi_i, remote))
@@ -330,7 +463,18 @@ class IkeManager:
         except IkeDecodeError:
             self.counters["dropped"] += 1
             return
-        local = self.local_addr(remote, natt)
+        if _unspecified(local):  # a wildcard socket: which source does the kernel pick?
+            self._await_local(remote, natt, _InitWaiting(msg, data))
+            return
+        self._respond_init(msg, data, remote, natt, local, now)
+
+    def _respond_init(self, msg: Message, data: bytes, remote: Addr, natt: bool, local: Addr,
+                      now: float) -> None:
+        known = self._half_open_sas.get((msg.header.spi_i, remote))
+        if known is not None:  # it came again while we waited for the local address
+            known.receive(data, now)
+            self._process(known, now)
+            return
         sa = IkeSa(None, initiator=False, local=local, remote=remote, now=now,
                    lookup=self._lookup, max_children=self.limits.children_per_ike_sa,
                    half_open_timeout=self.limits.half_open_timeout)
@@ -344,8 +488,10 @@ class IkeManager:
 
     # --- effects ------------------------------------------------------------------------------
     def _process(self, sa: IkeSa, now: float) -> None:
-        for out in sa.datagrams_to_send():
-            self.send(out)
+        """What ``sa`` has to send goes out; its events take effect."""
+        out = sa.datagrams_to_send()
+        self.requests_sent += sum(not o.data[_FLAGS_AT] & IKE_FLAG_RESPONSE for o in out)
+        self._outgoing += out
         while (ev := sa.next_event()) is not None:
             if isinstance(ev, ChildUp):
                 self._child_up(ev, now)
@@ -355,38 +501,37 @@ class IkeManager:
                 self._ike_up(ev, now)
             elif isinstance(ev, IkeDown):
                 self._ike_down(ev, now)
-            elif isinstance(ev, IkeRekeyed):
-                self.sas[ev.new.local_spi] = ev.new
-                # the children moved to the new IKE SA, and so do their byte lifetimes
-                for spi_in, (owner, tx_start) in list(self._byte_limits.items()):
-                    if owner is ev.old:
-                        self._byte_limits[spi_in] = (ev.new, tx_start)
-                self._schedule(ev.new)
-                log.info("peer %s: IKE SA rekeyed", ev.new.name)
-                self._log_ike_keys(ev.new)
+            else:
+                self._ike_rekeyed(ev)
         if sa.state is not State.INIT_DONE:
             key = self._half_open_keys.pop(sa, None)
             if key is not None:
                 self._half_open_sas.pop(key, None)
         if sa.state is State.DEAD:
             self.sas.pop(sa.local_spi, None)
-            self._when.pop(sa, None)
+            self._timers.cancel(sa)
         else:
             self._schedule(sa)
 
     def _schedule(self, sa: IkeSa) -> None:
-        """Make sure the heap holds an entry no later than the SA's next deadline."""
         d = sa.get_timer()
         if d is None:
-            self._when.pop(sa, None)
-            return
-        cur = self._when.get(sa)
-        if cur is None or d < cur:
-            self._when[sa] = d
-            heapq.heappush(self._heap, (d, next(self._tick), sa))
+            self._timers.cancel(sa)
+        else:
+            self._timers.schedule(sa, d)
 
-    def _tunnel_peer(self, ike: IkeSa):  # type: ignore[no-untyped-def]
+    def _tunnel_peer(self, ike: IkeSa) -> Peer | None:
         return self.tunnel.peers.get(ike.name)
+
+    def _ike_rekeyed(self, ev: IkeRekeyed) -> None:
+        self.sas[ev.new.local_spi] = ev.new
+        # the children moved to the new IKE SA, and so do their byte lifetimes
+        for spi_in, (owner, tx_start) in list(self._byte_limits.items()):
+            if owner is ev.old:
+                self._byte_limits[spi_in] = (ev.new, tx_start)
+        self._schedule(ev.new)
+        log.info("peer %s: IKE SA rekeyed", ev.new.name)
+        self._log_ike_keys(ev.new)
 
     def _ike_up(self, ev: IkeUp, now: float) -> None:
         ike = ev.ike
@@ -400,8 +545,7 @@ class IkeManager:
         peer = self._tunnel_peer(ike)
         self._failures.pop(ike.name, None)
         log.info("peer %s: IKE SA established with %s (%s); NAT: %s", ike.name,
-                 format_addr(ev.remote),
-                 ike.proposal.name if ike.proposal else "?",
+                 format_addr(ev.remote), ike.proposal.name if ike.proposal else "?",
                  "this side" if ev.local_behind_nat else
                  "peer side" if ev.remote_behind_nat else "none")
         self._log_ike_keys(ike)
@@ -440,10 +584,10 @@ class IkeManager:
         self.tunnel.set_outbound(peer, outbound)
         if cfg and cfg.rekey_bytes:
             self._byte_limits[ev.spi_in] = (ev.ike, peer.tx_bytes)
-            if self._next_lifetime_check is None:
-                self._next_lifetime_check = now + LIFETIME_CHECK
+            if _Check.BYTE_LIFETIMES not in self._timers:
+                self._timers.schedule(_Check.BYTE_LIFETIMES, now + LIFETIME_CHECK)
         if ev.replaces is not None:
-            self._grace.append((now + CHILD_GRACE, ev.replaces))
+            self._grace(ev.replaces, now)
         if self.keylog is not None:
             v6 = ":" in ev.ike.remote[0]
             self.keylog.esp_sa(ev.spi_in, ev.suite, ev.keymat_in, ipv6=v6)
@@ -452,11 +596,12 @@ class IkeManager:
                  ev.spi_in, ev.spi_out, ev.suite.name, " ESN" if ev.esn else "",
                  " (rekey)" if ev.replaces is not None else "")
 
-    @functools.cached_property
-    def _outbound_sas(self) -> dict[tuple[str, int], tuple[Peer, OutboundSA]]:
-        """The outbound SA of every child SA that is up, by (peer, SPI), oldest first (the
-        peer chose the SPI: two peers may choose the same)."""
-        return {}
+    def _grace(self, spi_in: int, now: float) -> None:
+        """The inbound SA ``spi_in`` goes CHILD_GRACE from now (or earlier, if it already
+        had a grace period)."""
+        key = _GraceEnd(spi_in)
+        if key not in self._timers:
+            self._timers.schedule(key, now + CHILD_GRACE)
 
     def _child_down(self, ev: ChildDown, now: float) -> None:
         # keep the inbound SA a moment for packets in flight; stop sending on the outbound
@@ -464,7 +609,7 @@ class IkeManager:
         # it was in use, the newest child SA still up with that peer takes over: after a
         # rekey collision (section 2.8.1) the redundant SA, installed last, is deleted
         # while the surviving one, installed before it, stays.
-        self._grace.append((now + CHILD_GRACE, ev.spi_in))
+        self._grace(ev.spi_in, now)
         self._outbound_sas.pop((ev.ike.name, ev.spi_out), None)
         peer = self._tunnel_peer(ev.ike)
         if peer is not None and peer.outbound is not None and peer.outbound.spi == ev.spi_out:
@@ -492,7 +637,7 @@ class IkeManager:
             n = self._failures.get(peer.config.name, 0)
             self._failures[peer.config.name] = n + 1
             delay = min(REINITIATE_DELAY * 2 ** n, REINITIATE_MAX)
-            self._reinitiate[peer.config.name] = now + delay
+            self._timers.schedule(_Initiate(peer.config.name), now + delay)
             log.info("peer %s: initiating again in %.0f s", peer.config.name, delay)
 
     def _cap_identity(self, ike: IkeSa, now: float) -> None:
@@ -525,56 +670,36 @@ class IkeManager:
             self._half_open_log_at = now + HALF_OPEN_LOG_INTERVAL
 
     # --- timers -------------------------------------------------------------------------------
-    def next_deadline(self) -> float | None:
-        heap = self._heap
-        while heap and self._when.get(heap[0][2]) != heap[0][0]:
-            heapq.heappop(heap)  # stale: superseded by an earlier entry, or the SA is gone
-        times = [heap[0][0]] if heap else []
-        times += [t for t, _ in self._grace]
-        times += list(self._reinitiate.values())
-        if self._next_lifetime_check is not None:
-            times.append(self._next_lifetime_check)
-        return min(times) if times else None
+    def handle_timer(self, now: float) -> None:
+        """Everything due by ``now``. Never raises (see ``receive_datagram``): an exception
+        is counted and logged, and an IKE SA whose timer raised is tried again a second
+        later (not at once: that would spin on an SA that fails each time)."""
+        self.timer_calls += 1
+        for key in sorted(self._timers.pop_due(now), key=_timer_rank):
+            try:
+                self._fire(key, now)
+            except Exception as e:  # the last line of defence
+                self._internal_error("a timer", e, now)
+                if isinstance(key, IkeSa) and key.local_spi in self.sas:
+                    self._timers.schedule(key, now + 1.0)
 
-    def on_timer(self, now: float) -> None:
-        """Everything due by ``now``. Never raises (see ``receive``)."""
-        try:
-            self._on_timer(now)
-        except Exception as e:  # the last line of defence
-            self._internal_error("a timer", e, now)
-            # an SA taken off the timer heap when it failed is put back, a second later
-            # (not at once: that would spin on an SA that fails each time)
-            for sa in list(self.sas.values()):
-                if sa not in self._when and sa.get_timer() is not None:
-                    self._when[sa] = now + 1.0
-                    heapq.heappush(self._heap, (now + 1.0, next(self._tick), sa))
-
-    def _on_timer(self, now: float) -> None:
-        heap = self._heap
-        while heap and heap[0][0] <= now:
-            d, _, sa = heapq.heappop(heap)
-            if self._when.get(sa) != d:
-                continue
-            del self._when[sa]
-            real = sa.get_timer()
+    def _fire(self, key: _TimerKey, now: float) -> None:
+        if isinstance(key, IkeSa):
+            real = key.get_timer()
             if real is not None and real <= now:
-                sa.handle_timer(now)
-                self._process(sa, now)
+                key.handle_timer(now)
+                self._process(key, now)
             else:
-                self._schedule(sa)
-        due = [spi for t, spi in self._grace if t <= now]
-        self._grace = [(t, s) for t, s in self._grace if t > now]
-        for spi in due:
+                self._schedule(key)
+        elif isinstance(key, _GraceEnd):
             with contextlib.suppress(KeyError):  # already gone with its peer
-                self.tunnel.remove_inbound(spi)
-        if self._next_lifetime_check is not None and now >= self._next_lifetime_check:
+                self.tunnel.remove_inbound(key.spi)
+        elif isinstance(key, _Initiate):
+            if not any(sa.name == key.name and sa.state is not State.DEAD
+                       for sa in self.sas.values()):
+                self.initiate(key.name, now)
+        else:
             self._check_byte_lifetimes(now)
-        for name, t in list(self._reinitiate.items()):
-            if t <= now:
-                del self._reinitiate[name]
-                if not any(sa.name == name and sa.state is not State.DEAD
-                           for sa in self.sas.values()):
-                    self.initiate(name, now)
 
     def _check_byte_lifetimes(self, now: float) -> None:
         """Child SAs past ``rekey_bytes`` in either direction are rekeyed (checked every
@@ -591,7 +716,8 @@ class IkeManager:
             if limit and (rx >= limit or tx >= limit) and ike.rekey_child(spi_in, now):
                 del self._byte_limits[spi_in]
                 self._process(ike, now)
-        self._next_lifetime_check = now + LIFETIME_CHECK if self._byte_limits else None
+        if self._byte_limits:
+            self._timers.schedule(_Check.BYTE_LIFETIMES, now + LIFETIME_CHECK)
 
     def stats(self) -> dict[str, object]:
         return {

@@ -38,13 +38,7 @@ from ..addr import Addr
 from ..constants import CHILD_SPI_LEN, ExchangeType, NotifyType, ProtocolId
 from .base import IkeError, Request, RequestKind, State
 from .config import RETRANSMIT_BASE, RETRANSMIT_TRIES
-
-# nattunnel.config and nattunnel.io still import these from here (they live in ike.config,
-# ike.proposals and ike.events)
-from .config import Identity as Identity
-from .config import IkeConfig as IkeConfig
-from .events import DownCause
-from .events import Outgoing as Outgoing
+from .events import DownCause, Outgoing
 from .initial import InitialExchanges
 from .message import (
     SA,
@@ -57,10 +51,6 @@ from .message import (
     Payload,
     decode_message,
 )
-from .proposals import DEFAULT_ESP_PROPOSALS as DEFAULT_ESP_PROPOSALS
-from .proposals import DEFAULT_IKE_PROPOSALS as DEFAULT_IKE_PROPOSALS
-from .proposals import EspProposal as EspProposal
-from .proposals import IkeProposal as IkeProposal
 from .rekey import IkeRekeyExchanges
 
 

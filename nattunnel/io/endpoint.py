@@ -9,7 +9,12 @@
   ``nattunnel.io.udp``.
 - The inner interface is a TUN device (``nattunnel.io.tun``) or the in-process interface
   (``nattunnel.io.interface``).
-- One timer per endpoint, armed for the core's next deadline.
+- IKE: one port-500 socket per listen address, and IKE behind the non-ESP marker on the
+  NAT-T sockets. The endpoint feeds what comes to a ``Control`` (``nattunnel.app.Controller``:
+  the IKE manager and the policy between it and the tunnel), drains what it has to send and
+  sends it from the right socket (port 4500 with the marker, or port 500), and answers its
+  questions (our address towards a peer, for NAT detection).
+- One timer per endpoint, armed for the earliest ``get_timer()`` of its cores.
 - Nothing here decides anything about packets: that is ``nattunnel.tunnel.core.Tunnel``.
 """
 
@@ -21,13 +26,17 @@ import ipaddress
 import logging
 import socket
 import time
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from ..addr import Addr, Network, format_addr, sockaddr
 from ..constants import IKE_PORT, NAT_T_PORT, NON_ESP_MARKER
 from ..esp.drop import DropCounters, DropReason
-from ..tunnel.core import PeerMoved, RekeyNeeded, Tunnel
+from ..ike.events import Outgoing
+from ..ike.manager import LocalAddressNeeded
+from ..tunnel.core import Event as TunnelEvent
+from ..tunnel.core import PeerMoved, Tunnel
 from ..tunnel.peer import Peer
 from .interface import InnerInterface, InProcessInterface
 from .receive import Receiver
@@ -37,10 +46,6 @@ from .udp import MAX_DATAGRAM as _MAX_DATAGRAM
 from .udp import SO_RXQ_OVFL, open_natt_socket
 from .udp import family as _family
 
-if TYPE_CHECKING:
-    from ..ike.manager import IkeManager
-    from ..ike.sa import Outgoing
-
 log = logging.getLogger("nattunnel")
 
 #: datagrams or inner packets handled per reader callback before yielding to the loop
@@ -49,6 +54,39 @@ DRAIN_BUDGET = 256
 _IKE_SOCKBUF = 1 << 20
 #: an exception from a core is logged (with its traceback) at most this often
 ERROR_LOG_INTERVAL = 10.0
+#: a socket bound to a wildcard address: the source address the kernel picks towards a
+#: remote (for NAT detection) is looked up once per remote and kept this long, for at most
+#: this many remotes
+SOURCE_CACHE_TTL = 10.0
+SOURCE_CACHE_SIZE = 1024
+
+
+class Control(Protocol):
+    """The control side an endpoint drives besides the tunnel: IKE, and what tunnel events
+    mean for it (``nattunnel.app.Controller``). A sans-I/O core like the tunnel: fed IKE
+    messages, tunnel events and the time, and pulled from."""
+
+    #: the port of plain IKE (500); None: no IKE, and no port-500 sockets
+    ike_port: int | None
+
+    def receive_datagram(self, data: bytes, remote: Addr, now: float, *, natt: bool,
+                         local: Addr) -> None:
+        """An IKE message (marker removed) that came to ``local`` from ``remote``."""
+
+    def handle_tunnel_event(self, event: TunnelEvent, now: float) -> None: ...
+
+    def datagrams_to_send(self) -> list[Outgoing]: ...
+
+    def next_event(self) -> LocalAddressNeeded | None: ...
+
+    def local_address_found(self, remote: Addr, natt: bool, local: Addr,
+                            now: float) -> None: ...
+
+    def get_timer(self) -> float | None: ...
+
+    def handle_timer(self, now: float) -> None: ...
+
+    def stats(self) -> dict[str, object]: ...
 
 
 class Endpoint:
@@ -63,10 +101,12 @@ class Endpoint:
         budget: int = DRAIN_BUDGET,
         offload: bool = True,
         kernel_filter: bool = True,
+        control: Control | None = None,
     ) -> None:
         """``offload``: use UDP GRO on receive and GSO on send where the kernel has them.
         ``kernel_filter``: under a flood of datagrams with unknown SPIs, drop them in the
-        kernel with a socket filter (``nattunnel.io.sockfilter``) until it stops."""
+        kernel with a socket filter (``nattunnel.io.sockfilter``) until it stops.
+        ``control``: IKE and the policy between the tunnel and IKE (``Control``)."""
         self.tunnel = tunnel
         self.interface = interface
         self.listen = list(listen)
@@ -93,14 +133,23 @@ class Endpoint:
         self.sender = Sender(tunnel, self.drops, budget=budget, on_events=self._after_send)
         self._error_log_at = 0.0
         self._errors_unlogged = 0
-        #: the IKE manager, when IKE is enabled (``enable_ike``)
-        self.ike: IkeManager | None = None
-        self.ike_port = IKE_PORT
+        self.control = control
+        if control is not None and control.ike_port is not None:
+            tunnel.ike_handler = self._on_ike_natt
         #: port-500 sockets, and the first of each address family (what IKE sends from)
         self._ike_socks: list[socket.socket] = []
         self._ike_by_family: dict[int, socket.socket] = {}
+        #: the bound address of each UDP socket (what IKE messages came to)
+        self._bound: dict[socket.socket, Addr] = {}
+        #: wildcard sockets: (remote IP, natt) -> (the source the kernel picks, until when)
+        self._sources: OrderedDict[tuple[str, bool], tuple[str, float]] = OrderedDict()
         #: an IKE message came through a NAT-T reader: it re-arms the timer after its batch
         self._ike_seen = False
+        #: timer wakeups, the CPU time (process time) spent in them, and the part of it
+        #: spent in the control side's ``handle_timer``
+        self.timer_wakeups = 0
+        self.timer_cpu = 0.0
+        self.control_timer_cpu = 0.0
 
     # --- the data path's state, as attributes of the endpoint ---------------------------------
     @property
@@ -166,13 +215,10 @@ class Endpoint:
         self._handle_events(None)
 
     # --- life cycle ---------------------------------------------------------------------------
-    def enable_ike(self, manager: IkeManager, port: int = IKE_PORT) -> None:
-        """Handle IKE on ``port`` (plain) and behind the non-ESP marker on the NAT-T sockets."""
-        self.ike = manager
-        self.ike_port = port
-        manager.send = self._ike_send
-        manager.local_addr = self._local_addr
-        self.tunnel.ike_handler = self._on_ike_natt
+    @property
+    def ike_port(self) -> int | None:
+        """The port of plain IKE, or None without IKE."""
+        return self.control.ike_port if self.control is not None else None
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -186,6 +232,7 @@ class Endpoint:
                 raise
             sock = ns.sock
             self.socks.append(sock)
+            self._bound[sock] = sock.getsockname()
             self._by_family.setdefault(sock.family, sock)
             if self.offload:
                 self.sender.gso = ns.gso
@@ -196,8 +243,8 @@ class Endpoint:
             if peer.addr is not None:
                 peer.sock = self._by_family.get(_family(peer.addr))
         self.interface.attach(self)
-        if self.ike is not None:
-            await self._start_ike(loop)
+        if self.ike_port is not None:
+            self._start_ike(loop, self.ike_port)
         self.sock_filter.start(loop)
         self._arm_timer()
 
@@ -215,7 +262,12 @@ class Endpoint:
         self._arm_timer()
         return peer
 
-    async def _start_ike(self, loop: asyncio.AbstractEventLoop) -> None:
+    def rearm_timer(self) -> None:
+        """After a core was changed from outside the endpoint's callbacks (an IKE peer
+        added, say): send what it has to send, and arm the timer for its next deadline."""
+        self._handle_events(None)
+
+    def _start_ike(self, loop: asyncio.AbstractEventLoop, port: int) -> None:
         """Port 500: one non-blocking socket per listen address, read like the NAT-T
         sockets (drained with a budget per wakeup, so that a flood of IKE_SA_INIT requests
         costs a system call and a cookie each, not a future)."""
@@ -226,11 +278,11 @@ class Endpoint:
                 if fam == socket.AF_INET6:
                     sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
                 sock.setblocking(False)
-                sock.bind((host, self.ike_port))
+                sock.bind((host, port))
             except OSError as e:
                 sock.close()
                 self.close()
-                where = format_addr((host, self.ike_port))
+                where = format_addr((host, port))
                 raise OSError(e.errno, f"cannot listen for IKE on {where}: {e.strerror}") from e
             with contextlib.suppress(OSError):
                 # room for a legitimate peer's request behind a flood
@@ -238,14 +290,16 @@ class Endpoint:
                 sock.setsockopt(socket.SOL_SOCKET, SO_RXQ_OVFL, 1)
             self._ike_socks.append(sock)
             self._ike_by_family.setdefault(fam, sock)
+            self._bound[sock] = sock.getsockname()
             loop.add_reader(sock.fileno(), self._on_ike_udp, sock)
 
     def _on_ike_udp(self, sock: socket.socket) -> None:
         """Port 500 readable: IKE messages until EAGAIN or the budget, then one pass over
         the events and one re-arm of the timer."""
-        assert self._loop is not None and self.ike is not None
+        assert self._loop is not None and self.control is not None
         now = self._loop.time()
-        receive = self.ike.receive
+        receive = self.control.receive_datagram
+        local = self._bound[sock]
         try:
             for _ in range(self.budget):
                 try:
@@ -256,7 +310,7 @@ class Endpoint:
                     self.drops.counts[DropReason.RECEIVE_ERROR] += 1
                     continue
                 try:
-                    receive(data, addr, False, now)
+                    receive(data, addr, now, natt=False, local=local)
                 except Exception:
                     self.drops.counts[DropReason.INTERNAL_ERROR] += 1
                     self._core_error("ike_receive")
@@ -269,9 +323,11 @@ class Endpoint:
 
     def _on_ike_natt(self, data: memoryview, addr: Addr, now: float) -> None:
         """IKE behind the non-ESP marker on a NAT-T socket (from the tunnel's demux)."""
-        assert self.ike is not None
+        assert self.control is not None
+        sock = self._by_family.get(_family(addr))
         try:
-            self.ike.receive(bytes(data), addr, True, now)
+            local = self._bound[sock] if sock is not None else self._wildcard(addr, True)
+            self.control.receive_datagram(bytes(data), addr, now, natt=True, local=local)
         except Exception:
             self.drops.counts[DropReason.INTERNAL_ERROR] += 1
             self._core_error("ike_receive")
@@ -307,32 +363,42 @@ class Endpoint:
         except OSError:
             self.drops.counts[DropReason.SEND_FAILED] += 1
 
-    def _local_addr(self, remote: Addr, natt: bool) -> Addr:
+    def _wildcard(self, remote: Addr, natt: bool) -> Addr:
+        """The address of a socket of ``remote``'s family that is not open."""
+        wild = "::" if _family(remote) == socket.AF_INET6 else "0.0.0.0"
+        return (wild, NAT_T_PORT if natt else (self.ike_port or IKE_PORT))
+
+    def local_address_towards(self, remote: Addr, natt: bool) -> Addr:
         """Our address towards ``remote`` (for NAT detection hashes, RFC 7296 section 2.23):
         the address and port of the socket the messages go out of (the NAT-T socket of that
         family for ``natt``, the port-500 IKE socket otherwise). Only when that socket is
-        bound to the wildcard address does the kernel's routing say which source it picks;
-        a socket bound to one address (a secondary one, say) always sends from it."""
+        bound to the wildcard address does the kernel's routing say which source it picks
+        (looked up once per remote, and kept SOURCE_CACHE_TTL seconds); a socket bound to
+        one address (a secondary one, say) always sends from it."""
         fam = _family(remote)
-        bound: Addr | None = None
-        if natt:
-            sock = self._by_family.get(fam)
-            if sock is not None:
-                bound = sock.getsockname()
-        else:
-            sock = self._ike_by_family.get(fam)
-            if sock is not None:
-                bound = sock.getsockname()
-        if bound is None:
-            port = NAT_T_PORT if natt else self.ike_port
-            ip = "::" if fam == socket.AF_INET6 else "0.0.0.0"
-        else:
-            ip, port = bound[0], bound[1]
-        if ipaddress.ip_address(ip.split("%", 1)[0]).is_unspecified:
-            with socket.socket(fam, socket.SOCK_DGRAM) as s:
-                s.connect((remote[0], remote[1]))
-                ip = s.getsockname()[0]
-        return (ip, port)
+        sock = (self._by_family if natt else self._ike_by_family).get(fam)
+        bound = self._bound[sock] if sock is not None else self._wildcard(remote, natt)
+        ip, port = bound[0], bound[1]
+        if not ipaddress.ip_address(ip.split("%", 1)[0]).is_unspecified:
+            return (ip, port)
+        return (self._route_source(fam, remote, natt), port)
+
+    def _route_source(self, fam: int, remote: Addr, natt: bool) -> str:
+        """The source address the kernel picks towards ``remote`` (cached)."""
+        now = time.monotonic()
+        key = (remote[0], natt)
+        hit = self._sources.get(key)
+        if hit is not None and hit[1] > now:
+            self._sources.move_to_end(key)
+            return hit[0]
+        with socket.socket(fam, socket.SOCK_DGRAM) as s:
+            s.connect((remote[0], remote[1]))
+            ip: str = s.getsockname()[0]
+        self._sources[key] = (ip, now + SOURCE_CACHE_TTL)
+        self._sources.move_to_end(key)
+        while len(self._sources) > SOURCE_CACHE_SIZE:
+            self._sources.popitem(last=False)
+        return ip
 
     def local_addresses(self) -> list[Addr]:
         return [s.getsockname() for s in self.socks]
@@ -354,6 +420,7 @@ class Endpoint:
             sock.close()
         self._ike_socks.clear()
         self._ike_by_family.clear()
+        self._bound.clear()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -367,49 +434,59 @@ class Endpoint:
 
     # --- events and the timer -----------------------------------------------------------------
     def _handle_events(self, sock: socket.socket | None) -> None:
+        """The tunnel's events, for the endpoint (which socket a moved peer is reached on)
+        and then for the control side; then what the control side has to send; then the
+        timer, re-armed."""
+        now = self._loop.time() if self._loop is not None else 0.0
         try:
             while (ev := self.tunnel.next_event()) is not None:
                 try:
-                    self._handle_event(ev, sock)
+                    if isinstance(ev, PeerMoved):
+                        self._peer_moved(ev, sock)
+                    if self.control is not None:
+                        self.control.handle_tunnel_event(ev, now)
                 except Exception:
                     self._core_error("events")
         except Exception:
             self._core_error("events")
         finally:
+            self._flush_control(now)
             self._arm_timer()
 
-    def _handle_event(self, ev: object, sock: socket.socket | None) -> None:
-        if isinstance(ev, PeerMoved):
-            peer = self.tunnel.peers.get(ev.peer)
-            if peer is not None:
-                peer.sock = sock if sock is not None else self._by_family.get(
-                    _family(ev.new)
-                )
-            if ev.old is None:
-                log.info("peer %s: first authenticated packet from %s", ev.peer,
-                         format_addr(ev.new))
-            else:
-                log.info("peer %s moved from %s to %s (NAT rebinding)", ev.peer,
-                         format_addr(ev.old), format_addr(ev.new))
-        elif isinstance(ev, RekeyNeeded):
-            assert self._loop is not None
-            if self.ike is not None and self.ike.rekey_outbound(ev.spi, self._loop.time()):
-                log.info("peer %s: SA %#010x passed its sequence-number soft limit; "
-                         "rekeying", ev.peer, ev.spi)
-            else:
-                log.warning("peer %s: SA %#010x passed its sequence-number soft limit; "
-                            "manual SAs cannot be rekeyed: install new keys", ev.peer,
-                            ev.spi)
+    def _peer_moved(self, ev: PeerMoved, sock: socket.socket | None) -> None:
+        """A peer moved: it is reached on the socket its packet came on."""
+        peer = self.tunnel.peers.get(ev.peer)
+        if peer is not None:
+            peer.sock = sock if sock is not None else self._by_family.get(_family(ev.new))
+
+    def _flush_control(self, now: float) -> None:
+        """Answer what the control side asks (our address towards a peer), then send what
+        it has to send."""
+        control = self.control
+        if control is None:
+            return
+        try:
+            while (ev := control.next_event()) is not None:
+                try:
+                    local = self.local_address_towards(ev.remote, ev.natt)
+                except OSError:  # no route to it, say
+                    self._core_error("ike_local_address")
+                    continue
+                control.local_address_found(ev.remote, ev.natt, local, now)
+            for out in control.datagrams_to_send():
+                self._ike_send(out)
+        except Exception:
+            self._core_error("ike_send")
 
     def _arm_timer(self) -> None:
         if self._loop is None or self._closed.is_set():
             return
         try:
             when = self.tunnel.get_timer()
-            if self.ike is not None:
-                ike_when = self.ike.next_deadline()
-                if ike_when is not None and (when is None or ike_when < when):
-                    when = ike_when
+            if self.control is not None:
+                control_when = self.control.get_timer()
+                if control_when is not None and (when is None or control_when < when):
+                    when = control_when
         except Exception:
             self._core_error("timer")
             when = self._loop.time() + 1.0  # try again soon
@@ -424,6 +501,7 @@ class Endpoint:
 
     def _on_timer(self) -> None:
         assert self._loop is not None
+        cpu = time.process_time()
         self._timer = None
         self._timer_at = None
         now = self._loop.time()
@@ -434,12 +512,16 @@ class Endpoint:
         except Exception:
             self._core_error("timer")
         try:
-            if self.ike is not None:
-                self.ike.on_timer(now)
+            if self.control is not None:
+                t = time.process_time()
+                self.control.handle_timer(now)
+                self.control_timer_cpu += time.process_time() - t
         except Exception:
             self._core_error("timer")
         finally:
             self._handle_events(None)  # and re-arms the timer, whatever happened above
+            self.timer_wakeups += 1
+            self.timer_cpu += time.process_time() - cpu
 
     def stats(self) -> dict[str, object]:
         s = self.tunnel.stats()
@@ -447,12 +529,13 @@ class Endpoint:
         s["kernel_filter"] = self.sock_filter.stats()
         s["endpoint_drops"] = self.drops.as_dict()
         s["errors"] = dict(self.errors)
-        if self.ike is not None:
-            s["ike"] = self.ike.stats()
+        if self.control is not None:
+            s.update(self.control.stats())
         s["offload"] = {"gso": self.gso, "gso_sends": self.gso_sends,
                         "gro_batches": self.gro_batches}
         s["listen"] = [format_addr(a) for a in self.local_addresses()]
         return s
 
 
-__all__ = ["DRAIN_BUDGET", "Endpoint", "InProcessInterface", "InnerInterface", "sockaddr"]
+__all__ = ["DRAIN_BUDGET", "Control", "Endpoint", "InProcessInterface", "InnerInterface",
+           "sockaddr"]

@@ -32,8 +32,7 @@ from nattunnel.ike.message import (
 )
 from nattunnel.ike.sa import IkeSa
 from nattunnel.keys import write_key_file, write_psk_file
-from tests.ike.test_sa import A_ADDR, A_SEEN, B_ADDR, NET_A, NET_B, Wire, configs
-from tests.support.ike import drain
+from tests.support.ike import A_ADDR, A_SEEN, B_ADDR, NET_A, NET_B, SaPair, configs, drain
 
 
 def _handshake_until_auth():
@@ -50,8 +49,8 @@ def _handshake_until_auth():
     return a, b, a.datagrams_to_send()[0].data
 
 
-def _established() -> Wire:
-    w = Wire(*configs())
+def _established() -> SaPair:
+    w = SaPair(*configs())
     w.a.start(0.0)
     w.pump()
     assert w.a.established and w.b is not None and w.b.established
@@ -75,11 +74,11 @@ def test_clear_ike_sa_init_request_with_the_next_message_id_changes_nothing(stat
     else:
         sa = _established().b
     sa.datagrams_to_send()
-    next_id = sa._peer_next_id
+    next_id = sa.message_ids[1]
     spoof = encode_message(Header.make(ExchangeType.IKE_SA_INIT, sa.spi_i, sa.spi_r,
                                        message_id=next_id, initiator=True), [])
     sa.receive(spoof, 1.0)
-    assert sa._peer_next_id == next_id
+    assert sa.message_ids[1] == next_id
     assert sa.datagrams_to_send() == []
 
 
@@ -102,7 +101,7 @@ def test_bad_ke_in_create_child_sa_does_not_raise(group, data):
         Nonce(bytes(range(32))), KE(group, data), TSi.of(NET_A), TSr.of(NET_B),
     ]
     msg = encode_message(Header.make(ExchangeType.CREATE_CHILD_SA, b.spi_i, b.spi_r,
-                                     message_id=b._peer_next_id, initiator=True),
+                                     message_id=b.message_ids[1], initiator=True),
                          payloads, sk=_peer_key(b))
     b.receive(msg, 1.0)
     assert b.state is State.ESTABLISHED
@@ -124,7 +123,7 @@ def test_bad_ke_in_an_ike_sa_rekey_request_does_not_raise(data):
         Nonce(bytes(range(32))), KE(DhGroup.CURVE25519, data),
     ]
     msg = encode_message(Header.make(ExchangeType.CREATE_CHILD_SA, b.spi_i, b.spi_r,
-                                     message_id=b._peer_next_id, initiator=True),
+                                     message_id=b.message_ids[1], initiator=True),
                          payloads, sk=_peer_key(b))
     b.receive(msg, 1.0)
     assert b.state is State.ESTABLISHED and not b.rekeyed
@@ -247,24 +246,23 @@ def test_forged_message_on_port_4500_does_not_move_the_ike_sa(established):
     """A mutated IKE_AUTH request (its ICV fails) with a live SA's SPIs, from another address
     on port 4500, moved the responder's SA there: its replies (and, established, DPD and
     ESP) went to whoever sent it."""
-    from tests.ike.test_manager import Net
+    from tests.support.ike import Net
 
     net = Net()
     net.a.initiate("b", 0.0)
     if established:
         net.deliver(0.0)
     else:  # IKE_SA_INIT only: B waits for IKE_AUTH
-        for data, src, natt in net.to_b:
-            net.b.receive(data, src, natt, 0.0)
-        net.to_b.clear()
+        for data, src, natt in net.take("a"):
+            net.give("b", data, src, natt, 0.0)
     (sa,) = net.b.sas.values()
     assert sa.state is (State.ESTABLISHED if established else State.INIT_DONE)
     before = sa.remote
     forged = encode_message(Header.make(ExchangeType.IKE_AUTH, sa.spi_i, sa.spi_r,
-                                        message_id=sa._peer_next_id, initiator=True),
+                                        message_id=sa.message_ids[1], initiator=True),
                             [Notify(NotifyType.INITIAL_CONTACT)])
     # an SK payload of garbage instead of the clear Notify: the ICV cannot verify
     forged = forged[:16] + bytes([46]) + forged[17:28] + bytes([41, 0, 0, 40]) + bytes(36)
     forged = forged[:24] + len(forged).to_bytes(4, "big") + forged[28:]
-    net.b.receive(forged, ("203.0.113.66", 4500), True, 1.0)
+    net.give("b", forged, ("203.0.113.66", 4500), True, 1.0)
     assert sa.remote == before

@@ -31,10 +31,20 @@ from nattunnel.ike.message import (
 )
 from nattunnel.ike.proposals import EspProposal
 from nattunnel.ike.sa import IkeSa
-from tests.ike.test_manager import A_SEEN, Net, up
-from tests.ike.test_sa import NET_A, NET_B, Wire, assert_child_pair_works, child_ups, configs
-from tests.support.ike import drain
-from tests.tunnel.test_tunnel import ip4
+from tests.support.ike import (
+    A_ADDR,
+    A_SEEN,
+    NET_A,
+    NET_B,
+    Net,
+    SaPair,
+    assert_child_pair_works,
+    child_ups,
+    configs,
+    drain,
+    up,
+)
+from tests.support.packets import ip4
 
 
 def spoof(sa: IkeSa, message_id: int, *, from_initiator: bool,
@@ -47,13 +57,13 @@ def spoof(sa: IkeSa, message_id: int, *, from_initiator: bool,
 
 
 def snapshot(sa: IkeSa) -> tuple[object, ...]:
-    return (sa._peer_next_id, sa.last_rx, sa._last_response, sa._next_request_id,
-            sa._request.message_id if sa._request else None, sa.remote, sa.natt, sa.state)
+    return (sa.message_ids[1], sa.last_rx, sa._last_response, sa.message_ids[0],
+            sa.request.message_id if sa.request else None, sa.remote, sa.natt, sa.state)
 
 
-def established() -> Wire:
+def established() -> SaPair:
     a_cfg, b_cfg = configs()
-    w = Wire(a_cfg, b_cfg)
+    w = SaPair(a_cfg, b_cfg)
     w.a.start(0.0)
     w.pump()
     assert w.a.established and w.b is not None and w.b.established
@@ -73,7 +83,7 @@ def test_spoofed_clear_request_on_an_established_sa_changes_nothing():
     assert w.b is not None
     for target, peer_is_initiator in ((w.b, True), (w.a, False)):
         before = snapshot(target)
-        for mid in (target._peer_next_id, target._peer_next_id - 1, 0, 7):
+        for mid in (target.message_ids[1], target.message_ids[1] - 1, 0, 7):
             if mid < 0:
                 continue
             for exchange in (ExchangeType.IKE_SA_INIT, ExchangeType.INFORMATIONAL,
@@ -100,7 +110,7 @@ def test_spoofed_clear_request_on_an_established_sa_changes_nothing():
 
 def test_spoofed_header_while_the_responder_waits_for_ike_auth():
     a_cfg, b_cfg = configs()
-    w = Wire(a_cfg, b_cfg)
+    w = SaPair(a_cfg, b_cfg)
     w.a.start(0.0)
     (init,) = w.a.datagrams_to_send()
     w.to_b(init.data, 0.0)
@@ -117,7 +127,7 @@ def test_spoofed_header_while_the_responder_waits_for_ike_auth():
 
 def test_spoofed_header_while_the_initiator_waits_for_the_ike_auth_response():
     a_cfg, b_cfg = configs()
-    w = Wire(a_cfg, b_cfg)
+    w = SaPair(a_cfg, b_cfg)
     w.a.start(0.0)
     (init,) = w.a.datagrams_to_send()
     w.to_b(init.data, 0.0)
@@ -128,7 +138,7 @@ def test_spoofed_header_while_the_initiator_waits_for_the_ike_auth_response():
     before = snapshot(w.a)
     w.a.receive(spoof(w.a, 0, from_initiator=False), 0.0)  # the ID of B's first request
     outs = w.a.datagrams_to_send()
-    assert [o.data for o in outs] == [w.a._request.data]  # only the IKE_AUTH request
+    assert [o.data for o in outs] == [w.a.request.data]  # only the IKE_AUTH request
     assert snapshot(w.a) == before
     w.release("a", outs)
     w.pump()
@@ -149,10 +159,10 @@ def test_spoofed_header_just_before_a_child_rekey_at_the_manager():
     assert up(net)
     (sa_a,), (sa_b,) = net.a.sas.values(), net.b.sas.values()
     first = net.ta.peers["b"].outbound
-    net.b.receive(spoof(sa_b, sa_b._peer_next_id, from_initiator=True), A_SEEN, False, 1.0)
-    net.b.receive(spoof(sa_b, sa_b._peer_next_id, from_initiator=True),
-                  (A_SEEN[0], 4500), True, 1.0)
-    assert not net.to_a
+    net.give("b", spoof(sa_b, sa_b.message_ids[1], from_initiator=True), A_SEEN, False, 1.0)
+    net.give("b", spoof(sa_b, sa_b.message_ids[1], from_initiator=True), (A_SEEN[0], 4500),
+             True, 1.0)
+    assert not net.take("b")
     assert net.a.rekey_outbound(first.spi, 2.0)
     net.deliver(2.0)
     assert net.ta.peers["b"].outbound is not first
@@ -163,7 +173,7 @@ def test_spoofed_header_just_before_a_child_rekey_at_the_manager():
 
 def test_clear_ike_sa_init_is_answered_only_if_it_repeats_the_request_exactly():
     a_cfg, b_cfg = configs()
-    w = Wire(a_cfg, b_cfg)
+    w = SaPair(a_cfg, b_cfg)
     w.a.start(0.0)
     (init,) = w.a.datagrams_to_send()
     w.to_b(init.data, 0.0)
@@ -185,31 +195,36 @@ def test_unprotected_responses_are_ignored():
     assert w.b is not None
     w.a.handle_timer(w.a.get_timer())  # a liveness check
     w.a.datagrams_to_send()
-    req = w.a._request
+    req = w.a.request
     assert req is not None
     for exchange in (ExchangeType.INFORMATIONAL, ExchangeType.IKE_SA_INIT):
         w.a.receive(spoof(w.a, req.message_id, from_initiator=False, exchange=exchange,
                           response=True), 10.0)
-    assert w.a._request is req and w.a.last_rx == 0.0
+    assert w.a.request is req and w.a.last_rx == 0.0
     # an encrypted response of another exchange type is not the answer either
     other = encode_message(Header.make(ExchangeType.CREATE_CHILD_SA, w.a.spi_i, w.a.spi_r,
                                        message_id=req.message_id, initiator=False,
                                        response=True), [], sk=w.b._sk_out)
     w.a.receive(other, 10.0)
-    assert w.a._request is req
+    assert w.a.request is req
 
 
 # --------------------------------------------------------------------------- 2. addresses
 class Recorder:
+    """What B's manager sent since the last ``clear`` (taken off the wire when asked)."""
+
     def __init__(self, net: Net) -> None:
-        self.sent: list[Outgoing] = []
-        inner = net.b.send
+        self.node = net.node_b
+        self.mark = len(self.node.sent)
 
-        def send(o: Outgoing) -> None:
-            self.sent.append(o)
-            inner(o)
+    def clear(self) -> None:
+        self.node.take()
+        self.mark = len(self.node.sent)
 
-        net.b.send = send
+    @property
+    def sent(self) -> list[Outgoing]:
+        self.node.pending()
+        return self.node.sent[self.mark:]
 
 
 def test_spoofed_message_from_elsewhere_does_not_redirect_dpd():
@@ -223,13 +238,12 @@ def test_spoofed_message_from_elsewhere_does_not_redirect_dpd():
     assert sa_b.remote == real and net.tb.peers["a"].addr == real
     evil = ("203.0.113.66", 4500)
     for exchange in (ExchangeType.IKE_SA_INIT, ExchangeType.INFORMATIONAL):
-        net.b.receive(spoof(sa_b, sa_b._peer_next_id, from_initiator=True,
+        net.give("b", spoof(sa_b, sa_b.message_ids[1], from_initiator=True,
                             exchange=exchange), evil, True, 1.0)
     assert sa_b.remote == real and net.tb.peers["a"].addr == real
-    rec.sent.clear()
-    net.to_a.clear()
-    t = net.b.next_deadline()
-    net.b.on_timer(t)
+    rec.clear()
+    t = net.b.get_timer()
+    net.b.handle_timer(t)
     (dpd,) = rec.sent
     assert dpd.remote == real and dpd.natt
 
@@ -245,17 +259,17 @@ def test_authenticated_message_from_a_new_address_moves_the_sa():
     assert sa_a.check_liveness(5.0)
     (out,) = sa_a.datagrams_to_send()
     new = (A_SEEN[0], 40000)
-    rec.sent.clear()
-    net.b.receive(out.data, new, True, 5.0)
+    rec.clear()
+    net.give("b", out.data, new, True, 5.0)
     (resp,) = rec.sent
     assert resp.remote == new  # the response goes where the request came from
     assert sa_b.remote == new and net.tb.peers["a"].addr == new
-    rec.sent.clear()
-    net.b.on_timer(sa_b.get_timer())
+    rec.clear()
+    net.b.handle_timer(sa_b.get_timer())
     assert [o.remote for o in rec.sent] == [new]  # and so does B's next DPD
     # a replay of that request from the old address answers there but moves nothing back
-    rec.sent.clear()
-    net.b.receive(out.data, (A_SEEN[0], 4500), True, 6.0)
+    rec.clear()
+    net.give("b", out.data, (A_SEEN[0], 4500), True, 6.0)
     assert [o.remote for o in rec.sent] == [(A_SEEN[0], 4500)]
     assert sa_b.remote == new and net.tb.peers["a"].addr == new
 
@@ -278,9 +292,9 @@ def pfs_configs(a_dh=DhGroup.CURVE25519, b_dh=DhGroup.CURVE25519):
     return a_cfg, b_cfg
 
 
-def request(w: Wire, payloads, exchange=ExchangeType.CREATE_CHILD_SA) -> bytes:
+def request(w: SaPair, payloads, exchange=ExchangeType.CREATE_CHILD_SA) -> bytes:
     """A request from A to B made by hand (A's next message ID is used up)."""
-    mid = w.a._next_request_id
+    mid = w.a.message_ids[0]
     w.a._next_request_id += 1
     return encode_message(Header.make(exchange, w.a.spi_i, w.a.spi_r, message_id=mid,
                                       initiator=True), payloads, sk=w.a._sk_out)
@@ -293,7 +307,7 @@ def esp_offer(spi: bytes, dhs: tuple[int, ...]) -> SA:
     return SA([p])
 
 
-def child_rekey_request(w: Wire, dhs: tuple[int, ...], ke: KE | None) -> bytes:
+def child_rekey_request(w: SaPair, dhs: tuple[int, ...], ke: KE | None) -> bytes:
     (ca,) = w.a.children
     payloads = [Notify(NotifyType.REKEY_SA, protocol=ProtocolId.ESP,
                        spi=ca.spi_in.to_bytes(4, "big")),
@@ -342,18 +356,18 @@ def test_bad_ke_in_a_child_rekey_is_answered_with_the_right_notify(b_dh, dhs, ke
                                                                    data):
     a_cfg, b_cfg = configs()
     b_cfg.esp_proposals = (EspProposal(AES_GCM_256, dh=b_dh),)
-    w = Wire(a_cfg, b_cfg)
+    w = SaPair(a_cfg, b_cfg)
     w.a.start(0.0)
     w.pump()
     assert w.b is not None
     children = list(w.b.children)
     req = child_rekey_request(w, dhs, ke)
-    mid = w.b._peer_next_id
+    mid = w.b.message_ids[1]
     w.b.receive(req, 1.0)  # must not raise
     (out,) = w.b.datagrams_to_send()
     n = only_notify(out.data, w.a)
     assert (n.notify_type, n.data) == (notify, data)
-    assert w.b._peer_next_id == mid + 1  # the message ID is used up
+    assert w.b.message_ids[1] == mid + 1  # the message ID is used up
     assert w.b.children == children and not drain(w.b)
     w.b.receive(req, 1.5)  # the retransmission: the same answer from the cache
     assert [o.data for o in w.b.datagrams_to_send()] == [out.data]
@@ -370,7 +384,7 @@ def test_bad_ke_in_a_child_rekey_is_answered_with_the_right_notify(b_dh, dhs, ke
 
 def test_child_rekey_with_an_acceptable_ke_group_that_is_not_our_first():
     a_cfg, b_cfg = configs()
-    w = Wire(a_cfg, b_cfg)
+    w = SaPair(a_cfg, b_cfg)
     w.a.start(0.0)
     w.pump()
     assert w.b is not None
@@ -385,7 +399,7 @@ def test_child_rekey_with_an_acceptable_ke_group_that_is_not_our_first():
     assert [t.id for t in p.get(TransformType.DH)] == [DhGroup.ECP_256]
 
 
-def ike_rekey_request(w: Wire, *, spi: bytes = b"N" * 8, dhs=(DhGroup.CURVE25519,),
+def ike_rekey_request(w: SaPair, *, spi: bytes = b"N" * 8, dhs=(DhGroup.CURVE25519,),
                       ke: KE | None = None, bits: int = 256) -> bytes:
     p = ike_proposal(1, encr=20, prf=5, dh=dhs[0], key_length=bits, spi=spi)
     p.transforms += [Transform.make(TransformType.DH, g) for g in dhs[1:]]
@@ -423,14 +437,14 @@ IKE_CASES = [
 def test_bad_ike_sa_rekey_request_is_refused_with_the_right_notify(kw, notify, data):
     w = established()
     assert w.b is not None
-    mid = w.b._peer_next_id
+    mid = w.b.message_ids[1]
     req = ike_rekey_request(w, **kw)
     w.b.receive(req, 1.0)
     (out,) = w.b.datagrams_to_send()
     n = only_notify(out.data, w.a)
     assert (n.notify_type, n.data) == (notify, data)
     assert not [e for e in drain(w.b) if isinstance(e, IkeRekeyed)]
-    assert w.b._peer_next_id == mid + 1 and not w.b.rekeyed and len(w.b.children) == 1
+    assert w.b.message_ids[1] == mid + 1 and not w.b.rekeyed and len(w.b.children) == 1
     w.b.receive(req, 1.5)
     assert [o.data for o in w.b.datagrams_to_send()] == [out.data]
     # a real IKE SA rekey still works afterwards
@@ -441,7 +455,7 @@ def test_bad_ike_sa_rekey_request_is_refused_with_the_right_notify(kw, notify, d
 
 def test_bad_ke_in_responses_to_our_rekeys_does_not_raise():
     a_cfg, b_cfg = pfs_configs()
-    w = Wire(a_cfg, b_cfg)
+    w = SaPair(a_cfg, b_cfg)
     w.a.start(0.0)
     w.pump()
     assert w.b is not None
@@ -449,25 +463,25 @@ def test_bad_ke_in_responses_to_our_rekeys_does_not_raise():
     for bad in (bytes(32), X25519[:31], b""):
         assert w.a.rekey_child(ca.spi_in, 1.0)
         w.a.datagrams_to_send()
-        req = w.a._request
+        req = w.a.request
         resp = encode_message(
             Header.make(ExchangeType.CREATE_CHILD_SA, w.a.spi_i, w.a.spi_r,
                         message_id=req.message_id, initiator=False, response=True),
             [esp_offer(b"\x55\x66\x77\x88", (DhGroup.CURVE25519,)), Nonce(b"r" * 32),
              KE(DhGroup.CURVE25519, bad), TSi.of(NET_A), TSr.of(NET_B)], sk=w.b._sk_out)
         w.a.receive(resp, 1.0)
-        assert w.a._request is None and w.a.children == [ca]
+        assert w.a.request is None and w.a.children == [ca]
         assert not child_ups(drain(w.a))
     assert w.a.rekey_ike(2.0)
     w.a.datagrams_to_send()
-    req = w.a._request
+    req = w.a.request
     resp = encode_message(
         Header.make(ExchangeType.CREATE_CHILD_SA, w.a.spi_i, w.a.spi_r,
                     message_id=req.message_id, initiator=False, response=True),
         [SA([ike_proposal(1, encr=20, prf=5, dh=31, key_length=256, spi=b"R" * 8)]),
          Nonce(b"r" * 32), KE(DhGroup.CURVE25519, X25519[:31])], sk=w.b._sk_out)
     w.a.receive(resp, 2.0)
-    assert w.a._request is None and w.a.established and not w.a.rekeyed
+    assert w.a.request is None and w.a.established and not w.a.rekeyed
 
 
 def test_no_exception_leaves_the_manager(monkeypatch, caplog):
@@ -482,7 +496,7 @@ def test_no_exception_leaves_the_manager(monkeypatch, caplog):
     monkeypatch.setattr(ike_mod, "peek_receiver_spi", exploding)
     with caplog.at_level(logging.ERROR, logger="nattunnel"):
         for i in range(5):
-            net.b.receive(b"\x00" * 40, ("198.18.0.9", 500), False, 1.0 + i * 0.1)
+            net.give("b", b"\x00" * 40, ("198.18.0.9", 500), False, 1.0 + i * 0.1)
     assert boom["n"] == 5 and net.b.counters["errors"] == 5
     logged = [r for r in caplog.records if "injected failure" in r.getMessage()
               or (r.exc_info and "injected failure" in str(r.exc_info[1]))]
@@ -495,17 +509,17 @@ def test_no_exception_leaves_the_manager(monkeypatch, caplog):
     (sa_a,) = net.a.sas.values()
     assert sa_a.check_liveness(2.0)
     net.a._schedule(sa_a)
-    net.a.on_timer(100.0)  # must not raise
+    net.a.handle_timer(100.0)  # must not raise
     assert net.a.counters["errors"] == 1
     monkeypatch.undo()
-    net.to_b.clear()
-    net.a.on_timer(200.0)
+    net.take("a")
+    net.a.handle_timer(200.0)
     net.deliver(200.0)
-    assert sa_a._request is None and sa_a.established
+    assert sa_a.request is None and sa_a.established
 
 
 # --------------------------------------------------------------------------- child limit
-def new_child_request(w: Wire, spi: bytes) -> bytes:
+def new_child_request(w: SaPair, spi: bytes) -> bytes:
     return request(w, [esp_offer(spi, ()), Nonce(b"c" * 32), TSi.of(NET_A), TSr.of(NET_B)])
 
 
@@ -531,11 +545,11 @@ def test_children_beyond_the_limit_get_no_additional_sas():
 def test_the_manager_passes_its_child_limit_to_every_ike_sa():
     net = Net()
     limits = IkeLimits(children_per_ike_sa=3)
-    net.a = IkeManager(net.ta, net.a.send, net.a.local_addr, limits=limits)
-    net.a.add_peer(IkePeer(net.ca, initiate=False, remote=("198.18.0.2", 500)), 0)
+    net.replace_a(IkeManager(net.ta, limits=limits))
+    net.a.add_peer(IkePeer(net.ca, initiate=False, remote=("198.18.0.2", 500), local=A_ADDR), 0)
     net.b.limits = IkeLimits(children_per_ike_sa=5)
     sa = net.a.initiate("b", 0.0)
-    assert sa.max_children == 3
+    assert sa is not None and sa.max_children == 3
     net.deliver()
     assert up(net)
     (sa_b,) = net.b.sas.values()
@@ -588,14 +602,13 @@ def test_simultaneous_child_rekeys_keep_one_child_and_its_outbound_sa_on_both_si
         assert net.b.rekey_outbound(net.tb.peers["a"].outbound.spi, 1.0)
         net.deliver(1.0, rng)
         for t in (2.0, 3.0, 5.0, 9.0):  # retransmissions, if any
-            net.a.on_timer(t)
-            net.b.on_timer(t)
+            net.timers(t)
             net.deliver(t, rng)
         try:
             assert_one_working_child(net)
         except AssertionError as e:
             raise AssertionError(f"seed {seed}: {e}") from e
-        assert not any(s._request for s in (*net.a.sas.values(), *net.b.sas.values()))
+        assert not any(s.request for s in (*net.a.sas.values(), *net.b.sas.values()))
 
 
 def test_peer_deletes_the_child_we_are_rekeying():
@@ -612,8 +625,7 @@ def test_peer_deletes_the_child_we_are_rekeying():
         sa_b.handle_timer(1.0)
         net.b._process(sa_b, 1.0)
         for t in (1.0, 2.0, 3.0, 5.0, 9.0, 17.0):
-            net.a.on_timer(t)
-            net.b.on_timer(t)
+            net.timers(t)
             net.deliver(t, rng)
         assert sa_a.established and sa_b.established
         assert sorted((c.spi_in, c.spi_out) for c in sa_a.children) == sorted(
@@ -625,12 +637,12 @@ def test_peer_deletes_the_child_we_are_rekeying():
             assert_traffic_both_ways(net)
         else:
             assert oa is None and ob is None
-        assert sa_a._request is None and sa_b._request is None
+        assert sa_a.request is None and sa_b.request is None
 
 
 def test_child_expiring_while_a_request_is_outstanding_is_still_deleted_at_the_peer():
     a_cfg, b_cfg = configs()
-    w = Wire(a_cfg, b_cfg)
+    w = SaPair(a_cfg, b_cfg)
     w.a.start(0.0)
     w.pump()
     assert w.b is not None
@@ -645,7 +657,7 @@ def test_child_expiring_while_a_request_is_outstanding_is_still_deleted_at_the_p
     cb.rekey_at = None  # as on_timer does when it starts the rekey
     assert w.b.rekey_child(cb.spi_in, 10.1)
     w.pump(10.2)  # the check is answered, B's rekey refused
-    assert w.a._request is None and w.b._request is None
+    assert w.a.request is None and w.b.request is None
     assert len(child_ups(w.events_b)) == 1 and w.b.children == [cb]
     assert cb.rekey_at is not None and 15.2 <= cb.rekey_at <= 20.2  # B tries again later
     t = w.a.get_timer()
@@ -687,7 +699,7 @@ def test_collision_with_the_peers_delete_arriving_before_our_rekey_response():
         assert w.b is not None
         (ca,), (cb,) = w.a.children, w.b.children
         assert w.a.rekey_child(ca.spi_in, 1.0) and w.b.rekey_child(cb.spi_in, 1.0)
-        assert w.a._request is not None
+        assert w.a.request is not None
         ctx = w.a.request.context if w.a.request else None
         assert isinstance(ctx, RekeyChildContext)
         ours = ctx.spi_in  # A's inbound SPI of the SA A's rekey makes
@@ -705,7 +717,7 @@ def test_collision_with_the_peers_delete_arriving_before_our_rekey_response():
         (na,), (nb,) = w.a.children, w.b.children
         assert (na.spi_in, na.spi_out) == (nb.spi_out, nb.spi_in)
         outcomes.add(na.spi_in == ours)
-        assert w.a._request is None and w.b._request is None
+        assert w.a.request is None and w.b.request is None
     assert outcomes == {True, False}  # each side's SA survived in some runs
 
 
@@ -733,8 +745,7 @@ def test_simultaneous_ike_sa_rekeys_leave_one_ike_sa_with_the_child():
         net.b._process(sa_b, 1.0)
         net.deliver(1.0, rng, dup=0.3)
         for t in (2.0, 4.0, 8.0, 16.0, 32.0):
-            net.a.on_timer(t)
-            net.b.on_timer(t)
+            net.timers(t)
             net.deliver(t, rng, dup=0.3)
         try:
             one_ike_sa_each(net)
@@ -755,23 +766,18 @@ def test_simultaneous_ike_sa_rekeys_with_the_delete_overtaking_the_response():
         assert sa_a.rekey_ike(1.0) and sa_b.rekey_ike(1.0)
         net.a._process(sa_a, 1.0)
         net.b._process(sa_b, 1.0)
-        (ra,), (rb,) = net.to_b, net.to_a
-        net.to_b, net.to_a = [], []
-        net.b.receive(ra[0], ra[1], ra[2], 1.0)
-        (resp_to_a,) = net.to_a
-        net.to_a = []
-        net.a.receive(rb[0], rb[1], rb[2], 1.0)
-        (resp_to_b,) = net.to_b
-        net.to_b = []
-        net.b.receive(resp_to_b[0], resp_to_b[1], resp_to_b[2], 1.0)
-        (b_delete,) = net.to_a  # B deletes the redundant new SA, or the old one
-        net.to_a = []
-        net.a.receive(b_delete[0], b_delete[1], b_delete[2], 1.0)
-        net.a.receive(resp_to_a[0], resp_to_a[1], resp_to_a[2], 1.0)
+        (ra,), (rb,) = net.take("a"), net.take("b")
+        net.give("b", *ra, 1.0)
+        (resp_to_a,) = net.take("b")
+        net.give("a", *rb, 1.0)
+        (resp_to_b,) = net.take("a")
+        net.give("b", *resp_to_b, 1.0)
+        (b_delete,) = net.take("b")  # B deletes the redundant new SA, or the old one
+        net.give("a", *b_delete, 1.0)
+        net.give("a", *resp_to_a, 1.0)
         net.deliver(1.0)
         for t in (2.0, 4.0, 8.0):
-            net.a.on_timer(t)
-            net.b.on_timer(t)
+            net.timers(t)
             net.deliver(t)
         new_a, _ = one_ike_sa_each(net)
         assert_one_working_child(net)
@@ -814,7 +820,7 @@ def test_outbound_fallback_is_per_peer_even_with_equal_spis():
     tunnel = Tunnel()
     tunnel.add_peer("x", [NET_A])
     tunnel.add_peer("y", [NET_B])
-    m = IkeManager(tunnel, lambda o: None, lambda r, n: ("198.18.0.2", 500))
+    m = IkeManager(tunnel)
     x, y = (SimpleNamespace(name=n, config=None, remote=("198.18.0.9", 4500)) for n in "xy")
     spi_in = iter(range(0x100, 0x200))
 
@@ -847,7 +853,7 @@ def test_reserved_esp_spis_are_refused(spi):
     (ca,) = w.a.children
     assert w.a.rekey_child(ca.spi_in, 2.0)
     w.a.datagrams_to_send()
-    req = w.a._request
+    req = w.a.request
     resp = encode_message(
         Header.make(ExchangeType.CREATE_CHILD_SA, w.a.spi_i, w.a.spi_r,
                     message_id=req.message_id, initiator=False, response=True),

@@ -26,15 +26,27 @@ def _config(name: str = "b") -> IkeConfig:
                      psk=b"secret", dpd_interval=0, local_ts=(NET_A,), remote_ts=(NET_B,))
 
 
-def responder(**limits: float) -> tuple[IkeManager, list[Outgoing]]:
-    sent: list[Outgoing] = []
+class Responder(IkeManager):
+    """B's IKE manager, fed requests straight from test code; what it sends is in ``sent``."""
+
+    def __init__(self, tunnel: Tunnel, limits: IkeLimits) -> None:
+        super().__init__(tunnel, limits=limits)
+        self.sent: list[Outgoing] = []
+
+    def receive(self, data: bytes, src: tuple[str, int], now: float) -> None:
+        """A message from ``src`` on port 500 (B's socket: B's own address)."""
+        self.receive_datagram(data, src, now, natt=False, local=B)
+        self.sent += self.datagrams_to_send()
+
+
+def responder(**limits: float) -> tuple[Responder, list[Outgoing]]:
     t = Tunnel()
     t.add_peer("a", [NET_A])
-    mgr = IkeManager(t, sent.append, lambda r, n: B, limits=IkeLimits(**limits))  # type: ignore[arg-type]
+    mgr = Responder(t, IkeLimits(**limits))  # type: ignore[arg-type]
     cfg = IkeConfig("a", Identity.parse("hostb"), Identity.parse("hosta"), auth="psk",
                     psk=b"secret", dpd_interval=0, local_ts=(NET_B,), remote_ts=(NET_A,))
     mgr.add_peer(IkePeer(cfg, initiate=False, remote=None), 0.0)
-    return mgr, sent
+    return mgr, mgr.sent
 
 
 class Attacker:
@@ -57,7 +69,7 @@ def cookie_of(out: Outgoing) -> bytes | None:
     return None if n is None else n.data
 
 
-def flood(mgr: IkeManager, sent: list[Outgoing], sources: int, per_source: int,
+def flood(mgr: Responder, sent: list[Outgoing], sources: int, per_source: int,
           now: float) -> int:
     """Cookie-answering IKE_SA_INIT requests; returns how many got a real answer (SA)."""
     answered = 0
@@ -65,11 +77,11 @@ def flood(mgr: IkeManager, sent: list[Outgoing], sources: int, per_source: int,
         for i in range(per_source):
             att = Attacker((f"198.19.{s // 250}.{s % 250 + 1}", 1024 + i))
             sent.clear()
-            mgr.receive(att.request(), att.src, False, now)
+            mgr.receive(att.request(), att.src, now)
             if sent and cookie_of(sent[-1]) is not None:
                 att.answer(sent[-1], now)
                 sent.clear()
-                mgr.receive(att.request(), att.src, False, now)
+                mgr.receive(att.request(), att.src, now)
             if sent and decode_message(sent[-1].data).header.spi_r != bytes(8):
                 answered += 1
     return answered
@@ -79,18 +91,18 @@ def test_cookie_is_a_hash_of_ni_ipi_spii_with_a_versioned_secret():
     mgr, sent = responder(cookie_threshold=0)
     att = Attacker(("198.18.0.1", 500))
     req = att.request()
-    mgr.receive(req, att.src, False, 10.0)
+    mgr.receive(req, att.src, 10.0)
     c1 = cookie_of(sent[-1])
     assert c1 is not None and len(c1) == 17  # one octet of version, then the hash
     # the same SPIi and address with another Ni: another cookie (section 2.6 covers Ni)
     other = IkeSa(_config(), initiator=True, local=att.src, remote=B, now=0.0)
     other.spi_i = att.sa.spi_i
     other.start(0.0)
-    mgr.receive(other.datagrams_to_send()[-1].data, att.src, False, 10.0)
+    mgr.receive(other.datagrams_to_send()[-1].data, att.src, 10.0)
     c2 = cookie_of(sent[-1])
     assert c2 is not None and c2 != c1 and c2[0] == c1[0]
     # another address, same request: another cookie (IPi)
-    mgr.receive(req, ("198.18.0.9", 500), False, 10.0)
+    mgr.receive(req, ("198.18.0.9", 500), 10.0)
     assert cookie_of(sent[-1]) not in (c1, c2)
     # the initiator retries with Ni and KE unchanged and gets through
     att.answer(sent[0], 10.0)
@@ -98,7 +110,7 @@ def test_cookie_is_a_hash_of_ni_ipi_spii_with_a_versioned_secret():
     assert retry.payloads[0] == Notify(NotifyType.COOKIE, c1)  # first payload (2.6)
     assert retry.get(Nonce) == decode_message(req).get(Nonce)
     sent.clear()
-    mgr.receive(encode_message(retry.header, retry.payloads), att.src, False, 10.0)
+    mgr.receive(encode_message(retry.header, retry.payloads), att.src, 10.0)
     assert decode_message(sent[-1].data).header.spi_r != bytes(8)
 
 
@@ -106,13 +118,13 @@ def test_cookie_secret_rotates_and_the_previous_one_expires():
     mgr, sent = responder(cookie_threshold=0, cookie_secret_lifetime=60.0)
     att = Attacker(("198.18.0.1", 500))
     req = att.request()
-    mgr.receive(req, att.src, False, 0.0)
+    mgr.receive(req, att.src, 0.0)
     att.answer(sent[-1], 0.0)
     with_cookie = att.request()
 
     def accepted(now: float) -> bool:
         sent.clear()
-        mgr.receive(with_cookie, att.src, False, now)
+        mgr.receive(with_cookie, att.src, now)
         ok = bool(sent) and decode_message(sent[-1].data).header.spi_r != bytes(8)
         mgr.sas.clear()
         mgr._half_open_sas.clear()
@@ -126,10 +138,10 @@ def test_cookie_secret_rotates_and_the_previous_one_expires():
     # a cookie is never accepted long after it was issued (997 s in the report)
     mgr2, sent2 = responder(cookie_threshold=0)
     att2 = Attacker(("198.18.0.1", 500))
-    mgr2.receive(att2.request(), att2.src, False, 0.0)
+    mgr2.receive(att2.request(), att2.src, 0.0)
     att2.answer(sent2[-1], 0.0)
     sent2.clear()
-    mgr2.receive(att2.request(), att2.src, False, 997.0)
+    mgr2.receive(att2.request(), att2.src, 997.0)
     assert cookie_of(sent2[-1]) is not None  # a fresh cookie, not an SA
 
 
@@ -141,7 +153,7 @@ def test_half_open_sas_never_exceed_the_cap_under_a_cookie_answering_flood():
     assert len(mgr._half_open_sas) == 50 and len(mgr.sas) == 50
     assert mgr.counters["init_half_open_full"] == 150
     # after the half-open timeout they go, with one summary line rather than 50
-    mgr.on_timer(1.0 + mgr.limits.half_open_timeout + 0.1)
+    mgr.handle_timer(1.0 + mgr.limits.half_open_timeout + 0.1)
     assert not mgr.sas and not mgr._half_open_sas
 
 
@@ -168,7 +180,7 @@ def test_expired_half_open_sas_log_one_summary_per_interval(caplog):
     caplog.set_level(logging.INFO, logger="nattunnel")
     for k in range(3):
         flood(mgr, sent, sources=100, per_source=2, now=k * 31.0)
-        mgr.on_timer(k * 31.0 + 30.5)
+        mgr.handle_timer(k * 31.0 + 30.5)
     assert not mgr._half_open_sas
     lines = [r for r in caplog.records if "half-open" in r.getMessage()]
     warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
@@ -177,7 +189,7 @@ def test_expired_half_open_sas_log_one_summary_per_interval(caplog):
 
 
 def test_ike_sas_per_identity_are_capped_oldest_first(monkeypatch):
-    from tests.ike.test_manager import Net
+    from tests.support.ike import Net
 
     # a peer (or a stolen key) that opens IKE SA after IKE SA without INITIAL_CONTACT
     key = (ExchangeType.IKE_AUTH, State.INIT_DONE)
@@ -225,7 +237,7 @@ def test_spoofed_cookie_response_is_not_answered_with_state():
     mgr, sent = responder(cookie_threshold=0)
     hdr = Header.make(ExchangeType.IKE_SA_INIT, b"\x01" * 8, initiator=True, response=False)
     junk = encode_message(hdr, [Notify(NotifyType.COOKIE, b"\x00" * 17), Nonce(b"n" * 32)])
-    mgr.receive(junk, ("198.18.0.1", 500), False, 0.0)
+    mgr.receive(junk, ("198.18.0.1", 500), 0.0)
     assert cookie_of(sent[-1]) is not None and not mgr.sas
 
 

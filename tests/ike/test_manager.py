@@ -1,66 +1,14 @@
-"""The IKE manager in memory: two managers wired together, no sockets, no sleeps."""
+"""The IKE manager in memory: two managers on the fake wire (tests/support/ike.py ``Net``),
+no sockets, no sleeps."""
 
 from __future__ import annotations
 
-import ipaddress
 import random
 
 from nattunnel.ike.base import State
-from nattunnel.ike.config import Identity, IkeConfig
 from nattunnel.ike.events import Outgoing
-from nattunnel.ike.manager import IkeManager, IkePeer
-from nattunnel.tunnel.core import Tunnel
-
-NET_A = ipaddress.ip_network("198.18.100.1/32")
-NET_B = ipaddress.ip_network("198.18.100.2/32")
-A = ("198.19.1.2", 500)  # A behind a NAT
-A_SEEN = ("198.18.0.1", 500)  # A as B sees it
-B = ("198.18.0.2", 500)
-
-
-class Net:
-    """Queues of (data, from, natt) per side; ``deliver`` shuffles, duplicates or drops."""
-
-    def __init__(self, *, cookie_threshold: int = 32) -> None:
-        self.to_a: list[tuple[bytes, tuple[str, int], bool]] = []
-        self.to_b: list[tuple[bytes, tuple[str, int], bool]] = []
-        self.ta, self.tb = Tunnel(), Tunnel()
-        self.ta.add_peer("b", [NET_B])
-        self.tb.add_peer("a", [NET_A])
-        self.a = IkeManager(self.ta, lambda o: self.to_b.append(
-            (o.data, (A_SEEN[0], 4500 if o.natt else 500), o.natt)),
-                            lambda r, n: A)
-        self.b = IkeManager(self.tb, lambda o: self.to_a.append(
-            (o.data, (B[0], 4500 if o.natt else 500), o.natt)),
-                            lambda r, n: B, cookie_threshold=cookie_threshold)
-        common = dict(auth="psk", psk=b"secret", dpd_interval=0)
-        self.ca = IkeConfig("b", Identity.parse("hosta"), Identity.parse("hostb"),
-                            local_ts=(NET_A,), remote_ts=(NET_B,), **common)
-        self.cb = IkeConfig("a", Identity.parse("hostb"), Identity.parse("hosta"),
-                            local_ts=(NET_B,), remote_ts=(NET_A,), **common)
-        self.a.add_peer(IkePeer(self.ca, initiate=False, remote=B), 0)
-        self.b.add_peer(IkePeer(self.cb, initiate=False, remote=None), 0)
-
-    def deliver(self, now: float = 0.0, rng: random.Random | None = None,
-                dup: float = 0.0, rounds: int = 50) -> None:
-        for _ in range(rounds):
-            if not self.to_a and not self.to_b:
-                return
-            qa, qb = self.to_a, self.to_b
-            self.to_a, self.to_b = [], []
-            if rng is not None:
-                rng.shuffle(qa)
-                rng.shuffle(qb)
-                qa += [m for m in qa if rng.random() < dup]
-                qb += [m for m in qb if rng.random() < dup]
-            for data, src, natt in qb:
-                self.b.receive(data, src, natt, now)
-            for data, src, natt in qa:
-                self.a.receive(data, src, natt, now)
-
-
-def up(net: Net) -> bool:
-    return net.ta.peers["b"].outbound is not None and net.tb.peers["a"].outbound is not None
+from tests.support.ike import B_ADDR, Net, drain, up
+from tests.support.packets import ip4
 
 
 def test_duplicated_and_reordered_messages_still_converge():
@@ -74,8 +22,8 @@ def test_duplicated_and_reordered_messages_still_converge():
         for _ in range(10):
             if up(net):
                 break
-            now = net.a.next_deadline() or now + 1
-            net.a.on_timer(now)
+            now = net.a.get_timer() or now + 1
+            net.a.handle_timer(now)
             net.deliver(now, rng, dup=0.5)
         assert up(net), seed
         (sa_b,) = [s for s in net.b.sas.values() if s.state is State.ESTABLISHED]
@@ -88,9 +36,9 @@ def test_cookies_above_the_half_open_threshold():
     for i in range(2):
         other = Net()
         other.a.initiate("b", 0.0)
-        data, _, natt = other.to_b[0]
-        net.b.receive(data, ("198.18.0.9", 500 + i), natt, 0.0)
-    net.to_a.clear()
+        data, _, natt = other.take("a")[0]
+        net.give("b", data, ("198.18.0.9", 500 + i), natt, 0.0)
+    net.take("b")
     net.a.initiate("b", 0.0)
     net.deliver(0.0)
     assert net.b.counters["cookies_sent"] == 1
@@ -99,22 +47,23 @@ def test_cookies_above_the_half_open_threshold():
     other = Net()
     other.a.sas.clear()
     sa = other.a.initiate("b", 0.0)
+    assert sa is not None
     sa._cookie = b"\x00" + bytes(16)
-    other.to_b.clear()
+    other.take("a")
     sa._request = None
     sa.start(0.0)
     data = sa.datagrams_to_send()[-1].data
     half_open = len(net.b.sas)
-    net.b.receive(data, ("198.18.0.7", 500), False, 0.0)
+    net.give("b", data, ("198.18.0.7", 500), False, 0.0)
     assert net.b.counters["cookies_sent"] == 2 and len(net.b.sas) == half_open
 
 
 def test_garbage_at_the_manager_is_counted_and_ignored():
     net = Net()
     for junk in [b"", b"\x00" * 27, bytes(28), b"\xff" * 200]:
-        net.b.receive(junk, ("198.18.0.9", 500), False, 0.0)
+        net.give("b", junk, ("198.18.0.9", 500), False, 0.0)
     assert net.b.counters["dropped"] >= 3
-    assert not net.to_a
+    assert not net.take("b")
     net.a.initiate("b", 0.0)
     net.deliver()
     assert up(net)
@@ -123,7 +72,7 @@ def test_garbage_at_the_manager_is_counted_and_ignored():
 def test_outgoing_switches_to_natt_after_nat_detection():
     net = Net()
     net.a.initiate("b", 0.0)
-    first_natt = net.to_b[0][2]
+    first_natt = net.node_a.pending()[0].natt
     net.deliver()
     assert up(net)
     assert first_natt is False  # IKE_SA_INIT on port 500
@@ -133,12 +82,10 @@ def test_outgoing_switches_to_natt_after_nat_detection():
     assert sa_b.natt and sa_b.remote_behind_nat and sa_b.remote == ("198.18.0.1", 4500)
     assert net.tb.peers["a"].addr == ("198.18.0.1", 4500)
     assert net.ta.peers["b"].keepalive and not net.tb.peers["a"].keepalive
-    assert isinstance(Outgoing(b"", B, True), Outgoing)
+    assert isinstance(Outgoing(b"", B_ADDR, True), Outgoing)
 
 
 def _traffic(net: Net, n: int, size: int = 1000) -> None:
-    from tests.tunnel.test_tunnel import ip4
-
     out = memoryview(bytearray(4096))
     for _ in range(n):
         net.ta.encapsulate_into(ip4("198.18.100.1", "198.18.100.2", size), out, 0.0)
@@ -161,14 +108,14 @@ def test_rekey_by_packets_and_by_bytes():
     net2.a.initiate("b", 0.0)
     net2.deliver()
     first = net2.ta.peers["b"].outbound
-    t = net2.a.next_deadline()
+    t = net2.a.get_timer()
     assert t is not None and t <= 5.0  # byte lifetimes are checked every 5 s
-    net2.a.on_timer(t)
+    net2.a.handle_timer(t)
     net2.deliver(t)
     assert net2.ta.peers["b"].outbound is first  # under the limit: nothing
     _traffic(net2, 12)  # about 12 kB
-    t2 = net2.a.next_deadline()
-    net2.a.on_timer(t2)
+    t2 = net2.a.get_timer()
+    net2.a.handle_timer(t2)
     net2.deliver(t2)
     assert net2.ta.peers["b"].outbound is not first
 
@@ -196,8 +143,34 @@ def test_byte_lifetimes_survive_an_ike_sa_rekey():
     assert old.state is State.DEAD and len(net.a.sas) == 1  # the children moved over
     first = net.ta.peers["b"].outbound
     _traffic(net, 12)  # about 12 kB: past the byte lifetime
-    t = net.a.next_deadline()
+    t = net.a.get_timer()
     assert t is not None and t <= 6.0
-    net.a.on_timer(t)
+    net.a.handle_timer(t)
     net.deliver(t)
     assert net.ta.peers["b"].outbound is not first
+
+
+def test_a_wildcard_socket_makes_the_manager_ask_for_its_local_address():
+    """NAT detection needs our address towards the peer (RFC 7296 section 2.23): a request
+    that came to a wildcard socket waits for the answer to LocalAddressNeeded (the manager
+    opens no socket), and so does initiating without a known local address."""
+    net = Net()
+    net.a.peers["b"].local = None
+    assert net.a.initiate("b", 0.0) is None  # asks first
+    (ev,) = drain(net.a)
+    assert (ev.remote, ev.natt) == (B_ADDR, False) and not net.a.sas
+    net.a.local_address_found(ev.remote, ev.natt, ("198.19.1.2", 500), 0.0)
+    (init,) = net.take("a")
+    assert len(net.a.sas) == 1
+    # B's socket is a wildcard: the request (and its retransmission) waits
+    for _ in range(2):
+        net.b.receive_datagram(init[0], init[1], 0.0, natt=False, local=("0.0.0.0", 500))
+    (ev,) = drain(net.b)  # one question for both
+    assert (ev.remote, ev.natt) == (init[1], False)
+    assert not net.b.sas and not net.b.datagrams_to_send()
+    net.b.local_address_found(ev.remote, ev.natt, B_ADDR, 0.0)
+    assert len(net.b.sas) == 1 and len(net.node_b.pending()) == 2  # one SA; two answers
+    net.deliver()
+    assert up(net)
+    (sa_b,) = net.b.sas.values()
+    assert sa_b.remote_behind_nat and not sa_b.local_behind_nat  # its own address was right

@@ -1,4 +1,5 @@
-"""Two IKE SA cores paired in memory: exchanges, auth methods, loss, retransmission, rekeys."""
+"""Two IKE SA cores on the fake wire (tests/support/ike.py ``SaPair``): exchanges, auth
+methods, loss, retransmission, rekeys."""
 
 from __future__ import annotations
 
@@ -8,117 +9,25 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from nattunnel.constants import DhGroup, PrfId
-from nattunnel.esp.sa import InboundSA, OutboundSA
 from nattunnel.ike.base import State
-from nattunnel.ike.config import Identity, IkeConfig
-from nattunnel.ike.events import ChildDown, ChildUp, IkeDown, IkeRekeyed, IkeUp
-from nattunnel.ike.message import decode_message, peek_header
+from nattunnel.ike.events import ChildDown, IkeDown, IkeRekeyed, IkeUp
+from nattunnel.ike.message import decode_message
 from nattunnel.ike.proposals import IkeProposal
-from nattunnel.ike.sa import IkeSa
-from tests.support.ike import drain
-from tests.tunnel.test_tunnel import ip4
-
-A_ADDR = ("198.19.1.2", 500)  # behind NAT
-A_SEEN = ("198.18.0.1", 500)  # A as B sees it
-B_ADDR = ("198.18.0.2", 500)
-NET_A = ipaddress.ip_network("198.18.100.1/32")
-NET_B = ipaddress.ip_network("198.18.100.2/32")
-
-
-def configs(auth="psk", b_props=None, a_props=None):
-    ka, kb = ed25519.Ed25519PrivateKey.generate(), ed25519.Ed25519PrivateKey.generate()
-    common = dict(auth=auth, psk=b"correct horse battery staple")
-    a = IkeConfig("b", Identity.parse("hosta"), Identity.parse("hostb"), local_ts=(NET_A,),
-                  remote_ts=(NET_B,), private_key=ka, peer_public_key=kb.public_key(),
-                  dpd_interval=10.0, **common)
-    b = IkeConfig("a", Identity.parse("hostb"), Identity.parse("hosta"), local_ts=(NET_B,),
-                  remote_ts=(NET_A,), private_key=kb, peer_public_key=ka.public_key(),
-                  dpd_interval=10.0, **common)
-    if a_props:
-        a.ike_proposals = a_props
-    if b_props:
-        b.ike_proposals = b_props
-    return a, b
-
-
-class Wire:
-    """Carries messages between an initiator and the responder side, with a NAT in between."""
-
-    def __init__(self, a_cfg, b_cfg, now=0.0):
-        self.b_cfg = b_cfg
-        self.a = IkeSa(a_cfg, initiator=True, local=A_ADDR, remote=B_ADDR, now=now)
-        self.b: IkeSa | None = None
-        self.lost = 0
-        self.events_a: list = []
-        self.events_b: list = []
-        self.held: dict[str, list] = {"a": [], "b": []}
-
-    def lookup(self, idi, idr):
-        return self.b_cfg if idi == self.b_cfg.remote_id else None
-
-    def release(self, who, outs):
-        """Messages taken from an SA go out (before its own) at the next pump."""
-        self.held[who][:0] = outs
-
-    def _outs(self, who, sa):
-        held, self.held[who] = self.held[who], []
-        return held + sa.datagrams_to_send()
-
-    def pump(self, now=0.0, drop=lambda who, data: False, rounds=20):
-        for _ in range(rounds):
-            moved = False
-            for out in self._outs("a", self.a):
-                if drop("a", out.data):
-                    self.lost += 1
-                    continue
-                moved = True
-                self.to_b(out.data, now)
-            if self.b is not None:
-                for out in self._outs("b", self.b):
-                    if drop("b", out.data):
-                        self.lost += 1
-                        continue
-                    moved = True
-                    self.a.receive(out.data, now)
-            self.events_a += drain(self.a)
-            if self.b is not None:
-                self.events_b += drain(self.b)
-            if not moved:
-                return
-
-    def to_b(self, data, now):
-        hdr = peek_header(data)
-        if self.b is None or (hdr.exchange_type == 34 and not hdr.is_response):
-            if self.b is not None and self.b.spi_i == hdr.spi_i and self.b._last_response:
-                self.b.receive(data, now)
-                return
-            self.b = IkeSa(None, initiator=False, local=B_ADDR, remote=A_SEEN, now=now,
-                           lookup=self.lookup)
-            self.b.respond_init(decode_message(data), data, now, self.b_cfg.ike_proposals)
-        else:
-            self.b.receive(data, now)
-
-
-def child_ups(events):
-    return [e for e in events if isinstance(e, ChildUp)]
-
-
-def assert_child_pair_works(up_a: ChildUp, up_b: ChildUp):
-    assert up_a.spi_out == up_b.spi_in and up_b.spi_out == up_a.spi_in
-    assert up_a.suite is up_b.suite
-    out = OutboundSA(up_a.spi_out, up_a.suite, up_a.keymat_out)
-    inb = InboundSA(up_b.spi_in, up_b.suite, up_b.keymat_in)
-    pkt = ip4("198.18.100.1", "198.18.100.2", 100)
-    assert inb.decapsulate(out.encapsulate(pkt)) == pkt
-    out2 = OutboundSA(up_b.spi_out, up_b.suite, up_b.keymat_out)
-    inb2 = InboundSA(up_a.spi_in, up_a.suite, up_a.keymat_in)
-    assert inb2.decapsulate(out2.encapsulate(pkt)) == pkt
+from tests.support.ike import (
+    NET_A,
+    NET_B,
+    SaPair,
+    assert_child_pair_works,
+    child_ups,
+    configs,
+    drain,
+)
 
 
 @pytest.mark.parametrize("auth", ["psk", "pubkey"])
 def test_full_exchange_nat_detected_child_keys_agree(auth):
     a_cfg, b_cfg = configs(auth)
-    w = Wire(a_cfg, b_cfg)
+    w = SaPair(a_cfg, b_cfg)
     w.a.start(0.0)
     w.pump()
     assert w.a.state is State.ESTABLISHED and w.b.state is State.ESTABLISHED
@@ -137,7 +46,7 @@ def test_full_exchange_nat_detected_child_keys_agree(auth):
 def test_wrong_psk_fails_authentication():
     a_cfg, b_cfg = configs("psk")
     b_cfg.psk = b"wrong"
-    w = Wire(a_cfg, b_cfg)
+    w = SaPair(a_cfg, b_cfg)
     w.a.start(0.0)
     w.pump()
     assert w.b.state is State.DEAD and w.a.state is State.DEAD
@@ -148,7 +57,7 @@ def test_wrong_psk_fails_authentication():
 def test_wrong_ed25519_key_fails():
     a_cfg, b_cfg = configs("pubkey")
     b_cfg.peer_public_key = ed25519.Ed25519PrivateKey.generate().public_key()
-    w = Wire(a_cfg, b_cfg)
+    w = SaPair(a_cfg, b_cfg)
     w.a.start(0.0)
     w.pump()
     assert w.b.state is State.DEAD and w.a.state is State.DEAD
@@ -159,11 +68,11 @@ def test_invalid_ke_payload_retry_with_the_group_asked_for():
     a_both = (IkeProposal(20, 256, PrfId.HMAC_SHA2_256, DhGroup.CURVE25519),
               IkeProposal(20, 128, PrfId.HMAC_SHA2_256, DhGroup.ECP_256))
     a_cfg, b_cfg = configs(b_props=b_only_ecp, a_props=a_both)
-    w = Wire(a_cfg, b_cfg)
+    w = SaPair(a_cfg, b_cfg)
     w.a.start(0.0)
     w.pump()
     assert w.a.state is State.ESTABLISHED
-    assert w.a._proposal.dh == DhGroup.ECP_256
+    assert w.a.proposal.dh == DhGroup.ECP_256
 
 
 def test_no_proposal_chosen():
@@ -171,7 +80,7 @@ def test_no_proposal_chosen():
                                                 DhGroup.CURVE25519),),
                            b_props=(IkeProposal(20, 256, PrfId.HMAC_SHA2_256,
                                                 DhGroup.CURVE25519),))
-    w = Wire(a_cfg, b_cfg)
+    w = SaPair(a_cfg, b_cfg)
     w.a.start(0.0)
     w.pump()
     assert w.a.state is State.DEAD and "NO_PROPOSAL_CHOSEN" in w.a.dead_reason
@@ -180,7 +89,7 @@ def test_no_proposal_chosen():
 def test_disjoint_traffic_selectors_give_ts_unacceptable_but_ike_sa_is_up():
     a_cfg, b_cfg = configs()
     b_cfg.remote_ts = (ipaddress.ip_network("198.18.200.0/24"),)
-    w = Wire(a_cfg, b_cfg)
+    w = SaPair(a_cfg, b_cfg)
     w.a.start(0.0)
     w.pump()
     assert w.a.state is State.ESTABLISHED
@@ -189,7 +98,7 @@ def test_disjoint_traffic_selectors_give_ts_unacceptable_but_ike_sa_is_up():
 
 def test_lost_messages_are_retransmitted_and_answered_from_the_cache():
     a_cfg, b_cfg = configs()
-    w = Wire(a_cfg, b_cfg)
+    w = SaPair(a_cfg, b_cfg)
     w.a.start(0.0)
     dropped = {"n": 0}
 
@@ -215,7 +124,7 @@ def test_lost_messages_are_retransmitted_and_answered_from_the_cache():
 
 def test_retransmissions_give_up_after_the_cap():
     a_cfg, b_cfg = configs()
-    w = Wire(a_cfg, b_cfg)
+    w = SaPair(a_cfg, b_cfg)
     w.a.start(0.0)
     sends = len(w.a.datagrams_to_send())
     now = 0.0
@@ -230,7 +139,7 @@ def test_retransmissions_give_up_after_the_cap():
 
 def test_dpd_liveness_and_death():
     a_cfg, b_cfg = configs()
-    w = Wire(a_cfg, b_cfg)
+    w = SaPair(a_cfg, b_cfg)
     w.a.start(0.0)
     w.pump()
     assert w.a.get_timer() == 10.0
@@ -249,7 +158,7 @@ def test_dpd_liveness_and_death():
 
 def test_child_rekey_by_initiator_is_make_before_break():
     a_cfg, b_cfg = configs()
-    w = Wire(a_cfg, b_cfg)
+    w = SaPair(a_cfg, b_cfg)
     w.a.start(0.0)
     w.pump()
     old_a = child_ups(w.events_a)[0]
@@ -266,7 +175,7 @@ def test_child_rekey_by_initiator_is_make_before_break():
 
 def test_delete_ike_sa_brings_both_down():
     a_cfg, b_cfg = configs()
-    w = Wire(a_cfg, b_cfg)
+    w = SaPair(a_cfg, b_cfg)
     w.a.start(0.0)
     w.pump()
     w.a.delete(1.0)
@@ -277,7 +186,7 @@ def test_delete_ike_sa_brings_both_down():
 
 def test_garbage_and_truncated_messages_never_crash():
     a_cfg, b_cfg = configs()
-    w = Wire(a_cfg, b_cfg)
+    w = SaPair(a_cfg, b_cfg)
     w.a.start(0.0)
     w.pump()
     spi_i, spi_r = w.a.spi_i, w.a.spi_r
@@ -293,7 +202,7 @@ def test_garbage_and_truncated_messages_never_crash():
 def test_ike_rekey_by_peer_hands_children_over():
     """The responder side of an IKE SA rekey (charon starts these): B answers as responder."""
     a_cfg, b_cfg = configs()
-    w = Wire(a_cfg, b_cfg)
+    w = SaPair(a_cfg, b_cfg)
     w.a.start(0.0)
     w.pump()
     # drive B's responder path with a CREATE_CHILD_SA(IKE) request built by hand
@@ -306,7 +215,7 @@ def test_ike_rekey_by_peer_hands_children_over():
     ni = b"n" * 32
     req = encode_message(
         Header.make(ExchangeType.CREATE_CHILD_SA, w.a.spi_i, w.a.spi_r,
-                    message_id=w.a._next_request_id, initiator=True),
+                    message_id=w.a.message_ids[0], initiator=True),
         [SA([ike_proposal(1, encr=20, prf=5, dh=31, key_length=256, spi=new_spi)]),
          Nonce(ni), KE(31, kex.public)], sk=w.a._sk_out)
     w.b.receive(req, 3.0)
@@ -323,7 +232,7 @@ def test_child_rekey_by_time_with_jitter():
     a_cfg.child_rekey_time = 100.0
     a_cfg.rekey_jitter = 0.1
     a_cfg.dpd_interval = 0
-    w = Wire(a_cfg, b_cfg)
+    w = SaPair(a_cfg, b_cfg)
     w.a.start(0.0)
     w.pump()
     (child,) = w.a.children
@@ -340,7 +249,7 @@ def test_child_rekey_by_time_with_jitter():
 
 def test_ike_sa_rekey_started_by_us_keeps_children_and_keys_agree():
     a_cfg, b_cfg = configs()
-    w = Wire(a_cfg, b_cfg)
+    w = SaPair(a_cfg, b_cfg)
     w.a.start(0.0)
     w.pump()
     old_a, old_b = w.a, w.b
@@ -358,13 +267,13 @@ def test_ike_sa_rekey_started_by_us_keeps_children_and_keys_agree():
     w.a, w.b = new_a, new_b
     w.a.handle_timer(w.a.get_timer())
     w.pump(20.0)
-    assert w.a.state is State.ESTABLISHED and w.a._request is None
+    assert w.a.state is State.ESTABLISHED and w.a.request is None
 
 
 def test_simultaneous_child_rekeys_resolve_to_one_child_each_side():
     """Section 2.8.1: both peers rekey the same child at once; one new SA survives."""
     a_cfg, b_cfg = configs()
-    w = Wire(a_cfg, b_cfg)
+    w = SaPair(a_cfg, b_cfg)
     w.a.start(0.0)
     w.pump()
     (ca,), (cb,) = w.a.children, w.b.children
@@ -384,7 +293,7 @@ def test_child_rekey_with_pfs():
     a_cfg, b_cfg = configs()
     for c in (a_cfg, b_cfg):
         c.esp_proposals = (EspProposal(AES_GCM_256, dh=DhGroup.CURVE25519),)
-    w = Wire(a_cfg, b_cfg)
+    w = SaPair(a_cfg, b_cfg)
     w.a.start(0.0)
     w.pump()
     old = child_ups(w.events_a)[0]
@@ -408,7 +317,7 @@ def test_child_past_its_hard_lifetime_is_deleted_when_rekeys_fail():
     a_cfg.child_rekey_time = 100.0
     a_cfg.rekey_jitter = 0.1
     a_cfg.dpd_interval = 0
-    w = Wire(a_cfg, b_cfg)
+    w = SaPair(a_cfg, b_cfg)
     w.a.start(0.0)
     w.pump()
     (child,) = w.a.children

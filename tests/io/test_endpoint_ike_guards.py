@@ -1,6 +1,6 @@
-"""The endpoint's guards around the IKE core, with a fake IKE manager that raises: the
-port-500 reader, IKE behind the NAT-T marker, the timer and event handling all go on after an
-exception, and a flood from a peer's address does not stop its IKE messages."""
+"""The endpoint's guards around its control side (IKE), with a fake ``Control`` that raises:
+the port-500 reader, IKE behind the NAT-T marker, the timer and event handling all go on after
+an exception, and a flood from a peer's address does not stop its IKE messages."""
 
 from __future__ import annotations
 
@@ -12,12 +12,14 @@ from nattunnel.esp.drop import DropReason
 from nattunnel.io.endpoint import Endpoint, InProcessInterface
 from nattunnel.tunnel.core import Tunnel
 from tests.support.aio import loop_errors, until
-from tests.tunnel.test_tunnel import B_INNER
+from tests.support.packets import B_INNER
 
 
 # --- exceptions from the cores never stop a callback (issue 9) --------------------------------
 class RaisingIke:
-    """A stand-in IKE manager whose methods raise while ``failing`` lasts."""
+    """A stand-in control side (``nattunnel.io.endpoint.Control``) whose methods raise."""
+
+    ike_port = 0
 
     def __init__(self, fail_receives: int = 1, timer_every: float | None = None) -> None:
         self.received: list[tuple[bytes, bool]] = []
@@ -26,31 +28,43 @@ class RaisingIke:
         self.timer_calls = 0
         self.deadline: float | None = None
 
-    def receive(self, data, addr, natt, now):
+    def receive_datagram(self, data, remote, now, *, natt, local):
         self.received.append((data, natt))
         if len(self.received) <= self.fail_receives:
             raise RuntimeError("a bug in the IKE core")
 
-    def next_deadline(self):
+    def get_timer(self):
         if self.timer_every is not None and self.deadline is None:
             self.deadline = asyncio.get_running_loop().time() + self.timer_every
         return self.deadline
 
-    def on_timer(self, now):
+    def handle_timer(self, now):
         self.timer_calls += 1
         self.deadline = None
         raise RuntimeError("a bug in the IKE timer")
 
-    def rekey_outbound(self, spi, now):
+    def handle_tunnel_event(self, event, now):
         raise RuntimeError("a bug in the rekey")
+
+    def datagrams_to_send(self):
+        return []
+
+    def next_event(self):
+        return None
+
+    def local_address_found(self, remote, natt, local, now):
+        raise AssertionError("never asked")
 
     def stats(self):
         return {}
 
 
+def _endpoint(fake: RaisingIke) -> Endpoint:
+    return Endpoint(Tunnel(), InProcessInterface(), [("127.0.0.1", 0)], control=fake)
+
+
 async def _ike_endpoint(fake: RaisingIke) -> Endpoint:
-    ep = Endpoint(Tunnel(), InProcessInterface(), [("127.0.0.1", 0)])
-    ep.enable_ike(fake, port=0)  # type: ignore[arg-type]
+    ep = _endpoint(fake)
     await ep.start()
     return ep
 
@@ -101,8 +115,7 @@ async def test_timer_is_rearmed_after_exceptions_from_both_cores(monkeypatch):
     errors = loop_errors()
     loop = asyncio.get_running_loop()
     fake = RaisingIke(timer_every=0.03)
-    ep = Endpoint(Tunnel(), InProcessInterface(), [("127.0.0.1", 0)])
-    ep.enable_ike(fake, port=0)  # type: ignore[arg-type]
+    ep = _endpoint(fake)
     sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sink.bind(("127.0.0.1", 0))
     peer = ep.tunnel.add_peer("b", [ipaddress.ip_network(B_INNER + "/32")],
@@ -139,7 +152,7 @@ async def test_exception_handling_an_event_is_counted_and_the_timer_armed():
         ep._timer.cancel()
         ep._timer = None
         ep.tunnel.events.append(RekeyNeeded("b", 0x1234))
-        ep._handle_events(None)  # rekey_outbound raises
+        ep._handle_events(None)  # the control side raises
         assert ep.errors == {"events": 1}
         assert ep._timer is not None
     finally:

@@ -3,25 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from nattunnel.app import Controller
 from nattunnel.ike.config import Identity, IkeConfig
 from nattunnel.ike.keylog import KeyLog
 from nattunnel.ike.manager import IkeManager, IkePeer
 from nattunnel.io.endpoint import Endpoint, InProcessInterface
 from nattunnel.lab.natemu import NatEmulator
 from nattunnel.tunnel.core import Tunnel
-from tests.tunnel.test_tunnel import A_INNER, B_INNER, ip4
-
-NET_A = ipaddress.ip_network(A_INNER + "/32")
-NET_B = ipaddress.ip_network(B_INNER + "/32")
-
-
-def noop(*_a):
-    raise AssertionError("replaced by Endpoint.enable_ike")
+from tests.support.ike import NET_A, NET_B
+from tests.support.packets import A_INNER, B_INNER, ip4
 
 
 async def make(name, peer_name, local_id, remote_id, local_ts, remote_ts, auth, keys,
@@ -29,13 +23,12 @@ async def make(name, peer_name, local_id, remote_id, local_ts, remote_ts, auth, 
     t = Tunnel()
     t.add_peer(peer_name, [remote_ts], keepalive_interval=0.3)
     iface = InProcessInterface()
-    ep = Endpoint(t, iface, [(host, 0)])
-    mgr = IkeManager(t, noop, noop, keylog=keylog)
+    mgr = IkeManager(t, keylog=keylog)
+    ep = Endpoint(t, iface, [(host, 0)], control=Controller(t, mgr, ike_port=0))
     cfg = IkeConfig(peer_name, Identity.parse(local_id), Identity.parse(remote_id), auth=auth,
                     psk=b"shared secret", private_key=keys[0], peer_public_key=keys[1],
                     local_ts=(local_ts,), remote_ts=(remote_ts,), force_encap=force_encap,
                     dpd_interval=5.0)
-    ep.enable_ike(mgr, port=0)
     await ep.start()
     return ep, iface, mgr, cfg
 
@@ -62,7 +55,7 @@ async def test_ike_tunnel_through_the_nat_emulator(auth, tmp_path):
                                (ka, kb.public_key()))
     loop = asyncio.get_running_loop()
     ma.add_peer(IkePeer(ca, initiate=True, remote=nat.inside_address), loop.time())
-    a._arm_timer()
+    a.rearm_timer()
     try:
         await wait_for(lambda: a.tunnel.peers["b"].outbound is not None
                        and b.tunnel.peers["a"].outbound is not None)
@@ -98,7 +91,7 @@ async def test_wrong_identity_is_refused(tmp_path):
     loop = asyncio.get_running_loop()
     b_addr = b.local_addresses()[0]
     ma.add_peer(IkePeer(ca, initiate=True, remote=(b_addr[0], b_addr[1])), loop.time())
-    a._arm_timer()
+    a.rearm_timer()
     try:
         await asyncio.sleep(0.5)
         assert b.tunnel.peers["a"].outbound is None
@@ -118,7 +111,7 @@ async def test_sequence_number_soft_limit_triggers_a_child_rekey():
     loop = asyncio.get_running_loop()
     b_addr = b.local_addresses()[0]
     ma.add_peer(IkePeer(ca, initiate=True, remote=(b_addr[0], b_addr[1])), loop.time())
-    a._arm_timer()
+    a.rearm_timer()
     try:
         await wait_for(lambda: a.tunnel.peers["b"].outbound is not None
                        and b.tunnel.peers["a"].outbound is not None)
@@ -162,7 +155,7 @@ async def test_no_nat_found_between_two_addresses_of_one_host(natt, caplog):
     # to B's NAT-T socket (force_encap) or to its port-500 IKE socket (port 0 here)
     b_to = b.local_addresses()[0] if natt else b.ike_addresses()[0]
     ma.add_peer(IkePeer(ca, initiate=True, remote=(b_to[0], b_to[1])), loop.time())
-    a._arm_timer()
+    a.rearm_timer()
     try:
         def established(m):
             return [x for x in m.stats()["ike_sas"] if x["state"] == "established"]
@@ -178,6 +171,37 @@ async def test_no_nat_found_between_two_addresses_of_one_host(natt, caplog):
             assert not a.tunnel.peers["b"].keepalive and not b.tunnel.peers["a"].keepalive
         assert "NAT: this side" not in caplog.text
         assert caplog.text.count("NAT: none") == (1 if natt else 2)
+    finally:
+        a.close()
+        b.close()
+
+
+async def test_wildcard_sockets_find_the_source_address_for_nat_detection(caplog):
+    """Both endpoints listen on 0.0.0.0: the source the kernel picks towards the peer
+    (127.0.0.1) goes into the NAT detection hashes, so neither side finds NAT. The endpoint
+    looks it up when the IKE manager asks (LocalAddressNeeded), once per peer."""
+    caplog.set_level("INFO", logger="nattunnel")
+    ka, kb = ed25519.Ed25519PrivateKey.generate(), ed25519.Ed25519PrivateKey.generate()
+    b, _, mb, cb = await make("b", "a", "hostb", "hosta", NET_B, NET_A, "psk",
+                              (kb, ka.public_key()), host="0.0.0.0", force_encap=False)
+    mb.add_peer(IkePeer(cb, initiate=False, remote=None), 0)
+    a, _, ma, ca = await make("a", "b", "hosta", "hostb", NET_A, NET_B, "psk",
+                              (ka, kb.public_key()), host="0.0.0.0", force_encap=False)
+    loop = asyncio.get_running_loop()
+    ma.add_peer(IkePeer(ca, initiate=True, remote=("127.0.0.1", b.ike_addresses()[0][1])),
+                loop.time())
+    a.rearm_timer()
+    try:
+        await wait_for(lambda: a.tunnel.peers["b"].outbound is not None
+                       and b.tunnel.peers["a"].outbound is not None)
+        for m in (ma, mb):
+            (sa,) = m.stats()["ike_sas"]
+            assert (sa["local_behind_nat"], sa["remote_behind_nat"]) == (False, False)
+            assert sa["remote"].startswith("127.0.0.1:")
+        assert caplog.text.count("NAT: none") == 2
+        assert not a.errors and not b.errors
+        assert a.local_address_towards(("127.0.0.1", 9), natt=True) == (
+            "127.0.0.1", a.local_addresses()[0][1])
     finally:
         a.close()
         b.close()

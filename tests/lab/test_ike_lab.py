@@ -23,9 +23,9 @@ from typing import Any
 import pytest
 
 from nattunnel.ike.config import Identity, IkeConfig
-from nattunnel.ike.events import Outgoing
 from nattunnel.ike.manager import IkeManager, IkePeer
 from nattunnel.tunnel.core import Tunnel
+from tests.support.ike import ManagerNode
 from tests.support.lab import (
     HOST_ADDR,
     ROUTER_WAN,
@@ -43,6 +43,7 @@ from tests.support.tunnel_lab import (
 )
 from tests.support.tunnel_lab import TCP_CLIENT as _TCP_CLIENT
 from tests.support.tunnel_lab import TCP_SERVER as _TCP_SERVER
+from tests.support.wire import FakeWire
 
 A, B = HOST_ADDR["a"], HOST_ADDR["b"]
 
@@ -306,17 +307,20 @@ NET_A, NET_B = ip_network(INNER["a"] + "/32"), ip_network(INNER["b"] + "/32")
 
 
 class Pair:
-    """A's and B's IKE managers and tunnels; A is behind a NAT that keeps ports."""
+    """A's and B's IKE managers and tunnels on the fake wire; A is behind a NAT that keeps
+    ports (the router's WAN address)."""
 
     def __init__(self, b_psk: bytes = b"the lab secret", dpd: float = 2.0) -> None:
-        self.wire: list[tuple[str, Outgoing]] = []
+        self.wire = FakeWire()
         self.ta, self.tb = Tunnel(), Tunnel()
         self.ta.add_peer("b", [NET_B])
         self.tb.add_peer("a", [NET_A])
-        self.ma = IkeManager(self.ta, lambda o: self.wire.append(("a", o)),
-                             lambda r, natt: (A, 4500 if natt else 500))
-        self.mb = IkeManager(self.tb, lambda o: self.wire.append(("b", o)),
-                             lambda r, natt: (B, 4500 if natt else 500))
+        self.ma, self.mb = IkeManager(self.ta), IkeManager(self.tb)
+        self.wire.attach(ManagerNode(self.ma, A, ROUTER_WAN), [(ROUTER_WAN, 500),
+                                                              (ROUTER_WAN, 4500)])
+        self.wire.attach(ManagerNode(self.mb, B, B), [(B, 500), (B, 4500)])
+        # while B is dead, whatever goes to it is lost
+        self.wire.drop = lambda src, dst, data: dst[0] == B and not self.b_alive
         ca = IkeConfig("b", Identity.parse("hosta"), Identity.parse("hostb"), auth="psk",
                        psk=b"the lab secret", local_ts=(NET_A,), remote_ts=(NET_B,),
                        dpd_interval=dpd)
@@ -329,15 +333,10 @@ class Pair:
     def run(self, until: float, step: float = 0.25, start: float = 0.0) -> None:
         now = start
         while now <= until:
-            self.ma.on_timer(now)
-            self.mb.on_timer(now)
-            while self.wire:
-                who, out = self.wire.pop(0)
-                port = 4500 if out.natt else 500
-                if who == "a" and self.b_alive:
-                    self.mb.receive(out.data, (ROUTER_WAN, port), out.natt, now)
-                elif who == "b":
-                    self.ma.receive(out.data, (B, port), out.natt, now)
+            self.wire.now = now
+            self.ma.handle_timer(now)
+            self.mb.handle_timer(now)
+            self.wire.run()
             now += step
 
 
