@@ -1,8 +1,8 @@
 """``nattunnel bench``: the benchmarks of ``nattunnel.bench`` (docs/benchmarks.md).
 
 ``crypto``, ``loopback`` and ``scale`` run on loopback without root; ``netns`` and ``attack``
-build the namespace lab (root). Each subcommand's module is imported only when it runs (``--only``'s names
-too, when the option is given).
+build the namespace lab (root). Each subcommand's module is imported only when it runs (and
+for ``--only``'s names, when the option is given).
 """
 
 from __future__ import annotations
