@@ -1,6 +1,20 @@
 """IKEv2, RFC 7296, sans-I/O: the message codec, key derivation, proposals, the IKE SA state
 machine and the manager that keeps IKE SAs by SPI and installs their child SAs in a tunnel.
 
+- ``message``: the codec (section 3), one class per payload; ``crypto``: key exchange, PRF+,
+  key derivation and AUTH; ``keylog``: the Wireshark key log;
+- ``config``: what one IKE peer is configured with (identities, lifetimes); ``proposals``:
+  picking and offering proposals, narrowing traffic selectors;
+- the IKE SA, one class split by exchange: ``base`` (state, request kinds, sending, keys),
+  ``child`` (child SAs and their rekeys), ``initial`` (IKE_SA_INIT, IKE_AUTH), ``rekey`` (IKE
+  SA rekeys), ``sa`` (``IkeSa``: dispatch tables, INFORMATIONAL, timers); ``events``: what it
+  hands out;
+- ``manager``: ``IkeManager``, the IKE SAs of one endpoint and what their events mean for the
+  tunnel; ``ratelimit``: the token buckets in front of IKE_SA_INIT.
+
+Every core follows the contract of ``nattunnel.tunnel``: fed datagrams and the time with an
+explicit ``now``, pulled for ``datagrams_to_send()``, ``next_event()`` and ``get_timer()``.
+
 May import ``nattunnel.tunnel``, ``nattunnel.esp``, ``nattunnel.constants`` and
 ``nattunnel.addr``; never ``io``, ``cli``, ``lab`` or ``bench``.
 """

@@ -24,7 +24,7 @@ import ipaddress
 import logging
 import os
 import socket
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 from enum import Enum
 
@@ -148,9 +148,12 @@ class _Check(Enum):
 _TimerKey = IkeSa | _GraceEnd | _Initiate | _Check
 
 
+#: within one wakeup: the IKE SAs first, then grace periods, lifetimes, initiations
+_RANK: dict[type, int] = {IkeSa: 0, _GraceEnd: 1, _Check: 2, _Initiate: 3}
+
+
 def _timer_rank(key: _TimerKey) -> int:
-    """Within one wakeup: the IKE SAs first, then grace periods, lifetimes, initiations."""
-    return {IkeSa: 0, _GraceEnd: 1, _Check: 2, _Initiate: 3}[type(key)]
+    return _RANK[type(key)]
 
 
 # --- what waits for a local address ------------------------------------------------------------
@@ -207,7 +210,7 @@ class IkeManager:
         self._half_open_gone = 0
         self._half_open_log_at = 0.0
         self._outgoing: list[Outgoing] = []
-        self._events: list[Event] = []
+        self._events: deque[Event] = deque()
         #: what waits for our address towards (remote, natt), oldest first
         self._awaiting: OrderedDict[tuple[Addr, bool],
                                     list[_InitWaiting | _InitiateWaiting]] = OrderedDict()
@@ -240,7 +243,7 @@ class IkeManager:
         return out
 
     def next_event(self) -> Event | None:
-        return self._events.pop(0) if self._events else None
+        return self._events.popleft() if self._events else None
 
     def get_timer(self) -> float | None:
         return self._timers.next_deadline()

@@ -7,6 +7,7 @@ machine (``nattunnel.ike.sa``) calls them while it builds and answers exchanges.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -207,6 +208,15 @@ def suite_of(prop: Proposal) -> tuple[Suite, bool] | None:
 
 
 # --- traffic selectors -----------------------------------------------------------------------
+def _within(a: Network, b: Network) -> bool:
+    """Whether prefix ``a`` lies inside ``b`` (never across address families)."""
+    if isinstance(a, ipaddress.IPv4Network) and isinstance(b, ipaddress.IPv4Network):
+        return a.subnet_of(b)
+    if isinstance(a, ipaddress.IPv6Network) and isinstance(b, ipaddress.IPv6Network):
+        return a.subnet_of(b)
+    return False
+
+
 def narrow(offered: Sequence[AnySelector], allowed: Sequence[Network]) -> list[Network]:
     """Narrowing (section 2.9): the parts of the offered ranges inside our allowed prefixes."""
     out: list[Network] = []
@@ -215,11 +225,9 @@ def narrow(offered: Sequence[AnySelector], allowed: Sequence[Network]) -> list[N
             continue
         for net in ts.networks():
             for mine in allowed:
-                if mine.version != net.version:
-                    continue
-                if net.subnet_of(mine):  # type: ignore[arg-type]
+                if _within(net, mine):
                     out.append(net)
-                elif mine.subnet_of(net):  # type: ignore[arg-type]
+                elif _within(mine, net):
                     out.append(mine)
     # collapse duplicates, keep order
     seen: list[Network] = []

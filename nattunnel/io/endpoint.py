@@ -299,7 +299,9 @@ class Endpoint:
         assert self._loop is not None and self.control is not None
         now = self._loop.time()
         receive = self.control.receive_datagram
-        local = self._bound[sock]
+        # what answers go out of (the first port-500 socket of the family) is what the NAT
+        # detection hashes are made with
+        local = self._bound[self._ike_by_family.get(sock.family, sock)]
         try:
             for _ in range(self.budget):
                 try:

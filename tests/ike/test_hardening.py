@@ -654,7 +654,7 @@ def test_child_expiring_while_a_request_is_outstanding_is_still_deleted_at_the_p
     assert not w.a.children
     # B rekeys that child meanwhile: TEMPORARY_FAILURE, we are deleting it (2.25.1)
     (cb,) = w.b.children
-    cb.rekey_at = None  # as on_timer does when it starts the rekey
+    cb.rekey_at = None  # as handle_timer does when it starts the rekey
     assert w.b.rekey_child(cb.spi_in, 10.1)
     w.pump(10.2)  # the check is answered, B's rekey refused
     assert w.a.request is None and w.b.request is None
@@ -675,7 +675,7 @@ def test_ike_sa_rekey_during_a_child_rekey_gets_temporary_failure_and_is_retried
     assert w.b.rekey_child(cb.spi_in, 1.0)
     held = w.b.datagrams_to_send()  # B's child rekey request, held back for now
     assert w.a.rekey_ike(1.0)
-    w.a.ike_rekey_at = None  # as on_timer does when it starts the rekey
+    w.a.ike_rekey_at = None  # as handle_timer does when it starts the rekey
     w.pump(1.0)
     n = [e for e in w.events_a if isinstance(e, IkeRekeyed)]
     assert not n and not w.a.rekeyed and not w.b.rekeyed  # refused: B is rekeying a child
