@@ -246,7 +246,7 @@ class Endpoint:
         if self.ike_port is not None:
             self._start_ike(loop, self.ike_port)
         self.sock_filter.start(loop)
-        self._arm_timer()
+        self._handle_events(None)  # what the cores have already, and the timer
 
     def add_peer(self, name: str, allowed: Iterable[Network], *, addr: Addr | None = None,
                  keepalive: bool = False, keepalive_interval: float = 20.0,
