@@ -38,6 +38,7 @@ May import the base modules (``constants``, ``addr``), ``esp``, ``tunnel``, ``ik
 from __future__ import annotations
 
 from ..addr import HostPort, Network, format_addr
+from ..ike.grammar import parse_esp_proposal, parse_ike_proposal
 from ..tunnel.peer import KeepaliveMode
 from .fields import ConfigError
 from .model import (
@@ -66,7 +67,6 @@ from .model import (
     PeerConfig,
 )
 from .parser import load_config, parse_config
-from .proposals import esp_proposal_name, parse_esp_proposal, parse_ike_proposal
 
 __all__ = [
     "DEFAULT_DPD_INTERVAL",
@@ -96,7 +96,6 @@ __all__ = [
     "KeepaliveMode",
     "Network",
     "PeerConfig",
-    "esp_proposal_name",
     "format_addr",
     "load_config",
     "parse_config",

@@ -17,6 +17,7 @@ from typing import Any, Final, TypeVar
 
 from ..addr import HostPort, Network
 from ..ike.config import Identity, IkeConfig
+from ..ike.grammar import parse_esp_proposal, parse_ike_proposal
 from ..ike.proposals import DEFAULT_ESP_PROPOSALS, DEFAULT_IKE_PROPOSALS
 from ..keys import KeyFileError, load_ed25519_private, load_ed25519_public, load_psk, public_key_b64
 from .fields import Fields, show
@@ -27,7 +28,6 @@ from .model import (
     InterfaceConfig,
     IPInterface,
 )
-from .proposals import esp_proposal_name, parse_esp_proposal, parse_ike_proposal
 
 _T = TypeVar("_T")
 
@@ -78,7 +78,7 @@ class _IkeConfig(IkeConfig):
                 f"local_ts={tuple(str(n) for n in self.local_ts)!r}, "
                 f"remote_ts={tuple(str(n) for n in self.remote_ts)!r}, "
                 f"ike_proposals={tuple(p.name for p in self.ike_proposals)!r}, "
-                f"esp_proposals={tuple(esp_proposal_name(p) for p in self.esp_proposals)!r}, "
+                f"esp_proposals={tuple(p.name for p in self.esp_proposals)!r}, "
                 f"force_encap={self.force_encap}, dpd_interval={self.dpd_interval})")
 
 

@@ -31,6 +31,13 @@ from .message import KE, SA, AnySelector, Proposal, TrafficSelector, TSi, TSr, e
 SUPPORTED_GROUPS = frozenset({DhGroup.CURVE25519, DhGroup.ECP_256})
 
 
+#: strongSwan's names for the algorithms nattunnel implements (``nattunnel.ike.grammar``
+#: parses them; ``IkeProposal.name`` and ``EspProposal.name`` write them)
+PRF_NAMES: dict[int, str] = {PrfId.HMAC_SHA2_256: "prfsha256", PrfId.HMAC_SHA2_384: "prfsha384",
+                             PrfId.HMAC_SHA2_512: "prfsha512"}
+GROUP_NAMES: dict[int, str] = {DhGroup.CURVE25519: "x25519", DhGroup.ECP_256: "ecp256"}
+
+
 @dataclass(frozen=True)
 class IkeProposal:
     encr: int
@@ -40,14 +47,10 @@ class IkeProposal:
 
     @property
     def name(self) -> str:
+        """strongSwan's form: ``aes256gcm16-prfsha256-x25519``."""
         e = {ENCR_AES_GCM_16: f"aes{self.key_bits}gcm16",
              ENCR_CHACHA20_POLY1305: "chacha20poly1305"}.get(self.encr, "?")
-        prfs: dict[int, str] = {PrfId.HMAC_SHA2_256: "prfsha256",
-                                PrfId.HMAC_SHA2_384: "prfsha384",
-                                PrfId.HMAC_SHA2_512: "prfsha512"}
-        groups: dict[int, str] = {DhGroup.CURVE25519: "x25519", DhGroup.ECP_256: "ecp256"}
-        p, d = prfs.get(self.prf, "?"), groups.get(self.dh, "?")
-        return f"{e}-{p}-{d}"
+        return f"{e}-{PRF_NAMES.get(self.prf, '?')}-{GROUP_NAMES.get(self.dh, '?')}"
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,16 @@ class EspProposal:
     esn: bool = False
     #: PFS group for CREATE_CHILD_SA, or None
     dh: int | None = None
+
+    @property
+    def name(self) -> str:
+        """strongSwan's form: ``aes128gcm16-esn-x25519``."""
+        parts = [self.suite.name]
+        if self.esn:
+            parts.append("esn")
+        if self.dh is not None:
+            parts.append(GROUP_NAMES.get(self.dh, str(self.dh)))
+        return "-".join(parts)
 
 
 DEFAULT_IKE_PROPOSALS = (

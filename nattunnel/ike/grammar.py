@@ -1,9 +1,11 @@
-"""IKE and ESP proposals as strongSwan writes them (``ike_proposals``, ``esp_proposals``).
+"""The strongSwan proposal grammar: IKE and ESP proposals as strongSwan writes them (the
+configuration's ``ike_proposals`` and ``esp_proposals``).
 
 ``parse_ike_proposal("aes256gcm16-prfsha256-x25519")`` is an ``ike.proposals.IkeProposal``,
 ``parse_esp_proposal("aes128gcm16-esn")`` an ``EspProposal``; each raises ValueError with the
 problem (the caller names the field). strongSwan keywords that nattunnel knows but does not
-implement are refused with the reason. ``esp_proposal_name`` writes one back.
+implement are refused with the reason. ``IkeProposal.name`` and ``EspProposal.name`` write
+one back.
 """
 
 from __future__ import annotations
@@ -11,18 +13,18 @@ from __future__ import annotations
 import re
 from typing import Final
 
+from ..constants import DhGroup, EncrId
 from ..esp.suite import SUITES, Suite
-from ..ike.proposals import EspProposal, IkeProposal
-from .fields import show
+from .proposals import GROUP_NAMES, PRF_NAMES, EspProposal, IkeProposal
 
 _IKE_ENCR: Final[dict[str, tuple[int, int | None]]] = {
-    "aes128gcm16": (20, 128),
-    "aes256gcm16": (20, 256),
-    "chacha20poly1305": (28, None),
+    "aes128gcm16": (EncrId.AES_GCM_16, 128),
+    "aes256gcm16": (EncrId.AES_GCM_16, 256),
+    "chacha20poly1305": (EncrId.CHACHA20_POLY1305, None),
 }
-_PRF: Final = {"prfsha256": 5, "prfsha384": 6, "prfsha512": 7}
-_DH: Final = {"x25519": 31, "curve25519": 31, "ecp256": 19}
-_DH_NAMES: Final = {31: "x25519", 19: "ecp256"}
+_PRF: Final = {name: prf for prf, name in PRF_NAMES.items()}
+#: strongSwan also accepts curve25519 for x25519
+_DH: Final = {name: dh for dh, name in GROUP_NAMES.items()} | {"curve25519": DhGroup.CURVE25519}
 _ESN: Final = {"esn": True, "noesn": False}
 #: strongSwan keywords nattunnel knows but does not implement, with the reason
 _UNSUPPORTED: Final = (
@@ -39,11 +41,15 @@ _UNSUPPORTED: Final = (
 )
 
 
+def _show(token: str) -> str:
+    return repr(token if len(token) <= 60 else token[:57] + "...")
+
+
 def _unknown(token: str, kinds: str) -> ValueError:
     for pattern, why in _UNSUPPORTED:
         if pattern.fullmatch(token):
-            return ValueError(f"{show(token)} {why}")
-    return ValueError(f"unknown algorithm {show(token)}; expected {kinds}")
+            return ValueError(f"{_show(token)} {why}")
+    return ValueError(f"unknown algorithm {_show(token)}; expected {kinds}")
 
 
 def _tokens(text: str) -> list[str]:
@@ -128,12 +134,3 @@ def parse_esp_proposal(text: str) -> EspProposal:
         raise ValueError(f"names no ESP suite; start with one of {', '.join(sorted(SUITES))}")
     return EspProposal(suite, bool(esn), dh)
 
-
-def esp_proposal_name(p: EspProposal) -> str:
-    """The strongSwan form of an ESP proposal: ``aes128gcm16-esn-x25519``."""
-    parts = [p.suite.name]
-    if p.esn:
-        parts.append("esn")
-    if p.dh is not None:
-        parts.append(_DH_NAMES.get(p.dh, str(p.dh)))
-    return "-".join(parts)
