@@ -20,8 +20,8 @@ MAX_MODULE_LINES = 900
 MAX_FUNCTION_LINES = 80
 #: one coherent table-driven codec: RFC 7296 section 3's payloads, one class each
 CODECS = {"ike/message.py"}
-#: the count before the layout work was 23
-MAX_TYPE_IGNORES = 23
+#: the count before the layout work was 23; it is 0 now and stays so
+MAX_TYPE_IGNORES = 0
 
 BASE = {"constants", "addr"}
 PRODUCT = {"esp", "tunnel", "ike", "io", "config", "keys", "app"} | BASE

@@ -49,9 +49,10 @@ from ..ike import crypto as kc
 from ..ike.config import Identity, IkeConfig
 from ..ike.manager import IkeLimits, IkeManager, IkePeer
 from ..io.endpoint import Endpoint, InProcessInterface
+from ..lab.packets import ipv4_packet
 from ..tunnel.core import Tunnel
 from ..tunnel.peer import Peer
-from .crypto import ipv4_packet, machine_info
+from .crypto import machine_info
 
 SUITE = SUITES["aes256gcm16"]
 #: manual peers per sink socket

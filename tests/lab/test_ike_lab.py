@@ -2,7 +2,7 @@
 
 Host A (198.19.1.2, behind the router's nftables masquerade) initiates to host B (198.18.0.2,
 public), which only responds; both run ``nattunnel up`` with IKE-managed peers, started by
-``nattunnel.lab.netns.start_ike_tunnels``. Inner addresses: A 198.18.100.1, B 198.18.100.2.
+``nattunnel.lab.tunnels.start_ike_tunnels``. Inner addresses: A 198.18.100.1, B 198.18.100.2.
 
 Every test is bounded (lab commands time out, every wait has a deadline) and stops what it
 started by PID (``Lab.stop`` / ``proc.kill()`` / ``Lab.close``).
@@ -34,6 +34,8 @@ from tests.support.lab import (
 )
 from tests.support.tunnel_lab import (
     INNER,
+    TCP_CLIENT,
+    TCP_SERVER,
     Tunnels,
     expected_stream_digest,
     ike_sas,
@@ -41,8 +43,6 @@ from tests.support.tunnel_lab import (
     start_ike_tunnels,
     wait_ike_up,
 )
-from tests.support.tunnel_lab import TCP_CLIENT as _TCP_CLIENT
-from tests.support.tunnel_lab import TCP_SERVER as _TCP_SERVER
 from tests.support.wire import FakeWire
 
 A, B = HOST_ADDR["a"], HOST_ADDR["b"]
@@ -94,11 +94,11 @@ def assert_nat_seen_from_a(t: Tunnels) -> None:
 def tcp_transfer(lab: Lab, t: Tunnels, size: int = 8 << 20) -> None:
     """A -> B over the tunnel; SHA-256 computed by the sender and by the receiver."""
     seed, chunk, port = 7296, 1 << 16, 5202
-    server = lab.popen("b", sys.executable, "-u", "-c", _TCP_SERVER, INNER["b"], port,
+    server = lab.popen("b", sys.executable, "-u", "-c", TCP_SERVER, INNER["b"], port,
                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert server.stdout is not None and server.stderr is not None
     assert server.stdout.readline().strip() == "ready", server.stderr.read()
-    cp = lab.exec("a", sys.executable, "-c", _TCP_CLIENT, INNER["b"], port, size, seed, chunk,
+    cp = lab.exec("a", sys.executable, "-c", TCP_CLIENT, INNER["b"], port, size, seed, chunk,
                   timeout=30, check=False)
     assert cp.returncode == 0, f"client failed: {cp.stderr}\n{logs(t)}"
     sent = json.loads(cp.stdout)
