@@ -8,10 +8,10 @@ multiple of R and so is either older (then ``seq`` was not seen) or newer than t
 needs no shifting or clearing. Memory is 8 octets per slot.
 
 The public API is ``check`` (may this sequence number be new? never changes state) and
-``commit`` (record it; called only after the ICV has verified), with ``top`` the right edge:
-a number above it is new without a look at the ring, which is how the SA's per-packet path
-skips ``check`` for in-order packets (``nattunnel.esp.sa``). Nothing outside this class
-touches the ring.
+``commit`` or ``commit_all`` (record it, or a run of them; called only after the ICV has
+verified), with ``top`` the right edge: a number above it is new without a look at the ring,
+which is how the SA's per-packet path skips ``check`` for in-order packets
+(``nattunnel.esp.sa``). Nothing outside this class touches the ring.
 """
 
 from __future__ import annotations
@@ -87,6 +87,19 @@ class ReplayWindow:
         self._ring[seq & self._mask] = seq
         if seq > self.top:
             self.top = seq
+
+    def commit_all(self, seqs: list[int]) -> None:
+        """``commit`` each of ``seqs`` (authenticated, from ``check``), then empty the list:
+        a run of packets commits together, before the next ``check`` that needs them."""
+        if not seqs:
+            return
+        ring, mask, top = self._ring, self._mask, self.top
+        for seq in seqs:
+            ring[seq & mask] = seq
+            if seq > top:
+                top = seq
+        self.top = top
+        seqs.clear()
 
     def reset(self) -> None:
         """Forget every sequence number (a new SA; the benchmark reuses one)."""

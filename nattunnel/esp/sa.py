@@ -463,11 +463,11 @@ class InboundSA:
         ``-DropReason``) appended to ``out``, until ``end`` or a packet with another SPI.
         Returns the offset of the first packet not handled.
 
-        The steps of ``decapsulate_into``, with its helpers, in a loop: the same checks in the
-        same order, the same results and counters. Cheaper: each segment slot's views are made
-        once per buffer and size; the SA's state lives in locals; an IPv4 packet with 0-3
-        octets of padding (the common case) is checked with one look at its first word and
-        one at its last 8 octets; anything else takes ``_check_trailer``.
+        The steps of ``decapsulate_into``, its helpers, in a loop: the same checks in the same
+        order, the same results and counters. Cheaper: slot views made once per buffer and
+        size; state in locals; authentic sequence numbers committed to the window together
+        (before any check that needs them); a common IPv4 packet's trailer checked in two
+        looks; anything else takes ``_check_trailer``.
         """
         if seg < MIN_ESP_PACKET or off % seg:  # truncated, or off the grid: one by one
             return self._one_by_one(buf, off, end, seg, out)
@@ -475,18 +475,14 @@ class InboundSA:
         slots = self._slots(buf, seg, nfull)
         spi = self.spi
         append = out.append
-        head = _SPI_SEQ.unpack_from
-        unpack = _U32.unpack_from
-        tail8 = _U64.unpack_from
+        head, unpack, tail8 = _SPI_SEQ.unpack_from, _U32.unpack_from, _U64.unpack_from
         fast4 = _FAST_TAIL4.get
         replay = self.replay
-        check = replay.check
-        commit = replay.commit
-        top = replay.top
+        check, commit_all, top = replay.check, replay.commit_all, replay.top
+        authentic: list[int] = []  # sequence numbers not yet committed
+        keep = authentic.append
         esn = self.esn
-        decrypt_into = self._decrypt_into
-        nonce = self._nonce
-        nonce_iv = self._nonce_iv
+        decrypt_into, nonce, nonce_iv = self._decrypt_into, self._nonce, self._nonce_iv
         packets = nbytes = 0
         stop = nfull * seg
         for at, ct_v, pt_v, aad, iv_v, ct, ct_end in slots[off // seg : nfull]:
@@ -495,6 +491,7 @@ class InboundSA:
                 stop = at
                 break
             if esn:
+                commit_all(authentic)
                 seql = seq
                 seq = check(seql)
                 if seq < 0:
@@ -502,6 +499,7 @@ class InboundSA:
                     continue
                 aad = memoryview(_AAD_ESN.pack(spi, seq >> 32, seql))
             elif seq <= top:  # not right of the window: 0, too old, or maybe a replay
+                commit_all(authentic)
                 r = check(seq)
                 if r < 0:
                     append(self._drop(r))
@@ -513,7 +511,7 @@ class InboundSA:
                 pt_v[:] = bytes(len(pt_v))
                 append(self._drop(_AUTH_FAILED))
                 continue
-            commit(seq)
+            keep(seq)  # authentic: the window moves even if the contents are then refused
             if seq > top:
                 top = seq
             word = unpack(buf, ct)[0]
@@ -528,6 +526,7 @@ class InboundSA:
             packets += 1
             nbytes += inner_len
             append(inner_len)
+        commit_all(authentic)
         self.packets += packets
         self.bytes += nbytes
         if stop < nfull * seg or stop == end:

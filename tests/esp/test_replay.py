@@ -101,3 +101,14 @@ def test_check_never_moves_the_window_and_commit_does():
 def test_window_size_limits(size):
     with pytest.raises(ValueError, match="replay window"):
         ReplayWindow(size)
+
+
+def test_commit_all_commits_a_run_and_empties_it():
+    win = ReplayWindow(64)
+    run = [3, 9, 4]
+    win.commit_all(run)
+    assert run == [] and win.top == 9
+    assert all(win.seen(s) for s in (3, 4, 9)) and not win.seen(5)
+    assert win.check(4) == -DropReason.REPLAYED and win.check(5) == 5
+    win.commit_all([])  # nothing to do
+    assert win.top == 9

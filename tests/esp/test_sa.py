@@ -381,3 +381,21 @@ def test_any_ipv4_packet_round_trips(suite, esn, sizes):
     for n in sizes:
         inner = ipv4_packet(n)
         assert inb.decapsulate(out.encapsulate(inner)) == inner
+
+
+@pytest.mark.parametrize("esn", [False, True], ids=["seq32", "esn"])
+def test_run_finds_a_replay_within_the_run(esn):
+    """decapsulate_run commits a run's sequence numbers together: a packet repeated inside
+    one run is still a replay, and the window ends where one-by-one leaves it."""
+    out, inb, km = pair(AES_GCM_128, esn=esn)
+    pkts = [out.encapsulate(ipv4_packet(100)) for _ in range(4)]
+    seq = [pkts[0], pkts[1], pkts[0], pkts[2], pkts[1], pkts[3]]
+    buf = memoryview(bytearray(b"".join(seq)))
+    results: list[int] = []
+    assert inb.decapsulate_run(buf, 0, len(buf), len(pkts[0]), results) == len(buf)
+    replayed = -DropReason.REPLAYED
+    assert results == [100, 100, replayed, 100, replayed, 100]
+    assert inb.replay.top == 4 and inb.drops[DropReason.REPLAYED] == 2
+    one = InboundSA(SPI, AES_GCM_128, km, esn=esn)
+    assert [one.decapsulate_into(memoryview(bytearray(p)), 0, len(p)) for p in seq] == results
+    assert one.replay.top == inb.replay.top
