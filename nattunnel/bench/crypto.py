@@ -32,7 +32,7 @@ import cryptography
 
 from ..esp.sa import InboundSA, OutboundSA
 from ..esp.suite import SUITES, Suite
-from ..lab.packets import ipv4_packet as ipv4_packet  # where bench.scale and older tests look
+from ..lab.packets import ipv4_packet
 
 #: distinct received packets, kept small so that they stay in cache as a just-received packet
 #: would; the replay window is reset between passes over the pool.

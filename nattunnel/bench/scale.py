@@ -105,6 +105,8 @@ class ScaleResult:
     #: IKE messages B received during the idle period (A's DPD requests, responses to B's)
     ike_received: int = 0
     due_deadlines: int = 0
+    #: the socket filter's once-a-second checks (on the same timer)
+    filter_checks: int = 0
     #: the fewest keepalives any manual peer sent during the idle period
     min_keepalives_per_peer: int = 0
     max_keepalives_per_peer: int = 0
@@ -384,6 +386,7 @@ async def _idle(b: _B, params: ScaleParams, res: ScaleResult) -> None:
     ka0 = [p.keepalives_sent for p in b.manual]
     wakeups0, cpu0, ike_cpu0 = ep.timer_wakeups, ep.timer_cpu, ep.control_timer_cpu
     sent0, received0, timers0 = mgr.requests_sent, mgr.receive_calls, mgr.timer_calls
+    checks0 = ep.sock_filter.checks
     r0 = resource.getrusage(resource.RUSAGE_SELF)
     c0, w0 = time.process_time(), time.perf_counter()
     await asyncio.sleep(params.seconds)
@@ -403,7 +406,8 @@ async def _idle(b: _B, params: ScaleParams, res: ScaleResult) -> None:
     res.cpu_per_wakeup_us = 1e6 * res.timer_cpu_s / res.wakeups if res.wakeups else 0
     res.ike_requests_sent = mgr.requests_sent - sent0
     res.ike_received = mgr.receive_calls - received0
-    res.due_deadlines = res.keepalives_sent + res.ike_requests_sent
+    res.filter_checks = ep.sock_filter.checks - checks0
+    res.due_deadlines = res.keepalives_sent + res.ike_requests_sent + res.filter_checks
     res.ike_timer_calls = mgr.timer_calls - timers0
     res.ike_timer_cpu_s = ep.control_timer_cpu - ike_cpu0
     res.rss_after_idle = vm_rss()
@@ -467,7 +471,8 @@ def format_report(r: ScaleResult) -> str:
         f"  IKE SAs up at the end: {r.ike_up_after_idle} on B, {r.peer_ike_up_after_idle} "
         "on the peer side",
         f"  due deadlines  {r.due_deadlines}: {r.keepalives_sent} keepalives + "
-        f"{r.ike_requests_sent} IKE requests (DPD, retransmissions); "
+        f"{r.ike_requests_sent} IKE requests (DPD, retransmissions) + "
+        f"{r.filter_checks} socket-filter checks; "
         f"{r.ike_received} IKE messages received",
         f"  keepalives per manual peer: {r.min_keepalives_per_peer}..{r.max_keepalives_per_peer}"
         f"; sinks received {r.sink_keepalives_received} of {r.keepalives_sent_total} sent",

@@ -245,7 +245,7 @@ class Endpoint:
         self.interface.attach(self)
         if self.ike_port is not None:
             self._start_ike(loop, self.ike_port)
-        self.sock_filter.start(loop)
+        self.sock_filter.start(loop.time())
         self._handle_events(None)  # what the cores have already, and the timer
 
     def add_peer(self, name: str, allowed: Iterable[Network], *, addr: Addr | None = None,
@@ -484,11 +484,12 @@ class Endpoint:
         if self._loop is None or self._closed.is_set():
             return
         try:
+            # the earliest deadline of the cores and of the socket filter's checks
             when = self.tunnel.get_timer()
-            if self.control is not None:
-                control_when = self.control.get_timer()
-                if control_when is not None and (when is None or control_when < when):
-                    when = control_when
+            for other in (self.control.get_timer() if self.control is not None else None,
+                          self.sock_filter.get_timer()):
+                if other is not None and (when is None or other < when):
+                    when = other
         except Exception:
             self._core_error("timer")
             when = self._loop.time() + 1.0  # try again soon
@@ -520,6 +521,8 @@ class Endpoint:
                 self.control_timer_cpu += time.process_time() - t
         except Exception:
             self._core_error("timer")
+        try:
+            self.sock_filter.handle_timer(now)  # counts and logs its own errors
         finally:
             self._handle_events(None)  # and re-arms the timer, whatever happened above
             self.timer_wakeups += 1

@@ -2,16 +2,16 @@
 
 Under a flood of datagrams with SPIs we have no SA for, the NAT-T sockets get a classic BPF
 program (``spi_filter``, SO_ATTACH_FILTER) that drops them in the kernel, before they are
-queued and before they wake us; it comes off once the flood stops (``SocketFilter.check``,
-every FILTER_CHECK seconds). The kernel's drops (full receive buffers, the filter) are read
-from SO_RXQ_OVFL control messages and /proc and counted as KERNEL_RCVBUF or KERNEL_FILTER.
+queued and before they wake us; it comes off once the flood stops. ``SocketFilter`` checks
+every FILTER_CHECK seconds, on the endpoint's one timer (``get_timer``, ``handle_timer``).
+The kernel's drops (full receive buffers, the filter) are read from SO_RXQ_OVFL control
+messages and /proc and counted as KERNEL_RCVBUF or KERNEL_FILTER.
 
 Part of ``nattunnel.io``; imports ``nattunnel.tunnel`` and ``nattunnel.esp`` (drop reasons).
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import os
@@ -133,8 +133,10 @@ class SocketFilter:
         self.on = False
         self.engaged = 0
         self.spis = 0
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._timer: asyncio.TimerHandle | None = None
+        #: when the next check is due (on the endpoint's one timer); None: not watching
+        self._next_check: float | None = None
+        #: checks made so far
+        self.checks = 0
         self._junk = 0  # unknown/reserved-SPI drops at the last check
         self._quiet = 0.0  # since when the kernel drops few (filter on)
         self._warned = False
@@ -148,21 +150,18 @@ class SocketFilter:
         self._filtered = 0
 
     # --- life cycle ---------------------------------------------------------------------------
-    def start(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Watch for floods (when enabled): every FILTER_CHECK seconds on ``loop``."""
+    def start(self, now: float) -> None:
+        """Watch for floods (when enabled): a check every FILTER_CHECK seconds, on the
+        endpoint's one timer (``get_timer``, ``handle_timer``)."""
         if not self.enabled:
             return
-        self._loop = loop
         self.tunnel.on_spis_changed = self.spis_changed
         self._junk = self.junk_count()
         self._rcvbuf_seen = udp_rcvbuf_errors()
-        self._timer = loop.call_later(FILTER_CHECK, self.check)
+        self._next_check = now + FILTER_CHECK
 
     def stop(self) -> None:
-        self._loop = None
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._next_check = None
         if self.tunnel.on_spis_changed == self.spis_changed:
             self.tunnel.on_spis_changed = None
 
@@ -258,15 +257,17 @@ class SocketFilter:
             except OSError:
                 self.core_error("filter")
 
-    def check(self) -> None:
-        """Every FILTER_CHECK seconds: the filter goes on when datagrams with unknown SPIs
-        come faster than FILTER_ON_RATE, and off when the kernel has dropped fewer than
-        FILTER_OFF_RATE per second for FILTER_QUIET seconds."""
-        loop = self._loop
-        self._timer = None
-        if loop is None:  # stopped
+    def get_timer(self) -> float | None:
+        """When the next check is due, or None (not watching)."""
+        return self._next_check
+
+    def handle_timer(self, now: float) -> None:
+        """The check, when it is due: every FILTER_CHECK seconds the filter goes on when
+        datagrams with unknown SPIs come faster than FILTER_ON_RATE, and off when the kernel
+        has dropped fewer than FILTER_OFF_RATE per second for FILTER_QUIET seconds."""
+        if self._next_check is None or now < self._next_check:
             return
-        now = loop.time()
+        self.checks += 1
         try:
             junk = self.junk_count()
             fresh, self._junk = junk - self._junk, junk
@@ -286,7 +287,7 @@ class SocketFilter:
         except Exception:
             self.core_error("filter")
         finally:
-            self._timer = loop.call_later(FILTER_CHECK, self.check)
+            self._next_check = now + FILTER_CHECK
 
     def _flood(self, fresh: int, now: float) -> None:
         self.set(True)

@@ -10,12 +10,12 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from nattunnel.bench.crypto import ipv4_packet
 from nattunnel.constants import NH_IPV4, NH_IPV6, SEQ_MAX_32, SEQ_MAX_64
 from nattunnel.esp.drop import DropReason
 from nattunnel.esp.sa import InboundSA, OutboundSA, SequenceNumberExhausted
 from nattunnel.esp.suite import AES_GCM_128, AES_GCM_256, CHACHA20_POLY1305, SUITES, suite_by_name
 from nattunnel.esp.udpencap import Kind, classify
+from nattunnel.lab.packets import ipv4_packet
 
 SUITE_LIST = list(SUITES.values())
 SPI = 0xC0FFEE01

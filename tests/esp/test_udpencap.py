@@ -54,10 +54,10 @@ def test_esp_and_reserved_spis():
 
 
 def test_inner_mtu_and_overhead():
-    from nattunnel.bench.crypto import ipv4_packet
     from nattunnel.esp.sa import OutboundSA
     from nattunnel.esp.suite import AES_GCM_128
     from nattunnel.esp.udpencap import inner_mtu, overhead
+    from nattunnel.lab.packets import ipv4_packet
 
     assert inner_mtu(1500) == 1438
     assert inner_mtu(1500, outer_ipv6=True) == 1418

@@ -239,3 +239,29 @@ async def test_no_filter_above_its_spi_limit_and_one_warning(monkeypatch, caplog
     finally:
         s.close()
         b.close()
+
+
+async def test_filter_checks_run_on_the_endpoints_one_timer(monkeypatch):
+    import nattunnel.io.sockfilter as ep_mod
+
+    monkeypatch.setattr(ep_mod, "FILTER_CHECK", 0.05)
+    loop = asyncio.get_running_loop()
+    b = Endpoint(Tunnel(), InProcessInterface(), [("127.0.0.1", 0)])
+    await b.start()
+    try:
+        due = b.sock_filter.get_timer()
+        assert due is not None and due <= loop.time() + 0.05
+        # no peer and no IKE: the only deadline is the filter's, and the endpoint's one
+        # timer wakes for it (one check per wakeup, none without one)
+        await until(lambda: b.sock_filter.checks >= 3)
+        assert b.timer_wakeups >= b.sock_filter.checks >= 3
+        assert b.sock_filter.get_timer() > due
+    finally:
+        b.close()
+    assert b.sock_filter.get_timer() is None  # stopped with the endpoint
+    off = Endpoint(Tunnel(), InProcessInterface(), [("127.0.0.1", 0)], kernel_filter=False)
+    await off.start()
+    try:
+        assert off.sock_filter.get_timer() is None
+    finally:
+        off.close()
