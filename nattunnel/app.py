@@ -1,4 +1,5 @@
-"""``nattunnel up CONFIG``: run one endpoint in the foreground (IKEv2 and manual peers).
+"""The application: a configuration built into cores and an endpoint, and run as
+``nattunnel up CONFIG`` in the foreground (IKEv2 and manual peers).
 
 Builds the tunnel core and the IKE manager from the configuration, and ``Controller``, the glue
 between them: what the tunnel's events mean for IKE (an outbound SA past its sequence-number

@@ -4,7 +4,8 @@ machine and the manager that keeps IKE SAs by SPI and installs their child SAs i
 - ``message``: the codec (section 3), one class per payload; ``crypto``: key exchange, PRF+,
   key derivation and AUTH; ``keylog``: the Wireshark key log;
 - ``config``: what one IKE peer is configured with (identities, lifetimes); ``proposals``:
-  picking and offering proposals, narrowing traffic selectors;
+  picking and offering proposals, narrowing traffic selectors; ``grammar``: proposals as
+  strongSwan writes them (``aes256gcm16-prfsha256-x25519``);
 - the IKE SA, one class split by exchange: ``base`` (state, request kinds, sending, keys),
   ``child`` (child SAs and their rekeys), ``initial`` (IKE_SA_INIT, IKE_AUTH), ``rekey`` (IKE
   SA rekeys), ``sa`` (``IkeSa``: dispatch tables, INFORMATIONAL, timers); ``events``: what it
