@@ -160,6 +160,27 @@ async def run(config: Config, stats_path: Path | None = None) -> int:
     except BaseException:
         interface.close()
         raise
+    stop = asyncio.Event()
+    # The handlers go in before "listening on" is logged: whoever waits for that line (a test,
+    # a supervisor) may signal at once, and SIGUSR1 would end a process without its handler.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    if stats_path is not None:
+        loop.add_signal_handler(signal.SIGUSR1, write_stats, endpoint, stats_path)
+    try:
+        _log_started(config, endpoint)
+        await stop.wait()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
+            loop.remove_signal_handler(sig)
+        if stats_path is not None:
+            write_stats(endpoint, stats_path)
+        endpoint.close()
+        log.info("stopped: sockets closed, interface removed")
+    return 0
+
+
+def _log_started(config: Config, endpoint: Endpoint) -> None:
     ic = config.interface
     where = ", ".join(format_addr(a[:2]) for a in endpoint.local_addresses())
     log.info("listening on %s; inner interface %s (%s, mtu %d)", where, ic.kind,
@@ -176,18 +197,3 @@ async def run(config: Config, stats_path: Path | None = None) -> int:
                  "(manual SAs: no forward secrecy)", pc.name, where, allowed, pc.suite.name,
                  pc.spi_in, pc.spi_out, pc.keepalive.value,
                  " (behind NAT)" if pc.behind_nat else "")
-    stop = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    if stats_path is not None:
-        loop.add_signal_handler(signal.SIGUSR1, write_stats, endpoint, stats_path)
-    try:
-        await stop.wait()
-    finally:
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
-            loop.remove_signal_handler(sig)
-        if stats_path is not None:
-            write_stats(endpoint, stats_path)
-        endpoint.close()
-        log.info("stopped: sockets closed, interface removed")
-    return 0
