@@ -171,12 +171,15 @@ async def run(config: Config, stats_path: Path | None = None) -> int:
         _log_started(config, endpoint)
         await stop.wait()
     finally:
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
-            loop.remove_signal_handler(sig)
+        # The handlers stay until everything is closed: a second SIGINT or SIGTERM during the
+        # teardown only sets ``stop`` again (it raised KeyboardInterrupt in the middle of the
+        # TUN device's close once the handlers were gone).
         if stats_path is not None:
             write_stats(endpoint, stats_path)
         endpoint.close()
         log.info("stopped: sockets closed, interface removed")
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
+            loop.remove_signal_handler(sig)
     return 0
 
 

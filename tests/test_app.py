@@ -179,3 +179,39 @@ def test_controller_without_ike(caplog):
     assert "peer m: first authenticated packet from 198.18.0.9:4500" in caplog.text
     assert "peer m: SA 0x00002001 passed its sequence-number soft limit; manual SAs cannot " \
         "be rekeyed: install new keys" in caplog.text
+
+
+def _start_up(tmp_path: Path, *extra: str) -> tuple[subprocess.Popen[bytes], Path]:
+    """`nattunnel up` on write_config's configuration, once it has logged "listening on"."""
+    path = write_config(tmp_path)
+    logf = tmp_path / "up.log"
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    with logf.open("w") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "nattunnel", "up", str(path), *extra],
+                                stderr=err, env=env)
+    deadline = time.monotonic() + 10
+    while "listening on" not in logf.read_text() and time.monotonic() < deadline:
+        if proc.poll() is not None:
+            break
+        time.sleep(0.01)
+    return proc, logf
+
+
+def test_a_burst_of_sigint_is_one_clean_stop(tmp_path):
+    """A second SIGINT within a few ms printed a KeyboardInterrupt traceback from the
+    teardown (issue 11): now SIGINT after SIGINT, however many, stops once and cleanly."""
+    proc, logf = _start_up(tmp_path)
+    try:
+        for _ in range(300):
+            try:
+                proc.send_signal(signal.SIGINT)
+            except ProcessLookupError:
+                break
+            time.sleep(0.0003)
+        assert proc.wait(10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    log = logf.read_text()
+    assert "Traceback" not in log and "KeyboardInterrupt" not in log, log
+    assert log.count("stopped: sockets closed") == 1

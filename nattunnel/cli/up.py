@@ -38,7 +38,24 @@ def run(args: argparse.Namespace) -> int:
         config = load_config(args.config)
     except ConfigError as e:
         return fail("up", str(e))
+    stopped = False
+
+    async def endpoint() -> int:
+        nonlocal stopped
+        try:
+            return await run_endpoint(config, Path(args.stats) if args.stats else None)
+        finally:
+            stopped = True
+            # stopping or stopped: a further SIGINT or SIGTERM changes nothing (without this,
+            # one that came after the endpoint removed its handlers raised KeyboardInterrupt)
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, signal.SIG_IGN)
+
     try:
-        return asyncio.run(run_endpoint(config, Path(args.stats) if args.stats else None))
+        return asyncio.run(endpoint())
+    except KeyboardInterrupt:
+        # SIGINT before the endpoint's handlers were in (nothing is left open then: the TUN
+        # device and the sockets close on the way out), or after its teardown
+        return 0 if stopped else fail("up", "interrupted", 130)
     except OSError as e:  # TUN device or socket setup; TunError says which and why
         return fail("up", str(e), 1)
