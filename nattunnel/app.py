@@ -143,9 +143,14 @@ def open_interface(config: Config) -> InnerInterface:
 
 
 def write_stats(endpoint: Endpoint, path: Path) -> None:
+    """Write the counters to ``path`` (atomically); a failure is logged, never raised (the
+    directory may have gone since ``nattunnel up`` checked it at start)."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(endpoint.stats(), indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(endpoint.stats(), indent=2, sort_keys=True) + "\n")
+        os.replace(tmp, path)
+    except OSError as e:
+        log.error("--stats %s: cannot write the counters: %s", path, e.strerror or e)
 
 
 async def run(config: Config, stats_path: Path | None = None) -> int:

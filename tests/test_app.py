@@ -215,3 +215,40 @@ def test_a_burst_of_sigint_is_one_clean_stop(tmp_path):
     log = logf.read_text()
     assert "Traceback" not in log and "KeyboardInterrupt" not in log, log
     assert log.count("stopped: sockets closed") == 1
+
+
+@pytest.mark.parametrize(("where", "problem"), [
+    ("no/such/dir/stats.json", "does not exist"),
+    (".", "is a directory"),
+])
+def test_up_checks_the_stats_file_at_start(tmp_path, where, problem):
+    """`--stats` in a directory that does not exist was found only at SIGUSR1, with a
+    traceback (issue 11): now at start, one line naming the option, exit status 2."""
+    path = write_config(tmp_path)
+    stats = tmp_path / where
+    r = subprocess.run([sys.executable, "-m", "nattunnel", "up", str(path), "--stats",
+                        str(stats)], capture_output=True, text=True, timeout=30, cwd=REPO)
+    assert r.returncode == 2
+    lines = r.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"nattunnel up: --stats {stats}: ")
+    assert problem in r.stderr and "Traceback" not in r.stderr
+
+
+def test_stats_that_cannot_be_written_later_are_logged_not_raised(tmp_path):
+    """The directory going away while the endpoint runs: SIGUSR1 logs an error and the
+    endpoint goes on (and stops cleanly)."""
+    (tmp_path / "s").mkdir()
+    proc, logf = _start_up(tmp_path, "--stats", str(tmp_path / "s" / "stats.json"))
+    try:
+        (tmp_path / "s").rmdir()
+        proc.send_signal(signal.SIGUSR1)
+        deadline = time.monotonic() + 10
+        while "cannot write the counters" not in logf.read_text():
+            assert time.monotonic() < deadline and proc.poll() is None, logf.read_text()
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert "Traceback" not in logf.read_text()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from .common import Subparsers, fail
 
@@ -25,7 +26,6 @@ def run(args: argparse.Namespace) -> int:
     import asyncio
     import logging
     import signal
-    from pathlib import Path
 
     from ..app import run as run_endpoint
     from ..config import ConfigError, load_config
@@ -38,6 +38,8 @@ def run(args: argparse.Namespace) -> int:
         config = load_config(args.config)
     except ConfigError as e:
         return fail("up", str(e))
+    if args.stats is not None and (problem := _stats_problem(Path(args.stats))):
+        return fail("up", f"--stats {args.stats}: {problem}")
     stopped = False
 
     async def endpoint() -> int:
@@ -59,3 +61,18 @@ def run(args: argparse.Namespace) -> int:
         return 0 if stopped else fail("up", "interrupted", 130)
     except OSError as e:  # TUN device or socket setup; TunError says which and why
         return fail("up", str(e), 1)
+
+
+def _stats_problem(path: Path) -> str | None:
+    """Why ``--stats FILE`` could not be written (checked at start, not at the first
+    SIGUSR1), or None."""
+    import os
+
+    directory = path.parent
+    if path.is_dir():
+        return "is a directory"
+    if not directory.is_dir():
+        return f"directory {str(directory)!r} does not exist"
+    if not os.access(directory, os.W_OK | os.X_OK):
+        return f"directory {str(directory)!r} is not writable"
+    return None
