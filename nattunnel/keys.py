@@ -209,11 +209,6 @@ def _read_file(name: str, *, private: bool = True) -> bytes:
             raise KeyFileError(f"{name}: is {_describe(st.st_mode)}; "
                                f"key files must be regular files")
         mode = stat.S_IMODE(st.st_mode)
-        if private and mode & 0o077:
-            raise KeyFileError(
-                f"{name}: mode {mode:04o} gives group or others access to a private key "
-                f"(allowed: 0600 or stricter); fix: chmod 600 {shlex.quote(name)}"
-            )
         if st.st_size > MAX_KEY_FILE_LEN:
             raise KeyFileError(f"{name}: {st.st_size} octets is too large for a {what} "
                                f"(at most {MAX_KEY_FILE_LEN})")
@@ -231,7 +226,27 @@ def _read_file(name: str, *, private: bool = True) -> bytes:
         os.close(fd)
     if size > MAX_KEY_FILE_LEN:
         raise KeyFileError(f"{name}: too large for a {what} (at most {MAX_KEY_FILE_LEN} octets)")
-    return b"".join(chunks)
+    raw = b"".join(chunks)
+    if private and mode & 0o077:
+        # read first, so that a public key file (0644 is right for one) is named as such
+        # instead of being told it gives access to a private key
+        if _is_public_pem(raw):
+            raise KeyFileError(f"{name}: {PUBLIC_NOT_PRIVATE}")
+        raise KeyFileError(
+            f"{name}: mode {mode:04o} gives group or others access to a private key "
+            f"(allowed: 0600 or stricter); fix: chmod 600 {shlex.quote(name)}"
+        )
+    return raw
+
+
+#: the message for a public key file where a private key is expected
+PUBLIC_NOT_PRIVATE: Final = ("is a public key (-----BEGIN PUBLIC KEY-----), not a private "
+                             "key: name the private key file (NAME.key of `nattunnel keygen "
+                             "--type ed25519 NAME`; NAME.pub is its public key)")
+
+
+def _is_public_pem(raw: bytes) -> bool:
+    return b"-----BEGIN PUBLIC KEY-----" in raw and b"PRIVATE KEY-----" not in raw
 
 
 def _decode(name: str, raw: bytes, expected_len: int | None) -> bytes:
@@ -429,6 +444,8 @@ def load_ed25519_private(path: StrPath) -> ed25519.Ed25519PrivateKey:
     if b"-----BEGIN OPENSSH PRIVATE KEY-----" in raw:
         problem = (f"is an OpenSSH private key; nattunnel reads PKCS#8 PEM "
                    f"(-----BEGIN PRIVATE KEY-----): {_GENERATE_HINT}")
+    elif _is_public_pem(raw):
+        problem = PUBLIC_NOT_PRIVATE
     elif b"-----BEGIN" not in raw:
         problem = f"is not a PEM file (expected -----BEGIN PRIVATE KEY-----); {_GENERATE_HINT}"
     elif b"PRIVATE KEY-----" not in raw:

@@ -940,7 +940,7 @@ def test_ike_pubkey_with_psk_file(ikedir: Path) -> None:
     ('private_key = "keys/a.key"\n', "", "peer[0].private_key", "missing required key"),
     ('peer_public_key = "keys/d.pub"\n', "", "peer[0].peer_public_key", "missing required key"),
     ('private_key = "keys/a.key"', 'private_key = "keys/a-pub.key"', "peer[0].private_key",
-     "holds no private key"),
+     "is a public key (-----BEGIN PUBLIC KEY-----), not a private key"),
     ('private_key = "keys/a.key"', 'private_key = "keys/b-in.key"', "peer[0].private_key",
      "is not a PEM file"),
     ('private_key = "keys/a.key"', 'private_key = "keys/ec.key"', "peer[0].private_key",

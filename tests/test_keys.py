@@ -446,7 +446,8 @@ def test_ed25519_private_refusals(tmp_path):
         "ssh.key": b"-----BEGIN OPENSSH PRIVATE KEY-----\nAAAA\n"
                    b"-----END OPENSSH PRIVATE KEY-----\n",
     }
-    expected = {"hex.key": "not a PEM file", "pub.key": "holds no private key",
+    expected = {"hex.key": "not a PEM file",
+                "pub.key": "is a public key (-----BEGIN PUBLIC KEY-----), not a private",
                 "enc.key": "is encrypted", "rsa.key": "holds an RSA-2048 key, not an Ed25519",
                 "bad.key": "not a valid PEM private key", "ssh.key": "OpenSSH"}
     body = pem.splitlines()[1]
@@ -614,3 +615,26 @@ def test_cli_pubkey_refusals(tmp_path, capsys):
     assert "mode 0644" in err and "chmod 600" in err
     assert main(["pubkey", str(tmp_path / "none.key")]) == 2
     assert "no such key file" in capsys.readouterr().err
+
+
+def test_cli_pubkey_names_a_public_key_file_as_one(tmp_path, capsys):
+    """`nattunnel pubkey` on a 0644 public key file said it "gives access to a private key"
+    (issue 11): a public key file is named as one, whatever its mode; a private key file
+    that others can read still gets the chmod advice."""
+    assert main(["keygen", "--type", "ed25519", str(tmp_path / "a")]) == 0
+    capsys.readouterr()
+    pub = tmp_path / "a.pub"
+    for mode in (0o644, 0o600):
+        os.chmod(pub, mode)
+        assert main(["pubkey", str(pub)]) == 2
+        out, err = capsys.readouterr()
+        assert out == "" and err.count("\n") == 1
+        assert err.startswith(f"nattunnel pubkey: {pub}: is a public key"), err
+        assert "not a private key" in err and "NAME.key" in err
+        assert "gives group or others access" not in err and "chmod" not in err
+    os.chmod(tmp_path / "a.key", 0o644)
+    assert main(["pubkey", str(tmp_path / "a.key")]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1
+    assert "mode 0644 gives group or others access to a private key" in err
+    assert "chmod 600" in err and "is a public key" not in err
