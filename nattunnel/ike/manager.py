@@ -73,6 +73,11 @@ _FLAGS_AT = 19
 #: (remote, port) pairs whose local address the manager may wait for at once; the oldest
 #: wait is given up beyond it
 MAX_AWAITING_LOCAL = 256
+#: how long a ``LocalAddressNeeded`` waits for its answer. An endpoint that cannot answer
+#: (no route to the peer yet: the kernel has no source address for it) leaves it
+#: unanswered; the wait is then given up, and an initiation is tried again after the
+#: re-initiation backoff (REINITIATE_DELAY, doubling), as after a failed IKE SA
+LOCAL_ADDRESS_WAIT = 1.0
 
 
 @dataclass(frozen=True)
@@ -145,11 +150,20 @@ class _Check(Enum):
     BYTE_LIFETIMES = "byte lifetimes"
 
 
-_TimerKey = IkeSa | _GraceEnd | _Initiate | _Check
+@dataclass(frozen=True)
+class _LocalWaitEnd:
+    """The wait for our local address towards (remote, natt) is given up."""
+
+    remote: Addr
+    natt: bool
 
 
-#: within one wakeup: the IKE SAs first, then grace periods, lifetimes, initiations
-_RANK: dict[type, int] = {IkeSa: 0, _GraceEnd: 1, _Check: 2, _Initiate: 3}
+_TimerKey = IkeSa | _GraceEnd | _Initiate | _Check | _LocalWaitEnd
+
+
+#: within one wakeup: the IKE SAs first, then grace periods, lifetimes, waits given up,
+#: initiations
+_RANK: dict[type, int] = {IkeSa: 0, _GraceEnd: 1, _Check: 2, _LocalWaitEnd: 3, _Initiate: 4}
 
 
 def _timer_rank(key: _TimerKey) -> int:
@@ -256,7 +270,8 @@ class IkeManager:
         if peer.remote is None:
             raise ValueError(f"peer {name}: no address to initiate to")
         if peer.local is None:
-            self._await_local(peer.remote, peer.config.force_encap, _InitiateWaiting(name))
+            self._await_local(peer.remote, peer.config.force_encap, _InitiateWaiting(name),
+                              now)
             return None
         return self._start(peer, peer.local, now)
 
@@ -280,21 +295,45 @@ class IkeManager:
 
     # --- our local address --------------------------------------------------------------------
     def _await_local(self, remote: Addr, natt: bool,
-                     what: _InitWaiting | _InitiateWaiting) -> None:
+                     what: _InitWaiting | _InitiateWaiting, now: float) -> None:
         key = (remote, natt)
         waiting = self._awaiting.get(key)
         if waiting is not None:
             waiting.append(what)
             return
         if len(self._awaiting) >= MAX_AWAITING_LOCAL:
-            _, given_up = self._awaiting.popitem(last=False)
-            self.counters["dropped"] += len(given_up)
+            oldest = next(iter(self._awaiting))
+            self._local_wait_over(*oldest, now)
         self._awaiting[key] = [what]
+        self._timers.schedule(_LocalWaitEnd(remote, natt), now + LOCAL_ADDRESS_WAIT)
         self._events.append(LocalAddressNeeded(remote, natt))
+
+    def _local_wait_over(self, remote: Addr, natt: bool, now: float) -> None:
+        """Nobody answered what ``LocalAddressNeeded`` asked (no route to ``remote``, say):
+        an IKE_SA_INIT request that waited is dropped (its sender retransmits), and an
+        initiation is tried again after the backoff."""
+        self._timers.cancel(_LocalWaitEnd(remote, natt))
+        for what in self._awaiting.pop((remote, natt), []):
+            if isinstance(what, _InitWaiting):
+                self.counters["dropped"] += 1
+            elif what.name in self.peers:
+                log.info("peer %s: no local address towards %s (no route to it?)",
+                         what.name, format_addr(remote))
+                self._initiate_later(what.name, now)
+
+    def _initiate_later(self, name: str, now: float) -> None:
+        """Initiate to ``name`` again after REINITIATE_DELAY, doubled with each failure in
+        a row (up to REINITIATE_MAX)."""
+        n = self._failures.get(name, 0)
+        self._failures[name] = n + 1
+        delay = min(REINITIATE_DELAY * 2 ** n, REINITIATE_MAX)
+        self._timers.schedule(_Initiate(name), now + delay)
+        log.info("peer %s: initiating again in %.0f s", name, delay)
 
     def local_address_found(self, remote: Addr, natt: bool, local: Addr, now: float) -> None:
         """The answer to ``LocalAddressNeeded``: what waited for it goes on. Never raises."""
         try:
+            self._timers.cancel(_LocalWaitEnd(remote, natt))
             for what in self._awaiting.pop((remote, natt), []):
                 if isinstance(what, _InitWaiting):
                     self._respond_init(what.msg, what.data, remote, natt, local, now)
@@ -467,7 +506,7 @@ class IkeManager:
             self.counters["dropped"] += 1
             return
         if _unspecified(local):  # a wildcard socket: which source does the kernel pick?
-            self._await_local(remote, natt, _InitWaiting(msg, data))
+            self._await_local(remote, natt, _InitWaiting(msg, data), now)
             return
         self._respond_init(msg, data, remote, natt, local, now)
 
@@ -637,11 +676,7 @@ class IkeManager:
         log.warning("peer %s: IKE SA down: %s", ev.ike.name, ev.reason)
         peer = self.peers.get(ev.ike.name)
         if peer is not None and peer.initiate and ev.ike.initiator:
-            n = self._failures.get(peer.config.name, 0)
-            self._failures[peer.config.name] = n + 1
-            delay = min(REINITIATE_DELAY * 2 ** n, REINITIATE_MAX)
-            self._timers.schedule(_Initiate(peer.config.name), now + delay)
-            log.info("peer %s: initiating again in %.0f s", peer.config.name, delay)
+            self._initiate_later(peer.config.name, now)
 
     def _cap_identity(self, ike: IkeSa, now: float) -> None:
         """At most ``ike_sas_per_identity`` established IKE SAs per peer: beyond it the
@@ -698,9 +733,12 @@ class IkeManager:
             with contextlib.suppress(KeyError):  # already gone with its peer
                 self.tunnel.remove_inbound(key.spi)
         elif isinstance(key, _Initiate):
-            if not any(sa.name == key.name and sa.state is not State.DEAD
-                       for sa in self.sas.values()):
+            if key.name in self.peers and not any(
+                    sa.name == key.name and sa.state is not State.DEAD
+                    for sa in self.sas.values()):
                 self.initiate(key.name, now)
+        elif isinstance(key, _LocalWaitEnd):
+            self._local_wait_over(key.remote, key.natt, now)
         else:
             self._check_byte_lifetimes(now)
 

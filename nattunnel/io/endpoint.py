@@ -40,7 +40,7 @@ from ..tunnel.core import PeerMoved, Tunnel
 from ..tunnel.peer import Peer
 from .interface import InnerInterface, InProcessInterface
 from .receive import Receiver
-from .send import ReadInto, Sender
+from .send import NO_SOCKET, ReadInto, Sender, error_name
 from .sockfilter import SocketFilter
 from .udp import MAX_DATAGRAM as _MAX_DATAGRAM
 from .udp import SO_RXQ_OVFL, open_natt_socket
@@ -52,7 +52,8 @@ log = logging.getLogger("nattunnel")
 DRAIN_BUDGET = 256
 #: the port-500 IKE sockets' receive buffer
 _IKE_SOCKBUF = 1 << 20
-#: an exception from a core is logged (with its traceback) at most this often
+#: an exception from a core is logged (with its traceback) at most this often, and so is a
+#: failed control-plane send (IKE, the route lookup for NAT detection)
 ERROR_LOG_INTERVAL = 10.0
 #: a socket bound to a wildcard address: the source address the kernel picks towards a
 #: remote (for NAT detection) is looked up once per remote and kept this long, for at most
@@ -130,9 +131,16 @@ class Endpoint:
         self.receiver = Receiver(tunnel, interface, self.drops, budget=budget,
                                  rxq_ovfl=self.sock_filter.rxq_ovfl,
                                  after=self._after_receive, core_error=self._core_error)
-        self.sender = Sender(tunnel, self.drops, budget=budget, on_events=self._after_send)
+        #: failed sends by errno name (``ENETUNREACH``, ``EPERM``, ...; ``NO_SOCKET``: no
+        #: socket of the address's family), data path, keepalives and IKE together; each is
+        #: also a SEND_FAILED drop. Whatever failed is retried on its normal schedule.
+        self.send_errors: dict[str, int] = {}
+        self.sender = Sender(tunnel, self.drops, budget=budget, on_events=self._after_send,
+                             send_errors=self.send_errors)
         self._error_log_at = 0.0
         self._errors_unlogged = 0
+        self._send_warn_at = 0.0
+        self._send_warns_unlogged = 0
         self.control = control
         if control is not None and control.ike_port is not None:
             tunnel.ike_handler = self._on_ike_natt
@@ -186,8 +194,13 @@ class Endpoint:
         return self.sock_filter.engaged
 
     def drain_inner(self, read_into: ReadInto) -> None:
-        """The send path for inner packets read with ``read_into`` (``Sender.drain_inner``)."""
-        self.sender.drain_inner(read_into)
+        """The send path for inner packets read with ``read_into`` (``Sender.drain_inner``).
+        An exception (a bug in a core) is counted and logged, and the reader goes on."""
+        try:
+            self.sender.drain_inner(read_into)
+        except Exception:
+            self.drops.counts[DropReason.INTERNAL_ERROR] += 1
+            self._core_error("send")
 
     def send_inner(self, packet: bytes | bytearray | memoryview, now: float | None = None) -> int:
         """Encapsulate one inner packet and send it; the ESP length, or ``-DropReason``
@@ -352,18 +365,33 @@ class Endpoint:
                   skipped, exc_info=True)
 
     def _ike_send(self, out: Outgoing) -> None:
+        """Send one IKE message from the socket of its port and family. A failure is
+        counted (``send_errors``) and logged at most once per ERROR_LOG_INTERVAL; the IKE SA
+        retransmits on its own schedule."""
         fam = _family(out.remote)
+        sock = (self._by_family if out.natt else self._ike_by_family).get(fam)
+        if sock is None:
+            self._send_failed(NO_SOCKET, out.remote, "no socket of its address family")
+            return
         try:
-            if out.natt:
-                sock = self._by_family.get(fam)
-                if sock is not None:
-                    sock.sendto(NON_ESP_MARKER + out.data, out.remote)
-            else:
-                sock = self._ike_by_family.get(fam)
-                if sock is not None:
-                    sock.sendto(out.data, out.remote)
-        except OSError:
-            self.drops.counts[DropReason.SEND_FAILED] += 1
+            sock.sendto(NON_ESP_MARKER + out.data if out.natt else out.data, out.remote)
+        except OSError as e:
+            self._send_failed(error_name(e), out.remote, e.strerror or str(e))
+
+    def _send_failed(self, why: str, remote: Addr, detail: str) -> None:
+        """A control-plane datagram to ``remote`` could not be sent (or its route looked
+        up): counted as SEND_FAILED and by reason, logged at most once per
+        ERROR_LOG_INTERVAL (with how many were not logged since)."""
+        self.sender.failed(why)
+        now = time.monotonic()
+        if now < self._send_warn_at:
+            self._send_warns_unlogged += 1
+            return
+        self._send_warn_at = now + ERROR_LOG_INTERVAL
+        skipped, self._send_warns_unlogged = self._send_warns_unlogged, 0
+        more = f"; {skipped} more since the last such line" if skipped else ""
+        log.warning("cannot send to %s: %s (%s; counted in send_errors, retried on "
+                    "schedule%s)", format_addr(remote), detail, why, more)
 
     def _wildcard(self, remote: Addr, natt: bool) -> Addr:
         """The address of a socket of ``remote``'s family that is not open."""
@@ -471,14 +499,24 @@ class Endpoint:
             while (ev := control.next_event()) is not None:
                 try:
                     local = self.local_address_towards(ev.remote, ev.natt)
-                except OSError:  # no route to it, say
-                    self._core_error("ike_local_address")
+                except OSError as e:
+                    # no route to it (yet), say: unanswered, and the manager gives the wait
+                    # up and initiates again later (IkeManager's LOCAL_ADDRESS_WAIT)
+                    self._send_failed(error_name(e), ev.remote, e.strerror or str(e))
                     continue
                 control.local_address_found(ev.remote, ev.natt, local, now)
-            for out in control.datagrams_to_send():
-                self._ike_send(out)
+        except Exception:
+            self._core_error("ike_local_address")
+        try:
+            outgoing = control.datagrams_to_send()
         except Exception:
             self._core_error("ike_send")
+            return
+        for out in outgoing:
+            try:
+                self._ike_send(out)
+            except Exception:  # one message that cannot be sent does not cost the others
+                self._core_error("ike_send")
 
     def _arm_timer(self) -> None:
         if self._loop is None or self._closed.is_set():
@@ -534,6 +572,7 @@ class Endpoint:
         s["kernel_filter"] = self.sock_filter.stats()
         s["endpoint_drops"] = self.drops.as_dict()
         s["errors"] = dict(self.errors)
+        s["send_errors"] = dict(self.send_errors)
         if self.control is not None:
             s.update(self.control.stats())
         s["offload"] = {"gso": self.gso, "gso_sends": self.gso_sends,

@@ -47,6 +47,16 @@ TX_SIZE = GSO_MAX_BYTES + _PLAIN + MAX_INNER + 64
 #: ``read_into(room) -> n``: one inner packet read into ``room``, its length; -1 when there
 #: is no more (EAGAIN)
 ReadInto = Callable[[memoryview], int]
+#: the ``send_errors`` key of a send with no socket of the address's family
+NO_SOCKET = "NO_SOCKET"
+
+
+def error_name(e: OSError) -> str:
+    """The ``send_errors`` key of a failed send: the errno's name (``ENETUNREACH``), or the
+    exception's type for an error without an errno (a ``socket.gaierror`` has its own)."""
+    if isinstance(e.errno, int) and e.errno in errno.errorcode:
+        return errno.errorcode[e.errno]
+    return type(e).__name__
 
 
 class Sender:
@@ -57,10 +67,14 @@ class Sender:
 
     def __init__(
         self, tunnel: Tunnel, drops: DropCounters, *, budget: int,
-        on_events: Callable[[], None],
+        on_events: Callable[[], None], send_errors: dict[str, int] | None = None,
     ) -> None:
         self.tunnel = tunnel
         self.drops = drops
+        #: failed sends by errno name (``ENETUNREACH``) or NO_SOCKET; each is also one
+        #: SEND_FAILED drop. Nothing is retried here: the cores resend on their own schedule
+        #: (IKE retransmissions, keepalives), and a data packet is lost as on a lossy link.
+        self.send_errors: dict[str, int] = send_errors if send_errors is not None else {}
         self.budget = budget
         self.on_events = on_events
         #: the event loop's clock (``Endpoint.start`` sets it)
@@ -108,12 +122,12 @@ class Sender:
             if not gso:
                 sock, addr = peer.sock, peer.addr
                 if sock is None or addr is None:
-                    self.drops.counts[DropReason.SEND_FAILED] += 1
+                    self.failed(NO_SOCKET)
                     continue
                 try:
                     sock.sendto(txv[:m], addr)
-                except OSError:
-                    self.drops.counts[DropReason.SEND_FAILED] += 1
+                except OSError as e:
+                    self.failed(error_name(e))
                 continue
             if batch is None:
                 batch, seg, off, count = peer, m, m, 1
@@ -154,13 +168,22 @@ class Sender:
     def send_datagram(self, peer: Peer, data: bytes | memoryview) -> None:
         """Send a datagram a core made for ``peer`` (a NAT keepalive)."""
         sock = peer.sock
-        if sock is None or peer.addr is None:
+        if peer.addr is None:
             self.drops.counts[DropReason.NO_ENDPOINT] += 1
+            return
+        if sock is None:
+            self.failed(NO_SOCKET)
             return
         try:
             sock.sendto(data, peer.addr)
-        except OSError:
-            self.drops.counts[DropReason.SEND_FAILED] += 1
+        except OSError as e:
+            self.failed(error_name(e))
+
+    def failed(self, why: str, n: int = 1) -> None:
+        """``n`` datagrams could not be sent, for reason ``why`` (an errno name or
+        NO_SOCKET): counted, as SEND_FAILED and by reason. The slow path only."""
+        self.drops.counts[DropReason.SEND_FAILED] += n
+        self.send_errors[why] = self.send_errors.get(why, 0) + n
 
     def _room(self, off: int) -> memoryview:
         """Where a packet read for the ESP packet at ``off`` goes: the plaintext's place, as
@@ -181,7 +204,7 @@ class Sender:
             return
         sock, addr = peer.sock, peer.addr
         if sock is None or addr is None:
-            self.drops.counts[DropReason.SEND_FAILED] += count
+            self.failed(NO_SOCKET, count)
             return
         try:
             if count == 1:
@@ -197,17 +220,17 @@ class Sender:
                 for o in range(0, size, seg):
                     self._sendto(peer, txv[o : min(o + seg, size)])
             else:
-                self.drops.counts[DropReason.SEND_FAILED] += count
+                self.failed(error_name(e), count)
 
     def _sendto(self, peer: Peer, data: memoryview) -> bool:
         """One datagram to ``peer``; False (counted) if it could not be sent."""
         sock, addr = peer.sock, peer.addr
         if sock is None or addr is None:
-            self.drops.counts[DropReason.SEND_FAILED] += 1
+            self.failed(NO_SOCKET)
             return False
         try:
             sock.sendto(data, addr)
-        except OSError:
-            self.drops.counts[DropReason.SEND_FAILED] += 1
+        except OSError as e:
+            self.failed(error_name(e))
             return False
         return True

@@ -174,3 +174,51 @@ def test_a_wildcard_socket_makes_the_manager_ask_for_its_local_address():
     assert up(net)
     (sa_b,) = net.b.sas.values()
     assert sa_b.remote_behind_nat and not sa_b.local_behind_nat  # its own address was right
+
+
+def test_an_unanswered_local_address_question_is_given_up_and_initiation_retried():
+    """No route to the peer yet: the endpoint cannot answer LocalAddressNeeded (the kernel
+    has no source address towards it). The wait ends after LOCAL_ADDRESS_WAIT and the
+    initiation is tried again on the re-initiation backoff (2 s, then 4 s, ...), so the IKE
+    SA comes up once the route is there; a request that waited is dropped (its sender
+    retransmits)."""
+    from nattunnel.ike.manager import LOCAL_ADDRESS_WAIT, REINITIATE_DELAY
+
+    net = Net()
+    net.a.peers["b"].local = None
+    net.a.peers["b"].initiate = True
+    net.a.initiate("b", 0.0)
+    asked = [0.0]
+    (ev,) = drain(net.a)  # nobody answers: no route
+    now = 0.0
+    for _ in range(2):
+        t = net.a.get_timer()
+        assert t is not None
+        net.a.handle_timer(t)
+        now = t
+        new = drain(net.a)
+        if new:
+            asked.append(now)
+    assert not net.a.sas and not net.a.datagrams_to_send()
+    # given up after LOCAL_ADDRESS_WAIT, asked again REINITIATE_DELAY later
+    assert asked == [0.0, LOCAL_ADDRESS_WAIT + REINITIATE_DELAY]
+    # the next wait is given up too, and the next try comes after twice the delay
+    net.a.handle_timer(now + LOCAL_ADDRESS_WAIT)
+    assert drain(net.a) == []
+    t = net.a.get_timer()
+    assert t == now + LOCAL_ADDRESS_WAIT + 2 * REINITIATE_DELAY
+    # the route is back: this time the question is answered, and the SA comes up
+    net.a.handle_timer(t)
+    (ev,) = drain(net.a)
+    net.a.local_address_found(ev.remote, ev.natt, ("198.19.1.2", 500), t)
+    net.deliver(t)
+    assert up(net)
+    # B's side: a request that came to a wildcard socket and was never answered goes
+    before = net.b.counters["dropped"]
+    other = Net()
+    other.a.initiate("b", 0.0)
+    data, src, natt = other.take("a")[0]
+    net.b.receive_datagram(data, src, t, natt=natt, local=("0.0.0.0", 500))
+    assert len(drain(net.b)) == 1
+    net.b.handle_timer(t + LOCAL_ADDRESS_WAIT)
+    assert net.b.counters["dropped"] == before + 1 and not net.b.datagrams_to_send()
