@@ -638,3 +638,36 @@ def test_cli_pubkey_names_a_public_key_file_as_one(tmp_path, capsys):
     assert out == "" and err.count("\n") == 1
     assert "mode 0644 gives group or others access to a private key" in err
     assert "chmod 600" in err and "is a public key" not in err
+
+
+@pytest.mark.parametrize("argv", [
+    ["--type", "psk", "keys/a-b.psk"],
+    ["--type", "ed25519", "hosta"],
+    ["--type", "ed25519", "keys/hosta"],
+    ["keys/a-to-b.key"],
+])
+def test_cli_keygen_creates_keys_dir_for_every_type(tmp_path, capsys, monkeypatch, argv):
+    """`keygen --type psk keys/a-b.psk` failed when keys/ did not exist while `--type
+    ed25519` created it (issue 11): every type creates keys/ (0700) the same way."""
+    monkeypatch.chdir(tmp_path)
+    old = os.umask(0o022)
+    try:
+        assert main(["keygen", *argv]) == 0
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(tmp_path / "keys").st_mode) == 0o700
+    out = capsys.readouterr().out
+    assert "created directory keys (mode 0700)" in out
+    assert len(list((tmp_path / "keys").iterdir())) == (2 if "ed25519" in argv else 1)
+    # it exists now: made once, not again
+    assert main(["keygen", "--force", *argv]) == 0
+    assert "created directory" not in capsys.readouterr().out
+
+
+def test_cli_keygen_creates_no_other_directory(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["keygen", "--type", "psk", "other/a-b.psk"]) == 2
+    assert "does not exist" in one_line_error(capsys)
+    assert main(["keygen", "--suite", "nosuch", "keys/a.key"]) == 2
+    one_line_error(capsys)
+    assert list(tmp_path.iterdir()) == []

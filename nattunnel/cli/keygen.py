@@ -3,9 +3,11 @@
 ``--type`` selects what: esp (the default, so that existing invocations keep their meaning:
 ``keygen [--suite S] [--force] PATH``, keying material for a manual SA), ed25519
 (``keygen --type ed25519 NAME`` -> keys/NAME.key, 0600, + keys/NAME.pub; NAME may be a path
-prefix) or psk (``keygen --type psk PATH``: an IKEv2 pre-shared key). A private key is never
-printed. --suite and --type are checked here, not by argparse ``choices``, so that errors are
-the one-line "nattunnel keygen: ..." form and suite aliases (``suite_by_name``) are accepted.
+prefix) or psk (``keygen --type psk PATH``: an IKEv2 pre-shared key). Whatever the type, a
+key that goes into ``keys/`` creates that directory (0700) if it does not exist. A private
+key is never printed. --suite and --type are checked here, not by argparse ``choices``, so
+that errors are the one-line "nattunnel keygen: ..." form and suite aliases
+(``suite_by_name``) are accepted.
 """
 
 from __future__ import annotations
@@ -53,8 +55,10 @@ def _keygen(path: str, key_type: str, suite_name: str | None, force: bool) -> No
         raise ValueError(f"unknown --type {key_type!r}; expected one of {', '.join(KEY_TYPES)}")
     if key_type != "esp" and suite_name is not None:
         raise ValueError(f"--suite is for --type esp only, not --type {key_type}")
+    suite = suite_by_name(suite_name or "aes256gcm16")  # checked before anything is made
+    target = keys.ed25519_pair_paths(path)[0] if key_type == "ed25519" else path
+    _make_key_dir(os.path.dirname(target))
     if key_type == "esp":
-        suite = suite_by_name(suite_name or "aes256gcm16")
         keys.write_key_file(path, keys.generate_keymat(suite), force=force)
         print(f"wrote {suite.name} keying material to {path} (mode 0600)")
     elif key_type == "psk":
@@ -63,10 +67,19 @@ def _keygen(path: str, key_type: str, suite_name: str | None, force: bool) -> No
               f"copy it to the peer over a secure channel")
     else:
         key_path, pub_path = keys.ed25519_pair_paths(path)
-        if "/" not in path and not os.path.isdir(keys.KEY_DIR):
-            os.mkdir(keys.KEY_DIR, 0o700)
-            print(f"created directory {keys.KEY_DIR} (mode 0700)")
         key = keys.write_ed25519_pair(key_path, pub_path, force=force)
         print(f"wrote Ed25519 private key to {key_path} (mode 0600)")
         print(f"wrote Ed25519 public key to {pub_path}")
         print(f"public key (raw, base64): {keys.public_key_b64(key.public_key())}")
+
+
+def _make_key_dir(directory: str) -> None:
+    """Create ``keys/`` (mode 0700) when a key goes there and it does not exist yet, for
+    every ``--type`` alike (``keys/NAME`` for ed25519, ``keys/a-b.psk``, ``keys/a-to-b.key``).
+    Any other missing directory is an error: a typo should not make a tree of directories."""
+    from .. import keys
+
+    if os.path.normpath(directory) == keys.KEY_DIR and not os.path.isdir(keys.KEY_DIR):
+        os.mkdir(keys.KEY_DIR, 0o700)
+        os.chmod(keys.KEY_DIR, 0o700)  # whatever the umask
+        print(f"created directory {keys.KEY_DIR} (mode 0700)")
