@@ -194,7 +194,12 @@ def _log_started(config: Config, endpoint: Endpoint) -> None:
     log.info("listening on %s; inner interface %s (%s, mtu %d)", where, ic.kind,
              ic.name, ic.mtu)
     for pc in config.peers:
-        where = format_addr(pc.endpoint) if pc.endpoint else "address learned"
+        if pc.endpoint:
+            where = format_addr(pc.endpoint)
+        elif pc.ike is not None:
+            where = "address not known yet: learned when it authenticates (IKE_AUTH)"
+        else:
+            where = "address not known yet: learned from its first authenticated packet"
         allowed = ", ".join(map(str, pc.allowed_ips))
         if pc.ike is not None:
             log.info("peer %s: %s, allowed %s, IKEv2 %s auth as %s, %s", pc.name, where,

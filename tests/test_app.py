@@ -252,3 +252,34 @@ def test_stats_that_cannot_be_written_later_are_logged_not_raised(tmp_path):
         if proc.poll() is None:
             proc.kill()
     assert "Traceback" not in logf.read_text()
+
+
+def test_startup_line_says_an_address_is_not_known_yet(tmp_path):
+    """The startup line said "address learned" for a peer whose address was not known yet
+    (issue 11): it says what is true, for a manual and for an IKE peer."""
+    proc, logf = _start_up(tmp_path)
+    try:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    log = logf.read_text()
+    assert ("peer natpublic: address not known yet: learned from its first authenticated "
+            "packet, allowed 198.18.100.2/32") in log
+    assert "peer natbehind: 198.18.0.1:4500, allowed" in log
+    assert "address learned" not in log
+
+    write_psk_file(tmp_path / "b.psk", b"correct horse battery staple")
+    path = tmp_path / "ike.toml"
+    path.write_text(IKE_CONFIG)
+    r = subprocess.run([sys.executable, "-c", (
+        "import asyncio, logging, os, signal, sys; logging.basicConfig(level='INFO'); "
+        "from nattunnel.app import run; from nattunnel.config import load_config; "
+        "loop = asyncio.new_event_loop(); "
+        "loop.call_later(0.5, os.kill, os.getpid(), signal.SIGTERM); "
+        f"sys.exit(loop.run_until_complete(run(load_config({str(path)!r}))))")],
+        capture_output=True, text=True, timeout=30, cwd=REPO)
+    assert r.returncode == 0, r.stderr
+    assert ("peer b: address not known yet: learned when it authenticates (IKE_AUTH), "
+            "allowed 198.18.100.2/32") in r.stderr
