@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from nattunnel.cli.main import main
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def test_bench_crypto_json(capsys):
@@ -112,3 +115,59 @@ def test_up_refuses_a_missing_configuration_in_one_line(tmp_path):
     assert r.returncode == 2
     assert r.stderr.startswith("nattunnel up: ") and "cannot read" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_version_is_the_package_version():
+    """`nattunnel --version` (issue 11): the package's version, as pyproject.toml has it."""
+    import tomllib
+
+    import nattunnel
+
+    want = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+    assert nattunnel.__version__ == want
+    r = subprocess.run([sys.executable, "-m", "nattunnel", "--version"], capture_output=True,
+                       text=True, timeout=60, cwd=REPO)
+    assert r.returncode == 0 and r.stdout == f"nattunnel {want}\n" and r.stderr == ""
+
+
+def _help(*argv: str) -> str:
+    return subprocess.run([sys.executable, "-m", "nattunnel", *argv, "--help"],
+                          capture_output=True, text=True, timeout=60, check=True,
+                          cwd=REPO).stdout
+
+
+def test_help_texts_lead_to_ike_peers():
+    """The help texts are current (issue 11): `up` and `keygen` lead to IKE peers and the
+    IKE examples, which exist; manual SAs are named only as what they are."""
+    up = " ".join(_help("up").split())
+    assert "IKEv2 peers" in up and "docs/examples/ike-a.toml" in up and "static keys" not in up
+    for example in ("ike-a.toml", "ike-b.toml"):
+        assert (REPO / "docs" / "examples" / example).is_file()
+    keygen = " ".join(_help("keygen").split())
+    assert keygen.index("psk:") < keygen.index("esp (the default")
+    assert "--type psk keys/a-b.psk" in keygen and "no forward secrecy" in keygen
+    assert "not the .pub" in " ".join(_help("pubkey").split())
+    assert "--version" in _help()
+
+
+def test_readme_two_real_hosts_uses_ike_peers():
+    """README's "Two real hosts" used manual SAs (issue 11): it uses the IKE examples, and
+    every command it shows parses."""
+    from nattunnel.cli.main import build_parser
+
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("Two real hosts"):]
+    section = section[:section.index("\n## ")]
+    block = section[section.index("```sh\n") + 6:]
+    block = block[:block.index("```")]
+    commands = [line.split("#")[0].split() for line in block.splitlines() if line.strip()]
+    assert [c[:2] for c in commands] == [["nattunnel", "keygen"], ["nattunnel", "up"],
+                                         ["nattunnel", "up"]]
+    for c in commands:
+        build_parser().parse_args(c[1:])
+    assert commands[0][2:4] == ["--type", "psk"]
+    assert {c[2] for c in commands[1:]} == {"ike-a.toml", "ike-b.toml"}
+    assert "docs/examples/ike-a.toml" in section and "--suite" not in block
+    psk = [line for line in (REPO / "docs/examples/ike-a.toml").read_text().splitlines()
+           if line.startswith("psk_file")]
+    assert psk == [f'psk_file = "{commands[0][4]}"']

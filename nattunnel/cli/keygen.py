@@ -23,11 +23,18 @@ KEY_TYPES = ("esp", "ed25519", "psk")
 def add_parser(sub: Subparsers) -> None:
     from ..esp.suite import SUITES
 
-    p = sub.add_parser("keygen", help="write fresh key material to new 0600 files")
+    p = sub.add_parser(
+        "keygen", help="write fresh key material to new 0600 files",
+        description="Fresh keys for IKEv2 peers: `keygen --type psk keys/a-b.psk` (a "
+                    "pre-shared key, copied to the peer) or `keygen --type ed25519 hosta` "
+                    "(keys/hosta.key and keys/hosta.pub, whose .pub goes to the peer). "
+                    "keys/ is created (0700) if it does not exist. A private key is never "
+                    "printed.")
     p.add_argument("--type", dest="key_type", default="esp", metavar="TYPE",
-                   help="esp (default): ESP keying material for a manual SA; "
-                        "ed25519: an IKEv2 key pair NAME.key + NAME.pub; "
-                        "psk: an IKEv2 pre-shared key")
+                   help="psk: an IKEv2 pre-shared key; ed25519: an IKEv2 key pair "
+                        "NAME.key + NAME.pub; esp (the default, for compatibility): ESP "
+                        "keying material for a manual SA (tests and benchmarks: no forward "
+                        "secrecy, no rekeying)")
     p.add_argument("--suite", default=None,
                    help="--type esp only: ESP suite the keying material is for (default "
                         f"aes256gcm16; one of {', '.join(sorted(SUITES))})")

@@ -22,7 +22,11 @@ COMMANDS = (up, keygen, pubkey, demo, bench)
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .. import __version__
+
     p = argparse.ArgumentParser(prog="nattunnel", description=DESCRIPTION, epilog=EPILOG)
+    p.add_argument("--version", action="version", version=f"nattunnel {__version__}",
+                   help="print nattunnel's version and exit")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command in COMMANDS:
         command.add_parser(sub)

@@ -9,8 +9,13 @@ from .common import Subparsers, fail
 
 
 def add_parser(sub: Subparsers) -> None:
-    p = sub.add_parser("pubkey", help="print the public key (PEM) of an Ed25519 key file")
-    p.add_argument("key", metavar="FILE", help="private key file (PKCS#8 PEM, mode 0600)")
+    p = sub.add_parser(
+        "pubkey", help="print the public key (PEM) of an Ed25519 key file",
+        description="Print the public key of an Ed25519 private key file (NAME.key of "
+                    "`nattunnel keygen --type ed25519 NAME`), as the peer's "
+                    "peer_public_key file wants it: the same text as NAME.pub.")
+    p.add_argument("key", metavar="FILE",
+                   help="the private key file (PKCS#8 PEM, mode 0600), not the .pub")
     p.set_defaults(func=run)
 
 

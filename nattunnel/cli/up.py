@@ -11,12 +11,14 @@ from .common import Subparsers, fail
 def add_parser(sub: Subparsers) -> None:
     p = sub.add_parser(
         "up", help="run a tunnel endpoint in the foreground",
-        description="Run one tunnel endpoint in the foreground with the peers of a TOML "
-                    "configuration (IKEv2-managed or with static keys; docs/config.md) until "
-                    "SIGINT or SIGTERM. SIGUSR1 writes the counters to --stats.")
+        description="Run one tunnel endpoint in the foreground with the IKEv2 peers of a "
+                    "TOML configuration (docs/config.md; two-host examples in "
+                    "docs/examples/ike-a.toml and ike-b.toml) until SIGINT or SIGTERM. "
+                    "SIGUSR1 writes the counters to --stats FILE.")
     p.add_argument("config", metavar="CONFIG", help="TOML configuration (docs/config.md)")
     p.add_argument("--stats", metavar="FILE",
-                   help="write counters as JSON to FILE on SIGUSR1 and at exit")
+                   help="write counters as JSON to FILE on SIGUSR1 and at exit (its "
+                        "directory must exist: checked at start)")
     p.add_argument("--log-level", default="info",
                    choices=["debug", "info", "warning", "error"], help="default info")
     p.set_defaults(func=run)
