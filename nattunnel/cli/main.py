@@ -22,15 +22,26 @@ COMMANDS = (up, keygen, pubkey, demo, bench)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .. import __version__
-
     p = argparse.ArgumentParser(prog="nattunnel", description=DESCRIPTION, epilog=EPILOG)
-    p.add_argument("--version", action="version", version=f"nattunnel {__version__}",
+    p.add_argument("--version", action="version", version=f"nattunnel {version()}",
                    help="print nattunnel's version and exit")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command in COMMANDS:
         command.add_parser(sub)
     return p
+
+
+def version() -> str:
+    """The installed package's version (pyproject.toml's, as ``nattunnel.__version__``)."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    try:
+        return installed("nattunnel")
+    except PackageNotFoundError:
+        # run from a source tree that was never installed: the package's own __version__
+        # (the package is loaded, since this module is in it)
+        return str(getattr(sys.modules.get("nattunnel"), "__version__", "unknown"))
 
 
 def main(argv: list[str] | None = None) -> int:
