@@ -1502,3 +1502,76 @@ def test_docs_limits_table_matches_ike_limits() -> None:
     assert set(rows) == set(defaults)
     for key, default in defaults.items():
         assert float(rows[key]) == default, key
+
+
+def test_ike_rekey_time(ikedir: Path) -> None:
+    """The IKE SA's lifetime in the config (issue 11: `ike_rekey_time` was refused):
+    strongSwan's connection-level rekey_time, next to the child SAs' rekey_time."""
+    from nattunnel.config import DEFAULT_IKE_REKEY_TIME
+
+    (p,) = load(ikedir, IKE_PSK).peers
+    assert p.ike is not None
+    assert p.ike.ike_rekey_time == DEFAULT_IKE_REKEY_TIME == 14400.0
+    assert p.ike.child_rekey_time == 3600.0
+    text = mutate('endpoint = "198.18.0.2"',
+                  'endpoint = "198.18.0.2"\nike_rekey_time = 7200\nrekey_time = 600.5',
+                  IKE_PSK)
+    (p,) = load(ikedir, text).peers
+    assert p.ike is not None
+    assert p.ike.ike_rekey_time == 7200.0 and p.ike.child_rekey_time == 600.5
+    text = mutate('endpoint = "198.18.0.2"', 'endpoint = "198.18.0.2"\nike_rekey_time = 0',
+                  IKE_PSK)
+    (p,) = load(ikedir, text).peers
+    assert p.ike is not None and p.ike.ike_rekey_time == 0.0  # never
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "config.md").read_text()
+    assert "| `ike_rekey_time` | integer or float | `14400` (4 h) |" in doc
+    assert "| `rekey_time` | integer or float | `3600` |" in doc
+
+
+@pytest.mark.parametrize(("value", "fragment"), [
+    ("-1", "out of range; expected a number of seconds >= 0"),
+    ("true", "got a boolean"),
+    ("inf", "out of range"),
+    ('"4h"', "expected a number of seconds >= 0"),
+    ("nan", "out of range"),
+])
+def test_ike_rekey_time_refusals(ikedir: Path, value: str, fragment: str) -> None:
+    e = ike_error(ikedir, mutate('endpoint = "198.18.0.2"',
+                                 f'endpoint = "198.18.0.2"\nike_rekey_time = {value}',
+                                 IKE_PSK))
+    assert e.field == "peer[0].ike_rekey_time" and fragment in str(e), str(e)
+
+
+def test_ike_rekey_time_is_for_ike_peers_only(cfgdir: Path) -> None:
+    e = error(cfgdir, mutate('name = "b"', 'name = "b"\nike_rekey_time = 60'))
+    assert e.field == "peer[0].ike_rekey_time", str(e)
+
+
+def test_ike_rekey_time_from_the_config_rekeys_the_ike_sa(ikedir: Path) -> None:
+    """ike_rekey_time reaches the IKE SA: two IKE SAs built from configurations rekey the
+    IKE SA after it (less the jitter), on the FakeWire, and not before; the child SAs'
+    rekey_time is left to them."""
+    from nattunnel.ike.events import IkeRekeyed
+    from tests.support.ike import NET_A, NET_B, SaPair
+
+    def peer_of(text: str) -> Any:
+        (p,) = load(ikedir, text).peers
+        assert p.ike is not None
+        return p.ike
+
+    common = 'auth = "psk"\npsk_file = "keys/b.psk"\nike_rekey_time = 100\nrekey_time = 0\n'
+    a = peer_of(f'[interface]\nkind = "inprocess"\n[[peer]]\nname = "b"\n{common}'
+                f'local_id = "hosta"\nremote_id = "hostb"\nendpoint = "198.18.0.2"\n'
+                f'allowed_ips = ["{NET_B}"]\nlocal_ts = ["{NET_A}"]\n')
+    b = peer_of(f'[interface]\nkind = "inprocess"\n[[peer]]\nname = "a"\n{common}'
+                f'local_id = "hostb"\nremote_id = "hosta"\n'
+                f'allowed_ips = ["{NET_A}"]\nlocal_ts = ["{NET_B}"]\n')
+    assert a.ike_rekey_time == b.ike_rekey_time == 100.0
+    w = SaPair(a, b)
+    w.a.start(0.0)
+    w.pump(0.0)
+    assert w.a.established and w.b is not None and w.b.established
+    w.wire.advance(89.0)  # the earliest a rekey may start: 100 less 10 % jitter
+    assert not [e for e in w.events_a + w.events_b if isinstance(e, IkeRekeyed)]
+    w.wire.advance(12.0)
+    assert [e for e in w.events_a + w.events_b if isinstance(e, IkeRekeyed)]

@@ -43,6 +43,7 @@ from ..tunnel.peer import KeepaliveMode
 from .fields import ConfigError
 from .model import (
     DEFAULT_DPD_INTERVAL,
+    DEFAULT_IKE_REKEY_TIME,
     DEFAULT_INTERFACE_NAME,
     DEFAULT_LISTEN,
     DEFAULT_REKEY_TIME,
@@ -70,6 +71,7 @@ from .parser import load_config, parse_config
 
 __all__ = [
     "DEFAULT_DPD_INTERVAL",
+    "DEFAULT_IKE_REKEY_TIME",
     "DEFAULT_INTERFACE_NAME",
     "DEFAULT_LISTEN",
     "DEFAULT_REKEY_TIME",

@@ -23,6 +23,7 @@ from ..keys import KeyFileError, load_ed25519_private, load_ed25519_public, load
 from .fields import Fields, show
 from .model import (
     DEFAULT_DPD_INTERVAL,
+    DEFAULT_IKE_REKEY_TIME,
     DEFAULT_REKEY_TIME,
     IkeAuth,
     InterfaceConfig,
@@ -37,7 +38,7 @@ MANUAL_KEYS: Final = ("spi_in", "spi_out", "key_in", "key_out", "suite", "esn")
 IKE_KEYS: Final = (
     "auth", "local_id", "remote_id", "psk_file", "private_key", "peer_public_key", "initiate",
     "encap", "dpd_interval", "ike_proposals", "esp_proposals", "local_ts", "rekey_time",
-    "rekey_bytes", "rekey_packets",
+    "rekey_bytes", "rekey_packets", "ike_rekey_time",
 )
 #: for auth = "psk" only / for auth = "pubkey" only
 PSK_KEYS: Final = ("psk_file",)
@@ -159,6 +160,8 @@ class IkeFields(Fields):
                                           f"is detected) or \"force\" (always)")
         dpd = self.seconds(t, "dpd_interval", pre, DEFAULT_DPD_INTERVAL, zero=True)
         rekey = self.seconds(t, "rekey_time", pre, DEFAULT_REKEY_TIME, zero=True)
+        # the IKE SA's: strongSwan's connection-level rekey_time (the child's is rekey_time)
+        ike_rekey = self.seconds(t, "ike_rekey_time", pre, DEFAULT_IKE_REKEY_TIME, zero=True)
         rekey_bytes = self.get_int(t, "rekey_bytes", pre, 0, 2**62, 0)
         rekey_packets = self.get_int(t, "rekey_packets", pre, 0, 2**32 - 1, 0)
 
@@ -192,6 +195,7 @@ class IkeFields(Fields):
             local_ts=local_ts, remote_ts=remote_ts, ike_proposals=ike_proposals,
             esp_proposals=esp_proposals, force_encap=encap == "force", dpd_interval=dpd,
             child_rekey_time=rekey, rekey_bytes=rekey_bytes, rekey_packets=rekey_packets,
+            ike_rekey_time=ike_rekey,
         ), initiate
 
     def identity(self, t: dict[str, Any], key: str, pre: str) -> Identity:

@@ -46,6 +46,8 @@ TFC_PAD_MAX: Final = 65535
 DEFAULT_DPD_INTERVAL: Final = 30.0
 #: child SA lifetime before nattunnel starts a rekey (minus up to 10 % jitter), seconds
 DEFAULT_REKEY_TIME: Final = 3600.0
+#: the IKE SA's soft lifetime (strongSwan's default connection rekey_time, 4 h)
+DEFAULT_IKE_REKEY_TIME: Final = 14400.0
 #: the largest count in [limits]
 LIMIT_COUNT_MAX: Final = 2**31 - 1
 

@@ -46,7 +46,7 @@ PEER_KEYS: Final = (
     "esn", "replay_window", "keepalive", "behind_nat", "keepalive_interval", "tfc_pad",
     "auth", "local_id", "remote_id", "psk_file", "private_key", "peer_public_key", "initiate",
     "encap", "dpd_interval", "ike_proposals", "esp_proposals", "local_ts", "rekey_time",
-    "rekey_bytes", "rekey_packets",
+    "rekey_bytes", "rekey_packets", "ike_rekey_time",
 )
 
 
