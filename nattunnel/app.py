@@ -14,6 +14,7 @@ and operators.
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import logging
 import os
@@ -142,6 +143,43 @@ def open_interface(config: Config) -> InnerInterface:
     return TunInterface(device)
 
 
+class ListenError(OSError):
+    """A socket of the configuration could not be opened: ``str()`` names the field, as
+    ``listen[0] = 127.0.0.1:4500: address already in use`` (after the configuration file's
+    path), or ``ike_port = 500 (on 0.0.0.0): ...``."""
+
+    def __init__(self, err: int | None, message: str) -> None:
+        super().__init__(err, message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+    @classmethod
+    def of(cls, config: Config, e: OSError) -> OSError:
+        """``e`` from ``Endpoint.start`` with the field it came from, found by the address
+        its message names (``e`` itself when none matches)."""
+        text = str(e)
+        reason = os.strerror(e.errno) if e.errno else text
+        reason = reason[:1].lower() + reason[1:]
+        if e.errno == errno.EADDRINUSE:
+            reason += " (by another process: another nattunnel, or an IKE daemon such as " \
+                      "strongSwan's charon?)"
+        elif e.errno in (errno.EACCES, errno.EPERM):
+            reason += " (a port below 1024 needs root or CAP_NET_BIND_SERVICE)"
+        fields = [(f"listen[{i}] = {format_addr(hp)}", format_addr(hp))
+                  for i, hp in enumerate(config.listen)]
+        ike = [(f"ike_port = {config.ike_port} (on {format_addr((host, 0))[:-2]})",
+                format_addr((host, config.ike_port))) for host, _ in config.listen]
+        # the endpoint says "for IKE" for the ike_port sockets
+        order = ike + fields if "for IKE" in text else fields + ike
+        for field, where in order:
+            if f" {where}:" in text:
+                prefix = f"{config.path}: " if config.path is not None else ""
+                return cls(e.errno, f"{prefix}{field}: {reason}")
+        return e
+
+
 def write_stats(endpoint: Endpoint, path: Path) -> None:
     """Write the counters to ``path`` (atomically); a failure is logged, never raised (the
     directory may have gone since ``nattunnel up`` checked it at start)."""
@@ -162,6 +200,9 @@ async def run(config: Config, stats_path: Path | None = None) -> int:
     endpoint = Endpoint(tunnel, interface, config.listen, control=controller)
     try:
         await endpoint.start()
+    except OSError as e:
+        interface.close()
+        raise ListenError.of(config, e) from e
     except BaseException:
         interface.close()
         raise

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -283,3 +284,36 @@ def test_startup_line_says_an_address_is_not_known_yet(tmp_path):
     assert r.returncode == 0, r.stderr
     assert ("peer b: address not known yet: learned when it authenticates (IKE_AUTH), "
             "allowed 198.18.100.2/32") in r.stderr
+
+
+def _busy_port() -> socket.socket:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("127.0.0.1", 0))
+    return s
+
+
+def test_a_port_in_use_names_the_field(tmp_path):
+    """The port-in-use error did not name the field (issue 11): `listen[i]` or `ike_port`,
+    after the configuration's path, and no traceback."""
+    path = write_config(tmp_path)
+    with _busy_port() as busy:
+        port = busy.getsockname()[1]
+        path.write_text(path.read_text().replace(
+            'listen = ["127.0.0.1:0"]', f'listen = ["127.0.0.1:0", "127.0.0.1:{port}"]'))
+        r = subprocess.run([sys.executable, "-m", "nattunnel", "up", str(path)],
+                           capture_output=True, text=True, timeout=30, cwd=REPO)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert r.stderr.startswith(f"nattunnel up: {path}: listen[1] = 127.0.0.1:{port}: "
+                               f"address already in use"), r.stderr
+    assert len(r.stderr.splitlines()) == 1
+
+    write_psk_file(tmp_path / "b.psk", b"correct horse battery staple")
+    path = tmp_path / "ike.toml"
+    with _busy_port() as busy:
+        port = busy.getsockname()[1]
+        path.write_text(IKE_CONFIG.replace("ike_port = 0", f"ike_port = {port}"))
+        r = subprocess.run([sys.executable, "-m", "nattunnel", "up", str(path)],
+                           capture_output=True, text=True, timeout=30, cwd=REPO)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert r.stderr.startswith(f"nattunnel up: {path}: ike_port = {port} (on 127.0.0.1): "
+                               f"address already in use"), r.stderr
