@@ -169,7 +169,9 @@ class SaCore:
     def __init__(self, config: IkeConfig | None, *, initiator: bool, local: Addr,
                  remote: Addr, now: float, lookup: Lookup | None = None,
                  max_children: int = MAX_CHILDREN,
-                 half_open_timeout: float = HALF_OPEN_TIMEOUT) -> None:
+                 half_open_timeout: float = HALF_OPEN_TIMEOUT, natt: bool = False) -> None:
+        """``natt``: an initiator talks to ``remote`` behind the non-ESP marker from the
+        start (its port is the peer's NAT-T port), as with ``force_encap``."""
         self.config = config
         #: CREATE_CHILD_SA requests for new child SAs beyond this many are refused with
         #: NO_ADDITIONAL_SAS (section 3.10.1); rekeys are not counted
@@ -183,7 +185,7 @@ class SaCore:
         self.state = State.INIT_SENT if initiator else State.INIT_DONE
         self.spi_i = spi_bytes() if initiator else bytes(IKE_SPI_LEN)
         self.spi_r = bytes(IKE_SPI_LEN)
-        self.natt = bool(config and config.force_encap)
+        self.natt = natt or bool(config and config.force_encap)
         if self.natt and remote[1] == IKE_PORT:
             self.remote = (remote[0], NAT_T_PORT)
         self.local_behind_nat = False

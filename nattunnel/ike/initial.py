@@ -282,7 +282,9 @@ class InitialExchanges(ChildSaExchanges):
         self._ni = nonce.data
         self._nr = os.urandom(NONCE_LEN)
         self._detect_nat(msg)
-        self.natt = self.local_behind_nat or self.remote_behind_nat
+        # a request that came behind the marker (port 4500, or whichever port the peer
+        # uses for NAT-T) stays there, NAT or not: the peer's ESP and IKE live on that port
+        self.natt = natt or self.local_behind_nat or self.remote_behind_nat
         self._peer_hash_ok = _has_identity_hash(msg)
         self._answer_init(number, prop)
         self._derive(prop, g_ir)

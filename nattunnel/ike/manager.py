@@ -28,8 +28,8 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass
 from enum import Enum
 
-from ..addr import Addr, format_addr
-from ..constants import IKE_FLAG_RESPONSE, NAT_T_PORT, ExchangeType, NotifyType
+from ..addr import Addr, format_addr, sockaddr
+from ..constants import IKE_FLAG_RESPONSE, IKE_PORT, NAT_T_PORT, ExchangeType, NotifyType
 from ..esp.sa import InboundSA, OutboundSA
 from ..tunnel.core import Tunnel
 from ..tunnel.deadlines import DeadlineHeap
@@ -190,9 +190,13 @@ def _unspecified(addr: Addr) -> bool:
 
 class IkeManager:
     def __init__(self, tunnel: Tunnel, *, keylog: KeyLog | None = None,
-                 cookie_threshold: int | None = None, limits: IkeLimits | None = None) -> None:
-        """``cookie_threshold`` overrides the one in ``limits``."""
+                 cookie_threshold: int | None = None, limits: IkeLimits | None = None,
+                 ike_port: int = IKE_PORT) -> None:
+        """``cookie_threshold`` overrides the one in ``limits``. ``ike_port``: the port of
+        plain IKE (the configured ``ike_port``; peers are taken to use it or 500): a peer
+        to initiate to on any other port is reached on its NAT-T port (``_natt_from_start``)."""
         self.tunnel = tunnel
+        self.ike_port = ike_port
         self.keylog = keylog
         limits = limits or IkeLimits()
         if cookie_threshold is not None:
@@ -270,15 +274,25 @@ class IkeManager:
         if peer.remote is None:
             raise ValueError(f"peer {name}: no address to initiate to")
         if peer.local is None:
-            self._await_local(peer.remote, peer.config.force_encap, _InitiateWaiting(name),
-                              now)
+            self._await_local(peer.remote, self._natt_from_start(peer),
+                              _InitiateWaiting(name), now)
             return None
         return self._start(peer, peer.local, now)
+
+    def _natt_from_start(self, peer: IkePeer) -> bool:
+        """Whether IKE_SA_INIT goes behind the non-ESP marker (from our NAT-T socket):
+        ``encap = "force"``, or a peer port that is not a plain IKE port (500 or our
+        ``ike_port``): that is the peer's NAT-T port, as strongSwan takes a ``remote_port``
+        other than 500. IKE and ESP then stay on the ports the peer uses, with or without
+        NAT (RFC 3948 section 2.2: ESP goes where IKE goes on the NAT-T port)."""
+        assert peer.remote is not None
+        return peer.config.force_encap or peer.remote[1] not in (IKE_PORT, self.ike_port)
 
     def _start(self, peer: IkePeer, local: Addr, now: float) -> IkeSa:
         assert peer.remote is not None
         sa = IkeSa(peer.config, initiator=True, local=local, remote=peer.remote, now=now,
-                   max_children=self.limits.children_per_ike_sa)
+                   max_children=self.limits.children_per_ike_sa,
+                   natt=self._natt_from_start(peer))
         self.sas[sa.local_spi] = sa
         sa.start(now)
         self._process(sa, now)
@@ -594,7 +608,10 @@ class IkeManager:
         if peer is not None:
             # ESP goes where IKE goes on 4500 (RFC 3948); keepalives only if we are behind NAT
             # (ike.remote: where the authenticated IKE_AUTH exchange came from or went)
-            addr = ike.remote if ike.natt else (ike.remote[0], NAT_T_PORT)
+            # (without NAT on plain IKE the peer's NAT-T port is not known: the RFC 3948
+            # port, which ESP rebinding corrects once an authentic packet shows another);
+            # an address keeps its family's shape (sockaddr), so that IPv6 finds its socket
+            addr = ike.remote if ike.natt else sockaddr(ike.remote[0], NAT_T_PORT)
             self.tunnel.set_peer_address(peer, addr)
             mode = KeepaliveMode(ike.config.keepalive) if ike.config else KeepaliveMode.NAT
             on = mode.wanted(ev.local_behind_nat)

@@ -222,3 +222,17 @@ def test_an_unanswered_local_address_question_is_given_up_and_initiation_retried
     assert len(drain(net.b)) == 1
     net.b.handle_timer(t + LOCAL_ADDRESS_WAIT)
     assert net.b.counters["dropped"] == before + 1 and not net.b.datagrams_to_send()
+
+
+def test_a_peer_port_other_than_plain_ike_is_its_nat_t_port():
+    """An endpoint on a port other than 500 (or our ike_port) is the peer's NAT-T port:
+    IKE_SA_INIT goes there behind the marker from the start (as strongSwan takes a
+    remote_port other than 500); on 500 or our ike_port it goes plain."""
+    for remote_port, ike_port, natt in ((4700, 500, True), (500, 500, False),
+                                        (1500, 1500, False), (4500, 500, True)):
+        net = Net()
+        net.a.ike_port = ike_port
+        net.a.peers["b"].remote = (B_ADDR[0], remote_port)
+        net.a.initiate("b", 0.0)
+        (out,) = net.a.datagrams_to_send()
+        assert (out.remote, out.natt) == ((B_ADDR[0], remote_port), natt)

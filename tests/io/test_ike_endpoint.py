@@ -154,6 +154,7 @@ async def test_no_nat_found_between_two_addresses_of_one_host(natt, caplog):
     loop = asyncio.get_running_loop()
     # to B's NAT-T socket (force_encap) or to its port-500 IKE socket (port 0 here)
     b_to = b.local_addresses()[0] if natt else b.ike_addresses()[0]
+    ma.ike_port = b.ike_addresses()[0][1]  # plain IKE is on a port the kernel chose here
     ma.add_peer(IkePeer(ca, initiate=True, remote=(b_to[0], b_to[1])), loop.time())
     a.rearm_timer()
     try:
@@ -188,6 +189,7 @@ async def test_wildcard_sockets_find_the_source_address_for_nat_detection(caplog
     a, _, ma, ca = await make("a", "b", "hosta", "hostb", NET_A, NET_B, "psk",
                               (ka, kb.public_key()), host="0.0.0.0", force_encap=False)
     loop = asyncio.get_running_loop()
+    ma.ike_port = b.ike_addresses()[0][1]  # plain IKE is on a port the kernel chose here
     ma.add_peer(IkePeer(ca, initiate=True, remote=("127.0.0.1", b.ike_addresses()[0][1])),
                 loop.time())
     a.rearm_timer()
