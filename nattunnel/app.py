@@ -6,7 +6,8 @@ between them: what the tunnel's events mean for IKE (an outbound SA past its seq
 soft limit is rekeyed; a peer that moved is only logged, since IKE follows authenticated IKE
 messages alone, RFC 7296 section 2.23). The endpoint drives the controller as it drives the
 tunnel. ``run`` opens the inner interface (a TUN device, or the in-process interface), listens,
-and runs until SIGINT or SIGTERM; then the TUN device is removed and the sockets closed.
+and runs until SIGINT or SIGTERM; then the sockets are closed and the TUN device removed (one that
+was there before is left as it was found).
 SIGUSR1 writes the counters as JSON to ``--stats FILE`` (and so does a clean exit), for tests
 and operators.
 """
@@ -223,10 +224,19 @@ async def run(config: Config, stats_path: Path | None = None) -> int:
         if stats_path is not None:
             write_stats(endpoint, stats_path)
         endpoint.close()
-        log.info("stopped: sockets closed, interface removed")
+        log.info("stopped: sockets closed, %s", _closed(interface))
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
             loop.remove_signal_handler(sig)
     return 0
+
+
+def _closed(interface: InnerInterface) -> str:
+    """What closing the inner interface did, for the log."""
+    from .io.tun import TunInterface
+
+    if isinstance(interface, TunInterface):
+        return interface.device.closing_summary()
+    return "in-process interface closed"
 
 
 def _log_started(config: Config, endpoint: Endpoint) -> None:

@@ -317,3 +317,51 @@ def test_a_port_in_use_names_the_field(tmp_path):
     assert r.returncode == 1 and "Traceback" not in r.stderr
     assert r.stderr.startswith(f"nattunnel up: {path}: ike_port = {port} (on 127.0.0.1): "
                                f"address already in use"), r.stderr
+
+
+@pytest.mark.root
+def test_up_leaves_a_device_that_existed_and_says_so(tmp_path):
+    """`nattunnel up` on a TUN device made before (`ip tuntap add nt0`) logged "interface
+    removed" and left our address on it (issue 11): the log says what was done, and the
+    device is as it was found."""
+    import json as _json
+    import secrets
+
+    from tests.support.lab import require_lab_tools, run
+
+    require_lab_tools(("ip",))
+    ns = "ntapp" + secrets.token_hex(4)
+    run(["ip", "netns", "add", ns])
+    try:
+        run(["ip", "-n", ns, "link", "set", "lo", "up"])
+        run(["ip", "-n", ns, "tuntap", "add", "dev", "nttun0", "mode", "tun"])
+        path = write_config(tmp_path)
+        path.write_text(path.read_text().replace(
+            '[interface]\nkind = "inprocess"\n',
+            '[interface]\nkind = "tun"\nname = "nttun0"\naddresses = ["198.18.100.9/24"]\n'))
+        logf = tmp_path / "up.log"
+        env = dict(os.environ, PYTHONPATH=str(REPO))
+        with logf.open("w") as err:
+            proc = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-m",
+                                     "nattunnel", "up", str(path)], stderr=err, env=env)
+        try:
+            deadline = time.monotonic() + 10
+            while "listening on" not in logf.read_text():
+                assert time.monotonic() < deadline and proc.poll() is None, logf.read_text()
+                time.sleep(0.05)
+            proc.send_signal(signal.SIGINT)
+            assert proc.wait(10) == 0, logf.read_text()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        log = logf.read_text()
+        assert "TUN device nttun0 existed before: left in place" in log, log
+        assert "interface removed" not in log and "Traceback" not in log
+        (addr,) = _json.loads(run(["ip", "-n", ns, "-j", "addr", "show", "dev",
+                                   "nttun0"]).stdout)
+        assert [a for a in addr["addr_info"] if a["family"] == "inet"] == []
+        assert "UP" not in addr["flags"]
+        routes = _json.loads(run(["ip", "-n", ns, "-j", "route", "show"]).stdout or "[]")
+        assert not [r for r in routes if r.get("dev") == "nttun0"], routes
+    finally:
+        run(["ip", "netns", "del", ns], check=False)

@@ -4,7 +4,10 @@
 ``TUNSETIFF`` ioctl (``IFF_TUN | IFF_NO_PI``: every read and write is exactly one bare IPv4 or
 IPv6 packet, no packet-information prefix) and configures the interface with iproute2 (``ip``):
 MTU, link up, addresses, routes. The device is not persistent, so closing the file descriptor
-makes the kernel delete the interface (and with it its addresses and routes).
+makes the kernel delete the interface (and with it its addresses and routes). A persistent
+device that was there before (``ip tuntap add``) is taken over and left behind as it was
+found: ``close`` removes the addresses and routes ``create`` added and puts back its MTU and
+link state.
 
 Everything acts on the network namespace of the *calling process*.
 
@@ -43,12 +46,14 @@ if TYPE_CHECKING:
 __all__ = [
     "IFF_MULTI_QUEUE",
     "IFF_NO_PI",
+    "IFF_PERSIST",
     "IFF_TAP",
     "IFF_TUN",
     "IFF_TUN_EXCL",
     "IFF_VNET_HDR",
     "IFNAMSIZ",
     "IP_TIMEOUT",
+    "TUNGETIFF",
     "TUNSETIFF",
     "TUN_PATH",
     "TunDevice",
@@ -65,12 +70,19 @@ IFNAMSIZ: Final = 16
 # --- linux/if_tun.h ----------------------------------------------------------------------------
 #: _IOW('T', 202, int): (1 << 30) | (sizeof(int) << 16) | (ord('T') << 8) | 202
 TUNSETIFF: Final = 0x400454CA
+#: _IOR('T', 210, unsigned int): the attached device's flags (IFF_PERSIST among them)
+TUNGETIFF: Final = 0x800454D2
+IFF_PERSIST: Final = 0x0800
 IFF_TUN: Final = 0x0001
 IFF_TAP: Final = 0x0002
 IFF_MULTI_QUEUE: Final = 0x0100
 IFF_NO_PI: Final = 0x1000
 IFF_VNET_HDR: Final = 0x4000
 IFF_TUN_EXCL: Final = 0x8000
+# --- linux/sockios.h, linux/if.h: an interface's flags and MTU -----------------------------------
+SIOCGIFFLAGS: Final = 0x8913
+SIOCGIFMTU: Final = 0x8921
+IFF_UP: Final = 0x1
 
 TUN_PATH: Final = "/dev/net/tun"
 #: Seconds allowed for each ``ip`` command.
@@ -81,6 +93,8 @@ IP_TIMEOUT: Final = 10.0
 #: the whole struct is 40 bytes. Native byte order, as the kernel reads it.
 _IFREQ: Final = struct.Struct(f"={IFNAMSIZ}sH22x")
 IFREQ_SIZE: Final = _IFREQ.size
+#: the same with an ``int`` first in the union (``ifr_mtu``)
+_IFREQ_INT: Final = struct.Struct(f"={IFNAMSIZ}si20x")
 
 _FORBIDDEN_NAME_CHARS: Final = frozenset("/:%")
 _SBIN_PATH: Final = os.pathsep.join(
@@ -195,6 +209,62 @@ def _run_ip(device: str, args: Sequence[str], *, check: bool = True) -> None:
         raise TunError(device, f"'{cmd}' failed (exit status {cp.returncode}): {detail}")
 
 
+#: the flags TUNSETIFF replaces on an existing device (drivers/net/tun.c TUN_FEATURES:
+#: IFF_VNET_HDR, IFF_MULTI_QUEUE, IFF_ONE_QUEUE, IFF_NAPI, IFF_NAPI_FRAGS; IFF_NO_PI, which
+#: _open_attached always sets, is not restored)
+_TUN_FEATURES: Final = IFF_VNET_HDR | IFF_MULTI_QUEUE | 0x2000 | 0x0010 | 0x0020
+
+
+def _sysfs_tun_flags(name: str) -> int | None:
+    """The TUN flags of an existing device ``name`` (``/sys/class/net/NAME/tun_flags``), or
+    None (no such device, or no sysfs of this namespace)."""
+    try:
+        with open(f"/sys/class/net/{name}/tun_flags") as f:
+            return int(f.read().strip(), 16)
+    except (OSError, ValueError):
+        return None
+
+
+def _persistent(fd: int) -> bool:
+    """Whether the TUN device ``fd`` is attached to is persistent: one that was there before
+    (``ip tuntap add``), since the devices ``create`` makes are not."""
+    buf = bytearray(IFREQ_SIZE)
+    try:
+        fcntl.ioctl(fd, TUNGETIFF, buf, True)
+    except OSError:
+        return False
+    return bool(unpack_ifreq(buf)[1] & IFF_PERSIST)
+
+
+def _link_state(name: str) -> tuple[int, bool]:
+    """(MTU, administratively up) of interface ``name`` in this namespace."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            flags = _IFREQ.unpack(fcntl.ioctl(s, SIOCGIFFLAGS, pack_ifreq(name, 0)))[1]
+            req = fcntl.ioctl(s, SIOCGIFMTU, _IFREQ_INT.pack(validate_name(name), 0))
+        except OSError as exc:
+            raise TunError(name, f"cannot read the interface's state: {exc.strerror}",
+                           exc.errno) from exc
+    return int(_IFREQ_INT.unpack(req)[1]), bool(flags & IFF_UP)
+
+
+def _addresses_of(name: str) -> list[IPv4Interface | IPv6Interface]:
+    """The addresses on interface ``name`` (``ip -j addr show``)."""
+    import json
+
+    try:
+        cp = subprocess.run([_ip_binary(name), "-j", "addr", "show", "dev", name],
+                            capture_output=True, text=True, timeout=IP_TIMEOUT, check=True)
+        links = json.loads(cp.stdout or "[]")
+    except (OSError, subprocess.SubprocessError, ValueError) as exc:
+        raise TunError(name, f"cannot list the interface's addresses: {exc}") from exc
+    return [ipaddress.ip_interface(f"{a['local']}/{a['prefixlen']}")
+            for link in links for a in link.get("addr_info", ())
+            if "local" in a and "prefixlen" in a]
+
+
 def _close_fd(fd: int) -> None:
     with contextlib.suppress(OSError):
         os.close(fd)
@@ -212,9 +282,12 @@ class TunDevice:
 
     __slots__ = (
         "__weakref__",
+        "_addresses",
         "_finalizer",
+        "_found",
         "_routes",
         "_vhdr",
+        "existed",
         "fd",
         "mtu",
         "name",
@@ -241,6 +314,13 @@ class TunDevice:
         self.vnet_hdr = False
         self._vhdr = bytearray(VNET_HDR_LEN)
         self._routes: list[IPv4Network | IPv6Network] = list(routes)
+        #: the device was there before ``create`` (a persistent one, ``ip tuntap add``): it is
+        #: left behind at ``close`` as it was found, without what ``create`` added
+        self.existed = False
+        #: an existing device's (MTU, up, TUN flags or None) before ``create`` changed them
+        self._found: tuple[int, bool, int | None] | None = None
+        #: the addresses ``create`` added to an existing device (``close`` removes them)
+        self._addresses: list[IPv4Interface | IPv6Interface] = []
         # A forgotten device still goes away when the object is collected.
         self._finalizer = weakref.finalize(self, _close_fd, fd)
 
@@ -267,13 +347,23 @@ class TunDevice:
         addrs = [ipaddress.ip_interface(a) for a in addresses]
         nets = [ipaddress.ip_network(r) for r in routes]
 
+        flags_before = _sysfs_tun_flags(name)  # a device already there: its flags
         fd = cls._open_attached(name, IFF_VNET_HDR if vnet_hdr else 0)
         dev = cls(fd, name, mtu)
         dev.vnet_hdr = vnet_hdr
         try:
+            present: set[IPv4Interface | IPv6Interface] = set()
+            if _persistent(fd):
+                dev.existed = True
+                dev._found = (*_link_state(name), flags_before)
+                present = set(_addresses_of(name))
             _run_ip(name, ["link", "set", "dev", dev.name, "mtu", str(mtu), "up"])
             for addr in addrs:
+                if addr in present:  # there before us: it stays after us
+                    continue
                 _run_ip(name, ["addr", "add", str(addr), "dev", dev.name])
+                if dev.existed:
+                    dev._addresses.append(addr)
             for net in nets:
                 _run_ip(name, ["route", "replace", str(net), "dev", dev.name])
                 dev._routes.append(net)
@@ -349,14 +439,36 @@ class TunDevice:
 
     def close(self) -> None:
         """Remove the routes ``create`` added (best effort), then close the fd, which deletes
-        the (non-persistent) interface. Idempotent."""
+        the (non-persistent) interface. A device that ``existed`` before ``create`` stays: the
+        addresses ``create`` added are removed too, and its MTU and link state are put back.
+        Idempotent."""
         if self.fd < 0:
             return
         routes, self._routes = self._routes, []
         for net in reversed(routes):
             _run_ip(self.name, ["route", "del", str(net), "dev", self.name], check=False)
+        addresses, self._addresses = self._addresses, []
+        for addr in reversed(addresses):
+            _run_ip(self.name, ["addr", "del", str(addr), "dev", self.name], check=False)
+        found = self._found
+        if found is not None:
+            mtu, up, _ = found
+            _run_ip(self.name, ["link", "set", "dev", self.name, "mtu", str(mtu),
+                                "up" if up else "down"], check=False)
         self.fd = -1
         self._finalizer()
+        if found is not None and found[2] is not None:
+            # attaching set our features (IFF_VNET_HDR, ...) on the device: put its own back
+            # by attaching once more with them
+            with contextlib.suppress(OSError):
+                _close_fd(self._open_attached(self.name, found[2] & _TUN_FEATURES))
+
+    def closing_summary(self) -> str:
+        """What ``close`` does (or did) with the interface, for the log."""
+        if not self.existed:
+            return f"TUN device {self.name} removed"
+        return (f"TUN device {self.name} existed before: left in place without the addresses "
+                f"and routes nattunnel added, its MTU and link state as they were")
 
     def __enter__(self) -> TunDevice:
         return self

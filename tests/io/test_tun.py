@@ -54,6 +54,10 @@ def _iow(kind: str, nr: int, size: int) -> int:
 
 def test_constants_match_linux_headers() -> None:
     assert TUNSETIFF == _iow("T", 202, struct.calcsize("i")) == 0x400454CA
+    # _IOR: _IOC_READ == 2
+    ior = (2 << 30) | (struct.calcsize("I") << 16) | (ord("T") << 8) | 210
+    assert tun.TUNGETIFF == ior == 0x800454D2
+    assert (tun.IFF_PERSIST, tun.SIOCGIFFLAGS, tun.SIOCGIFMTU) == (0x0800, 0x8913, 0x8921)
     assert (IFF_TUN, IFF_NO_PI, IFNAMSIZ) == (0x0001, 0x1000, 16)
     assert (tun.IFF_TAP, tun.IFF_MULTI_QUEUE, tun.IFF_VNET_HDR) == (0x0002, 0x0100, 0x4000)
 
@@ -492,6 +496,23 @@ emit(ev="failed", error=err, link_rc=left.returncode, link_err=left.stderr)
 )
 
 
+_EXISTING_SCRIPT = (
+    _PRELUDE
+    + r"""
+name = sys.argv[1]
+dev = TunDevice.create(name, 1400, ["198.18.200.1/24", "198.18.202.1/24"],
+                       ["198.18.201.0/24"], vnet_hdr=True)
+emit(ev="created", existed=dev.existed, summary=dev.closing_summary())
+wait_for("close")
+dev.close()
+emit(ev="closed", fd=dev.fd)
+wait_for("fresh")
+with TunDevice.create("nttun1", 1400, ["198.18.203.1/24"]) as fresh:
+    emit(ev="fresh", existed=fresh.existed, summary=fresh.closing_summary())
+"""
+)
+
+
 class _Agent:
     """A Python child running a script in a namespace; JSON events on stdout, commands on
     stdin. Stopped by its PID (``ip netns exec`` execs Python, so the PID is Python's)."""
@@ -663,3 +684,45 @@ def test_configuration_failure_names_the_command_and_leaves_nothing(
     assert msg.startswith(f"TUN device {DEV!r}: 'ip addr add 198.18.200.1/24 dev {DEV}' failed")
     assert "Address already assigned" in msg  # iproute2's stderr
     assert failed["link_rc"] != 0 and "does not exist" in failed["link_err"]
+
+
+def _v4(ns: str, dev: str) -> list[str]:
+    (addr,) = _ip_json(ns, "addr", "show", "dev", dev)
+    return sorted(f"{a['local']}/{a['prefixlen']}" for a in addr["addr_info"]
+                  if a["family"] == "inet")
+
+
+@pytest.mark.root
+def test_a_device_that_existed_is_left_as_it_was_found(netns: str, agents: list[_Agent]) -> None:
+    """A TUN device made before (`ip tuntap add`) was taken over and left behind with our
+    address on it after stop (issue 11): now only what create added is removed at close
+    (our address, our routes), its MTU and link state are put back, and the device stays;
+    an address it already had stays too. A device create makes is still removed."""
+    run(["ip", "-n", netns, "tuntap", "add", "dev", DEV, "mode", "tun"])
+    run(["ip", "-n", netns, "link", "set", "dev", DEV, "mtu", "1500"])
+    run(["ip", "-n", netns, "addr", "add", "198.18.202.1/24", "dev", DEV])
+    agent = _Agent(netns, _EXISTING_SCRIPT, DEV)
+    agents.append(agent)
+    created = agent.expect("created")
+    assert created["existed"] is True and "existed before" in created["summary"]
+    (link,) = _ip_json(netns, "link", "show", DEV)
+    assert link["mtu"] == 1400 and "UP" in link["flags"]
+    assert _v4(netns, DEV) == ["198.18.200.1/24", "198.18.202.1/24"]
+    assert _ip_json(netns, "route", "show", "198.18.201.0/24")
+
+    agent.send("close")
+    assert agent.expect("closed")["fd"] == -1
+    (link,) = _ip_json(netns, "link", "show", DEV)  # still there, as it was
+    assert link["mtu"] == 1500 and "UP" not in link["flags"]
+    assert _v4(netns, DEV) == ["198.18.202.1/24"]
+    assert _ip_json(netns, "route", "show", "198.18.201.0/24") == []
+    # nor its TUN features: attaching with IFF_VNET_HDR set it on the device
+    shown = run(["ip", "-n", netns, "tuntap", "show"]).stdout
+    assert f"{DEV}: tun persist" in shown and "vnet_hdr" not in shown, shown
+
+    agent.send("fresh")
+    fresh = agent.expect("fresh")
+    assert fresh["existed"] is False and fresh["summary"] == "TUN device nttun1 removed"
+    assert agent.wait() == 0, agent.err()
+    assert run(["ip", "-n", netns, "link", "show", "nttun1"], check=False).returncode != 0
+    assert len(_ip_json(netns, "link", "show", DEV)) == 1
