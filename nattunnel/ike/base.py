@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import TYPE_CHECKING, Self, cast
 
-from ..addr import Addr, Network
+from ..addr import Addr, Network, sockaddr
 from ..constants import CHILD_SPI_LEN, IKE_PORT, IKE_SPI_LEN, NAT_T_PORT, NotifyType
 from ..esp.suite import Suite
 from . import crypto as kc
@@ -187,7 +187,7 @@ class SaCore:
         self.spi_r = bytes(IKE_SPI_LEN)
         self.natt = natt or bool(config and config.force_encap)
         if self.natt and remote[1] == IKE_PORT:
-            self.remote = (remote[0], NAT_T_PORT)
+            self.remote = sockaddr(remote[0], NAT_T_PORT)
         self.local_behind_nat = False
         self.remote_behind_nat = False
         self.children: list[Child] = []

@@ -12,6 +12,7 @@ import hmac
 import os
 from collections.abc import Sequence
 
+from ..addr import sockaddr
 from ..constants import (
     IKE_PORT,
     IKE_SPI_LEN,
@@ -165,7 +166,7 @@ class InitialExchanges(ChildSaExchanges):
         goes with it); a peer already reached on a non-500 port stays there."""
         self.natt = True
         if self.remote[1] == IKE_PORT:
-            self.remote = (self.remote[0], NAT_T_PORT)
+            self.remote = sockaddr(self.remote[0], NAT_T_PORT)
 
     def _detect_nat(self, msg: Message) -> None:
         """Section 2.23: compare the peer's NAT_DETECTION hashes with the addresses we see."""

@@ -396,7 +396,7 @@ class Endpoint:
     def _wildcard(self, remote: Addr, natt: bool) -> Addr:
         """The address of a socket of ``remote``'s family that is not open."""
         wild = "::" if _family(remote) == socket.AF_INET6 else "0.0.0.0"
-        return (wild, NAT_T_PORT if natt else (self.ike_port or IKE_PORT))
+        return sockaddr(wild, NAT_T_PORT if natt else (self.ike_port or IKE_PORT))
 
     def local_address_towards(self, remote: Addr, natt: bool) -> Addr:
         """Our address towards ``remote`` (for NAT detection hashes, RFC 7296 section 2.23):
@@ -410,8 +410,8 @@ class Endpoint:
         bound = self._bound[sock] if sock is not None else self._wildcard(remote, natt)
         ip, port = bound[0], bound[1]
         if not ipaddress.ip_address(ip.split("%", 1)[0]).is_unspecified:
-            return (ip, port)
-        return (self._route_source(fam, remote, natt), port)
+            return sockaddr(ip, port)
+        return sockaddr(self._route_source(fam, remote, natt), port)
 
     def _route_source(self, fam: int, remote: Addr, natt: bool) -> str:
         """The source address the kernel picks towards ``remote`` (cached)."""

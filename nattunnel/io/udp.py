@@ -36,8 +36,9 @@ U32: Final = struct.Struct("=I")
 
 
 def family(addr: Addr) -> int:
-    """The address family of ``addr`` (a 4-tuple is IPv6)."""
-    return socket.AF_INET6 if len(addr) == 4 else socket.AF_INET
+    """The address family of ``addr``, from its host (not from the tuple's length: an IPv6
+    address written as (host, port) is still IPv6, and finds the IPv6 socket)."""
+    return socket.AF_INET6 if ":" in addr[0] else socket.AF_INET
 
 
 def host_family(host: str) -> int:

@@ -99,3 +99,73 @@ def test_natt_ports_other_than_4500_without_nat_carry_ping_and_tcp(
     for node in (a, b):
         s = node.stats()
         assert not s["send_errors"] and not s["errors"], s
+
+
+# --- an IPv6 underlay -----------------------------------------------------------------------
+V6 = {"a": "fd00:18::1", "b": "fd00:18::2"}
+INNER6 = {"a": "fd00:100::1", "b": "fd00:100::2"}
+
+
+def _v6_underlay(lab: Lab) -> None:
+    """A veth straight from A to B with fd00:18::/64 on it and IPv6 on (the lab switches
+    it off), and no IPv4 route from A to B: the tunnel's outer packets can only be IPv6."""
+    p = lab.prefix
+    for role in ("a", "b"):
+        for key in ("all", "default"):
+            lab.exec(role, "sysctl", "-qw", f"net.ipv6.conf.{key}.disable_ipv6=0")
+    lab.exec("a", "ip", "link", "add", f"{p}6a", "type", "veth", "peer", "name", f"{p}6b",
+             "netns", lab.ns["b"])
+    for role, dev in (("a", f"{p}6a"), ("b", f"{p}6b")):
+        lab.exec(role, "sysctl", "-qw", f"net.ipv6.conf.{dev}.disable_ipv6=0")
+        lab.exec(role, "ip", "addr", "add", f"{V6[role]}/64", "dev", dev, "nodad")
+        lab.exec(role, "ip", "link", "set", dev, "up")
+    lab.exec("a", "ip", "route", "del", "default")
+
+
+def _v6_config(role: str, other: str, listen: str, psk: Path, endpoint: str | None) -> str:
+    text = _config(role, other, listen, psk, endpoint)
+    text = text.replace(f'addresses = ["{INNER[role]}/32"]',
+                        f'addresses = ["{INNER[role]}/32", "{INNER6[role]}/128"]')
+    return text.replace(f'allowed_ips = ["{INNER[other]}/32"]',
+                        f'allowed_ips = ["{INNER[other]}/32", "{INNER6[other]}/128"]')
+
+
+def _ping6(lab: Lab, src: str, dst: str, count: int = 3) -> bool:
+    r = lab.exec(src, "ping", "-6", "-c", count, "-W", 2, "-i", "0.2", INNER6[dst],
+                 check=False, timeout=2 * count + 5)
+    return r.returncode == 0
+
+
+@pytest.mark.parametrize("a_listen", ["[::]:4500", "[fd00:18::1]:4500"],
+                         ids=["wildcard", "address"])
+def test_ipv6_underlay_carries_inner_ipv4_and_ipv6_both_ways(
+        lab: Lab, tmp_path: Path, a_listen: str) -> None:
+    """IPv6 only on the underlay, no NAT: IKE on port 500 finds none, and ESP goes to B's
+    NAT-T port over IPv6 (an address keeps its family: before, the no-NAT path built an
+    IPv4-shaped (host, 4500) and every packet failed)."""
+    _v6_underlay(lab)
+    keys = tmp_path / "keys"
+    keys.mkdir(mode=0o700)
+    write_psk_file(keys / "psk", generate_psk(), force=True)
+    (tmp_path / "b.toml").write_text(_v6_config("b", "a", f"[{V6['b']}]:4500", keys / "psk",
+                                                None))
+    (tmp_path / "a.toml").write_text(_v6_config("a", "b", a_listen, keys / "psk",
+                                                f"[{V6['b']}]:500"))
+    t = Tunnels(lab, tmp_path)
+    for role in ("b", "a"):
+        start_ike_node(t, role)
+    a, b = t.nodes["a"], t.nodes["b"]
+    assert wait_ike_up(t, ("a", "b")), a.log() + b.log()
+    assert lab.wait_for(lambda: _ping6(lab, "a", "b", 1), timeout=5), a.log()
+    assert _ping6(lab, "b", "a"), b.log()
+    assert t.ping("a", "b", count=3), a.log()
+    assert t.ping("b", "a", count=3), b.log()
+    _tcp(lab, t, "a", "b")
+    (sa_a,) = ike_sas(a)
+    assert sa_a["remote"] == f"[{V6['b']}]:500" and not sa_a["natt"]
+    assert a.stats()["peers"]["b"]["addr"] == [V6["b"], 4500]
+    assert f"IKE SA established with [{V6['b']}]:500" in a.log()
+    for node in (a, b):
+        s = node.stats()
+        assert not s["send_errors"] and not s["errors"], s
+        assert "Traceback" not in node.log()
