@@ -43,7 +43,7 @@ from .receive import Receiver
 from .send import NO_SOCKET, ReadInto, Sender, error_name
 from .sockfilter import SocketFilter
 from .udp import MAX_DATAGRAM as _MAX_DATAGRAM
-from .udp import SO_RXQ_OVFL, open_natt_socket
+from .udp import SO_RXQ_OVFL, mapped, open_natt_socket, unmapped
 from .udp import family as _family
 
 log = logging.getLogger("nattunnel")
@@ -61,6 +61,17 @@ ERROR_LOG_INTERVAL = 10.0
 SOURCE_CACHE_TTL = 10.0
 SOURCE_CACHE_SIZE = 1024
 
+
+
+def _unspecified6(host: str) -> bool:
+    return ":" in host and ipaddress.ip_address(host).is_unspecified
+
+
+def _dual_stack(listen: Sequence[tuple[str, int]]) -> bool:
+    """``[::]`` is dual-stack when no IPv4 address is listed beside it (an IPv4 socket on
+    the same port would clash with it; with one listed, IPv4 goes there)."""
+    return (any(_unspecified6(h) for h, _ in listen)
+            and not any(":" not in h for h, _ in listen))
 
 class Control(Protocol):
     """The control side an endpoint drives besides the tunnel: IKE, and what tunnel events
@@ -149,6 +160,10 @@ class Endpoint:
         self._ike_by_family: dict[int, socket.socket] = {}
         #: the bound address of each UDP socket (what IKE messages came to)
         self._bound: dict[socket.socket, Addr] = {}
+        #: ``[::]`` listed and no IPv4 listen address: the ``[::]`` sockets are dual-stack
+        #: (IPV6_V6ONLY=0) and carry IPv4 peers too, which the kernel writes ::ffff:a.b.c.d:
+        #: the tunnel keeps them that way (``Tunnel.map_address``), the IKE side unmapped
+        self.dual_stack = _dual_stack(self.listen)
         #: wildcard sockets: (remote IP, natt) -> (the source the kernel picks, until when)
         self._sources: OrderedDict[tuple[str, bool], tuple[str, float]] = OrderedDict()
         #: an IKE message came through a NAT-T reader: it re-arms the timer after its batch
@@ -239,7 +254,8 @@ class Endpoint:
         self.receiver.clock = self.sender.clock = loop.time
         for host, port in self.listen:
             try:
-                ns = open_natt_socket(host, port, offload=self.offload)
+                ns = open_natt_socket(host, port, offload=self.offload,
+                                      dual_stack=self.dual_stack and _unspecified6(host))
             except OSError:
                 self._close_sockets()
                 raise
@@ -247,11 +263,16 @@ class Endpoint:
             self.socks.append(sock)
             self._bound[sock] = sock.getsockname()
             self._by_family.setdefault(sock.family, sock)
+            if self.dual_stack and _unspecified6(host):
+                self._by_family.setdefault(socket.AF_INET, sock)
             if self.offload:
                 self.sender.gso = ns.gso
             receiver = self.receiver
             loop.add_reader(sock.fileno(), receiver.on_udp_gro if ns.gro else receiver.on_udp,
                             sock)
+        if self.dual_stack:
+            self.tunnel.map_address = mapped
+            self.tunnel.remap_addresses()
         for peer in self.tunnel.peers.values():
             if peer.addr is not None:
                 peer.sock = self._by_family.get(_family(peer.addr))
@@ -270,8 +291,8 @@ class Endpoint:
             now = self._loop.time() if self._loop is not None else 0.0
         peer = self.tunnel.add_peer(name, allowed, addr=addr, keepalive=keepalive,
                                     keepalive_interval=keepalive_interval, now=now)
-        if addr is not None and self._loop is not None:
-            peer.sock = self._by_family.get(_family(addr))
+        if peer.addr is not None and self._loop is not None:
+            peer.sock = self._by_family.get(_family(peer.addr))
         self._arm_timer()
         return peer
 
@@ -287,9 +308,10 @@ class Endpoint:
         for host, _ in self.listen:
             fam = socket.AF_INET6 if ":" in host else socket.AF_INET
             sock = socket.socket(fam, socket.SOCK_DGRAM)
+            dual = self.dual_stack and _unspecified6(host)
             try:
                 if fam == socket.AF_INET6:
-                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0 if dual else 1)
                 sock.setblocking(False)
                 sock.bind((host, port))
             except OSError as e:
@@ -303,6 +325,8 @@ class Endpoint:
                 sock.setsockopt(socket.SOL_SOCKET, SO_RXQ_OVFL, 1)
             self._ike_socks.append(sock)
             self._ike_by_family.setdefault(fam, sock)
+            if dual:
+                self._ike_by_family.setdefault(socket.AF_INET, sock)
             self._bound[sock] = sock.getsockname()
             loop.add_reader(sock.fileno(), self._on_ike_udp, sock)
 
@@ -315,6 +339,7 @@ class Endpoint:
         # what answers go out of (the first port-500 socket of the family) is what the NAT
         # detection hashes are made with
         local = self._bound[self._ike_by_family.get(sock.family, sock)]
+        dual = self.dual_stack
         try:
             for _ in range(self.budget):
                 try:
@@ -325,7 +350,8 @@ class Endpoint:
                     self.drops.counts[DropReason.RECEIVE_ERROR] += 1
                     continue
                 try:
-                    receive(data, addr, now, natt=False, local=local)
+                    receive(data, unmapped(addr) if dual else addr, now, natt=False,
+                            local=local)
                 except Exception:
                     self.drops.counts[DropReason.INTERNAL_ERROR] += 1
                     self._core_error("ike_receive")
@@ -342,7 +368,8 @@ class Endpoint:
         sock = self._by_family.get(_family(addr))
         try:
             local = self._bound[sock] if sock is not None else self._wildcard(addr, True)
-            self.control.receive_datagram(bytes(data), addr, now, natt=True, local=local)
+            remote = unmapped(addr) if self.dual_stack else addr
+            self.control.receive_datagram(bytes(data), remote, now, natt=True, local=local)
         except Exception:
             self.drops.counts[DropReason.INTERNAL_ERROR] += 1
             self._core_error("ike_receive")
@@ -373,8 +400,9 @@ class Endpoint:
         if sock is None:
             self._send_failed(NO_SOCKET, out.remote, "no socket of its address family")
             return
+        to = mapped(out.remote) if sock.family == socket.AF_INET6 else out.remote
         try:
-            sock.sendto(NON_ESP_MARKER + out.data if out.natt else out.data, out.remote)
+            sock.sendto(NON_ESP_MARKER + out.data if out.natt else out.data, to)
         except OSError as e:
             self._send_failed(error_name(e), out.remote, e.strerror or str(e))
 

@@ -56,14 +56,34 @@ class NattSocket:
     gso: bool
 
 
-def open_natt_socket(host: str, port: int, *, offload: bool) -> NattSocket:
+def mapped(addr: Addr) -> Addr:
+    """An IPv4 address as a dual-stack IPv6 socket sends to it and reports it
+    (``::ffff:a.b.c.d``); an IPv6 address as it is."""
+    if ":" in addr[0]:
+        return addr
+    return ("::ffff:" + addr[0], addr[1], 0, 0)
+
+
+def unmapped(addr: Addr) -> Addr:
+    """The IPv4 address behind ``::ffff:a.b.c.d`` (what a dual-stack socket reports for an
+    IPv4 peer); any other address as it is."""
+    host = addr[0]
+    if host.startswith("::ffff:") and "." in host:
+        return (host[7:], addr[1])
+    return addr
+
+
+def open_natt_socket(host: str, port: int, *, offload: bool,
+                     dual_stack: bool = False) -> NattSocket:
     """A non-blocking UDP socket bound to (host, port) with large buffers and SO_RXQ_OVFL;
-    with ``offload``, UDP GRO on and GSO probed. Raises OSError naming the address."""
+    with ``offload``, UDP GRO on and GSO probed. An IPv6 socket is IPv6-only unless
+    ``dual_stack`` (``[::]`` with no IPv4 listen address: IPv4 peers reach it as
+    ``::ffff:a.b.c.d``). Raises OSError naming the address."""
     fam = host_family(host)
     sock = socket.socket(fam, socket.SOCK_DGRAM)
     try:
         if fam == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0 if dual_stack else 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKBUF)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKBUF)
         with contextlib.suppress(OSError):  # Linux 2.6.33+

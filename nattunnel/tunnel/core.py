@@ -102,6 +102,11 @@ class Tunnel:
         self._results: list[int] = []  # per-run results of InboundSA.decapsulate_run
         #: called after the set of inbound SPIs changed (the endpoint's socket filter)
         self.on_spis_changed: Callable[[], None] | None = None
+        #: how the endpoint's sockets write an address (an IPv4 address as ::ffff:a.b.c.d
+        #: behind a dual-stack ``[::]`` socket, ``Endpoint``): applied to every address a
+        #: peer is given (``add_peer``, ``set_peer_address``), so that it compares equal to
+        #: what the kernel reports for the peer's packets. None: as given.
+        self.map_address: Callable[[Addr], Addr] | None = None
 
     # --- configuration ------------------------------------------------------------------------
     def add_peer(
@@ -116,6 +121,8 @@ class Tunnel:
     ) -> Peer:
         if name in self.peers:
             raise ValueError(f"peer {name!r} exists")
+        if addr is not None and self.map_address is not None:
+            addr = self.map_address(addr)
         peer = Peer(name, allowed, addr=addr, keepalive=keepalive,
                     keepalive_interval=keepalive_interval, now=now, drops=self.drops)
         for net in peer.allowed:
@@ -177,8 +184,25 @@ class Tunnel:
 
     def set_peer_address(self, peer: Peer, addr: Addr) -> None:
         """Point the peer at ``addr`` (the control plane learned it, e.g. from IKE)."""
+        if self.map_address is not None:
+            addr = self.map_address(addr)
         if addr != peer.addr:
             self._moved(peer, addr)
+
+    def remap_addresses(self) -> None:
+        """Apply ``map_address`` (just set) to the peers' addresses: the same address
+        written the sockets' way, not a move (no event, no rebind counted)."""
+        if self.map_address is None:
+            return
+        for peer in self.peers.values():
+            if peer.addr is None:
+                continue
+            new = self.map_address(peer.addr)
+            if new != peer.addr:
+                if self._by_addr.get(peer.addr) is peer:
+                    del self._by_addr[peer.addr]
+                peer.addr = new
+                self._by_addr[new] = peer
 
     def set_keepalive(self, peer: Peer, on: bool, now: float = 0.0) -> None:
         """Send NAT keepalives to ``peer`` (IKE found this side behind NAT) or stop."""

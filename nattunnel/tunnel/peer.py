@@ -27,6 +27,15 @@ _PLAIN_OFF = ESP_PLAINTEXT_OFFSET
 _U32 = struct.Struct("!I")
 
 
+
+def _shown(addr: Addr) -> list[object]:
+    """[host, port] for the stats: an IPv4 address behind a dual-stack socket
+    (::ffff:a.b.c.d) as the IPv4 address it is."""
+    host = addr[0]
+    if host.startswith("::ffff:") and "." in host:
+        host = host[7:]
+    return [host, addr[1]]
+
 class KeepaliveMode(StrEnum):
     """When to send RFC 3948 NAT-keepalives (one 0xFF octet) to a peer while idle: the one
     definition of the policy, for manual peers (config) and IKE peers alike."""
@@ -163,7 +172,7 @@ class Peer:
     def stats(self) -> dict[str, object]:
         out = self.outbound
         return {
-            "addr": list(self.addr[:2]) if self.addr else None,
+            "addr": _shown(self.addr) if self.addr else None,
             "allowed_ips": [str(n) for n in self.allowed],
             "tx_packets": out.packets if out else 0,
             "rx_packets": sum(sa.packets for sa in self.inbound),
