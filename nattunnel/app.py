@@ -239,11 +239,21 @@ def _closed(interface: InnerInterface) -> str:
     return "in-process interface closed"
 
 
+def _taken_over(endpoint: Endpoint) -> str:
+    """For the startup line: a TUN device that was there before we started."""
+    from .io.tun import TunInterface
+
+    interface = endpoint.interface
+    if isinstance(interface, TunInterface) and interface.device.existed:
+        return "; the device existed before: taken over, and left as found at stop"
+    return ""
+
+
 def _log_started(config: Config, endpoint: Endpoint) -> None:
     ic = config.interface
     where = ", ".join(format_addr(a[:2]) for a in endpoint.local_addresses())
-    log.info("listening on %s; inner interface %s (%s, mtu %d)", where, ic.kind,
-             ic.name, ic.mtu)
+    log.info("listening on %s; inner interface %s (%s, mtu %d)%s", where, ic.kind,
+             ic.name, ic.mtu, _taken_over(endpoint))
     for pc in config.peers:
         if pc.endpoint:
             where = format_addr(pc.endpoint)

@@ -361,6 +361,7 @@ def test_up_leaves_a_device_that_existed_and_says_so(tmp_path):
                 proc.kill()
         log = logf.read_text()
         assert "TUN device nttun0 existed before: left in place" in log, log
+        assert "the device existed before: taken over, and left as found at stop" in log
         assert "KeyboardInterrupt" not in log
         assert "interface removed" not in log and "Traceback" not in log
         (addr,) = _json.loads(run(["ip", "-n", ns, "-j", "addr", "show", "dev",
