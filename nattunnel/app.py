@@ -192,7 +192,11 @@ def write_stats(endpoint: Endpoint, path: Path) -> None:
         log.error("--stats %s: cannot write the counters: %s", path, e.strerror or e)
 
 
-async def run(config: Config, stats_path: Path | None = None) -> int:
+async def run(config: Config, stats_path: Path | None = None, *,
+              ignore_signals_after: bool = False) -> int:
+    """Run the configuration's endpoint until SIGINT or SIGTERM. With
+    ``ignore_signals_after`` (``nattunnel up``: the process ends next) SIGINT and SIGTERM are
+    ignored from the moment the endpoint's own handlers go, with no gap in between."""
     loop = asyncio.get_running_loop()
     tunnel = build_tunnel(config, loop.time())
     controller = Controller(tunnel, build_ike(config, tunnel, loop.time()),
@@ -225,9 +229,27 @@ async def run(config: Config, stats_path: Path | None = None) -> int:
             write_stats(endpoint, stats_path)
         endpoint.close()
         log.info("stopped: sockets closed, %s", _closed(interface))
+        _remove_signal_handlers(loop, ignore_signals_after)
+    return 0
+
+
+def _remove_signal_handlers(loop: asyncio.AbstractEventLoop, ignore: bool) -> None:
+    """The endpoint's signal handlers go (SIGINT back to KeyboardInterrupt, SIGTERM to its
+    default), or with ``ignore`` SIGINT and SIGTERM are ignored from then on: blocked while
+    the handlers change, so that one arriving in between is discarded rather than raising
+    KeyboardInterrupt or ending the process."""
+    stopping = {signal.SIGINT, signal.SIGTERM}
+    if ignore:
+        signal.pthread_sigmask(signal.SIG_BLOCK, stopping)
+    try:
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
             loop.remove_signal_handler(sig)
-    return 0
+        if ignore:
+            for sig in stopping:
+                signal.signal(sig, signal.SIG_IGN)  # a pending one is discarded
+    finally:
+        if ignore:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, stopping)
 
 
 def _closed(interface: InnerInterface) -> str:

@@ -198,14 +198,17 @@ def _start_up(tmp_path: Path, *extra: str) -> tuple[subprocess.Popen[bytes], Pat
     return proc, logf
 
 
-def test_a_burst_of_sigint_is_one_clean_stop(tmp_path):
+@pytest.mark.parametrize("signals", [(signal.SIGINT,), (signal.SIGTERM,),
+                                     (signal.SIGINT, signal.SIGTERM)], ids=str)
+def test_a_burst_of_sigint_is_one_clean_stop(tmp_path, signals):
     """A second SIGINT within a few ms printed a KeyboardInterrupt traceback from the
-    teardown (issue 11): now SIGINT after SIGINT, however many, stops once and cleanly."""
+    teardown (issue 11): now SIGINT after SIGINT (or SIGTERM), however many, stops once and
+    cleanly, with exit status 0."""
     proc, logf = _start_up(tmp_path)
     try:
-        for _ in range(300):
+        for i in range(300):
             try:
-                proc.send_signal(signal.SIGINT)
+                proc.send_signal(signals[i % len(signals)])
             except ProcessLookupError:
                 break
             time.sleep(0.0003)

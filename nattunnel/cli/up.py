@@ -42,25 +42,15 @@ def run(args: argparse.Namespace) -> int:
         return fail("up", str(e))
     if args.stats is not None and (problem := _stats_problem(Path(args.stats))):
         return fail("up", f"--stats {args.stats}: {problem}")
-    stopped = False
-
-    async def endpoint() -> int:
-        nonlocal stopped
-        try:
-            return await run_endpoint(config, Path(args.stats) if args.stats else None)
-        finally:
-            stopped = True
-            # stopping or stopped: a further SIGINT or SIGTERM changes nothing (without this,
-            # one that came after the endpoint removed its handlers raised KeyboardInterrupt)
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                signal.signal(sig, signal.SIG_IGN)
-
     try:
-        return asyncio.run(endpoint())
+        # once stopping, a further SIGINT or SIGTERM changes nothing: the endpoint's handlers
+        # stay through its teardown, and then both are ignored until the process ends
+        return asyncio.run(run_endpoint(config, Path(args.stats) if args.stats else None,
+                                        ignore_signals_after=True))
     except KeyboardInterrupt:
-        # SIGINT before the endpoint's handlers were in (nothing is left open then: the TUN
-        # device and the sockets close on the way out), or after its teardown
-        return 0 if stopped else fail("up", "interrupted", 130)
+        # SIGINT before the endpoint's handlers were in: nothing is left open (the TUN
+        # device and the sockets close on the way out)
+        return fail("up", "interrupted", 130)
     except OSError as e:  # TUN device or socket setup; TunError says which and why
         return fail("up", str(e), 1)
 
