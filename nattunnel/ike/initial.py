@@ -23,6 +23,7 @@ from ..constants import (
     HashAlgorithm,
     NotifyType,
 )
+from ..tunnel.peer import KeepaliveMode
 from . import crypto as kc
 from .base import (
     NONCE_LEN,
@@ -157,7 +158,11 @@ class InitialExchanges(ChildSaExchanges):
             self._die(f"key exchange failed: {e}", DownCause.FAILED)
             return
         self._peer_hash_ok = _has_identity_hash(msg)
-        if self.local_behind_nat or self.remote_behind_nat:
+        # keepalives "always" hold the NAT-T flow through a stateful firewall without NAT:
+        # IKE moves there too, or the firewall's entry for port 500 expires and a rekey
+        # from outside never reaches us (section 2.23 allows the move without NAT)
+        if (self.local_behind_nat or self.remote_behind_nat
+                or self.config.keepalive is KeepaliveMode.ALWAYS):
             self._switch_to_natt()
         self._send_auth(now)
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from nattunnel.keys import generate_psk, write_psk_file
-from nattunnel.lab.tunnels import IKE_ID, Tunnels
+from nattunnel.lab.tunnels import IKE_ID, Node, Tunnels
 from tests.support.lab import ROUTER_WAN, Lab, lab_fixture  # noqa: F401
 from tests.support.tunnel_lab import (
     INNER,
@@ -26,6 +26,7 @@ from tests.support.tunnel_lab import (
     expected_stream_digest,
     ike_sas,
     start_ike_node,
+    start_ike_tunnels,
     wait_ike_up,
 )
 
@@ -169,3 +170,50 @@ def test_ipv6_underlay_carries_inner_ipv4_and_ipv6_both_ways(
         s = node.stats()
         assert not s["send_errors"] and not s["errors"], s
         assert "Traceback" not in node.log()
+
+
+# --- a stateful firewall without NAT ---------------------------------------------------------
+def _stateful_firewall(lab: Lab, udp_timeout: int = 5) -> None:
+    """No NAT, but the router forwards only what A started (and its answers); its UDP
+    entries expire after ``udp_timeout`` seconds without traffic."""
+    _no_nat(lab)
+    table = f"{lab.prefix}fw"
+    lab.exec("r", "nft", "-f", "-", input=(
+        f"table ip {table} {{\n"
+        f"  chain filter_forward {{\n"
+        f"    type filter hook forward priority filter; policy drop;\n"
+        f"    ct state established,related accept\n"
+        f'    iifname "{lab.lan_if}" oifname "{lab.wan_if}" accept\n'
+        f"  }}\n"
+        f"}}\n"))
+    lab.set_udp_timeout(udp_timeout)
+
+
+def _child_spis(node: Node) -> set[str]:
+    return {c for sa in ike_sas(node) if sa["state"] == "established" for c in sa["children"]}
+
+
+def test_rekey_from_outside_a_stateful_firewall_after_idle(lab: Lab, tmp_path: Path) -> None:
+    """A behind a stateful firewall (no NAT) with keepalives "always": IKE moves to the
+    NAT-T port with them, so B's rekey, started from outside after the port-500 entry would
+    have expired, reaches A through the flow the keepalives hold."""
+    _stateful_firewall(lab, udp_timeout=5)
+    t = start_ike_tunnels(lab, tmp_path, ("a",),
+                          host_peer={"keepalive": "always", "keepalive_interval": 2,
+                                     "dpd_interval": 300},
+                          b_peer={"rekey_time": 14, "dpd_interval": 300})
+    a, b = t.nodes["a"], t.nodes["b"]
+    assert wait_ike_up(t, ("a", "b")), a.log() + b.log()
+    (sa_a,) = ike_sas(a)
+    assert sa_a["natt"] and not sa_a["local_behind_nat"] and not sa_a["remote_behind_nat"]
+    assert sa_a["remote"] == f"{lab.addr['b']}:4500"
+    first = _child_spis(b)
+    assert t.ping("a", "b"), a.log()
+    # idle well past the firewall's UDP timeout, then B rekeys (rekey_time 14 s, jittered)
+    assert lab.wait_for(lambda: _child_spis(b) - first and _child_spis(a) - first,
+                        timeout=30, interval=1.0), b.log()
+    assert t.ping("b", "a", count=3), b.log()
+    assert t.ping("a", "b", count=3), a.log()
+    assert "IKE SA down" not in a.log() + b.log()
+    # the rekey came through the NAT-T flow: the firewall has no port-500 entry left
+    assert not lab.conntrack_list(src=lab.addr["a"], dport=500)
