@@ -217,3 +217,64 @@ def test_rekey_from_outside_a_stateful_firewall_after_idle(lab: Lab, tmp_path: P
     assert "IKE SA down" not in a.log() + b.log()
     # the rekey came through the NAT-T flow: the firewall has no port-500 entry left
     assert not lab.conntrack_list(src=lab.addr["a"], dport=500)
+
+
+# --- an IPv6 underlay through NAT66 ----------------------------------------------------------
+LAN6, WAN6 = "fd00:19:1::", "fd00:18::"
+
+
+def _nat66(lab: Lab) -> None:
+    """IPv6 on the lab's own wires: A fd00:19:1::2 behind the router (fd00:19:1::1 LAN,
+    fd00:18::1 WAN) doing NAT66 masquerade, B fd00:18::2 with no route to the LAN; and no
+    IPv4 route from A to B."""
+    for role in ("a", "b", "r"):
+        for key in ("all", "default", "eth0" if role != "r" else "lo"):
+            lab.exec(role, "sysctl", "-qw", f"net.ipv6.conf.{key}.disable_ipv6=0")
+    for dev in (lab.lan_if, lab.wan_if):
+        lab.exec("r", "sysctl", "-qw", f"net.ipv6.conf.{dev}.disable_ipv6=0")
+    lab.exec("r", "ip", "addr", "add", f"{LAN6}1/64", "dev", lab.lan_if, "nodad")
+    lab.exec("r", "ip", "addr", "add", f"{WAN6}1/64", "dev", lab.wan_if, "nodad")
+    lab.exec("r", "sysctl", "-qw", "net.ipv6.conf.all.forwarding=1")
+    lab.exec("a", "ip", "addr", "add", f"{LAN6}2/64", "dev", "eth0", "nodad")
+    lab.exec("b", "ip", "addr", "add", f"{WAN6}2/64", "dev", "eth0", "nodad")
+    lab.exec("a", "ip", "route", "del", "default")
+    lab.exec("a", "ip", "-6", "route", "add", "default", "via", f"{LAN6}1")
+    table = f"{lab.prefix}nat6"
+    lab.exec("r", "nft", "-f", "-", input=(
+        f"table ip6 {table} {{\n"
+        f"  chain post {{\n"
+        f"    type nat hook postrouting priority srcnat; policy accept;\n"
+        f'    oifname "{lab.wan_if}" ip6 saddr {LAN6}/64 masquerade\n'
+        f"  }}\n"
+        f"}}\n"))
+
+
+def test_ipv6_underlay_through_nat66_carries_inner_ipv4_and_ipv6_both_ways(
+        lab: Lab, tmp_path: Path) -> None:
+    """A behind NAT66 initiates to B over IPv6: IKE finds the NAT, moves to port 4500,
+    A sends keepalives, and inner IPv4 and IPv6 go both ways."""
+    _nat66(lab)
+    keys = tmp_path / "keys"
+    keys.mkdir(mode=0o700)
+    write_psk_file(keys / "psk", generate_psk(), force=True)
+    (tmp_path / "b.toml").write_text(_v6_config("b", "a", "[::]:4500", keys / "psk", None))
+    (tmp_path / "a.toml").write_text(_v6_config("a", "b", "[::]:4500", keys / "psk",
+                                                f"[{WAN6}2]"))
+    t = Tunnels(lab, tmp_path)
+    for role in ("b", "a"):
+        start_ike_node(t, role)
+    a, b = t.nodes["a"], t.nodes["b"]
+    assert wait_ike_up(t, ("a", "b")), a.log() + b.log()
+    assert lab.wait_for(lambda: _ping6(lab, "a", "b", 1), timeout=5), a.log()
+    assert _ping6(lab, "b", "a"), b.log()
+    assert t.ping("a", "b", count=3), a.log()
+    assert t.ping("b", "a", count=3), b.log()
+    (sa_a,) = ike_sas(a)
+    (sa_b,) = ike_sas(b)
+    assert sa_a["natt"] and sa_a["local_behind_nat"]
+    assert sa_a["remote"] == f"[{WAN6}2]:4500"
+    assert sa_b["remote"].startswith(f"[{WAN6}1]:")  # A as the NAT shows it
+    assert "NAT: this side" in a.log()
+    for node in (a, b):
+        s = node.stats()
+        assert not s["send_errors"] and not s["errors"], s
