@@ -182,6 +182,9 @@ class _InitWaiting:
 @dataclass(frozen=True)
 class _InitiateWaiting:
     name: str
+    #: asked for our plain IKE address only to learn our IKE port: whether the peer's port
+    #: is a plain IKE port (``_natt_from_start``) is decided with the answer
+    probe: bool = False
 
 
 def _unspecified(addr: Addr) -> bool:
@@ -274,25 +277,31 @@ class IkeManager:
         if peer.remote is None:
             raise ValueError(f"peer {name}: no address to initiate to")
         if peer.local is None:
-            self._await_local(peer.remote, self._natt_from_start(peer),
-                              _InitiateWaiting(name), now)
+            natt = self._natt_from_start(peer)
+            # a port that may be our own plain IKE port (a configured ike_port other than
+            # 500, which peers share): the answer for port 500's socket says which it is
+            probe = natt and not peer.config.force_encap
+            self._await_local(peer.remote, not probe and natt,
+                              _InitiateWaiting(name, probe=probe), now)
             return None
         return self._start(peer, peer.local, now)
 
-    def _natt_from_start(self, peer: IkePeer) -> bool:
+    def _natt_from_start(self, peer: IkePeer, ike_port: int | None = None) -> bool:
         """Whether IKE_SA_INIT goes behind the non-ESP marker (from our NAT-T socket):
         ``encap = "force"``, or a peer port that is not a plain IKE port (500 or our
         ``ike_port``): that is the peer's NAT-T port, as strongSwan takes a ``remote_port``
         other than 500. IKE and ESP then stay on the ports the peer uses, with or without
         NAT (RFC 3948 section 2.2: ESP goes where IKE goes on the NAT-T port)."""
         assert peer.remote is not None
-        return peer.config.force_encap or peer.remote[1] not in (IKE_PORT, self.ike_port)
+        plain = (IKE_PORT, self.ike_port, self.ike_port if ike_port is None else ike_port)
+        return peer.config.force_encap or peer.remote[1] not in plain
 
-    def _start(self, peer: IkePeer, local: Addr, now: float) -> IkeSa:
+    def _start(self, peer: IkePeer, local: Addr, now: float, *, natt: bool | None = None
+               ) -> IkeSa:
         assert peer.remote is not None
         sa = IkeSa(peer.config, initiator=True, local=local, remote=peer.remote, now=now,
                    max_children=self.limits.children_per_ike_sa,
-                   natt=self._natt_from_start(peer))
+                   natt=self._natt_from_start(peer) if natt is None else natt)
         self.sas[sa.local_spi] = sa
         sa.start(now)
         self._process(sa, now)
@@ -353,8 +362,14 @@ class IkeManager:
                     self._respond_init(what.msg, what.data, remote, natt, local, now)
                 else:
                     peer = self.peers.get(what.name)
-                    if peer is not None and peer.remote == remote:
-                        self._start(peer, local, now)
+                    if peer is None or peer.remote != remote:
+                        continue
+                    if not what.probe:
+                        self._start(peer, local, now, natt=natt)
+                    elif self._natt_from_start(peer, ike_port=local[1]):
+                        self._await_local(remote, True, _InitiateWaiting(what.name), now)
+                    else:  # the peer's port is our plain IKE port: plain IKE
+                        self._start(peer, local, now, natt=False)
         except Exception as e:  # the last line of defence
             self._internal_error("a local address", e, now)
 

@@ -236,3 +236,26 @@ def test_a_peer_port_other_than_plain_ike_is_its_nat_t_port():
         net.a.initiate("b", 0.0)
         (out,) = net.a.datagrams_to_send()
         assert (out.remote, out.natt) == ((B_ADDR[0], remote_port), natt)
+
+
+def test_a_peer_on_our_own_plain_ike_port_gets_plain_ike():
+    """Our ike_port is learned from the answer for the plain IKE socket: a peer endpoint on
+    that port (both sides configured with one ike_port other than 500) gets plain IKE; on
+    any other port the manager asks again for the NAT-T socket's address and goes there
+    behind the marker."""
+    for our_ike_port, natt in ((1500, False), (500, True)):
+        net = Net()
+        net.a.peers["b"].local = None
+        net.a.peers["b"].remote = (B_ADDR[0], 1500)
+        net.a.initiate("b", 0.0)
+        (ev,) = drain(net.a)
+        assert not ev.natt  # the plain IKE socket's address first
+        net.a.local_address_found(ev.remote, ev.natt, ("198.19.1.2", our_ike_port), 0.0)
+        if natt:
+            (ev,) = drain(net.a)
+            assert ev.natt and not net.a.datagrams_to_send()
+            net.a.local_address_found(ev.remote, ev.natt, ("198.19.1.2", 4600), 0.0)
+        (out,) = net.a.datagrams_to_send()
+        assert (out.remote, out.natt) == ((B_ADDR[0], 1500), natt)
+        (sa,) = net.a.sas.values()
+        assert sa.local == ("198.19.1.2", 4600 if natt else our_ike_port)
