@@ -62,7 +62,6 @@ SOURCE_CACHE_TTL = 10.0
 SOURCE_CACHE_SIZE = 1024
 
 
-
 def _unspecified6(host: str) -> bool:
     return ":" in host and ipaddress.ip_address(host).is_unspecified
 
@@ -72,6 +71,7 @@ def _dual_stack(listen: Sequence[tuple[str, int]]) -> bool:
     the same port would clash with it; with one listed, IPv4 goes there)."""
     return (any(_unspecified6(h) for h, _ in listen)
             and not any(":" not in h for h, _ in listen))
+
 
 class Control(Protocol):
     """The control side an endpoint drives besides the tunnel: IKE, and what tunnel events
