@@ -26,10 +26,17 @@ def sockaddr(host: str, port: int) -> Addr:
     return (host, port)
 
 
+#: how a dual-stack IPv6 socket writes an IPv4 address (RFC 4291 section 2.5.5.2)
+_MAPPED = "::ffff:"
+
+
 def format_addr(addr: Addr | HostPort) -> str:
     """``host:port``, with an IPv6 host in brackets: ``198.18.0.1:4500``,
-    ``[fd00::1]:4500``."""
+    ``[fd00::1]:4500``. An IPv4 address as a dual-stack socket reports it
+    (``::ffff:198.18.0.1``) is written as the IPv4 address it is."""
     host, port = addr[0], addr[1]
+    if host.startswith(_MAPPED) and "." in host:
+        host = host[len(_MAPPED):]
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 

@@ -11,6 +11,9 @@ def test_format_addr() -> None:
     assert format_addr(("0.0.0.0", 4500)) == "0.0.0.0:4500"
     assert format_addr(("2001:db8::1", 4500)) == "[2001:db8::1]:4500"
     assert format_addr(("fd00::1", 500, 0, 0)) == "[fd00::1]:500"  # a socket's IPv6 address
+    # an IPv4 peer behind a dual-stack [::] socket is shown as the IPv4 address it is
+    assert format_addr(("::ffff:198.18.0.1", 4500, 0, 0)) == "198.18.0.1:4500"
+    assert format_addr(("::ffff:1:2", 4500, 0, 0)) == "[::ffff:1:2]:4500"  # not a mapped one
 
 
 def test_sockaddr_matches_what_the_socket_module_returns() -> None:
