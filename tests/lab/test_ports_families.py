@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -67,20 +68,29 @@ def _tcp(lab: Lab, t: Tunnels, src: str, dst: str, size: int = 300_000) -> None:
     assert json.loads(cp.stdout)["echo"] == want
 
 
-def test_natt_ports_other_than_4500_without_nat_carry_ping_and_tcp(
-        lab: Lab, tmp_path: Path) -> None:
-    _no_nat(lab)
+def _start_pair(lab: Lab, tmp_path: Path, config: Callable[..., str], b_listen: str,
+                a_listen: str, a_endpoint: str) -> tuple[Tunnels, Node, Node]:
+    """B (responder, listening on ``b_listen``) and A (initiator on ``a_listen`` to
+    ``a_endpoint``) with one PSK, both up: ``config(role, other, listen, psk, endpoint)``
+    writes each one's configuration."""
     keys = tmp_path / "keys"
     keys.mkdir(mode=0o700)
     write_psk_file(keys / "psk", generate_psk(), force=True)
-    (tmp_path / "b.toml").write_text(_config("b", "a", "0.0.0.0:4700", keys / "psk", None))
-    (tmp_path / "a.toml").write_text(_config("a", "b", "0.0.0.0:4600", keys / "psk",
-                                             f"{lab.addr['b']}:4700"))
+    (tmp_path / "b.toml").write_text(config("b", "a", b_listen, keys / "psk", None))
+    (tmp_path / "a.toml").write_text(config("a", "b", a_listen, keys / "psk", a_endpoint))
     t = Tunnels(lab, tmp_path)
     for role in ("b", "a"):
         start_ike_node(t, role)
     a, b = t.nodes["a"], t.nodes["b"]
     assert wait_ike_up(t, ("a", "b")), a.log() + b.log()
+    return t, a, b
+
+
+def test_natt_ports_other_than_4500_without_nat_carry_ping_and_tcp(
+        lab: Lab, tmp_path: Path) -> None:
+    _no_nat(lab)
+    t, a, b = _start_pair(lab, tmp_path, _config, "0.0.0.0:4700", "0.0.0.0:4600",
+                          f"{lab.addr['b']}:4700")
     # B pings first: it must already know A's NAT-T port (from A's IKE messages)
     assert t.ping("b", "a", count=3), b.log()
     assert t.ping("a", "b", count=3), a.log()
@@ -145,18 +155,8 @@ def test_ipv6_underlay_carries_inner_ipv4_and_ipv6_both_ways(
     NAT-T port over IPv6 (an address keeps its family: before, the no-NAT path built an
     IPv4-shaped (host, 4500) and every packet failed)."""
     _v6_underlay(lab)
-    keys = tmp_path / "keys"
-    keys.mkdir(mode=0o700)
-    write_psk_file(keys / "psk", generate_psk(), force=True)
-    (tmp_path / "b.toml").write_text(_v6_config("b", "a", f"[{V6['b']}]:4500", keys / "psk",
-                                                None))
-    (tmp_path / "a.toml").write_text(_v6_config("a", "b", a_listen, keys / "psk",
-                                                f"[{V6['b']}]:500"))
-    t = Tunnels(lab, tmp_path)
-    for role in ("b", "a"):
-        start_ike_node(t, role)
-    a, b = t.nodes["a"], t.nodes["b"]
-    assert wait_ike_up(t, ("a", "b")), a.log() + b.log()
+    t, a, b = _start_pair(lab, tmp_path, _v6_config, f"[{V6['b']}]:4500", a_listen,
+                          f"[{V6['b']}]:500")
     assert lab.wait_for(lambda: _ping6(lab, "a", "b", 1), timeout=5), a.log()
     assert _ping6(lab, "b", "a"), b.log()
     assert t.ping("a", "b", count=3), a.log()
@@ -254,17 +254,8 @@ def test_ipv6_underlay_through_nat66_carries_inner_ipv4_and_ipv6_both_ways(
     """A behind NAT66 initiates to B over IPv6: IKE finds the NAT, moves to port 4500,
     A sends keepalives, and inner IPv4 and IPv6 go both ways."""
     _nat66(lab)
-    keys = tmp_path / "keys"
-    keys.mkdir(mode=0o700)
-    write_psk_file(keys / "psk", generate_psk(), force=True)
-    (tmp_path / "b.toml").write_text(_v6_config("b", "a", "[::]:4500", keys / "psk", None))
-    (tmp_path / "a.toml").write_text(_v6_config("a", "b", "[::]:4500", keys / "psk",
-                                                f"[{WAN6}2]"))
-    t = Tunnels(lab, tmp_path)
-    for role in ("b", "a"):
-        start_ike_node(t, role)
-    a, b = t.nodes["a"], t.nodes["b"]
-    assert wait_ike_up(t, ("a", "b")), a.log() + b.log()
+    t, a, b = _start_pair(lab, tmp_path, _v6_config, "[::]:4500", "[::]:4500",
+                          f"[{WAN6}2]")
     assert lab.wait_for(lambda: _ping6(lab, "a", "b", 1), timeout=5), a.log()
     assert _ping6(lab, "b", "a"), b.log()
     assert t.ping("a", "b", count=3), a.log()
