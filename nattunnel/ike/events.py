@@ -49,6 +49,17 @@ class ChildDown:
 
 
 @dataclass(frozen=True)
+class ChildRefused:
+    """The peer refused a child SA we asked for (an error notify in the IKE_AUTH or
+    CREATE_CHILD_SA response, such as NO_PROPOSAL_CHOSEN or TS_UNACCEPTABLE): the IKE SA
+    stays; ``reason`` says why in words, and ``retry_at`` when we ask again (None: never)."""
+
+    ike: IkeSa
+    reason: str
+    retry_at: float | None = None
+
+
+@dataclass(frozen=True)
 class IkeUp:
     ike: IkeSa
     remote: Addr
@@ -90,4 +101,4 @@ class IkeRekeyed:
     new: IkeSa
 
 
-Event = ChildUp | ChildDown | IkeUp | IkeDown | IkeRekeyed
+Event = ChildUp | ChildDown | ChildRefused | IkeUp | IkeDown | IkeRekeyed

@@ -36,7 +36,16 @@ from ..tunnel.deadlines import DeadlineHeap
 from ..tunnel.peer import KeepaliveMode, Peer
 from .base import State
 from .config import Identity, IkeConfig
-from .events import ChildDown, ChildUp, DownCause, IkeDown, IkeRekeyed, IkeUp, Outgoing
+from .events import (
+    ChildDown,
+    ChildRefused,
+    ChildUp,
+    DownCause,
+    IkeDown,
+    IkeRekeyed,
+    IkeUp,
+    Outgoing,
+)
 from .keylog import KeyLog
 from .message import (
     Header,
@@ -572,6 +581,8 @@ class IkeManager:
                 self._ike_up(ev, now)
             elif isinstance(ev, IkeDown):
                 self._ike_down(ev, now)
+            elif isinstance(ev, ChildRefused):
+                self._child_refused(ev, now)
             else:
                 self._ike_rekeyed(ev)
         if sa.state is not State.INIT_DONE:
@@ -669,6 +680,12 @@ class IkeManager:
         log.info("peer %s: child SA up, SPIs in %#010x out %#010x, %s%s%s", ev.ike.name,
                  ev.spi_in, ev.spi_out, ev.suite.name, " ESN" if ev.esn else "",
                  " (rekey)" if ev.replaces is not None else "")
+
+    def _child_refused(self, ev: ChildRefused, now: float) -> None:
+        again = (f"asking again in {ev.retry_at - now:.0f} s" if ev.retry_at is not None
+                 else "not asking again")
+        log.warning("peer %s: child SA refused by the peer: %s; the IKE SA stays up; %s",
+                    ev.ike.name, ev.reason, again)
 
     def _grace(self, spi_in: int, now: float) -> None:
         """The inbound SA ``spi_in`` goes CHILD_GRACE from now (or earlier, if it already
