@@ -11,7 +11,8 @@ machine and the manager that keeps IKE SAs by SPI and installs their child SAs i
   SA rekeys), ``sa`` (``IkeSa``: dispatch tables, INFORMATIONAL, timers); ``events``: what it
   hands out;
 - ``manager``: ``IkeManager``, the IKE SAs of one endpoint and what their events mean for the
-  tunnel; ``ratelimit``: the token buckets in front of IKE_SA_INIT.
+  tunnel; ``ratelimit``: the token buckets in front of IKE_SA_INIT; ``cookies``: the
+  stateless cookies of section 2.6.
 
 Every core follows the contract of ``nattunnel.tunnel``: fed datagrams and the time with an
 explicit ``now``, pulled for ``datagrams_to_send()``, ``next_event()`` and ``get_timer()``.

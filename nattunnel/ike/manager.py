@@ -18,12 +18,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
-import hmac
 import ipaddress
 import logging
-import os
-import socket
 from collections import OrderedDict, deque
 from dataclasses import dataclass
 from enum import Enum
@@ -36,6 +32,7 @@ from ..tunnel.deadlines import DeadlineHeap
 from ..tunnel.peer import KeepaliveMode, Peer
 from .base import State
 from .config import Identity, IkeConfig
+from .cookies import Cookies
 from .events import (
     ChildDown,
     ChildRefused,
@@ -65,8 +62,6 @@ log = logging.getLogger("nattunnel")
 
 #: half-open IKE SAs above which IKE_SA_INIT requests must carry a COOKIE (section 2.6)
 COOKIE_THRESHOLD = 32
-#: octets of the hash in our cookies (after one octet of secret version)
-COOKIE_HASH_LEN = 16
 #: at most one summary line a minute about half-open IKE SAs that went
 HALF_OPEN_LOG_INTERVAL = 60.0
 #: how long an old inbound SA stays after a rekey or delete (in-flight packets)
@@ -229,10 +224,7 @@ class IkeManager:
         self._half_open_sas: dict[tuple[bytes, Addr], IkeSa] = {}
         self._half_open_keys: dict[IkeSa, tuple[bytes, Addr]] = {}
         self._by_remote_id: dict[Identity, list[IkePeer]] = {}
-        # cookie secrets by version (section 2.6): the current one and the one before
-        self._cookie_version = 0
-        self._cookie_secrets: dict[int, bytes] = {}
-        self._cookie_rotate_at = float("-inf")
+        self._cookies = Cookies(limits.cookie_secret_lifetime)
         self._init_per_source = SourceLimiter(limits.init_rate, limits.init_burst)
         self._init_total = TokenBucket(limits.init_rate_total, limits.init_rate_total, 0.0)
         #: unauthenticated responder SAs that went (timed out or refused) since the last
@@ -448,40 +440,6 @@ class IkeManager:
                   more, exc_info=(type(exc), exc, exc.__traceback__))
 
     # --- IKE_SA_INIT requests: the responder's defences (docs/security.md) ------------------
-    def _cookie(self, version: int, ni: bytes, spi_i: bytes, remote: Addr) -> bytes | None:
-        """Section 2.6: Cookie = <VersionIDofSecret> | Hash(Ni | IPi | SPIi | <secret>), or
-        None if the secret of ``version`` is no longer kept."""
-        secret = self._cookie_secrets.get(version)
-        if secret is None:
-            return None
-        host = remote[0]
-        try:
-            ipi = socket.inet_pton(socket.AF_INET6 if ":" in host else socket.AF_INET,
-                                   host.split("%", 1)[0])
-        except OSError:
-            ipi = host.encode()
-        mac = hmac.new(secret, ni + ipi + spi_i, hashlib.sha256).digest()
-        return bytes([version]) + mac[:COOKIE_HASH_LEN]
-
-    def _rotate_cookie_secret(self, now: float) -> None:
-        """A new secret every ``cookie_secret_lifetime``; cookies made with the one before
-        are still accepted until the next rotation (section 2.6.1)."""
-        if now < self._cookie_rotate_at:
-            return
-        if now >= self._cookie_rotate_at + self.limits.cookie_secret_lifetime:
-            self._cookie_secrets.clear()  # idle for two lifetimes: the previous one is stale
-        self._cookie_version = (self._cookie_version + 1) % 256
-        self._cookie_secrets = {v: k for v, k in self._cookie_secrets.items()
-                                if v == (self._cookie_version - 1) % 256}
-        self._cookie_secrets[self._cookie_version] = os.urandom(32)
-        self._cookie_rotate_at = now + self.limits.cookie_secret_lifetime
-
-    def _cookie_ok(self, got: bytes, ni: bytes, spi_i: bytes, remote: Addr) -> bool:
-        if len(got) != 1 + COOKIE_HASH_LEN:
-            return False
-        want = self._cookie(got[0], ni, spi_i, remote)
-        return want is not None and hmac.compare_digest(got, want)
-
     def _half_open(self) -> int:
         return len(self._half_open_sas)
 
@@ -489,17 +447,15 @@ class IkeManager:
                        now: float) -> bool:
         """Above the cookie threshold: whether the request carries a valid cookie; if not,
         it is answered with a fresh one (section 2.6), statelessly."""
-        self._rotate_cookie_secret(now)
         try:
             ni, got = peek_nonce_and_cookie(data)
         except IkeDecodeError:
             self.counters["dropped"] += 1
             return False
         ni = ni or b""
-        if got is not None and self._cookie_ok(got, ni, hdr.spi_i, remote):
+        if got is not None and self._cookies.valid(got, ni, hdr.spi_i, remote, now):
             return True
-        cookie = self._cookie(self._cookie_version, ni, hdr.spi_i, remote)
-        assert cookie is not None
+        cookie = self._cookies.make(ni, hdr.spi_i, remote, now)
         self.counters["cookies_sent"] += 1
         out = encode_message(Header.make(ExchangeType.IKE_SA_INIT, hdr.spi_i,
                                          initiator=False, response=True),
@@ -709,7 +665,7 @@ class IkeManager:
             if survivor is not None:
                 self.tunnel.set_outbound(peer, survivor)
             else:
-                peer.outbound = None
+                self.tunnel.set_outbound(peer, None)
         log.info("peer %s: child SA %#010x/%#010x deleted", ev.ike.name, ev.spi_in, ev.spi_out)
 
     def _ike_down(self, ev: IkeDown, now: float) -> None:

@@ -175,11 +175,13 @@ class Tunnel:
     def remove_inbound(self, spi: int) -> None:
         sa, peer = self._by_spi.pop(spi)
         peer.inbound.remove(sa)
+        peer.retire_inbound(sa)
         if self.on_spis_changed is not None:
             self.on_spis_changed()
 
-    def set_outbound(self, peer: Peer, sa: OutboundSA) -> None:
-        peer.outbound = sa
+    def set_outbound(self, peer: Peer, sa: OutboundSA | None) -> None:
+        """``sa`` is the peer's outbound SA from now on (None: nothing is sent to it)."""
+        peer.use_outbound(sa)
         peer.rekey_signalled = False
 
     def set_peer_address(self, peer: Peer, addr: Addr) -> None:

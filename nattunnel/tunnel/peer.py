@@ -68,10 +68,12 @@ class Peer:
         "last_tx",
         "name",
         "on_rekey",
+        "out_base",
         "outbound",
         "rebinds",
         "rekey_signalled",
         "removed",
+        "retired",
         "sock",
         "source_drops",
         "tx_bytes",
@@ -114,8 +116,14 @@ class Peer:
         self.last_tx = now
         self.last_rx = now
         self.keepalives_sent = 0
-        #: ESP octets sent (for byte lifetimes of negotiated SAs)
+        #: inner octets sent, across every outbound SA the peer had (byte lifetimes of
+        #: negotiated SAs, and the status)
         self.tx_bytes = 0
+        #: what SAs that are gone carried: [tx packets, rx packets, rx octets] (the live ones
+        #: add theirs: ``totals``), so that the counters survive rekeys at no cost per packet
+        self.retired = [0, 0, 0]
+        #: the outbound SA's packets and our tx_bytes when it became the one in use
+        self.out_base = (0, 0)
         self.keepalives_received = 0
         self.rebinds = 0
         self.source_drops = 0
@@ -159,7 +167,7 @@ class Peer:
             self.drops.counts[DropReason.NO_ENDPOINT] += 1
             return _NO_ENDPOINT
         try:
-            n = sa.encapsulate_in_place(out, off, n)
+            m = sa.encapsulate_in_place(out, off, n)
         except SequenceNumberExhausted:
             self.drops.counts[DropReason.SEQUENCE_EXHAUSTED] += 1
             return _EXHAUSTED
@@ -167,16 +175,47 @@ class Peer:
         self.tx_bytes += n
         if sa.rekey_needed and not self.rekey_signalled and self.on_rekey is not None:
             self.on_rekey(self)
-        return n
+        return m
+
+    # --- the counters, across SAs ---------------------------------------------------------
+    def use_outbound(self, sa: OutboundSA | None) -> None:
+        """``sa`` is the outbound SA from now on (``Tunnel.set_outbound``): what the one
+        before sent while in use is kept in ``retired``."""
+        old = self.outbound
+        if old is not None:
+            self.retired[0] += old.packets - self.out_base[0]
+        self.outbound = sa
+        self.out_base = (sa.packets if sa is not None else 0, self.tx_bytes)
+
+    def retire_inbound(self, sa: InboundSA) -> None:
+        """``sa`` is gone (``Tunnel.remove_inbound``): what it received is kept."""
+        self.retired[1] += sa.packets
+        self.retired[2] += sa.bytes
+
+    def totals(self) -> tuple[int, int, int, int]:
+        """(tx packets, tx octets, rx packets, rx octets) of inner packets, across every SA
+        the peer had: these survive rekeys."""
+        out = self.outbound
+        tx = self.retired[0] + (out.packets - self.out_base[0] if out is not None else 0)
+        rx_packets = self.retired[1] + sum(sa.packets for sa in self.inbound)
+        rx_bytes = self.retired[2] + sum(sa.bytes for sa in self.inbound)
+        return tx, self.tx_bytes, rx_packets, rx_bytes
+
+    def outbound_bytes(self) -> int:
+        """Inner octets sent on the outbound SA in use since it became the one in use."""
+        return self.tx_bytes - self.out_base[1]
 
     def stats(self) -> dict[str, object]:
+        """The counters (cumulative across rekeys: ``totals``) for ``--stats``."""
         out = self.outbound
+        tx_packets, tx_bytes, rx_packets, rx_bytes = self.totals()
         return {
             "addr": _shown(self.addr) if self.addr else None,
             "allowed_ips": [str(n) for n in self.allowed],
-            "tx_packets": out.packets if out else 0,
-            "rx_packets": sum(sa.packets for sa in self.inbound),
-            "rx_bytes": sum(sa.bytes for sa in self.inbound),
+            "tx_packets": tx_packets,
+            "tx_bytes": tx_bytes,
+            "rx_packets": rx_packets,
+            "rx_bytes": rx_bytes,
             "keepalives_sent": self.keepalives_sent,
             "keepalives_received": self.keepalives_received,
             "rebinds": self.rebinds,

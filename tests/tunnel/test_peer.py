@@ -66,12 +66,12 @@ def test_encapsulate_into_and_in_place_make_the_same_packet_and_count():
     buf = memoryview(bytearray(2048))
     n = p.encapsulate_into(pkt, buf, now=5.0)
     assert n > 0 and inb.decapsulate(bytes(buf[:n])) == pkt
-    assert (p.last_tx, p.tx_bytes, out.packets) == (5.0, n, 1)
+    assert (p.last_tx, p.tx_bytes, out.packets) == (5.0, len(pkt), 1)  # inner octets
     # in place: the packet already lies where the plaintext goes
     buf[ESP_PLAINTEXT_OFFSET : ESP_PLAINTEXT_OFFSET + len(pkt)] = pkt
     m = p.encapsulate_in_place(buf, 0, len(pkt), now=6.0)
     assert m == n and inb.decapsulate(bytes(buf[:m])) == pkt
-    assert (p.last_tx, p.tx_bytes, out.packets) == (6.0, 2 * n, 2)
+    assert (p.last_tx, p.tx_bytes, out.packets) == (6.0, 2 * len(pkt), 2)
     assert drops.total() == 0
 
 
@@ -148,3 +148,42 @@ def test_keepalive_interval_must_be_positive():
 def test_keepalive_mode_wanted(mode, behind_nat, wanted):
     assert mode.wanted(behind_nat) is wanted
     assert KeepaliveMode(mode.value) is mode  # spelled as in the config file
+
+
+def test_counters_survive_rekeys_and_count_each_sa_once():
+    """A rekey replaces the outbound SA and later removes the old inbound one: the peer's
+    totals keep what the gone SAs carried, and switching back to an older outbound SA (a
+    rekey collision's survivor) counts nothing twice."""
+    from nattunnel.tunnel.core import Tunnel
+
+    t = Tunnel()
+    p = t.add_peer("b", [net("198.18.100.2/32")], addr=B_ADDR)
+    key1, key2 = os.urandom(AES_GCM_128.keymat_len), os.urandom(AES_GCM_128.keymat_len)
+    out1, out2 = OutboundSA(0x3001, AES_GCM_128, key1), OutboundSA(0x3002, AES_GCM_128, key2)
+    in1, in2 = InboundSA(0x4001, AES_GCM_128, key1), InboundSA(0x4002, AES_GCM_128, key2)
+    buf = memoryview(bytearray(2048))
+    pkt = ip4("198.18.100.1", "198.18.100.2", 100)
+
+    def send(k: int) -> None:
+        for _ in range(k):
+            assert p.encapsulate_into(pkt, buf, 0.0) > 0
+
+    t.set_outbound(p, out1)
+    t.install_inbound(p, in1)
+    send(3)
+    in1.packets, in1.bytes = 5, 500  # as if received
+    t.set_outbound(p, out2)  # the rekey
+    t.install_inbound(p, in2)
+    assert p.outbound_bytes() == 0
+    send(2)
+    assert p.outbound_bytes() == 2 * len(pkt)
+    t.remove_inbound(0x4001)  # its grace period is over
+    in2.packets, in2.bytes = 1, 100
+    assert p.totals() == (5, 5 * len(pkt), 6, 600)
+    t.set_outbound(p, out1)  # back to the older one, then on it once more
+    send(1)
+    t.set_outbound(p, None)
+    assert p.totals() == (6, 6 * len(pkt), 6, 600)
+    s = p.stats()
+    assert (s["tx_packets"], s["tx_bytes"], s["rx_packets"], s["rx_bytes"]) == (
+        6, 6 * len(pkt), 6, 600)
