@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import signal
+from collections.abc import Callable
 from pathlib import Path
 
 from .addr import Addr, format_addr, sockaddr
@@ -28,7 +29,7 @@ from .constants import IKE_PORT
 from .esp.sa import InboundSA, OutboundSA
 from .ike.events import Outgoing
 from .ike.keylog import KeyLog
-from .ike.manager import IkeManager, IkePeer, LocalAddressNeeded
+from .ike.manager import IkeManager, IkePeer, LocalAddressNeeded, PeerDown, PeerUp
 from .io.endpoint import Endpoint, InnerInterface, InProcessInterface
 from .tunnel.core import Event as TunnelEvent
 from .tunnel.core import PeerMoved, RekeyNeeded, Tunnel
@@ -47,6 +48,10 @@ class Controller:
         self.ike = ike
         #: the port of plain IKE; None without IKE (no port-500 sockets then)
         self.ike_port: int | None = ike_port if ike is not None else None
+        #: IKE peers with a child SA to send on
+        self.up: set[str] = set()
+        #: called with each PeerUp and PeerDown (``Node.wait_up``)
+        self.on_peer: Callable[[PeerUp | PeerDown], None] | None = None
 
     # --- the tunnel's events ------------------------------------------------------------------
     def handle_tunnel_event(self, event: TunnelEvent, now: float) -> None:
@@ -78,7 +83,22 @@ class Controller:
         return self.ike.datagrams_to_send() if self.ike is not None else []
 
     def next_event(self) -> LocalAddressNeeded | None:
-        return self.ike.next_event() if self.ike is not None else None
+        """What the endpoint must answer (our address towards a peer). What the manager
+        tells about peers (up, down) is taken here: ``up``, and ``on_peer`` if set."""
+        if self.ike is None:
+            return None
+        while (ev := self.ike.next_event()) is not None:
+            if isinstance(ev, PeerUp):
+                self.up.add(ev.name)
+                log.info("peer %s: up", ev.name)
+            elif isinstance(ev, PeerDown):
+                self.up.discard(ev.name)
+                log.info("peer %s: down (%s)", ev.name, ev.reason)
+            else:
+                return ev
+            if self.on_peer is not None:
+                self.on_peer(ev)
+        return None
 
     def local_address_found(self, remote: Addr, natt: bool, local: Addr, now: float) -> None:
         if self.ike is not None:

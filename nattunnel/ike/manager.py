@@ -131,8 +131,24 @@ class LocalAddressNeeded:
     natt: bool
 
 
-#: what the manager asks of the endpoint
-Event = LocalAddressNeeded
+@dataclass(frozen=True)
+class PeerUp:
+    """The peer has a child SA to send on (its first, or the first again after none)."""
+
+    name: str
+
+
+@dataclass(frozen=True)
+class PeerDown:
+    """The peer's last child SA went: nothing is sent to it until a new one comes up."""
+
+    name: str
+    reason: str
+
+
+#: what the manager asks of the endpoint (``LocalAddressNeeded``), and what it tells the
+#: control side (``PeerUp``, ``PeerDown``)
+Event = LocalAddressNeeded | PeerUp | PeerDown
 
 
 # --- the keys of the manager's timers, besides the IKE SAs themselves --------------------------
@@ -233,6 +249,14 @@ class IkeManager:
         self._half_open_log_at = 0.0
         self._outgoing: list[Outgoing] = []
         self._events: deque[Event] = deque()
+        #: peers the operator terminated: not initiated again until ``initiate``
+        self.held: set[str] = set()
+        #: when each child SA that is up was installed, by inbound SPI; and each peer's
+        #: last IKE SA or child SA that came up (the status's ages)
+        self.child_since: dict[int, float] = {}
+        self.last_handshake: dict[str, float] = {}
+        #: each peer's last reason for an IKE SA or child SA that went or was refused
+        self.last_error: dict[str, str] = {}
         #: what waits for our address towards (remote, natt), oldest first
         self._awaiting: OrderedDict[tuple[Addr, bool],
                                     list[_InitWaiting | _InitiateWaiting]] = OrderedDict()
@@ -277,6 +301,7 @@ class IkeManager:
         peer = self.peers[name]
         if peer.remote is None:
             raise ValueError(f"peer {name}: no address to initiate to")
+        self.held.discard(name)
         if peer.local is None:
             natt = self._natt_from_start(peer)
             # a port that may be our own plain IKE port (a configured ike_port other than
@@ -316,6 +341,77 @@ class IkeManager:
                     self._process(sa, now)
                     return True
         return False
+
+    # --- what the operator asks (the control socket, docs/operations.md) --------------------
+    def sas_of(self, name: str) -> list[IkeSa]:
+        """The peer's IKE SAs that are not dead, oldest first."""
+        return sorted((sa for sa in self.sas.values()
+                       if sa.name == name and sa.state is not State.DEAD),
+                      key=lambda sa: sa.created)
+
+    def terminate(self, name: str, now: float) -> int:
+        """Delete the peer's IKE SAs (an INFORMATIONAL Delete each, section 1.4.1, with their
+        child SAs), and initiate to it no more until ``initiate``: how many went."""
+        if name not in self.peers:
+            raise KeyError(name)
+        self.held.add(name)
+        self._timers.cancel(_Initiate(name))
+        sas = self.sas_of(name)
+        for sa in sas:
+            sa.delete(now)
+            self._process(sa, now)
+        return len(sas)
+
+    def rekey(self, name: str, now: float, *, ike: bool = False) -> int:
+        """Rekey the peer's established IKE SA (``ike``) or its child SAs now: how many
+        rekeys started (one request at a time: a child SA whose turn has not come is
+        rekeyed at its lifetime as before)."""
+        if name not in self.peers:
+            raise KeyError(name)
+        started = 0
+        for sa in self.sas_of(name):
+            if not sa.established or sa.rekeyed:
+                continue
+            if ike:
+                started += sa.rekey_ike(now)
+            else:
+                started += sum(sa.rekey_child(c.spi_in, now) for c in list(sa.children))
+            self._process(sa, now)
+        return started
+
+    def remove_peer(self, name: str, now: float) -> None:
+        """The peer is gone from the configuration: its IKE SAs are deleted (``terminate``)
+        and its settings forgotten; its tunnel peer is the caller's."""
+        self.terminate(name, now)
+        peer = self.peers.pop(name)
+        self.held.discard(name)
+        same = self._by_remote_id.get(peer.config.remote_id, [])
+        if peer in same:
+            same.remove(peer)
+        if not same:
+            self._by_remote_id.pop(peer.config.remote_id, None)
+        self._failures.pop(name, None)
+        self.last_handshake.pop(name, None)
+        self.last_error.pop(name, None)
+
+    def delete_all(self, now: float) -> int:
+        """Stopping: a Delete for every established IKE SA, and no more initiations; how
+        many Deletes went (``closing`` says when they are answered)."""
+        self.held.update(self.peers)
+        for name in self.peers:
+            self._timers.cancel(_Initiate(name))
+        sent = 0
+        for sa in list(self.sas.values()):
+            if sa.state is State.DEAD:
+                continue
+            sent += sa.established
+            sa.delete(now)
+            self._process(sa, now)
+        return sent
+
+    def closing(self) -> bool:
+        """Whether a Delete of ours still waits for its answer."""
+        return any(sa.state is not State.DEAD for sa in self.sas.values())
 
     # --- our local address --------------------------------------------------------------------
     def _await_local(self, remote: Addr, natt: bool,
@@ -587,6 +683,7 @@ class IkeManager:
                  "this side" if ev.local_behind_nat else
                  "peer side" if ev.remote_behind_nat else "none")
         self._log_ike_keys(ike)
+        self.last_handshake[ike.name] = now
         if peer is not None:
             # ESP goes where IKE goes on 4500 (RFC 3948); keepalives only if we are behind NAT
             # (ike.remote: where the authenticated IKE_AUTH exchange came from or went)
@@ -622,7 +719,10 @@ class IkeManager:
         outbound = OutboundSA(ev.spi_out, ev.suite, ev.keymat_out, esn=ev.esn,
                               tfc_pad=cfg.tfc_pad if cfg else 0, soft_limit=soft)
         self._outbound_sas[(ev.ike.name, ev.spi_out)] = (peer, outbound)
+        if peer.outbound is None:
+            self._events.append(PeerUp(peer.name))
         self.tunnel.set_outbound(peer, outbound)
+        self.child_since[ev.spi_in] = self.last_handshake[peer.name] = now
         if cfg and cfg.rekey_bytes:
             self._byte_limits[ev.spi_in] = (ev.ike, peer.tx_bytes)
             if _Check.BYTE_LIFETIMES not in self._timers:
@@ -642,6 +742,7 @@ class IkeManager:
                  else "not asking again")
         log.warning("peer %s: child SA refused by the peer: %s; the IKE SA stays up; %s",
                     ev.ike.name, ev.reason, again)
+        self.last_error[ev.ike.name] = f"child SA refused: {ev.reason}"
 
     def _grace(self, spi_in: int, now: float) -> None:
         """The inbound SA ``spi_in`` goes CHILD_GRACE from now (or earlier, if it already
@@ -666,6 +767,8 @@ class IkeManager:
                 self.tunnel.set_outbound(peer, survivor)
             else:
                 self.tunnel.set_outbound(peer, None)
+                self._events.append(PeerDown(peer.name, "its last child SA was deleted"))
+        self.child_since.pop(ev.spi_in, None)
         log.info("peer %s: child SA %#010x/%#010x deleted", ev.ike.name, ev.spi_in, ev.spi_out)
 
     def _ike_down(self, ev: IkeDown, now: float) -> None:
@@ -679,8 +782,10 @@ class IkeManager:
             log.info("peer %s: older IKE SA dropped: %s", ev.ike.name, ev.reason)
             return
         log.warning("peer %s: IKE SA down: %s", ev.ike.name, ev.reason)
+        self.last_error[ev.ike.name] = f"IKE SA down: {ev.reason}"
         peer = self.peers.get(ev.ike.name)
-        if peer is not None and peer.initiate and ev.ike.initiator:
+        if (peer is not None and peer.initiate and ev.ike.initiator
+                and ev.ike.name not in self.held):
             self._initiate_later(peer.config.name, now)
 
     def _cap_identity(self, ike: IkeSa, now: float) -> None:
@@ -738,7 +843,7 @@ class IkeManager:
             with contextlib.suppress(KeyError):  # already gone with its peer
                 self.tunnel.remove_inbound(key.spi)
         elif isinstance(key, _Initiate):
-            if key.name in self.peers and not any(
+            if key.name in self.peers and key.name not in self.held and not any(
                     sa.name == key.name and sa.state is not State.DEAD
                     for sa in self.sas.values()):
                 self.initiate(key.name, now)

@@ -25,7 +25,7 @@ from nattunnel.esp.sa import InboundSA, OutboundSA
 from nattunnel.ike.base import State
 from nattunnel.ike.config import Identity, IkeConfig
 from nattunnel.ike.events import ChildUp, Event, Outgoing
-from nattunnel.ike.manager import IkeManager, IkePeer
+from nattunnel.ike.manager import IkeManager, IkePeer, PeerDown, PeerUp
 from nattunnel.ike.message import decode_message, peek_header
 from nattunnel.ike.proposals import IkeProposal
 from nattunnel.ike.sa import IkeSa
@@ -245,11 +245,16 @@ class ManagerNode:
         self.sent: list[Outgoing] = []
         #: what it sent that is not on the wire yet
         self.queue: list[Outgoing] = []
+        #: what it told (peers up and down), oldest first
+        self.told: list[PeerUp | PeerDown] = []
 
     def pending(self) -> list[Outgoing]:
         """What the manager sent that is not on the wire yet (its questions answered)."""
         m = self.manager
         while (ev := m.next_event()) is not None:
+            if isinstance(ev, PeerUp | PeerDown):
+                self.told.append(ev)
+                continue
             m.local_address_found(ev.remote, ev.natt, (self.host, port(ev.natt)), 0.0)
         outs = m.datagrams_to_send()
         self.sent += outs
