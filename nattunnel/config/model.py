@@ -144,3 +144,7 @@ class Config:
     ike_port: int = IKE_PORT
     #: the ``[limits]`` table: bounds on what IKE senders can make this host hold or compute
     limits: IkeLimits = dataclasses.field(default_factory=IkeLimits)
+    #: the control socket (``nattunnel show``, ``reload``, ...), or None: none
+    control_socket: Path | None = None
+    #: where the Prometheus text endpoint listens (HTTP GET /metrics), or None: none
+    metrics: HostPort | None = None

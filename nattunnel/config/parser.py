@@ -37,7 +37,12 @@ from .model import (
 from .peers import PeerFields
 
 #: the keys of the top level, of [interface] and of [limits]
-TOP_KEYS: Final = ("listen", "interface", "peer", "keylog", "ike_port", "limits")
+#: where control sockets go unless ``control_socket`` says otherwise
+DEFAULT_CONTROL_DIR: Final = Path("/run/nattunnel")
+#: sun_path's size less its NUL (unix(7))
+UNIX_PATH_MAX: Final = 107
+TOP_KEYS: Final = ("listen", "interface", "peer", "keylog", "ike_port", "limits",
+                    "control_socket", "metrics")
 INTERFACE_KEYS: Final = ("kind", "name", "addresses", "underlay_mtu", "mtu")
 #: the fields of ike.IkeLimits (a test checks that they are all here)
 LIMITS_KEYS: Final = (
@@ -111,6 +116,16 @@ class Parser(PeerFields):
                                            f"own port (usually 500, with 4500 in listen)")
 
         limits = self.limits(doc)
+        control_socket = self.control_socket(doc)
+        metrics = None
+        if "metrics" in doc:
+            text = self.get(doc, "metrics", "", str, "\"ADDRESS:PORT\" for the Prometheus "
+                                                      "endpoint, e.g. \"127.0.0.1:9586\"")
+            try:
+                metrics = parse_addr(text, bare_port=False)
+            except ValueError as e:
+                raise self.err("metrics", f"{show(text)}: {e}; expected ADDRESS:PORT, e.g. "
+                                          f"\"127.0.0.1:9586\"") from None
 
         peer_tables = self.get(doc, "peer", "", list, "an array of tables [[peer]]", [])
         peers: list[PeerConfig] = []
@@ -123,7 +138,24 @@ class Parser(PeerFields):
         self.check_ipv6_mtu(peers, interface)
         peers = self.load_keys(peers)
         return Config(listen=listen, interface=interface, peers=tuple(peers), path=self.path,
-                      keylog=keylog, ike_port=ike_port, limits=limits)
+                      keylog=keylog, ike_port=ike_port, limits=limits,
+                      control_socket=control_socket, metrics=metrics)
+
+    def control_socket(self, doc: dict[str, Any]) -> Path | None:
+        """``control_socket``: the Unix socket ``nattunnel show`` and the other commands
+        speak to; "" for none; default /run/nattunnel/<the file's name>.sock."""
+        if "control_socket" not in doc:
+            stem = self.path.stem if self.path is not None else "nattunnel"
+            return DEFAULT_CONTROL_DIR / f"{stem}.sock"
+        text = self.get(doc, "control_socket", "", str,
+                        "the path of a Unix socket, or \"\" for none")
+        if not text:
+            return None
+        path = self.base_dir / self.path_text("control_socket", text)
+        if len(os.fsencode(path)) > UNIX_PATH_MAX:
+            raise self.err("control_socket", f"{show(text)} is longer than a Unix socket's "
+                                             f"path may be ({UNIX_PATH_MAX} octets)")
+        return path
 
     def limits(self, doc: dict[str, Any]) -> IkeLimits:
         """The ``[limits]`` table: ike.IkeLimits, each field optional with its default."""
