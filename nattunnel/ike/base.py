@@ -7,6 +7,7 @@ child SA bookkeeping. ``nattunnel.ike.sa.IkeSa`` is built on ``SaCore`` with the
 from __future__ import annotations
 
 import ipaddress
+import logging
 import os
 from collections import deque
 from collections.abc import Callable
@@ -14,13 +15,20 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import TYPE_CHECKING, Self, cast
 
-from ..addr import Addr, Network, sockaddr
-from ..constants import CHILD_SPI_LEN, IKE_PORT, IKE_SPI_LEN, NAT_T_PORT, NotifyType
+from ..addr import Addr, Network, format_addr, sockaddr
+from ..constants import (
+    CHILD_SPI_LEN,
+    IKE_PORT,
+    IKE_SPI_LEN,
+    NAT_T_PORT,
+    ExchangeType,
+    NotifyType,
+)
 from ..esp.suite import Suite
 from . import crypto as kc
-from .config import Identity, IkeConfig
-from .events import ChildDown, ChildUp, DownCause, Event, IkeDown, Outgoing
-from .message import Header, Payload, encode_message, nat_detection_hash
+from .config import CHILD_RETRY_BASE, CHILD_RETRY_MAX, Identity, IkeConfig
+from .events import ChildDown, ChildRefused, ChildUp, DownCause, Event, IkeDown, Outgoing
+from .message import Header, Message, Payload, encode_message, format_payloads, nat_detection_hash
 from .proposals import IkeProposal
 
 if TYPE_CHECKING:
@@ -36,6 +44,13 @@ RETRY_AFTER_TEMPORARY_FAILURE = 5.0
 HALF_OPEN_TIMEOUT = 30.0
 
 Lookup = Callable[[Identity, Identity | None], IkeConfig | None]
+#: a deadline of an IKE SA: when, and what for (a log format and its arguments)
+Deadline = tuple[float, str, tuple[object, ...]]
+
+#: the IKE SA core's control-plane events at DEBUG (docs/troubleshooting.md, "Debug
+#: logging"): every IKE message in and out, NAT detection, moves, rekeys, DPD, Deletes and
+#: the next deadline; never anything per data packet, never a key
+log = logging.getLogger("nattunnel.ike")
 
 
 class State(Enum):
@@ -65,6 +80,7 @@ class RequestKind(Enum):
 
     IKE_SA_INIT = "IKE_SA_INIT"
     IKE_AUTH = "IKE_AUTH"
+    CREATE_CHILD = "create child"
     LIVENESS_CHECK = "liveness check"
     REKEY_CHILD = "rekey child"
     REKEY_IKE = "rekey IKE"
@@ -91,6 +107,16 @@ class RekeyChildContext:
 
 
 @dataclass(frozen=True)
+class CreateChildContext:
+    """A new child SA (CREATE_CHILD_SA without REKEY_SA, section 1.3.1): our inbound SPI,
+    our nonce and key exchange (with PFS)."""
+
+    spi_in: int
+    ni: bytes
+    kex: kc.KeyExchange | None
+
+
+@dataclass(frozen=True)
 class RekeyIkeContext:
     #: the new IKE SA's SPI (ours), our nonce and key exchange
     spi: bytes
@@ -104,7 +130,8 @@ class DeleteChildContext:
     closing: tuple[int, ...]
 
 
-RequestContext = AuthContext | RekeyChildContext | RekeyIkeContext | DeleteChildContext | None
+RequestContext = (AuthContext | CreateChildContext | RekeyChildContext | RekeyIkeContext
+                  | DeleteChildContext | None)
 
 
 @dataclass
@@ -152,6 +179,13 @@ def notify_name(notify_type: int) -> str:
         return NotifyType(notify_type).name
     except ValueError:
         return f"notify {notify_type}"
+
+
+def exchange_name(exchange: int) -> str:
+    try:
+        return ExchangeType(exchange).name
+    except ValueError:
+        return f"exchange {exchange}"
 
 
 def retry_delay() -> float:
@@ -237,6 +271,13 @@ class SaCore:
         #: child SAs gone past their hard lifetime while a request of ours was outstanding:
         #: their Delete goes as soon as the window is free
         self._unsent_deletes: list[Child] = []
+        #: a child SA the peer refused: when we ask again for it (None: we do not), and
+        #: the wait after the next refusal
+        self.child_retry_at: float | None = None
+        self._child_retry_delay = CHILD_RETRY_BASE
+        #: the time of the last call with a ``now``, and the deadline last logged
+        self._clock = now
+        self._logged_deadline: Deadline | None = None
 
     # --- what anyone may ask -------------------------------------------------------------------
     @property
@@ -294,15 +335,21 @@ class SaCore:
                       now: float, context: RequestContext = None) -> None:
         mid = self._next_request_id
         self._next_request_id += 1
-        data = encode_message(self._header(exchange, mid, False), payloads, sk=self._sk_out)
+        self._clock = now
+        hdr = self._header(exchange, mid, False)
+        data = encode_message(hdr, payloads, sk=self._sk_out)
         self._request = Request(kind, mid, exchange, data, now, context)
+        self._log_out(hdr, payloads, self._sk_out is not None, data, self.remote)
         self._send(data)
 
     def _respond(self, exchange: int, message_id: int, payloads: list[Payload],
                  encrypted: bool = True) -> None:
-        data = encode_message(self._header(exchange, message_id, True), payloads,
-                              sk=self._sk_out if encrypted else None)
+        hdr = self._header(exchange, message_id, True)
+        sk = self._sk_out if encrypted else None
+        data = encode_message(hdr, payloads, sk=sk)
         self._last_response = (message_id, data)
+        self._log_out(hdr, payloads, sk is not None, data,
+                      self._reply_to[0] if self._reply_to is not None else self.remote)
         self._reply(data)
 
     def _reply(self, data: bytes) -> None:
@@ -311,6 +358,38 @@ class SaCore:
             self._outputs.append(Outgoing(data, *self._reply_to))
         else:
             self._send(data)
+
+    # --- debug logging -----------------------------------------------------------------------
+    def _tag(self) -> str:
+        """How log lines name this SA: its peer and the initiator's SPI (the same on both
+        sides; a rekeyed IKE SA has a new one)."""
+        return f"peer {self.name} [{self.spi_i.hex()}]"
+
+    def _debug(self, fmt: str, *args: object) -> None:
+        """A DEBUG line about this SA. The callers pass names, numbers and addresses only:
+        never a key, a nonce or a payload's content."""
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("%s: " + fmt, self._tag(), *args)
+
+    def _log_message(self, verb: str, msg: Message, size: int, addr: Addr,
+                     note: str = "") -> None:
+        """An IKE message in or out, as strongSwan writes it: ``parsed IKE_AUTH response 1
+        [ SK{IDr AUTH SA TSi TSr} ] from 198.18.0.2:4500 (236 bytes)``."""
+        if not log.isEnabledFor(logging.DEBUG):
+            return
+        hdr = msg.header
+        listed = format_payloads(msg)
+        log.debug("%s: %s %s %s %d [ %s] %s %s (%d bytes)%s", self._tag(), verb,
+                  exchange_name(hdr.exchange_type),
+                  "response" if hdr.is_response else "request", hdr.message_id,
+                  listed + " " if listed else "", "from" if verb == "parsed" else "to",
+                  format_addr(addr), size, note)
+
+    def _log_out(self, hdr: Header, payloads: list[Payload], encrypted: bool, data: bytes,
+                 to: Addr) -> None:
+        if log.isEnabledFor(logging.DEBUG):
+            self._log_message("generating", Message(hdr, list(payloads), encrypted),
+                              len(data), to)
 
     def _die(self, reason: str, cause: DownCause) -> None:
         if self.state is State.DEAD:
@@ -359,6 +438,8 @@ class SaCore:
         new._derive(prop, g_ir, seed)
         new._established(now)
         new.natt = self.natt
+        new.child_retry_at, new._child_retry_delay = (self.child_retry_at,
+                                                      self._child_retry_delay)
         new.local_behind_nat, new.remote_behind_nat = (self.local_behind_nat,
                                                        self.remote_behind_nat)
         return new
@@ -387,9 +468,23 @@ class SaCore:
                 child.expire_at = self.last_rx + self.config.child_rekey_time * (
                     1 + self.config.rekey_jitter)
         self.children.append(child)
+        # a child SA we asked for again, or one the peer made: no more asking
+        self.child_retry_at = None
+        self._child_retry_delay = CHILD_RETRY_BASE
         self._events.append(ChildUp(self._me(), child.spi_in, child.spi_out, child.suite,
                                     child.esn, keymat_in, keymat_out, child.local_ts,
                                     child.remote_ts, replaces))
+
+    def _child_refused(self, reason: str, now: float, delay: float | None = None) -> None:
+        """The peer refused the child SA we asked for: the IKE SA stays, and we ask again
+        (``create_child``) on this SA's timer after ``delay``, by default the backoff:
+        CHILD_RETRY_BASE, doubling at each refusal up to CHILD_RETRY_MAX."""
+        if delay is None:
+            delay = self._child_retry_delay
+            self._child_retry_delay = min(delay * 2, CHILD_RETRY_MAX)
+        self.child_retry_at = now + delay
+        self._debug("child SA refused: %s; asking again in %.0f s", reason, delay)
+        self._events.append(ChildRefused(self._me(), reason, self.child_retry_at))
 
     def _child_down(self, child: Child) -> None:
         """``child`` is gone (deleted, or past its hard lifetime): out of the list, and its

@@ -5,6 +5,7 @@ taking one from a response as initiator, and child SA rekeys both ways (RFC 7296
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable
 
@@ -13,6 +14,7 @@ from . import crypto as kc
 from .base import (
     NONCE_LEN,
     Child,
+    CreateChildContext,
     DeleteChildContext,
     IkeError,
     RekeyChildContext,
@@ -20,7 +22,9 @@ from .base import (
     RequestKind,
     SaCore,
     State,
+    log,
     new_child_spi,
+    notify_name,
     retry_delay,
 )
 from .events import ChildDown, DownCause
@@ -136,12 +140,79 @@ class ChildSaExchanges(SaCore):
         self._add_child(Child(spi_in, spi_out, suite, esn, local_ts, remote_ts),
                         keymat_in=r2i, keymat_out=i2r, replaces=replaces)
 
-    def rekey_child(self, spi_in: int, now: float) -> bool:
-        """Start a rekey of the child SA with inbound SPI ``spi_in`` (make-before-break)."""
+    def create_child(self, now: float, group: int | None = None) -> bool:
+        """Ask for a new child SA with our proposals and traffic selectors (CREATE_CHILD_SA
+        without REKEY_SA, section 1.3.1): after the peer refused the first one. With PFS
+        (a proposal that names a group) in ``group``, by default the first proposal's."""
+        cfg = self.config
+        if cfg is None or self._request is not None or self.state is not State.ESTABLISHED:
+            return False
+        spi = new_child_spi()
+        ni = os.urandom(NONCE_LEN)
+        offer = []
+        for number, p in enumerate(cfg.esp_proposals, 1):
+            (prop,) = esp_offer([p], spi, p.dh).proposals  # each with its own PFS group
+            prop.number = number
+            offer.append(prop)
+        if group is None and cfg.esp_proposals:
+            group = cfg.esp_proposals[0].dh
+        kex = kc.KeyExchange(group) if group else None
+        payloads: list[Payload] = [SA(offer), Nonce(ni)]
+        if kex is not None:
+            payloads.append(KE(kex.group, kex.public))
+        payloads += [TSi.of(*cfg.local_ts), TSr.of(*cfg.remote_ts)]
+        self._debug("asking for a new child SA (CREATE_CHILD_SA)")
+        self._request_send(ExchangeType.CREATE_CHILD_SA, payloads, RequestKind.CREATE_CHILD,
+                           now, CreateChildContext(spi, ni, kex))
+        return True
+
+    def _on_create_child_response(self, msg: Message, raw: bytes, now: float,
+                                  req: Request) -> None:
+        """The answer to ``create_child``: the child SA, or a refusal (we ask again later,
+        at once with the group an INVALID_KE_PAYLOAD names if we offered it)."""
+        ctx = req.context
+        assert isinstance(ctx, CreateChildContext) and self.config is not None
+        self._request = None
+        err = next((n for n in msg.notifies() if n.is_error), None)
+        sa, nonce, ke = msg.get(SA), msg.get(Nonce), msg.get(KE)
+        if err is not None and err.notify_type == NotifyType.INVALID_KE_PAYLOAD \
+                and len(err.data) == 2:
+            group = int.from_bytes(err.data, "big")
+            if group in {p.dh for p in self.config.esp_proposals} and (
+                    ctx.kex is None or group != ctx.kex.group):
+                self._debug("the peer wants key exchange group %d for the new child SA", group)
+                self.create_child(now, group)
+                return
+        if err is not None:
+            delay = retry_delay() if err.notify_type == NotifyType.TEMPORARY_FAILURE else None
+            self._child_refused(f"{notify_name(err.notify_type)} in the CREATE_CHILD_SA "
+                                "response", now, delay)
+            return
+        if sa is None or nonce is None or len(sa.proposals) != 1:
+            self._child_refused("no SA or Nonce in the CREATE_CHILD_SA response", now)
+            return
+        g_ir = b""
+        if ctx.kex is not None:
+            if ke is None or ke.group != ctx.kex.group:
+                self._child_refused("no KE of our group (PFS) in the CREATE_CHILD_SA response",
+                                    now)
+                return
+            try:
+                g_ir = ctx.kex.shared(ke.data)
+            except ValueError as e:
+                self._child_refused(f"a bad KE in the CREATE_CHILD_SA response: {e}", now)
+                return
+        self._child_from_response(sa, msg, ctx.spi_in, ctx.ni, nonce.data, g_ir, None)
+
+    def rekey_child(self, spi_in: int, now: float, *,
+                    reason: str = "asked for (a byte or packet lifetime, or by hand)") -> bool:
+        """Start a rekey of the child SA with inbound SPI ``spi_in`` (make-before-break);
+        ``reason`` is for the log."""
         assert self.config is not None
         child = next((c for c in self.children if c.spi_in == spi_in), None)
         if child is None or self._request is not None or self.state is not State.ESTABLISHED:
             return False
+        self._debug("rekey of child SA %#010x started: %s", spi_in, reason)
         new_spi = new_child_spi()
         ni = os.urandom(NONCE_LEN)
         # PFS (section 1.3.1): a fresh key exchange if the proposal names a group
@@ -170,17 +241,25 @@ class ChildSaExchanges(SaCore):
             # refused (e.g. the peer's own rekey already replaced it): keep what we have
             self._peer_rekeys.pop(ctx.old, None)
             old = next((c for c in self.children if c.spi_in == ctx.old), None)
+            err = next((notify_name(n.notify_type) for n in msg.notifies() if n.is_error),
+                       "no SA or Nonce")
             if old is not None and msg.notify(NotifyType.TEMPORARY_FAILURE) is not None:
                 old.rekey_at = now + retry_delay()  # section 2.25
+                self._debug("rekey of child SA %#010x refused with TEMPORARY_FAILURE: "
+                            "trying again in %.1f s", ctx.old, old.rekey_at - now)
+            else:
+                self._debug("rekey of child SA %#010x refused (%s): keeping it", ctx.old, err)
             return
         g_ir = b""
         if ctx.kex is not None:
             ke = msg.get(KE)
             if ke is None or ke.group != ctx.kex.group:
+                self._debug("rekey of child SA %#010x: PFS refused, keeping it", ctx.old)
                 return  # PFS refused: keep the old SA
             try:
                 g_ir = ctx.kex.shared(ke.data)
             except ValueError:
+                self._debug("rekey of child SA %#010x: a bad KE, keeping it", ctx.old)
                 return
         self._child_from_response(sa, msg, ctx.spi_in, ctx.ni, nonce.data, g_ir, ctx.old)
         self._drop_replaced(ctx, nonce.data, now)
@@ -195,11 +274,18 @@ class ChildSaExchanges(SaCore):
             doomed.append(old)
         collision = self._peer_rekeys.pop(ctx.old, None)
         if collision is not None:
-            their_ni, our_nr, _ = collision
+            their_ni, our_nr, theirs = collision
             if min(ctx.ni, nr, their_ni, our_nr) in (ctx.ni, nr):
                 mine = next((c for c in self.children if c.spi_in == ctx.spi_in), None)
                 if mine is not None:
                     doomed.append(mine)
+                self._debug("rekey collision on child SA %#010x (section 2.8.1): the peer's "
+                            "new SA %#010x wins (ours has the lowest nonce); deleting ours "
+                            "%#010x", ctx.old, theirs, ctx.spi_in)
+            else:
+                self._debug("rekey collision on child SA %#010x (section 2.8.1): our new SA "
+                            "%#010x wins; the peer deletes its %#010x", ctx.old, ctx.spi_in,
+                            theirs)
         for c in doomed:
             self.children.remove(c)
             self._events.append(ChildDown(self._me(), c.spi_in, c.spi_out))
@@ -209,6 +295,9 @@ class ChildSaExchanges(SaCore):
     def _delete_children(self, children: list[Child], now: float) -> None:
         """An INFORMATIONAL Delete of these child SAs (already removed here)."""
         spis = [c.spi_in.to_bytes(CHILD_SPI_LEN, "big") for c in children]
+        if log.isEnabledFor(logging.DEBUG):
+            self._debug("sending a Delete of child SA(s) %s",
+                        " ".join(f"{c.spi_in:#010x}" for c in children))
         self._request_send(ExchangeType.INFORMATIONAL, [Delete(ProtocolId.ESP, spis)],
                            RequestKind.DELETE_CHILD, now,
                            DeleteChildContext(tuple(c.spi_out for c in children)))

@@ -20,6 +20,11 @@ from .proposals import DEFAULT_ESP_PROPOSALS, DEFAULT_IKE_PROPOSALS, EspProposal
 #: section 2.1: retransmit after 0.5 s, doubling, at most this many tries
 RETRANSMIT_BASE = 0.5
 RETRANSMIT_TRIES = 6
+#: a child SA the peer refused (NO_PROPOSAL_CHOSEN, TS_UNACCEPTABLE, ...): ask again after
+#: this long, doubling at each refusal up to CHILD_RETRY_MAX, while the IKE SA lives
+CHILD_RETRY_BASE = 30.0
+CHILD_RETRY_MAX = 600.0
+
 
 @dataclass(frozen=True)
 class Identity:

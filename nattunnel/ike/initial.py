@@ -9,10 +9,11 @@
 from __future__ import annotations
 
 import hmac
+import logging
 import os
 from collections.abc import Sequence
 
-from ..addr import sockaddr
+from ..addr import format_addr, sockaddr
 from ..constants import (
     IKE_PORT,
     IKE_SPI_LEN,
@@ -32,6 +33,7 @@ from .base import (
     Request,
     RequestKind,
     State,
+    log,
     nat_hash,
     new_child_spi,
     notify_name,
@@ -56,6 +58,14 @@ from .message import (
     ike_proposal,
 )
 from .proposals import IkeProposal, esp_offer, pick_ike
+
+#: error notifies in an IKE_AUTH response that refuse the child SA only: the IKE SA is up
+#: all the same (section 1.2; NO_ADDITIONAL_SAS as strongSwan may send it)
+CHILD_ERRORS = frozenset({
+    NotifyType.NO_PROPOSAL_CHOSEN, NotifyType.TS_UNACCEPTABLE, NotifyType.SINGLE_PAIR_REQUIRED,
+    NotifyType.INTERNAL_ADDRESS_FAILURE, NotifyType.FAILED_CP_REQUIRED,
+    NotifyType.NO_ADDITIONAL_SAS,
+})
 
 
 def _has_identity_hash(msg: Message) -> bool:
@@ -95,6 +105,7 @@ class InitialExchanges(ChildSaExchanges):
         if self.config.force_encap:
             # claim NAT so that everything moves to UDP 4500
             src_hash = os.urandom(NAT_DETECTION_HASH_LEN)
+            self._debug("encapsulation forced: claiming to be behind a NAT")
         payloads += [
             Notify(NotifyType.NAT_DETECTION_SOURCE_IP, src_hash),
             Notify(NotifyType.NAT_DETECTION_DESTINATION_IP,
@@ -161,17 +172,22 @@ class InitialExchanges(ChildSaExchanges):
         # keepalives "always" hold the NAT-T flow through a stateful firewall without NAT:
         # IKE moves there too, or the firewall's entry for port 500 expires and a rekey
         # from outside never reaches us (section 2.23 allows the move without NAT)
-        if (self.local_behind_nat or self.remote_behind_nat
-                or self.config.keepalive is KeepaliveMode.ALWAYS):
-            self._switch_to_natt()
+        if self.local_behind_nat or self.remote_behind_nat:
+            self._switch_to_natt("NAT detected")
+        elif self.config.keepalive is KeepaliveMode.ALWAYS:
+            self._switch_to_natt('keepalive = "always" holds that flow')
         self._send_auth(now)
 
-    def _switch_to_natt(self) -> None:
+    def _switch_to_natt(self, why: str) -> None:
         """Section 2.23: after NAT is detected the initiator moves to port 4500 (the marker
         goes with it); a peer already reached on a non-500 port stays there."""
+        before = self.remote
         self.natt = True
         if self.remote[1] == IKE_PORT:
             self.remote = sockaddr(self.remote[0], NAT_T_PORT)
+        if log.isEnabledFor(logging.DEBUG):
+            self._debug("moving to the NAT-T port (%s): %s -> %s", why, format_addr(before),
+                        format_addr(self.remote))
 
     def _detect_nat(self, msg: Message) -> None:
         """Section 2.23: compare the peer's NAT_DETECTION hashes with the addresses we see."""
@@ -179,9 +195,17 @@ class InitialExchanges(ChildSaExchanges):
         srcs = [n.data for n in msg.notifies(NotifyType.NAT_DETECTION_SOURCE_IP)]
         dsts = [n.data for n in msg.notifies(NotifyType.NAT_DETECTION_DESTINATION_IP)]
         if not srcs or not dsts:
+            self._debug("NAT detection: the peer sent no NAT_DETECTION notifies")
             return
         self.remote_behind_nat = nat_hash(self.spi_i, spi_r, self.remote) not in srcs
         self.local_behind_nat = nat_hash(self.spi_i, spi_r, self.local) not in dsts
+        if log.isEnabledFor(logging.DEBUG):
+            self._debug("NAT detection: %s (we are %s, the peer is seen at %s)",
+                        "both sides behind a NAT" if self.local_behind_nat
+                        and self.remote_behind_nat else
+                        "this side behind a NAT" if self.local_behind_nat else
+                        "the peer behind a NAT (or claiming so)" if self.remote_behind_nat
+                        else "no NAT", format_addr(self.local), format_addr(self.remote))
 
     # --- AUTH -------------------------------------------------------------------------------
     def _auth_payload(self, id_body: bytes) -> Auth:
@@ -233,9 +257,11 @@ class InitialExchanges(ChildSaExchanges):
         assert self.config is not None and isinstance(req.context, AuthContext)
         spi_in = req.context.spi_in
         self._request = None
+        child_err = None
         for n in msg.notifies():
-            if n.is_error and n.notify_type != NotifyType.TS_UNACCEPTABLE and \
-                    n.notify_type != NotifyType.NO_PROPOSAL_CHOSEN:
+            if n.is_error and n.notify_type in CHILD_ERRORS:
+                child_err = child_err or n.notify_type
+            elif n.is_error:
                 self._die(f"IKE_AUTH refused: {notify_name(n.notify_type)}",
                           DownCause.REFUSED)
                 return
@@ -254,9 +280,12 @@ class InitialExchanges(ChildSaExchanges):
         self._events.append(IkeUp(self._me(), self.remote, self.local_behind_nat,
                                   self.remote_behind_nat))
         sa = msg.get(SA)
-        if sa is None or len(sa.proposals) != 1:
-            return  # IKE SA without a child (the peer refused it)
-        self._child_from_response(sa, msg, spi_in, self._ni, self._nr, b"", None)
+        if child_err is not None:
+            self._child_refused(f"{notify_name(child_err)} in the IKE_AUTH response", now)
+        elif sa is None or len(sa.proposals) != 1:
+            self._child_refused("no child SA in the IKE_AUTH response", now)
+        else:
+            self._child_from_response(sa, msg, spi_in, self._ni, self._nr, b"", None)
 
     # --- responder ----------------------------------------------------------------------------
     def respond_init(self, msg: Message, raw: bytes, now: float,
@@ -264,8 +293,10 @@ class InitialExchanges(ChildSaExchanges):
         """Answer an IKE_SA_INIT request (the manager has checked cookies) that came on port
         4500 (``natt``) or 500: the answer goes back the same way."""
         self._request_natt = natt
-        sa, ke, nonce = msg.get(SA), msg.get(KE), msg.get(Nonce)
+        self._clock = now
         self.spi_i = msg.header.spi_i
+        self._log_message("parsed", msg, len(raw), self.remote)
+        sa, ke, nonce = msg.get(SA), msg.get(KE), msg.get(Nonce)
         self._init_request = raw
         if sa is None or ke is None or nonce is None:
             self._refuse_init(NotifyType.INVALID_SYNTAX)
@@ -291,6 +322,8 @@ class InitialExchanges(ChildSaExchanges):
         # a request that came behind the marker (port 4500, or whichever port the peer
         # uses for NAT-T) stays there, NAT or not: the peer's ESP and IKE live on that port
         self.natt = natt or self.local_behind_nat or self.remote_behind_nat
+        if self.natt and not natt:
+            self._debug("NAT found: the peer is to move to the NAT-T port after IKE_SA_INIT")
         self._peer_hash_ok = _has_identity_hash(msg)
         self._answer_init(number, prop)
         self._derive(prop, g_ir)
@@ -311,7 +344,9 @@ class InitialExchanges(ChildSaExchanges):
         if self._peer_hash_ok:
             payloads.append(Notify(NotifyType.SIGNATURE_HASH_ALGORITHMS,
                                    HashAlgorithm.IDENTITY.to_bytes(2, "big")))
-        data = encode_message(self._header(ExchangeType.IKE_SA_INIT, 0, True), payloads)
+        hdr = self._header(ExchangeType.IKE_SA_INIT, 0, True)
+        data = encode_message(hdr, payloads)
+        self._log_out(hdr, payloads, False, data, self.remote)
         self._init_response = data
         self._last_response = (0, data)
         self._peer_next_id = 1
@@ -319,8 +354,10 @@ class InitialExchanges(ChildSaExchanges):
         self._outputs.append(Outgoing(data, self.remote, self._request_natt))
 
     def _refuse_init(self, notify: int, data: bytes = b"") -> None:
-        out = encode_message(self._header(ExchangeType.IKE_SA_INIT, 0, True),
-                             [Notify(notify, data)])
+        hdr = self._header(ExchangeType.IKE_SA_INIT, 0, True)
+        payloads: list[Payload] = [Notify(notify, data)]
+        out = encode_message(hdr, payloads)
+        self._log_out(hdr, payloads, False, out, self.remote)
         self._outputs.append(Outgoing(out, self.remote, self._request_natt))
         self._die(f"IKE_SA_INIT refused with notify {notify}", DownCause.REFUSED)
 

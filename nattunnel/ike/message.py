@@ -126,6 +126,7 @@ __all__ = [
     "encode_message",
     "encode_payloads",
     "esp_proposal",
+    "format_payloads",
     "ike_proposal",
     "nat_detection_hash",
     "peek_header",
@@ -1285,6 +1286,51 @@ class Message:
     @property
     def payload_types(self) -> list[int]:
         return [p.payload_type for p in self.payloads]
+
+
+#: payload names in log lines, as strongSwan writes them (Nonce, Notify and Delete apart)
+_LOG_NAMES: Final[dict[int, str]] = {
+    PayloadType.SA: "SA", PayloadType.KE: "KE", PayloadType.IDI: "IDi",
+    PayloadType.IDR: "IDr", PayloadType.CERT: "CERT", PayloadType.CERTREQ: "CERTREQ",
+    PayloadType.AUTH: "AUTH", PayloadType.VENDOR_ID: "V", PayloadType.TSI: "TSi",
+    PayloadType.TSR: "TSr", PayloadType.CP: "CP", PayloadType.EAP: "EAP",
+    PayloadType.SK: "SK",
+}
+
+
+def format_payloads(msg: Message) -> str:
+    """The payload list of ``msg`` for a log line, in strongSwan's manner: ``SA KE Ni
+    N(NAT_DETECTION_SOURCE_IP) N(NAT_DETECTION_DESTINATION_IP)``, an opened Encrypted
+    payload with what it held, ``SK{IDi AUTH SA TSi TSr N(INITIAL_CONTACT)}``, an
+    opened fragment as ``SKF{3/4}``. A nonce is ``Ni`` in a request, ``Nr`` in a response.
+    Payload types, notify types and Delete protocols only: never a payload's content."""
+    nonce = "Nr" if msg.header.is_response else "Ni"
+
+    def name(p: Payload) -> str:
+        if isinstance(p, Nonce):
+            return nonce
+        if isinstance(p, Notify):
+            try:
+                return f"N({NotifyType(p.notify_type).name})"
+            except ValueError:
+                return f"N({p.notify_type})"
+        if isinstance(p, Delete):
+            try:
+                return f"D({ProtocolId(p.protocol).name})"
+            except ValueError:
+                return f"D({p.protocol})"
+        if isinstance(p, SKF):
+            return f"SKF({p.number}/{p.total})"
+        return _LOG_NAMES.get(p.payload_type, f"UNKNOWN({p.payload_type})")
+
+    if not msg.encrypted:
+        return " ".join(name(p) for p in msg.payloads)
+    outer = [name(p) for p in msg.unprotected]
+    if msg.fragment is not None:
+        outer.append(f"SKF{{{msg.fragment.number}/{msg.fragment.total}}}")
+    else:
+        outer.append("SK{" + " ".join(name(p) for p in msg.payloads) + "}")
+    return " ".join(outer)
 
 
 def _pad(plaintext: bytes, block_size: int) -> bytes:

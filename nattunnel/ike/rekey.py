@@ -24,7 +24,9 @@ from .message import KE, SA, Delete, Message, Nonce, Payload, ike_proposal
 from .proposals import pick_ike
 
 #: the requests of ours during which the peer may not rekey this IKE SA (section 2.25.2)
-_BUSY = frozenset({RequestKind.REKEY_CHILD, RequestKind.DELETE_CHILD, RequestKind.DELETE_IKE})
+#: (creating, rekeying or closing a child SA, or closing this one)
+_BUSY = frozenset({RequestKind.CREATE_CHILD, RequestKind.REKEY_CHILD, RequestKind.DELETE_CHILD,
+                   RequestKind.DELETE_IKE})
 
 
 class IkeRekeyExchanges(SaCore):
@@ -76,9 +78,12 @@ class IkeRekeyExchanges(SaCore):
             Nonce(new._nr), KE(prop.dh, kex.public),
         ]
         self._respond(ExchangeType.CREATE_CHILD_SA, msg.header.message_id, answer)
+        self._debug("IKE SA rekeyed by the peer: the new IKE SA is [%s]", new.spi_i.hex())
         self._events.append(IkeRekeyed(self._me(), new._me()))
         self.rekeyed = True  # the old SA lives until the peer deletes it
         if req is not None and req.kind is RequestKind.REKEY_IKE:
+            self._debug("both sides rekey this IKE SA (section 2.8.2): the nonces decide "
+                        "when the answer to ours comes")
             # section 2.8.2: we are rekeying it too. Answered as usual; which of the two new
             # SAs stays is decided by the nonces when the answer to ours comes
             self._peer_ike_rekey = (nonce.data, new._nr, new)
@@ -99,6 +104,7 @@ class IkeRekeyExchanges(SaCore):
                              key_length=prop.key_bits, spi=new_spi)]),
             Nonce(ni), KE(prop.dh, kex.public),
         ]
+        self._debug("IKE SA rekey started: the new IKE SA is to be [%s]", new_spi.hex())
         self._request_send(ExchangeType.CREATE_CHILD_SA, payloads, RequestKind.REKEY_IKE, now,
                            RekeyIkeContext(new_spi, ni, kex))
         return True
@@ -124,10 +130,15 @@ class IkeRekeyExchanges(SaCore):
             # its Delete); after TEMPORARY_FAILURE try again a little later
             if msg.notify(NotifyType.TEMPORARY_FAILURE) is not None:
                 self.ike_rekey_at = now + retry_delay()
+                self._debug("IKE SA rekey refused with TEMPORARY_FAILURE: trying again in "
+                            "%.1f s", self.ike_rekey_at - now)
+            else:
+                self._debug("IKE SA rekey refused: keeping this IKE SA")
             return
         try:
             g_ir = ctx.kex.shared(ke.data)
         except ValueError:
+            self._debug("IKE SA rekey: a bad KE in the answer, keeping this IKE SA")
             return
         new = self._successor(initiator=True, spi_i=ctx.spi, spi_r=sa.proposals[0].spi,
                               ni=ctx.ni, nr=nonce.data, prop=self._proposal, g_ir=g_ir,
@@ -141,10 +152,15 @@ class IkeRekeyExchanges(SaCore):
             # (the peer deleting the old SA already means that its new SA stays)
             if self._closing_by_peer or min(ctx.ni, nonce.data, their_ni, our_nr) in (
                     ctx.ni, nonce.data):
+                self._debug("IKE SA rekey collision (section 2.8.2): the peer's new IKE SA "
+                            "[%s] wins; deleting ours [%s]", theirs.spi_i.hex(),
+                            new.spi_i.hex())
                 new.rekeyed = True  # ours goes; the peer deletes this one
                 new._send_delete_ike(now)
                 self._outputs += new.datagrams_to_send()
                 return
+            self._debug("IKE SA rekey collision (section 2.8.2): our new IKE SA [%s] wins; "
+                        "the peer deletes its [%s]", new.spi_i.hex(), theirs.spi_i.hex())
             theirs.rekeyed = True  # theirs goes (the peer deletes it); ours takes over
             new.children, theirs.children = theirs.children, []
         new.children += self.children
@@ -153,5 +169,6 @@ class IkeRekeyExchanges(SaCore):
         self._send_delete_ike(now)
 
     def _send_delete_ike(self, now: float) -> None:
+        self._debug("sending a Delete of the IKE SA")
         self._request_send(ExchangeType.INFORMATIONAL, [Delete(ProtocolId.IKE)],
                            RequestKind.DELETE_IKE, now)

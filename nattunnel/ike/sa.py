@@ -31,12 +31,22 @@ as data (``ON_REQUEST``, ``ON_RESPONSE``), INFORMATIONAL and the timers. Covered
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Final
 
-from ..addr import Addr
+from ..addr import Addr, format_addr
 from ..constants import CHILD_SPI_LEN, ExchangeType, NotifyType, ProtocolId
-from .base import IkeError, Request, RequestKind, State
+from .base import (
+    Deadline,
+    IkeError,
+    Request,
+    RequestKind,
+    State,
+    exchange_name,
+    log,
+    notify_name,
+)
 from .config import RETRANSMIT_BASE, RETRANSMIT_TRIES
 from .events import DownCause, Outgoing
 from .initial import InitialExchanges
@@ -75,6 +85,7 @@ class IkeSa(IkeRekeyExchanges, InitialExchanges):
         the SA is not up or a request of ours is outstanding."""
         if self.state is not State.ESTABLISHED or self._request is not None:
             return False
+        self._debug("liveness check (DPD): nothing received for %.1f s", now - self.last_rx)
         self._request_send(ExchangeType.INFORMATIONAL, [], RequestKind.LIVENESS_CHECK, now)
         return True
 
@@ -94,6 +105,7 @@ class IkeSa(IkeRekeyExchanges, InitialExchanges):
         """
         if self.state is State.DEAD:
             return False
+        self._clock = now
         self._reply_to = (source, bool(natt)) if source is not None and natt is not None \
             else None
         try:
@@ -102,13 +114,18 @@ class IkeSa(IkeRekeyExchanges, InitialExchanges):
             self._reply_to = None
 
     def _receive(self, raw: bytes, now: float, source: Addr | None, natt: bool) -> bool:
+        came = source or self.remote
         try:
             msg = decode_message(raw, sk=self._sk_in if self._keys else None)
         except IkeIntegrityError:
+            self._debug("dropped %d bytes from %s: integrity check failed", len(raw),
+                        format_addr(came))
             return False  # silently dropped (section 2.21.2)
         except IkeDecodeError as e:
+            self._debug("malformed message from %s: %s", format_addr(came), e)
             self._answer_malformed(e, now)
             return False
+        self._log_message("parsed", msg, len(raw), came)
         hdr = msg.header
         if not msg.encrypted:
             return self._on_clear(msg, raw, now)
@@ -116,7 +133,9 @@ class IkeSa(IkeRekeyExchanges, InitialExchanges):
             req = self._request
             if (req is None or hdr.message_id != req.message_id
                     or hdr.exchange_type != req.exchange):
-                return False  # not the answer to our outstanding request: drop
+                self._debug("response %d dropped: not the answer to our outstanding "
+                            "request", hdr.message_id)
+                return False
             self._adopt_source(source, natt)
             self.last_rx = now
             ON_RESPONSE[req.kind](self, msg, raw, now, req)
@@ -143,9 +162,14 @@ class IkeSa(IkeRekeyExchanges, InitialExchanges):
         """Window size 1 (section 2.1): True for the peer's next request; a retransmission
         of the last one is answered from the cache; anything else is dropped."""
         if self._last_response is not None and mid == self._last_response[0]:
+            self._debug("request %d is a retransmission: answered again from the cache", mid)
             self._reply(self._last_response[1])
             return False
-        return mid == self._peer_next_id
+        if mid != self._peer_next_id:
+            self._debug("request %d dropped: the next one expected is %d", mid,
+                        self._peer_next_id)
+            return False
+        return True
 
     def _on_clear(self, msg: Message, raw: bytes, now: float) -> bool:
         """An unprotected message. After IKE_SA_INIT only two are of any use: the IKE_SA_INIT
@@ -164,6 +188,7 @@ class IkeSa(IkeRekeyExchanges, InitialExchanges):
             return False
         if (not self.initiator and self.state is State.INIT_DONE and self._init_response
                 and raw == self._init_request):
+            self._debug("IKE_SA_INIT request retransmitted: answered again from the cache")
             if self._reply_to is not None:
                 self._reply(self._init_response)
             else:  # back over the port the request first came on
@@ -178,11 +203,16 @@ class IkeSa(IkeRekeyExchanges, InitialExchanges):
         sides behind NAT, one reached through a port forward, is supported, and the other
         side's mapping can change like any). During IKE_AUTH the responder learns the port
         the initiator floated to."""
-        if source is None or not natt:
+        if source is None or not natt or (source == self.remote and self.natt):
             return
         if (self.state is State.ESTABLISHED and self.local_behind_nat
                 and not self.remote_behind_nat):
+            self._debug("authenticated message from %s, staying at %s: this side is behind "
+                        "a NAT and the peer is not (section 2.23)", format_addr(source),
+                        format_addr(self.remote))
             return
+        self._debug("IKE SA moves from %s to %s: an authenticated message came from there "
+                    "(section 2.23)", format_addr(self.remote), format_addr(source))
         self.remote = source
         self.natt = True
 
@@ -202,6 +232,8 @@ class IkeSa(IkeRekeyExchanges, InitialExchanges):
             else:
                 raise IkeError(NotifyType.INVALID_SYNTAX, "unexpected exchange")
         except IkeError as e:
+            self._debug("answering %s request %d with %s: %s", exchange_name(hdr.exchange_type),
+                        mid, notify_name(e.notify), e)
             self._respond(hdr.exchange_type, mid, [Notify(e.notify, e.data)])
 
     def _on_create_child_sa(self, msg: Message, now: float) -> None:
@@ -221,11 +253,13 @@ class IkeSa(IkeRekeyExchanges, InitialExchanges):
         dead = False
         for d in msg.get_all(Delete):
             if d.protocol == ProtocolId.IKE:
+                self._debug("Delete of the IKE SA received")
                 dead = True
             elif d.protocol == ProtocolId.ESP:
                 ours = []
                 for spi in d.spis:
                     out_spi = int.from_bytes(spi, "big")
+                    self._debug("Delete of child SA %#010x (outbound) received", out_spi)
                     for c in [c for c in self.children if c.spi_out == out_spi]:
                         # section 2.25.1: also if we are rekeying it (our rekey's answer
                         # then finds no old SA to replace)
@@ -262,41 +296,72 @@ class IkeSa(IkeRekeyExchanges, InitialExchanges):
     def _on_answered(self, msg: Message, raw: bytes, now: float, req: Request) -> None:
         """A liveness check or a Delete of child SAs was answered."""
         self._request = None
+        self._debug("%s answered", req.kind.value)
 
     def _on_ike_deleted(self, msg: Message, raw: bytes, now: float, req: Request) -> None:
         self._request = None
+        self._debug("Delete of the IKE SA answered")
         self._die("deleted", DownCause.DELETED)
 
     # --- timers ------------------------------------------------------------------------------
     def _retransmit_at(self, req: Request) -> float:
         return req.sent_at + RETRANSMIT_BASE * 2.0 ** (req.tries - 1)
 
-    def get_timer(self) -> float | None:
-        """The next deadline: a retransmission, a lifetime, a liveness check, or None."""
+    def _tries(self) -> int:
+        return self.config.retransmit_tries if self.config else RETRANSMIT_TRIES
+
+    def _deadline(self) -> Deadline | None:
+        """The next deadline, with what it is for: a format and its arguments for the log
+        (built only when a line is written)."""
         if self.state is State.DEAD:
             return None
-        times = [c.expire_at for c in self.children if c.expire_at is not None]
-        if self._request is not None:
-            times.append(self._retransmit_at(self._request))
+        times: list[Deadline] = [(c.expire_at, "hard lifetime of child SA %#010x", (c.spi_in,))
+                                 for c in self.children if c.expire_at is not None]
+        req = self._request
+        if req is not None and req.tries < self._tries():
+            times.append((self._retransmit_at(req), "retransmission %d of the %s request",
+                          (req.tries + 1, req.kind.value)))
+        elif req is not None:
+            times.append((self._retransmit_at(req), "giving up on the %s request",
+                          (req.kind.value,)))
         elif self.state is State.ESTABLISHED and self._unsent_deletes:
-            times.append(self.last_rx)  # now
+            times.append((self.last_rx, "Delete of child SAs past their hard lifetime", ()))
         elif self.state is State.ESTABLISHED:
             if self.config and self.config.dpd_interval > 0:
-                times.append(self.last_rx + self.config.dpd_interval)
-            times += [c.rekey_at for c in self.children if c.rekey_at is not None]
+                times.append((self.last_rx + self.config.dpd_interval,
+                              "liveness check (DPD) unless something comes", ()))
+            times += [(c.rekey_at, "rekey of child SA %#010x", (c.spi_in,))
+                      for c in self.children if c.rekey_at is not None]
             if self.ike_rekey_at is not None and not self.rekeyed:
-                times.append(self.ike_rekey_at)
+                times.append((self.ike_rekey_at, "IKE SA rekey", ()))
+            if self.child_retry_at is not None:
+                times.append((self.child_retry_at, "asking again for the refused child SA",
+                              ()))
         elif self.state is State.INIT_DONE:
-            times.append(self.created + self.half_open_timeout)
-        return min(times) if times else None
+            times.append((self.created + self.half_open_timeout, "half-open timeout", ()))
+        return min(times, key=lambda d: d[0]) if times else None
+
+    def get_timer(self) -> float | None:
+        """The next deadline: a retransmission, a lifetime, a liveness check, or None.
+        When it changes, a DEBUG line says when and what for."""
+        d = self._deadline()
+        if d != self._logged_deadline:
+            self._logged_deadline = d
+            if d is not None and log.isEnabledFor(logging.DEBUG):
+                self._debug("next deadline in %.1f s: " + d[1], d[0] - self._clock, *d[2])
+        return d[0] if d is not None else None
 
     def handle_timer(self, now: float) -> None:
         """Whatever is due at ``now``: hard lifetimes, then one of: the Delete of expired
-        child SAs, a retransmission, the half-open timeout, a rekey or a liveness check."""
+        child SAs, a retransmission, the half-open timeout, a rekey, asking again for a
+        refused child SA, or a liveness check."""
         if self.state is State.DEAD:
             return
+        self._clock = now
         for c in [c for c in self.children if c.expire_at is not None and c.expire_at <= now]:
             # past its hard lifetime without a rekey: it may not carry traffic any longer
+            self._debug("child SA %#010x is past its hard lifetime without a rekey: "
+                        "deleting it", c.spi_in)
             self._child_down(c)
             self._unsent_deletes.append(c)
         if (self._unsent_deletes and self._request is None
@@ -316,29 +381,42 @@ class IkeSa(IkeRekeyExchanges, InitialExchanges):
     def _retransmit(self, req: Request, now: float) -> None:
         if now < self._retransmit_at(req):
             return
-        tries = self.config.retransmit_tries if self.config else RETRANSMIT_TRIES
+        tries = self._tries()
         if req.tries >= tries:
             self._die(f"no response to {req.kind.value} after {req.tries} tries",
                       DownCause.NO_RESPONSE)
             return
         req.tries += 1
         req.sent_at = now
+        if log.isEnabledFor(logging.DEBUG):
+            self._debug("retransmitting %s request %d (try %d of %d) to %s (%d bytes)",
+                        exchange_name(req.exchange), req.message_id, req.tries, tries,
+                        format_addr(self.remote), len(req.data))
         self._send(req.data)
 
     def _start_due(self, now: float) -> None:
-        """With the window free: an IKE SA rekey, a child SA rekey or a liveness check, the
-        first that is due."""
+        """With the window free: an IKE SA rekey, a child SA rekey, asking again for a
+        refused child SA, or a liveness check, the first that is due."""
+        cfg = self.config
         if self.ike_rekey_at is not None and now >= self.ike_rekey_at and not self.rekeyed:
             self.ike_rekey_at = None
+            self._debug("IKE SA rekey due (ike_rekey_time %.0f s, or a retry after "
+                        "TEMPORARY_FAILURE)", cfg.ike_rekey_time if cfg else 0.0)
             self.rekey_ike(now)
             return
         due = [c for c in self.children if c.rekey_at is not None and c.rekey_at <= now]
         if due:
             due[0].rekey_at = None  # one attempt per soft lifetime
-            self.rekey_child(due[0].spi_in, now)
+            self.rekey_child(due[0].spi_in, now,
+                             reason="time: the soft lifetime (rekey_time "
+                             f"{cfg.child_rekey_time if cfg else 0:.0f} s) is reached, or "
+                             "a retry after TEMPORARY_FAILURE")
             return
-        if (self.config and self.config.dpd_interval > 0
-                and now >= self.last_rx + self.config.dpd_interval):
+        if self.child_retry_at is not None and now >= self.child_retry_at:
+            self.child_retry_at = None
+            self.create_child(now)
+            return
+        if cfg and cfg.dpd_interval > 0 and now >= self.last_rx + cfg.dpd_interval:
             self.check_liveness(now)
 
 
@@ -349,6 +427,7 @@ RequestHandler = Callable[[IkeSa, Message, float], None]
 ON_RESPONSE: Final[dict[RequestKind, ResponseHandler]] = {
     RequestKind.IKE_SA_INIT: IkeSa._on_init_response,
     RequestKind.IKE_AUTH: IkeSa._on_auth_response,
+    RequestKind.CREATE_CHILD: IkeSa._on_create_child_response,
     RequestKind.LIVENESS_CHECK: IkeSa._on_answered,
     RequestKind.REKEY_CHILD: IkeSa._on_rekey_child_response,
     RequestKind.REKEY_IKE: IkeSa._on_rekey_ike_response,
