@@ -2,9 +2,10 @@
 
 ``IkeSa`` follows the core contract: it is fed received IKE messages (``receive``) and the
 time (``handle_timer``) with an explicit ``now``; ``datagrams_to_send()`` returns the messages
-to send (``Outgoing``), ``next_event()`` its events (``ChildUp``, ``ChildDown``, ``IkeUp``,
-``IkeDown``, ``IkeRekeyed``) and ``get_timer()`` its next deadline. It owns no socket:
-``nattunnel.ike.manager`` moves the bytes and installs the child SAs.
+to send (``Outgoing``), ``next_event()`` its events (``ChildUp``, ``ChildDown``,
+``ChildRefused``, ``IkeUp``, ``IkeDown``, ``IkeRekeyed``) and ``get_timer()`` its next
+deadline. It owns no socket: ``nattunnel.ike.manager`` moves the bytes and installs the child
+SAs.
 
 One class, split by exchange: ``base`` (state, sending, keys), ``child`` (child SAs and their
 rekeys), ``initial`` (IKE_SA_INIT, IKE_AUTH), ``rekey`` (IKE SA rekeys); here the dispatch,
@@ -13,7 +14,9 @@ as data (``ON_REQUEST``, ``ON_RESPONSE``), INFORMATIONAL and the timers. Covered
   (2.6), NO_PROPOSAL_CHOSEN; the switch to UDP 4500 when NAT is found or encapsulation is
   forced;
 - IKE_AUTH with PSK (2.15) or Ed25519 (RFC 7427 / RFC 8420), INITIAL_CONTACT, the first child
-  SA with traffic selectors narrowed by the responder (2.9);
+  SA with traffic selectors narrowed by the responder (2.9); a child SA the responder refuses
+  (1.2: NO_PROPOSAL_CHOSEN, TS_UNACCEPTABLE, ...) leaves the IKE SA up (``ChildRefused``),
+  and the initiator asks again with CREATE_CHILD_SA (1.3.1), backing off;
 - INFORMATIONAL: every request answered; Delete of child SAs and of the IKE SA (1.4.1);
   liveness checks (DPD) when nothing was received for ``dpd_interval``;
 - CREATE_CHILD_SA both ways: child SA rekeys with optional PFS (1.3.3, 2.17) and IKE SA
@@ -27,6 +30,11 @@ as data (``ON_REQUEST``, ``ON_RESPONSE``), INFORMATIONAL and the timers. Covered
   (1.3, 3.4, 3.10.1); NO_ADDITIONAL_SAS beyond ``max_children``; child rekey collisions
   (2.8.1), simultaneous IKE SA rekeys (2.8.2) and rekey/delete collisions (2.25.1, 2.25.2,
   with TEMPORARY_FAILURE).
+
+At DEBUG (logger ``nattunnel.ike``) every IKE message in and out is logged with its exchange,
+message ID and payload list, and so are NAT detection, moves, rekey decisions, DPD, Deletes
+and the next deadline (docs/troubleshooting.md, "Debug logging"); nothing per data packet and
+never a key.
 """
 
 from __future__ import annotations

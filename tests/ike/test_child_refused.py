@@ -14,7 +14,7 @@ from nattunnel.constants import DhGroup, ExchangeType, NotifyType
 from nattunnel.esp.suite import SUITES
 from nattunnel.ike.base import State
 from nattunnel.ike.config import CHILD_RETRY_BASE, CHILD_RETRY_MAX
-from nattunnel.ike.events import ChildRefused, IkeDown
+from nattunnel.ike.events import ChildRefused, IkeDown, IkeRekeyed
 from nattunnel.ike.message import KE, SA, decode_message
 from nattunnel.ike.proposals import EspProposal
 from tests.support.ike import (
@@ -158,3 +158,43 @@ def test_manager_logs_the_refusal_and_the_tunnel_gets_the_child_on_retry(caplog)
     net.wire.advance(CHILD_RETRY_BASE)
     assert up(net)
     assert list(net.a.sas.values()) == [sa_a] and len(sa_a.children) == 1
+
+
+def test_the_retry_moves_to_the_new_ike_sa_after_an_ike_sa_rekey():
+    a_cfg, b_cfg = configs()
+    a_cfg.dpd_interval = b_cfg.dpd_interval = 0
+    b_cfg.remote_ts = ELSEWHERE
+    w = SaPair(a_cfg, b_cfg)
+    w.a.start(0.0)
+    w.pump()
+    assert refusals(w.events_a) and w.a.child_retry_at == CHILD_RETRY_BASE
+    assert w.a.rekey_ike(5.0)
+    w.pump(5.0)
+    (ra,) = [e for e in w.events_a if isinstance(e, IkeRekeyed)]
+    (rb,) = [e for e in w.events_b if isinstance(e, IkeRekeyed)]
+    assert ra.old.state is State.DEAD
+    w.a, w.b = ra.new, rb.new
+    assert w.a.child_retry_at == CHILD_RETRY_BASE and w.a.get_timer() == CHILD_RETRY_BASE
+    b_cfg.remote_ts = (NET_A,)
+    w.wire.advance(CHILD_RETRY_BASE)
+    (ca,), (cb,) = child_ups(w.events_a), child_ups(w.events_b)
+    assert ca.ike is ra.new and cb.ike is rb.new
+    assert_child_pair_works(ca, cb)
+
+
+def test_the_peer_may_not_rekey_the_ike_sa_while_we_create_a_child():
+    """Section 2.25.2: TEMPORARY_FAILURE while creating a child SA of this IKE SA."""
+    a_cfg, b_cfg = configs()
+    b_cfg.remote_ts = ELSEWHERE
+    w = SaPair(a_cfg, b_cfg)
+    w.a.start(0.0)
+    w.pump()
+    b_cfg.remote_ts = (NET_A,)
+    assert w.a.create_child(1.0)
+    ours = w.a.datagrams_to_send()
+    assert w.b.rekey_ike(1.0)
+    w.pump(1.0)  # B's rekey reaches A while A's CREATE_CHILD_SA is out
+    assert not [e for e in w.events_a if isinstance(e, IkeRekeyed)]
+    w.release("a", ours)
+    w.pump(1.0)
+    assert len(child_ups(w.events_a)) == 1 and w.a.state is State.ESTABLISHED
