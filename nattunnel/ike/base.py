@@ -73,6 +73,8 @@ class Child:
     rekey_at: float | None = None
     #: when the SA must go if no rekey replaced it (hard lifetime), or None
     expire_at: float | None = None
+    #: the rekey at ``rekey_at`` is a retry after TEMPORARY_FAILURE (for the log)
+    rekey_retry: bool = False
 
 
 class RequestKind(Enum):
@@ -257,8 +259,10 @@ class SaCore:
         self.rekeyed = False
         #: the peer sent INITIAL_CONTACT: it has no other SAs with us (section 2.4)
         self.initial_contact = False
-        #: when we start an IKE SA rekey, or None
+        #: when we start an IKE SA rekey, or None; and whether that is a retry after
+        #: TEMPORARY_FAILURE (for the log)
         self.ike_rekey_at: float | None = None
+        self._ike_rekey_retry = False
         #: child rekeys the peer started, by the old inbound SPI: (their Ni, our Nr, new SPI)
         self._peer_rekeys: dict[int, tuple[bytes, bytes, int]] = {}
         #: section 2.8.2: the peer's rekey of this SA that we answered while ours was

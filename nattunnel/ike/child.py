@@ -245,6 +245,7 @@ class ChildSaExchanges(SaCore):
                        "no SA or Nonce")
             if old is not None and msg.notify(NotifyType.TEMPORARY_FAILURE) is not None:
                 old.rekey_at = now + retry_delay()  # section 2.25
+                old.rekey_retry = True
                 self._debug("rekey of child SA %#010x refused with TEMPORARY_FAILURE: "
                             "trying again in %.1f s", ctx.old, old.rekey_at - now)
             else:

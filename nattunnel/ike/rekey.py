@@ -130,6 +130,7 @@ class IkeRekeyExchanges(SaCore):
             # its Delete); after TEMPORARY_FAILURE try again a little later
             if msg.notify(NotifyType.TEMPORARY_FAILURE) is not None:
                 self.ike_rekey_at = now + retry_delay()
+                self._ike_rekey_retry = True
                 self._debug("IKE SA rekey refused with TEMPORARY_FAILURE: trying again in "
                             "%.1f s", self.ike_rekey_at - now)
             else:

@@ -408,17 +408,23 @@ class IkeSa(IkeRekeyExchanges, InitialExchanges):
         cfg = self.config
         if self.ike_rekey_at is not None and now >= self.ike_rekey_at and not self.rekeyed:
             self.ike_rekey_at = None
-            self._debug("IKE SA rekey due (ike_rekey_time %.0f s, or a retry after "
-                        "TEMPORARY_FAILURE)", cfg.ike_rekey_time if cfg else 0.0)
+            if self._ike_rekey_retry:
+                self._debug("IKE SA rekey due: a retry after TEMPORARY_FAILURE")
+            else:
+                self._debug("IKE SA rekey due: time (its soft lifetime, ike_rekey_time "
+                            "%.0f s less jitter)", cfg.ike_rekey_time if cfg else 0.0)
+            self._ike_rekey_retry = False
             self.rekey_ike(now)
             return
         due = [c for c in self.children if c.rekey_at is not None and c.rekey_at <= now]
         if due:
-            due[0].rekey_at = None  # one attempt per soft lifetime
-            self.rekey_child(due[0].spi_in, now,
-                             reason="time: the soft lifetime (rekey_time "
-                             f"{cfg.child_rekey_time if cfg else 0:.0f} s) is reached, or "
-                             "a retry after TEMPORARY_FAILURE")
+            child = due[0]
+            child.rekey_at = None  # one attempt per soft lifetime
+            why = ("a retry after TEMPORARY_FAILURE" if child.rekey_retry else
+                   f"time (its soft lifetime, rekey_time {cfg.child_rekey_time if cfg else 0:.0f}"
+                   " s less jitter)")
+            child.rekey_retry = False
+            self.rekey_child(child.spi_in, now, reason=why)
             return
         if self.child_retry_at is not None and now >= self.child_retry_at:
             self.child_retry_at = None

@@ -190,8 +190,8 @@ def test_child_rekey_by_time_and_temporary_failure_are_logged(caplog):
     w.a.handle_timer(due)
     w.pump(due)
     log = lines(caplog)
-    has(log, r"rekey of child SA 0x[0-9a-f]{8} started: time: the soft lifetime "
-             r"\(rekey_time 100 s\) is reached")
+    has(log, r"rekey of child SA 0x[0-9a-f]{8} started: time \(its soft lifetime, "
+             r"rekey_time 100 s less jitter\)")
     has(log, r"answering CREATE_CHILD_SA request 2 with TEMPORARY_FAILURE: child SA being "
              r"deleted")
     both_ways(log, "CREATE_CHILD_SA", "response", 2, "SK{N(TEMPORARY_FAILURE)}", B, A)
@@ -199,6 +199,31 @@ def test_child_rekey_by_time_and_temporary_failure_are_logged(caplog):
              r"in \d+\.\d s")
     w.release("b", held)
     w.pump(due)
+
+
+def test_ike_sa_rekey_refused_with_temporary_failure_and_retried(caplog):
+    """Section 2.25.2: B is rekeying a child SA when A's IKE SA rekey comes."""
+    caplog.set_level(logging.DEBUG, logger="nattunnel")
+    a_cfg, b_cfg = configs()
+    a_cfg.dpd_interval = b_cfg.dpd_interval = 0
+    w = SaPair(a_cfg, b_cfg)
+    w.a.start(0.0)
+    w.pump()
+    assert w.b is not None and w.b.rekey_child(w.b.children[0].spi_in, 1.0)
+    held = w.b.datagrams_to_send()
+    assert w.a.rekey_ike(1.0)
+    w.pump(1.0)
+    log = lines(caplog)
+    has(log, r"answering CREATE_CHILD_SA request 2 with TEMPORARY_FAILURE: another exchange "
+             r"is under way")
+    has(log, r"IKE SA rekey refused with TEMPORARY_FAILURE: trying again in \d+\.\d s")
+    w.release("b", held)
+    w.pump(1.0)
+    w.wire.advance(11.0)
+    log = lines(caplog)
+    has(log, r"next deadline in \d+\.\d s: IKE SA rekey$")
+    has(log, r"IKE SA rekey due: a retry after TEMPORARY_FAILURE")
+    assert any(isinstance(e, IkeRekeyed) for e in w.events_a)
 
 
 def test_the_refused_child_sa_and_its_retry_are_logged(caplog):
