@@ -15,17 +15,25 @@ and operators.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import errno
 import json
 import logging
 import os
 import signal
+import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from .addr import Addr, format_addr, sockaddr
-from .config import Config
+from .config import Config, ConfigError, PeerConfig, load_config
 from .constants import IKE_PORT
+from .control.protocol import ControlError
+from .control.server import ControlServer
+from .control.status import snapshot
 from .esp.sa import InboundSA, OutboundSA
 from .ike.events import Outgoing
 from .ike.keylog import KeyLog
@@ -33,6 +41,7 @@ from .ike.manager import IkeManager, IkePeer, LocalAddressNeeded, PeerDown, Peer
 from .io.endpoint import Endpoint, InnerInterface, InProcessInterface
 from .tunnel.core import Event as TunnelEvent
 from .tunnel.core import PeerMoved, RekeyNeeded, Tunnel
+from .tunnel.peer import Peer
 
 log = logging.getLogger("nattunnel")
 
@@ -125,15 +134,19 @@ def build_tunnel(config: Config, now: float) -> Tunnel:
         addr = sockaddr(*pc.endpoint) if pc.endpoint and pc.ike is None else None
         peer = tunnel.add_peer(pc.name, pc.allowed_ips, addr=addr, keepalive=keepalive,
                                keepalive_interval=pc.keepalive_interval, now=now)
-        if pc.ike is not None:
-            continue
-        assert pc.spi_out is not None and pc.spi_in is not None
-        assert pc.key_out is not None and pc.key_in is not None
-        tunnel.set_outbound(peer, OutboundSA(pc.spi_out, pc.suite, pc.key_out, esn=pc.esn,
-                                             tfc_pad=pc.tfc_pad))
-        tunnel.install_inbound(peer, InboundSA(pc.spi_in, pc.suite, pc.key_in, esn=pc.esn,
-                                               replay_window=pc.replay_window))
+        if pc.ike is None:
+            _install_manual(tunnel, peer, pc)
     return tunnel
+
+
+def _install_manual(tunnel: Tunnel, peer: Peer, pc: PeerConfig) -> None:
+    """A manual peer's SAs, from its configuration."""
+    assert pc.spi_out is not None and pc.spi_in is not None
+    assert pc.key_out is not None and pc.key_in is not None
+    tunnel.set_outbound(peer, OutboundSA(pc.spi_out, pc.suite, pc.key_out, esn=pc.esn,
+                                         tfc_pad=pc.tfc_pad))
+    tunnel.install_inbound(peer, InboundSA(pc.spi_in, pc.suite, pc.key_in, esn=pc.esn,
+                                           replay_window=pc.replay_window))
 
 
 def build_ike(config: Config, tunnel: Tunnel, now: float) -> IkeManager | None:
@@ -212,44 +225,360 @@ def write_stats(endpoint: Endpoint, path: Path) -> None:
         log.error("--stats %s: cannot write the counters: %s", path, e.strerror or e)
 
 
+#: how long a graceful stop waits for the answers to its Deletes
+STOP_WAIT = 2.0
+
+
+def _comparable(value: object) -> object:
+    """``value`` with keys as their raw octets and dataclasses as tuples, for comparing
+    two loads of one configuration (key objects do not compare by value)."""
+    if isinstance(value, ed25519.Ed25519PrivateKey | ed25519.Ed25519PublicKey):
+        return value.public_key().public_bytes_raw() if isinstance(
+            value, ed25519.Ed25519PrivateKey) else value.public_bytes_raw()
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return tuple((f.name, _comparable(getattr(value, f.name)))
+                     for f in dataclasses.fields(value))
+    if isinstance(value, tuple | list):
+        return tuple(_comparable(v) for v in value)
+    return value
+
+
+#: what ``reload`` cannot change on a running endpoint
+RESTART_FIELDS = ("listen", "interface", "ike_port", "limits", "keylog", "control_socket",
+                  "metrics")
+
+
+class Node:
+    """One running endpoint of a configuration: the cores, the endpoint and its inner
+    interface, the control socket and the metrics endpoint; what ``nattunnel up`` runs and
+    what a program embeds (docs/python-api.md)::
+
+        async with Node(config) as node:
+            await node.wait_up("b")
+            node.send(packet)             # the in-process interface
+            reply = await node.recv()
+            print(node.show()["peers"]["b"]["rx_bytes"])
+
+    ``start`` opens everything (OSError, as ``ListenError`` naming the field, if a socket
+    cannot be opened); ``stop`` is the graceful stop: a Delete for every IKE SA, at most
+    STOP_WAIT for their answers, then everything closed. The operator's requests
+    (``handle``: show, initiate, terminate, rekey, reload, down) come through the control
+    socket or are called directly."""
+
+    def __init__(self, config: Config, *, control_socket: bool = True,
+                 metrics: bool = True) -> None:
+        """``control_socket``, ``metrics``: open those of the configuration (an embedding
+        program may not want them)."""
+        self.config = config
+        self._want_control = control_socket and config.control_socket is not None
+        self._want_metrics = metrics and config.metrics is not None
+        self.endpoint: Endpoint | None = None
+        self.controller: Controller | None = None
+        self.control_server: ControlServer | None = None
+        self.stopped = asyncio.Event()
+        #: set by ``request_stop`` (``nattunnel down``, SIGINT, SIGTERM): ``run`` stops
+        self.stop_requested = asyncio.Event()
+        self._stopping = False
+        self._started_at = 0.0
+        self._waiters: dict[str, list[asyncio.Future[None]]] = {}
+
+    # --- life cycle ---------------------------------------------------------------------------
+    async def start(self) -> Node:
+        loop = asyncio.get_running_loop()
+        config = self.config
+        self._started_at = loop.time()
+        tunnel = build_tunnel(config, loop.time())
+        controller = Controller(tunnel, build_ike(config, tunnel, loop.time()),
+                                ike_port=config.ike_port)
+        controller.on_peer = self._peer_event
+        interface = open_interface(config)
+        endpoint = Endpoint(tunnel, interface, config.listen, control=controller)
+        try:
+            await endpoint.start()
+        except OSError as e:
+            endpoint.close()
+            raise ListenError.of(config, e) from e
+        except BaseException:
+            endpoint.close()
+            raise
+        self.endpoint, self.controller = endpoint, controller
+        try:
+            await self._start_operator_side()
+        except BaseException:
+            self._close()
+            raise
+        return self
+
+    async def _start_operator_side(self) -> None:
+        config = self.config
+        if self._want_control and config.control_socket is not None:
+            server = ControlServer(config.control_socket, self.handle)
+            try:
+                await server.start()
+            except OSError as e:
+                raise OSError(e.errno, f"{config.path or 'config'}: control_socket = "
+                                       f"{config.control_socket}: {e.strerror or e}") from e
+            self.control_server = server
+
+    async def stop(self, wait: float = STOP_WAIT) -> None:
+        """The graceful stop: a Delete for every IKE SA (the peers drop theirs at once
+        rather than after their liveness checks), at most ``wait`` seconds for the
+        answers, then every socket and the inner interface closed. Idempotent."""
+        if self._stopping:
+            await self.stopped.wait()
+            return
+        self._stopping = True
+        try:
+            ike = self.controller.ike if self.controller is not None else None
+            if ike is not None and self.endpoint is not None:
+                loop = asyncio.get_running_loop()
+                sent = ike.delete_all(loop.time())
+                self.endpoint.rearm_timer()  # sends them
+                deadline = loop.time() + wait
+                while ike.closing() and loop.time() < deadline:
+                    await asyncio.sleep(0.02)
+                if sent:
+                    log.info("stopping: %d IKE SA(s) deleted%s", sent,
+                             "" if not ike.closing() else
+                             f" (not all answered within {wait:.0f} s)")
+        finally:
+            self._close()
+
+    def _close(self) -> None:
+        if self.control_server is not None:
+            self.control_server.close()
+        if self.endpoint is not None:
+            self.endpoint.close()
+        for futures in self._waiters.values():
+            for f in futures:
+                if not f.done():
+                    f.set_exception(ConnectionError("the endpoint stopped"))
+        self._waiters.clear()
+        self.stopped.set()
+
+    async def __aenter__(self) -> Node:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    # --- what a program uses ------------------------------------------------------------------
+    def _now(self) -> float:
+        return asyncio.get_running_loop().time()
+
+    def _parts(self) -> tuple[Endpoint, Controller]:
+        if self.endpoint is None or self.controller is None:
+            raise RuntimeError("the node is not started")
+        return self.endpoint, self.controller
+
+    def show(self, peer: str | None = None) -> dict[str, Any]:
+        """The status as data (``nattunnel show --json``; ``nattunnel.control.status``);
+        KeyError for an unknown ``peer``."""
+        endpoint, controller = self._parts()
+        return snapshot(endpoint, controller.ike, self._now(), started=self._started_at,
+                        version=_version(), peer=peer)
+
+    def is_up(self, peer: str) -> bool:
+        """Whether the peer has an SA to send on (an IKE peer: a child SA is up)."""
+        endpoint, _ = self._parts()
+        p = endpoint.tunnel.peers.get(peer)
+        if p is None:
+            raise KeyError(peer)
+        return p.outbound is not None and p.addr is not None
+
+    async def wait_up(self, peer: str, timeout: float | None = None) -> None:
+        """Until the peer is up (``is_up``); TimeoutError after ``timeout`` seconds,
+        KeyError for an unknown peer, ConnectionError if the node stops first."""
+        if self.is_up(peer):
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(peer, []).append(future)
+        try:
+            await asyncio.wait_for(asyncio.shield(future), timeout)
+        finally:
+            waiting = self._waiters.get(peer, [])
+            if future in waiting:
+                waiting.remove(future)
+
+    def _peer_event(self, ev: PeerUp | PeerDown) -> None:
+        if isinstance(ev, PeerUp):
+            for f in self._waiters.pop(ev.name, []):
+                if not f.done():
+                    f.set_result(None)
+
+    def _in_process(self) -> InProcessInterface:
+        endpoint, _ = self._parts()
+        if not isinstance(endpoint.interface, InProcessInterface):
+            raise RuntimeError("send and recv need interface.kind = \"inprocess\"")
+        return endpoint.interface
+
+    def send(self, packet: bytes | bytearray | memoryview) -> int:
+        """Send one inner IP packet (in-process interface): the ESP packet's length, or
+        ``-DropReason`` (``-NO_ENDPOINT`` before the peer is up, say)."""
+        return self._in_process().send(packet)
+
+    async def recv(self) -> bytes:
+        """The next inner IP packet that came through the tunnel (in-process interface)."""
+        return await self._in_process().recv()
+
+    # --- what the operator asks ---------------------------------------------------------------
+    async def handle(self, req: dict[str, Any]) -> object:
+        """One control request (``nattunnel.control.protocol``): its result, or a
+        ControlError saying why not."""
+        command = req["command"]
+        if command == "show":
+            try:
+                return self.show(_peer_arg(req, required=False))
+            except KeyError:
+                raise ControlError(f"no peer {req.get('peer')!r}") from None
+        if command == "down":
+            asyncio.get_running_loop().call_soon(self.request_stop)
+            return "stopping"
+        if command == "reload":
+            return self.reload()
+        return self._steer(command, _peer_arg(req, required=True) or "", req)
+
+    def request_stop(self) -> None:
+        """Ask the one who runs the node (``run``) to stop it (``down``, a signal)."""
+        self.stop_requested.set()
+
+    def _steer(self, command: str, name: str, req: dict[str, Any]) -> object:
+        endpoint, controller = self._parts()
+        ike = controller.ike
+        if name not in endpoint.tunnel.peers:
+            raise ControlError(f"no peer {name!r}")
+        if ike is None or name not in ike.peers:
+            raise ControlError(f"peer {name!r} has manual SAs: nothing to {command}")
+        now = self._now()
+        if command == "initiate":
+            if ike.peers[name].remote is None:
+                raise ControlError(f"peer {name!r} has no endpoint to initiate to; it "
+                                   f"initiates, and we answer")
+            if any(sa.established for sa in ike.sas_of(name)):
+                ike.held.discard(name)
+                result: object = "already up"
+            else:
+                ike.initiate(name, now)
+                result = "initiating"
+        elif command == "terminate":
+            result = f"{ike.terminate(name, now)} IKE SA(s) deleted"
+        else:
+            which = "IKE SA" if req.get("ike") else "child SA(s)"
+            n = ike.rekey(name, now, ike=bool(req.get("ike")))
+            if not n:
+                raise ControlError(f"peer {name!r}: no established {which} to rekey now "
+                                   f"(or an exchange is under way: try again)")
+            result = f"rekeying {n} {which}"
+        log.info("control: %s %s: %s", command, name, result)
+        endpoint.rearm_timer()
+        return result
+
+    def reload(self) -> dict[str, Any]:
+        """Read the configuration file again and apply what changed in its peers: added
+        ones start, removed ones are deleted (a Delete for their IKE SAs), changed ones are
+        both; the others keep their SAs untouched. A configuration with an error changes
+        nothing (ControlError naming the field). Fields that need a restart are reported,
+        and not applied."""
+        if self.config.path is None:
+            raise ControlError("the configuration was not loaded from a file")
+        try:
+            new = load_config(self.config.path)
+        except ConfigError as e:
+            raise ControlError(f"nothing changed: {e}") from None
+        endpoint, controller = self._parts()
+        old = {pc.name: pc for pc in self.config.peers}
+        fresh = {pc.name: pc for pc in new.peers}
+        removed = [n for n in old if n not in fresh]
+        added = [n for n in fresh if n not in old]
+        changed = [n for n in fresh if n in old
+                   and _comparable(old[n]) != _comparable(fresh[n])]
+        restart = [f for f in RESTART_FIELDS
+                   if _comparable(getattr(self.config, f)) != _comparable(getattr(new, f))]
+        if controller.ike is None and any(fresh[n].ike is not None for n in added + changed):
+            raise ControlError("nothing changed: adding the first IKE peer needs a restart "
+                               "(the port-500 sockets open at start)")
+        now = self._now()
+        for name in removed + changed:
+            self._remove_peer(endpoint, controller, name, now)
+        for name in changed + added:
+            _add_peer(endpoint, controller.ike, fresh[name], now)
+        self.config = dataclasses.replace(self.config, peers=new.peers)
+        endpoint.rearm_timer()
+        result = {"added": added, "removed": removed, "changed": changed,
+                  "unchanged": [n for n in fresh if n in old and n not in changed],
+                  "restart_needed": restart}
+        log.info("reload: %s", ", ".join(f"{k} {v}" for k, v in result.items() if v)
+                 or "nothing changed")
+        return result
+
+    def _remove_peer(self, endpoint: Endpoint, controller: Controller, name: str,
+                     now: float) -> None:
+        if controller.ike is not None and name in controller.ike.peers:
+            controller.ike.remove_peer(name, now)
+        controller.up.discard(name)
+        endpoint.tunnel.remove_peer(name)
+
+
+def _version() -> str:
+    """The package's version (the package is loaded: this module is in it)."""
+    return str(getattr(sys.modules.get("nattunnel"), "__version__", "unknown"))
+
+
+def _peer_arg(req: dict[str, Any], *, required: bool) -> str | None:
+    peer = req.get("peer")
+    if peer is None and not required:
+        return None
+    if not isinstance(peer, str) or not peer:
+        raise ControlError("give a peer's name")
+    return peer
+
+
+def _add_peer(endpoint: Endpoint, ike: IkeManager | None, pc: PeerConfig,
+              now: float) -> None:
+    """A peer of the configuration, on a running endpoint (``reload``)."""
+    keepalive = pc.ike is None and pc.keepalive.wanted(pc.behind_nat)
+    addr = sockaddr(*pc.endpoint) if pc.endpoint and pc.ike is None else None
+    peer = endpoint.add_peer(pc.name, pc.allowed_ips, addr=addr, keepalive=keepalive,
+                             keepalive_interval=pc.keepalive_interval, now=now)
+    if pc.ike is None:
+        _install_manual(endpoint.tunnel, peer, pc)
+    elif ike is not None:
+        remote = sockaddr(*pc.endpoint) if pc.endpoint else None
+        ike.add_peer(IkePeer(pc.ike, initiate=pc.initiate and remote is not None,
+                             remote=remote), now)
+
+
 async def run(config: Config, stats_path: Path | None = None, *,
               ignore_signals_after: bool = False) -> int:
-    """Run the configuration's endpoint until SIGINT or SIGTERM. With
-    ``ignore_signals_after`` (``nattunnel up``: the process ends next) SIGINT and SIGTERM are
-    ignored from the moment the endpoint's own handlers go, with no gap in between."""
+    """Run the configuration's endpoint (a ``Node``) until SIGINT, SIGTERM or ``nattunnel
+    down``, then stop it gracefully. With ``ignore_signals_after`` (``nattunnel up``: the
+    process ends next) SIGINT and SIGTERM are ignored from the moment the endpoint's own
+    handlers go, with no gap in between."""
     loop = asyncio.get_running_loop()
-    tunnel = build_tunnel(config, loop.time())
-    controller = Controller(tunnel, build_ike(config, tunnel, loop.time()),
-                            ike_port=config.ike_port)
-    interface = open_interface(config)
-    endpoint = Endpoint(tunnel, interface, config.listen, control=controller)
-    try:
-        await endpoint.start()
-    except OSError as e:
-        interface.close()
-        raise ListenError.of(config, e) from e
-    except BaseException:
-        interface.close()
-        raise
-    stop = asyncio.Event()
+    node = Node(config)
+    await node.start()
+    assert node.endpoint is not None
+    endpoint = node.endpoint
     # The handlers go in before "listening on" is logged: whoever waits for that line (a test,
     # a supervisor) may signal at once, and SIGUSR1 would end a process without its handler.
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, node.request_stop)
     if stats_path is not None:
         loop.add_signal_handler(signal.SIGUSR1, write_stats, endpoint, stats_path)
     try:
-        _log_started(config, endpoint)
-        await stop.wait()
+        _log_started(config, node)
+        await node.stop_requested.wait()
     finally:
         # The handlers stay until everything is closed: a second SIGINT or SIGTERM during the
-        # teardown only sets ``stop`` again (it raised KeyboardInterrupt in the middle of the
+        # teardown only sets the event again (it raised KeyboardInterrupt in the middle of the
         # TUN device's close once the handlers were gone).
-        if stats_path is not None:
-            write_stats(endpoint, stats_path)
-        endpoint.close()
-        log.info("stopped: sockets closed, %s", _closed(interface))
-        _remove_signal_handlers(loop, ignore_signals_after)
+        try:
+            await node.stop()
+        finally:
+            if stats_path is not None:
+                write_stats(endpoint, stats_path)
+            log.info("stopped: sockets closed, %s", _closed(endpoint.interface))
+            _remove_signal_handlers(loop, ignore_signals_after)
     return 0
 
 
@@ -291,11 +620,17 @@ def _taken_over(endpoint: Endpoint) -> str:
     return ""
 
 
-def _log_started(config: Config, endpoint: Endpoint) -> None:
+def _log_started(config: Config, node: Node) -> None:
     ic = config.interface
+    assert node.endpoint is not None
+    endpoint = node.endpoint
     where = ", ".join(format_addr(a[:2]) for a in endpoint.local_addresses())
     log.info("listening on %s; inner interface %s (%s, mtu %d)%s", where, ic.kind,
              ic.name, ic.mtu, _taken_over(endpoint))
+    if node.control_server is not None:
+        log.info("control socket %s (nattunnel show, initiate, terminate, rekey, reload, "
+                 "down)", node.control_server.path)
+
     for pc in config.peers:
         if pc.endpoint:
             where = format_addr(pc.endpoint)

@@ -24,7 +24,7 @@ CODECS = {"ike/message.py"}
 MAX_TYPE_IGNORES = 0
 
 BASE = {"constants", "addr"}
-PRODUCT = {"esp", "tunnel", "ike", "io", "config", "keys", "app"} | BASE
+PRODUCT = {"esp", "tunnel", "ike", "io", "config", "keys", "control", "app"} | BASE
 #: layer -> the layers it may import (itself included)
 MAY_IMPORT: dict[str, set[str]] = {
     "constants": set(),
@@ -35,6 +35,7 @@ MAY_IMPORT: dict[str, set[str]] = {
     "io": BASE | {"esp", "tunnel", "ike", "io"},
     "keys": BASE | {"esp", "keys"},
     "config": BASE | {"esp", "tunnel", "ike", "keys", "config"},
+    "control": BASE | {"esp", "tunnel", "ike", "io", "config", "keys", "control"},
     "app": PRODUCT,
     "lab": PRODUCT | {"lab"},
     "bench": PRODUCT | {"lab", "bench"},

@@ -37,8 +37,22 @@ from .model import (
 from .peers import PeerFields
 
 #: the keys of the top level, of [interface] and of [limits]
-#: where control sockets go unless ``control_socket`` says otherwise
-DEFAULT_CONTROL_DIR: Final = Path("/run/nattunnel")
+#: where root's control sockets go unless ``control_socket`` says otherwise
+SYSTEM_CONTROL_DIR: Final = Path("/run/nattunnel")
+
+
+def default_control_dir() -> Path:
+    """Where control sockets go unless ``control_socket`` says otherwise: /run/nattunnel
+    for root, else $XDG_RUNTIME_DIR/nattunnel (or /tmp/nattunnel-UID): the commands
+    (``nattunnel show`` ...) look there too."""
+    if os.geteuid() == 0:
+        return SYSTEM_CONTROL_DIR
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime:
+        return Path(runtime) / "nattunnel"
+    return Path(f"/tmp/nattunnel-{os.geteuid()}")
+
+
 #: sun_path's size less its NUL (unix(7))
 UNIX_PATH_MAX: Final = 107
 TOP_KEYS: Final = ("listen", "interface", "peer", "keylog", "ike_port", "limits",
@@ -146,7 +160,7 @@ class Parser(PeerFields):
         speak to; "" for none; default /run/nattunnel/<the file's name>.sock."""
         if "control_socket" not in doc:
             stem = self.path.stem if self.path is not None else "nattunnel"
-            return DEFAULT_CONTROL_DIR / f"{stem}.sock"
+            return default_control_dir() / f"{stem}.sock"
         text = self.get(doc, "control_socket", "", str,
                         "the path of a Unix socket, or \"\" for none")
         if not text:

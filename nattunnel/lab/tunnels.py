@@ -11,6 +11,7 @@ Used by the root tests (tests/support/tunnel_lab.py) and by ``nattunnel bench ne
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -73,6 +74,32 @@ class Node:
 
     def log(self) -> str:
         return self.log_path.read_text() if self.log_path.exists() else ""
+
+    @property
+    def control(self) -> Path:
+        """The endpoint's control socket (``control_path``)."""
+        return control_path(self.log_path.parent, self.role)
+
+    def show(self, peer: str | None = None) -> dict[str, Any]:
+        """The endpoint's status through its control socket (``nattunnel show --json``)."""
+        from ..control.protocol import request
+
+        status: dict[str, Any] = request(self.control, "show", {"peer": peer})
+        return status
+
+    def ask(self, command: str, **args: object) -> Any:
+        """One control request (initiate, terminate, rekey, reload, down): its result."""
+        from ..control.protocol import request
+
+        return request(self.control, command, args)
+
+
+def control_path(workdir: Path, role: str) -> Path:
+    """The control socket of ``role``'s endpoint in the lab run in ``workdir``: short (a
+    Unix socket's path has at most 107 octets, a test's directory may be longer) and
+    unique per work directory."""
+    digest = hashlib.sha256(str(workdir).encode()).hexdigest()[:12]
+    return Path("/tmp/nattunnel-lab") / f"{digest}-{role}.sock"
 
 
 @dataclass
@@ -150,13 +177,15 @@ def start_tunnels(lab: Lab, workdir: Path, hosts: tuple[str, ...] = ("a",), *,
         b_peers.append(_peer_block(h, None, INNER[h], b_in, h_in, to_b, from_b, suite,
                                    b_keepalive, False, interval))
         configs[h] = (
-            'listen = ["0.0.0.0:4500"]\n[interface]\nkind = "tun"\nname = "nt0"\n'
+            f'listen = ["0.0.0.0:4500"]\ncontrol_socket = "{control_path(workdir, h)}"\n'
+            '[interface]\nkind = "tun"\nname = "nt0"\n'
             f'addresses = ["{INNER[h]}/32"]\n\n'
             + _peer_block("b", f"{lab.addr['b']}:4500", INNER["b"], h_in, b_in, from_b, to_b,
                           suite, keepalive, True, interval)
         )
     configs["b"] = (
-        'listen = ["0.0.0.0:4500"]\n[interface]\nkind = "tun"\nname = "nt0"\n'
+        f'listen = ["0.0.0.0:4500"]\ncontrol_socket = "{control_path(workdir, "b")}"\n'
+        '[interface]\nkind = "tun"\nname = "nt0"\n'
         f'addresses = ["{INNER["b"]}/32"]\n\n' + "\n".join(b_peers)
     )
     env = dict(os.environ, PYTHONPATH=str(PKG_ROOT), PYTHONUNBUFFERED="1")
@@ -202,8 +231,10 @@ def _toml(value: object) -> str:
     raise TypeError(f"no TOML literal for {value!r}")
 
 
-def _ike_config(role: str, peers: list[dict[str, object]]) -> str:
-    lines = ['listen = ["0.0.0.0:4500"]', "", "[interface]", 'kind = "tun"', 'name = "nt0"',
+def _ike_config(role: str, peers: list[dict[str, object]], workdir: Path) -> str:
+    lines = ['listen = ["0.0.0.0:4500"]',
+             f"control_socket = {_toml(control_path(workdir, role))}", "", "[interface]",
+             'kind = "tun"', 'name = "nt0"',
              f'addresses = ["{INNER[role]}/32"]', ""]
     for peer in peers:
         lines.append("[[peer]]")
@@ -261,8 +292,8 @@ def start_ike_tunnels(lab: Lab, workdir: Path, hosts: tuple[str, ...] = ("a",), 
         table.update(extra or {})
         return table
 
-    configs = {h: _ike_config(h, [peer_table(h, "b", host_peer)]) for h in hosts}
-    configs["b"] = _ike_config("b", [peer_table("b", h, b_peer) for h in hosts])
+    configs = {h: _ike_config(h, [peer_table(h, "b", host_peer)], workdir) for h in hosts}
+    configs["b"] = _ike_config("b", [peer_table("b", h, b_peer) for h in hosts], workdir)
     t = Tunnels(lab, workdir)
     for role in ("b", *hosts):
         (workdir / f"{role}.toml").write_text(configs[role])

@@ -1,0 +1,105 @@
+"""The status (``nattunnel.control.status``) as ``nattunnel show`` prints it: a block per
+peer, in the manner of ``wg show`` and ``swanctl --list-sas``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def duration(seconds: float | None) -> str:
+    """``3 s``, ``4m05s``, ``2h30m``, ``3d4h``; "never" for None."""
+    if seconds is None:
+        return "never"
+    s = int(seconds)
+    if s < 60:
+        return f"{seconds:.1f} s" if seconds < 10 else f"{s} s"
+    m, s = divmod(s, 60)
+    if m < 60:
+        return f"{m}m{s:02d}s"
+    h, m = divmod(m, 60)
+    if h < 48:
+        return f"{h}h{m:02d}m"
+    d, h = divmod(h, 24)
+    return f"{d}d{h}h"
+
+
+def octets(n: int | None) -> str:
+    if n is None:
+        return "?"
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.2f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")
+
+
+def _nat(nat: dict[str, bool] | None) -> str:
+    if nat is None:
+        return ""
+    if nat["local_behind_nat"] and nat["remote_behind_nat"]:
+        return " (NAT: both sides)"
+    if nat["local_behind_nat"]:
+        return " (NAT: this side)"
+    if nat["remote_behind_nat"]:
+        return " (NAT: peer side)"
+    return " (NAT: none)"
+
+
+def _ike_sa(sa: dict[str, Any]) -> list[str]:
+    role = "initiator" if sa["initiator"] else "responder"
+    rekey = f", rekey in {duration(sa['rekey_in'])}" if sa["rekey_in"] is not None else ""
+    lines = [f"  IKE SA: {sa['state']}{' (rekeyed)' if sa['rekeyed'] else ''}, {role}, "
+             f"{sa['proposal'] or 'no proposal yet'}, SPIs {sa['spi_i']}_i {sa['spi_r']}_r, "
+             f"{sa['local']} <-> {sa['remote']}, {duration(sa['age'])} old{rekey}"]
+    for c in sa["children"]:
+        rekey = f", rekey in {duration(c['rekey_in'])}" if c["rekey_in"] is not None else ""
+        out = (f", out {octets(c['tx_bytes'])} ({c['tx_packets']} packets)"
+               if c["in_use"] else ", not in use for sending")
+        lines.append(f"    child SA: SPIs in {c['spi_in']} out {c['spi_out']}, {c['suite']}"
+                     f"{' ESN' if c['esn'] else ''}, {duration(c['age'])} old{rekey}; "
+                     f"in {octets(c['rx_bytes'])} ({c['rx_packets']} packets){out}")
+        lines.append(f"      {', '.join(c['local_ts'])} === {', '.join(c['remote_ts'])}")
+    return lines
+
+
+def peer_block(p: dict[str, Any]) -> list[str]:
+    lines = [f"peer {p['name']}: {p['state']} ({p['kind']})"]
+    lines.append(f"  endpoint: {p['endpoint'] or 'not known yet'}{_nat(p['nat'])}")
+    lines.append(f"  allowed ips: {', '.join(p['allowed_ips']) or 'none'}")
+    for sa in p["ike_sas"]:
+        lines += _ike_sa(sa)
+    lines.append(f"  transfer: {octets(p['rx_bytes'])} received ({p['rx_packets']} packets), "
+                 f"{octets(p['tx_bytes'])} sent ({p['tx_packets']} packets)")
+    handshake = (f"; last handshake: {duration(p['last_handshake'])} ago"
+                 if p["kind"] == "ike" and p["last_handshake"] is not None else "")
+    last = duration(p["last_received"])
+    lines.append(f"  last packet received: {last}{' ago' if last != 'never' else ''}"
+                 f"{handshake}")
+    ka = p["keepalive"]
+    if ka["on"] or ka["sent"] or ka["received"]:
+        lines.append(f"  keepalive: {'every ' + duration(ka['interval']) if ka['on'] else 'off'}"
+                     f" (sent {ka['sent']}, received {ka['received']})")
+    if p["rebinds"]:
+        lines.append(f"  moved (NAT rebinding): {p['rebinds']} times")
+    if p["drops"]:
+        lines.append("  drops: " + ", ".join(f"{k} {v}" for k, v in sorted(p["drops"].items())))
+    if p["last_error"] and p["state"] != "up":
+        lines.append(f"  last error: {p['last_error']}")
+    return lines
+
+
+def render(status: dict[str, Any]) -> str:
+    """The whole status as text."""
+    lines = [f"nattunnel {status['version']}: listening on {', '.join(status['listen'])}, "
+             f"up {duration(status['uptime'])}"]
+    for key, title in (("drops", "drops"), ("endpoint_drops", "endpoint drops"),
+                       ("send_errors", "send errors"), ("errors", "internal errors")):
+        counts = {k: v for k, v in (status.get(key) or {}).items() if v}
+        if counts:
+            lines.append(f"  {title}: " + ", ".join(f"{k} {v}" for k, v in sorted(
+                counts.items())))
+    for p in status["peers"].values():
+        lines.append("")
+        lines += peer_block(p)
+    return "\n".join(lines) + "\n"
