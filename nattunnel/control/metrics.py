@@ -315,6 +315,11 @@ class MetricsServer:
         name = self._server.sockets[0].getsockname()
         return (str(name[0]), int(name[1]))
 
+    @property
+    def connections(self) -> int:
+        """Connections being served now."""
+        return len(self._writers)
+
     def close(self) -> None:
         """Stop listening and drop the connections being served. Idempotent."""
         if self._server is not None:

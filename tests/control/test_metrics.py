@@ -206,8 +206,9 @@ async def test_scrape_of_a_running_ike_endpoint(pair):
     assert 3000 < value(got, "nattunnel_peer_child_rekey_in_seconds", peer="alpha") <= 3600
     assert 12000 < value(got, "nattunnel_peer_ike_rekey_in_seconds", peer="alpha") <= 14400
     assert value(got, "nattunnel_ike_sas") == 1
-    assert value(got, "nattunnel_ike_init_requests_total") == 1
-    assert value(got, "nattunnel_ike_requests_sent_total") >= 0
+    # a retransmitted IKE_SA_INIT counts too
+    assert value(got, "nattunnel_ike_init_requests_total") >= 1
+    assert value(got, "nattunnel_ike_requests_sent_total") == 0  # B only answered
     assert value(got, "nattunnel_uptime_seconds") >= 0
     assert value(got, "nattunnel_metrics_errors_total") == 0
     for name in ("nattunnel_gso_sends_total", "nattunnel_gro_batches_total",
@@ -288,7 +289,7 @@ async def test_a_slow_request_times_out(manual, monkeypatch):
 async def test_connections_are_bounded(manual):
     idle = [await asyncio.open_connection(*manual.address) for _ in range(MAX_CONNECTIONS)]
     try:
-        await wait_for(lambda: len(manual._writers) == MAX_CONNECTIONS)
+        await wait_for(lambda: manual.connections == MAX_CONNECTIONS)
         # one more is closed at once, without an answer
         reader, writer = await asyncio.open_connection(*manual.address)
         try:
@@ -303,7 +304,7 @@ async def test_connections_are_bounded(manual):
     finally:
         for _, w in idle:
             w.close()
-    await wait_for(lambda: not manual._writers)
+    await wait_for(lambda: manual.connections == 0)
     status, _, _ = await scrape(manual)
     assert status == 200
 
