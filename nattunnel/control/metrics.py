@@ -25,8 +25,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import ipaddress
 import logging
 import re
+import socket
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Final
 
@@ -285,6 +287,14 @@ def response(status: int, body: bytes = b"", *, content_type: str = "text/plain"
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (b"" if head_only else body)
 
 
+def _is_v6_any(host: str) -> bool:
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return ip.version == 6 and ip.is_unspecified
+
+
 class MetricsServer:
     """The metrics endpoint at ``addr`` (port 0: any free port), made of ``status()``."""
 
@@ -302,10 +312,23 @@ class MetricsServer:
         self._unlogged = 0
 
     async def start(self) -> None:
-        """Listen; OSError if the address cannot be bound."""
+        """Listen; OSError if the address cannot be bound. ``::`` is dual-stack (IPv4 too),
+        as a ``[::]`` listen address is; asyncio alone would make it IPv6 only."""
         host, port = self.addr
-        self._server = await asyncio.start_server(self._client, host, port, limit=MAX_HEAD,
-                                                  reuse_address=True)
+        if not _is_v6_any(host):
+            self._server = await asyncio.start_server(self._client, host, port,
+                                                      limit=MAX_HEAD, reuse_address=True)
+            return
+        sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            sock.bind((host, port))
+            self._server = await asyncio.start_server(self._client, sock=sock,
+                                                      limit=MAX_HEAD)
+        except BaseException:
+            sock.close()
+            raise
 
     @property
     def address(self) -> tuple[str, int]:

@@ -359,3 +359,31 @@ async def test_close_is_idempotent_and_a_busy_port_is_an_oserror(manual):
     other.close()
     manual.close()
     manual.close()
+
+
+def _ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
+            s.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _ipv6_loopback(), reason="no IPv6 loopback here")
+async def test_the_ipv6_wildcard_also_serves_ipv4():
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    endpoint = Endpoint(Tunnel(), InProcessInterface(), [("127.0.0.1", 0)])
+    await endpoint.start()
+    server = MetricsServer(("::", 0), lambda: snapshot(
+        endpoint, None, loop.time(), started=started, version="1"))
+    await server.start()
+    try:
+        port = server.address[1]
+        for url in (f"http://127.0.0.1:{port}/metrics", f"http://[::1]:{port}/metrics"):
+            status, _, body = await loop.run_in_executor(None, fetch, url)
+            assert status == 200 and b"nattunnel_info" in body
+    finally:
+        server.close()
+        endpoint.close()
