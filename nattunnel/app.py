@@ -24,7 +24,7 @@ import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
@@ -42,6 +42,9 @@ from .io.endpoint import Endpoint, InnerInterface, InProcessInterface
 from .tunnel.core import Event as TunnelEvent
 from .tunnel.core import PeerMoved, RekeyNeeded, Tunnel
 from .tunnel.peer import Peer
+
+if TYPE_CHECKING:  # prometheus_client is loaded only with a metrics endpoint
+    from .control.metrics import MetricsServer
 
 log = logging.getLogger("nattunnel")
 
@@ -275,6 +278,7 @@ class Node:
         self.endpoint: Endpoint | None = None
         self.controller: Controller | None = None
         self.control_server: ControlServer | None = None
+        self.metrics_server: MetricsServer | None = None
         self.stopped = asyncio.Event()
         #: set by ``request_stop`` (``nattunnel down``, SIGINT, SIGTERM): ``run`` stops
         self.stop_requested = asyncio.Event()
@@ -319,6 +323,17 @@ class Node:
                 raise OSError(e.errno, f"{config.path or 'config'}: control_socket = "
                                        f"{config.control_socket}: {e.strerror or e}") from e
             self.control_server = server
+        if self._want_metrics and config.metrics is not None:
+            from .control.metrics import MetricsServer
+
+            metrics = MetricsServer(config.metrics, self.show)
+            try:
+                await metrics.start()
+            except OSError as e:
+                raise OSError(e.errno, f"{config.path or 'config'}: metrics = "
+                                       f"{format_addr(config.metrics)}: "
+                                       f"{e.strerror or e}") from e
+            self.metrics_server = metrics
 
     async def stop(self, wait: float = STOP_WAIT) -> None:
         """The graceful stop: a Delete for every IKE SA (the peers drop theirs at once
@@ -345,8 +360,9 @@ class Node:
             self._close()
 
     def _close(self) -> None:
-        if self.control_server is not None:
-            self.control_server.close()
+        for server in (self.control_server, self.metrics_server):
+            if server is not None:
+                server.close()
         if self.endpoint is not None:
             self.endpoint.close()
         for futures in self._waiters.values():
@@ -630,6 +646,8 @@ def _log_started(config: Config, node: Node) -> None:
     if node.control_server is not None:
         log.info("control socket %s (nattunnel show, initiate, terminate, rekey, reload, "
                  "down)", node.control_server.path)
+    if node.metrics_server is not None:
+        log.info("metrics on http://%s/metrics", format_addr(node.metrics_server.address))
 
     for pc in config.peers:
         if pc.endpoint:

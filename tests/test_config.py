@@ -1575,3 +1575,29 @@ def test_ike_rekey_time_from_the_config_rekeys_the_ike_sa(ikedir: Path) -> None:
     assert not [e for e in w.events_a + w.events_b if isinstance(e, IkeRekeyed)]
     w.wire.advance(12.0)
     assert [e for e in w.events_a + w.events_b if isinstance(e, IkeRekeyed)]
+
+
+def test_control_socket_and_metrics(cfgdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from nattunnel.config.parser import SYSTEM_CONTROL_DIR, default_control_dir
+
+    base = '[interface]\nkind = "inprocess"\n'
+    # the default: the file's name in the default directory (root: /run/nattunnel)
+    assert load(cfgdir, base).control_socket == default_control_dir() / "tunnel.sock"
+    monkeypatch.setattr("os.geteuid", lambda: 0)
+    assert default_control_dir() == SYSTEM_CONTROL_DIR
+    monkeypatch.setattr("os.geteuid", lambda: 1000)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", "/run/user/1000")
+    assert default_control_dir() == Path("/run/user/1000/nattunnel")
+    monkeypatch.delenv("XDG_RUNTIME_DIR")
+    assert default_control_dir() == Path("/tmp/nattunnel-1000")
+    monkeypatch.undo()
+    assert load(cfgdir, 'control_socket = ""\n' + base).control_socket is None
+    assert load(cfgdir, 'control_socket = "c.sock"\n' + base).control_socket == cfgdir / "c.sock"
+    e = error(cfgdir, f'control_socket = "{"x" * 120}.sock"\n' + base)
+    assert "control_socket: " in str(e) and "107 octets" in str(e)
+    assert load(cfgdir, base).metrics is None
+    assert load(cfgdir, 'metrics = "127.0.0.1:9586"\n' + base).metrics == ("127.0.0.1", 9586)
+    assert load(cfgdir, 'metrics = "[::1]:0"\n' + base).metrics == ("::1", 0)
+    for bad in ('"9586"', '"localhost"', "9586"):
+        e = error(cfgdir, f"metrics = {bad}\n" + base)
+        assert ": metrics" in str(e), str(e)

@@ -136,7 +136,9 @@ class Parser(PeerFields):
             text = self.get(doc, "metrics", "", str, "\"ADDRESS:PORT\" for the Prometheus "
                                                       "endpoint, e.g. \"127.0.0.1:9586\"")
             try:
-                metrics = parse_addr(text, bare_port=False)
+                if ":" not in text:  # a bare port: which address is too important to guess
+                    raise ValueError("no address")
+                metrics = parse_addr(text, bare_port=True)  # port 0: any free port
             except ValueError as e:
                 raise self.err("metrics", f"{show(text)}: {e}; expected ADDRESS:PORT, e.g. "
                                           f"\"127.0.0.1:9586\"") from None

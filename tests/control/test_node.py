@@ -199,3 +199,36 @@ async def test_down_stops_the_node_and_a_second_endpoint_cannot_take_its_socket(
         assert (await ask(node, "show"))["peers"]["b"]["state"] in ("connecting", "waiting")
     finally:
         await node.stop()
+
+
+async def test_the_nodes_metrics_endpoint_is_scraped_and_parsed(tmp_path: Path) -> None:
+    """``metrics = "ADDRESS:PORT"`` in the configuration: the node serves the Prometheus
+    text format there, which prometheus_client's own parser reads."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    a, b, b_path = await _pair(tmp_path)
+    await b.stop()
+    b_path.write_text('metrics = "127.0.0.1:0"\n' + b_path.read_text())
+    b = Node(load_config(b_path))
+    await b.start()
+    try:
+        await a.wait_up("b", timeout=15)
+        await b.wait_up("a", timeout=15)
+        await _ping(a, b, 3)
+        assert b.metrics_server is not None
+        host, port = b.metrics_server.address
+
+        def scrape() -> str:
+            with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=5) as r:
+                body: bytes = r.read()
+                return body.decode()
+
+        families = {f.name: f for f in text_string_to_metric_families(
+            await asyncio.to_thread(scrape))}
+        (up,) = [s for s in families["nattunnel_peer_up"].samples if s.labels == {"peer": "a"}]
+        assert up.value == 1.0
+    finally:
+        await a.stop()
+        await b.stop()
