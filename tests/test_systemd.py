@@ -50,6 +50,14 @@ def test_exec_start_is_a_command_line_up_takes() -> None:
     assert args.config == "/etc/nattunnel/example.toml"
     assert str(args.stats) == "/run/nattunnel/example.json"
     assert service["Type"] == "simple"
+    # ExecReload speaks to the control socket a config of that name gets by default
+    argv = shlex.split(service["ExecReload"].replace("%i", "example"))
+    assert argv[0] == INSTALLED
+    args = build_parser().parse_args(argv[1:])
+    assert args.command == "reload" and args.socket == "/run/nattunnel/example.sock"
+    from nattunnel.config.parser import SYSTEM_CONTROL_DIR
+
+    assert SYSTEM_CONTROL_DIR / "example.sock" == Path(args.socket)
     # only the capabilities the TUN device and port 500 need
     assert set(service["CapabilityBoundingSet"].split()) == {"CAP_NET_ADMIN",
                                                               "CAP_NET_BIND_SERVICE"}
