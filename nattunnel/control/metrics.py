@@ -80,7 +80,8 @@ IKE_COUNTERS: Final = {
     "identity_cap_deleted": "IKE SAs deleted: more than the limit for one identity",
     "errors": "exceptions inside the IKE manager (bugs), counted and survived",
     "requests_sent": "IKE requests sent by our IKE SAs, retransmissions included",
-    "rekeys": "IKE SA and child SA rekeys",
+    "ike_rekeys": "IKE SA rekeys",
+    "child_rekeys": "child SA rekeys",
     "retransmits": "IKE requests retransmitted",
 }
 _NAME = re.compile(r"^[a-z_][a-z0-9_]*$")
@@ -176,7 +177,29 @@ def peer_metrics(peers: Mapping[str, Mapping[str, Any]]) -> list[Metric]:
             if value is not None:
                 family.add_metric([name], value)
     return [up, packets, octets, keepalives, rebinds, drops, ike_sas, child_sas, handshake,
-            received, ike_rekey, child_rekey]
+            received, ike_rekey, child_rekey, *_optional_peer_counters(peers)]
+
+
+#: per-peer counters exported when the snapshot has them (``peers[name][key]``, an int)
+PEER_COUNTERS: Final = {
+    "ike_rekeys": "IKE SA rekeys with the peer",
+    "child_rekeys": "child SA rekeys with the peer",
+    "retransmits": "IKE requests retransmitted to the peer",
+}
+
+
+def _optional_peer_counters(peers: Mapping[str, Mapping[str, Any]]) -> list[Metric]:
+    out: list[Metric] = []
+    for key, doc in PEER_COUNTERS.items():
+        have = [(name, p[key]) for name, p in peers.items()
+                if isinstance(p.get(key), int) and not isinstance(p.get(key), bool)]
+        if not have:
+            continue
+        family = _counter(f"peer_{key}", doc, ["peer"])
+        for name, n in have:
+            family.add_metric([name], n)
+        out.append(family)
+    return out
 
 
 def endpoint_metrics(s: Mapping[str, Any]) -> list[Metric]:

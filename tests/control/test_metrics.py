@@ -387,3 +387,20 @@ async def test_the_ipv6_wildcard_also_serves_ipv4():
     finally:
         server.close()
         endpoint.close()
+
+
+def test_rekey_and_retransmit_counters_are_exported_when_the_status_has_them():
+    """The status does not count rekeys and retransmissions yet; once the IKE manager does
+    (``ike_rekeys``, ``child_rekeys``, ``retransmits`` per peer and in total), they are
+    exported without a change here."""
+    peer = {"state": "up", "ike_rekeys": 2, "child_rekeys": 5, "retransmits": 7}
+    got = {(f.name, s.labels.get("peer")): s.value
+           for f in metrics.peer_metrics({"a": peer, "b": {"state": "down"}})
+           for s in f.samples if f.name.endswith(("rekeys", "retransmits"))}
+    assert got == {("nattunnel_peer_ike_rekeys", "a"): 2,
+                   ("nattunnel_peer_child_rekeys", "a"): 5,
+                   ("nattunnel_peer_retransmits", "a"): 7}
+    got = {f.name: f.samples[0].value
+           for f in metrics.ike_metrics({"sas": 1, "retransmits": 3, "child_rekeys": 4})}
+    assert got == {"nattunnel_ike_sas": 1, "nattunnel_ike_retransmits": 3,
+                   "nattunnel_ike_child_rekeys": 4}
