@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
+from ..addr import Network
 from ..constants import CHILD_SPI_LEN, ExchangeType, NotifyType, ProtocolId
 from . import crypto as kc
 from .base import (
@@ -42,6 +43,10 @@ from .proposals import (
 )
 
 
+def _nets(nets: Sequence[Network]) -> str:
+    return ",".join(str(n) for n in nets) or "none"
+
+
 class ChildSaExchanges(SaCore):
     """Child SA negotiation and child SA rekeys."""
 
@@ -55,9 +60,14 @@ class ChildSaExchanges(SaCore):
         assert self.config is not None and self._prf is not None and self._keys is not None
         sa, tsi, tsr = msg.get(SA), msg.get(TSi), msg.get(TSr)
         if sa is None or tsi is None or tsr is None:
+            self._debug("refusing the child SA: no SA, TSi or TSr in the request")
             return [Notify(NotifyType.NO_PROPOSAL_CHOSEN)], None
         choice = pick_esp(sa, self.config.esp_proposals, ke_payload, pfs=pfs_allowed)
         if isinstance(choice, Refusal):
+            if log.isEnabledFor(logging.DEBUG):
+                self._debug("refusing the child SA with %s: %s (ours: %s)",
+                            notify_name(choice.notify), choice.reason,
+                            " ".join(p.name for p in self.config.esp_proposals))
             return [Notify(choice.notify, choice.data)], None
         kex = kc.KeyExchange(choice.dh) if choice.dh is not None else None
         g_ir = b""
@@ -66,11 +76,17 @@ class ChildSaExchanges(SaCore):
             try:
                 g_ir = kex.shared(ke_payload.data)
             except ValueError:  # wrong length, not on the curve, degenerate
+                self._debug("refusing the child SA: a bad KE payload")
                 return [Notify(NotifyType.INVALID_SYNTAX)], None
         # their TSi is their side (our remote), their TSr our side
         remote_ts = tuple(narrow(tsi.selectors, self.config.remote_ts))
         local_ts = tuple(narrow(tsr.selectors, self.config.local_ts))
         if not remote_ts or not local_ts:
+            if log.isEnabledFor(logging.DEBUG):
+                self._debug("refusing the child SA with TS_UNACCEPTABLE: the peer offers TSi "
+                            "%s, TSr %s; we allow remote %s, local %s",
+                            _nets(ts_networks(tsi)), _nets(ts_networks(tsr)),
+                            _nets(self.config.remote_ts), _nets(self.config.local_ts))
             return [Notify(NotifyType.TS_UNACCEPTABLE)], None
         spi_in = new_child_spi()
         spi_out = int.from_bytes(choice.proposal.spi, "big")

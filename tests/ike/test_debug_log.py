@@ -226,6 +226,23 @@ def test_ike_sa_rekey_refused_with_temporary_failure_and_retried(caplog):
     assert any(isinstance(e, IkeRekeyed) for e in w.events_a)
 
 
+def test_a_proposal_refusal_names_our_proposals(caplog):
+    from nattunnel.esp.suite import SUITES
+    from nattunnel.ike.proposals import EspProposal
+
+    caplog.set_level(logging.DEBUG, logger="nattunnel")
+    a_cfg, b_cfg = configs()
+    a_cfg.esp_proposals = (EspProposal(SUITES["aes128gcm16"]),)
+    b_cfg.esp_proposals = (EspProposal(SUITES["chacha20poly1305"]),
+                           EspProposal(SUITES["aes256gcm16"], esn=True))
+    w = SaPair(a_cfg, b_cfg)
+    w.a.start(0.0)
+    w.pump()
+    has(lines(caplog), r"^peer a \[[0-9a-f]{16}\]: refusing the child SA with "
+                       r"NO_PROPOSAL_CHOSEN: no acceptable ESP proposal \(ours: "
+                       r"chacha20poly1305 aes256gcm16-esn\)$")
+
+
 def test_the_refused_child_sa_and_its_retry_are_logged(caplog):
     caplog.set_level(logging.DEBUG, logger="nattunnel")
     a_cfg, b_cfg = configs()
@@ -239,6 +256,10 @@ def test_the_refused_child_sa_and_its_retry_are_logged(caplog):
     w.wire.advance(30.0)
     log = lines(caplog)
     both_ways(log, "IKE_AUTH", "response", 1, "SK{IDr AUTH N(TS_UNACCEPTABLE)}", B, A)
+    # the responder says why: what was offered, what it allows
+    has(log, r"^peer a \[[0-9a-f]{16}\]: refusing the child SA with TS_UNACCEPTABLE: the peer "
+             r"offers TSi 198\.18\.100\.1/32, TSr 198\.18\.100\.2/32; we allow remote none, "
+             r"local 198\.18\.100\.2/32$")
     has(log, r"child SA refused: TS_UNACCEPTABLE in the IKE_AUTH response; asking again "
              r"in 30 s")
     has(log, r"next deadline in 30\.0 s: asking again for the refused child SA")
