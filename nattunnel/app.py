@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from .addr import Addr, format_addr, sockaddr
-from .config import Config, ConfigError, PeerConfig, load_config
+from .config import Config, ConfigError, PeerConfig, config_from_dict, load_config
 from .constants import IKE_PORT
 from .control.protocol import ControlError
 from .control.server import ControlServer
@@ -268,13 +268,22 @@ class Node:
     (``handle``: show, initiate, terminate, rekey, reload, down) come through the control
     socket or are called directly."""
 
-    def __init__(self, config: Config, *, control_socket: bool = True,
-                 metrics: bool = True) -> None:
-        """``control_socket``, ``metrics``: open those of the configuration (an embedding
-        program may not want them)."""
+    def __init__(self, config: Config | None = None, /, *, serve_control: bool = True,
+                 serve_metrics: bool = True, base_dir: str | os.PathLike[str] = ".",
+                 **settings: Any) -> None:
+        """From a ``Config`` (``load_config``), or from keyword arguments: the keys of the
+        TOML file as Python values (``listen=["127.0.0.1:0"], interface={"kind":
+        "inprocess"}, peer=[{...}]``), checked as a file is (ConfigError naming the
+        field), with key paths relative to ``base_dir``. ``serve_control``,
+        ``serve_metrics``: open the configuration's control socket and metrics endpoint
+        (a configuration not from a file has a control socket only if it names one)."""
+        if config is None:
+            config = config_from_dict(settings, base_dir)
+        elif settings:
+            raise TypeError("give a Config or keyword settings, not both")
         self.config = config
-        self._want_control = control_socket and config.control_socket is not None
-        self._want_metrics = metrics and config.metrics is not None
+        self._want_control = serve_control and config.control_socket is not None
+        self._want_metrics = serve_metrics and config.metrics is not None
         self.endpoint: Endpoint | None = None
         self.controller: Controller | None = None
         self.control_server: ControlServer | None = None

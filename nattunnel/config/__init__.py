@@ -67,7 +67,7 @@ from .model import (
     IPInterface,
     PeerConfig,
 )
-from .parser import load_config, parse_config
+from .parser import config_from_dict, load_config, parse_config
 
 __all__ = [
     "DEFAULT_DPD_INTERVAL",
@@ -98,6 +98,7 @@ __all__ = [
     "KeepaliveMode",
     "Network",
     "PeerConfig",
+    "config_from_dict",
     "format_addr",
     "load_config",
     "parse_config",

@@ -94,6 +94,15 @@ def parse_config(text: str, base_dir: Path, path: Path | None = None) -> Config:
     return Parser(path, Path(base_dir)).config(doc)
 
 
+def config_from_dict(doc: dict[str, Any], base_dir: str | os.PathLike[str] = ".") -> Config:
+    """A configuration from the same keys and values as the TOML file, as Python values
+    (``{"listen": ["127.0.0.1:0"], "interface": {"kind": "inprocess"}, "peer": [{...}]}``),
+    checked exactly as a file is; key paths are relative to ``base_dir``."""
+    if not isinstance(doc, dict):
+        raise ConfigError(f"expected a dict of configuration keys, {got(doc)}")
+    return Parser(None, Path(base_dir)).config(doc)
+
+
 class Parser(PeerFields):
     """One document; ``config`` returns its ``Config`` or raises ``ConfigError``."""
 
@@ -159,10 +168,13 @@ class Parser(PeerFields):
 
     def control_socket(self, doc: dict[str, Any]) -> Path | None:
         """``control_socket``: the Unix socket ``nattunnel show`` and the other commands
-        speak to; "" for none; default /run/nattunnel/<the file's name>.sock."""
+        speak to; "" for none; default /run/nattunnel/<the file's name>.sock (root), and
+        none for a configuration that is not from a file."""
         if "control_socket" not in doc:
-            stem = self.path.stem if self.path is not None else "nattunnel"
-            return default_control_dir() / f"{stem}.sock"
+            # named after the file; a configuration that is not from a file has none
+            if self.path is None:
+                return None
+            return default_control_dir() / f"{self.path.stem}.sock"
         text = self.get(doc, "control_socket", "", str,
                         "the path of a Unix socket, or \"\" for none")
         if not text:

@@ -122,8 +122,9 @@ async def test_terminate_holds_until_initiate_and_stop_sends_deletes(tmp_path: P
     a, b, _ = await _pair(tmp_path)
     try:
         assert "1 IKE SA(s) deleted" in await ask(a, "terminate", peer="b")
-        for _ in range(100):
-            if b.show()["peers"]["a"]["state"] != "up":
+        for _ in range(100):  # B got the Delete, and A the answer
+            if (b.show()["peers"]["a"]["state"] != "up"
+                    and a.show()["peers"]["b"]["state"] == "held"):
                 break
             await asyncio.sleep(0.02)
         assert b.show()["peers"]["a"]["ike_sas"] == []  # B got the Delete
@@ -193,7 +194,7 @@ async def test_down_stops_the_node_and_a_second_endpoint_cannot_take_its_socket(
     stale = tmp_path / "a.sock"
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.bind(str(stale))
-    node = Node(a.config, metrics=False)
+    node = Node(a.config, serve_metrics=False)
     await node.start()
     try:
         assert (await ask(node, "show"))["peers"]["b"]["state"] in ("connecting", "waiting")
