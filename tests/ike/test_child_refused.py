@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import re
 from itertools import pairwise
 
 import pytest
@@ -26,6 +27,7 @@ from tests.support.ike import (
     configs,
     up,
 )
+from tests.support.lab import Lab, lab_fixture  # noqa: F401  (registers the ``lab`` fixture)
 
 AES128 = EspProposal(SUITES["aes128gcm16"])
 CHACHA = EspProposal(SUITES["chacha20poly1305"])
@@ -198,3 +200,50 @@ def test_the_peer_may_not_rekey_the_ike_sa_while_we_create_a_child():
     w.release("a", ours)
     w.pump(1.0)
     assert len(child_ups(w.events_a)) == 1 and w.a.state is State.ESTABLISHED
+
+
+@pytest.mark.root
+def test_charon_refuses_the_child_then_accepts_the_create_child_sa(lab, tmp_path):
+    """Against strongSwan in the NAT lab: charon (responder on B) refuses the child SA with
+    TS_UNACCEPTABLE while its inner address is missing; once the address is there,
+    nattunnel's CREATE_CHILD_SA 30 s later brings the child up in the same IKE SA, and
+    ping goes through."""
+    from nattunnel.lab.strongswan import Charon, SwanConn
+    from tests.interop.test_interop_strongswan import (
+        ID,
+        INNER,
+        PUBLIC_B,
+        ping,
+        require_strongswan,
+        setup_keys,
+        start_nattunnel,
+        wait,
+    )
+
+    require_strongswan()
+    kw = setup_keys(tmp_path, "psk")
+    conn = SwanConn(name="c", local_addrs=PUBLIC_B, remote_addrs="%any", local_id=ID["b"],
+                    remote_id=ID["a"], local_ts=f"{INNER['b']}/32",
+                    remote_ts=f"{INNER['a']}/32", **kw)
+    charon = Charon.start(lab, "b", tmp_path / "charon", conn=conn)  # no inner address
+    nt = start_nattunnel(lab, "a", tmp_path, "psk", initiate=True)
+    try:
+        assert wait(lambda: "child SA refused by the peer: TS_UNACCEPTABLE" in nt.log(),
+                    timeout=10), nt.log() + charon.log()[-3000:]
+        (sa,) = charon.list_sas()
+        assert sa.state == "ESTABLISHED" and not sa.children
+        ike_spi = sa.spi_i
+        lab.exec("b", "ip", "addr", "add", f"{INNER['b']}/32", "dev", "lo")
+        assert wait(lambda: any(c.state == "INSTALLED" for s in charon.list_sas()
+                                for c in s.children), timeout=40), \
+            nt.log() + charon.log()[-3000:]
+        (sa,) = charon.list_sas()
+        assert sa.spi_i == ike_spi  # the same IKE SA
+        assert re.search(r"generating CREATE_CHILD_SA request \d+ \[ SK\{SA Ni TSi TSr\} \]",
+                         nt.log()), nt.log()
+        assert "child SA up" in nt.log()
+        assert ping(lab, "a", "b") and ping(lab, "b", "a")
+        assert "Traceback" not in nt.log()
+    finally:
+        charon.stop()
+        lab.stop(nt.proc)
