@@ -44,7 +44,9 @@ def write_config(tmp: Path, port: int = 0) -> Path:
     for name in ("natbehind", "natpublic", "always", "never"):
         for d in ("in", "out"):
             write_key_file(tmp / "keys" / f"{name}-{d}.key", generate_keymat(AES_GCM_256))
-    text = (f'listen = ["127.0.0.1:{port}"]\n[interface]\nkind = "inprocess"\n'
+    # no control socket: these tests run `up` many times, maybe beside other runs
+    text = (f'listen = ["127.0.0.1:{port}"]\ncontrol_socket = ""\n'
+            f'[interface]\nkind = "inprocess"\n'
             + peer("natbehind", 1, "nat", True) + peer("natpublic", 2, "nat", False,
                                                          endpoint=False)
             + peer("always", 3, "always", False) + peer("never", 4, "never", True))
@@ -105,6 +107,7 @@ def test_up_refuses_a_bad_config_naming_the_field(tmp_path):
 
 IKE_CONFIG = """listen = ["127.0.0.1:0"]
 ike_port = 0
+control_socket = ""
 [interface]
 kind = "inprocess"
 [[peer]]

@@ -781,7 +781,10 @@ class IkeManager:
         if ev.cause is DownCause.REPLACED:
             log.info("peer %s: older IKE SA dropped: %s", ev.ike.name, ev.reason)
             return
-        log.warning("peer %s: IKE SA down: %s", ev.ike.name, ev.reason)
+        # a Delete either way is the normal end of an IKE SA; the rest are failures
+        level = (logging.INFO if ev.cause in (DownCause.DELETED, DownCause.DELETED_BY_PEER)
+                 else logging.WARNING)
+        log.log(level, "peer %s: IKE SA down: %s", ev.ike.name, ev.reason)
         self.last_error[ev.ike.name] = f"IKE SA down: {ev.reason}"
         peer = self.peers.get(ev.ike.name)
         if (peer is not None and peer.initiate and ev.ike.initiator

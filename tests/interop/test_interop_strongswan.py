@@ -21,6 +21,7 @@ import pytest
 
 from nattunnel.keys import write_ed25519_pair
 from nattunnel.lab.strongswan import Charon, SwanConn, strongswan_problems
+from nattunnel.lab.tunnels import control_path
 from tests.support.lab import Lab, lab_fixture  # noqa: F401  (registers the ``lab`` fixture)
 from tests.support.tunnel_lab import PKG_ROOT, Node, tun_present
 
@@ -46,6 +47,7 @@ def start_nattunnel(lab: Lab, role: str, work: Path, auth: str, *, initiate: boo
     lines = [
         'listen = ["0.0.0.0:4500"]',
         f'keylog = "{work / "keylog"}"',
+        f'control_socket = "{control_path(work, role)}"',
         "[interface]", 'kind = "tun"', 'name = "nt0"', f'addresses = ["{INNER[role]}/32"]',
         "[[peer]]", f'name = "{other}"', f'auth = "{auth}"',
         f'local_id = "{ID[role]}"', f'remote_id = "{ID[other]}"',
