@@ -106,8 +106,8 @@ def test_up_refuses_a_bad_config_naming_the_field(tmp_path):
 
 
 IKE_CONFIG = """listen = ["127.0.0.1:0"]
-ike_port = 0
 control_socket = ""
+ike_port = 0
 [interface]
 kind = "inprocess"
 [[peer]]
