@@ -224,7 +224,7 @@ def endpoint_metrics(s: Mapping[str, Any]) -> list[Metric]:
     offload = s.get("offload") or {}
     out += [
         _scalar(_counter("kernel_drops", "datagrams the kernel dropped on our sockets "
-                                         "(receive buffer full)"),
+                                         "(full receive buffer or the flood filter)"),
                 sum((s.get("kernel_drops") or {}).values())),
         _scalar(_counter("internal_errors", "exceptions in the endpoint's callbacks (bugs), "
                                             "counted and survived"),
