@@ -237,7 +237,7 @@ async def test_scrape_of_a_running_ike_endpoint(pair):
 
 
 @pytest.fixture
-async def manual(request):
+async def manual():
     """A started endpoint without IKE and without peers, and a metrics server on it."""
     loop = asyncio.get_running_loop()
     started = loop.time()
