@@ -356,7 +356,8 @@ class IkeSa(IkeRekeyExchanges, InitialExchanges):
         if d != self._logged_deadline:
             self._logged_deadline = d
             if d is not None and log.isEnabledFor(logging.DEBUG):
-                self._debug("next deadline in %.1f s: " + d[1], d[0] - self._clock, *d[2])
+                self._debug("next deadline in %.1f s: " + d[1], max(d[0] - self._clock, 0.0),
+                            *d[2])
         return d[0] if d is not None else None
 
     def handle_timer(self, now: float) -> None:
