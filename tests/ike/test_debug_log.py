@@ -321,3 +321,23 @@ def test_no_record_per_data_packet(caplog):
     assert got == 600
     assert net.tb.peers["a"].totals()[2] == 300 and net.ta.peers["b"].totals()[2] == 300
     assert caplog.records == []
+
+
+def test_deadlines_through_the_managers(caplog):
+    """The managers ask each SA for its deadline after every event: the responder's half-open
+    timeout, then each side's next rekey."""
+    caplog.set_level(logging.DEBUG, logger="nattunnel")
+    net = Net()
+    net.ca.ike_rekey_time = 50.0
+    net.a.initiate("b", 0.0)
+    net.deliver()
+    assert up(net)
+    log = lines(caplog)
+    has(log, r"^peer \? \[[0-9a-f]{16}\]: next deadline in 30\.0 s: half-open timeout$")
+    has(log, r"^peer b \[[0-9a-f]{16}\]: next deadline in (4[5-9]|50)\.\d s: IKE SA rekey$")
+    has(log, r"^peer a \[[0-9a-f]{16}\]: next deadline in \d+\.\d s: rekey of child SA "
+             r"0x[0-9a-f]{8}$")
+    net.wire.advance(51.0)
+    has(lines(caplog), r"^peer b \[[0-9a-f]{16}\]: IKE SA rekey due: time \(its soft "
+                       r"lifetime, ike_rekey_time 50 s less jitter\)$")
+    assert up(net)
