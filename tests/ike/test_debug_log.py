@@ -320,6 +320,15 @@ def test_no_record_per_data_packet(caplog):
             got += 1
     assert got == 600
     assert net.tb.peers["a"].totals()[2] == 300 and net.ta.peers["b"].totals()[2] == 300
+    # and the GRO path: 64 datagrams of one size in one read
+    batch = bytearray()
+    for _ in range(64):
+        peer, n = net.ta.encapsulate_into(ip4(A_INNER, B_INNER, 200), buf, 2.0)
+        batch += buf[:n]
+    delivered: list[int] = []
+    net.tb.receive_batch(memoryview(batch), len(batch), n, ("198.18.0.1", 4500), 2.0,
+                         lambda inner: delivered.append(len(inner)))
+    assert delivered == [200] * 64
     assert caplog.records == []
 
 
