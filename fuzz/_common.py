@@ -235,7 +235,7 @@ def _setup_snapshot() -> None:
     atomic += [Suite, IkeProposal, EspProposal, Identity, ipaddress.IPv4Network,
                ipaddress.IPv6Network, ipaddress.IPv4Address, ipaddress.IPv6Address]
     try:
-        from nattunnel.ike.manager import IkeLimits
+        from nattunnel.ike.ratelimit import IkeLimits
 
         atomic.append(IkeLimits)
     except ImportError:

@@ -1381,7 +1381,7 @@ def test_fuzz_any_value_in_any_field_is_a_config_error_or_loads(
 # --- [limits]: ike.IkeLimits ------------------------------------------------------------------
 
 def test_limits_default_to_ike_limits(ikedir: Path) -> None:
-    from nattunnel.ike.manager import IkeLimits
+    from nattunnel.ike.ratelimit import IkeLimits
 
     assert load(ikedir, IKE_PSK).limits == IkeLimits()
     assert load(ikedir, VALID).limits == IkeLimits()
@@ -1392,13 +1392,13 @@ def test_limits_keys_are_the_ike_limits_fields() -> None:
     import dataclasses
 
     from nattunnel.config.parser import LIMITS_KEYS
-    from nattunnel.ike.manager import IkeLimits
+    from nattunnel.ike.ratelimit import IkeLimits
 
     assert tuple(f.name for f in dataclasses.fields(IkeLimits)) == LIMITS_KEYS
 
 
 def test_limits_all_fields(ikedir: Path) -> None:
-    from nattunnel.ike.manager import IkeLimits
+    from nattunnel.ike.ratelimit import IkeLimits
 
     cfg = load(ikedir, IKE_PSK + """
 [limits]
@@ -1475,7 +1475,7 @@ def test_limits_must_be_a_table(ikedir: Path) -> None:
 
 def test_build_ike_passes_the_limits(ikedir: Path) -> None:
     from nattunnel.app import build_ike, build_tunnel
-    from nattunnel.ike.manager import IkeLimits
+    from nattunnel.ike.ratelimit import IkeLimits
 
     cfg = load(ikedir, IKE_PSK + "\n[limits]\nhalf_open_max = 100\ninit_burst = 3\n")
     manager = build_ike(cfg, build_tunnel(cfg, now=0.0), now=0.0)
@@ -1492,7 +1492,7 @@ def test_docs_limits_table_matches_ike_limits() -> None:
     import dataclasses
     import re
 
-    from nattunnel.ike.manager import IkeLimits
+    from nattunnel.ike.ratelimit import IkeLimits
 
     docs = (Path(__file__).resolve().parent.parent / "docs" / "config.md").read_text()
     section = docs[docs.index("## `[limits]`"):]

@@ -47,7 +47,8 @@ from ..esp.sa import InboundSA, OutboundSA
 from ..esp.suite import SUITES
 from ..ike import crypto as kc
 from ..ike.config import Identity, IkeConfig
-from ..ike.manager import IkeLimits, IkeManager, IkePeer
+from ..ike.manager import IkeManager, IkePeer
+from ..ike.ratelimit import IkeLimits
 from ..io.endpoint import Endpoint, InProcessInterface
 from ..lab.packets import ipv4_packet
 from ..tunnel.core import Tunnel

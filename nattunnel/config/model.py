@@ -18,7 +18,7 @@ from ..addr import HostPort, Network
 from ..constants import IKE_PORT, NAT_T_PORT, SPI_RESERVED_MAX
 from ..esp.suite import Suite
 from ..ike.config import IkeConfig
-from ..ike.manager import IkeLimits
+from ..ike.ratelimit import IkeLimits
 from ..tunnel.peer import KeepaliveMode
 
 IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface

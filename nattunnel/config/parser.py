@@ -17,7 +17,7 @@ from typing import Any, Final
 from ..addr import HostPort, format_addr
 from ..constants import IKE_PORT
 from ..esp.udpencap import inner_mtu
-from ..ike.manager import IkeLimits
+from ..ike.ratelimit import IkeLimits
 from .fields import ZONE_PROBLEM, ConfigError, got, has_zone, is_ipv6, parse_addr, parse_ip, show
 from .model import (
     DEFAULT_INTERFACE_NAME,

@@ -90,6 +90,12 @@ def _drops(peer: Peer) -> dict[str, int]:
     return out
 
 
+def _ike_counts(name: str, ike: IkeManager | None) -> dict[str, int]:
+    """IKE SA rekeys, child SA rekeys and retransmitted requests with the peer."""
+    counts = ike.peer_counters.get(name) if ike is not None else None
+    return dict(counts) if counts else {"ike_rekeys": 0, "child_rekeys": 0, "retransmits": 0}
+
+
 def peer_state(name: str, peer: Peer | None, ike: IkeManager | None) -> str:
     """"up" (an SA to send on), "connecting" (an IKE SA on its way), "held" (terminated by
     the operator), "waiting" (for the peer to initiate, or to initiate again), or "down"
@@ -132,6 +138,7 @@ def peer_status(name: str, endpoint: Endpoint, ike: IkeManager | None,
                       "sent": peer.keepalives_sent if peer else 0,
                       "received": peer.keepalives_received if peer else 0},
         "rebinds": peer.rebinds if peer else 0,
+        **_ike_counts(name, ike),
         "drops": _drops(peer) if peer else {},
         "ike_sas": [_ike_sa(sa, peer, ike, endpoint, now) for sa in sas] if ike else [],
     }

@@ -55,13 +55,11 @@ from .message import (
     peek_nonce_and_cookie,
     peek_receiver_spi,
 )
-from .ratelimit import SourceLimiter, TokenBucket
+from .ratelimit import IkeLimits, SourceLimiter, TokenBucket
 from .sa import IkeSa
 
 log = logging.getLogger("nattunnel")
 
-#: half-open IKE SAs above which IKE_SA_INIT requests must carry a COOKIE (section 2.6)
-COOKIE_THRESHOLD = 32
 #: at most one summary line a minute about half-open IKE SAs that went
 HALF_OPEN_LOG_INTERVAL = 60.0
 #: how long an old inbound SA stays after a rekey or delete (in-flight packets)
@@ -82,33 +80,6 @@ MAX_AWAITING_LOCAL = 256
 #: unanswered; the wait is then given up, and an initiation is tried again after the
 #: re-initiation backoff (REINITIATE_DELAY, doubling), as after a failed IKE SA
 LOCAL_ADDRESS_WAIT = 1.0
-
-
-@dataclass(frozen=True)
-class IkeLimits:
-    """Bounds on what unauthenticated (and authenticated) senders can make the IKE manager
-    hold or compute (docs/security.md; the ``[limits]`` table in docs/config.md)."""
-
-    #: half-open IKE SAs above which IKE_SA_INIT requests must carry a COOKIE (section 2.6)
-    cookie_threshold: int = COOKIE_THRESHOLD
-    #: half-open IKE SAs at most; IKE_SA_INIT requests beyond it are dropped
-    half_open_max: int = 1024
-    #: seconds a half-open responder SA waits for IKE_AUTH
-    half_open_timeout: float = 30.0
-    #: IKE_SA_INIT requests per second that one source (an IPv4 address, an IPv6 /64) may
-    #: make us answer, with bursts up to ``init_burst``
-    init_rate: float = 10.0
-    init_burst: int = 20
-    #: IKE_SA_INIT requests per second answered in all, from every source together (each
-    #: costs a key exchange and key derivation: about 0.5 ms of a core)
-    init_rate_total: float = 100.0
-    #: established IKE SAs per peer identity; the oldest goes when a new one comes up beyond it
-    ike_sas_per_identity: int = 4
-    #: child SAs per IKE SA; CREATE_CHILD_SA beyond it is refused with NO_ADDITIONAL_SAS
-    children_per_ike_sa: int = 16
-    #: the cookie secret is replaced this often; cookies made with the previous one are
-    #: still accepted until the next rotation
-    cookie_secret_lifetime: float = 60.0
 
 
 @dataclass
@@ -262,7 +233,10 @@ class IkeManager:
                                     list[_InitWaiting | _InitiateWaiting]] = OrderedDict()
         self.counters = {"cookies_sent": 0, "init_requests": 0, "dropped": 0,
                          "init_rate_limited": 0, "init_half_open_full": 0,
-                         "half_open_dropped": 0, "identity_cap_deleted": 0, "errors": 0}
+                         "half_open_dropped": 0, "identity_cap_deleted": 0, "errors": 0,
+                         "ike_rekeys": 0, "child_rekeys": 0, "retransmits": 0}
+        #: the same three by peer: IKE SA rekeys, child SA rekeys, retransmitted requests
+        self.peer_counters: dict[str, dict[str, int]] = {}
         #: calls of receive_datagram and handle_timer, and the requests our IKE SAs sent
         #: (new ones and retransmissions), for benchmarks (not in ``stats``)
         self.receive_calls = 0
@@ -393,6 +367,7 @@ class IkeManager:
         self._failures.pop(name, None)
         self.last_handshake.pop(name, None)
         self.last_error.pop(name, None)
+        self.peer_counters.pop(name, None)
 
     def delete_all(self, now: float) -> int:
         """Stopping: a Delete for every established IKE SA, and no more initiations; how
@@ -657,6 +632,12 @@ class IkeManager:
     def _tunnel_peer(self, ike: IkeSa) -> Peer | None:
         return self.tunnel.peers.get(ike.name)
 
+    def _count(self, name: str, what: str) -> None:
+        self.counters[what] += 1
+        per = self.peer_counters.setdefault(
+            name, {"ike_rekeys": 0, "child_rekeys": 0, "retransmits": 0})
+        per[what] += 1
+
     def _ike_rekeyed(self, ev: IkeRekeyed) -> None:
         self.sas[ev.new.local_spi] = ev.new
         # the children moved to the new IKE SA, and so do their byte lifetimes
@@ -664,6 +645,7 @@ class IkeManager:
             if owner is ev.old:
                 self._byte_limits[spi_in] = (ev.new, tx_start)
         self._schedule(ev.new)
+        self._count(ev.new.name, "ike_rekeys")
         log.info("peer %s: IKE SA rekeyed", ev.new.name)
         self._log_ike_keys(ev.new)
 
@@ -729,6 +711,7 @@ class IkeManager:
                 self._timers.schedule(_Check.BYTE_LIFETIMES, now + LIFETIME_CHECK)
         if ev.replaces is not None:
             self._grace(ev.replaces, now)
+            self._count(peer.name, "child_rekeys")
         if self.keylog is not None:
             v6 = ":" in ev.ike.remote[0]
             self.keylog.esp_sa(ev.spi_in, ev.suite, ev.keymat_in, ipv6=v6)
@@ -838,7 +821,11 @@ class IkeManager:
         if isinstance(key, IkeSa):
             real = key.get_timer()
             if real is not None and real <= now:
+                req = key.request
+                tries = req.tries if req is not None else 0
                 key.handle_timer(now)
+                if req is not None and key.request is req and req.tries > tries:
+                    self._count(key.name, "retransmits")
                 self._process(key, now)
             else:
                 self._schedule(key)

@@ -1,5 +1,6 @@
-"""Token buckets for the IKE responder: one per source and one for everything, with a bounded
-table (docs/security.md).
+"""The IKE responder's bounds: ``IkeLimits`` (what unauthenticated and authenticated senders
+can make the IKE manager hold or compute: the ``[limits]`` table) and the token buckets, one
+per source and one for everything, with a bounded table (docs/security.md).
 
 A bucket holds up to ``burst`` tokens and gains ``rate`` tokens a second; a request takes one
 token or is refused. Sources are IPv4 addresses and IPv6 /64 prefixes (one host usually holds
@@ -12,6 +13,7 @@ than let the table grow. Sans-I/O: every call takes ``now``.
 from __future__ import annotations
 
 import socket
+from dataclasses import dataclass
 
 _V4_MAPPED = bytes(10) + b"\xff\xff"
 
@@ -89,3 +91,34 @@ class SourceLimiter:
     def _prune(self, now: float) -> None:
         for key in [k for k, b in self._buckets.items() if b.full(now)]:
             del self._buckets[key]
+
+
+#: half-open IKE SAs above which IKE_SA_INIT requests must carry a COOKIE (section 2.6)
+COOKIE_THRESHOLD = 32
+
+
+@dataclass(frozen=True)
+class IkeLimits:
+    """Bounds on what unauthenticated (and authenticated) senders can make the IKE manager
+    hold or compute (docs/security.md; the ``[limits]`` table in docs/config.md)."""
+
+    #: half-open IKE SAs above which IKE_SA_INIT requests must carry a COOKIE (section 2.6)
+    cookie_threshold: int = COOKIE_THRESHOLD
+    #: half-open IKE SAs at most; IKE_SA_INIT requests beyond it are dropped
+    half_open_max: int = 1024
+    #: seconds a half-open responder SA waits for IKE_AUTH
+    half_open_timeout: float = 30.0
+    #: IKE_SA_INIT requests per second that one source (an IPv4 address, an IPv6 /64) may
+    #: make us answer, with bursts up to ``init_burst``
+    init_rate: float = 10.0
+    init_burst: int = 20
+    #: IKE_SA_INIT requests per second answered in all, from every source together (each
+    #: costs a key exchange and key derivation: about 0.5 ms of a core)
+    init_rate_total: float = 100.0
+    #: established IKE SAs per peer identity; the oldest goes when a new one comes up beyond it
+    ike_sas_per_identity: int = 4
+    #: child SAs per IKE SA; CREATE_CHILD_SA beyond it is refused with NO_ADDITIONAL_SAS
+    children_per_ike_sa: int = 16
+    #: the cookie secret is replaced this often; cookies made with the previous one are
+    #: still accepted until the next rotation
+    cookie_secret_lifetime: float = 60.0

@@ -14,7 +14,7 @@ from nattunnel.ike import crypto as kc
 from nattunnel.ike import manager as ike_mod
 from nattunnel.ike.base import RekeyChildContext, RequestKind, State
 from nattunnel.ike.events import IkeRekeyed, Outgoing
-from nattunnel.ike.manager import IkeLimits, IkeManager, IkePeer
+from nattunnel.ike.manager import IkeManager, IkePeer
 from nattunnel.ike.message import (
     KE,
     SA,
@@ -30,6 +30,7 @@ from nattunnel.ike.message import (
     ike_proposal,
 )
 from nattunnel.ike.proposals import EspProposal
+from nattunnel.ike.ratelimit import IkeLimits
 from nattunnel.ike.sa import IkeSa
 from tests.support.ike import (
     A_ADDR,

@@ -10,9 +10,9 @@ from nattunnel.constants import ExchangeType, NotifyType
 from nattunnel.ike.base import State
 from nattunnel.ike.config import Identity, IkeConfig
 from nattunnel.ike.events import Outgoing
-from nattunnel.ike.manager import IkeLimits, IkeManager, IkePeer
+from nattunnel.ike.manager import IkeManager, IkePeer
 from nattunnel.ike.message import Header, Nonce, Notify, decode_message, encode_message
-from nattunnel.ike.ratelimit import SourceLimiter, TokenBucket, source_key
+from nattunnel.ike.ratelimit import IkeLimits, SourceLimiter, TokenBucket, source_key
 from nattunnel.ike.sa import ON_REQUEST, IkeSa
 from nattunnel.tunnel.core import Tunnel
 

@@ -82,3 +82,31 @@ def test_delete_all_then_closing_until_answered():
     assert net.a.closing()  # the Delete waits for its answer
     net.deliver(1.0)
     assert not net.a.closing() and not net.b.sas_of("a")
+
+
+def test_rekeys_and_retransmits_are_counted_per_peer():
+    net = Net()
+    _up(net)
+    assert net.a.rekey("b", 1.0) == 1
+    net.deliver(1.0)
+    assert net.a.rekey("b", 2.0, ike=True) == 1
+    net.deliver(2.0)
+    assert net.a.peer_counters["b"] == {"ike_rekeys": 1, "child_rekeys": 1, "retransmits": 0}
+    assert net.b.peer_counters["a"]["child_rekeys"] == 1
+    assert net.b.peer_counters["a"]["ike_rekeys"] == 1
+    # a request that goes unanswered is retransmitted on the SA's timer: counted each time
+    assert net.a.rekey("b", 3.0) == 1
+    net.node_a.take()  # lost
+    (sa,) = [s for s in net.a.sas_of("b") if not s.rekeyed]
+    req = sa.request
+    assert req is not None and req.tries == 1
+    now = 3.0
+    for _ in range(10):  # other deadlines (the old SAs' grace periods) come between
+        now = net.a.get_timer() or now + 1
+        net.a.handle_timer(now)
+        net.node_a.take()
+        if req.tries == 3:
+            break
+    assert sa.request is req and req.tries == 3
+    assert net.a.peer_counters["b"]["retransmits"] == req.tries - 1
+    assert net.a.counters["retransmits"] == req.tries - 1
