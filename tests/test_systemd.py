@@ -57,7 +57,7 @@ def test_exec_start_is_a_command_line_up_takes() -> None:
     assert args.command == "reload" and args.socket == "/run/nattunnel/example.sock"
     from nattunnel.config.parser import SYSTEM_CONTROL_DIR
 
-    assert SYSTEM_CONTROL_DIR / "example.sock" == Path(args.socket)
+    assert Path(args.socket) == SYSTEM_CONTROL_DIR / "example.sock"
     # only the capabilities the TUN device and port 500 need
     assert set(service["CapabilityBoundingSet"].split()) == {"CAP_NET_ADMIN",
                                                               "CAP_NET_BIND_SERVICE"}
