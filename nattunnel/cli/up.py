@@ -13,8 +13,12 @@ def add_parser(sub: Subparsers) -> None:
         "up", help="run a tunnel endpoint in the foreground",
         description="Run one tunnel endpoint in the foreground with the IKEv2 peers of a "
                     "TOML configuration (docs/config.md; two-host examples in "
-                    "docs/examples/ike-a.toml and ike-b.toml) until SIGINT or SIGTERM. "
-                    "SIGUSR1 writes the counters to --stats FILE.")
+                    "docs/examples/ike-a.toml and ike-b.toml) until SIGINT, SIGTERM or "
+                    "`nattunnel down`, then stop gracefully (a Delete for every IKE SA). "
+                    "While it runs, `nattunnel show`, `initiate`, `terminate`, `rekey` and "
+                    "`reload` steer it through its control socket (control_socket, by default "
+                    "/run/nattunnel/NAME.sock for NAME.toml). SIGUSR1 writes the counters to "
+                    "--stats FILE.")
     p.add_argument("config", metavar="CONFIG", help="TOML configuration (docs/config.md)")
     p.add_argument("--stats", metavar="FILE",
                    help="write counters as JSON to FILE on SIGUSR1 and at exit (its "
