@@ -302,6 +302,9 @@ class IkeManager:
         sa = IkeSa(peer.config, initiator=True, local=local, remote=peer.remote, now=now,
                    max_children=self.limits.children_per_ike_sa,
                    natt=self._natt_from_start(peer) if natt is None else natt)
+        log.debug("peer %s: initiating from %s to %s (%s)", peer.config.name,
+                  format_addr(local), format_addr(sa.remote),
+                  "NAT-T port, non-ESP marker" if sa.natt else "plain IKE")
         self.sas[sa.local_spi] = sa
         sa.start(now)
         self._process(sa, now)
@@ -396,6 +399,8 @@ class IkeManager:
         if waiting is not None:
             waiting.append(what)
             return
+        log.debug("waiting for our address towards %s (%s) for NAT detection",
+                  format_addr(remote), "NAT-T port" if natt else "plain IKE")
         if len(self._awaiting) >= MAX_AWAITING_LOCAL:
             oldest = next(iter(self._awaiting))
             self._local_wait_over(*oldest, now)
@@ -832,6 +837,7 @@ class IkeManager:
         elif isinstance(key, _GraceEnd):
             with contextlib.suppress(KeyError):  # already gone with its peer
                 self.tunnel.remove_inbound(key.spi)
+                log.debug("inbound SA %#010x removed: its grace period is over", key.spi)
         elif isinstance(key, _Initiate):
             if key.name in self.peers and key.name not in self.held and not any(
                     sa.name == key.name and sa.state is not State.DEAD
@@ -855,6 +861,8 @@ class IkeManager:
             rx = inbound.bytes if inbound else 0
             tx = peer.tx_bytes - tx_start if peer is not None else 0
             if limit and (rx >= limit or tx >= limit) and ike.rekey_child(spi_in, now):
+                log.debug("peer %s: child SA %#010x past rekey_bytes (%d in, %d out, limit "
+                          "%d): rekeying", ike.name, spi_in, rx, tx, limit)
                 del self._byte_limits[spi_in]
                 self._process(ike, now)
         if self._byte_limits:
