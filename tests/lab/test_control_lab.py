@@ -1,5 +1,5 @@
 """The control socket on real endpoints (root only): issue 11's "Done when" for ``nattunnel
-show --json``, ``rekey``, ``terminate``, ``initiate``, SIGTERM and ``reload``.
+show --json``, ``rekey``, ``terminate``, ``initiate``, SIGTERM, ``down`` and ``reload``.
 
 Everything is driven through the command line an operator types (``python3 -m nattunnel
 show --json --socket PATH`` and the other control commands: ``tests.support.control_lab``),
@@ -183,15 +183,23 @@ def _check_run(lab: Lab, t: Tunnels, *, udp: bool, rekeyer: str) -> None:
     close_to(da["rx_packets"], db["tx_packets"], f"{kind}: A rx_packets vs B tx_packets")
 
     headers = UDP_HEADERS if udp else TCP_HEADERS
-    sent = int(client["end"]["sum_sent"]["bytes"])
-    received = int(server["end"]["sum_received"]["bytes"])
+    # iperf3 3.12 reports sum_sent and sum_received for UDP too; older ones only "sum"
+    sent = int((client["end"].get("sum_sent") or client["end"]["sum"])["bytes"])
+    received_sum = server["end"].get("sum_received") or server["end"]["sum"]
+    received = int(received_sum["bytes"])
     close_to(da["tx_bytes"] - headers * da["tx_packets"], sent,
              f"{kind}: A's inner payload out vs iperf3 sender")
     close_to(db["rx_bytes"] - headers * db["rx_packets"], received,
              f"{kind}: B's inner payload in vs iperf3 receiver")
     if udp:
-        datagrams = int(server["end"]["sum_received"]["packets"])
+        datagrams = int(received_sum["packets"])
         close_to(db["rx_packets"], datagrams, "UDP: B rx_packets vs iperf3 datagrams")
+    # the text form says the same
+    cp = cli(a, "show", "b")
+    assert cp.returncode == 0, cp.stderr
+    assert "peer b: up (ike)" in cp.stdout, cp.stdout
+    assert f"child SA: SPIs in {new[0]} out {new[1]}" in cp.stdout, cp.stdout
+    assert f"sent ({final[0]['tx_packets']} packets)" in cp.stdout, cp.stdout
 
 
 @pytest.mark.root
@@ -208,6 +216,18 @@ def test_show_json_bytes_match_iperf3_across_a_child_rekey(lab: Lab, tmp_path: P
         log = t.nodes[role].log()
         assert "Traceback" not in log, log
         assert "(rekey)" in log, log
+    # `nattunnel down`: B stops gracefully, and A hears of it at once (a Delete), not
+    # through its liveness checks
+    start = time.monotonic()
+    cp = cli(b, "down")
+    assert cp.returncode == 0 and cp.stdout.strip() == "stopping", (cp.stdout, cp.stderr)
+    assert b.proc.wait(10) == 0, b.log()
+    assert lab.wait_for(lambda: ike_sa(show(a), "b") is None, timeout=DELETE_DEADLINE,
+                        interval=0.05), a.log()[-4000:]
+    print(f"A dropped its IKE SA {time.monotonic() - start:.2f} s after `nattunnel down`")
+    assert state(show(a), "b") != "up"
+    assert "stopping: 1 IKE SA(s) deleted" in b.log(), b.log()[-4000:]
+    assert "IKE SA down: deleted by the peer" in a.log(), a.log()[-4000:]
 
 
 # --------------------------------------------------------------------------- 2. strongSwan
