@@ -16,6 +16,7 @@ from nattunnel.ike.events import ChildUp, IkeRekeyed
 from nattunnel.ike.message import Header, Message, Nonce, Notify, format_payloads
 from nattunnel.ike.sa import IkeSa
 from tests.support.ike import A_INNER, B_INNER, Net, SaPair, configs, up
+from tests.support.lab import lab_fixture  # noqa: F401  (registers the ``lab`` fixture)
 from tests.support.packets import ip4
 
 PSK = b"correct horse battery staple"  # tests.support.ike.configs()
@@ -350,3 +351,35 @@ def test_deadlines_through_the_managers(caplog):
     has(lines(caplog), r"^peer b \[[0-9a-f]{16}\]: IKE SA rekey due: time \(its soft "
                        r"lifetime, ike_rekey_time 50 s less jitter\)$")
     assert up(net)
+
+
+@pytest.mark.root
+def test_nattunnel_up_at_debug_logs_the_exchanges_and_nothing_per_packet(lab, tmp_path):
+    """Two ``nattunnel up --log-level debug`` through the lab's real NAT: the IKE exchanges are
+    in both logs; a ping flood of 500 packets each way adds no line (DPD is off)."""
+    from nattunnel.lab.tunnels import INNER, start_ike_tunnels, wait_ike_up
+
+    t = start_ike_tunnels(lab, tmp_path, host_peer={"dpd_interval": 0},
+                          b_peer={"dpd_interval": 0})
+    try:
+        assert wait_ike_up(t, timeout=10), t.nodes["a"].log() + t.nodes["b"].log()
+        for role in ("a", "b"):  # each side's own messages and the other's
+            log = t.nodes[role].log().splitlines()
+            for verb in ("generating", "parsed"):
+                has(log, rf"DEBUG peer . \[[0-9a-f]{{16}}\]: {verb} IKE_AUTH "
+                         r"(request|response) 1 \[ SK\{ID")
+                has(log, rf"DEBUG peer . \[[0-9a-f]{{16}}\]: {verb} IKE_SA_INIT "
+                         r"(request|response) 0 \[ SA KE N")
+        before = {r: len(n.log().splitlines()) for r, n in t.nodes.items()}
+        for src, dst in (("a", "b"), ("b", "a")):
+            r = lab.exec(src, "ping", "-n", "-q", "-c", "500", "-i", "0.002", "-W", "1",
+                         INNER[dst], check=False, timeout=30)
+            assert " 0% packet loss" in r.stdout, r.stdout
+        after = {r: n.log().splitlines() for r, n in t.nodes.items()}
+        for role, lines_now in after.items():
+            new = lines_now[before[role]:]
+            assert not new, f"{role} logged during the ping flood:\n" + "\n".join(new)
+        assert PSK.decode() not in t.nodes["a"].log()
+    finally:
+        for role in list(t.nodes):
+            t.stop(role)
