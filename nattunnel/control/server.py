@@ -100,8 +100,11 @@ class ControlServer:
                 await writer.drain()
             finally:
                 self._clients -= 1
-        except Exception:  # a client that went away, say: never the server's end
-            log.debug("control connection failed", exc_info=True)
+        except (OSError, asyncio.IncompleteReadError) as e:  # a client that went away
+            log.debug("control connection closed early: %s", e)
+        except Exception:  # never the server's end
+            self.counters["internal_errors"] += 1
+            log.error("internal error on a control connection", exc_info=True)
         finally:
             writer.close()
 
