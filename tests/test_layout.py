@@ -24,7 +24,8 @@ CODECS = {"ike/message.py"}
 MAX_TYPE_IGNORES = 0
 
 BASE = {"constants", "addr"}
-PRODUCT = {"esp", "tunnel", "ike", "io", "config", "keys", "control", "app"} | BASE
+PRODUCT = {"esp", "tunnel", "ike", "traversal", "io", "config", "keys", "control",
+           "app"} | BASE
 #: layer -> the layers it may import (itself included)
 MAY_IMPORT: dict[str, set[str]] = {
     "constants": set(),
@@ -32,10 +33,12 @@ MAY_IMPORT: dict[str, set[str]] = {
     "esp": BASE | {"esp"},
     "tunnel": BASE | {"esp", "tunnel"},
     "ike": BASE | {"esp", "tunnel", "ike"},
-    "io": BASE | {"esp", "tunnel", "ike", "io"},
+    "traversal": BASE | {"traversal"},
+    "io": BASE | {"esp", "tunnel", "ike", "traversal", "io"},
     "keys": BASE | {"esp", "keys"},
-    "config": BASE | {"esp", "tunnel", "ike", "keys", "config"},
-    "control": BASE | {"esp", "tunnel", "ike", "io", "config", "keys", "control"},
+    "config": BASE | {"esp", "tunnel", "ike", "traversal", "keys", "config"},
+    "control": BASE | {"esp", "tunnel", "ike", "traversal", "io", "config", "keys",
+                       "control"},
     "app": PRODUCT,
     "lab": PRODUCT | {"lab"},
     "bench": PRODUCT | {"lab", "bench"},
