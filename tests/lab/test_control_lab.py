@@ -419,8 +419,12 @@ def test_reload_adds_and_removes_peers_keeping_the_others(lab: Lab, tmp_path: Pa
     m = re.search(r"(\d+) packets transmitted, (\d+) received", out)
     assert m, out
     assert int(m[1]) == PING_COUNT and int(m[2]) == PING_COUNT, out  # no ping lost
-    assert re.search(r"reload: added \['c'\], removed \['d'\], unchanged \['a'\]",
-                     b.log()), b.log()[-4000:]
+    m = re.search(r"reload: added \['c'\], removed \['d'\], unchanged \['a'\]\n", b.log())
+    assert m, b.log()[-4000:]
+    # d is gone for good: in the 14 s since, B sent it nothing (its IKE_SA_INIT would have
+    # been retransmitted 0.5, 1, 2, 4 and 8 s after the last one)
+    assert "retransmitting IKE_SA_INIT" in b.log()[:m.start()], b.log()[:m.start()]
+    assert D_PUBLIC not in b.log()[m.end():], b.log()[m.end():][-4000:]
 
     # a configuration with an error changes nothing, and says which field
     view = _peers_view(show(b))
