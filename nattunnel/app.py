@@ -525,6 +525,14 @@ class Node:
         now = self._now()
         for name in removed + changed:
             self._remove_peer(endpoint, controller, name, now)
+        try:
+            self._reroute(endpoint.interface, [old[n] for n in removed + changed],
+                          [fresh[n] for n in changed + added])
+        except OSError as e:
+            log.error("reload: %s", e)
+            raise ControlError(f"the inner routes could not be changed: {e}; peers "
+                               f"{', '.join(removed + changed) or 'none'} were removed, "
+                               f"none added") from None
         for name in changed + added:
             _add_peer(endpoint, controller.ike, fresh[name], now)
         self.config = dataclasses.replace(self.config, peers=new.peers)
@@ -535,6 +543,19 @@ class Node:
         log.info("reload: %s", ", ".join(f"{k} {v}" for k, v in result.items() if v)
                  or "nothing changed")
         return result
+
+    @staticmethod
+    def _reroute(interface: InnerInterface, gone: list[PeerConfig],
+                 coming: list[PeerConfig]) -> None:
+        """The inner routes follow the peers: the prefixes of peers that went are unrouted
+        (unless a peer that comes has them), those of peers that come are routed."""
+        keep = {net for pc in coming for net in pc.allowed_ips}
+        for pc in gone:
+            for net in pc.allowed_ips:
+                if net not in keep:
+                    interface.unroute(net)
+        for net in keep:
+            interface.route(net)
 
     def _remove_peer(self, endpoint: Endpoint, controller: Controller, name: str,
                      now: float) -> None:

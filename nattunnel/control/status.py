@@ -66,7 +66,7 @@ def _ike_sa(sa: IkeSa, peer: Peer | None, ike: IkeManager, endpoint: Endpoint,
         "initiator": sa.initiator,
         "spi_i": sa.spi_i.hex(), "spi_r": sa.spi_r.hex(),
         "proposal": sa.proposal.name if sa.proposal is not None else None,
-        "local": format_addr(sa.local), "remote": format_addr(sa.remote),
+        "local": format_addr(_sending_from(sa, endpoint)), "remote": format_addr(sa.remote),
         "natt": sa.natt,
         "nat": {"local_behind_nat": sa.local_behind_nat,
                 "remote_behind_nat": sa.remote_behind_nat},
@@ -76,6 +76,19 @@ def _ike_sa(sa: IkeSa, peer: Peer | None, ike: IkeManager, endpoint: Endpoint,
         "rekeyed": sa.rekeyed,
         "children": [_child(c, peer, ike, endpoint, now) for c in sa.children],
     }
+
+
+def _sending_from(sa: IkeSa, endpoint: Endpoint) -> tuple[str, int]:
+    """Where the IKE SA sends from now: its address, and after the move to NAT-T the port
+    of our NAT-T socket of that family (``IkeSa.local`` stays the IKE_SA_INIT address, which
+    the NAT detection hashes need)."""
+    if not sa.natt:
+        return sa.local[0], sa.local[1]
+    v6 = ":" in sa.local[0]
+    bound = endpoint.local_addresses()
+    # the socket of its family; else a dual-stack [::] socket that carries IPv4 too
+    same = [b for b in bound if (":" in b[0]) == v6] or bound
+    return (sa.local[0], same[0][1]) if same else (sa.local[0], sa.local[1])
 
 
 def _drops(peer: Peer) -> dict[str, int]:

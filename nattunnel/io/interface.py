@@ -3,7 +3,8 @@ from. ``InnerInterface`` is what the endpoint needs of one; ``InProcessInterface
 without root (tests, the demo): inner packets in and out through an asyncio API. The TUN
 device is ``nattunnel.io.tun.TunInterface``.
 
-Part of ``nattunnel.io``; imports only the standard library (and the endpoint, for types).
+Part of ``nattunnel.io``; imports only the standard library (and, for types, the endpoint
+and ``nattunnel.addr``).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import asyncio
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
+    from ..addr import Network
     from .endpoint import Endpoint
 
 
@@ -26,6 +28,13 @@ class InnerInterface(Protocol):
     def flush(self) -> None:
         """Write out what ``write`` held back (TCP coalescing); called before the endpoint
         reuses the buffer the packets lie in, and after each drain."""
+
+    def route(self, net: Network) -> None:
+        """Send the inner packets for ``net`` to the tunnel (a TUN device: a route to it; a
+        peer added while running)."""
+
+    def unroute(self, net: Network) -> None:
+        """Undo ``route`` (a peer removed while running)."""
 
     def close(self) -> None: ...
 
@@ -55,6 +64,12 @@ class InProcessInterface:
             self.received += 1
         except asyncio.QueueFull:
             self.drops += 1
+
+    def route(self, net: Network) -> None:
+        return None  # every packet given to ``send`` goes to the tunnel
+
+    def unroute(self, net: Network) -> None:
+        return None
 
     def send(self, packet: bytes | bytearray | memoryview) -> int:
         """Send one inner IP packet into the tunnel: the ESP length, or ``-DropReason``."""

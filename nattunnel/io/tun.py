@@ -463,6 +463,20 @@ class TunDevice:
             with contextlib.suppress(OSError):
                 _close_fd(self._open_attached(self.name, found[2] & _TUN_FEATURES))
 
+    def add_route(self, net: IPv4Network | IPv6Network) -> None:
+        """Point ``net`` at the device (``ip route replace``), removed again at ``close``
+        (``nattunnel reload``: a peer added). TunError if ``ip`` refuses."""
+        _run_ip(self.name, ["route", "replace", str(net), "dev", self.name])
+        if net not in self._routes:
+            self._routes.append(net)
+
+    def remove_route(self, net: IPv4Network | IPv6Network) -> None:
+        """The route ``add_route`` or ``create`` made for ``net`` goes (best effort: a
+        route already gone is not an error)."""
+        if net in self._routes:
+            self._routes.remove(net)
+            _run_ip(self.name, ["route", "del", str(net), "dev", self.name], check=False)
+
     def closing_summary(self) -> str:
         """What ``close`` does (or did) with the interface, for the log."""
         if not self.existed:
@@ -519,6 +533,12 @@ class TunInterface:
     def attach(self, endpoint: Endpoint) -> None:
         self._loop = asyncio.get_running_loop()
         self._loop.add_reader(self.device.fd, endpoint.drain_inner, self._read)
+
+    def route(self, net: IPv4Network | IPv6Network) -> None:
+        self.device.add_route(net)
+
+    def unroute(self, net: IPv4Network | IPv6Network) -> None:
+        self.device.remove_route(net)
 
     def close(self) -> None:
         if self._loop is not None and not self.device.closed:

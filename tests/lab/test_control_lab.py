@@ -231,11 +231,6 @@ def test_show_json_bytes_match_iperf3_across_a_child_rekey(lab: Lab, tmp_path: P
 
 
 @pytest.mark.root
-@pytest.mark.xfail(strict=True, reason=(
-    "product bug (nattunnel/control/status.py, _ike_sa): an IKE SA's \"local\" is "
-    "IkeSa.local, the address of IKE_SA_INIT (port 500) kept for the NAT detection hashes; "
-    "after the move to NAT-T show --json says 198.19.1.2:500 while the SA talks from port "
-    "4500 (its \"remote\" moved to :4500)"))
 def test_show_json_local_address_follows_the_move_to_natt(lab: Lab, tmp_path: Path) -> None:
     t = start_ike_tunnels(lab, tmp_path)
     a, b = t.nodes["a"], t.nodes["b"]
@@ -429,10 +424,10 @@ def test_reload_adds_and_removes_peers_keeping_the_others(lab: Lab, tmp_path: Pa
     assert _peers_view(after)["a"] == a_before  # the same IKE SA and child SA
     c_sa = ike_sa(after, "c")
     assert c_sa is not None and c_sa["children"], after["peers"]["c"]
-    # c's packets reach B and are decrypted there (the way back: the xfail test below)
+    # the added peer's tunnel carries ping both ways (B routes c's prefix to nt0 now)
     rx = after["peers"]["c"]["rx_packets"]
-    t.ping("c", "b", count=2)
-    assert show(b)["peers"]["c"]["rx_packets"] >= rx + 2, logs(t.nodes)
+    assert t.ping("c", "b", count=2) and t.ping("b", "c", count=2), logs(t.nodes)
+    assert show(b)["peers"]["c"]["rx_packets"] >= rx + 4, logs(t.nodes)
     out, _ = pinger.communicate(timeout=PING_COUNT * 0.05 + 20)
     m = re.search(r"(\d+) packets transmitted, (\d+) received", out)
     assert m, out
@@ -460,11 +455,6 @@ def test_reload_adds_and_removes_peers_keeping_the_others(lab: Lab, tmp_path: Pa
 
 @pytest.mark.root
 @pytest.mark.parametrize("lab", [{"with_c": True}], indirect=True)
-@pytest.mark.xfail(strict=True, reason=(
-    "product bug (nattunnel/app.py, Node.reload): a reload adds no route on the TUN device "
-    "for an added peer's allowed_ips (and removes none of a removed peer's): only "
-    "open_interface() routes the peers of the configuration at start, so B's replies to "
-    "the added peer c have no route (ip route get 198.18.100.3: not dev nt0)"))
 def test_reload_routes_the_added_peer_and_unroutes_the_removed(lab: Lab,
                                                                 tmp_path: Path) -> None:
     t, psk = _start_reload_lab(lab, tmp_path)
