@@ -74,6 +74,38 @@ IPV6_HEADER_LEN: Final = 40
 #: ESP header + IV + ICV, before the 2 trailer octets and padding.
 ESP_FIXED_OVERHEAD: Final = ESP_HEADER_LEN + ESP_IV_LEN + ESP_ICV_LEN
 
+# --- RFC 8489: STUN, on the NAT-T socket (nattunnel/traversal/stun.py) ---------------------
+#: Section 5: the magic cookie, the second 32-bit word of every STUN message (offset 4).
+STUN_MAGIC_COOKIE: Final = 0x2112A442
+#: Section 5: the header: type (2), length (2), magic cookie (4), transaction ID (12).
+STUN_HEADER_LEN: Final = 20
+STUN_TRANSACTION_ID_LEN: Final = 12
+STUN_COOKIE_OFFSET: Final = 4
+STUN_TRANSACTION_ID_OFFSET: Final = 8
+#: Section 5: "the most significant 2 bits of every STUN message MUST be zeroes", so its
+#: first octet is below 0x40 (RFC 7983 section 7 demultiplexes on the first octet likewise).
+STUN_FIRST_OCTET_LIMIT: Final = 0x40
+#: Section 5 / 14: the message length and every attribute are padded to 4 octets.
+STUN_ALIGN: Final = 4
+#: Section 6.2.1: the initial retransmission timeout (500 ms), doubled after each request;
+#: Rc = 7 requests in all; after the last, wait Rm = 16 times the initial RTO (so the
+#: requests go at 0, 0.5, 1.5, 3.5, 7.5, 15.5 and 31.5 s, and it times out at 39.5 s).
+STUN_RTO: Final = 0.5
+STUN_RC: Final = 7
+STUN_RM: Final = 16
+#: Section 6.2: a client SHOULD have at most ten outstanding transactions to one server.
+STUN_MAX_PER_SERVER: Final = 10
+#: Section 18.2: the Binding method.
+STUN_BINDING: Final = 0x001
+#: Section 14: attribute types 0x0000-0x7FFF are comprehension-required.
+STUN_COMPREHENSION_OPTIONAL: Final = 0x8000
+#: RFC 5780 section 7.2: CHANGE-REQUEST's flags, "change IP" and "change port".
+STUN_CHANGE_IP: Final = 0x04
+STUN_CHANGE_PORT: Final = 0x02
+#: Our inbound child SPIs are at least this (first octet >= 0x40, docs/wire-format.md "STUN
+#: on port 4500"): an ESP packet to us never has a STUN message's first two bits.
+SPI_STUN_SAFE_MIN: Final = STUN_FIRST_OCTET_LIMIT << 24
+
 # === IKEv2 (RFC 7296) message encoding ======================================================
 # Numbers for nattunnel/ike_message.py. Each group cites the RFC section that defines its
 # layout and the IANA "Internet Key Exchange Version 2 (IKEv2) Parameters" registry
