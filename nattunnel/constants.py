@@ -453,3 +453,36 @@ IPV4_DST_OFFSET: Final = 16
 IPV6_SRC_OFFSET: Final = 8
 IPV6_DST_OFFSET: Final = 24
 IPV6_ADDR_LEN: Final = 16
+
+# --- RFC 4555 (MOBIKE) ------------------------------------------------------------------------
+#: section 3.8 (and RFC 4555 section 4.2's COOKIE2 format): the COOKIE2 notify's data, 8 to
+#: 64 octets; ours are MOBIKE_COOKIE2_LEN random octets
+COOKIE2_MIN_LEN: Final = 8
+COOKIE2_MAX_LEN: Final = 64
+MOBIKE_COOKIE2_LEN: Final = 16
+#: section 4.2.4: NO_NATS_ALLOWED (the NAT_PREVENTION notify of section 3.9) carries the
+#: source and destination address and the source and destination port of the packet:
+#: 12 octets for IPv4, 36 for IPv6
+NO_NATS_ALLOWED_LEN_V4: Final = 12
+NO_NATS_ALLOWED_LEN_V6: Final = 36
+
+# --- Linux rtnetlink(7): the route and address change groups (io/netwatch.py) ----------------
+#: NETLINK_ROUTE's multicast groups (linux/rtnetlink.h RTMGRP_*)
+RTMGRP_IPV4_IFADDR: Final = 0x10
+RTMGRP_IPV4_ROUTE: Final = 0x40
+RTMGRP_IPV6_IFADDR: Final = 0x100
+RTMGRP_IPV6_ROUTE: Final = 0x400
+#: the netlink message types of interest (RTM_NEWADDR .. RTM_DELROUTE) and NLMSG_DONE
+RTM_NEWADDR: Final = 20
+RTM_DELADDR: Final = 21
+RTM_GETADDR: Final = 22
+RTM_NEWROUTE: Final = 24
+RTM_DELROUTE: Final = 25
+NLMSG_DONE: Final = 3
+NLMSG_ERROR: Final = 2
+#: nlmsghdr flags: a request, a dump
+NLM_F_REQUEST: Final = 0x1
+NLM_F_DUMP: Final = 0x300
+#: ifaddrmsg attributes: the address, the local address (point-to-point)
+IFA_ADDRESS: Final = 1
+IFA_LOCAL: Final = 2

@@ -88,6 +88,11 @@ class RequestKind(Enum):
     REKEY_IKE = "rekey IKE"
     DELETE_CHILD = "delete child"
     DELETE_IKE = "delete IKE SA"
+    #: MOBIKE (RFC 4555): our new address (3.5), a return routability check (3.6), our
+    #: additional addresses (3.4)
+    UPDATE_ADDRESSES = "UPDATE_SA_ADDRESSES"
+    ROUTABILITY = "return routability check"
+    ADDRESSES = "additional addresses"
 
 
 # --- what each kind of request remembers until its response ----------------------------------
@@ -132,8 +137,17 @@ class DeleteChildContext:
     closing: tuple[int, ...]
 
 
+@dataclass(frozen=True)
+class MobikeContext:
+    """A MOBIKE request (RFC 4555): the COOKIE2 we sent (3.8: the answer must echo it), and
+    for a return routability check the address it checks."""
+
+    cookie2: bytes
+    checks: Addr | None = None
+
+
 RequestContext = (AuthContext | CreateChildContext | RekeyChildContext | RekeyIkeContext
-                  | DeleteChildContext | None)
+                  | DeleteChildContext | MobikeContext | None)
 
 
 @dataclass
@@ -169,10 +183,15 @@ def spi_bytes() -> bytes:
 
 
 def new_child_spi() -> int:
-    """A random ESP SPI (never one of the reserved 0 to 255)."""
+    """A random inbound ESP SPI, uniform over SPI_STUN_SAFE_MIN (0x40000000) to 0xFFFFFFFF:
+    its first octet is 0x40 or more, so that no STUN message (first two bits zero, RFC 8489
+    section 5) on the NAT-T socket can be read as ESP to us (docs/wire-format.md, "STUN on
+    port 4500"), and it is never one of the reserved 0 to 255 (RFC 4303 section 2.1)."""
+    from ..constants import SPI_STUN_SAFE_MIN  # here: this function's own rule
+
     while True:
         spi = int.from_bytes(os.urandom(CHILD_SPI_LEN), "big")
-        if spi > 0xFF:
+        if spi >= SPI_STUN_SAFE_MIN:
             return spi
 
 
@@ -279,6 +298,24 @@ class SaCore:
         #: the wait after the next refusal
         self.child_retry_at: float | None = None
         self._child_retry_delay = CHILD_RETRY_BASE
+        #: MOBIKE (RFC 4555): negotiated in IKE_AUTH (both sent MOBIKE_SUPPORTED, 3.1);
+        #: the peer's additional addresses (ADDITIONAL_IP4/6_ADDRESS, 3.4; empty after
+        #: NO_ADDITIONAL_ADDRESSES) kept for path selection; ours to announce
+        self.mobike = False
+        self.peer_addresses: tuple[str, ...] = ()
+        self.own_addresses: tuple[str, ...] = ()
+        #: initiator: why an UPDATE_SA_ADDRESSES is to go when the window is free (None:
+        #: none); whether our address list is to be announced
+        self._update_wanted: str | None = None
+        self._announce_wanted = False
+        #: responder: the peer addresses a return routability check (or IKE_AUTH) proved,
+        #: and the address still to be checked before the child SAs move there (3.6)
+        self.verified: set[str] = set()
+        self._check_wanted: Addr | None = None
+        #: the COOKIE2 of our last MOBIKE request (section 3.8)
+        self._cookie2 = b""
+        #: UPDATE_SA_ADDRESSES exchanges done (either role), for the status and tests
+        self.path_updates = 0
         #: the time of the last call with a ``now``, and the deadline last logged
         self._clock = now
         self._logged_deadline: Deadline | None = None
@@ -446,6 +483,10 @@ class SaCore:
                                                       self._child_retry_delay)
         new.local_behind_nat, new.remote_behind_nat = (self.local_behind_nat,
                                                        self.remote_behind_nat)
+        new.mobike, new.peer_addresses = self.mobike, self.peer_addresses
+        new.own_addresses, new.verified = self.own_addresses, set(self.verified)
+        new._update_wanted, new._announce_wanted = self._update_wanted, self._announce_wanted
+        new._check_wanted = self._check_wanted
         return new
 
     # --- life cycle and child SAs --------------------------------------------------------------

@@ -146,3 +146,7 @@ class IkeConfig:
     keepalive_interval: float = 20.0
     #: NAT keepalives: when IKE finds this side behind NAT (NAT), always, or never
     keepalive: KeepaliveMode = KeepaliveMode.NAT
+    #: MOBIKE (RFC 4555): offer and accept MOBIKE_SUPPORTED in IKE_AUTH; with it the
+    #: initiator moves the SAs to a new address with UPDATE_SA_ADDRESSES. Off for a bare
+    #: IkeConfig; a configuration file's ``mobike`` is on unless it says false
+    mobike: bool = False

@@ -57,6 +57,7 @@ from .message import (
     encode_message,
     ike_proposal,
 )
+from .mobike import MobikeExchanges
 from .proposals import IkeProposal, esp_offer, pick_ike
 
 #: error notifies in an IKE_AUTH response that refuse the child SA only: the IKE SA is up
@@ -78,7 +79,7 @@ def _has_identity_hash(msg: Message) -> bool:
         return False
 
 
-class InitialExchanges(ChildSaExchanges):
+class InitialExchanges(ChildSaExchanges, MobikeExchanges):
     """IKE_SA_INIT and IKE_AUTH."""
 
     # --- initiator: IKE_SA_INIT --------------------------------------------------------------
@@ -248,7 +249,8 @@ class InitialExchanges(ChildSaExchanges):
                                    IDr(remote_id.id_type, remote_id.data),
                                    self._auth_payload(idi.encode_body()),
                                    esp_offer(self.config.esp_proposals, spi),
-                                   TSi.of(*self.config.local_ts), TSr.of(*self.config.remote_ts)]
+                                   TSi.of(*self.config.local_ts), TSr.of(*self.config.remote_ts),
+                                   *self._mobike_supported()]
         self.state = State.AUTH_SENT
         self._request_send(ExchangeType.IKE_AUTH, payloads, RequestKind.IKE_AUTH, now,
                            AuthContext(spi))
@@ -277,6 +279,7 @@ class InitialExchanges(ChildSaExchanges):
             self._die("peer authentication failed", DownCause.AUTHENTICATION_FAILED)
             return
         self._established(now)
+        self._mobike_negotiated(msg)
         self._events.append(IkeUp(self._me(), self.remote, self.local_behind_nat,
                                   self.remote_behind_nat))
         sa = msg.get(SA)
@@ -385,6 +388,9 @@ class InitialExchanges(ChildSaExchanges):
         child_payloads, child = self._negotiate_child(msg, self._ni, self._nr, None,
                                                       pfs_allowed=False)
         payloads += child_payloads
+        self._mobike_negotiated(msg)
+        if self.mobike:
+            payloads += self._mobike_supported()
         self._established(now)
         self._respond(ExchangeType.IKE_AUTH, msg.header.message_id, payloads)
         self._events.append(IkeUp(self._me(), self.remote, self.local_behind_nat,

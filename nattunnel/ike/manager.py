@@ -42,6 +42,7 @@ from .events import (
     IkeRekeyed,
     IkeUp,
     Outgoing,
+    PathUpdated,
 )
 from .keylog import KeyLog
 from .message import (
@@ -55,6 +56,7 @@ from .message import (
     peek_nonce_and_cookie,
     peek_receiver_spi,
 )
+from .mobility import MobilityManagement
 from .ratelimit import IkeLimits, SourceLimiter, TokenBucket
 from .sa import IkeSa
 
@@ -182,7 +184,7 @@ def _unspecified(addr: Addr) -> bool:
     return ipaddress.ip_address(addr[0].split("%", 1)[0]).is_unspecified
 
 
-class IkeManager:
+class IkeManager(MobilityManagement):
     def __init__(self, tunnel: Tunnel, *, keylog: KeyLog | None = None,
                  cookie_threshold: int | None = None, limits: IkeLimits | None = None,
                  ike_port: int = IKE_PORT) -> None:
@@ -302,6 +304,7 @@ class IkeManager:
         sa = IkeSa(peer.config, initiator=True, local=local, remote=peer.remote, now=now,
                    max_children=self.limits.children_per_ike_sa,
                    natt=self._natt_from_start(peer) if natt is None else natt)
+        sa.own_addresses = self.own_addresses
         log.debug("peer %s: initiating from %s to %s (%s)", peer.config.name,
                   format_addr(local), format_addr(sa.remote),
                   "NAT-T port, non-ESP marker" if sa.natt else "plain IKE")
@@ -493,8 +496,8 @@ class IkeManager:
         log.info("peer %s: IKE SA moved from %s to %s", sa.name, format_addr(before),
                  format_addr(sa.remote))
         peer = self._tunnel_peer(sa)
-        if peer is not None and sa.established and sa.natt:
-            self.tunnel.set_peer_address(peer, sa.remote)
+        if peer is not None and sa.established and sa.natt and not sa.mobike:
+            self.tunnel.set_peer_address(peer, sa.remote)  # with MOBIKE: PathUpdated
 
     # --- the last line of defence -------------------------------------------------------------
     #: an internal error is logged at most this often (the rest are only counted)
@@ -590,6 +593,7 @@ class IkeManager:
         sa = IkeSa(None, initiator=False, local=local, remote=remote, now=now,
                    lookup=self._lookup, max_children=self.limits.children_per_ike_sa,
                    half_open_timeout=self.limits.half_open_timeout)
+        sa.own_addresses = self.own_addresses
         proposals = next(iter(self.peers.values())).config.ike_proposals if self.peers else ()
         sa.respond_init(msg, data, now, proposals, natt=natt)
         if sa.state is not State.DEAD:
@@ -615,6 +619,8 @@ class IkeManager:
                 self._ike_down(ev, now)
             elif isinstance(ev, ChildRefused):
                 self._child_refused(ev, now)
+            elif isinstance(ev, PathUpdated):
+                self._path_updated(ev, now)
             else:
                 self._ike_rekeyed(ev)
         if sa.state is not State.INIT_DONE:

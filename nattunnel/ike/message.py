@@ -51,6 +51,8 @@ from typing import Any, ClassVar, Final, Protocol, Self, TypeVar, overload
 
 from ..constants import (
     CHILD_SPI_LEN,
+    COOKIE2_MAX_LEN,
+    COOKIE2_MIN_LEN,
     IKE_ATTR_FORMAT_TV,
     IKE_ATTR_HEADER_LEN,
     IKE_FLAG_INITIATOR,
@@ -69,6 +71,8 @@ from ..constants import (
     LAST_SUBSTRUC_LAST,
     LAST_SUBSTRUC_PROPOSAL,
     LAST_SUBSTRUC_TRANSFORM,
+    NO_NATS_ALLOWED_LEN_V4,
+    NO_NATS_ALLOWED_LEN_V6,
     NOTIFY_STATUS_MIN,
     SKF_HEADER_EXTRA_LEN,
     TS_HEADER_LEN,
@@ -856,6 +860,50 @@ class Notify(Payload):
     def invalid_ke_payload(cls, group: int) -> Notify:
         """Section 3.10.1: INVALID_KE_PAYLOAD carries the accepted group (2 octets)."""
         return cls(NotifyType.INVALID_KE_PAYLOAD, _pack(_U16, group))
+
+    # --- RFC 4555 (MOBIKE) ------------------------------------------------------------------
+    @classmethod
+    def additional_address(cls, address: IPv4Address | IPv6Address) -> Notify:
+        """RFC 4555 section 4.2.3: ADDITIONAL_IP4_ADDRESS (4 octets) or
+        ADDITIONAL_IP6_ADDRESS (16 octets), one address each."""
+        kind = (NotifyType.ADDITIONAL_IP4_ADDRESS if address.version == 4
+                else NotifyType.ADDITIONAL_IP6_ADDRESS)
+        return cls(kind, address.packed)
+
+    def address(self) -> IPv4Address | IPv6Address:
+        """The address of an ADDITIONAL_IP4_ADDRESS / ADDITIONAL_IP6_ADDRESS notify
+        (ValueError for another notify or the wrong length)."""
+        if self.notify_type == NotifyType.ADDITIONAL_IP4_ADDRESS and len(self.data) == 4:
+            return IPv4Address(self.data)
+        if self.notify_type == NotifyType.ADDITIONAL_IP6_ADDRESS and len(self.data) == 16:
+            return IPv6Address(self.data)
+        raise ValueError(f"notify {self.notify_type} with {len(self.data)} octets is not an "
+                         "additional address")
+
+    def cookie2_ok(self) -> bool:
+        """RFC 4555 section 3.8: a COOKIE2 is 8 to 64 octets."""
+        return COOKIE2_MIN_LEN <= len(self.data) <= COOKIE2_MAX_LEN
+
+    @classmethod
+    def no_nats_allowed(cls, src: IPv4Address | IPv6Address, dst: IPv4Address | IPv6Address,
+                        src_port: int, dst_port: int) -> Notify:
+        """RFC 4555 section 4.2.4 (NAT_PREVENTION, 3.9): the packet's source and destination
+        address and ports."""
+        return cls(NotifyType.NO_NATS_ALLOWED,
+                   src.packed + dst.packed + _pack(_U16, src_port) + _pack(_U16, dst_port))
+
+    def nats_allowed_addresses(self) -> tuple[IPv4Address | IPv6Address,
+                                              IPv4Address | IPv6Address, int, int]:
+        """(source, destination, source port, destination port) of NO_NATS_ALLOWED
+        (ValueError unless 12 or 36 octets)."""
+        n = len(self.data)
+        if n not in (NO_NATS_ALLOWED_LEN_V4, NO_NATS_ALLOWED_LEN_V6):
+            raise ValueError(f"NO_NATS_ALLOWED of {n} octets, not 12 or 36")
+        size = 4 if n == NO_NATS_ALLOWED_LEN_V4 else 16
+        make = IPv4Address if size == 4 else IPv6Address
+        (sp,) = _U16.unpack_from(self.data, 2 * size)
+        (dp,) = _U16.unpack_from(self.data, 2 * size + 2)
+        return make(self.data[:size]), make(self.data[size:2 * size]), sp, dp
 
 
 def nat_detection_hash(

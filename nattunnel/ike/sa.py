@@ -29,7 +29,9 @@ as data (``ON_REQUEST``, ``ON_RESPONSE``), INFORMATIONAL and the timers. Covered
 - KE payloads in CREATE_CHILD_SA: INVALID_KE_PAYLOAD, NO_PROPOSAL_CHOSEN or INVALID_SYNTAX
   (1.3, 3.4, 3.10.1); NO_ADDITIONAL_SAS beyond ``max_children``; child rekey collisions
   (2.8.1), simultaneous IKE SA rekeys (2.8.2) and rekey/delete collisions (2.25.1, 2.25.2,
-  with TEMPORARY_FAILURE).
+  with TEMPORARY_FAILURE);
+- MOBIKE (RFC 4555, in ``mobike``): MOBIKE_SUPPORTED, UPDATE_SA_ADDRESSES with NAT
+  detection and COOKIE2, return routability checks, the peers' additional addresses.
 
 At DEBUG (logger ``nattunnel.ike``) every IKE message in and out is logged with its exchange,
 message ID and payload list, and so are NAT detection, moves, rekey decisions, DPD, Deletes
@@ -56,7 +58,7 @@ from .base import (
     notify_name,
 )
 from .config import RETRANSMIT_BASE, RETRANSMIT_TRIES
-from .events import DownCause, Outgoing
+from .events import DownCause, Outgoing, PathUpdated
 from .initial import InitialExchanges
 from .message import (
     SA,
@@ -213,6 +215,9 @@ class IkeSa(IkeRekeyExchanges, InitialExchanges):
         the initiator floated to."""
         if source is None or not natt or (source == self.remote and self.natt):
             return
+        if self.mobike and self.state is State.ESTABLISHED:
+            self._mobike_adopt(source)
+            return
         if (self.state is State.ESTABLISHED and self.local_behind_nat
                 and not self.remote_behind_nat):
             self._debug("authenticated message from %s, staying at %s: this side is behind "
@@ -255,8 +260,27 @@ class IkeSa(IkeRekeyExchanges, InitialExchanges):
         else:
             self._on_create_child(msg, nonce)
 
+    def _mobike_adopt(self, source: Addr) -> None:
+        """With MOBIKE the addresses move with UPDATE_SA_ADDRESSES (RFC 4555 section 3.5);
+        an authenticated message from another port of the same address (a NAT's new port,
+        the initiator's float to 4500, section 3.2) moves the SA and its child SAs there."""
+        if source[0] != self.remote[0]:
+            self._debug("authenticated message from %s, staying at %s: with MOBIKE only "
+                        "UPDATE_SA_ADDRESSES moves the SA", format_addr(source),
+                        format_addr(self.remote))
+            return
+        self._debug("IKE SA moves from %s to %s: the same address, another port",
+                    format_addr(self.remote), format_addr(source))
+        self.remote = source
+        self.natt = True
+        self._events.append(PathUpdated(self, source, self.local_behind_nat,
+                                        self.remote_behind_nat))
+
     # --- INFORMATIONAL -----------------------------------------------------------------------
     def _on_informational(self, msg: Message, now: float) -> None:
+        if msg.notify(NotifyType.UPDATE_SA_ADDRESSES) is not None:
+            self._on_update_request(msg, now)
+            return
         answer: list[Payload] = []
         dead = False
         for d in msg.get_all(Delete):
@@ -275,7 +299,9 @@ class IkeSa(IkeRekeyExchanges, InitialExchanges):
                         ours.append(c.spi_in.to_bytes(CHILD_SPI_LEN, "big"))
                 if ours:
                     answer.append(Delete(ProtocolId.ESP, ours))
-        # everything else (DPD, MOBIKE's NO_ADDITIONAL_ADDRESSES, ...) gets an empty answer
+        # everything else (DPD, MOBIKE's address lists, return routability checks) gets an
+        # answer without payloads of its own, with COOKIE2 echoed (RFC 4555 section 3.8)
+        answer += self._mobike_answer(msg)
         self._respond(ExchangeType.INFORMATIONAL, msg.header.message_id, answer)
         if dead:
             self._deleted_by_peer()
@@ -334,6 +360,10 @@ class IkeSa(IkeRekeyExchanges, InitialExchanges):
                           (req.kind.value,)))
         elif self.state is State.ESTABLISHED and self._unsent_deletes:
             times.append((self.last_rx, "Delete of child SAs past their hard lifetime", ()))
+        elif self.state is State.ESTABLISHED and (self._update_wanted is not None
+                                                  or self._check_wanted is not None
+                                                  or self._announce_wanted):
+            times.append((self._clock, "MOBIKE request waiting for the window", ()))
         elif self.state is State.ESTABLISHED:
             if self.config and self.config.dpd_interval > 0:
                 times.append((self.last_rx + self.config.dpd_interval,
@@ -407,6 +437,8 @@ class IkeSa(IkeRekeyExchanges, InitialExchanges):
         """With the window free: an IKE SA rekey, a child SA rekey, asking again for a
         refused child SA, or a liveness check, the first that is due."""
         cfg = self.config
+        if self._start_mobike(now):  # a path to update goes first (RFC 4555 section 3.5)
+            return
         if self.ike_rekey_at is not None and now >= self.ike_rekey_at and not self.rekeyed:
             self.ike_rekey_at = None
             if self._ike_rekey_retry:
@@ -448,6 +480,9 @@ ON_RESPONSE: Final[dict[RequestKind, ResponseHandler]] = {
     RequestKind.REKEY_IKE: IkeSa._on_rekey_ike_response,
     RequestKind.DELETE_CHILD: IkeSa._on_answered,
     RequestKind.DELETE_IKE: IkeSa._on_ike_deleted,
+    RequestKind.UPDATE_ADDRESSES: IkeSa._on_update_response,
+    RequestKind.ROUTABILITY: IkeSa._on_check_response,
+    RequestKind.ADDRESSES: IkeSa._on_addresses_answered,
 }
 assert set(ON_RESPONSE) == set(RequestKind)
 
