@@ -248,8 +248,7 @@ class SaCore:
         self.children: list[Child] = []
         self._outputs: list[Outgoing] = []
         self._events: deque[Event] = deque()
-        self.last_rx = now
-        self.created = now
+        self.last_rx = self.created = now
         self._request: Request | None = None
         self._next_request_id = 0
         self._peer_next_id = 0  # the message ID we expect in the peer's next request
@@ -298,6 +297,12 @@ class SaCore:
         #: the wait after the next refusal
         self.child_retry_at: float | None = None
         self._child_retry_delay = CHILD_RETRY_BASE
+        self._init_mobike()
+        #: the time of the last call with a ``now``, and the deadline last logged
+        self._clock = now
+        self._logged_deadline: Deadline | None = None
+
+    def _init_mobike(self) -> None:
         #: MOBIKE (RFC 4555): negotiated in IKE_AUTH (both sent MOBIKE_SUPPORTED, 3.1);
         #: the peer's additional addresses (ADDITIONAL_IP4/6_ADDRESS, 3.4; empty after
         #: NO_ADDITIONAL_ADDRESSES) kept for path selection; ours to announce
@@ -316,9 +321,6 @@ class SaCore:
         self._cookie2 = b""
         #: UPDATE_SA_ADDRESSES exchanges done (either role), for the status and tests
         self.path_updates = 0
-        #: the time of the last call with a ``now``, and the deadline last logged
-        self._clock = now
-        self._logged_deadline: Deadline | None = None
 
     # --- what anyone may ask -------------------------------------------------------------------
     @property
