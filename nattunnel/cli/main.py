@@ -11,14 +11,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import bench, control, demo, keygen, pubkey, up
+from . import bench, control, demo, keygen, netcheck, pubkey, up
 
 DESCRIPTION = ("nattunnel: a userspace IPsec tunnel (ESP in UDP, RFC 3948) with IKEv2 "
                "(RFC 7296) that crosses NATs.")
 EPILOG = ("Run `nattunnel COMMAND --help` for a command's options. The configuration file "
           "is described in docs/config.md, the benchmarks in docs/benchmarks.md.")
 #: the commands in the order ``--help`` lists them
-COMMANDS = (up, control, keygen, pubkey, demo, bench)
+COMMANDS = (up, control, keygen, pubkey, netcheck, demo, bench)
 
 
 def build_parser() -> argparse.ArgumentParser:
