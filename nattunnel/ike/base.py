@@ -319,6 +319,8 @@ class SaCore:
         self._check_wanted: Addr | None = None
         #: the COOKIE2 of our last MOBIKE request (section 3.8)
         self._cookie2 = b""
+        #: while a message is handled: the address of the socket it came to, if known
+        self._came_to: Addr | None = None
         #: UPDATE_SA_ADDRESSES exchanges done (either role), for the status and tests
         self.path_updates = 0
 

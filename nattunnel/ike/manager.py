@@ -487,7 +487,7 @@ class IkeManager(MobilityManagement):
         # Replies go to where the request came from (section 2.11); the SA moves to a new
         # address only for an authenticated new message (section 2.23, in IkeSa.receive).
         before = sa.remote
-        if sa.receive(data, now, remote, natt) and sa.remote != before:
+        if sa.receive(data, now, remote, natt, local) and sa.remote != before:
             self._ike_moved(sa, before)
         self._process(sa, now)
 

@@ -298,6 +298,10 @@ class MobikeExchanges(SaCore):
             return
         before = self.remote
         self.remote, self.natt = source, self.natt or natt
+        to = self._came_to
+        if to is not None:  # our side of the new path: the socket's port, and its address
+            ip = to[0] if not ipaddress.ip_address(_ip(to[0])).is_unspecified else self.local[0]
+            self.local = sockaddr(ip, to[1])
         self._nat_from(msg, source)
         self._respond(ExchangeType.INFORMATIONAL, mid, self._mobike_answer(msg))
         self.path_updates += 1

@@ -48,10 +48,10 @@ class MobilityManagement:
 
     def update_address(self, sa: IkeSa, local: Addr, now: float, *, reason: str,
                        force: bool = False) -> bool:
-        """Our address towards ``sa``'s peer is ``local``: if it changed (or ``force``: the
+        """Our address towards ``sa``'s peer is ``local``: if its IP changed (or ``force``: the
         path changed, the operator asks), move the IKE SA and its child SAs there with
         UPDATE_SA_ADDRESSES. Whether an update started (or waits for the window)."""
-        if sa not in self.mobike_sas() or (local == sa.local and not force):
+        if sa not in self.mobike_sas() or (local[0] == sa.local[0] and not force):
             return False
         log.info("peer %s: MOBIKE: updating the SA addresses from %s (%s)", sa.name,
                  format_addr(local), reason)

@@ -101,12 +101,13 @@ class IkeSa(IkeRekeyExchanges, InitialExchanges):
 
     # --- receiving ----------------------------------------------------------------------------
     def receive(self, raw: bytes, now: float, source: Addr | None = None,
-                natt: bool | None = None) -> bool:
+                natt: bool | None = None, to: Addr | None = None) -> bool:
         """A message for this SA (its SPIs matched). Never raises for bad input.
 
         ``source`` and ``natt`` say where it came from (the address, and whether on port
-        4500); responses go back there (section 2.11). Returns True when the message was
-        authenticated and new (not a retransmission): the response to our outstanding
+        4500); responses go back there (section 2.11); ``to`` is the socket it came to (a
+        wildcard, or one address), for MOBIKE's NAT detection. Returns True when the message
+        was authenticated and new (not a retransmission): the response to our outstanding
         request or the peer's next request, both protected with this SA's keys. Only then
         may the peer's address change (section 2.23), and only such a message (or the
         IKE_SA_INIT response in INIT_SENT) changes any state of this SA: nothing in the
@@ -118,6 +119,7 @@ class IkeSa(IkeRekeyExchanges, InitialExchanges):
         self._clock = now
         self._reply_to = (source, bool(natt)) if source is not None and natt is not None \
             else None
+        self._came_to = to
         try:
             return self._receive(raw, now, source, bool(natt))
         finally:
@@ -149,6 +151,7 @@ class IkeSa(IkeRekeyExchanges, InitialExchanges):
             self._adopt_source(source, natt)
             self.last_rx = now
             ON_RESPONSE[req.kind](self, msg, raw, now, req)
+            self._start_mobike(now)  # a MOBIKE request that waited for the window
             return True
         if not self._new_request(hdr.message_id):
             return False
