@@ -1,12 +1,20 @@
 """RFC 3948 UDP encapsulation: what a datagram on port 4500 is, and how to build each kind.
 
-RFC 3948 section 2 puts three things in UDP payloads on the NAT-T port:
+RFC 3948 section 2 puts three things in UDP payloads on the NAT-T port, and STUN (RFC 8489)
+on the same socket a fourth:
 
 - a NAT-keepalive: exactly one octet, 0xFF (section 2.3);
 - an IKE message behind a 4-octet zero non-ESP marker (section 2.2), since SPI 0 is never
   used by ESP;
 - an ESP packet, whose first four octets are its non-zero SPI (section 2.1); SPIs 1-255 are
-  reserved (RFC 4303 section 2.1) and never valid.
+  reserved (RFC 4303 section 2.1) and never valid;
+- a STUN message (RFC 8489 section 5): first two bits zero (first octet below 0x40), the
+  magic cookie 0x2112A442 at offset 4, and a length field (a multiple of 4) that is the rest
+  of the datagram. Our inbound SPIs all have a first octet of 0x40 or more
+  (``ike.base.new_child_spi``), so ESP to us is never STUN, and since the marker (four zero
+  octets) would be a STUN length of 0, i.e. a 20-octet datagram, which is too short for IKE,
+  IKE is never STUN either. A message of type 0 (method 0x000, reserved) is not STUN to us:
+  its first four octets are an SPI of 0 to 255 or the marker, and it stays what it was.
 
 ``classify`` sorts any byte string into one of these or a typed drop reason. The endpoint's
 per-packet path does the same check inline (SPI lookup first) and calls ``classify`` only for
@@ -31,11 +39,17 @@ from ..constants import (
     NAT_KEEPALIVE,
     NON_ESP_MARKER,
     SPI_RESERVED_MAX,
+    STUN_ALIGN,
+    STUN_COOKIE_OFFSET,
+    STUN_FIRST_OCTET_LIMIT,
+    STUN_HEADER_LEN,
+    STUN_MAGIC_COOKIE,
     UDP_HEADER_LEN,
 )
 from .drop import DropReason
 
 _U32: Final = struct.Struct("!I")
+_U16: Final = struct.Struct("!H")
 #: offset of the IKE version octet in the IKE header (RFC 7296 section 3.1)
 _IKE_VERSION_OFF: Final = 17
 _MARKER_LEN: Final = len(NON_ESP_MARKER)
@@ -45,6 +59,7 @@ class Kind(Enum):
     KEEPALIVE = "keepalive"
     IKE = "ike"
     ESP = "esp"
+    STUN = "stun"
     DROP = "drop"
 
 
@@ -59,6 +74,7 @@ class Classified:
 
 KEEPALIVE: Final = Classified(Kind.KEEPALIVE)
 IKE: Final = Classified(Kind.IKE)
+STUN: Final = Classified(Kind.STUN)
 
 
 def _drop(reason: DropReason) -> Classified:
@@ -87,9 +103,21 @@ def classify(datagram: bytes | bytearray | memoryview) -> Classified:
         return IKE
     if spi <= SPI_RESERVED_MAX:
         return _RESERVED_SPI
+    if is_stun(datagram, 0, n):
+        return STUN
     if n < ESP_HEADER_LEN:
         return _TRUNCATED
     return Classified(Kind.ESP, spi=spi)
+
+
+def is_stun(buf: bytes | bytearray | memoryview, off: int, n: int) -> bool:
+    """The n octets at ``buf[off:]`` have a STUN message's shape (RFC 8489 section 5): first
+    two bits zero, the magic cookie at offset 4, the length field the rest of the datagram
+    and a multiple of 4. For ESP to us the first octet already says no."""
+    return (n >= STUN_HEADER_LEN and buf[off] < STUN_FIRST_OCTET_LIMIT
+            and _U32.unpack_from(buf, off + STUN_COOKIE_OFFSET)[0] == STUN_MAGIC_COOKIE
+            and _U16.unpack_from(buf, off + 2)[0] == n - STUN_HEADER_LEN
+            and n % STUN_ALIGN == 0)
 
 
 def ike_payload(datagram: bytes | bytearray | memoryview) -> memoryview:

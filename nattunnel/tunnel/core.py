@@ -15,6 +15,9 @@ Received datagrams:
   never on an unauthenticated packet, since the SA checks ICV and replay first).
 - a NAT-keepalive (one 0xFF octet): counted and dropped (RFC 3948 section 2.3).
 - IKE behind the non-ESP marker: handed to the IKE handler, if one is installed.
+- STUN (RFC 8489; ``esp.udpencap.is_stun``): handed to the STUN handler, if one is installed
+  and every inbound SPI is at least SPI_STUN_SAFE_MIN (docs/wire-format.md, "STUN on port
+  4500"); it is looked for only in what is not ESP for one of our SAs, so ESP pays nothing.
 - anything else: dropped with a counted ``DropReason``.
 """
 
@@ -38,10 +41,12 @@ from ..constants import (
     IPV6_HEADER_LEN,
     NAT_KEEPALIVE,
     SPI_RESERVED_MAX,
+    SPI_STUN_SAFE_MIN,
+    STUN_FIRST_OCTET_LIMIT,
 )
 from ..esp.drop import DropCounters, DropReason
 from ..esp.sa import InboundSA, OutboundSA
-from ..esp.udpencap import Kind, classify, ike_payload
+from ..esp.udpencap import Kind, classify, ike_payload, is_stun
 from .deadlines import DeadlineHeap
 from .peer import Peer
 from .prefixes import PrefixTable
@@ -57,6 +62,9 @@ _ROUTE_CACHE_MAX: Final = 4096
 _PLAIN: Final = ESP_PLAINTEXT_OFFSET
 
 IkeHandler = Callable[[memoryview, Addr, float], None]
+#: gets a STUN message (a view into the receive buffer, valid during the call), its source
+#: and the time
+StunHandler = Callable[[memoryview, Addr, float], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +96,14 @@ class Tunnel:
         #: datagram drops that belong to no SA (unknown SPI, malformed, source not allowed...)
         self.drops = DropCounters()
         self.keepalives_received = 0
+        #: STUN messages: the handler (``Endpoint`` installs its STUN client's), how many it
+        #: was given, and how many were not demultiplexed because an inbound SPI below
+        #: SPI_STUN_SAFE_MIN (a manual SA's) could make them ambiguous (``stun_unsafe_spis``;
+        #: they are counted as UNKNOWN_SPI too, as without STUN)
+        self.stun_handler: StunHandler | None = None
+        self.stun_received = 0
+        self.stun_ignored = 0
+        self._stun_unsafe: set[int] = set()
         #: what happened, oldest first (``next_event``)
         self.events: deque[Event] = deque()
         self._by_spi: dict[int, tuple[InboundSA, Peer]] = {}
@@ -147,6 +163,7 @@ class Tunnel:
         peer.removed = True
         for sa in peer.inbound:
             self._by_spi.pop(sa.spi, None)
+            self._stun_unsafe.discard(sa.spi)
         if peer.addr is not None and self._by_addr.get(peer.addr) is peer:
             del self._by_addr[peer.addr]
         self._prefixes.remove(peer)
@@ -160,6 +177,8 @@ class Tunnel:
         if sa.spi in self._by_spi:
             raise ValueError(f"inbound SPI {sa.spi:#010x} is in use")
         self._by_spi[sa.spi] = (sa, peer)
+        if sa.spi < SPI_STUN_SAFE_MIN:
+            self._stun_unsafe.add(sa.spi)
         peer.inbound.append(sa)
         if self.on_spis_changed is not None:
             self.on_spis_changed()
@@ -168,12 +187,24 @@ class Tunnel:
         """Every inbound SPI in use."""
         return list(self._by_spi)
 
+    def stun_unsafe_spis(self) -> list[int]:
+        """Inbound SPIs below SPI_STUN_SAFE_MIN (manual SAs'): while there is one, a STUN
+        message could be ESP for it, and STUN is not demultiplexed."""
+        return sorted(self._stun_unsafe)
+
+    @property
+    def stun_demux(self) -> bool:
+        """STUN messages go to the STUN handler: one is installed and no inbound SPI is
+        below SPI_STUN_SAFE_MIN."""
+        return self.stun_handler is not None and not self._stun_unsafe
+
     def inbound_sa(self, spi: int) -> InboundSA | None:
         entry = self._by_spi.get(spi)
         return entry[0] if entry else None
 
     def remove_inbound(self, spi: int) -> None:
         sa, peer = self._by_spi.pop(spi)
+        self._stun_unsafe.discard(spi)
         peer.inbound.remove(sa)
         peer.retire_inbound(sa)
         if self.on_spis_changed is not None:
@@ -363,8 +394,15 @@ class Tunnel:
 
     def _receive_other(self, buf: memoryview, off: int, n: int, addr: Addr, now: float) -> int:
         if n >= ESP_HEADER_LEN and _U32.unpack_from(buf, off)[0] > SPI_RESERVED_MAX:
-            # ESP for no SA of ours (what classify would say, without building its answer):
-            # a flood of junk costs a lookup and a count
+            # STUN, or ESP for no SA of ours (what classify would say, without building its
+            # answer): a flood of junk costs a lookup, a comparison or two and a count
+            if (self.stun_handler is not None and buf[off] < STUN_FIRST_OCTET_LIMIT
+                    and is_stun(buf, off, n)):
+                if not self._stun_unsafe:
+                    self.stun_received += 1
+                    self.stun_handler(buf[off : off + n], addr, now)
+                    return CONSUMED
+                self.stun_ignored += 1
             self.drops.counts[DropReason.UNKNOWN_SPI] += 1
             return _UNKNOWN_SPI
         data = buf[off : off + n]
@@ -381,8 +419,8 @@ class Tunnel:
                 return -DropReason.NO_IKE_HANDLER
             self.ike_handler(ike_payload(data), addr, now)
             return CONSUMED
-        reason = DropReason.UNKNOWN_SPI if c.kind is Kind.ESP else c.reason
-        assert reason is not None
+        # ESP for no SA of ours (or, never here, STUN: an SPI above 255 went first)
+        reason = c.reason if c.reason is not None else DropReason.UNKNOWN_SPI
         self.drops.counts[reason] += 1
         return -reason
 
@@ -436,4 +474,6 @@ class Tunnel:
             "peers": {name: p.stats() for name, p in self.peers.items()},
             "drops": self.drops.as_dict(),
             "keepalives_received": self.keepalives_received,
+            "stun": {"received": self.stun_received, "ignored": self.stun_ignored,
+                     "demux": self.stun_demux},
         }
