@@ -39,6 +39,7 @@ from .ike.events import Outgoing
 from .ike.keylog import KeyLog
 from .ike.manager import IkeManager, IkePeer, LocalAddressNeeded, PeerDown, PeerUp
 from .io.endpoint import Endpoint, InnerInterface, InProcessInterface
+from .io.netwatch import NetWatch, addresses, mobike_local
 from .tunnel.core import Event as TunnelEvent
 from .tunnel.core import PeerMoved, RekeyNeeded, Tunnel
 from .tunnel.peer import Peer
@@ -294,6 +295,8 @@ class Node:
         self._stopping = False
         self._started_at = 0.0
         self._waiters: dict[str, list[asyncio.Future[None]]] = {}
+        #: address and route changes, for MOBIKE (RFC 4555): while a peer has MOBIKE on
+        self.netwatch: NetWatch | None = None
 
     # --- life cycle ---------------------------------------------------------------------------
     async def start(self) -> Node:
@@ -315,6 +318,7 @@ class Node:
             endpoint.close()
             raise
         self.endpoint, self.controller = endpoint, controller
+        self._start_netwatch(loop)
         try:
             await self._start_operator_side()
         except BaseException:
@@ -369,6 +373,8 @@ class Node:
             self._close()
 
     def _close(self) -> None:
+        if self.netwatch is not None:
+            self.netwatch.close()
         for server in (self.control_server, self.metrics_server):
             if server is not None:
                 server.close()
@@ -446,6 +452,56 @@ class Node:
         """The next inner IP packet that came through the tunnel (in-process interface)."""
         return await self._in_process().recv()
 
+    # --- MOBIKE (RFC 4555): our address or path changed --------------------------------------
+    def _start_netwatch(self, loop: asyncio.AbstractEventLoop) -> None:
+        """With a MOBIKE peer: watch addresses and routes (io/netwatch.py), and tell the
+        IKE manager our addresses (ADDITIONAL_*_ADDRESS)."""
+        ike = self.controller.ike if self.controller is not None else None
+        if ike is None or not any(p.config.mobike for p in ike.peers.values()):
+            return
+        watch = NetWatch(self._net_changed)
+        try:
+            watch.start(loop)
+        except OSError as e:
+            log.warning("MOBIKE: cannot watch address and route changes (%s): moves only "
+                        "when asked (update-address)", e.strerror or e)
+            return
+        self.netwatch = watch
+        ike.set_local_addresses(tuple(addresses()), loop.time())
+
+    def _net_changed(self) -> None:
+        """An address or route changed: our addresses announced, and each MOBIKE SA whose
+        source address towards its peer changed is moved (UPDATE_SA_ADDRESSES)."""
+        _, controller = self._parts()
+        if controller.ike is not None:
+            controller.ike.set_local_addresses(tuple(addresses()), self._now())
+        self.update_address(None, force=False, reason="an address or route changed")
+
+    def update_address(self, peer: str | None = None, *, force: bool = True,
+                       reason: str = "asked") -> int:
+        """Move the IKE SAs we initiated with MOBIKE (of ``peer``, or all) and their child
+        SAs to our current address towards each peer (UPDATE_SA_ADDRESSES, RFC 4555
+        section 3.5; the SPIs stay); ``force``: also when the address is the same (the
+        path changed: another NAT). How many updates started; KeyError for an unknown
+        peer."""
+        endpoint, controller = self._parts()
+        ike = controller.ike
+        if peer is not None and peer not in endpoint.tunnel.peers:
+            raise KeyError(peer)
+        if ike is None:
+            return 0
+        now, started = self._now(), 0
+        for sa in ike.mobike_sas(peer):
+            try:
+                local = mobike_local(endpoint, sa.remote)
+            except OSError as e:
+                log.info("peer %s: MOBIKE: no address towards %s (%s); staying", sa.name,
+                         format_addr(sa.remote), e.strerror or e)
+                continue
+            started += ike.update_address(sa, local, now, reason=reason, force=force)
+        endpoint.rearm_timer()
+        return started
+
     # --- what the operator asks ---------------------------------------------------------------
     async def handle(self, req: dict[str, Any]) -> object:
         """One control request (``nattunnel.control.protocol``): its result, or a
@@ -487,6 +543,12 @@ class Node:
                 result = "initiating"
         elif command == "terminate":
             result = f"{ike.terminate(name, now)} IKE SA(s) deleted"
+        elif command == "update-address":
+            n = self.update_address(name)
+            if not n:
+                raise ControlError(f"peer {name!r}: no established IKE SA with MOBIKE that "
+                                   f"we initiated (RFC 4555: only the initiator moves)")
+            result = f"updating the addresses of {n} IKE SA(s) (MOBIKE)"
         else:
             which = "IKE SA" if req.get("ike") else "child SA(s)"
             n = ike.rekey(name, now, ike=bool(req.get("ike")))

@@ -1,6 +1,6 @@
 """The commands that steer a running endpoint through its control socket
-(``nattunnel.control``): ``show``, ``initiate``, ``terminate``, ``rekey``, ``reload``,
-``down``.
+(``nattunnel.control``): ``show``, ``initiate``, ``terminate``, ``rekey``,
+``update-address`` (MOBIKE), ``reload``, ``down``.
 
 Which endpoint: ``--socket PATH``, or ``-c CONFIG`` (its ``control_socket``), or else the one
 socket in the default directory (/run/nattunnel for root); ``show`` with several there shows
@@ -22,6 +22,8 @@ _STEER = {
     "terminate": "delete a peer's IKE SA (a Delete to the peer); not initiated again "
                  "until `initiate`",
     "rekey": "rekey a peer's child SAs (or its IKE SA: --ike) now",
+    "update-address": "move a peer's IKE SA and child SAs to our current address or path "
+                      "(MOBIKE UPDATE_SA_ADDRESSES; we initiated it; the SPIs stay)",
 }
 
 

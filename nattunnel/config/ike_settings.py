@@ -38,7 +38,7 @@ MANUAL_KEYS: Final = ("spi_in", "spi_out", "key_in", "key_out", "suite", "esn")
 IKE_KEYS: Final = (
     "auth", "local_id", "remote_id", "psk_file", "private_key", "peer_public_key", "initiate",
     "encap", "dpd_interval", "ike_proposals", "esp_proposals", "local_ts", "rekey_time",
-    "rekey_bytes", "rekey_packets", "ike_rekey_time",
+    "rekey_bytes", "rekey_packets", "ike_rekey_time", "mobike",
 )
 #: for auth = "psk" only / for auth = "pubkey" only
 PSK_KEYS: Final = ("psk_file",)
@@ -158,6 +158,8 @@ class IkeFields(Fields):
             raise self.err(pre + "encap", f"{show(encap)} is not an encapsulation mode; "
                                           f"expected \"auto\" (UDP encapsulation when a NAT "
                                           f"is detected) or \"force\" (always)")
+        # MOBIKE (RFC 4555): on unless false, as strongSwan's mobike = yes
+        mobike = self.get(t, "mobike", pre, bool, "true or false", True)
         dpd = self.seconds(t, "dpd_interval", pre, DEFAULT_DPD_INTERVAL, zero=True)
         rekey = self.seconds(t, "rekey_time", pre, DEFAULT_REKEY_TIME, zero=True)
         # the IKE SA's: strongSwan's connection-level rekey_time (the child's is rekey_time)
@@ -195,7 +197,7 @@ class IkeFields(Fields):
             local_ts=local_ts, remote_ts=remote_ts, ike_proposals=ike_proposals,
             esp_proposals=esp_proposals, force_encap=encap == "force", dpd_interval=dpd,
             child_rekey_time=rekey, rekey_bytes=rekey_bytes, rekey_packets=rekey_packets,
-            ike_rekey_time=ike_rekey,
+            ike_rekey_time=ike_rekey, mobike=mobike,
         ), initiate
 
     def identity(self, t: dict[str, Any], key: str, pre: str) -> Identity:
