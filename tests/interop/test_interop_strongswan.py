@@ -268,7 +268,10 @@ def test_key_log_lets_tshark_decrypt_a_capture(lab: Lab, tmp_path: Path) -> None
     dumper = lab.popen("b", "tshark", "-i", "any", "-f", "udp port 500 or udp port 4500",
                        "-w", str(cap), "-q", stdout=subprocess.DEVNULL,
                        stderr=subprocess.PIPE, text=True)
-    time.sleep(1.5)  # tshark needs a moment before it captures
+    # tshark needs a moment before it captures (longer on a loaded machine): it writes the
+    # pcapng header once the capture runs
+    assert wait(lambda: cap.exists() and cap.stat().st_size > 0, 20), "tshark did not start"
+    time.sleep(0.5)
     nt = start_nattunnel(lab, "a", tmp_path, "psk", initiate=True)
     assert wait(lambda: established(charon)), nt.log()
     assert ping(lab, "a", "b")
