@@ -14,6 +14,10 @@
   the IKE manager and the policy between it and the tunnel), drains what it has to send and
   sends it from the right socket (port 4500 with the marker, or port 500), and answers its
   questions (our address towards a peer, for NAT detection).
+- STUN (RFC 8489): the endpoint's ``StunClient`` (``nattunnel.traversal.stun``) sends its
+  Binding requests from the NAT-T socket of the server's family, so that the reflexive address
+  is the one peers see, and gets the answers the tunnel demultiplexed on those sockets
+  (``stun_bind``, ``start_binding``; docs/wire-format.md, "STUN on port 4500").
 - One timer per endpoint, armed for the earliest ``get_timer()`` of its cores.
 - Nothing here decides anything about packets: that is ``nattunnel.tunnel.core.Tunnel``.
 """
@@ -27,14 +31,24 @@ import logging
 import socket
 import time
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Protocol
 
-from ..addr import Addr, Network, format_addr, sockaddr
-from ..constants import IKE_PORT, NAT_T_PORT, NON_ESP_MARKER
+from ..addr import Addr, HostPort, Network, format_addr, sockaddr
+from ..constants import (
+    IKE_PORT,
+    NAT_T_PORT,
+    NON_ESP_MARKER,
+    SPI_STUN_SAFE_MIN,
+    STUN_RC,
+    STUN_RM,
+    STUN_RTO,
+)
 from ..esp.drop import DropCounters, DropReason
 from ..ike.events import Outgoing
 from ..ike.manager import LocalAddressNeeded
+from ..traversal.stun import Binding, StunClient, TransactionFailed, TransactionTimedOut
+from ..traversal.stun import Event as StunEvent
 from ..tunnel.core import Event as TunnelEvent
 from ..tunnel.core import PeerMoved, Tunnel
 from ..tunnel.peer import Peer
@@ -168,6 +182,14 @@ class Endpoint:
         self._sources: OrderedDict[tuple[str, bool], tuple[str, float]] = OrderedDict()
         #: an IKE message came through a NAT-T reader: it re-arms the timer after its batch
         self._ike_seen = False
+        #: STUN Binding transactions from the NAT-T sockets; the tunnel gives it what it
+        #: demultiplexed as STUN on them. ``on_stun_event`` gets each of its events (a
+        #: ``stun_bind`` waiting for one has it first).
+        self.stun = StunClient()
+        tunnel.stun_handler = self._on_stun
+        self.on_stun_event: Callable[[StunEvent], None] | None = None
+        self._stun_waiters: dict[bytes, asyncio.Future[StunEvent]] = {}
+        self._stun_seen = False
         #: timer wakeups, the CPU time (process time) spent in them, and the part of it
         #: spent in the control side's ``handle_timer``
         self.timer_wakeups = 0
@@ -235,8 +257,8 @@ class Endpoint:
 
     def _after_receive(self, sock: socket.socket) -> None:
         """After each batch a NAT-T reader handled: the core's events, and the timer."""
-        if self.tunnel.events or self._ike_seen:
-            self._ike_seen = False
+        if self.tunnel.events or self._ike_seen or self._stun_seen:
+            self._ike_seen = self._stun_seen = False
             self._handle_events(sock)
 
     def _after_send(self) -> None:
@@ -376,6 +398,95 @@ class Endpoint:
         # the reader that demultiplexed it re-arms the timer once, after its whole batch
         self._ike_seen = True
 
+    # --- STUN -------------------------------------------------------------------------------
+    def start_binding(self, server: Addr | HostPort, *, change_ip: bool = False,
+                      change_port: bool = False, expect_from: Addr | HostPort | None = None,
+                      rto: float = STUN_RTO, rc: int = STUN_RC, rm: float = STUN_RM) -> bytes:
+        """Start a STUN Binding transaction with ``server`` (``StunClient.start_binding``),
+        sent from the NAT-T socket of the server's family; its end comes as an event
+        (``on_stun_event``). The transaction ID. Raises ValueError when
+        STUN cannot be demultiplexed here (an inbound SPI below 0x40000000), when there is no
+        NAT-T socket of that family, and ``StunLimit`` when too many are outstanding."""
+        if self._loop is None or self._closed.is_set():
+            raise RuntimeError("the endpoint is not running")
+        unsafe = self.tunnel.stun_unsafe_spis()
+        if unsafe:
+            raise ValueError(
+                f"STUN is off on this endpoint: inbound SPI {unsafe[0]:#010x} is below "
+                f"{SPI_STUN_SAFE_MIN:#010x}, so a STUN answer could be taken for ESP (give "
+                "manual peers an spi_in of 0x40000000 or more; docs/wire-format.md)")
+        if self.tunnel.stun_handler != self._on_stun:
+            raise ValueError("the tunnel's STUN handler is not this endpoint's")
+        dest = sockaddr(server[0], server[1]) if len(server) == 2 else server
+        if self._by_family.get(_family(dest)) is None:
+            raise ValueError(f"no NAT-T socket of the address family of {format_addr(dest)}")
+        tid = self.stun.start_binding(dest, self._loop.time(), change_ip=change_ip,
+                                      change_port=change_port, expect_from=expect_from,
+                                      rto=rto, rc=rc, rm=rm)
+        self._handle_events(None)  # send it, and arm the timer
+        return tid
+
+    async def stun_bind(self, server: Addr | HostPort, *, change_ip: bool = False,
+                        change_port: bool = False, expect_from: Addr | HostPort | None = None,
+                        rto: float = STUN_RTO, rc: int = STUN_RC,
+                        rm: float = STUN_RM) -> StunEvent:
+        """A STUN Binding with ``server`` from the NAT-T socket (``start_binding``), awaited:
+        its ``Binding`` (the reflexive address: ``.mapped``), ``TransactionFailed`` or
+        ``TransactionTimedOut``. Cancelled, it ends the transaction."""
+        tid = self.start_binding(server, change_ip=change_ip, change_port=change_port,
+                                 expect_from=expect_from, rto=rto, rc=rc, rm=rm)
+        assert self._loop is not None
+        fut: asyncio.Future[StunEvent] = self._loop.create_future()
+        self._stun_waiters[tid] = fut
+        try:
+            return await fut
+        finally:
+            self._stun_waiters.pop(tid, None)
+            self.stun.cancel(tid)  # if it is still outstanding (we were cancelled)
+
+    def _on_stun(self, data: memoryview, addr: Addr, now: float) -> None:
+        """A STUN message on a NAT-T socket (from the tunnel's demux): to the STUN client."""
+        try:
+            self.stun.receive(data, unmapped(addr) if self.dual_stack else addr, now)
+        except Exception:
+            self.drops.counts[DropReason.INTERNAL_ERROR] += 1
+            self._core_error("stun_receive")
+        # the reader that demultiplexed it sends what came of it after its whole batch
+        self._stun_seen = True
+
+    def _flush_stun(self) -> None:
+        """Send what the STUN client has to send, and hand on its events."""
+        try:
+            outgoing = self.stun.datagrams_to_send()
+        except Exception:
+            self._core_error("stun_send")
+            return
+        for server, data in outgoing:
+            self._stun_send(server, data)
+        while (ev := self.stun.next_event()) is not None:
+            if isinstance(ev, Binding | TransactionFailed | TransactionTimedOut):
+                fut = self._stun_waiters.get(ev.transaction_id)
+                if fut is not None and not fut.done():
+                    fut.set_result(ev)
+            if self.on_stun_event is not None:
+                try:
+                    self.on_stun_event(ev)
+                except Exception:
+                    self._core_error("stun_event")
+
+    def _stun_send(self, server: Addr, data: bytes) -> None:
+        """One STUN request from the NAT-T socket of the server's family (a failure is
+        counted and logged like an IKE send's; the transaction retransmits on schedule)."""
+        sock = self._by_family.get(_family(server))
+        if sock is None:
+            self._send_failed(NO_SOCKET, server, "no NAT-T socket of its address family")
+            return
+        to = mapped(server) if sock.family == socket.AF_INET6 else server
+        try:
+            sock.sendto(data, to)
+        except OSError as e:
+            self._send_failed(error_name(e), server, e.strerror or str(e))
+
     def _core_error(self, where: str) -> None:
         """Call from an ``except`` block: an exception from a core in a callback is counted
         by where, and logged with its traceback at most once per ERROR_LOG_INTERVAL (with
@@ -482,6 +593,8 @@ class Endpoint:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        for fut in self._stun_waiters.values():
+            fut.cancel()
         self.sock_filter.stop()
         self._close_sockets()
         self.interface.close()
@@ -509,6 +622,7 @@ class Endpoint:
             self._core_error("events")
         finally:
             self._flush_control(now)
+            self._flush_stun()
             self._arm_timer()
 
     def _peer_moved(self, ev: PeerMoved, sock: socket.socket | None) -> None:
@@ -553,7 +667,7 @@ class Endpoint:
             # the earliest deadline of the cores and of the socket filter's checks
             when = self.tunnel.get_timer()
             for other in (self.control.get_timer() if self.control is not None else None,
-                          self.sock_filter.get_timer()):
+                          self.sock_filter.get_timer(), self.stun.get_timer()):
                 if other is not None and (when is None or other < when):
                     when = other
         except Exception:
@@ -588,6 +702,10 @@ class Endpoint:
         except Exception:
             self._core_error("timer")
         try:
+            self.stun.handle_timer(now)
+        except Exception:
+            self._core_error("timer")
+        try:
             self.sock_filter.handle_timer(now)  # counts and logs its own errors
         finally:
             self._handle_events(None)  # and re-arms the timer, whatever happened above
@@ -601,6 +719,7 @@ class Endpoint:
         s["endpoint_drops"] = self.drops.as_dict()
         s["errors"] = dict(self.errors)
         s["send_errors"] = dict(self.send_errors)
+        s["stun_client"] = self.stun.stats()
         if self.control is not None:
             s.update(self.control.stats())
         s["offload"] = {"gso": self.gso, "gso_sends": self.gso_sends,
