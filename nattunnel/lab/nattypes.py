@@ -165,33 +165,18 @@ def nat_ruleset(
     first = [f"{out} udp sport != @ext snat ip to {w}"] if nat.preserve_port else []
     cone = nat.mapping is not APD
     post = [
+        "# hairpinned packets leave with their sender's mapping (RFC 4787 REQ-9)" * nat.hairpin,
         *([f"{hp_out} {learned}"] if nat.hairpin and cone else []),
         *([f"{hp_out} snat ip to {w} fully-random"] if nat.hairpin else []),
+        f"# {nat.mapping.value} mapping: a known internal endpoint keeps its port"
+        if cone
+        else "# address-and-port-dependent mapping: a random port for every new flow",
         *([f"{out} {learned}"] if cone else []),
         *first,
         f"{out} snat ip to {w} fully-random",
         f'oifname "{wan_if}" ip saddr {lan_net} snat ip to {w}',  # other protocols
     ]
-    learn = [
-        # A new mapping on a port another internal endpoint holds: drop the packet (its
-        # conntrack entry dies unconfirmed; the retry gets a new random port).
-        f"ct direction original ct status snat ip saddr {w} {ud} ct state new udp sport @ext"
-        " udp sport . ct original ip saddr . ct original proto-src != @owner drop"
-        if nat.mapping is not APD
-        else "# address-and-port-dependent mapping: every flow has its own port",
-    ]
-    # Flows we started (the internal endpoint is the original source) and replies of flows
-    # let in through a mapping (it is the reply source); either way udp sport is the mapping.
-    for direction, status, tup in (("original", "snat", "original"), ("reply", "dnat", "reply")):
-        internal = f"ct {tup} ip saddr . ct {tup} proto-src"
-        match = f"ct direction {direction} ct status {status} ip saddr {w} {ud}"
-        learn += [
-            *([f"{match} update @eim {{ {internal}{key_ct} timeout {t} : udp sport }}"] * cone),
-            f"{match} update @rev {{ udp sport timeout {t} : {internal} }}",
-            f"{match} update @owner {{ udp sport . {internal} timeout {t} }}",
-            f"{match} update @ext {{ udp sport timeout {t} }} update @sent"
-            f" {{ udp sport . ip daddr timeout {t} }}",
-        ]
+    learn = _learn_rules(nat, w, t, key_ct)
     sets = {
         "map eim": f"{key_t} : inet_service",
         "map rev": "inet_service : ipv4_addr . inet_service",
@@ -204,7 +189,11 @@ def nat_ruleset(
     lines += _chain(
         "pre",
         "type nat hook prerouting priority dstnat; policy accept;",
-        [inbound, hairpin_in if nat.hairpin else "# no hairpinning"],
+        [
+            f"# unsolicited inbound to a mapping: {nat.filtering.value} filtering",
+            inbound,
+            hairpin_in if nat.hairpin else "# no hairpinning",
+        ],
     )
     lines += _chain("post", "type nat hook postrouting priority srcnat; policy accept;", post)
     lines += _chain(
@@ -220,8 +209,38 @@ def nat_ruleset(
     return "\n".join([*lines, "}", ""])
 
 
+def _learn_rules(nat: NatType, w: str, t: str, key_ct: str) -> list[str]:
+    """The ``learn`` chain of ``nat_ruleset``: after source NAT, ``udp sport`` is the mapping."""
+    ud = "meta l4proto udp"
+    learn = [
+        # The dropped packet's conntrack entry dies unconfirmed; the retry gets a new port.
+        "# a new mapping on a port that another internal endpoint holds: drop, retry remaps"
+        if nat.mapping is not APD
+        else "# address-and-port-dependent mapping: every flow has its own port",
+        f"ct direction original ct status snat ip saddr {w} {ud} ct state new udp sport @ext"
+        " udp sport . ct original ip saddr . ct original proto-src != @owner drop"
+        if nat.mapping is not APD
+        else "",
+        "# record each mapping, refreshed by every outbound packet",
+    ]
+    # Flows we started (the internal endpoint is the original source) and replies of flows
+    # let in through a mapping (it is the reply source); either way udp sport is the mapping.
+    cone = nat.mapping is not APD
+    for direction, status, tup in (("original", "snat", "original"), ("reply", "dnat", "reply")):
+        internal = f"ct {tup} ip saddr . ct {tup} proto-src"
+        match = f"ct direction {direction} ct status {status} ip saddr {w} {ud}"
+        learn += [
+            *([f"{match} update @eim {{ {internal}{key_ct} timeout {t} : udp sport }}"] * cone),
+            f"{match} update @rev {{ udp sport timeout {t} : {internal} }}",
+            f"{match} update @owner {{ udp sport . {internal} timeout {t} }}",
+            f"{match} update @ext {{ udp sport timeout {t} }} update @sent"
+            f" {{ udp sport . ip daddr timeout {t} }}",
+        ]
+    return learn
+
+
 def _chain(name: str, hook: str, rules: list[str]) -> list[str]:
-    return [f"  chain {name} {{", f"    {hook}", *(f"    {r}" for r in rules), "  }"]
+    return [f"  chain {name} {{", f"    {hook}", *(f"    {r}" for r in rules if r), "  }"]
 
 
 # --------------------------------------------------------------------------- topologies
