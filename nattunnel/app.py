@@ -22,7 +22,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -330,23 +330,22 @@ class Node:
         config = self.config
         if self._want_control and config.control_socket is not None:
             server = ControlServer(config.control_socket, self.handle)
-            try:
-                await server.start()
-            except OSError as e:
-                raise OSError(e.errno, f"{config.path or 'config'}: control_socket = "
-                                       f"{config.control_socket}: {e.strerror or e}") from e
+            await self._opened("control_socket", str(config.control_socket), server.start())
             self.control_server = server
         if self._want_metrics and config.metrics is not None:
             from .control.metrics import MetricsServer
 
             metrics = MetricsServer(config.metrics, self.show)
-            try:
-                await metrics.start()
-            except OSError as e:
-                raise OSError(e.errno, f"{config.path or 'config'}: metrics = "
-                                       f"{format_addr(config.metrics)}: "
-                                       f"{e.strerror or e}") from e
+            await self._opened("metrics", format_addr(config.metrics), metrics.start())
             self.metrics_server = metrics
+
+    async def _opened(self, field: str, value: str, start: Awaitable[None]) -> None:
+        """Await ``start``; an OSError names the configuration's field, as ``listen`` does."""
+        try:
+            await start
+        except OSError as e:
+            where = self.config.path or "config"
+            raise OSError(e.errno, f"{where}: {field} = {value}: {e.strerror or e}") from e
 
     async def stop(self, wait: float = STOP_WAIT) -> None:
         """The graceful stop: a Delete for every IKE SA (the peers drop theirs at once

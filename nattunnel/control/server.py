@@ -62,9 +62,9 @@ class ControlServer:
         path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
         if path.exists() or path.is_symlink():
             if not stat.S_ISSOCK(path.lstat().st_mode):
-                raise OSError(errno.EEXIST, f"{path} exists and is not a socket")
+                raise OSError(errno.EEXIST, "exists and is not a socket")
             if _in_use(path):
-                raise OSError(errno.EADDRINUSE, f"{path}: another nattunnel answers there")
+                raise OSError(errno.EADDRINUSE, "another nattunnel answers there")
             path.unlink()  # left by an endpoint that is gone
         old = os.umask(0o177)  # the socket is made 0600: no moment with a wider mode
         try:
