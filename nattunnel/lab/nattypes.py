@@ -378,6 +378,8 @@ class NatLab(Lab):
             raise ValueError(f"nat must name exactly the routers {sorted(roles)}")
         self._nats, self._timeout = nats, udp_timeout
         self.routers: dict[str, RouterNat] = {}
+        self._bridges: dict[str, str] = {}
+        self._ports = 0
         super().__init__(with_c=with_c, with_e=with_e, prefix=prefix)
 
     # ------------------------------------------------------------------ building
@@ -391,21 +393,12 @@ class NatLab(Lab):
         self.ns.update({h.role: f"{p}{h.role}" for h in hosts})
         for ns in self.ns.values():
             self._add_ns(ns)
-        s, bridges = self.ns["s"], {seg: f"{p}B{i}" for i, seg in enumerate(topo.segments)}
-        for br in bridges.values():
+        s = self.ns["s"]
+        self._bridges = {seg: f"{p}B{i}" for i, seg in enumerate(topo.segments)}
+        for br in self._bridges.values():
             self.exec(s, "ip", "link", "add", br, "type", "bridge")
             self.exec(s, "ip", "link", "set", br, "up")
-        ports = iter(range(100))
-
-        def wire(ns: str, ifname: str, segment: str, cidr: str) -> None:
-            port = f"{p}s{next(ports)}"
-            self.exec(
-                s, "ip", "link", "add", port, "type", "veth", "peer", "name", ifname, "netns", ns
-            )
-            self.exec(s, "ip", "link", "set", port, "master", bridges[segment])
-            self.exec(s, "ip", "link", "set", port, "up")
-            self.exec(ns, "ip", "link", "set", ifname, "up")
-            self.exec(ns, "ip", "addr", "add", cidr, "dev", ifname)
+        wire = self._wire
 
         for spec in topo.routers:
             ns = self.ns[spec.role]
@@ -439,6 +432,16 @@ class NatLab(Lab):
         )
         for role in self.routers:
             self._apply(role)
+
+    def _wire(self, ns: str, ifname: str, segment: str, cidr: str) -> None:
+        """A veth from a bridge port in the switch namespace to ``ifname`` in ``ns``."""
+        s, port = self.ns["s"], f"{self.prefix}s{self._ports}"
+        self._ports += 1
+        self.exec(s, "ip", "link", "add", port, "type", "veth", "peer", "name", ifname, "netns", ns)
+        self.exec(s, "ip", "link", "set", port, "master", self._bridges[segment])
+        self.exec(s, "ip", "link", "set", port, "up")
+        self.exec(ns, "ip", "link", "set", ifname, "up")
+        self.exec(ns, "ip", "addr", "add", cidr, "dev", ifname)
 
     def _apply(self, role: str) -> None:
         r = self.routers[role]
@@ -491,6 +494,14 @@ class NatLab(Lab):
         5780 wants for coturn). Returns the address."""
         self.exec(host, "ip", "addr", "add", f"{addr}/{prefixlen}", "dev", "eth0")
         return addr
+
+    def attach(self, host: str, segment: str, cidr: str, ifname: str = "eth1") -> str:
+        """Another interface for a host, on another segment of the topology ("lan1", "lan2",
+        "wan", ...): a host that can move between networks (MOBIKE). Routes are the caller's
+        (``lab.exec(host, "ip", "route", "replace", "default", "via", ...)``). Returns the
+        address."""
+        self._wire(self.ns[host], ifname, segment, cidr)
+        return _addr(cidr)
 
     def external(self, router: str) -> str:
         """The router's public (WAN) address."""

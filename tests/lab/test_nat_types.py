@@ -322,3 +322,19 @@ def test_stacked_nats() -> None:
         assert (at_cgn.src, at_cgn.sport) == at_home.external
         assert at_cgn.external == (wan, port)
         assert lab.learned("home", "eim") == [f"{A} . 4000 : {at_home.external[1]}"]
+
+
+@pytest.mark.root
+def test_a_host_moves_between_nats() -> None:
+    """``attach``: A gets a second interface on NAT2's LAN and one on the WAN; moving its
+    default route moves its flows from NAT1 to NAT2 to no NAT, on the same socket."""
+    with nat_lab("two", FULL_CONE) as lab:
+        b = lab.udp_peer("b", 5000)
+        a = lab.udp_peer("a", 4000)
+        assert seen_from(a, b, B, 5000)[0] == lab.external("r1")
+        lab.attach("a", "lan2", "198.19.2.3/24", "eth1")
+        lab.exec("a", "ip", "route", "replace", "default", "via", "198.19.2.1", "dev", "eth1")
+        assert seen_from(a, b, B, 5000)[0] == lab.external("r2")
+        public = lab.attach("a", "wan", "198.18.0.20/24", "eth2")
+        lab.exec("a", "ip", "route", "replace", "default", "dev", "eth2", "src", public)
+        assert seen_from(a, b, B, 5000) == (public, 4000)
