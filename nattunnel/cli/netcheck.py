@@ -19,6 +19,7 @@ import socket
 import sys
 from typing import TYPE_CHECKING
 
+from ..addr import format_addr
 from .common import Subparsers, fail
 
 if TYPE_CHECKING:
@@ -100,10 +101,10 @@ def run(args: argparse.Namespace) -> int:
         return fail("netcheck", "--timeout and --lifetime-max must be positive")
     if not 0 <= args.port < 65536:
         return fail("netcheck", "--port must be 0-65535")
-    names = args.servers or list(DEFAULT_SERVERS)
+    names: list[str] = []
     servers: list[tuple[str, int]] = []
     families: set[int] = set()
-    for name in names:
+    for name in args.servers or DEFAULT_SERVERS:
         try:
             host, port = parse_server(name)
             family, addr = resolve(host, port)
@@ -113,6 +114,7 @@ def run(args: argparse.Namespace) -> int:
             return fail("netcheck", f"cannot resolve {name!r}: {e.strerror or e}")
         families.add(family)
         servers.append(addr)
+        names.append(format_addr((host, port)))
     if len(families) > 1:
         return fail("netcheck", "the servers mix IPv4 and IPv6: give one family")
     family = families.pop()
@@ -207,8 +209,6 @@ def _yes(value: bool | None, yes: str = "yes", no: str = "no") -> str:
 
 def format_table(r: NetcheckResult) -> str:
     """The result as the text table (the same fields as ``--json``)."""
-    from ..addr import format_addr
-
     rows = [("udp", "reachable" if r.udp else "blocked (no answer)"),
             ("local", format_addr(r.local) if r.local else "unknown")]
     for s in r.servers:

@@ -28,8 +28,9 @@ RFC 5780 server, "P" its primary address, "O" its OTHER-ADDRESS):
   carries RESPONSE-PORT = X_k's port: its answer arriving on socket 3+k means the mapping
   lived that long. The first wait that fails ends the probe.
 
-Retransmissions are RFC 8489 section 6.2.1's (RTO 500 ms, doubling), cut at ``tx_timeout``
-per transaction, so that everything but the lifetime probe ends within ``timeout`` (5 s).
+Retransmissions are RFC 8489 section 6.2.1's (RTO 500 ms, doubling), cut short so that
+everything but the lifetime probe ends within ``timeout`` (5 s): a test that follows test I
+gives up after 40 % of it (2 s), test I itself may take the rest (3 s).
 The message format is aioice's ``stun`` module's.
 """
 
@@ -232,9 +233,11 @@ class NetCheck:
         self._waits = [w for w in lifetime_waits if w <= lifetime_max] if lifetime else []
         self._life_mapped: dict[int, tuple[HostPort, float]] = {}
         self._life_due: dict[int, float] = {}
+        # test I may take what the tests that follow it do not need
+        first_give_up = now + max(self._tx_timeout, timeout - self._tx_timeout)
         for server in self.result.servers:
             self._start_tx(SOCK_MAIN, server.address, now, self._bound_answer(server),
-                           self._bound_timeout(server))
+                           self._bound_timeout(server), give_up=first_give_up)
 
     # ------------------------------------------------------------------ the contract
 
@@ -297,7 +300,7 @@ class NetCheck:
                   on_answer: Callable[[stun.Message, HostPort, int, float], None],
                   on_timeout: Callable[[float], None], *, change: int = 0,
                   response_port: int | None = None, want_request: bool = False,
-                  cap: bool = True, tag: int = -1) -> None:
+                  cap: bool = True, tag: int = -1, give_up: float | None = None) -> None:
         tid = self._random(12)
         msg = stun.Message(stun.Method.BINDING, stun.Class.REQUEST, transaction_id=tid)
         if change:
@@ -305,7 +308,8 @@ class NetCheck:
         data = bytes(msg)
         if response_port is not None:
             data = _with_response_port(data, response_port)
-        give_up = now + self._tx_timeout
+        if give_up is None:
+            give_up = now + self._tx_timeout
         if cap:
             give_up = min(give_up, self._deadline)
         tx = _Tx(tid, socket, dest, data, now, give_up, on_answer, on_timeout, want_request)
