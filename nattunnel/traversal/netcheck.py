@@ -46,6 +46,14 @@ from typing import Any, Final
 from aioice import stun
 
 from ..addr import Addr, HostPort, format_addr
+from ..constants import (
+    STUN_CHANGE_IP,
+    STUN_CHANGE_PORT,
+    STUN_HEADER_LEN,
+    STUN_RTO,
+    STUN_TRANSACTION_ID_LEN,
+)
+from .stun import binding_request, looks_like_stun
 
 __all__ = [
     "ADDRESS_AND_PORT_DEPENDENT",
@@ -63,16 +71,10 @@ ENDPOINT_INDEPENDENT: Final = "endpoint-independent"
 ADDRESS_DEPENDENT: Final = "address-dependent"
 ADDRESS_AND_PORT_DEPENDENT: Final = "address-and-port-dependent"
 
-#: RFC 8489 section 6.2.1: the initial retransmission timeout
-STUN_RTO: Final = 0.5
-#: RFC 5780 section 7.2: CHANGE-REQUEST's flags
-CHANGE_IP: Final = 0x4
-CHANGE_PORT: Final = 0x2
 #: RFC 5780 section 7.5: RESPONSE-PORT (comprehension-required), not in aioice's table
 ATTR_RESPONSE_PORT: Final = 0x0027
-#: RFC 8489 section 5: the magic cookie and the header's length
-STUN_MAGIC: Final = 0x2112A442
-STUN_HEADER_LEN: Final = 20
+#: RFC 8489 section 14.7: FINGERPRINT
+ATTR_FINGERPRINT: Final = 0x8028
 
 #: the whole check (without the lifetime probe), and each transaction's share of it
 DEFAULT_TIMEOUT: Final = 5.0
@@ -301,13 +303,9 @@ class NetCheck:
                   on_timeout: Callable[[float], None], *, change: int = 0,
                   response_port: int | None = None, want_request: bool = False,
                   cap: bool = True, tag: int = -1, give_up: float | None = None) -> None:
-        tid = self._random(12)
-        msg = stun.Message(stun.Method.BINDING, stun.Class.REQUEST, transaction_id=tid)
-        if change:
-            msg.attributes["CHANGE-REQUEST"] = change
-        data = bytes(msg)
-        if response_port is not None:
-            data = _with_response_port(data, response_port)
+        tid = self._random(STUN_TRANSACTION_ID_LEN)
+        data = (binding_request(tid, change) if response_port is None
+                else _with_response_port(tid, response_port))
         if give_up is None:
             give_up = now + self._tx_timeout
         if cap:
@@ -406,8 +404,8 @@ class NetCheck:
             self._filt["I"] = True
             other = self._rfc5780.other_address
             assert other is not None
-            for test, change, expect in (("II", CHANGE_IP | CHANGE_PORT, other),
-                                         ("III", CHANGE_PORT, (primary[0], other[1]))):
+            for test, change, expect in (("II", STUN_CHANGE_IP | STUN_CHANGE_PORT, other),
+                                         ("III", STUN_CHANGE_PORT, (primary[0], other[1]))):
                 self._start_tx(SOCK_FILTER, primary, now, self._filter_answer(test, expect),
                                self._filter_timeout(test), change=change)
 
@@ -569,8 +567,7 @@ def _classify_filtering(f: dict[str, bool | None]) -> str | None:
 
 
 def _parse(data: bytes) -> stun.Message | None:
-    if len(data) < STUN_HEADER_LEN or data[0] & 0xC0 or \
-            struct.unpack_from("!I", data, 4)[0] != STUN_MAGIC:
+    if not looks_like_stun(data):
         return None
     try:
         msg = stun.parse_message(data)
@@ -591,9 +588,14 @@ def _error_text(msg: stun.Message) -> str:
     return f"error {code[0]} {code[1]}".rstrip()
 
 
-def _with_response_port(data: bytes, port: int) -> bytes:
-    """``data`` (a request without FINGERPRINT or MESSAGE-INTEGRITY) with RESPONSE-PORT
-    appended: 2 octets of port, 2 of padding (RFC 5780 section 7.5)."""
+def _with_response_port(tid: bytes, port: int) -> bytes:
+    """A Binding request with RESPONSE-PORT (2 octets of port, 2 of padding: RFC 5780
+    section 7.5) and FINGERPRINT last (RFC 8489 section 14.7)."""
+    msg = stun.Message(stun.Method.BINDING, stun.Class.REQUEST, transaction_id=tid)
     attr = struct.pack("!HHH2x", ATTR_RESPONSE_PORT, 4, port)
-    length = struct.unpack_from("!H", data, 2)[0] + len(attr)
-    return data[:2] + struct.pack("!H", length) + data[4:] + attr
+    data = bytes(msg)
+    data = data[:2] + struct.pack("!H", len(data) - STUN_HEADER_LEN + len(attr)) + data[4:] + attr
+    fingerprint = stun.message_fingerprint(data)
+    body = len(data) - STUN_HEADER_LEN + 8
+    return (data[:2] + struct.pack("!H", body) + data[4:]
+            + struct.pack("!HHI", ATTR_FINGERPRINT, 4, fingerprint))
