@@ -156,7 +156,7 @@ def nat_ruleset(
     inbound = {
         EI: f'iifname "{wan_if}" udp dport @ext {dnat}',
         AD: f'iifname "{wan_if}" udp dport . ip saddr @sent {dnat}',
-        APD: "# address-and-port-dependent filtering: conntrack's own reply matching only",
+        APD: "# (no rule: only conntrack's replies, from the exact address:port, get in)",
     }[nat.filtering]
     hairpin_in = f'iifname "{lan_if}" udp dport @ext {dnat}'
     out = f'oifname "{wan_if}" ip saddr {lan_net} {ud}'

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -115,6 +116,22 @@ def test_ruleset_shape(name: str) -> None:
     assert 'iifname "l0"' not in nat_ruleset(
         nat, table="t", wan_if="w0", lan_if="l0", wan_addr="198.18.0.1", lan_net="198.19.1.0/24"
     )
+
+
+def test_docs_show_the_generated_ruleset() -> None:
+    """docs/nat-types.md shows nat_ruleset's real output (full cone with hairpinning)."""
+    doc = (Path(__file__).parents[2] / "docs" / "nat-types.md").read_text()
+    text = nat_ruleset(
+        FULL_CONE.but(hairpin=True),
+        table="ntXXXXXXnat",
+        wan_if="ntXXXXXXrw",
+        lan_if="ntXXXXXXrl",
+        wan_addr="198.18.0.1",
+        lan_net="198.19.1.0/24",
+        timeout=120,
+    )
+    assert f"```\n{text}```" in doc
+    assert "## netcheck" in doc
 
 
 # ----------------------------------------------------------------- root: one NAT
