@@ -136,6 +136,9 @@ def run(args: argparse.Namespace) -> int:
     if not result.udp:
         return fail("netcheck", "no answer from " + ", ".join(names)
                     + ": UDP blocked or server down", 1)
+    if not any(s.reflexive for s in result.servers):
+        return fail("netcheck", "no server gave a reflexive address: " + "; ".join(
+            f"{s.server}: {s.error}" for s in result.servers), 1)
     return 0
 
 

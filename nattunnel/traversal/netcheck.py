@@ -179,8 +179,8 @@ def _sockaddr(hp: HostPort, family6: bool) -> Addr:
 class _Tx:
     """One Binding transaction: its retransmission schedule and what to do with its end."""
 
-    __slots__ = ("data", "dest", "give_up", "next_at", "on_answer", "on_timeout", "rto",
-                 "sent_at", "socket", "tag", "tid", "want_request")
+    __slots__ = ("check_source", "data", "dest", "give_up", "next_at", "on_answer",
+                 "on_timeout", "rto", "sent_at", "socket", "tag", "tid", "want_request")
 
     def __init__(self, tid: bytes, socket: int, dest: HostPort, data: bytes, now: float,
                  give_up: float, on_answer: Callable[[stun.Message, HostPort, int, float],
@@ -199,6 +199,9 @@ class _Tx:
         self.want_request = want_request
         #: the lifetime probe's wait index, or -1
         self.tag = -1
+        #: the answer must come from ``dest`` (not so for a CHANGE-REQUEST: its answer is
+        #: judged by where it came from; nor for a hairpinned request)
+        self.check_source = not want_request
 
 
 class NetCheck:
@@ -221,7 +224,8 @@ class NetCheck:
         self.result = NetcheckResult(servers=[ServerResult(n, _hp(s))
                                               for n, s in zip(names, servers, strict=True)])
         self.counters: dict[str, int] = {"sent": 0, "received": 0, "not_stun": 0,
-                                         "unknown_transaction": 0, "retransmitted": 0}
+                                         "unknown_transaction": 0, "wrong_source": 0,
+                                         "retransmitted": 0}
         self._txs: dict[bytes, _Tx] = {}
         self._out: list[Outgoing] = []
         self._locals: dict[int, HostPort] = {}
@@ -235,6 +239,7 @@ class NetCheck:
         self._waits = [w for w in lifetime_waits if w <= lifetime_max] if lifetime else []
         self._life_mapped: dict[int, tuple[HostPort, float]] = {}
         self._life_due: dict[int, float] = {}
+        self._life_primary: HostPort = self.result.servers[0].address
         # test I may take what the tests that follow it do not need
         first_give_up = now + max(self._tx_timeout, timeout - self._tx_timeout)
         for server in self.result.servers:
@@ -292,8 +297,12 @@ class NetCheck:
         if tx is None or (msg.message_class == stun.Class.REQUEST) != tx.want_request:
             self.counters["unknown_transaction"] += 1
             return
+        src = _hp(addr)
+        if tx.check_source and src != tx.dest:
+            self.counters["wrong_source"] += 1
+            return
         del self._txs[tx.tid]
-        tx.on_answer(msg, _hp(addr), socket, now)
+        tx.on_answer(msg, src, socket, now)
         self._check_done(now)
 
     # ------------------------------------------------------------------ transactions
@@ -312,6 +321,7 @@ class NetCheck:
             give_up = min(give_up, self._deadline)
         tx = _Tx(tid, socket, dest, data, now, give_up, on_answer, on_timeout, want_request)
         tx.tag = tag
+        tx.check_source = not (want_request or change)
         self._txs[tid] = tx
         self._send(tx, now)
 
@@ -338,6 +348,7 @@ class NetCheck:
 
         def answer(msg: stun.Message, src: HostPort, socket: int, now: float) -> None:
             server.rtt = now - sent
+            self.result.udp = True
             if msg.message_class != stun.Class.RESPONSE:
                 server.error = _error_text(msg)
                 return
@@ -349,7 +360,6 @@ class NetCheck:
             other = msg.attributes.get("OTHER-ADDRESS")
             if other is not None:
                 server.other_address = _hp(other)
-            self.result.udp = True
             if self._first is None:
                 self._first = server
                 self._start_hairpin(mapped, now)
@@ -450,7 +460,6 @@ class NetCheck:
 
     def _start_lifetime(self, primary: HostPort, now: float) -> None:
         self._life_primary = primary
-        self._life_alive: float | None = None
         for k in range(len(self._waits)):
             self._start_tx(SOCK_LIFETIME + 1 + k, primary, now, self._life_mapped_answer(k),
                            self._life_lost(k), cap=False, tag=k)
@@ -516,8 +525,8 @@ class NetCheck:
         r = self.result
         first = self._first
         if first is None:
-            r.udp = False
-            self._note("no server answered: UDP blocked or server down")
+            self._note("no server gave a reflexive address" if r.udp else
+                       "no server answered: UDP blocked or server down")
             return
         assert first.reflexive is not None
         local = self._locals.get(SOCK_MAIN)

@@ -460,3 +460,49 @@ def test_cli_errors(coturn: Coturn) -> None:
     assert "UDP blocked or server down" in cp.stderr
     r = json.loads(cp.stdout)
     assert r["udp"] is False and r["elapsed"] <= 1.0
+
+
+def _answer(request: bytes, mapped: HostPort, error: tuple[int, str] | None = None) -> bytes:
+    msg = stun.parse_message(request)
+    reply = stun.Message(stun.Method.BINDING, stun.Class.ERROR if error else stun.Class.RESPONSE,
+                         transaction_id=msg.transaction_id)
+    if error:
+        reply.attributes["ERROR-CODE"] = error
+    else:
+        reply.attributes["XOR-MAPPED-ADDRESS"] = mapped
+    return bytes(reply)
+
+
+def test_an_answer_from_elsewhere_is_ignored() -> None:
+    core = NetCheck([PRIMARY], 0.0)
+    core.socket_bound(0, (HOST, 40000))
+    [out] = core.datagrams_to_send()
+    assert (out.socket, out.addr) == (0, PRIMARY)
+    forged = _answer(out.data, ("198.18.0.66", 1))
+    core.receive_datagram(0, forged, ("198.18.0.66", 3478), 0.1)
+    assert core.counters["wrong_source"] == 1 and not core.done
+    core.receive_datagram(0, b"\x00\x01" + bytes(30), PRIMARY, 0.1)
+    assert core.counters["not_stun"] == 1
+    core.receive_datagram(0, _answer(out.data, (PUBLIC, 40000)), PRIMARY, 0.2)
+    assert core.result.servers[0].reflexive == (PUBLIC, 40000)
+    # a plain server: no OTHER-ADDRESS, so only the hairpin test follows, from socket 2
+    [hairpin] = core.datagrams_to_send()
+    assert (hairpin.socket, hairpin.addr) == (2, (PUBLIC, 40000))
+    assert stun.parse_message(hairpin.data).message_class == stun.Class.REQUEST
+    core.receive_datagram(0, hairpin.data, (PUBLIC, 61000), 0.3)
+    assert core.done and core.result.hairpinning is True
+    assert (core.result.nat, core.result.port_kept) == (True, True)
+
+
+def test_an_error_answer() -> None:
+    core = NetCheck([PRIMARY], 0.0)
+    [out] = core.datagrams_to_send()
+    core.receive_datagram(0, _answer(out.data, PUBLIC_HP, (400, "Bad Request")), PRIMARY, 0.1)
+    assert core.done
+    r = core.result
+    assert r.udp is True and r.servers[0].reflexive is None
+    assert r.servers[0].error == "error 400 Bad Request"
+    assert r.notes == ["no server gave a reflexive address"]
+
+
+PUBLIC_HP = (PUBLIC, 40000)
