@@ -39,12 +39,12 @@ def response(request: bytes, mapped: tuple[str, int], *, xor: bool = True,
 
 
 class UdpStunServer:
-    """Binding answers on a UDP socket bound to 127.0.0.1, in a thread: every request is
-    answered with the address it came from (what a STUN server sees)."""
+    """Binding answers on a UDP socket (IPv4, 127.0.0.1 by default), in a thread: every
+    request is answered with the address it came from (what a STUN server sees)."""
 
-    def __init__(self) -> None:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", 0))
+        self.sock.bind((host, port))
         self.sock.settimeout(0.1)
         self.address: tuple[str, int] = self.sock.getsockname()
         self.requests: list[tuple[bytes, tuple[str, int]]] = []
