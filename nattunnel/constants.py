@@ -99,6 +99,11 @@ STUN_MAX_PER_SERVER: Final = 10
 STUN_BINDING: Final = 0x001
 #: Section 14: attribute types 0x0000-0x7FFF are comprehension-required.
 STUN_COMPREHENSION_OPTIONAL: Final = 0x8000
+#: Comprehension-required attribute types we know beside those aioice decodes: section 18.3's
+#: UNKNOWN-ATTRIBUTES (0x000A, in a 420 answer), MESSAGE-INTEGRITY-SHA256 (0x001C),
+#: PASSWORD-ALGORITHM (0x001D) and USERHASH (0x001E); RFC 5780 section 7's PADDING (0x0026)
+#: and RESPONSE-PORT (0x0027); RFC 3489 section 11.2's REFLECTED-FROM (0x000B).
+STUN_KNOWN_REQUIRED: Final = frozenset({0x000A, 0x000B, 0x001C, 0x001D, 0x001E, 0x0026, 0x0027})
 #: RFC 5780 section 7.2: CHANGE-REQUEST's flags, "change IP" and "change port".
 STUN_CHANGE_IP: Final = 0x04
 STUN_CHANGE_PORT: Final = 0x02

@@ -51,6 +51,7 @@ from ..constants import (
     STUN_COOKIE_OFFSET,
     STUN_FIRST_OCTET_LIMIT,
     STUN_HEADER_LEN,
+    STUN_KNOWN_REQUIRED,
     STUN_MAGIC_COOKIE,
     STUN_MAX_PER_SERVER,
     STUN_RC,
@@ -205,13 +206,15 @@ def looks_like_stun(data: bytes | bytearray | memoryview) -> bool:
 
 
 def unknown_required(data: bytes) -> list[int]:
-    """Comprehension-required attribute types (section 14: below 0x8000) that aioice does
-    not know. Stops at a truncated attribute (aioice's parser has judged the rest)."""
+    """Comprehension-required attribute types (section 14: below 0x8000) that neither aioice
+    nor STUN_KNOWN_REQUIRED knows. Stops at a truncated attribute (aioice's parser has judged
+    the rest)."""
     out: list[int] = []
     pos = STUN_HEADER_LEN
     while pos + _ATTR_HEADER.size <= len(data):
         kind, length = _ATTR_HEADER.unpack_from(data, pos)
-        if kind < STUN_COMPREHENSION_OPTIONAL and kind not in _stun.ATTRIBUTES_BY_TYPE:
+        if (kind < STUN_COMPREHENSION_OPTIONAL and kind not in _stun.ATTRIBUTES_BY_TYPE
+                and kind not in STUN_KNOWN_REQUIRED):
             out.append(kind)
         pos += _ATTR_HEADER.size + length + (-length % STUN_ALIGN)
     return out
@@ -408,15 +411,16 @@ class StunClient:
     def _answered(self, t: _Transaction, msg: _stun.Message, raw: bytes, source: Addr,
                   now: float) -> None:
         change_ip, change_port = bool(t.change & STUN_CHANGE_IP), bool(t.change & STUN_CHANGE_PORT)
-        unknown = unknown_required(raw)
         code: int | None = None
-        if unknown:
-            reason = "unknown comprehension-required attributes " + ", ".join(
-                f"{k:#06x}" for k in unknown)
-        elif msg.message_class == _stun.Class.ERROR:
+        if msg.message_class == _stun.Class.ERROR:
+            # section 6.3.4: failed, whatever else it holds
             err = msg.attributes.get("ERROR-CODE")
             code, reason = (err[0], err[1]) if isinstance(err, tuple) else (None, "")
             reason = reason or "error response"
+        elif unknown := unknown_required(raw):
+            # section 6.3.3: a success with unknown comprehension-required attributes fails
+            reason = "unknown comprehension-required attributes " + ", ".join(
+                f"{k:#06x}" for k in unknown)
         else:
             mapped = _addr(msg.attributes.get("XOR-MAPPED-ADDRESS"))
             xor = mapped is not None

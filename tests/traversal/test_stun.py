@@ -229,6 +229,31 @@ def test_error_response_fails_the_transaction():
     assert c.get_timer() is None and c.counters["failed"] == 1
 
 
+def test_420_with_unknown_attributes_keeps_its_code():
+    """coturn and others answer an unsupported CHANGE-REQUEST with 420 and UNKNOWN-ATTRIBUTES
+    (0x000A, RFC 8489 section 14.13), which aioice does not decode."""
+    c = StunClient()
+    c.start_binding(SERVER, 0.0, change_ip=True, expect_from=SERVER)
+    ((_, req),) = c.datagrams_to_send()
+    resp = bytearray(response(req, MAPPED, error=(420, "Unknown Attribute"), fingerprint=False))
+    resp += bytes.fromhex("000a0002" "0003" "0000")  # UNKNOWN-ATTRIBUTES: CHANGE-REQUEST
+    resp[2:4] = (len(resp) - 20).to_bytes(2, "big")
+    assert c.receive(bytes(resp), SERVER, 0.1)
+    (ev,) = events(c)
+    assert isinstance(ev, TransactionFailed) and ev.code == 420
+
+
+def test_known_rfc5780_attributes_do_not_fail_a_success():
+    c = StunClient()
+    c.start_binding(SERVER, 0.0)
+    ((_, req),) = c.datagrams_to_send()
+    resp = bytearray(response(req, MAPPED, fingerprint=False))
+    resp += bytes.fromhex("00270004" "11220000")  # RESPONSE-PORT (RFC 5780 section 7.5)
+    resp[2:4] = (len(resp) - 20).to_bytes(2, "big")
+    assert c.receive(bytes(resp), SERVER, 0.1)
+    assert isinstance(events(c)[0], Binding)
+
+
 def test_unknown_comprehension_required_attribute_fails_it():
     c = StunClient()
     c.start_binding(SERVER, 0.0)
