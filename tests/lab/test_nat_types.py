@@ -10,6 +10,7 @@ namespaces deleted).
 from __future__ import annotations
 
 import ipaddress
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -235,9 +236,10 @@ def test_hairpinning(name: str, hairpin: bool) -> None:
 
 @pytest.mark.root
 def test_mapping_timeout() -> None:
-    """A 3 s mapping timeout (nftables maps and the router's conntrack sysctls, per
-    namespace): a packet within it keeps the mapping, 4 s of silence ends it."""
-    with nat_lab("one", FULL_CONE, udp_timeout=3) as lab:
+    """A 4 s mapping timeout (nftables maps and the router's conntrack sysctls, per
+    namespace): a packet within it keeps the mapping past 4 s, 6 s of silence ends it."""
+    timeout = 4
+    with nat_lab("one", FULL_CONE, udp_timeout=timeout) as lab:
         out = lab.exec(
             "r",
             "sysctl",
@@ -245,23 +247,29 @@ def test_mapping_timeout() -> None:
             "net.netfilter.nf_conntrack_udp_timeout",
             "net.netfilter.nf_conntrack_udp_timeout_stream",
         ).stdout.split()
-        assert out == ["3", "3"]
+        assert out == [str(timeout)] * 2
         host = lab.exec("b", "sysctl", "-n", "net.netfilter.nf_conntrack_udp_timeout")
-        assert host.stdout.strip() != "3"  # per namespace: the hosts keep the default
+        assert host.stdout.strip() != str(timeout)  # per namespace: the hosts keep theirs
         b, e = lab.udp_peer("b", 5000), lab.udp_peer("e", 5000)
         a = lab.udp_peer("a", 4000)
         wan, port = seen_from(a, b, B, 5000)
-        lab.wait_for(lambda: False, 2.0)
+        start = time.monotonic()
+        sleep_until(start + 2.5)
         assert seen_from(a, b, B, 5000) == (wan, port)  # refreshes the mapping
-        lab.wait_for(lambda: False, 2.0)  # 4 s after the first packet, 2 s after the last
+        sleep_until(start + 5.0)  # 5 s after the first packet, 2.5 s after the last
         assert gets_through(e, wan, port, a)  # full cone: the mapping is alive
         assert lab.learned("r", "eim") == [f"{A} . 4000 : {port}"]
-        lab.wait_for(lambda: False, 4.0)
+        # E's packet is inbound: it refreshes no record, and its own flow ends 4 s later
+        sleep_until(time.monotonic() + timeout + 2.0)
         assert lab.learned("r", "eim") == []
         assert not lab.conntrack_list(src=A)
         assert not gets_through(e, wan, port, a)
         assert not gets_through(b, wan, port, a)
         assert seen_from(a, b, B, 5000)[1] != port  # a new mapping, a new random port
+
+
+def sleep_until(deadline: float) -> None:
+    time.sleep(max(0.0, deadline - time.monotonic()))
 
 
 @pytest.mark.root
