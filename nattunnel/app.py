@@ -466,14 +466,19 @@ class Node:
                         "when asked (update-address)", e.strerror or e)
             return
         self.netwatch = watch
-        ike.set_local_addresses(tuple(addresses()), loop.time())
+        ike.set_local_addresses(self._outer_addresses(), loop.time())
+
+    def _outer_addresses(self) -> tuple[str, ...]:
+        """The host's addresses but the tunnel's own inner ones."""
+        inner = {str(a.ip) for a in self.config.interface.addresses}
+        return tuple(a for a in addresses() if a not in inner)
 
     def _net_changed(self) -> None:
         """An address or route changed: our addresses announced, and each MOBIKE SA whose
         source address towards its peer changed is moved (UPDATE_SA_ADDRESSES)."""
         _, controller = self._parts()
         if controller.ike is not None:
-            controller.ike.set_local_addresses(tuple(addresses()), self._now())
+            controller.ike.set_local_addresses(self._outer_addresses(), self._now())
         self.update_address(None, force=False, reason="an address or route changed")
 
     def update_address(self, peer: str | None = None, *, force: bool = True,
