@@ -319,6 +319,7 @@ TOPOLOGIES = {
         (
             HostSpec("a", "lan", "198.19.1.2/24", "198.19.1.1"),
             HostSpec("c", "lan", "198.19.1.3/24", "198.19.1.1"),
+            HostSpec("d", "cgn", "198.19.64.3/24", "198.19.64.1"),  # another CGN subscriber
             *_PUBLIC,
         ),
         "cgn",
@@ -357,7 +358,8 @@ class NatLab(Lab):
     per router role (``{"home": FULL_CONE, "cgn": SYMMETRIC}``). ``udp_timeout``: the mapping
     timeout in seconds (nftables maps and the routers' conntrack UDP timeouts alike).
 
-    Hosts are a, b, c, e (``with_c``/``with_e`` as in ``Lab``); ``lab.routers`` maps router
+    Hosts are a, b, c, e (``with_c``/``with_e`` as in ``Lab``) and, in the stacked topology,
+    ``with_d``: D, another subscriber of the CGN (no home NAT); ``lab.routers`` maps router
     roles to ``RouterNat``; ``lab.router`` is the topology's main router, so the ``Lab``
     conntrack helpers work on it."""
 
@@ -368,6 +370,7 @@ class NatLab(Lab):
         *,
         with_c: bool = True,
         with_e: bool = True,
+        with_d: bool = False,
         udp_timeout: float = DEFAULT_TIMEOUT,
         prefix: str | None = None,
     ) -> None:
@@ -376,8 +379,11 @@ class NatLab(Lab):
         nats = nat if isinstance(nat, dict) else {r: nat for r in roles}
         if set(nats) != roles:
             raise ValueError(f"nat must name exactly the routers {sorted(roles)}")
+        if with_d and "d" not in {h.role for h in self.topology.hosts}:
+            raise ValueError(f"topology {self.topology.name!r} has no host d")
         self._nats, self._timeout = nats, udp_timeout
         self.routers: dict[str, RouterNat] = {}
+        self._with_d = with_d
         self._bridges: dict[str, str] = {}
         self._ports = 0
         super().__init__(with_c=with_c, with_e=with_e, prefix=prefix)
@@ -386,6 +392,8 @@ class NatLab(Lab):
 
     def _build(self, masquerade_random: bool | str) -> None:
         topo, p = self.topology, self.prefix
+        if self._with_d:
+            self.hosts.append("d")
         hosts = [h for h in topo.hosts if h.role in self.hosts]
         self.addr = {h.role: _addr(h.addr) for h in hosts}
         self.ns = {"s": f"{p}s"}

@@ -363,3 +363,20 @@ def test_a_host_moves_between_nats() -> None:
         public = lab.attach("a", "wan", "198.18.0.20/24", "eth2")
         lab.exec("a", "ip", "route", "replace", "default", "dev", "eth2", "src", public)
         assert seen_from(a, b, B, 5000) == (public, 4000)
+
+
+@pytest.mark.root
+def test_hairpinning_at_the_cgn() -> None:
+    """Two subscribers of one CGN: A behind a home NAT, D directly on the shared segment. A
+    reaches D through the CGN's public address and D's mapping, and D answers the same way."""
+    nats = {"home": PORT_RESTRICTED_CONE, "cgn": FULL_CONE.but(hairpin=True)}
+    with nat_lab("stacked", nats, with_d=True) as lab:
+        assert ipaddress.IPv4Address(lab.addr["d"]) in ipaddress.IPv4Network(SHARED_NET)
+        b = lab.udp_peer("b", 5000)
+        a, d = lab.udp_peer("a", 4000), lab.udp_peer("d", 4000)
+        wan, pa = seen_from(a, b, B, 5000)
+        _, pd = seen_from(d, b, B, 5000)
+        assert seen_from(a, d, wan, pd) == (wan, pa)
+        assert seen_from(d, a, wan, pa) == (wan, pd)
+    with pytest.raises(ValueError, match="no host d"):
+        NatLab("one", with_d=True)
