@@ -880,7 +880,8 @@ class IkeManager(MobilityManagement):
                 {"peer": sa.name, "state": sa.state.value, "initiator": sa.initiator,
                  "remote": format_addr(sa.remote), "natt": sa.natt,
                  "local_behind_nat": sa.local_behind_nat,
-                 "remote_behind_nat": sa.remote_behind_nat,
+                 "remote_behind_nat": sa.remote_behind_nat, "mobike": sa.mobike,
+                 "path_updates": sa.path_updates, "peer_addresses": list(sa.peer_addresses),
                  "children": [f"{c.spi_in:#010x}/{c.spi_out:#010x}" for c in sa.children]}
                 for sa in self.sas.values()
             ],

@@ -393,3 +393,25 @@ def test_an_ike_sa_rekey_keeps_mobike() -> None:
     m.move_a(A_CAFE)
     assert m.update()
     assert m.tb.peers["a"].addr == m.seen_from_a(A_CAFE, m.nat2)
+
+
+@pytest.mark.parametrize("mobike", [False, True])
+def test_nat_rebinding_without_mobike_as_before_and_with_it_only_by_update(
+        mobike: bool) -> None:
+    """Without MOBIKE any authenticated message from a new address moves B's SAs (RFC 7296
+    section 2.23, as before); with MOBIKE a new address needs UPDATE_SA_ADDRESSES, and a new
+    port of the same address (a NAT's new mapping) is still followed."""
+    m = Mobile(a_mobike=mobike, b_mobike=mobike)
+    m.up()
+    new_port = m.nat1.rebind((A_HOME, NAT_T_PORT))
+    assert m.a.rekey("b", m.now) == 1  # an authenticated request from the new mapping
+    m.wire.run()
+    assert m.sa_b.remote == new_port and m.tb.peers["a"].addr == new_port
+    m.move_a(A_CAFE)
+    assert m.a.rekey("b", m.now) == 1  # from another address
+    m.wire.run()
+    cafe = m.seen_from_a(A_CAFE, m.nat2)
+    assert (m.sa_b.remote == cafe) is not mobike
+    if mobike:
+        assert m.update()
+        assert m.sa_b.remote == cafe and m.tb.peers["a"].addr == cafe

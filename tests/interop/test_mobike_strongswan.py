@@ -108,6 +108,8 @@ def test_nattunnel_moves_and_charon_follows(mlab: MobileLab, tmp_path: Path) -> 
         assert wait(lambda n=n: _rekeys_by_peer(nt) == n, 5), nt.log()[-5000:]
         assert len(_nt_ike(nt)["children"]) == 1
         assert r.lost <= MAX_LOST, (r, nt.log()[-5000:])
+    assert "(an address or route changed)" in nt.log()  # the watcher moved A
+    assert _nt_ike(nt)["path_updates"] >= len(MOVES)
     assert "Traceback" not in nt.log()
     charon.stop()
     mlab.stop(nt.proc)
@@ -166,7 +168,11 @@ def test_two_nattunnel_peers_move_with_mobike(mlab: MobileLab, tmp_path: Path) -
         assert _nt_ike(a)["children"] == children_a and _nt_ike(b)["children"] == children_b
         assert _nt_ike(a)["local_behind_nat"] == (to != "public")
         assert r.lost <= MAX_LOST, (r, a.log()[-5000:], b.log()[-5000:])
-    assert "MOBIKE: updating the SA addresses" in a.log()
+    # the address watcher moved A, nobody asked
+    assert a.log().count("MOBIKE: updating the SA addresses from") >= len(MOVES)
+    assert "(an address or route changed)" in a.log()
+    assert _nt_ike(a)["mobike"] and _nt_ike(a)["path_updates"] >= len(MOVES)
+    assert _nt_ike(b)["path_updates"] >= len(MOVES)
     assert "Traceback" not in a.log() + b.log()
     mlab.stop(a.proc)
     mlab.stop(b.proc)
