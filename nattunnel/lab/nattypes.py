@@ -44,6 +44,7 @@ from nattunnel.lab.netns import HOST_ADDR, ConntrackEntry, Lab, parse_conntrack
 
 __all__ = [
     "CLASSIC",
+    "DEFAULT_TIMEOUT",
     "FULL_CONE",
     "PORT_RESTRICTED_CONE",
     "PUBLIC_ALT",

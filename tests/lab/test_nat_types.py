@@ -380,3 +380,17 @@ def test_hairpinning_at_the_cgn() -> None:
         assert seen_from(d, a, wan, pa) == (wan, pd)
     with pytest.raises(ValueError, match="no host d"):
         NatLab("one", with_d=True)
+
+
+@pytest.mark.root
+def test_every_combination_loads() -> None:
+    """nft accepts the ruleset of every mapping x filtering x hairpin x port preservation."""
+    with nat_lab("one", FULL_CONE, with_c=False, with_e=False) as lab:
+        r = lab.routers["r"]
+        for mapping in Behaviour:
+            for filtering in Behaviour:
+                for hairpin in (False, True):
+                    for preserve in (False, True):
+                        nat = NatType(mapping, filtering, hairpin, preserve)
+                        r.nat = nat
+                        lab.exec("r", "nft", "-c", "-f", "-", input=lab.ruleset("r"))
