@@ -215,3 +215,30 @@ async def test_no_socket_of_the_family(server):
     finally:
         a.close()
         b.close()
+
+
+async def test_dual_stack_wildcard_and_ipv6():
+    """From a dual-stack [::] socket to an IPv4 server (sent to ::ffff:127.0.0.1, answered
+    from it), and from an IPv6 socket to an IPv6 server: the reflexive address is the socket's
+    own each time."""
+    v4 = UdpStunServer("127.0.0.1")
+    v6 = UdpStunServer("::1")
+    dual = Endpoint(Tunnel(), InProcessInterface(), [("::", 0)])
+    both = Endpoint(Tunnel(), InProcessInterface(), [("127.0.0.1", 0), ("::1", 0)])
+    await dual.start()
+    await both.start()
+    try:
+        assert dual.dual_stack
+        port = dual.local_addresses()[0][1]
+        r = await asyncio.wait_for(dual.stun_bind(v4.address), 5.0)
+        assert isinstance(r, Binding) and r.mapped == ("127.0.0.1", port)
+        assert r.source == v4.address
+        r6 = await asyncio.wait_for(both.stun_bind(v6.address), 5.0)
+        port6 = both.local_addresses()[1][1]
+        assert isinstance(r6, Binding) and r6.mapped == ("::1", port6, 0, 0)
+        r4 = await asyncio.wait_for(both.stun_bind(v4.address), 5.0)
+        assert isinstance(r4, Binding) and r4.mapped == both.local_addresses()[0]
+        assert {a for _, a in v6.requests} == {("::1", port6)}
+    finally:
+        for x in (dual, both, v4, v6):
+            x.close()

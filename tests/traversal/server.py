@@ -39,14 +39,15 @@ def response(request: bytes, mapped: tuple[str, int], *, xor: bool = True,
 
 
 class UdpStunServer:
-    """Binding answers on a UDP socket (IPv4, 127.0.0.1 by default), in a thread: every
+    """Binding answers on a UDP socket (127.0.0.1 by default), in a thread: every
     request is answered with the address it came from (what a STUN server sees)."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.sock = socket.socket(fam, socket.SOCK_DGRAM)
         self.sock.bind((host, port))
         self.sock.settimeout(0.1)
-        self.address: tuple[str, int] = self.sock.getsockname()
+        self.address: tuple[str, int] = self.sock.getsockname()[:2]
         self.requests: list[tuple[bytes, tuple[str, int]]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -60,9 +61,9 @@ class UdpStunServer:
                 continue
             except OSError:
                 return
-            self.requests.append((data, addr))
+            self.requests.append((data, addr[:2]))
             try:
-                self.sock.sendto(response(data, addr, origin=self.address), addr)
+                self.sock.sendto(response(data, addr[:2], origin=self.address), addr)
             except (ValueError, OSError):
                 continue
 
