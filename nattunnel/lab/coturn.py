@@ -48,7 +48,7 @@ USER, GROUP = "nobody", "nogroup"
 # reachable: in the namespace, or on the host for loopback).
 _PROBE = r"""
 import os, socket, struct, sys
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s = socket.socket(socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET, socket.SOCK_DGRAM)
 s.settimeout(0.3)
 tid = os.urandom(12)
 s.sendto(struct.pack("!HHI12s", 1, 0, 0x2112A442, tid), (sys.argv[1], int(sys.argv[2])))
@@ -70,10 +70,11 @@ def coturn_problems() -> list[str]:
 
 
 class Coturn:
-    """One turnserver. ``primary``/``other``: its two IPv4 addresses; ``port``/``alt_port``
-    its two ports; ``lab``/``ns``: the namespace to run in (None: here, e.g. loopback)."""
+    """One turnserver. ``primary``/``other``: its two addresses (``other`` None: one address,
+    a plain STUN server without RFC 5780); ``port``/``alt_port`` its two ports; ``lab``/``ns``:
+    the namespace to run in (None: here, e.g. loopback)."""
 
-    def __init__(self, primary: str, other: str, directory: str | os.PathLike[str], *,
+    def __init__(self, primary: str, other: str | None, directory: str | os.PathLike[str], *,
                  port: int = 3478, alt_port: int = 3479, lab: Lab | None = None,
                  ns: str | None = None) -> None:
         if (lab is None) != (ns is None):
@@ -81,7 +82,7 @@ class Coturn:
         self.primary, self.other = primary, other
         self.port, self.alt_port = port, alt_port
         self.lab, self.ns = lab, ns
-        self.dir = Path(directory) / f"coturn-{primary}-{port}"
+        self.dir = Path(directory) / f"coturn-{primary.replace(':', '_')}-{port}"
         self.log = self.dir / "turnserver.log"
         self.pidfile = self.dir / "turnserver.pid"
         self.proc: subprocess.Popen[Any] | None = None
@@ -91,13 +92,15 @@ class Coturn:
         return (self.primary, self.port)
 
     @property
-    def other_address(self) -> tuple[str, int]:
-        return (self.other, self.alt_port)
+    def other_address(self) -> tuple[str, int] | None:
+        return (self.other, self.alt_port) if self.other is not None else None
 
     def argv(self) -> list[str]:
         exe = shutil.which(TURNSERVER) or TURNSERVER
-        argv = [exe, "-c", "/dev/null", "-n", "--stun-only",
-                "--listening-ip", self.primary, "--listening-ip", self.other,
+        listen = ["--listening-ip", self.primary]
+        if self.other is not None:
+            listen += ["--listening-ip", self.other]
+        argv = [exe, "-c", "/dev/null", "-n", "--stun-only", *listen,
                 "--listening-port", str(self.port), "--alt-listening-port", str(self.alt_port),
                 "--no-tls", "--no-dtls", "--no-tcp", "--no-cli", "--no-stdout-log",
                 "--log-file", str(self.log), "--simple-log", "--pidfile", str(self.pidfile),
@@ -118,7 +121,8 @@ class Coturn:
         else:
             self.proc = subprocess.Popen(self.argv(), **kw)
         deadline = time.monotonic() + timeout
-        while not (self._answers(self.address) and self._answers(self.other_address)):
+        addresses = [self.address] + ([self.other_address] if self.other_address else [])
+        while not all(self._answers(a) for a in addresses):
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 tail = self.log_tail()
                 self.stop()

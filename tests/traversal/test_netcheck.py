@@ -506,3 +506,37 @@ def test_an_error_answer() -> None:
 
 
 PUBLIC_HP = (PUBLIC, 40000)
+
+
+def _ipv6_loopback_port() -> int | None:
+    """A free UDP port on ::1, or None without IPv6 loopback."""
+    import socket
+
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
+            s.bind(("::1", 0))
+            return int(s.getsockname()[1])
+    except OSError:
+        return None
+
+
+def test_cli_ipv6_and_a_plain_stun_server(coturn: Coturn, tmp_path: Path) -> None:
+    """coturn on ::1 alone is a plain STUN server (one address: no OTHER-ADDRESS): the
+    reflexive address and hairpinning, mapping and filtering unknown, with a note; and one
+    family at a time."""
+    port = _ipv6_loopback_port()
+    if port is None:
+        pytest.skip("no IPv6 loopback (::1) here")
+    with Coturn("::1", None, tmp_path, port=port, alt_port=port + 1):
+        server = f"[::1]:{port}"
+        cp = netcheck_cli(server, "--json")
+        assert cp.returncode == 0, cp.stderr
+        r = json.loads(cp.stdout)
+        assert r["udp"] is True and r["nat"] is False and r["hairpinning"] is True
+        assert r["servers"][0]["reflexive"] == r["local"]
+        assert r["local"].startswith("[::1]:")
+        assert r["rfc5780_server"] is None
+        assert r["mapping"] is None and r["filtering"] is None
+        assert any("OTHER-ADDRESS" in n for n in r["notes"])
+        cp = netcheck_cli(server, f"127.0.0.1:{coturn.port}")
+        assert cp.returncode == 2 and "mix IPv4 and IPv6" in cp.stderr
