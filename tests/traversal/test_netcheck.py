@@ -540,3 +540,27 @@ def test_cli_ipv6_and_a_plain_stun_server(coturn: Coturn, tmp_path: Path) -> Non
         assert any("OTHER-ADDRESS" in n for n in r["notes"])
         cp = netcheck_cli(server, f"127.0.0.1:{coturn.port}")
         assert cp.returncode == 2 and "mix IPv4 and IPv6" in cp.stderr
+
+
+def test_coturn_runs_unprivileged_from_the_tests_directory(tmp_path: Path) -> None:
+    """lab/coturn.py: no root (nobody, when started by root), its log and PID file in the
+    test's directory, stopped by that PID."""
+    problems = coturn_problems()
+    if problems:
+        if os.environ.get("NATTUNNEL_REQUIRE_ROOT") == "1":
+            pytest.fail("coturn is required under NATTUNNEL_REQUIRE_ROOT=1: " + problems[0])
+        pytest.skip(problems[0])
+    port = _free_port_pair()
+    server = Coturn("127.0.0.1", "127.0.0.2", tmp_path, port=port, alt_port=port + 1).start()
+    try:
+        assert server.proc is not None
+        pid = server.proc.pid
+        assert int(server.pidfile.read_text().split()[0]) == pid
+        assert server.pidfile.parent.parent == tmp_path and server.log.exists()
+        status = Path(f"/proc/{pid}/status").read_text()
+        uids = next(line for line in status.splitlines() if line.startswith("Uid:")).split()
+        assert "0" not in uids[1:], status
+        assert "-c" in server.argv() and "/dev/null" in server.argv()
+    finally:
+        server.stop()
+    assert server.proc is None and not Path(f"/proc/{pid}").exists()
