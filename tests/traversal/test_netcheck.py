@@ -564,3 +564,43 @@ def test_coturn_runs_unprivileged_from_the_tests_directory(tmp_path: Path) -> No
     finally:
         server.stop()
     assert server.proc is None and not Path(f"/proc/{pid}").exists()
+
+
+@pytest.mark.parametrize(("text", "parsed"), [
+    ("stun.example.org", ("stun.example.org", 3478)),
+    ("198.18.0.2:3479", ("198.18.0.2", 3479)),
+    ("[fd00::1]", ("fd00::1", 3478)),
+    ("[fd00::1]:19302", ("fd00::1", 19302)),
+    ("fd00::1", ("fd00::1", 3478)),
+])
+def test_parse_server(text: str, parsed: HostPort) -> None:
+    from nattunnel.cli.netcheck import parse_server
+
+    assert parse_server(text) == parsed
+
+
+@pytest.mark.parametrize("text", ["host:0", "host:70000", "host:x", "[fd00::1", "[fd00::1]x",
+                                  ":3478"])
+def test_parse_server_refuses(text: str) -> None:
+    from nattunnel.cli.netcheck import parse_server
+
+    with pytest.raises(ValueError, match="bad server"):
+        parse_server(text)
+
+
+def test_the_table() -> None:
+    from nattunnel.cli.netcheck import format_table
+
+    net = Net([ScriptedServer(), ScriptedServer(primary=("198.18.0.20", 3478), rfc5780=False,
+                                                down=True)],
+              nat=ScriptedNat("ei", "ad", timeout=5.0))
+    r = check(net, lifetime=True, lifetime_max=10.0)
+    rows = {line[:25].strip(): line[25:] for line in format_table(r).splitlines()
+            if not line.startswith("server")}
+    assert rows["udp"] == "reachable" and rows["nat"] == "yes"
+    assert rows["mapping"] == EI and rows["filtering"] == AD
+    assert rows["lifetime"] == "at least 4 s, less than 8 s"
+    assert rows["rfc5780 server"] == "198.18.0.10:3478"
+    servers = [line for line in format_table(r).splitlines() if line.startswith("server")]
+    assert servers[0].split()[1:4] == ["198.18.0.10:3478", "reflexive", "198.18.0.1:40000"]
+    assert servers[1].split()[1:] == ["198.18.0.20:3478", "no", "answer"]
