@@ -21,7 +21,7 @@ RFC 5780 server, "P" its primary address, "O" its OTHER-ADDRESS):
   to the first is endpoint-independent filtering, to the second only address-dependent,
   neither address-and-port-dependent. An answer from another source than the one asked for
   means the server did not honour CHANGE-REQUEST: filtering unknown;
-- socket 2, hairpinning (section 4.5): a Binding request to socket 0's reflexive address;
+- socket 2, hairpinning (RFC 4787 section 6): a Binding request to socket 0's reflexive address;
   it arriving on socket 0 is hairpinning;
 - with ``lifetime``, sockets 3...: the mapping lifetime (section 4.6): socket 3+k learns its
   mapping X_k from P, then after waiting ``waits[k]`` a request from socket 3 (the sender)
@@ -234,7 +234,6 @@ class NetCheck:
         self._rfc5780: ServerResult | None = None
         self._map: dict[str, HostPort | None] = {}
         self._filt: dict[str, bool | None] = {}
-        self._pending_groups: set[str] = {"bind"}
         self._lifetime = lifetime
         self._waits = [w for w in lifetime_waits if w <= lifetime_max] if lifetime else []
         self._life_mapped: dict[int, tuple[HostPort, float]] = {}
