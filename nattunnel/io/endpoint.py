@@ -444,15 +444,18 @@ class Endpoint:
             self._stun_waiters.pop(tid, None)
             self.stun.cancel(tid)  # if it is still outstanding (we were cancelled)
 
-    def _on_stun(self, data: memoryview, addr: Addr, now: float) -> None:
-        """A STUN message on a NAT-T socket (from the tunnel's demux): to the STUN client."""
+    def _on_stun(self, data: memoryview, addr: Addr, now: float) -> bool:
+        """A STUN message on a NAT-T socket (from the tunnel's demux): to the STUN client.
+        True if it answered one of its transactions."""
         try:
-            self.stun.receive(data, unmapped(addr) if self.dual_stack else addr, now)
+            if not self.stun.receive(data, unmapped(addr) if self.dual_stack else addr, now):
+                return False
         except Exception:
             self.drops.counts[DropReason.INTERNAL_ERROR] += 1
             self._core_error("stun_receive")
         # the reader that demultiplexed it sends what came of it after its whole batch
         self._stun_seen = True
+        return True
 
     def _flush_stun(self) -> None:
         """Send what the STUN client has to send, and hand on its events."""

@@ -63,8 +63,8 @@ _PLAIN: Final = ESP_PLAINTEXT_OFFSET
 
 IkeHandler = Callable[[memoryview, Addr, float], None]
 #: gets a STUN message (a view into the receive buffer, valid during the call), its source
-#: and the time
-StunHandler = Callable[[memoryview, Addr, float], None]
+#: and the time; True if it was an answer it waited for (StunClient.receive)
+StunHandler = Callable[[memoryview, Addr, float], bool]
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,11 +97,14 @@ class Tunnel:
         self.drops = DropCounters()
         self.keepalives_received = 0
         #: STUN messages: the handler (``Endpoint`` installs its STUN client's), how many it
-        #: was given, and how many were not demultiplexed because an inbound SPI below
+        #: was given, how many of those it did not wait for (late, duplicate, foreign: junk,
+        #: also counted as UNKNOWN_SPI, so that a flood of them engages the socket filter
+        #: like any other), and how many were not demultiplexed because an inbound SPI below
         #: SPI_STUN_SAFE_MIN (a manual SA's) could make them ambiguous (``stun_unsafe_spis``;
         #: they are counted as UNKNOWN_SPI too, as without STUN)
         self.stun_handler: StunHandler | None = None
         self.stun_received = 0
+        self.stun_unmatched = 0
         self.stun_ignored = 0
         self._stun_unsafe: set[int] = set()
         #: what happened, oldest first (``next_event``)
@@ -400,9 +403,11 @@ class Tunnel:
                     and is_stun(buf, off, n)):
                 if not self._stun_unsafe:
                     self.stun_received += 1
-                    self.stun_handler(buf[off : off + n], addr, now)
-                    return CONSUMED
-                self.stun_ignored += 1
+                    if self.stun_handler(buf[off : off + n], addr, now):
+                        return CONSUMED
+                    self.stun_unmatched += 1
+                else:
+                    self.stun_ignored += 1
             self.drops.counts[DropReason.UNKNOWN_SPI] += 1
             return _UNKNOWN_SPI
         data = buf[off : off + n]
@@ -474,6 +479,6 @@ class Tunnel:
             "peers": {name: p.stats() for name, p in self.peers.items()},
             "drops": self.drops.as_dict(),
             "keepalives_received": self.keepalives_received,
-            "stun": {"received": self.stun_received, "ignored": self.stun_ignored,
-                     "demux": self.stun_demux},
+            "stun": {"received": self.stun_received, "unmatched": self.stun_unmatched,
+                     "ignored": self.stun_ignored, "demux": self.stun_demux},
         }

@@ -120,7 +120,8 @@ async def test_reflexive_address_through_the_tunnels_socket_while_esp_flows(serv
         assert sa_drops(a) == sa_drops(b) == 0
         assert b.tunnel.peers["a"].addr == natt  # B sees A where STUN said
         assert a.stats()["stun_client"]["succeeded"] == 40
-        assert a.tunnel.stats()["stun"] == {"received": 40, "ignored": 0, "demux": True}
+        assert a.tunnel.stats()["stun"] == {"received": 40, "unmatched": 0, "ignored": 0,
+                                            "demux": True}
         assert errors == [] and a.errors == {} and b.errors == {}
     finally:
         a.close()
@@ -139,6 +140,31 @@ async def test_behind_a_nat_the_reflexive_address_is_the_mapping(server):
         assert r.mapped != a.local_addresses()[0]
     finally:
         nat.close()
+        a.close()
+        b.close()
+
+
+async def test_stun_nobody_waits_for_is_counted_as_junk(server):
+    """A late or foreign answer (no transaction of ours) is junk like an unknown SPI: counted
+    by the STUN client and as UNKNOWN_SPI, which the socket filter's flood check counts."""
+    from aioice import stun
+
+    a, b = await tunnel_pair()
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        junk = bytes(stun.Message(stun.Method.BINDING, stun.Class.RESPONSE,
+                                  attributes={"XOR-MAPPED-ADDRESS": ("198.18.0.1", 1)}))
+        before = a.sock_filter.junk_count()
+        for _ in range(5):
+            s.sendto(junk, a.local_addresses()[0])
+        await until(lambda: a.tunnel.stun_unmatched == 5)
+        assert a.stun.counters["unmatched"] == 5
+        assert a.tunnel.drops[DropReason.UNKNOWN_SPI] == 5
+        assert a.sock_filter.junk_count() - before == 5
+        r = await asyncio.wait_for(a.stun_bind(server.address), 5.0)  # and it still works
+        assert isinstance(r, Binding)
+    finally:
+        s.close()
         a.close()
         b.close()
 

@@ -84,7 +84,7 @@ def stun_tunnel(spis: list[int]) -> tuple[Tunnel, list[bytes], list[bytes], list
     got_stun: list[bytes] = []
     got_ike: list[bytes] = []
     t = Tunnel(ike_handler=lambda d, a, now: got_ike.append(bytes(d)))
-    t.stun_handler = lambda d, a, now: got_stun.append(bytes(d))
+    t.stun_handler = lambda d, a, now: got_stun.append(bytes(d)) or True
     peer = t.add_peer("p", [ipaddress.ip_network(A_INNER + "/32")], addr=("198.18.0.1", 4500))
     sas = [InboundSA(spi, AES_GCM_128, KEY) for spi in spis]
     for sa in sas:
@@ -213,7 +213,7 @@ def test_a_manual_spi_below_0x40000000_switches_stun_off() -> None:
     assert t.receive(memoryview(bytearray(data)), 0, len(data), FROM, 1.0) \
         == -DropReason.UNKNOWN_SPI
     assert got_stun == [] and t.stun_ignored == 1
-    assert t.stats()["stun"] == {"received": 0, "ignored": 1, "demux": False}
+    assert t.stats()["stun"] == {"received": 0, "unmatched": 0, "ignored": 1, "demux": False}
     t.remove_inbound(0x2001)
     assert t.stun_demux
     assert t.receive(memoryview(bytearray(data)), 0, len(data), FROM, 1.0) == CONSUMED
@@ -223,3 +223,17 @@ def test_a_manual_spi_below_0x40000000_switches_stun_off() -> None:
     assert not t.stun_demux
     t.remove_peer("p")
     assert t.stun_demux and t.stun_unsafe_spis() == []
+
+
+def test_stun_the_handler_did_not_wait_for_is_junk() -> None:
+    """Late, duplicate or foreign STUN: counted as UNKNOWN_SPI too, so that a flood of it
+    engages the socket filter like any other junk (io/sockfilter.py counts UNKNOWN_SPI)."""
+    t = Tunnel()
+    seen: list[bytes] = []
+    t.stun_handler = lambda d, a, now: seen.append(bytes(d)) and False
+    data = bytes(stun.Message(stun.Method.BINDING, stun.Class.RESPONSE))
+    for _ in range(3):
+        assert t.receive(memoryview(bytearray(data)), 0, len(data), FROM, 1.0) \
+            == -DropReason.UNKNOWN_SPI
+    assert len(seen) == 3 and t.stun_received == 3 and t.stun_unmatched == 3
+    assert t.drops[DropReason.UNKNOWN_SPI] == 3
