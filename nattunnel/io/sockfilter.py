@@ -21,7 +21,13 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Final
 
 from ..addr import format_addr
-from ..constants import ESP_MIN_PACKET, UDP_HEADER_LEN
+from ..constants import (
+    ESP_MIN_PACKET,
+    SPI_STUN_SAFE_MIN,
+    STUN_COOKIE_OFFSET,
+    STUN_MAGIC_COOKIE,
+    UDP_HEADER_LEN,
+)
 from ..esp.drop import DropCounters, DropReason
 from ..tunnel.core import Tunnel
 
@@ -47,7 +53,7 @@ _GROUP = 250
 Instruction = tuple[int, int, int, int]
 
 
-def spi_filter(spis: Iterable[int]) -> list[Instruction] | None:
+def spi_filter(spis: Iterable[int], *, stun: bool = False) -> list[Instruction] | None:
     """A classic BPF program for a NAT-T socket, as (code, jt, jf, k) instructions; offset 0
     is the UDP header, the payload starts at 8. It accepts datagrams too short to hold an
     SPI (keepalives; user space counts the rest), the non-ESP marker (IKE), and ESP with one
@@ -58,7 +64,12 @@ def spi_filter(spis: Iterable[int]) -> list[Instruction] | None:
     reaches 255 instructions ahead) each followed by its own unconditional jump to the
     length check. With UDP GRO the filter sees one aggregate: its first datagram's octets and
     the aggregate's length, so a length bound above would also drop legitimate aggregates;
-    only the lower bound is checked."""
+    only the lower bound is checked.
+
+    With ``stun`` (the tunnel demultiplexes STUN: no inbound SPI of ours is below
+    SPI_STUN_SAFE_MIN) a STUN message is accepted too: a first word below SPI_STUN_SAFE_MIN
+    with the magic cookie after it (RFC 8489 section 5), for the STUN client's answers
+    under a flood; user space checks the rest."""
     spis = sorted(set(spis))
     if len(spis) > FILTER_MAX_SPIS:
         return None
@@ -73,6 +84,14 @@ def spi_filter(spis: Iterable[int]) -> list[Instruction] | None:
         (jeq, 0, 1, 0),  # the non-ESP marker:
         (ja, 0, 0, "accept"),  # IKE: accept
     ]
+    if stun:
+        prog += [
+            (jge, 4, 0, SPI_STUN_SAFE_MIN),  # an SPI of ours: to the comparisons
+            (ld_word, 0, 0, UDP_HEADER_LEN + STUN_COOKIE_OFFSET),
+            (jeq, 0, 1, STUN_MAGIC_COOKIE),
+            (ja, 0, 0, "accept"),  # STUN: accept
+            (ld_word, 0, 0, UDP_HEADER_LEN),  # A = the first word again
+        ]
     for g in range(0, len(spis), _GROUP):
         group = spis[g : g + _GROUP]
         for i, spi in enumerate(group):
@@ -236,7 +255,7 @@ class SocketFilter:
         self.account()  # what came before goes in the old state's bucket
         natt = self.sockets()[0]
         if on:
-            prog = spi_filter(self.tunnel.inbound_spis())
+            prog = spi_filter(self.tunnel.inbound_spis(), stun=self.tunnel.stun_demux)
             if prog is None:
                 return
             for sock in natt:

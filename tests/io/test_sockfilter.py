@@ -104,6 +104,35 @@ def test_spi_filter_program_in_the_kernel():
     rx.close()
 
 
+def test_spi_filter_lets_stun_through_only_when_the_tunnel_demultiplexes_it():
+    """Under a flood the STUN client's answers still arrive: with ``stun`` a datagram with
+    a first word below 0x40000000 and the magic cookie passes; an unknown SPI with the
+    cookie's octets at offset 4, at or above 0x40000000, does not."""
+    from nattunnel.constants import STUN_MAGIC_COOKIE
+    from nattunnel.io.sockfilter import attach_filter, spi_filter
+
+    stun = struct.pack("!HHI", 0x0101, 12, STUN_MAGIC_COOKIE) + os.urandom(12) + bytes(12)
+    ours = struct.pack("!II", 0x40000001, 1) + bytes(60)
+    lookalike = struct.pack("!II", 0x50000000, STUN_MAGIC_COOKIE) + bytes(60)
+    for with_stun, passes in ((True, [stun, ours]), (False, [ours])):
+        rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        rx.bind(("127.0.0.1", 0))
+        prog = spi_filter([0x40000001], stun=with_stun)
+        assert prog is not None
+        attach_filter(rx, prog)
+        rx.settimeout(0.2)
+        tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        for data in (stun, lookalike, ours):
+            tx.sendto(data, rx.getsockname())
+        got = []
+        with pytest.raises(TimeoutError):
+            while True:
+                got.append(rx.recv(70000))
+        assert got == passes, with_stun
+        tx.close()
+        rx.close()
+
+
 def test_spi_filter_with_thousands_of_spis():
     """More SPIs than one conditional jump reaches: the groups and their trampolines."""
     from nattunnel.io.sockfilter import attach_filter, spi_filter
