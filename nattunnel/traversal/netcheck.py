@@ -47,6 +47,8 @@ from aioice import stun
 
 from ..addr import Addr, HostPort, format_addr
 from ..constants import (
+    STUN_ATTR_FINGERPRINT,
+    STUN_ATTR_RESPONSE_PORT,
     STUN_CHANGE_IP,
     STUN_CHANGE_PORT,
     STUN_HEADER_LEN,
@@ -71,10 +73,9 @@ ENDPOINT_INDEPENDENT: Final = "endpoint-independent"
 ADDRESS_DEPENDENT: Final = "address-dependent"
 ADDRESS_AND_PORT_DEPENDENT: Final = "address-and-port-dependent"
 
-#: RFC 5780 section 7.5: RESPONSE-PORT (comprehension-required), not in aioice's table
-ATTR_RESPONSE_PORT: Final = 0x0027
-#: RFC 8489 section 14.7: FINGERPRINT
-ATTR_FINGERPRINT: Final = 0x8028
+#: RFC 5780 section 7.5's RESPONSE-PORT is not in aioice's table; FINGERPRINT is packed here
+ATTR_RESPONSE_PORT: Final = STUN_ATTR_RESPONSE_PORT
+ATTR_FINGERPRINT: Final = STUN_ATTR_FINGERPRINT
 
 #: the whole check (without the lifetime probe), and each transaction's share of it
 DEFAULT_TIMEOUT: Final = 5.0
