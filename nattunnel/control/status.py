@@ -178,6 +178,8 @@ def snapshot(endpoint: Endpoint, ike: IkeManager | None, now: float, *,
         "send_errors": s["send_errors"],
         "errors": s["errors"],
         "offload": s["offload"],
+        # STUN on the NAT-T socket: the tunnel's demultiplexing and the client's transactions
+        "stun": {"demux": s.get("stun"), "client": s.get("stun_client")},
         "ike": ({k: v for k, v in ike.counters.items()} | {
             "sas": len(ike.sas), "requests_sent": ike.requests_sent})
         if ike is not None else None,
