@@ -151,6 +151,8 @@ def peer_status(name: str, endpoint: Endpoint, ike: IkeManager | None,
                       "sent": peer.keepalives_sent if peer else 0,
                       "received": peer.keepalives_received if peer else 0},
         "rebinds": peer.rebinds if peer else 0,
+        # direct, or through the TURN relay (its relayed address and the peer's channel)
+        "path": endpoint.relay_path(name),
         **_ike_counts(name, ike),
         "drops": _drops(peer) if peer else {},
         "ike_sas": [_ike_sa(sa, peer, ike, endpoint, now) for sa in sas] if ike else [],
@@ -180,6 +182,8 @@ def snapshot(endpoint: Endpoint, ike: IkeManager | None, now: float, *,
         "offload": s["offload"],
         # STUN on the NAT-T socket: the tunnel's demultiplexing and the client's transactions
         "stun": {"demux": s.get("stun"), "client": s.get("stun_client")},
+        # the TURN relay's allocation and counters (None: no relay)
+        "turn": s.get("turn"),
         "ike": ({k: v for k, v in ike.counters.items()} | {
             "sas": len(ike.sas), "requests_sent": ike.requests_sent})
         if ike is not None else None,

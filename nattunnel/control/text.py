@@ -80,6 +80,12 @@ def peer_block(p: dict[str, Any]) -> list[str]:
     if ka["on"] or ka["sent"] or ka["received"]:
         lines.append(f"  keepalive: {'every ' + duration(ka['interval']) if ka['on'] else 'off'}"
                      f" (sent {ka['sent']}, received {ka['received']})")
+    path = p.get("path") or {}
+    if path.get("kind") == "relay":
+        bound = "bound" if path.get("channel_bound") else "not bound yet"
+        lines.append(f"  path: relay via {path.get('server')} (relayed address "
+                     f"{path.get('relayed') or 'none yet'}, channel {path.get('channel')} "
+                     f"{bound})")
     if p["rebinds"]:
         lines.append(f"  moved (NAT rebinding): {p['rebinds']} times")
     if p["drops"]:

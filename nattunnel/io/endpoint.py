@@ -18,6 +18,10 @@
   Binding requests from the NAT-T socket of the server's family, so that the reflexive address
   is the one peers see, and gets the answers the tunnel demultiplexed on those sockets
   (``stun_bind``, ``start_binding``; docs/wire-format.md, "STUN on port 4500").
+- TURN (RFC 8656): ``start_relay`` makes an allocation from the NAT-T socket of the server's
+  family (``nattunnel.traversal.turn``); ``relay_peer`` sends a peer's traffic through it
+  (the peer's socket becomes a ``RelaySocket``, io/relay.py), and the tunnel hands what the
+  server sends to the client, which unwraps the peer data in it (docs/traversal.md).
 - One timer per endpoint, armed for the earliest ``get_timer()`` of its cores.
 - Nothing here decides anything about packets: that is ``nattunnel.tunnel.core.Tunnel``.
 """
@@ -49,11 +53,17 @@ from ..ike.events import Outgoing
 from ..ike.manager import LocalAddressNeeded
 from ..traversal.stun import Binding, StunClient, TransactionFailed, TransactionTimedOut
 from ..traversal.stun import Event as StunEvent
+from ..traversal.turn import CHANNEL_LIFETIME as TURN_CHANNEL_LIFETIME
+from ..traversal.turn import DEFAULT_LIFETIME as TURN_LIFETIME
+from ..traversal.turn import PERMISSION_LIFETIME as TURN_PERMISSION_LIFETIME
+from ..traversal.turn import Event as TurnEvent
+from ..traversal.turn import TurnClient
 from ..tunnel.core import Event as TunnelEvent
 from ..tunnel.core import PeerMoved, Tunnel
 from ..tunnel.peer import Peer
 from .interface import InnerInterface, InProcessInterface
 from .receive import Receiver
+from .relay import RelaySocket
 from .send import NO_SOCKET, ReadInto, Sender, error_name
 from .sockfilter import SocketFilter
 from .udp import MAX_DATAGRAM as _MAX_DATAGRAM
@@ -117,6 +127,13 @@ class Control(Protocol):
 
 class Endpoint:
     """An asyncio tunnel endpoint around one ``Tunnel`` core."""
+
+    #: the TURN relay (``start_relay``): its client, the socket relayed peers send from,
+    #: the peers sent through it (name -> where), and who gets the client's events
+    turn: TurnClient | None
+    _relay_sock: RelaySocket | None
+    relayed: dict[str, Addr]
+    on_turn_event: Callable[[TurnEvent], None] | None
 
     def __init__(
         self,
@@ -190,6 +207,8 @@ class Endpoint:
         self.on_stun_event: Callable[[StunEvent], None] | None = None
         self._stun_waiters: dict[bytes, asyncio.Future[StunEvent]] = {}
         self._stun_seen = False
+        self.turn = self._relay_sock = self.on_turn_event = None
+        self.relayed = {}
         #: timer wakeups, the CPU time (process time) spent in them, and the part of it
         #: spent in the control side's ``handle_timer``
         self.timer_wakeups = 0
@@ -490,6 +509,117 @@ class Endpoint:
         except OSError as e:
             self._send_failed(error_name(e), server, e.strerror or str(e))
 
+    # --- TURN -------------------------------------------------------------------------------
+    def start_relay(self, server: Addr | HostPort, username: str, password: str, *,
+                    lifetime: float = TURN_LIFETIME,
+                    permission_lifetime: float = TURN_PERMISSION_LIFETIME,
+                    channel_lifetime: float = TURN_CHANNEL_LIFETIME, rto: float = STUN_RTO,
+                    rc: int = STUN_RC, rm: float = STUN_RM) -> TurnClient:
+        """Allocate a relay on the TURN server ``server`` (an IP address and port) from the
+        NAT-T socket of its family, with long-term credentials; the lifetimes and the
+        retransmission timings are ``TurnClient``'s. Its events go to
+        ``on_turn_event``; peers given to ``relay_peer`` (before or after) are reached
+        through it once their channels are bound."""
+        if self._loop is None or self._closed.is_set():
+            raise RuntimeError("the endpoint is not running")
+        if self.turn is not None:
+            raise ValueError("a TURN relay is already in use")
+        dest = sockaddr(server[0], server[1]) if len(server) == 2 else server
+        base = self._by_family.get(_family(dest))
+        if base is None:
+            raise ValueError(f"no NAT-T socket of the address family of {format_addr(dest)}")
+        turn = TurnClient(dest, username, password, lifetime=lifetime,
+                          permission_lifetime=permission_lifetime,
+                          channel_lifetime=channel_lifetime, rto=rto, rc=rc, rm=rm)
+        self.turn = turn
+        self._relay_sock = RelaySocket(base, turn)
+        self.tunnel.relay_servers.add(mapped(dest) if self.dual_stack else dest)
+        self.tunnel.relay_handler = self._on_relay
+        now = self._loop.time()
+        turn.allocate(now)
+        for name in self.relayed:
+            self._relay_one(name, now)
+        self._handle_events(None)
+        return turn
+
+    def relay_peer(self, name: str, on: bool = True, *, addr: Addr | None = None) -> None:
+        """Send peer ``name``'s traffic (ESP, IKE, keepalives) through the TURN relay to
+        ``addr`` (its configured endpoint; default: its address now), or directly again."""
+        peer = self.tunnel.peers[name]
+        if addr is not None and on:
+            self.tunnel.set_peer_address(peer, addr)
+        now = self._loop.time() if self._loop is not None else 0.0
+        if not on:
+            addr = self.relayed.pop(name, None)
+            if addr is not None and self.turn is not None:
+                self.turn.remove_peer(addr)
+            peer.sock = self._by_family.get(_family(peer.addr)) if peer.addr else None
+            return
+        self.relayed[name] = peer.addr if peer.addr is not None else ("", 0)
+        if self.turn is not None:
+            self._relay_one(name, now)
+            self._handle_events(None)
+
+    def _relay_one(self, name: str, now: float) -> None:
+        peer = self.tunnel.peers.get(name)
+        if peer is None or peer.addr is None or self.turn is None:
+            return
+        self.relayed[name] = peer.addr
+        self.turn.add_peer(unmapped(peer.addr) if self.dual_stack else peer.addr, now)
+        peer.sock = self._relay_sock
+
+    def _is_relayed(self, remote: Addr) -> bool:
+        turn = self.turn
+        return turn is not None and turn.peer(remote) is not None
+
+    def relay_path(self, name: str) -> dict[str, object]:
+        """How peer ``name`` is reached: direct, or through the relay (its relayed address,
+        the peer's channel, whether it is bound)."""
+        turn = self.turn
+        if name not in self.relayed or turn is None:
+            return {"kind": "direct"}
+        st = turn.peer(self.relayed[name])
+        return {"kind": "relay", "server": format_addr(turn.server),
+                "relayed": format_addr(turn.relayed) if turn.relayed else None,
+                "state": turn.state,
+                "channel": f"{st.channel:#06x}" if st is not None else None,
+                "channel_bound": bool(st is not None and st.header),
+                "permission": bool(st is not None and st.permission_until)}
+
+    def _on_relay(self, data: memoryview, addr: Addr,
+                  now: float) -> tuple[Addr, int, int] | None:
+        """A datagram from the TURN server (the tunnel's demux): the client's."""
+        turn = self.turn
+        if turn is None:
+            return None
+        try:
+            found = turn.receive(data, unmapped(addr) if self.dual_stack else addr, now)
+        except Exception:
+            self.drops.counts[DropReason.INTERNAL_ERROR] += 1
+            self._core_error("turn_receive")
+            return None
+        if found is None:
+            self._stun_seen = True  # answers: what came of them is sent after the batch
+        return found
+
+    def _flush_turn(self) -> None:
+        turn = self.turn
+        if turn is None:
+            return
+        try:
+            outgoing = turn.datagrams_to_send()
+        except Exception:
+            self._core_error("turn_send")
+            return
+        for server, data in outgoing:
+            self._stun_send(server, data)
+        while (ev := turn.next_event()) is not None:
+            if self.on_turn_event is not None:
+                try:
+                    self.on_turn_event(ev)
+                except Exception:
+                    self._core_error("turn_event")
+
     def _core_error(self, where: str) -> None:
         """Call from an ``except`` block: an exception from a core in a callback is counted
         by where, and logged with its traceback at most once per ERROR_LOG_INTERVAL (with
@@ -511,6 +641,8 @@ class Endpoint:
         retransmits on its own schedule."""
         fam = _family(out.remote)
         sock = (self._by_family if out.natt else self._ike_by_family).get(fam)
+        if self._relay_sock is not None and self._is_relayed(out.remote):
+            sock = self._relay_sock
         if sock is None:
             self._send_failed(NO_SOCKET, out.remote, "no socket of its address family")
             return
@@ -598,6 +730,8 @@ class Endpoint:
             self._timer = None
         for fut in self._stun_waiters.values():
             fut.cancel()
+        if self._relay_sock is not None:
+            self._relay_sock.close()
         self.sock_filter.stop()
         self._close_sockets()
         self.interface.close()
@@ -626,13 +760,21 @@ class Endpoint:
         finally:
             self._flush_control(now)
             self._flush_stun()
+            self._flush_turn()
             self._arm_timer()
 
     def _peer_moved(self, ev: PeerMoved, sock: socket.socket | None) -> None:
         """A peer moved: it is reached on the socket its packet came on."""
         peer = self.tunnel.peers.get(ev.peer)
-        if peer is not None:
-            peer.sock = sock if sock is not None else self._by_family.get(_family(ev.new))
+        if peer is None:
+            return
+        if ev.peer in self.relayed and self.turn is not None and self._relay_sock is not None:
+            # through the relay still: the server reports it at a new address
+            self.relayed[ev.peer] = ev.new
+            self.turn.add_peer(ev.new, self._loop.time() if self._loop is not None else 0.0)
+            peer.sock = self._relay_sock
+            return
+        peer.sock = sock if sock is not None else self._by_family.get(_family(ev.new))
 
     def _flush_control(self, now: float) -> None:
         """Answer what the control side asks (our address towards a peer), then send what
@@ -670,7 +812,8 @@ class Endpoint:
             # the earliest deadline of the cores and of the socket filter's checks
             when = self.tunnel.get_timer()
             for other in (self.control.get_timer() if self.control is not None else None,
-                          self.sock_filter.get_timer(), self.stun.get_timer()):
+                          self.sock_filter.get_timer(), self.stun.get_timer(),
+                          self.turn.get_timer() if self.turn is not None else None):
                 if other is not None and (when is None or other < when):
                     when = other
         except Exception:
@@ -706,6 +849,8 @@ class Endpoint:
             self._core_error("timer")
         try:
             self.stun.handle_timer(now)
+            if self.turn is not None:
+                self.turn.handle_timer(now)
         except Exception:
             self._core_error("timer")
         try:
@@ -723,6 +868,7 @@ class Endpoint:
         s["errors"] = dict(self.errors)
         s["send_errors"] = dict(self.send_errors)
         s["stun_client"] = self.stun.stats()
+        s["turn"] = self.turn.stats() if self.turn is not None else None
         if self.control is not None:
             s.update(self.control.stats())
         s["offload"] = {"gso": self.gso, "gso_sends": self.gso_sends,

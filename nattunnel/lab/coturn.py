@@ -1,5 +1,9 @@
 """coturn (``turnserver``) as the lab's RFC 5780 STUN server, and its NAT discovery client.
 
+``Coturn(primary, other, directory, relay=Relay(...))`` is a TURN relay (RFC 8656) with
+long-term credentials (``--lt-cred-mech``, ``--user``, ``--realm``), its relay address and
+port range, and the allocation, permission and channel lifetimes shortened for tests.
+
 ``Coturn(primary, other, directory)`` starts ``turnserver`` in STUN-only mode listening on
 two addresses (``--listening-ip`` twice) and two ports (``--listening-port``,
 ``--alt-listening-port``), so that it answers with OTHER-ADDRESS and honours CHANGE-REQUEST
@@ -34,6 +38,7 @@ from .netns import Lab, LabError
 __all__ = [
     "Coturn",
     "NatDiscovery",
+    "Relay",
     "coturn_problems",
     "natdiscovery",
     "parse_natdiscovery",
@@ -69,6 +74,37 @@ def coturn_problems() -> list[str]:
     return []
 
 
+@dataclass(frozen=True)
+class Relay:
+    """coturn as a TURN relay (RFC 8656) with long-term credentials: ``users`` as
+    (name, password), the ``realm``, the relay address (``relay_ip``: the listening address
+    if None) and UDP port range, and the lifetimes (coturn 4.6's ``--max-allocate-lifetime``,
+    ``--permission-lifetime``, ``--channel-lifetime``; shortened for tests)."""
+
+    users: tuple[tuple[str, str], ...] = (("nattunnel", "secret"),)
+    realm: str = "nattunnel.lab"
+    relay_ip: str | None = None
+    min_port: int = 49152
+    max_port: int = 65535
+    max_allocate_lifetime: int = 3600
+    permission_lifetime: int = 300
+    channel_lifetime: int = 600
+
+    def argv(self, listening: str) -> list[str]:
+        out = ["--lt-cred-mech", "--realm", self.realm, "--relay-ip",
+               self.relay_ip or listening, "--min-port", str(self.min_port),
+               "--max-port", str(self.max_port),
+               "--max-allocate-lifetime", str(self.max_allocate_lifetime),
+               "--permission-lifetime", str(self.permission_lifetime),
+               "--channel-lifetime", str(self.channel_lifetime), "--no-tcp-relay",
+               "--no-multicast-peers"]
+        for name, password in self.users:
+            out += ["--user", f"{name}:{password}"]
+        if listening.startswith("127.") or listening == "::1":
+            out.append("--allow-loopback-peers")
+        return out
+
+
 class Coturn:
     """One turnserver. ``primary``/``other``: its two addresses (``other`` None: one address,
     a plain STUN server without RFC 5780); ``port``/``alt_port`` its two ports; ``lab``/``ns``:
@@ -76,12 +112,14 @@ class Coturn:
 
     def __init__(self, primary: str, other: str | None, directory: str | os.PathLike[str], *,
                  port: int = 3478, alt_port: int = 3479, lab: Lab | None = None,
-                 ns: str | None = None) -> None:
+                 ns: str | None = None, relay: Relay | None = None) -> None:
+        """``relay``: a TURN relay with long-term credentials instead of STUN only."""
         if (lab is None) != (ns is None):
             raise ValueError("give both lab and ns, or neither")
         self.primary, self.other = primary, other
         self.port, self.alt_port = port, alt_port
         self.lab, self.ns = lab, ns
+        self.relay = relay
         self.dir = Path(directory) / f"coturn-{primary.replace(':', '_')}-{port}"
         self.log = self.dir / "turnserver.log"
         self.pidfile = self.dir / "turnserver.pid"
@@ -100,7 +138,8 @@ class Coturn:
         listen = ["--listening-ip", self.primary]
         if self.other is not None:
             listen += ["--listening-ip", self.other]
-        argv = [exe, "-c", "/dev/null", "-n", "--stun-only", *listen,
+        mode = self.relay.argv(self.primary) if self.relay is not None else ["--stun-only"]
+        argv = [exe, "-c", "/dev/null", "-n", *mode, *listen,
                 "--listening-port", str(self.port), "--alt-listening-port", str(self.alt_port),
                 "--no-tls", "--no-dtls", "--no-tcp", "--no-cli", "--no-stdout-log",
                 "--log-file", str(self.log), "--simple-log", "--pidfile", str(self.pidfile),
