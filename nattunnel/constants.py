@@ -396,7 +396,9 @@ class NotifyType(IntEnum):
     TS_UNACCEPTABLE = 38
     INVALID_SELECTORS = 39
     #: RFC 4555 (MOBIKE)
+    #: sections 3.5, 4.1.1: the responder refuses the initiator's new address
     UNACCEPTABLE_ADDRESSES = 40
+    #: sections 3.9, 4.1.2: NO_NATS_ALLOWED, but a NAT changed the addresses
     UNEXPECTED_NAT_DETECTED = 41
     TEMPORARY_FAILURE = 43
     CHILD_SA_NOT_FOUND = 44
@@ -414,10 +416,14 @@ class NotifyType(IntEnum):
     ESP_TFC_PADDING_NOT_SUPPORTED = 16394
     NON_FIRST_FRAGMENTS_ALSO = 16395
     #: RFC 4555 (MOBIKE)
+    #: section 3.2 (4.2.1): in IKE_AUTH, both ways
     MOBIKE_SUPPORTED = 16396
+    #: section 3.4 (4.2.2, 4.2.3): the sender's other addresses, or none
     ADDITIONAL_IP4_ADDRESS = 16397
     ADDITIONAL_IP6_ADDRESS = 16398
     NO_ADDITIONAL_ADDRESSES = 16399
+    #: section 3.5 (4.2.4): the initiator moved; section 3.7 (4.2.5): COOKIE2, echoed;
+    #: section 3.9 (4.2.6): NO_NATS_ALLOWED, the NAT_PREVENTION notify
     UPDATE_SA_ADDRESSES = 16400
     COOKIE2 = 16401
     NO_NATS_ALLOWED = 16402
@@ -463,12 +469,12 @@ IPV6_DST_OFFSET: Final = 24
 IPV6_ADDR_LEN: Final = 16
 
 # --- RFC 4555 (MOBIKE) ------------------------------------------------------------------------
-#: section 3.8 (and RFC 4555 section 4.2's COOKIE2 format): the COOKIE2 notify's data, 8 to
-#: 64 octets; ours are MOBIKE_COOKIE2_LEN random octets
+#: section 4.2.5: the COOKIE2 notify's data (section 3.7), 8 to 64 octets; ours are
+#: MOBIKE_COOKIE2_LEN random octets
 COOKIE2_MIN_LEN: Final = 8
 COOKIE2_MAX_LEN: Final = 64
 MOBIKE_COOKIE2_LEN: Final = 16
-#: section 4.2.4: NO_NATS_ALLOWED (the NAT_PREVENTION notify of section 3.9) carries the
+#: section 4.2.6: NO_NATS_ALLOWED (the NAT_PREVENTION notify of section 3.9) carries the
 #: source and destination address and the source and destination port of the packet:
 #: 12 octets for IPv4, 36 for IPv6
 NO_NATS_ALLOWED_LEN_V4: Final = 12

@@ -88,7 +88,7 @@ class RequestKind(Enum):
     REKEY_IKE = "rekey IKE"
     DELETE_CHILD = "delete child"
     DELETE_IKE = "delete IKE SA"
-    #: MOBIKE (RFC 4555): our new address (3.5), a return routability check (3.6), our
+    #: MOBIKE (RFC 4555): our new address (3.5), a return routability check (3.7), our
     #: additional addresses (3.4)
     UPDATE_ADDRESSES = "UPDATE_SA_ADDRESSES"
     ROUTABILITY = "return routability check"
@@ -139,7 +139,7 @@ class DeleteChildContext:
 
 @dataclass(frozen=True)
 class MobikeContext:
-    """A MOBIKE request (RFC 4555): the COOKIE2 we sent (3.8: the answer must echo it), and
+    """A MOBIKE request (RFC 4555): the COOKIE2 we sent (3.7: the answer must echo it), and
     for a return routability check the address it checks."""
 
     cookie2: bytes
@@ -303,7 +303,7 @@ class SaCore:
         self._logged_deadline: Deadline | None = None
 
     def _init_mobike(self) -> None:
-        #: MOBIKE (RFC 4555): negotiated in IKE_AUTH (both sent MOBIKE_SUPPORTED, 3.1);
+        #: MOBIKE (RFC 4555): negotiated in IKE_AUTH (both sent MOBIKE_SUPPORTED, 3.2);
         #: the peer's additional addresses (ADDITIONAL_IP4/6_ADDRESS, 3.4; empty after
         #: NO_ADDITIONAL_ADDRESSES) kept for path selection; ours to announce
         self.mobike = False
@@ -314,10 +314,10 @@ class SaCore:
         self._update_wanted: str | None = None
         self._announce_wanted = False
         #: responder: the peer addresses a return routability check (or IKE_AUTH) proved,
-        #: and the address still to be checked before the child SAs move there (3.6)
+        #: and the address still to be checked before the child SAs move there (3.7)
         self.verified: set[str] = set()
         self._check_wanted: Addr | None = None
-        #: the COOKIE2 of our last MOBIKE request (section 3.8)
+        #: the COOKIE2 of our last MOBIKE request (section 3.7)
         self._cookie2 = b""
         #: while a message is handled: the address of the socket it came to, if known
         self._came_to: Addr | None = None

@@ -104,7 +104,7 @@ class IkeRekeyed:
 @dataclass(frozen=True)
 class PathUpdated:
     """MOBIKE (RFC 4555 section 3.5): the IKE SA's addresses changed with an authenticated
-    UPDATE_SA_ADDRESSES exchange (and, where it is due, a return routability check, 3.6):
+    UPDATE_SA_ADDRESSES exchange (and, where it is due, a return routability check, 3.7):
     its child SAs go to ``remote`` now (port 4500), NAT keepalives as ``local_behind_nat``
     says."""
 

@@ -864,7 +864,7 @@ class Notify(Payload):
     # --- RFC 4555 (MOBIKE) ------------------------------------------------------------------
     @classmethod
     def additional_address(cls, address: IPv4Address | IPv6Address) -> Notify:
-        """RFC 4555 section 4.2.3: ADDITIONAL_IP4_ADDRESS (4 octets) or
+        """RFC 4555 section 4.2.2: ADDITIONAL_IP4_ADDRESS (4 octets) or
         ADDITIONAL_IP6_ADDRESS (16 octets), one address each."""
         kind = (NotifyType.ADDITIONAL_IP4_ADDRESS if address.version == 4
                 else NotifyType.ADDITIONAL_IP6_ADDRESS)
@@ -881,13 +881,13 @@ class Notify(Payload):
                          "additional address")
 
     def cookie2_ok(self) -> bool:
-        """RFC 4555 section 3.8: a COOKIE2 is 8 to 64 octets."""
+        """RFC 4555 section 4.2.5 (3.7): a COOKIE2 is 8 to 64 octets."""
         return COOKIE2_MIN_LEN <= len(self.data) <= COOKIE2_MAX_LEN
 
     @classmethod
     def no_nats_allowed(cls, src: IPv4Address | IPv6Address, dst: IPv4Address | IPv6Address,
                         src_port: int, dst_port: int) -> Notify:
-        """RFC 4555 section 4.2.4 (NAT_PREVENTION, 3.9): the packet's source and destination
+        """RFC 4555 section 4.2.6 (NAT_PREVENTION, 3.9): the packet's source and destination
         address and ports."""
         return cls(NotifyType.NO_NATS_ALLOWED,
                    src.packed + dst.packed + _pack(_U16, src_port) + _pack(_U16, dst_port))

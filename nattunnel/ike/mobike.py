@@ -1,19 +1,19 @@
 """MOBIKE (RFC 4555), both sides, in the IKE SA core: moving an IKE SA and its child SAs to
 new addresses without a rekey (the SPIs stay).
 
-- Section 3.1: MOBIKE_SUPPORTED in IKE_AUTH both ways (``initial``); ``mobike`` says whether
-  both sent it. Section 3.2: MOBIKE implies the NAT-T port: the initiator sends its updates
+- Section 3.2: MOBIKE_SUPPORTED in IKE_AUTH both ways (``initial``); ``mobike`` says whether
+  both sent it. Section 3.3: MOBIKE implies the NAT-T port: the initiator sends its updates
   from port 4500 (moving there with the first one if no NAT put it there before).
 - Section 3.5, the initiator: ``update_addresses`` sends UPDATE_SA_ADDRESSES in an
   INFORMATIONAL request with fresh NAT_DETECTION_SOURCE_IP / DESTINATION_IP hashes (both
-  SPIs) and a COOKIE2 (3.8), which the answer must echo or the IKE SA is closed. A change
+  SPIs) and a COOKIE2 (3.7), which the answer must echo or the IKE SA is closed. A change
   while a request of ours is outstanding waits for the window, and a change during an
   update makes another update after it.
 - Section 3.5, the responder: an authenticated UPDATE_SA_ADDRESSES moves the IKE SA to the
   address and port it came from, NAT detection is done again, and the answer carries our
   hashes and the echoed COOKIE2. The child SAs (``PathUpdated``) follow at once to an
   address this SA has already seen answer, and to any other only after a return
-  routability check (3.6, 5.2): an INFORMATIONAL request with a COOKIE2 to the new address,
+  routability check (3.7, 5.2): an INFORMATIONAL request with a COOKIE2 to the new address,
   answered.
 - Section 3.4: ADDITIONAL_IP4_ADDRESS / ADDITIONAL_IP6_ADDRESS (or NO_ADDITIONAL_ADDRESSES),
   in IKE_AUTH and in INFORMATIONAL requests, parsed into ``peer_addresses`` (kept for path
@@ -21,8 +21,8 @@ new addresses without a rekey (the SPIs stay).
 - Section 3.9: NAT_PREVENTION (NO_NATS_ALLOWED) in an update whose addresses the IP header
   contradicts is answered with UNEXPECTED_NAT_DETECTED; UNACCEPTABLE_ADDRESSES and
   UNEXPECTED_NAT_DETECTED in the answer to our update are logged as errors and move nothing.
-- Every INFORMATIONAL answer echoes a COOKIE2 (3.8), and a request with NAT detection
-  notifies (strongSwan's MOBIKE liveness checks) is answered with ours.
+- Every INFORMATIONAL answer echoes a COOKIE2 (3.7), and a request with NAT detection
+  notifies (strongSwan's MOBIKE liveness checks) is answered with ours (3.8).
 """
 
 from __future__ import annotations
@@ -37,6 +37,12 @@ from ..constants import IKE_PORT, MOBIKE_COOKIE2_LEN, NAT_T_PORT, ExchangeType, 
 from .base import MobikeContext, Request, RequestKind, SaCore, State, log, nat_hash, notify_name
 from .events import DownCause, PathUpdated
 from .message import Message, Notify, Payload
+
+#: Section 3.3: an implementation with MOBIKE and NAT-T changes to port 4500 when the peer
+#: has both, NAT or not. Off: the initiator moves there with its first update instead, so
+#: that an SA that never moves stays where it is (on port 500 without a NAT, as the lab's
+#: IPv6 test, tests/lab/test_ports_families.py, expects); on: right after IKE_AUTH
+NATT_AFTER_AUTH = False
 
 #: the notifies that refuse our update (section 3.5, 3.9)
 UPDATE_REFUSALS = frozenset({NotifyType.UNACCEPTABLE_ADDRESSES,
@@ -82,8 +88,8 @@ class MobikeExchanges(SaCore):
 
     def _mobike_negotiated(self, msg: Message) -> None:
         """IKE_AUTH is done (``msg``: the peer's IKE_AUTH message): the address it came
-        from is proven; MOBIKE is in use if both sent MOBIKE_SUPPORTED (section 3.1), and
-        the peer's addresses are kept (3.4). The initiator moves to the NAT-T port (3.2)
+        from is proven; MOBIKE is in use if both sent MOBIKE_SUPPORTED (section 3.2), and
+        the peer's addresses are kept (3.4). The initiator moves to the NAT-T port (3.3)
         with its first update (``_send_update``), not before: an SA that never moves stays
         where it is, as without MOBIKE."""
         self.verified.add(_ip(self.remote[0]))
@@ -92,11 +98,24 @@ class MobikeExchanges(SaCore):
             return
         self.mobike = True
         self._take_addresses(msg)
-        self._debug("MOBIKE negotiated (RFC 4555 section 3.1)")
+        self._debug("MOBIKE negotiated (RFC 4555 section 3.2)")
+        if NATT_AFTER_AUTH and self.initiator:
+            self._to_natt_port("after IKE_AUTH")
+
+    def _to_natt_port(self, when: str) -> None:
+        """Section 3.3: MOBIKE implies the NAT-T port (4500, with the non-ESP marker)."""
+        if self.natt:
+            return
+        before = self.remote
+        self.natt = True
+        if self.remote[1] == IKE_PORT:
+            self.remote = sockaddr(self.remote[0], NAT_T_PORT)
+        self._debug("MOBIKE: moving to the NAT-T port %s (RFC 4555 section 3.3): %s -> %s",
+                    when, format_addr(before), format_addr(self.remote))
 
     # --- payloads ------------------------------------------------------------------------------
     def _mobike_supported(self) -> list[Payload]:
-        """What IKE_AUTH carries with MOBIKE (sections 3.1, 3.4): MOBIKE_SUPPORTED and our
+        """What IKE_AUTH carries with MOBIKE (sections 3.2, 3.4): MOBIKE_SUPPORTED and our
         additional addresses."""
         if self.config is None or not self.config.mobike:
             return []
@@ -179,10 +198,7 @@ class MobikeExchanges(SaCore):
 
     def _send_update(self, now: float) -> None:
         reason, self._update_wanted = self._update_wanted, None
-        if not self.natt:  # section 3.2: MOBIKE implies the NAT-T port
-            self.natt = True
-            if self.remote[1] == IKE_PORT:
-                self.remote = sockaddr(self.remote[0], NAT_T_PORT)
+        self._to_natt_port("with the first update")
         self._debug("MOBIKE: UPDATE_SA_ADDRESSES from %s to %s (%s)", format_addr(self.local),
                     format_addr(self.remote), reason)
         payloads: list[Payload] = [Notify(NotifyType.UPDATE_SA_ADDRESSES),
@@ -192,21 +208,21 @@ class MobikeExchanges(SaCore):
 
     def _send_check(self, now: float) -> None:
         self._check_wanted = None
-        self._debug("MOBIKE: return routability check of %s (section 3.6)",
+        self._debug("MOBIKE: return routability check of %s (section 3.7)",
                     format_addr(self.remote))
         self._request_send(ExchangeType.INFORMATIONAL, self._cookie2_payload(),
                            RequestKind.ROUTABILITY, now,
                            MobikeContext(self._cookie2, checks=self.remote))
 
     def _cookie2_echoed(self, msg: Message, req: Request) -> bool:
-        """Section 3.8: the answer echoes our COOKIE2, or the IKE SA is closed."""
+        """Section 3.7: the answer echoes our COOKIE2, or the IKE SA is closed."""
         ctx = req.context
         assert isinstance(ctx, MobikeContext)
         got = msg.notify(NotifyType.COOKIE2)
         if got is not None and hmac.compare_digest(got.data, ctx.cookie2):
             return True
         log.warning("%s: MOBIKE: the answer to our %s %s COOKIE2: closing the IKE SA (RFC "
-                    "4555 section 3.8)", self._tag(), req.kind.value,
+                    "4555 section 3.7)", self._tag(), req.kind.value,
                     "lacks the" if got is None else "does not echo our")
         self._die(f"COOKIE2 not echoed in the answer to our {req.kind.value}",
                   DownCause.FAILED)
@@ -255,7 +271,7 @@ class MobikeExchanges(SaCore):
     # --- the peer's requests -----------------------------------------------------------------
     def _mobike_answer(self, msg: Message) -> list[Payload]:
         """What any INFORMATIONAL answer adds: the peer's address list taken; NAT detection
-        answered with ours; COOKIE2 echoed (section 3.8)."""
+        answered with ours (3.8); COOKIE2 echoed (3.7)."""
         if self.mobike:
             self._take_addresses(msg)
         out: list[Payload] = []
@@ -311,6 +327,6 @@ class MobikeExchanges(SaCore):
         if _ip(source[0]) in self.verified:
             self._events.append(PathUpdated(self._me(), self.remote, self.local_behind_nat,
                                             self.remote_behind_nat))
-        else:  # sections 3.6, 5.2: a new address answers before traffic goes there
+        else:  # sections 3.7, 5.2: a new address answers before traffic goes there
             self._check_wanted = source
             self._start_mobike(now)

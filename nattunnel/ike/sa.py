@@ -266,7 +266,7 @@ class IkeSa(IkeRekeyExchanges, InitialExchanges):
     def _mobike_adopt(self, source: Addr) -> None:
         """With MOBIKE the addresses move with UPDATE_SA_ADDRESSES (RFC 4555 section 3.5);
         an authenticated message from another port of the same address (a NAT's new port,
-        the initiator's float to 4500, section 3.2) moves the SA and its child SAs there."""
+        the initiator's float to 4500, section 3.3) moves the SA and its child SAs there."""
         if source[0] != self.remote[0]:
             self._debug("authenticated message from %s, staying at %s: with MOBIKE only "
                         "UPDATE_SA_ADDRESSES moves the SA", format_addr(source),
@@ -303,7 +303,7 @@ class IkeSa(IkeRekeyExchanges, InitialExchanges):
                 if ours:
                     answer.append(Delete(ProtocolId.ESP, ours))
         # everything else (DPD, MOBIKE's address lists, return routability checks) gets an
-        # answer without payloads of its own, with COOKIE2 echoed (RFC 4555 section 3.8)
+        # answer without payloads of its own, with COOKIE2 echoed (RFC 4555 section 3.7)
         answer += self._mobike_answer(msg)
         self._respond(ExchangeType.INFORMATIONAL, msg.header.message_id, answer)
         if dead:

@@ -415,3 +415,33 @@ def test_nat_rebinding_without_mobike_as_before_and_with_it_only_by_update(
     if mobike:
         assert m.update()
         assert m.sa_b.remote == cafe and m.tb.peers["a"].addr == cafe
+
+
+def test_the_nat_t_port_right_after_ike_auth(monkeypatch: pytest.MonkeyPatch) -> None:
+    """RFC 4555 section 3.3 with NATT_AFTER_AUTH: A (no NAT) moves to port 4500 after
+    IKE_AUTH; B follows at A's next message (the same address, another port) and so do the
+    child SAs; a move still works from there."""
+    from nattunnel.ike import mobike
+
+    monkeypatch.setattr(mobike, "NATT_AFTER_AUTH", True)
+    m = Mobile(a_host=A_PUBLIC)
+    m.up()
+    assert m.sa_a.natt and m.sa_a.remote == (B, NAT_T_PORT)
+    assert m.sa_b.remote == (A_PUBLIC, 500)
+    assert m.a.rekey("b", m.now) == 1
+    m.wire.run()
+    assert m.sa_b.remote == (A_PUBLIC, NAT_T_PORT) and m.sa_b.natt
+    assert m.tb.peers["a"].addr == (A_PUBLIC, NAT_T_PORT)
+    m.move_a(A_CAFE)
+    assert m.update()
+    assert m.tb.peers["a"].addr == m.seen_from_a(A_CAFE, m.nat2)
+
+
+def test_without_it_the_first_update_moves_to_the_nat_t_port() -> None:
+    m = Mobile(a_host=A_PUBLIC)
+    m.up()
+    assert not m.sa_a.natt and m.sa_a.remote == (B, 500)  # stays, as without MOBIKE
+    m.move_a(A_CAFE)
+    assert m.update()
+    assert m.sa_a.natt and m.sa_a.remote == (B, NAT_T_PORT)
+    assert m.sa_b.remote == m.seen_from_a(A_CAFE, m.nat2) and m.sa_b.natt
