@@ -50,6 +50,16 @@ DEFAULT_REKEY_TIME: Final = 3600.0
 DEFAULT_IKE_REKEY_TIME: Final = 14400.0
 #: the largest count in [limits]
 LIMIT_COUNT_MAX: Final = 2**31 - 1
+#: a peer's ``relay``: through the TURN relay always, never, or "auto" (only when asked:
+#: the move between relay and direct paths is not built yet, so "auto" means direct)
+RELAY_MODES: Final = ("auto", "always", "never")
+DEFAULT_RELAY: Final = "auto"
+#: the TURN server's port when ``turn.server`` gives none (RFC 8656 section 3.1)
+TURN_PORT: Final = 3478
+#: what the relay adds to each datagram: the ChannelData header (RFC 8656 section 12.4;
+#: ``traversal.turn.CHANNEL_HEADER_LEN``); the derived inner MTU is this much smaller when
+#: a ``turn`` server is configured
+TURN_OVERHEAD: Final = 4
 
 
 class IkeAuth(StrEnum):
@@ -71,6 +81,17 @@ class InterfaceConfig:
     underlay_mtu: int
     #: the TUN MTU: explicit, or the largest inner packet that fits in ``underlay_mtu``
     mtu: int
+
+
+@dataclass(frozen=True, slots=True)
+class TurnConfig:
+    """``turn = { server = "HOST:PORT", username = "...", password_file = "PATH" }``."""
+
+    server: HostPort
+    username: str
+    password_file: Path
+    #: read from ``password_file`` (0600 or refused, like the key files); never shown
+    password: str = dataclasses.field(default="", repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +128,8 @@ class PeerConfig:
     #: IKE peers: whether this host starts the IKE SA (to ``endpoint``); always False for a
     #: manual peer
     initiate: bool = False
+    #: "always": through the TURN relay to ``endpoint``; "never"/"auto": direct
+    relay: str = DEFAULT_RELAY
 
     def __repr__(self) -> str:
         # The dataclass repr would print key_in and key_out; never let a log line hold a key.
@@ -148,3 +171,5 @@ class Config:
     control_socket: Path | None = None
     #: where the Prometheus text endpoint listens (HTTP GET /metrics), or None: none
     metrics: HostPort | None = None
+    #: the TURN relay (RFC 8656) for peers with ``relay = "always"``, or None
+    turn: TurnConfig | None = None

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import ipaddress
 import os
@@ -18,6 +19,7 @@ from ..addr import HostPort, format_addr
 from ..constants import IKE_PORT
 from ..esp.udpencap import inner_mtu
 from ..ike.ratelimit import IkeLimits
+from ..keys import load_psk
 from .fields import ZONE_PROBLEM, ConfigError, got, has_zone, is_ipv6, parse_addr, parse_ip, show
 from .model import (
     DEFAULT_INTERFACE_NAME,
@@ -27,12 +29,15 @@ from .model import (
     INNER_MTU_MIN_IPV4,
     INNER_MTU_MIN_IPV6,
     LIMIT_COUNT_MAX,
+    TURN_OVERHEAD,
+    TURN_PORT,
     UNDERLAY_MTU_MAX,
     UNDERLAY_MTU_MIN,
     Config,
     InterfaceConfig,
     IPInterface,
     PeerConfig,
+    TurnConfig,
 )
 from .peers import PeerFields
 
@@ -56,7 +61,8 @@ def default_control_dir() -> Path:
 #: sun_path's size less its NUL (unix(7))
 UNIX_PATH_MAX: Final = 107
 TOP_KEYS: Final = ("listen", "interface", "peer", "keylog", "ike_port", "limits",
-                    "control_socket", "metrics")
+                    "control_socket", "metrics", "turn")
+TURN_KEYS: Final = ("server", "username", "password_file")
 INTERFACE_KEYS: Final = ("kind", "name", "addresses", "underlay_mtu", "mtu")
 #: the fields of ike.IkeLimits (a test checks that they are all here)
 LIMITS_KEYS: Final = (
@@ -120,7 +126,9 @@ class Parser(PeerFields):
         outer_ipv6 = any(is_ipv6(a) for a in listen)
         iface_table = self.get(doc, "interface", "", dict,
                                "a table [interface] with at least addresses", {})
-        interface = self.interface(iface_table, outer_ipv6)
+        interface = self.interface(iface_table, outer_ipv6,
+                                   TURN_OVERHEAD if "turn" in doc else 0)
+        turn = self.turn(doc, listen)
 
         keylog = None
         if "keylog" in doc:
@@ -161,10 +169,42 @@ class Parser(PeerFields):
         # Everything in the file is checked before any key file is opened.
         self.cross_check(peers)
         self.check_ipv6_mtu(peers, interface)
+        for i, p in enumerate(peers):
+            if p.relay == "always" and (turn is None or p.endpoint is None):
+                raise self.err(f"peer[{i}].relay", "\"always\" needs a turn server (turn = "
+                                                   "{ server = ... }) and the peer's endpoint "
+                                                   "(its relayed address)")
         peers = self.load_keys(peers)
+        if turn is not None:
+            password = self.credential("turn.password_file", load_psk, turn.password_file)
+            try:
+                turn = dataclasses.replace(turn, password=password.decode("utf-8"))
+            except UnicodeDecodeError:
+                raise self.err("turn.password_file", "the password is not UTF-8 text "
+                                                     "(RFC 8489 section 9.2.2)") from None
         return Config(listen=listen, interface=interface, peers=tuple(peers), path=self.path,
                       keylog=keylog, ike_port=ike_port, limits=limits,
-                      control_socket=control_socket, metrics=metrics)
+                      control_socket=control_socket, metrics=metrics, turn=turn)
+
+    def turn(self, doc: dict[str, Any], listen: tuple[HostPort, ...]) -> TurnConfig | None:
+        """``turn = { server = "HOST:PORT", username = "...", password_file = "PATH" }``
+        (the password file is read with the key files)."""
+        if "turn" not in doc:
+            return None
+        t = self.get(doc, "turn", "", dict, "a table { server = \"ADDRESS:PORT\", username "
+                                            "= \"...\", password_file = \"PATH\" }")
+        self.check_keys(t, TURN_KEYS, "turn.")
+        for key in TURN_KEYS:
+            if key not in t:
+                raise self.err("turn." + key, "is missing")
+        text = self.get(t, "server", "turn.", str, "a string \"ADDRESS:PORT\"")
+        server = self.endpoint("turn.server", text, listen, TURN_PORT)
+        username = self.get(t, "username", "turn.", str, "the TURN username")
+        if not username or len(username.encode()) >= 509:  # RFC 8489 section 14.3
+            raise self.err("turn.username", "must be 1..508 octets")
+        path = self.file_path(t, "password_file", "turn.", "the path of a file (0600) that "
+                                                           "holds the TURN password")
+        return TurnConfig(server=server, username=username, password_file=path)
 
     def control_socket(self, doc: dict[str, Any]) -> Path | None:
         """``control_socket``: the Unix socket ``nattunnel show`` and the other commands
@@ -263,7 +303,8 @@ class Parser(PeerFields):
             out.append(addr)
         return tuple(out)
 
-    def interface(self, t: dict[str, Any], outer_ipv6: bool) -> InterfaceConfig:
+    def interface(self, t: dict[str, Any], outer_ipv6: bool,
+                  relay_overhead: int = 0) -> InterfaceConfig:
         pre = "interface."
         self.check_keys(t, INTERFACE_KEYS, pre)
         kind = self.get(t, "kind", pre, str, "\"tun\" or \"inprocess\"", "tun")
@@ -289,11 +330,13 @@ class Parser(PeerFields):
 
         underlay = self.get_int(t, "underlay_mtu", pre, UNDERLAY_MTU_MIN, UNDERLAY_MTU_MAX,
                                 DEFAULT_UNDERLAY_MTU)
-        derived = inner_mtu(underlay, outer_ipv6=outer_ipv6)
+        derived = inner_mtu(underlay, outer_ipv6=outer_ipv6) - relay_overhead
         outer = "IPv6" if outer_ipv6 else "IPv4"
         self.outer_ipv6 = outer_ipv6
+        relay = (f" and the TURN relay's {relay_overhead}-octet ChannelData header"
+                 if relay_overhead else "")
         self.mtu_note = (f"{derived}, the largest inner packet that fits in underlay_mtu "
-                         f"{underlay} over {outer}")
+                         f"{underlay} over {outer}{relay}")
         if "mtu" in t:
             self.mtu_explicit = True
             value = self.get(t, "mtu", pre, int, f"an integer {INNER_MTU_MIN_IPV4}..{derived}")

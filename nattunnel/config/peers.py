@@ -30,8 +30,10 @@ from ..tunnel.prefixes import PrefixTable
 from .fields import show, spi_text
 from .ike_settings import IkeFields
 from .model import (
+    DEFAULT_RELAY,
     DEFAULT_SUITE,
     PEER_NAME_MAX,
+    RELAY_MODES,
     SPI_MAX,
     SPI_MIN,
     TFC_PAD_MAX,
@@ -46,7 +48,7 @@ PEER_KEYS: Final = (
     "esn", "replay_window", "keepalive", "behind_nat", "keepalive_interval", "tfc_pad",
     "auth", "local_id", "remote_id", "psk_file", "private_key", "peer_public_key", "initiate",
     "encap", "dpd_interval", "ike_proposals", "esp_proposals", "local_ts", "rekey_time",
-    "rekey_bytes", "rekey_packets", "ike_rekey_time",
+    "rekey_bytes", "rekey_packets", "ike_rekey_time", "relay",
 )
 
 
@@ -88,6 +90,11 @@ class PeerFields(IkeFields):
         interval = self.seconds(t, "keepalive_interval", pre, DEFAULT_KEEPALIVE_INTERVAL,
                                 zero=False)
         tfc_pad = self.get_int(t, "tfc_pad", pre, 0, min(interface.mtu, TFC_PAD_MAX), 0)
+        relay = self.get(t, "relay", pre, str, "\"auto\", \"always\" or \"never\"",
+                         DEFAULT_RELAY)
+        if relay not in RELAY_MODES:
+            raise self.err(pre + "relay", f"{show(relay)} is not a relay mode; expected "
+                                          "\"auto\", \"always\" or \"never\"")
 
         if auth is not None:
             ike, initiate = self.ike(t, pre, name, auth, endpoint, tuple(allowed), interface,
@@ -102,7 +109,7 @@ class PeerFields(IkeFields):
                 spi_in=None, spi_out=None, key_in=b"", key_out=b"", key_in_path=None,
                 key_out_path=None, esn=first.esn, replay_window=replay_window,
                 keepalive=keepalive, behind_nat=behind_nat, keepalive_interval=interval,
-                tfc_pad=tfc_pad, ike=ike, initiate=initiate,
+                tfc_pad=tfc_pad, ike=ike, initiate=initiate, relay=relay,
             )
 
         suite, spi_in, spi_out, key_in_path, key_out_path, esn = self.manual_sa(t, pre)
@@ -111,7 +118,7 @@ class PeerFields(IkeFields):
             spi_in=spi_in, spi_out=spi_out, key_in=b"", key_out=b"",  # load_keys() fills
             key_in_path=key_in_path, key_out_path=key_out_path, esn=esn,
             replay_window=replay_window, keepalive=keepalive, behind_nat=behind_nat,
-            keepalive_interval=interval, tfc_pad=tfc_pad,
+            keepalive_interval=interval, tfc_pad=tfc_pad, relay=relay,
         )
 
     def keepalive_mode(self, t: dict[str, Any], pre: str) -> KeepaliveMode:
