@@ -602,6 +602,8 @@ class Node:
         for name in changed + added:
             _add_peer(endpoint, controller.ike, fresh[name], now)
         self.config = dataclasses.replace(self.config, peers=new.peers)
+        if self.netwatch is None:  # the first MOBIKE peer: watch from now on
+            self._start_netwatch(asyncio.get_running_loop())
         endpoint.rearm_timer()
         result = {"added": added, "removed": removed, "changed": changed,
                   "unchanged": [n for n in fresh if n in old and n not in changed],

@@ -81,6 +81,17 @@ async def test_mobike_false_negotiates_none(tmp_path: Path) -> None:
         assert a.netwatch is None  # no MOBIKE peer: no watcher
         with pytest.raises(ControlError, match="no established IKE SA with MOBIKE"):
             await a.handle({"command": "update-address", "peer": "b"})
+        # the file says nothing of mobike (on): a reload changes the peer, and the first
+        # MOBIKE peer starts the address watcher
+        result = await a.handle({"command": "reload"})
+        assert result["changed"] == ["b"], result
+        assert a.netwatch is not None
+        await a.wait_up("b", timeout=10)
+        for _ in range(100):
+            if _sas(a, "b") and _sas(a, "b")[0].mobike:
+                break
+            await asyncio.sleep(0.02)
+        assert _sas(a, "b")[0].mobike
     finally:
         await a.stop()
         await b.stop()
