@@ -730,6 +730,11 @@ class Endpoint:
             self._timer = None
         for fut in self._stun_waiters.values():
             fut.cancel()
+        if self.turn is not None and self._loop is not None and self.socks:
+            # free the allocation (LIFETIME 0), or the server refuses this 5-tuple's next
+            # Allocate (437) until the old one expires; sent once, not waited for
+            self.turn.release(self._loop.time())
+            self._flush_turn()
         if self._relay_sock is not None:
             self._relay_sock.close()
         self.sock_filter.stop()

@@ -74,6 +74,11 @@ CHANNEL_LIFETIME: Final = 600.0
 REFRESH_MARGIN: Final = 60.0
 #: 438 (stale nonce) and 401 answers taken in a row for one request before it fails
 MAX_AUTH_RETRIES: Final = 3
+#: a 437 (allocation mismatch) to an Allocate: the server still holds an allocation of this
+#: 5-tuple (ours, released or lost, that it has not freed yet; coturn takes about a second
+#: after a release): the Allocate is made again after 2, 4, 8 s, then it fails
+MISMATCH_RETRIES: Final = 3
+MISMATCH_WAIT: Final = 2.0
 MAX_TRANSACTIONS: Final = 64
 MAX_PEERS: Final = 256
 MAX_EVENTS: Final = 1024
@@ -219,6 +224,7 @@ class TurnClient:
         self._peers: dict[_Key, PeerState] = {}
         self._by_channel: dict[int, PeerState] = {}
         self._permitted: dict[str, float] = {}  # peer IP -> until when
+        self._mismatches = 0
         self._outgoing: list[tuple[Addr, bytes]] = []
         self._events: deque[Event] = deque(maxlen=max_events)
         self.counters: dict[str, int] = dict.fromkeys(
@@ -226,7 +232,7 @@ class TurnClient:
              "integrity_failed", "unexpected", "errors", "timed_out", "stale_nonce",
              "refreshes", "channel_data_in", "data_in", "unknown_channel",
              "no_permission", "events_dropped", "refused", "frames_out",
-             "permission_refreshes", "channel_refreshes"), 0)
+             "permission_refreshes", "channel_refreshes", "mismatch_retries"), 0)
 
     # --- the allocation --------------------------------------------------------------------
     def allocate(self, now: float) -> None:
@@ -472,6 +478,11 @@ class TurnClient:
                 self._integrity = make_integrity_key(self.username, self.realm, self._password)
                 self._begin(t.what, t.peer, now, t.auth_retries + 1)
                 return
+        if code == 437 and t.what == "allocate" and self._mismatches < MISMATCH_RETRIES:
+            self.counters["mismatch_retries"] += 1
+            self._schedule(("reallocate", None), now + MISMATCH_WAIT * 2 ** self._mismatches)
+            self._mismatches += 1
+            return
         self.counters["errors"] += 1
         self._failed(t.what, code, reason or "error response", t.peer)
 
@@ -490,6 +501,7 @@ class TurnClient:
             self.mapped = _addr(msg.attributes.get("XOR-MAPPED-ADDRESS"))
             self._granted(lifetime, now)
             self.state = "allocated"
+            self._mismatches = 0
             self._event(Allocated(relayed, self.mapped, self.expires - now))
             for st in self._peers.values():
                 self._permission(st, now)
@@ -582,6 +594,8 @@ class TurnClient:
                 self._tx_due(what, now)
             elif kind == "refresh" and self.state == "allocated":
                 self._begin("refresh", None, now)
+            elif kind == "reallocate" and self.state == "allocating":
+                self._begin("allocate", None, now)
             elif kind in ("perm", "chan") and isinstance(what, tuple):
                 st = self._peers.get(what)
                 if st is not None and self.state == "allocated":

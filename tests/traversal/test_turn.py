@@ -242,11 +242,25 @@ def test_errors_and_timeouts() -> None:
     assert times == [0.0, 0.5, 1.5, 3.5, 7.5, 15.5, 31.5]
     assert c2.next_event() == TurnFailed("allocate", None, "no answer after 7 requests")
     assert c2.state == "failed"
-    # 437 to an allocate: failed with its code
+    # 437 to an allocate (the server still holds this 5-tuple's allocation): made again
+    # after 2, 4 and 8 s, then failed with its code
     c3, s3 = _client(), Server()
-    s3.errors[stun.Method.ALLOCATE] = [437]
+    s3.errors[stun.Method.ALLOCATE] = [437] * 4
     c3.allocate(0.0)
-    assert run(c3, s3, 0.0) == [TurnFailed("allocate", 437, "Error")]
+    assert run(c3, s3, 0.0) == []
+    for when in (2.0, 6.0):
+        assert c3.get_timer() == when
+        c3.handle_timer(when)
+        assert run(c3, s3, when) == []
+    c3.handle_timer(14.0)
+    assert run(c3, s3, 14.0) == [TurnFailed("allocate", 437, "Error")]
+    assert c3.counters["mismatch_retries"] == 3 and c3.state == "failed"
+    c4, s4 = _client(), Server()
+    s4.errors[stun.Method.ALLOCATE] = [437]
+    c4.allocate(0.0)
+    assert run(c4, s4, 0.0) == []
+    c4.handle_timer(2.0)
+    assert run(c4, s4, 2.0) == [Allocated(RELAYED, MAPPED, 600.0)]
 
 
 def test_bounded_peers_and_channels() -> None:

@@ -8,6 +8,7 @@ go both ways through the in-process interfaces."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import shutil
 import socket
@@ -19,7 +20,7 @@ from nattunnel.app import Node
 from nattunnel.config import load_config
 from nattunnel.keys import write_psk_file
 from nattunnel.lab.coturn import Coturn, Relay
-from nattunnel.traversal.turn import ChannelUp, TurnClient
+from nattunnel.traversal.turn import Allocated, ChannelUp, TurnClient
 from tests.support.packets import ip4
 
 A_IN, B_IN = "198.18.110.1", "198.18.110.2"
@@ -124,6 +125,20 @@ async def test_ike_and_packets_through_coturn_relays_with_refreshes(tmp_path: Pa
         assert await asyncio.wait_for(b.recv(), 5) == pkt
         assert b.endpoint.tunnel.relay_received > 0
         assert a.endpoint.stats()["turn"]["channel_data_in"] > 0
+        # stopped, a node frees its allocation: the same port allocates again at once
+        # (without the release coturn would answer 437, allocation mismatch)
+        port = a.endpoint.local_addresses()[0][1]
+        old = a.endpoint.turn
+        await a.stop()
+        assert old is not None and old.state == "releasing"
+        a = Node(dataclasses.replace(a.config, listen=(("127.0.0.1", port),)))
+        await a.start()
+        assert a.endpoint is not None
+        again: list[object] = []
+        a.endpoint.on_turn_event = again.append
+        a.endpoint.start_relay(servers[0].address, "nattunnel", "secret")
+        await _until(lambda: bool(again), 15)
+        assert isinstance(again[0], Allocated), again
     finally:
         await a.stop()
         await b.stop()
