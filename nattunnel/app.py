@@ -476,10 +476,11 @@ class Node:
     def _net_changed(self) -> None:
         """An address or route changed: our addresses announced, and each MOBIKE SA whose
         source address towards its peer changed is moved (UPDATE_SA_ADDRESSES)."""
-        _, controller = self._parts()
-        if controller.ike is not None:
-            controller.ike.set_local_addresses(self._outer_addresses(), self._now())
+        endpoint, controller = self._parts()
         self.update_address(None, force=False, reason="an address or route changed")
+        if controller.ike is not None:  # after the updates: they go first
+            controller.ike.set_local_addresses(self._outer_addresses(), self._now())
+            endpoint.rearm_timer()
 
     def update_address(self, peer: str | None = None, *, force: bool = True,
                        reason: str = "asked") -> int:

@@ -500,3 +500,7 @@ NLM_F_DUMP: Final = 0x300
 #: ifaddrmsg attributes: the address, the local address (point-to-point)
 IFA_ADDRESS: Final = 1
 IFA_LOCAL: Final = 2
+#: netdevice(7): the interface flags request; the flags of a link that is up and running
+SIOCGIFFLAGS: Final = 0x8913
+IFF_UP: Final = 0x1
+IFF_RUNNING: Final = 0x40

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import ipaddress
 import logging
 import socket
@@ -27,6 +28,8 @@ from ..addr import Addr, sockaddr
 from ..constants import (
     IFA_ADDRESS,
     IFA_LOCAL,
+    IFF_RUNNING,
+    IFF_UP,
     NLM_F_DUMP,
     NLM_F_REQUEST,
     NLMSG_DONE,
@@ -40,6 +43,7 @@ from ..constants import (
     RTMGRP_IPV4_ROUTE,
     RTMGRP_IPV6_IFADDR,
     RTMGRP_IPV6_ROUTE,
+    SIOCGIFFLAGS,
 )
 
 if TYPE_CHECKING:
@@ -99,9 +103,9 @@ def _addresses_in(data: bytes) -> tuple[list[str], bool]:
 def _ifaddr(body: bytes) -> list[str]:
     if len(body) < _IFADDRMSG.size:
         return []
-    family, _plen, _flags, scope, _index = _IFADDRMSG.unpack_from(body)
+    family, _plen, _flags, scope, index = _IFADDRMSG.unpack_from(body)
     size = 4 if family == socket.AF_INET else 16 if family == socket.AF_INET6 else 0
-    if not size or scope >= 253:  # RT_SCOPE_HOST (loopback) and RT_SCOPE_NOWHERE
+    if not size or scope >= 253 or not _link_up(index):  # RT_SCOPE_HOST, _NOWHERE
         return []
     attrs: dict[int, bytes] = {}
     off = _align(_IFADDRMSG.size)
@@ -116,6 +120,19 @@ def _ifaddr(body: bytes) -> list[str]:
         return []
     ip = ipaddress.ip_address(raw)
     return [] if ip.is_link_local or ip.is_loopback else [str(ip)]
+
+
+def _link_up(index: int) -> bool:
+    """Whether interface ``index`` is up and running (SIOCGIFFLAGS): an address on a link
+    that is down (IPv4 keeps it) is not one to be reached at. True if it cannot be asked."""
+    try:
+        name = socket.if_indextoname(index)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            req = struct.pack("16sH14x", name.encode()[:15], 0)
+            flags = struct.unpack_from("16sH", fcntl.ioctl(s.fileno(), SIOCGIFFLAGS, req))[1]
+    except OSError:
+        return True
+    return bool(flags & IFF_UP and flags & IFF_RUNNING)
 
 
 def addresses() -> list[str]:
