@@ -1601,3 +1601,15 @@ def test_control_socket_and_metrics(cfgdir: Path, monkeypatch: pytest.MonkeyPatc
     for bad in ('"9586"', '"localhost"', "9586"):
         e = error(cfgdir, f"metrics = {bad}\n" + base)
         assert ": metrics" in str(e), str(e)
+
+
+def test_mobike_key(ikedir: Path) -> None:
+    """``mobike`` in an IKE peer's table: on by default (as strongSwan's), false turns it
+    off, anything else names the field."""
+    (pc,) = load(ikedir, IKE_PSK).peers
+    assert pc.ike is not None and pc.ike.mobike is True
+    text = IKE_PSK.replace('auth = "psk"', 'auth = "psk"\nmobike = false')
+    (pc,) = load(ikedir, text).peers
+    assert pc.ike is not None and pc.ike.mobike is False
+    e = ike_error(ikedir, IKE_PSK.replace('auth = "psk"', 'auth = "psk"\nmobike = "yes"'))
+    assert "peer[0].mobike" in str(e)

@@ -6,7 +6,7 @@ A Unix stream socket. The client sends one request, a JSON object on one line
 connection closes. Requests are at most MAX_REQUEST octets.
 
 Commands: ``show`` [peer], ``initiate`` peer, ``terminate`` peer, ``rekey`` peer [ike],
-``reload``, ``down`` (docs/operations.md).
+``update-address`` peer (MOBIKE), ``reload``, ``down`` (docs/operations.md).
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ from typing import Any, Final
 MAX_REQUEST: Final = 64 * 1024
 #: an answer's bound for the client (a show of thousands of peers fits)
 MAX_ANSWER: Final = 64 * 1024 * 1024
-COMMANDS: Final = ("show", "initiate", "terminate", "rekey", "reload", "down")
+COMMANDS: Final = ("show", "initiate", "terminate", "rekey", "update-address", "reload",
+                   "down")
 
 
 class ControlError(Exception):

@@ -74,6 +74,9 @@ def _ike_sa(sa: IkeSa, peer: Peer | None, ike: IkeManager, endpoint: Endpoint,
         "rekey_in": _until(now, sa.ike_rekey_at) if sa.established else None,
         "last_received": _ago(now, sa.last_rx),
         "rekeyed": sa.rekeyed,
+        # MOBIKE (RFC 4555): negotiated, moves made, the peer's other addresses
+        "mobike": sa.mobike, "path_updates": sa.path_updates,
+        "peer_addresses": [str(a) for a in sa.peer_addresses],
         "children": [_child(c, peer, ike, endpoint, now) for c in sa.children],
     }
 

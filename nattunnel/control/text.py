@@ -52,6 +52,10 @@ def _ike_sa(sa: dict[str, Any]) -> list[str]:
     lines = [f"  IKE SA: {sa['state']}{' (rekeyed)' if sa['rekeyed'] else ''}, {role}, "
              f"{sa['proposal'] or 'no proposal yet'}, SPIs {sa['spi_i']}_i {sa['spi_r']}_r, "
              f"{sa['local']} <-> {sa['remote']}, {duration(sa['age'])} old{rekey}"]
+    if sa.get("mobike"):
+        others = ", ".join(sa.get("peer_addresses") or []) or "none announced"
+        lines.append(f"    MOBIKE: {sa.get('path_updates', 0)} address update(s); the peer's "
+                     f"other addresses: {others}")
     for c in sa["children"]:
         rekey = f", rekey in {duration(c['rekey_in'])}" if c["rekey_in"] is not None else ""
         out = (f", out {octets(c['tx_bytes'])} ({c['tx_packets']} packets)"

@@ -114,6 +114,19 @@ def test_show_rekey_terminate_initiate_down(pair: Pair, tmp_path: Path) -> None:
             "child_rekeys"] == 1
 
     _wait(rekeyed)
+    # MOBIKE (on by default): an UPDATE_SA_ADDRESSES on request, the same SA afterwards
+    spi = json.loads(nt("show", "--json", "--socket", str(sock_a)).stdout)["peers"]["b"][
+        "ike_sas"][0]["spi_i"]
+    out = nt("update-address", "b", "--socket", str(sock_a)).stdout.strip()
+    assert out == "updating the addresses of 1 IKE SA(s) (MOBIKE)"
+
+    def updated() -> bool:
+        sa = json.loads(nt("show", "--json", "--socket", str(sock_a)).stdout)["peers"][
+            "b"]["ike_sas"][0]
+        return bool(sa["mobike"] and sa["path_updates"] == 1 and sa["spi_i"] == spi)
+
+    _wait(updated)
+    assert "MOBIKE: 1 address update(s)" in nt("show", "--socket", str(sock_a)).stdout
     r = nt("show", "zz", "--socket", str(sock_a), check=False)
     assert r.returncode == 1 and r.stderr.strip() == "nattunnel show: " + str(sock_a) + \
         ": no peer 'zz'"
