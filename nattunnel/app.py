@@ -743,8 +743,8 @@ def _log_started(config: Config, node: Node) -> None:
     log.info("listening on %s; inner interface %s (%s, mtu %d)%s", where, ic.kind,
              ic.name, ic.mtu, _taken_over(endpoint))
     if node.control_server is not None:
-        log.info("control socket %s (nattunnel show, initiate, terminate, rekey, reload, "
-                 "down)", node.control_server.path)
+        log.info("control socket %s (nattunnel show, initiate, terminate, rekey, "
+                 "update-address, reload, down)", node.control_server.path)
     if node.metrics_server is not None:
         log.info("metrics on http://%s/metrics", format_addr(node.metrics_server.address))
 
