@@ -19,7 +19,8 @@ def add_parser(sub: Subparsers) -> None:
         description="Benchmarks: the ESP data path, endpoints on loopback, tunnels across a "
                     "real NAT, traffic under attack, many idle peers (docs/benchmarks.md).")
     bsub = bench.add_subparsers(dest="bench_command", required=True, metavar="BENCHMARK")
-    for add in (_add_crypto, _add_netns, _add_loopback, _add_attack, _add_scale):
+    for add in (_add_crypto, _add_netns, _add_loopback, _add_attack, _add_scale,
+                _add_handshakes):
         add(bsub)
 
 
@@ -209,3 +210,38 @@ def run_scale(args: argparse.Namespace) -> int:
     if not 2 <= args.peers <= 20000 or not 0 < args.seconds <= 3600:
         return fail("bench scale", "--peers must be 2..20000 and --seconds 0..3600")
     return scale_main(args.peers, args.seconds, args.json)
+
+
+# --------------------------------------------------------------------------- handshakes
+
+
+def _add_handshakes(bsub: Subparsers) -> None:
+    p = bsub.add_parser(
+        "handshakes", help="IKE handshakes per second: in process, and against charon (root)",
+        description="IKE_SA_INIT + IKE_AUTH completed per second by a nattunnel responder "
+                    "(in process, no sockets), memory per IKE SA, and against charon in the "
+                    "namespace lab with --lab (root; docs/benchmarks.md).")
+    p.add_argument("-n", type=int, default=1000,
+                   help="handshakes per in-process case (default 1000)")
+    p.add_argument("--memory-sas", type=int, default=2000,
+                   help="IKE SAs held for the memory figure (default 2000, 0: none)")
+    p.add_argument("--lab", action="store_true",
+                   help="also charon and nattunnel up in the lab (root)")
+    p.add_argument("--lab-only", action="store_true", help="only the lab part (root)")
+    p.add_argument("--lab-n", type=int, default=2000,
+                   help="handshakes per responder and auth in the lab (default 2000)")
+    p.add_argument("--window", type=int, default=16,
+                   help="handshakes in flight in the lab (default 16)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a report")
+    p.set_defaults(func=run_handshakes)
+
+
+def run_handshakes(args: argparse.Namespace) -> int:
+    from ..bench.handshakes import handshakes_main
+
+    if not 1 <= args.n <= 100000 or not 0 <= args.memory_sas <= 100000:
+        return fail("bench handshakes", "-n must be 1..100000 and --memory-sas 0..100000")
+    if not 1 <= args.lab_n <= 100000 or not 1 <= args.window <= 1000:
+        return fail("bench handshakes", "--lab-n must be 1..100000 and --window 1..1000")
+    return handshakes_main(args.n, args.memory_sas, args.lab_n, args.window,
+                           not args.lab_only, args.lab or args.lab_only, args.json)
