@@ -20,7 +20,9 @@ from __future__ import annotations
 import contextlib
 import importlib
 import json
+import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -29,6 +31,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +62,17 @@ class NetResult:
     mtu: int | None = None
     #: "ok", "not installed (use --install-peers)" or "failed: <short reason>"
     status: str = OK
+    #: TCP rows: ping RTT (ms, p50 and p99 of the replies, ``ping -i 0.1``) with the tunnel
+    #: idle and during the TCP run, and the pings without a reply (idle + loaded)
+    rtt_idle_p50_ms: float | None = None
+    rtt_idle_p99_ms: float | None = None
+    rtt_load_p50_ms: float | None = None
+    rtt_load_p99_ms: float | None = None
+    pings_lost: int | None = None
+    #: UDP rows: datagrams per second received by the iperf3 server at 64- and 512-octet
+    #: payloads (``-u -b 0 -l 64`` / ``-l 512``)
+    pps_64: float | None = None
+    pps_512: float | None = None
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -155,17 +169,23 @@ class OtherWork:
 
 
 def iperf(lab: Lab, server_ns: str, client_ns: str, addr: str, seconds: float,
-           udp: bool) -> float:
-    """Received Mbit/s of one iperf3 run; a run that ends without a result (iperf3 exits 0
-    with an incomplete report now and then) is repeated once."""
+          udp: bool, length: int = 1300) -> float:
+    """Received Mbit/s of one iperf3 run (UDP: ``-b 0 -l length``); a run that ends without
+    a result (iperf3 exits 0 with an incomplete report now and then) is repeated once."""
     try:
-        return _iperf_once(lab, server_ns, client_ns, addr, seconds, udp)
+        return _iperf_once(lab, server_ns, client_ns, addr, seconds, udp, length)
     except RuntimeError:
-        return _iperf_once(lab, server_ns, client_ns, addr, seconds, udp)
+        return _iperf_once(lab, server_ns, client_ns, addr, seconds, udp, length)
+
+
+def udp_pps(lab: Lab, dest: str, seconds: float, length: int) -> float:
+    """Datagrams per second of ``length`` octets that reached the iperf3 server on B (its
+    received bytes over the payload length: losses excluded), A sending as fast as it can."""
+    return iperf(lab, "b", "a", dest, seconds, True, length) * 1e6 / (8 * length)
 
 
 def _iperf_once(lab: Lab, server_ns: str, client_ns: str, addr: str, seconds: float,
-                udp: bool) -> float:
+                udp: bool, length: int = 1300) -> float:
     """Received Mbit/s of one iperf3 run (the server stops after one test)."""
     port = 5201
     srv = lab.popen(server_ns, "iperf3", "-s", "-1", "-B", addr, "-p", port,
@@ -174,7 +194,7 @@ def _iperf_once(lab: Lab, server_ns: str, client_ns: str, addr: str, seconds: fl
         deadline = time.monotonic() + 5
         args: list[str | int] = ["iperf3", "-c", addr, "-p", port, "-t", f"{seconds:g}", "-J"]
         if udp:
-            args += ["-u", "-b", "0", "-l", "1300"]
+            args += ["-u", "-b", "0", "-l", length]
         while True:
             r = lab.exec(client_ns, *args, check=False, timeout=seconds + 30)
             # iperf3 -J may exit 0 with "unable to connect" in its report
@@ -197,6 +217,79 @@ def _iperf_once(lab: Lab, server_ns: str, client_ns: str, addr: str, seconds: fl
         return float(summary["bits_per_second"]) / 1e6
     finally:
         lab.stop(srv)
+
+
+# --------------------------------------------------------------------------- latency
+
+#: ``ping -i`` (seconds): about 10 pings per second
+PING_INTERVAL = 0.1
+#: length of each of the new measurements (idle ping, pps at 64 and 512 octets), at most
+EXTRA_SECONDS = 3.0
+_RTT = re.compile(r"icmp_seq=(\d+) .*time=([0-9.]+) ms")
+
+
+def parse_ping(output: str) -> list[float]:
+    """RTTs in ms of the replies in ``ping -n`` output, one per sequence number (a
+    duplicate reply is not a second sample)."""
+    seen: dict[int, float] = {}
+    for m in _RTT.finditer(output):
+        seen.setdefault(int(m.group(1)), float(m.group(2)))
+    return list(seen.values())
+
+
+def percentile(values: Sequence[float], q: float) -> float | None:
+    """Nearest-rank percentile (``q`` in 0..100) of ``values``, None when there are none."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = max(1, math.ceil(q / 100 * len(ordered)))
+    return ordered[rank - 1]
+
+
+def ping_rtts(lab: Lab, dest: str, count: int) -> tuple[list[float], int]:
+    """``count`` pings A -> ``dest`` at ``PING_INTERVAL``: the RTTs of the replies (ms) and
+    how many got none."""
+    r = lab.exec("a", "ping", "-n", "-i", f"{PING_INTERVAL:g}", "-c", count, "-W", "1", dest,
+                 check=False, timeout=count * PING_INTERVAL + 10)
+    rtts = parse_ping(r.stdout)
+    return rtts, max(0, count - len(rtts))
+
+
+class LoadedPing:
+    """Pings A -> ``dest`` in a thread while something else (the TCP run) loads the
+    tunnel: ``start`` waits ``delay`` (iperf3's connection setup and slow start), then
+    sends ``count`` pings; ``result`` joins."""
+
+    def __init__(self, lab: Lab, dest: str, count: int, delay: float) -> None:
+        self.rtts: list[float] = []
+        self.lost = 0
+        self.error: str | None = None
+        self._args = (lab, dest, count, delay)
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        lab, dest, count, delay = self._args
+        time.sleep(delay)
+        try:
+            self.rtts, self.lost = ping_rtts(lab, dest, count)
+        except (OSError, subprocess.SubprocessError) as exc:
+            self.error = str(exc)
+
+    def start(self) -> LoadedPing:
+        self._thread.start()
+        return self
+
+    def result(self, timeout: float) -> tuple[list[float], int]:
+        self._thread.join(timeout)
+        return self.rtts, self.lost
+
+
+def loaded_ping_plan(seconds: float) -> tuple[int, float]:
+    """(pings, delay) for the ping during a TCP run of ``seconds``: from 1 s in (0.3 s for
+    runs under 2 s) to 0.5 s before its end, at least 5 pings."""
+    delay = 1.0 if seconds >= 2 else 0.3
+    count = max(5, int((seconds - delay - 0.5) / PING_INTERVAL))
+    return count, delay
 
 
 def _tunnel_packets(t: Tunnels) -> int:
@@ -256,6 +349,41 @@ def _measure(lab: Lab, run: Running, proto: str, seconds: float, mtu: int | None
                      packets_per_cpu_second=pk / cpu if cpu > 0 else None, mtu=mtu)
 
 
+def with_extras(lab: Lab, dest: str, proto: str, seconds: float, extra: float,
+                measure: Callable[[], NetResult]) -> NetResult:
+    """``measure()`` (one ``proto`` throughput run to ``dest``) with the latency and
+    packet-rate figures around it, each ``extra`` seconds: for TCP, ping RTT idle (before)
+    and during the run; for UDP, datagrams per second at 64 and 512 octets (after). A
+    failed extra leaves its fields None and does not fail the row."""
+    if proto == "tcp":
+        idle, lost = ping_rtts(lab, dest, max(5, int(extra / PING_INTERVAL)))
+        count, delay = loaded_ping_plan(seconds)
+        pinger = LoadedPing(lab, dest, count, delay).start()
+        r = measure()
+        load, lost_load = pinger.result(timeout=count * PING_INTERVAL + delay + 15)
+        r.rtt_idle_p50_ms, r.rtt_idle_p99_ms = percentile(idle, 50), percentile(idle, 99)
+        r.rtt_load_p50_ms, r.rtt_load_p99_ms = percentile(load, 50), percentile(load, 99)
+        r.pings_lost = lost + lost_load
+        return r
+    r = measure()
+    for length in (64, 512):
+        try:
+            pps = udp_pps(lab, dest, extra, length)
+        except (RuntimeError, OSError, ValueError, subprocess.SubprocessError):
+            continue
+        setattr(r, f"pps_{length}", pps)
+    return r
+
+
+def _baseline(lab: Lab, eth: Running, proto: str, seconds: float) -> NetResult:
+    try:
+        mbps = iperf(lab, "b", "a", lab.addr["b"], seconds, proto == "udp")
+    except (RuntimeError, OSError, ValueError) as exc:
+        return NetResult(BASELINE, proto, None, mtu=eth.mtu(),
+                         status=f"failed: {_short(str(exc))}")
+    return NetResult(BASELINE, proto, mbps, mtu=eth.mtu())
+
+
 def add_ratios(results: list[NetResult]) -> None:
     ref: dict[tuple[str, str], float] = {}
     for r in results:
@@ -272,10 +400,20 @@ def add_ratios(results: list[NetResult]) -> None:
 
 def run_netns(seconds: float, tunnels: Sequence[str] = TUNNELS,
               progress: Callable[[str], None] | None = None,
-              profile: dict[str, list[tuple[float, str]]] | None = None) -> list[NetResult]:
+              profile: dict[str, list[tuple[float, str]]] | None = None,
+              extras: bool = True) -> list[NetResult]:
     """Baseline, then each of ``tunnels`` (in ``TUNNELS`` order), TCP and UDP each. With
-    ``profile``, nattunnel's endpoints are sampled during its TCP run (filled in by role)."""
+    ``profile``, nattunnel's endpoints are sampled during its TCP run (filled in by role).
+    With ``extras`` (``with_extras``), ping RTT idle and under TCP load and UDP packets per
+    second at 64 and 512 octets too, each ``min(EXTRA_SECONDS, seconds)``."""
     say = progress or (lambda s: None)
+    extra = min(EXTRA_SECONDS, seconds)
+
+    def measure(run: Running, proto: str, one: Callable[[], NetResult]) -> NetResult:
+        if not extras:
+            return one()
+        return with_extras(run.lab, run.dest, proto, seconds, extra, one)
+
     starters: dict[str, Callable[[Lab, Path], Running]] = {"nattunnel": start_nattunnel,
                                                             **STARTERS}
     results: list[NetResult] = []
@@ -283,13 +421,7 @@ def run_netns(seconds: float, tunnels: Sequence[str] = TUNNELS,
         eth = Running(BASELINE, lab, lab.addr["b"], {"a": "eth0"})
         for proto in PROTOS:
             say(f"baseline (no tunnel) {proto.upper()} {seconds:g} s ...")
-            try:
-                mbps = iperf(lab, "b", "a", lab.addr["b"], seconds, proto == "udp")
-            except (RuntimeError, OSError, ValueError) as exc:
-                results.append(NetResult(BASELINE, proto, None, mtu=eth.mtu(),
-                                         status=f"failed: {_short(str(exc))}"))
-                continue
-            results.append(NetResult(BASELINE, proto, mbps, mtu=eth.mtu()))
+            results.append(measure(eth, proto, partial(_baseline, lab, eth, proto, seconds)))
         for name in (t for t in TUNNELS if t in tunnels):
             missing = [] if name == "nattunnel" else peer_problems(name)
             if missing:
@@ -313,7 +445,8 @@ def run_netns(seconds: float, tunnels: Sequence[str] = TUNNELS,
                 for proto in PROTOS:
                     say(f"{name} {proto.upper()} {seconds:g} s (MTU {mtu}) ...")
                     sample = profile if name == "nattunnel" and proto == "tcp" else None
-                    results.append(_measure(lab, run, proto, seconds, mtu, sample, Path(tmp)))
+                    results.append(measure(run, proto, partial(
+                        _measure, lab, run, proto, seconds, mtu, sample, Path(tmp))))
                     if results[-1].status != OK:
                         say(f"{name} {proto.upper()}: {results[-1].status}")
             finally:
@@ -329,9 +462,16 @@ def _num(value: float | int | None, fmt: str) -> str:
     return "-" if value is None else format(value, fmt)
 
 
+def _pair(a: float | None, b: float | None) -> str:
+    return "-" if a is None or b is None else f"{a:.2f}/{b:.2f}"
+
+
 def format_table(results: list[NetResult]) -> str:
+    """One row per tunnel and protocol. TCP rows carry the ping RTT columns (ms, p50/p99,
+    idle and during the TCP run), UDP rows the packets per second at 64 and 512 octets."""
     head = (f"{'tunnel':<17}{'proto':<6}{'MTU':>5}{'Mbit/s':>9}{'x nattunnel':>13}"
-            f"{'x baseline':>12}{'CPU s':>8}{'packets/CPU-s':>15}")
+            f"{'x baseline':>12}{'CPU s':>8}{'packets/CPU-s':>15}"
+            f"{'idle RTT ms':>13}{'load RTT ms':>14}{'pps 64':>10}{'pps 512':>10}")
     lines = [head]
     for r in results:
         left = f"{r.tunnel:<17}{r.proto:<6}{_num(r.mtu, 'd'):>5}"
@@ -342,6 +482,9 @@ def format_table(results: list[NetResult]) -> str:
             f"{left}{r.mbps:>9.0f}{_num(r.ratio_to_nattunnel, '.3f'):>13}"
             f"{_num(r.ratio_to_baseline, '.3f'):>12}{_num(r.cpu_seconds, '.1f'):>8}"
             f"{_num(r.packets_per_cpu_second, ',.0f'):>15}"
+            f"{_pair(r.rtt_idle_p50_ms, r.rtt_idle_p99_ms):>13}"
+            f"{_pair(r.rtt_load_p50_ms, r.rtt_load_p99_ms):>14}"
+            f"{_num(r.pps_64, ',.0f'):>10}{_num(r.pps_512, ',.0f'):>10}"
         )
     return "\n".join(lines)
 
@@ -414,7 +557,9 @@ def format_profile(profile: dict[str, list[tuple[float, str]]]) -> str:
 
 
 def netns_main(seconds: float, as_json: bool, tunnels: Sequence[str] = TUNNELS,
-               png: str | None = None, install: bool = False, profile: bool = False) -> int:
+               png: str | None = None, install: bool = False, profile: bool = False,
+               extras: bool = True) -> int:
+    """``extras=False`` (quick runs): throughput only, no ping RTT or packets per second."""
     if install:
         from ..lab.peers import install_peers
 
@@ -433,7 +578,7 @@ def netns_main(seconds: float, as_json: bool, tunnels: Sequence[str] = TUNNELS,
     info = machine_info()
     other = OtherWork().start()
     try:
-        results = run_netns(seconds, tunnels, progress, samples)
+        results = run_netns(seconds, tunnels, progress, samples, extras=extras)
     finally:
         other_work = other.stop()
     title = (f"nattunnel bench netns, iperf3 {seconds:g} s each; {info['cpu']}, "
@@ -449,7 +594,13 @@ def netns_main(seconds: float, as_json: bool, tunnels: Sequence[str] = TUNNELS,
               f"Python {info['python']}, cryptography {info['cryptography']}")
         print(f"other work on the machine during the run: {_num(other_work, '.2f')} of "
               f"{info['cores']} cores on average (processes outside this run)")
-        print(f"iperf3 A (behind NAT) -> B, {seconds:g} s each, one after another\n")
+        print(f"iperf3 A (behind NAT) -> B, {seconds:g} s each, one after another")
+        if extras:
+            print(f"RTT: ping -i {PING_INTERVAL:g} A -> B, p50/p99 in ms, idle "
+                  f"({min(EXTRA_SECONDS, seconds):g} s) and during the TCP run; pps: "
+                  f"iperf3 -u -b 0 -l 64 / -l 512, {min(EXTRA_SECONDS, seconds):g} s, "
+                  "datagrams per second received by B")
+        print()
         print(format_table(results))
         if samples:
             print("\nwhere nattunnel's time goes during the TCP run:\n" + format_profile(samples))

@@ -19,6 +19,9 @@ from nattunnel.bench.netns import (
     OtherWork,
     add_ratios,
     format_table,
+    loaded_ping_plan,
+    parse_ping,
+    percentile,
     report_json,
     write_png,
 )
@@ -34,6 +37,17 @@ def _bench(*args: str) -> dict:
         [sys.executable, "-m", "nattunnel", "bench", "netns", "--seconds", "1", "--json", *args],
         capture_output=True, text=True, timeout=150,
     )
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def _quick_bench(*tunnels: str) -> dict:
+    """``netns_main(extras=False)``: the quick run, throughput only (the CLI has no flag for
+    it yet), 1 s per protocol, JSON."""
+    code = ("import sys; from nattunnel.bench.netns import netns_main; "
+            f"sys.exit(netns_main(1.0, True, {list(tunnels)!r}, extras=False))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=150)
     assert r.returncode == 0, r.stderr
     return json.loads(r.stdout)
 
@@ -58,6 +72,26 @@ def test_bench_netns_runs_and_reports_json():
             assert (row["mbps"] is not None) == (row["status"] == "ok")
     assert "cpu" in report["machine"]
     assert report["tunnels"] == list(TUNNELS)
+    _check_extras(rows)
+
+
+def _check_extras(rows: dict) -> None:
+    """The latency and packet-rate fields of every row that was measured: TCP rows carry
+    ping RTTs (idle and during the TCP run), UDP rows datagrams per second at 64 and 512
+    octets, each sane."""
+    measured = {tunnel for (tunnel, _), x in rows.items() if x["status"] == "ok"}
+    assert {BASELINE, "nattunnel"} <= measured
+    for tunnel in measured:
+        tcp, udp = rows[(tunnel, "tcp")], rows[(tunnel, "udp")]
+        for when in ("idle", "load"):
+            p50, p99 = tcp[f"rtt_{when}_p50_ms"], tcp[f"rtt_{when}_p99_ms"]
+            assert 0 < p50 <= p99 < 1000, (tunnel, tcp)
+        assert 0 <= tcp["pings_lost"] <= 5, (tunnel, tcp)  # of 15 or more
+        assert tcp["pps_64"] is None and udp["rtt_idle_p50_ms"] is None
+        for length in (64, 512):
+            pps = udp[f"pps_{length}"]
+            # at least 1000/s; at most what the whole UDP run carried in bits, times 2
+            assert pps > 1000 and pps * length * 8 / 1e6 < 2 * max(udp["mbps"], 100), udp
 
 
 @pytest.mark.root
@@ -65,7 +99,7 @@ def test_bench_netns_nattunnel_and_strongswan_side_by_side():
     """strongSwan (charon + kernel-libipsec) measured in the same run as nattunnel; CI
     installs the strongSwan packages (tests/debian-packages.txt)."""
     require_lab_tools(("ip", "nft", "conntrack", "sysctl", "iperf3"))
-    report = _bench("--only", "nattunnel,strongswan")
+    report = _quick_bench("nattunnel", "strongswan")  # without the latency/pps extras
     rows = {(x["tunnel"], x["proto"]): x for x in report["results"]}
     assert [x["tunnel"] for x in report["results"]] == [BASELINE] * 2 + ["nattunnel"] * 2 + [
         "strongswan"] * 2
@@ -76,6 +110,9 @@ def test_bench_netns_nattunnel_and_strongswan_side_by_side():
             assert row["mbps"] > 0 and row["cpu_seconds"] > 0 and row["packets"] > 0
             assert row["ratio_to_nattunnel"] > 0 and row["ratio_to_baseline"] > 0
     assert rows[("strongswan", "tcp")]["mtu"] == 1400  # libipsec's ipsec0
+    extras = ("rtt_idle_p50_ms", "rtt_idle_p99_ms", "rtt_load_p50_ms", "rtt_load_p99_ms",
+              "pings_lost", "pps_64", "pps_512")
+    assert all(x[k] is None for x in report["results"] for k in extras)  # a quick run
 
 
 def _fake() -> list[NetResult]:
@@ -83,10 +120,15 @@ def _fake() -> list[NetResult]:
         NetResult(BASELINE, "tcp", 20000.0, mtu=1500),
         NetResult(BASELINE, "udp", 1500.0, mtu=1500),
         NetResult("nattunnel", "tcp", 900.0, cpu_seconds=15.3, packets=2_000_000,
-                  packets_per_cpu_second=130_718.0, mtu=1438),
+                  packets_per_cpu_second=130_718.0, mtu=1438, rtt_idle_p50_ms=0.82,
+                  rtt_idle_p99_ms=2.11, rtt_load_p50_ms=6.11, rtt_load_p99_ms=7.8,
+                  pings_lost=0),
         NetResult("nattunnel", "udp", 500.0, cpu_seconds=11.0, packets=1_000_000,
-                  packets_per_cpu_second=90_909.1, mtu=1438),
-        NetResult("wireguard-go", "tcp", 450.0, cpu_seconds=9.0, mtu=1420),
+                  packets_per_cpu_second=90_909.1, mtu=1438, pps_64=57_885.0,
+                  pps_512=46_263.0),
+        NetResult("wireguard-go", "tcp", 450.0, cpu_seconds=9.0, mtu=1420,
+                  rtt_idle_p50_ms=0.5, rtt_idle_p99_ms=0.9, rtt_load_p50_ms=3.2,
+                  rtt_load_p99_ms=17.0),
         NetResult("wireguard-go", "udp", 250.0, cpu_seconds=8.0, mtu=1420),
         NetResult("openvpn", "tcp", None, status=NOT_INSTALLED),
         NetResult("openvpn", "udp", None, status=NOT_INSTALLED),
@@ -108,12 +150,15 @@ def test_ratios_table_and_json_from_fake_results():
 
     lines = format_table(results).splitlines()
     assert lines[0].split() == ["tunnel", "proto", "MTU", "Mbit/s", "x", "nattunnel", "x",
-                                "baseline", "CPU", "s", "packets/CPU-s"]
+                                "baseline", "CPU", "s", "packets/CPU-s", "idle", "RTT", "ms",
+                                "load", "RTT", "ms", "pps", "64", "pps", "512"]
     assert len(lines) == 1 + len(results)
     wg_tcp = lines[5].split()
     assert wg_tcp[:6] == ["wireguard-go", "tcp", "1420", "450", "0.500", "0.022"]
-    assert wg_tcp[6:] == ["9.0", "-"]  # no packet counter: a dash
-    assert lines[3].split()[-1] == "130,718"
+    # no packet counter, no pps on a TCP row: dashes
+    assert wg_tcp[6:] == ["9.0", "-", "0.50/0.90", "3.20/17.00", "-", "-"]
+    assert lines[3].split()[7:] == ["130,718", "0.82/2.11", "6.11/7.80", "-", "-"]
+    assert lines[4].split()[7:] == ["90,909", "-", "-", "57,885", "46,263"]
     assert lines[7].split()[:3] == ["openvpn", "tcp", "-"]
     assert lines[7].endswith(NOT_INSTALLED)
     assert lines[9].endswith("failed: no ping across the tunnel")
@@ -129,8 +174,33 @@ def test_ratios_table_and_json_from_fake_results():
     assert rows[("openvpn", "udp")] == {
         "tunnel": "openvpn", "proto": "udp", "mbps": None, "ratio_to_baseline": None,
         "ratio_to_nattunnel": None, "cpu_seconds": None, "packets": None,
-        "packets_per_cpu_second": None, "mtu": None, "status": NOT_INSTALLED}
+        "packets_per_cpu_second": None, "mtu": None, "status": NOT_INSTALLED,
+        "rtt_idle_p50_ms": None, "rtt_idle_p99_ms": None, "rtt_load_p50_ms": None,
+        "rtt_load_p99_ms": None, "pings_lost": None, "pps_64": None, "pps_512": None}
+    assert rows[("nattunnel", "udp")]["pps_64"] == 57_885.0
+    assert rows[("nattunnel", "tcp")]["rtt_load_p99_ms"] == 7.8
     assert rows[("nattunnel", "udp")]["packets"] == 1_000_000
+
+
+def test_ping_replies_parsed_one_per_sequence_number_and_percentiles():
+    out = (
+        "PING 198.18.7.2 (198.18.7.2) 56(84) bytes of data.\n"
+        "64 bytes from 198.18.7.2: icmp_seq=1 ttl=64 time=0.412 ms\n"
+        "64 bytes from 198.18.7.2: icmp_seq=2 ttl=64 time=12.5 ms\n"
+        "64 bytes from 198.18.7.2: icmp_seq=2 ttl=64 time=13.0 ms (DUP!)\n"
+        "From 198.18.7.1 icmp_seq=3 Destination Host Unreachable\n"
+        "64 bytes from 198.18.7.2: icmp_seq=4 ttl=64 time=1 ms\n"
+        "rtt min/avg/max/mdev = 0.412/4.637/12.500/5.500 ms\n"
+    )
+    assert parse_ping(out) == [0.412, 12.5, 1.0]
+    assert parse_ping("") == []
+    values = [float(v) for v in range(1, 101)]
+    assert percentile(values, 50) == 50.0 and percentile(values, 99) == 99.0
+    assert percentile([3.0, 1.0, 2.0], 50) == 2.0 and percentile([3.0, 1.0], 99) == 3.0
+    assert percentile([], 50) is None
+    # during a TCP run: from 1 s in to 0.5 s before its end; short runs at least 5 pings
+    assert loaded_ping_plan(10.0) == (85, 1.0)
+    assert loaded_ping_plan(1.0) == (5, 0.3)
 
 
 def test_png_without_matplotlib_says_how_to_get_it(monkeypatch, tmp_path):
