@@ -569,8 +569,10 @@ class Endpoint:
         peer.sock = self._relay_sock
 
     def _is_relayed(self, remote: Addr) -> bool:
-        turn = self.turn
-        return turn is not None and turn.peer(remote) is not None
+        """``remote`` is where a relayed peer is (an IKE message to it goes via the relay)."""
+        host = remote[0].removeprefix("::ffff:")
+        return any(a[1] == remote[1] and a[0].removeprefix("::ffff:") == host
+                   for a in self.relayed.values())
 
     def relay_path(self, name: str) -> dict[str, object]:
         """How peer ``name`` is reached: direct, or through the relay (its relayed address,
@@ -641,8 +643,8 @@ class Endpoint:
         retransmits on its own schedule."""
         fam = _family(out.remote)
         sock = (self._by_family if out.natt else self._ike_by_family).get(fam)
-        if self._relay_sock is not None and self._is_relayed(out.remote):
-            sock = self._relay_sock
+        if self.relayed and self._is_relayed(out.remote):
+            sock = self._relay_sock  # None: not allocated yet, and never direct instead
         if sock is None:
             self._send_failed(NO_SOCKET, out.remote, "no socket of its address family")
             return
