@@ -644,7 +644,10 @@ class Endpoint:
         fam = _family(out.remote)
         sock = (self._by_family if out.natt else self._ike_by_family).get(fam)
         if self.relayed and self._is_relayed(out.remote):
-            sock = self._relay_sock  # None: not allocated yet, and never direct instead
+            sock = self._relay_sock  # never direct instead
+            if sock is None:
+                self._send_failed("ENOTCONN", out.remote, "the TURN relay is not started")
+                return
         if sock is None:
             self._send_failed(NO_SOCKET, out.remote, "no socket of its address family")
             return
