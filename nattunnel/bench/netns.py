@@ -18,12 +18,14 @@ reported as such, and the run goes on.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import importlib
 import json
 import math
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -315,6 +317,65 @@ def start_nattunnel(lab: Lab, workdir: Path) -> Running:
     return started(run, bring_up)
 
 
+_SYS_PIDFD_GETFD = 438  # x86-64, arm64 and the generic table alike
+SO_SNDBUFFORCE, SO_RCVBUFFORCE = 32, 33
+NATT_PORT = 4500
+
+
+def _udp_inodes(pid: int, port: int) -> set[str]:
+    """Socket inodes of the UDP sockets bound to ``port`` in ``pid``'s network namespace."""
+    found = set()
+    for name in ("udp", "udp6"):
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/net/{name}") as f:
+            for line in f.readlines()[1:]:
+                cols = line.split()
+                if len(cols) > 9 and int(cols[1].rsplit(":", 1)[1], 16) == port:
+                    found.add(cols[9])
+    return found
+
+
+def set_socket_buffers(pid: int, size: int, port: int = NATT_PORT) -> int:
+    """Set SO_RCVBUF and SO_SNDBUF of process ``pid``'s UDP sockets on ``port`` to ``size``
+    (the kernel doubles it) from outside, as root: each socket is duplicated into this
+    process with pidfd_getfd(2) and set with SO_RCVBUFFORCE/SO_SNDBUFFORCE, which pass
+    net.core.rmem_max (not writable in a network namespace). This is the benchmark's
+    stand-in for a product setting. Returns how many sockets were set."""
+    inodes = _udp_inodes(pid, port)
+    libc = ctypes.CDLL(None, use_errno=True)
+    pidfd = os.pidfd_open(pid)
+    done = 0
+    try:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                link = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if not (link.startswith("socket:[") and link[8:-1] in inodes):
+                continue
+            local = libc.syscall(_SYS_PIDFD_GETFD, pidfd, int(fd), 0)
+            if local < 0:
+                raise OSError(ctypes.get_errno(), f"pidfd_getfd of fd {fd} of {pid}")
+            with socket.socket(fileno=local) as sock:
+                sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, size)
+                sock.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, size)
+            done += 1
+    finally:
+        os.close(pidfd)
+    return done
+
+
+def tune(lab: Lab, run: Running, sockbuf: int | None, txqueuelen: int | None) -> None:
+    """``sockbuf``: nattunnel's NAT-T sockets' buffers (``set_socket_buffers``) on both
+    ends; ``txqueuelen``: the tunnel devices' transmit queue length on both ends."""
+    if sockbuf is not None and run.name == "nattunnel":
+        for pid in run.pids:
+            if set_socket_buffers(pid, sockbuf) == 0:
+                raise RuntimeError(f"no UDP socket on port {NATT_PORT} in process {pid}")
+    if txqueuelen is not None:
+        for role, iface in run.ifaces.items():
+            lab.exec(role, "ip", "link", "set", "dev", iface, "txqueuelen", txqueuelen)
+
+
 def _short(reason: str, limit: int = 90) -> str:
     line = next((x.strip() for x in reason.splitlines() if x.strip()), "unknown error")
     return line if len(line) <= limit else line[: limit - 3] + "..."
@@ -401,11 +462,13 @@ def add_ratios(results: list[NetResult]) -> None:
 def run_netns(seconds: float, tunnels: Sequence[str] = TUNNELS,
               progress: Callable[[str], None] | None = None,
               profile: dict[str, list[tuple[float, str]]] | None = None,
-              extras: bool = True) -> list[NetResult]:
+              extras: bool = True, sockbuf: int | None = None,
+              txqueuelen: int | None = None) -> list[NetResult]:
     """Baseline, then each of ``tunnels`` (in ``TUNNELS`` order), TCP and UDP each. With
     ``profile``, nattunnel's endpoints are sampled during its TCP run (filled in by role).
     With ``extras`` (``with_extras``), ping RTT idle and under TCP load and UDP packets per
-    second at 64 and 512 octets too, each ``min(EXTRA_SECONDS, seconds)``."""
+    second at 64 and 512 octets too, each ``min(EXTRA_SECONDS, seconds)``. ``sockbuf`` and
+    ``txqueuelen``: set on each tunnel after it is up (``tune``)."""
     say = progress or (lambda s: None)
     extra = min(EXTRA_SECONDS, seconds)
 
@@ -441,6 +504,7 @@ def run_netns(seconds: float, tunnels: Sequence[str] = TUNNELS,
                             for p in PROTOS]
                 continue
             try:
+                tune(lab, run, sockbuf, txqueuelen)
                 mtu = run.mtu()
                 for proto in PROTOS:
                     say(f"{name} {proto.upper()} {seconds:g} s (MTU {mtu}) ...")
@@ -558,8 +622,10 @@ def format_profile(profile: dict[str, list[tuple[float, str]]]) -> str:
 
 def netns_main(seconds: float, as_json: bool, tunnels: Sequence[str] = TUNNELS,
                png: str | None = None, install: bool = False, profile: bool = False,
-               extras: bool = True) -> int:
-    """``extras=False`` (quick runs): throughput only, no ping RTT or packets per second."""
+               extras: bool = True, sockbuf: int | None = None,
+               txqueuelen: int | None = None) -> int:
+    """``extras=False`` (quick runs): throughput only, no ping RTT or packets per second.
+    ``sockbuf``, ``txqueuelen``: see ``tune`` (None: as the tunnels set them)."""
     if install:
         from ..lab.peers import install_peers
 
@@ -578,13 +644,15 @@ def netns_main(seconds: float, as_json: bool, tunnels: Sequence[str] = TUNNELS,
     info = machine_info()
     other = OtherWork().start()
     try:
-        results = run_netns(seconds, tunnels, progress, samples, extras=extras)
+        results = run_netns(seconds, tunnels, progress, samples, extras=extras,
+                            sockbuf=sockbuf, txqueuelen=txqueuelen)
     finally:
         other_work = other.stop()
     title = (f"nattunnel bench netns, iperf3 {seconds:g} s each; {info['cpu']}, "
              f"{info['cores']} cores")
     if as_json:
         doc = report_json(results, info, seconds, tunnels, other_work)
+        doc["settings"] = {"sockbuf": sockbuf, "txqueuelen": txqueuelen}
         if samples is not None:
             doc["profile"] = {role: [[round(share, 4), func] for share, func in rows]
                               for role, rows in samples.items()}
@@ -595,6 +663,9 @@ def netns_main(seconds: float, as_json: bool, tunnels: Sequence[str] = TUNNELS,
         print(f"other work on the machine during the run: {_num(other_work, '.2f')} of "
               f"{info['cores']} cores on average (processes outside this run)")
         print(f"iperf3 A (behind NAT) -> B, {seconds:g} s each, one after another")
+        if sockbuf is not None or txqueuelen is not None:
+            print(f"set after start: nattunnel's socket buffers {_num(sockbuf, 'd')}, "
+                  f"tunnel devices' txqueuelen {_num(txqueuelen, 'd')}")
         if extras:
             print(f"RTT: ping -i {PING_INTERVAL:g} A -> B, p50/p99 in ms, idle "
                   f"({min(EXTRA_SECONDS, seconds):g} s) and during the TCP run; pps: "

@@ -269,3 +269,36 @@ def test_bench_netns_profile_shows_where_nattunnel_spends_its_time():
     b = " ".join(f for _, f in report["profile"]["b"])
     assert "encapsulate_in_place" in a and "decapsulate_run" in b
     assert all(0 < share <= 1 for rows in report["profile"].values() for share, _ in rows)
+
+
+@pytest.mark.root
+def test_socket_buffers_of_another_process_are_set_from_outside():
+    """``set_socket_buffers`` (the benchmark's socket buffer knob): a child's UDP socket on
+    a port gets the size asked for, past net.core.rmem_max; its other sockets do not."""
+    from nattunnel.bench.netns import set_socket_buffers
+
+    child = subprocess.Popen(
+        [sys.executable, "-c",
+         "import socket, sys\n"
+         "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(('127.0.0.1', 0))\n"
+         "o = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); o.bind(('127.0.0.1', 0))\n"
+         "print(s.getsockname()[1], flush=True); sys.stdin.readline()\n"
+         "for x in (s, o):\n"
+         "    print(x.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF),\n"
+         "          x.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF), flush=True)\n"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None and child.stdin is not None
+        port = int(child.stdout.readline())
+        with open("/proc/sys/net/core/rmem_max") as f:
+            size = 2 * int(f.read()) + 65536  # more than setsockopt(SO_RCVBUF) may ask
+        assert set_socket_buffers(child.pid, size, port) == 1
+        child.stdin.write("\n")
+        child.stdin.flush()
+        mine = [int(v) for v in child.stdout.readline().split()]
+        other = [int(v) for v in child.stdout.readline().split()]
+        assert mine == [2 * size, 2 * size]  # the kernel doubles it
+        assert other[0] < 2 * size
+    finally:
+        child.kill()
+        child.wait()
