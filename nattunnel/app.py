@@ -40,6 +40,8 @@ from .ike.keylog import KeyLog
 from .ike.manager import IkeManager, IkePeer, LocalAddressNeeded, PeerDown, PeerUp
 from .io.endpoint import Endpoint, InnerInterface, InProcessInterface
 from .io.netwatch import NetWatch, addresses, mobike_local
+from .traversal.turn import CHANNEL_LIFETIME as TURN_CHANNEL_LIFETIME
+from .traversal.turn import PERMISSION_LIFETIME as TURN_PERMISSION_LIFETIME
 from .tunnel.core import Event as TunnelEvent
 from .tunnel.core import PeerMoved, RekeyNeeded, Tunnel
 from .tunnel.peer import Peer
@@ -271,13 +273,15 @@ class Node:
 
     def __init__(self, config: Config | None = None, /, *, serve_control: bool = True,
                  serve_metrics: bool = True, base_dir: str | os.PathLike[str] = ".",
-                 **settings: Any) -> None:
+                 turn_lifetimes: dict[str, float] | None = None, **settings: Any) -> None:
         """From a ``Config`` (``load_config``), or from keyword arguments: the keys of the
         TOML file as Python values (``listen=["127.0.0.1:0"], interface={"kind":
         "inprocess"}, peer=[{...}]``), checked as a file is (ConfigError naming the
         field), with key paths relative to ``base_dir``. ``serve_control``,
         ``serve_metrics``: open the configuration's control socket and metrics endpoint
-        (a configuration not from a file has a control socket only if it names one)."""
+        (a configuration not from a file has a control socket only if it names one).
+        ``turn_lifetimes``: the TURN allocation's ``permission_lifetime`` and
+        ``channel_lifetime`` when the server gives shorter ones than RFC 8656's (tests)."""
         if config is None:
             config = config_from_dict(settings, base_dir)
         elif settings:
@@ -285,6 +289,7 @@ class Node:
         self.config = config
         self._want_control = serve_control and config.control_socket is not None
         self._want_metrics = serve_metrics and config.metrics is not None
+        self._turn_lifetimes = dict(turn_lifetimes or {})
         self.endpoint: Endpoint | None = None
         self.controller: Controller | None = None
         self.control_server: ControlServer | None = None
@@ -318,6 +323,7 @@ class Node:
             endpoint.close()
             raise
         self.endpoint, self.controller = endpoint, controller
+        self._start_relay(endpoint)
         self._start_netwatch(loop)
         try:
             await self._start_operator_side()
@@ -325,6 +331,23 @@ class Node:
             self._close()
             raise
         return self
+
+    def _start_relay(self, endpoint: Endpoint) -> None:
+        """The configuration's TURN server (``turn``): peers with ``relay = "always"`` are
+        sent through it to their endpoint (IKE included), and the allocation is made
+        (docs/traversal.md). Before the first timer fires: no message to such a peer goes
+        direct."""
+        config = self.config
+        if config.turn is None:
+            return
+        for pc in config.peers:
+            if pc.relay == "always" and pc.endpoint is not None:
+                endpoint.relay_peer(pc.name, addr=sockaddr(*pc.endpoint))
+        lifetimes = self._turn_lifetimes
+        endpoint.start_relay(
+            sockaddr(*config.turn.server), config.turn.username, config.turn.password,
+            permission_lifetime=lifetimes.get("permission_lifetime", TURN_PERMISSION_LIFETIME),
+            channel_lifetime=lifetimes.get("channel_lifetime", TURN_CHANNEL_LIFETIME))
 
     async def _start_operator_side(self) -> None:
         config = self.config

@@ -2,11 +2,11 @@
 
     python3 -m tests.traversal.turn_lab_node CONFIG PERMISSION_LIFETIME CHANNEL_LIFETIME
 
-What ``nattunnel up CONFIG`` does (a ``Node`` with its TUN device, until SIGTERM), plus what
-app.py does not do yet with the configuration's ``turn`` table: the allocation on that server
-and every peer with ``relay = "always"`` sent through it to its endpoint (``relay_from_config``;
-the same lines belong in ``Node.start``). Prints one JSON line when the relay's channels are
-bound, then one with the endpoint's TURN counters when it is stopped.
+What ``nattunnel up CONFIG`` does (a ``Node`` with its TUN device, its ``turn`` allocation and
+every peer with ``relay = "always"`` sent through it, until SIGTERM), with the relay's
+permission and channel lifetimes shortened so that the test sees refreshes. Prints one JSON
+line when the relay's channels are bound, then one with the endpoint's TURN counters when it
+is stopped.
 """
 
 from __future__ import annotations
@@ -16,30 +16,15 @@ import json
 import signal
 import sys
 
-from nattunnel.addr import sockaddr
 from nattunnel.app import Node
 from nattunnel.config import load_config
-from nattunnel.config.model import Config
 from nattunnel.traversal.turn import ChannelUp, Event, TurnFailed
-
-
-def relay_from_config(node: Node, config: Config, **lifetimes: float) -> None:
-    """The ``turn`` table and each peer's ``relay = "always"``, on a started node."""
-    endpoint = node.endpoint
-    if config.turn is None or endpoint is None:
-        return
-    for pc in config.peers:
-        if pc.relay == "always" and pc.endpoint is not None:
-            endpoint.relay_peer(pc.name, addr=sockaddr(*pc.endpoint))
-    endpoint.start_relay(sockaddr(*config.turn.server), config.turn.username,
-                         config.turn.password,
-                         permission_lifetime=lifetimes.get("permission_lifetime", 300.0),
-                         channel_lifetime=lifetimes.get("channel_lifetime", 600.0))
 
 
 async def main(path: str, permission: float, channel: float) -> None:
     config = load_config(path)
-    node = Node(config)
+    node = Node(config, turn_lifetimes={"permission_lifetime": permission,
+                                        "channel_lifetime": channel})
     await node.start()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -58,8 +43,18 @@ async def main(path: str, permission: float, channel: float) -> None:
 
     assert node.endpoint is not None
     node.endpoint.on_turn_event = on_event
-    relay_from_config(node, config, permission_lifetime=permission, channel_lifetime=channel)
-    await asyncio.wait_for(bound.wait(), 15)
+
+    def all_bound() -> bool:
+        assert node.endpoint is not None
+        return all(node.endpoint.relay_path(p.name).get("channel_bound")
+                   for p in config.peers if p.relay == "always")
+
+    for _ in range(150):  # the events after start, or what was bound before they were heard
+        if bound.is_set() or all_bound():
+            break
+        await asyncio.sleep(0.1)
+    else:
+        raise TimeoutError("the relay's channels were not bound")
     turn = node.endpoint.turn
     assert turn is not None
     print(json.dumps({"ready": True, "relayed": list(turn.relayed or ())}), flush=True)
