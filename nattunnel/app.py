@@ -500,6 +500,7 @@ class Node:
         """An address or route changed: our addresses announced, and each MOBIKE SA whose
         source address towards its peer changed is moved (UPDATE_SA_ADDRESSES)."""
         endpoint, controller = self._parts()
+        endpoint.forget_sources()  # new initiations look the source up afresh
         self.update_address(None, force=False, reason="an address or route changed")
         if controller.ike is not None:  # after the updates: they go first
             controller.ike.set_local_addresses(self._outer_addresses(), self._now())

@@ -709,6 +709,11 @@ class Endpoint:
             self._sources.popitem(last=False)
         return ip
 
+    def forget_sources(self) -> None:
+        """An address or route of this host changed: the kernel's source address towards a
+        remote may be another now, so the cached ones (``local_address_towards``) go."""
+        self._sources.clear()
+
     def local_addresses(self) -> list[Addr]:
         return [s.getsockname() for s in self.socks]
 

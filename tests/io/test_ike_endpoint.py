@@ -204,6 +204,12 @@ async def test_wildcard_sockets_find_the_source_address_for_nat_detection(caplog
         assert not a.errors and not b.errors
         assert a.local_address_towards(("127.0.0.1", 9), natt=True) == (
             "127.0.0.1", a.local_addresses()[0][1])
+        # the kernel's choice is cached; an address or route change (MOBIKE's watcher)
+        # makes the endpoint look again
+        assert ("127.0.0.1", True) in a._sources
+        a.forget_sources()
+        assert not a._sources
+        assert a.local_address_towards(("127.0.0.1", 9), natt=True)[0] == "127.0.0.1"
     finally:
         a.close()
         b.close()
