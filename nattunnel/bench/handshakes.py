@@ -16,8 +16,10 @@ Two parts (docs/benchmarks.md, "IKE handshakes per second"):
 - **against charon** (root): charon (kernel-libipsec, ``nattunnel.lab.strongswan``) and then
   ``nattunnel up``, each as the responder in lab host B, and one load generator in host E (on
   B's segment, no NAT): nattunnel initiator cores over one real UDP socket, ``window``
-  handshakes in flight, every SA with the same identity (charon keeps them: ``unique =
-  never``; nattunnel: ``ike_sas_per_identity`` lifted). Both responders answer the same
+  handshakes in flight, every SA with its own identity and inner /32 (charon: one connection
+  with ``remote id = %any``; nattunnel: one peer per identity), so that both hold every SA
+  they made (the initiators send INITIAL_CONTACT: with one identity for all, nattunnel would
+  drop each older SA). Both responders answer the same
   generator in the same run; per responder: completed handshakes per second (first request to
   last completion) and CPU per handshake from ``/proc/PID/stat`` of the responder process. The
   generator's own CPU is shown: when it is near one core, the rate is the generator's limit,
@@ -285,27 +287,51 @@ def format_in_process(r: InProcessResult) -> str:
 # --------------------------------------------------------------------------- against charon
 #: the lab part's identities and inner prefixes (one identity for every generated SA)
 LAB_CLIENT_ID, LAB_GW_ID = "client.bench.example", "gw.bench.example"
-LAB_CLIENT_TS, LAB_GW_TS = "198.18.201.1/32", "198.18.201.2/32"
+LAB_GW_TS = "198.18.201.2/32"
+#: the generated clients' inner prefixes lie in this (one /32 each)
+LAB_CLIENT_NETS = "10.128.0.0/9"
 LAB_PSK = "nattunnel-bench-handshakes-psk"
 
 
-def _lab_initiator_config(auth: str, key: Path | None, peer_pub: Path | None) -> IkeConfig:
+def _distinct(auth: str) -> bool:
+    """Whether each generated client has its own identity: with PSK (charon: one connection
+    for any remote identity); not with Ed25519, where charon binds the raw public key to one
+    configured identity (neither ``%any`` nor ``*.domain`` authenticates): one identity for
+    all, charon keeps every SA (``unique = never``), nattunnel drops the older ones (each
+    IKE_AUTH carries INITIAL_CONTACT)."""
+    return auth != "ed25519"
+
+
+def _lab_client(i: int, distinct: bool = True) -> tuple[str, str]:
+    """Generated client ``i``'s identity and inner prefix."""
+    if not distinct:
+        return LAB_CLIENT_ID, "10.128.0.1/32"
+    return f"c{i}.{LAB_CLIENT_ID}", f"10.{128 + i // 65536}.{i // 256 % 256}.{i % 256}/32"
+
+
+def _lab_initiator_configs(n: int, auth: str, key: Path | None, peer_pub: Path | None
+                           ) -> list[IkeConfig]:
     from ..keys import load_ed25519_private, load_ed25519_public
 
-    return IkeConfig("gw", Identity.parse(LAB_CLIENT_ID), Identity.parse(LAB_GW_ID),
-                     auth=auth, psk=LAB_PSK.encode(),
-                     private_key=load_ed25519_private(key) if key else None,
-                     peer_public_key=load_ed25519_public(peer_pub) if peer_pub else None,
-                     local_ts=(ipaddress.ip_network(LAB_CLIENT_TS),),
-                     remote_ts=(ipaddress.ip_network(LAB_GW_TS),),
-                     dpd_interval=0, child_rekey_time=0, ike_rekey_time=0)
+    private = load_ed25519_private(key) if key else None
+    public = load_ed25519_public(peer_pub) if peer_pub else None
+    out = []
+    for i in range(n):
+        ident, ts = _lab_client(i, _distinct("ed25519" if auth == "pubkey" else auth))
+        out.append(IkeConfig("gw", Identity.parse(ident), Identity.parse(LAB_GW_ID),
+                             auth=auth, psk=LAB_PSK.encode(), private_key=private,
+                             peer_public_key=public, local_ts=(ipaddress.ip_network(ts),),
+                             remote_ts=(ipaddress.ip_network(LAB_GW_TS),),
+                             dpd_interval=0, child_rekey_time=0, ike_rekey_time=0))
+    return out
 
 
-def _generate(cfg: IkeConfig, dest: str, n: int, window: int, seconds: float
+def _generate(cfgs: list[IkeConfig], dest: str, window: int, seconds: float
               ) -> dict[str, Any]:
-    """``n`` handshakes to ``dest``, at most ``window`` in flight, over one UDP socket (the
-    responder answers where a request came from); answers are matched by the initiator's
-    SPI. Stops after ``seconds``."""
+    """One handshake to ``dest`` per configuration (each its own identity), at most
+    ``window`` in flight, over one UDP socket (the responder answers where a request came
+    from); answers are matched by the initiator's SPI. Stops after ``seconds``."""
+    n = len(cfgs)
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
     s.connect((dest, IKE_PORT))
@@ -330,7 +356,8 @@ def _generate(cfg: IkeConfig, dest: str, n: int, window: int, seconds: float
     while (done + failed < n) and time.monotonic() < end:
         now = time.monotonic()
         while len(live) < window and started < n:
-            sa = IkeSa(cfg, initiator=True, local=me, remote=(dest, IKE_PORT), now=now)
+            sa = IkeSa(cfgs[started], initiator=True, local=me, remote=(dest, IKE_PORT),
+                       now=now)
             sa.start(now)
             live[sa.spi_i] = sa
             started += 1
@@ -378,9 +405,8 @@ def generator_main(argv: Sequence[str] | None = None) -> int:
     cfg = json.loads((argv or sys.argv[1:])[0])
     key = Path(cfg["key"]) if cfg.get("key") else None
     pub = Path(cfg["peer_pub"]) if cfg.get("peer_pub") else None
-    ike = _lab_initiator_config(cfg["auth"], key, pub)
-    out = _generate(ike, cfg["dest"], int(cfg["n"]), int(cfg["window"]),
-                    float(cfg["seconds"]))
+    cfgs = _lab_initiator_configs(int(cfg["n"]), cfg["auth"], key, pub)
+    out = _generate(cfgs, cfg["dest"], int(cfg["window"]), float(cfg["seconds"]))
     print(json.dumps(out), flush=True)
     return 0
 
@@ -466,12 +492,13 @@ def _charon_rows(lab: Any, workdir: Path, auths: Sequence[str], n: int, window: 
     rows = []
     for auth in auths:
         pub = auth == "ed25519"
-        conn = SwanConn(name="bench", local_id=LAB_GW_ID, remote_id=LAB_CLIENT_ID,
+        conn = SwanConn(name="bench", local_id=LAB_GW_ID,
+                        remote_id="%any" if _distinct(auth) else LAB_CLIENT_ID,
                         auth="pubkey" if pub else "psk", psk=None if pub else LAB_PSK,
                         private_key=keys["gw.key"] if pub else None,
                         local_pubkey=keys["gw.pub"] if pub else None,
                         remote_pubkey=keys["client.pub"] if pub else None,
-                        local_ts=LAB_GW_TS, remote_ts=LAB_CLIENT_TS, encap=False,
+                        local_ts=LAB_GW_TS, remote_ts=LAB_CLIENT_NETS, encap=False,
                         mobike=False, dpd_delay=None, extra={"unique": "never"})
         charon = Charon.start(lab, "b", workdir / f"charon-{auth}", conn=conn,
                               log_levels={"default": 0},
@@ -486,19 +513,25 @@ def _charon_rows(lab: Any, workdir: Path, auths: Sequence[str], n: int, window: 
     return rows
 
 
-def _nattunnel_config(workdir: Path, auth: str, keys: dict[str, Path]) -> str:
+def _nattunnel_config(workdir: Path, auth: str, keys: dict[str, Path], n: int) -> str:
+    """B's configuration: one IKE peer per generated client."""
     from ..lab.tunnels import INNER, control_path
 
     cred = (f'private_key = "{keys["gw.key"]}"\npeer_public_key = "{keys["client.pub"]}"\n'
             if auth == "ed25519" else f'psk_file = "{keys["psk"]}"\n')
-    return (f'listen = ["0.0.0.0:4500"]\ncontrol_socket = "{control_path(workdir, "b")}"\n'
+    kind = "pubkey" if auth == "ed25519" else "psk"
+    text = [f'listen = ["0.0.0.0:4500"]\ncontrol_socket = "{control_path(workdir, "b")}"\n'
             f'[interface]\nkind = "tun"\nname = "nt0"\naddresses = ["{INNER["b"]}/32"]\n'
             "[limits]\ncookie_threshold = 100000\nhalf_open_max = 200000\n"
-            "init_rate = 1000000\ninit_burst = 1000000\ninit_rate_total = 1000000\n"
-            "ike_sas_per_identity = 1000000\n"
-            f'[[peer]]\nname = "client"\nauth = "{"pubkey" if auth == "ed25519" else "psk"}"\n'
-            f'local_id = "{LAB_GW_ID}"\nremote_id = "{LAB_CLIENT_ID}"\n'
-            f'allowed_ips = ["{LAB_CLIENT_TS}"]\ninitiate = false\ndpd_interval = 0\n{cred}')
+            "init_rate = 1000000\ninit_burst = 1000000\ninit_rate_total = 1000000\n"]
+    if not _distinct(auth):
+        text.append("ike_sas_per_identity = 1000000\n")
+    for i in range(n if _distinct(auth) else 1):
+        ident, ts = _lab_client(i, _distinct(auth))
+        text.append(f'[[peer]]\nname = "c{i}"\nauth = "{kind}"\nlocal_id = "{LAB_GW_ID}"\n'
+                    f'remote_id = "{ident}"\nallowed_ips = ["{ts}"]\ninitiate = false\n'
+                    f"dpd_interval = 0\n{cred}")
+    return "".join(text)
 
 
 def _nattunnel_rows(lab: Any, workdir: Path, auths: Sequence[str], n: int, window: int,
@@ -509,9 +542,9 @@ def _nattunnel_rows(lab: Any, workdir: Path, auths: Sequence[str], n: int, windo
     for auth in auths:
         d = workdir / f"nattunnel-{auth}"
         d.mkdir()
-        (d / "b.toml").write_text(_nattunnel_config(d, auth, keys))
+        (d / "b.toml").write_text(_nattunnel_config(d, auth, keys, n))
         t = Tunnels(lab, d)
-        node = start_ike_node(t, "b", log_level="info", timeout=15.0)
+        node = start_ike_node(t, "b", log_level="info", timeout=60.0)
         try:
             rows.append(_measure(lab, "nattunnel", auth, node.proc.pid, n, window, seconds,
                                  keys))
