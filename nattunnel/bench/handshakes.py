@@ -424,6 +424,8 @@ class LabRow:
     generator_cpu_s: float = 0.0
     #: the generator's CPU over the run's wall time: near 1.0, it is the limit
     generator_load: float = 0.0
+    #: established IKE SAs the responder holds at the end (-1: could not be asked)
+    held: int = -1
     status: str = "ok"
 
 
@@ -508,6 +510,8 @@ def _charon_rows(lab: Any, workdir: Path, auths: Sequence[str], n: int, window: 
         try:
             assert charon.pid is not None
             rows.append(_measure(lab, "charon", auth, charon.pid, n, window, seconds, keys))
+            with contextlib.suppress(RuntimeError, OSError):
+                rows[-1].held = sum(sa.state == "ESTABLISHED" for sa in charon.list_sas())
         finally:
             charon.stop()
     return rows
@@ -548,6 +552,9 @@ def _nattunnel_rows(lab: Any, workdir: Path, auths: Sequence[str], n: int, windo
         try:
             rows.append(_measure(lab, "nattunnel", auth, node.proc.pid, n, window, seconds,
                                  keys))
+            with contextlib.suppress(RuntimeError, OSError, KeyError, TimeoutError):
+                rows[-1].held = sum(sa["state"] == "established"
+                                    for sa in node.stats(timeout=20.0)["ike"]["ike_sas"])
         finally:
             lab.stop(node.proc, timeout=5.0)
     return rows
@@ -593,7 +600,7 @@ def format_lab(r: LabResult) -> str:
     lines = [f"against charon: responder in lab host B, generator (nattunnel initiator cores "
              f"over UDP) in E, {r.n} handshakes per row, {r.window} in flight:",
              f"{'responder':<11}{'auth':<9}{'done':>6}{'fail':>5}{'s':>7}{'per s':>8}"
-             f"{'CPU s':>7}{'CPU us/hs':>11}{'gen CPU':>9}"]
+             f"{'CPU s':>7}{'CPU us/hs':>11}{'gen CPU':>9}{'held':>7}"]
     for x in r.rows:
         left = f"{x.responder:<11}{x.auth:<9}"
         if x.status != "ok":
@@ -601,13 +608,14 @@ def format_lab(r: LabResult) -> str:
             continue
         lines.append(f"{left}{x.handshakes:>6}{x.failed:>5}{x.seconds:>7.2f}"
                      f"{x.per_second:>8.0f}{x.responder_cpu_s:>7.2f}"
-                     f"{x.cpu_per_handshake_us:>11.0f}{x.generator_load:>9.2f}")
+                     f"{x.cpu_per_handshake_us:>11.0f}{x.generator_load:>9.2f}{x.held:>7}")
     for auth, ratio in r.ratio.items():
         lines.append(f"{auth}: nattunnel/charon handshakes per second {ratio:.2f} "
                      f"(target >= {TARGET_RATIO}: {'met' if ratio >= TARGET_RATIO else 'missed'})"
                      f"; CPU per handshake {r.cpu_ratio.get(auth, 0):.2f}x charon's")
     lines.append("gen CPU: the generator's CPU seconds per second of the run (near 1.0: the "
-                 "generator is the limit, compare CPU us/hs)")
+                 "generator is the limit, compare CPU us/hs); held: established IKE SAs the "
+                 "responder holds at the end")
     return "\n".join(lines)
 
 

@@ -74,4 +74,7 @@ def test_lab_charon_and_nattunnel_side_by_side():
         assert x["status"] == "ok", x
         assert x["handshakes"] == 30 and x["failed"] == 0, x
         assert x["per_second"] > 0 and x["responder_cpu_s"] >= 0
+    # PSK: one identity per SA, both keep every SA; Ed25519: one identity for all, charon
+    # keeps them (unique = never), nattunnel keeps the last (INITIAL_CONTACT)
+    assert [x["held"] for x in rows] == [30, 30, 30, 1]
     assert set(doc["lab"]["ratio"]) == {"psk", "ed25519"}
