@@ -201,6 +201,8 @@ class IkeManager(MobilityManagement):
         self.cookie_threshold = limits.cookie_threshold
         self.peers: dict[str, IkePeer] = {}
         self.sas: dict[bytes, IkeSa] = {}
+        #: the IKE SAs that have a peer's configuration, by the peer's name (``_index``)
+        self._named: dict[str, dict[IkeSa, None]] = {}
         #: every timer of the manager
         self._timers: DeadlineHeap[_TimerKey] = DeadlineHeap()
         #: byte lifetimes: inbound SPI -> (IKE SA, the peer's tx_bytes when it was made)
@@ -309,6 +311,7 @@ class IkeManager(MobilityManagement):
                   format_addr(local), format_addr(sa.remote),
                   "NAT-T port, non-ESP marker" if sa.natt else "plain IKE")
         self.sas[sa.local_spi] = sa
+        self._index(sa)
         sa.start(now)
         self._process(sa, now)
         return sa
@@ -325,9 +328,14 @@ class IkeManager(MobilityManagement):
     # --- what the operator asks (the control socket, docs/operations.md) --------------------
     def sas_of(self, name: str) -> list[IkeSa]:
         """The peer's IKE SAs that are not dead, oldest first."""
-        return sorted((sa for sa in self.sas.values()
-                       if sa.name == name and sa.state is not State.DEAD),
+        return sorted((sa for sa in self._named.get(name, ()) if sa.state is not State.DEAD),
                       key=lambda sa: sa.created)
+
+    def _index(self, sa: IkeSa) -> None:
+        """``sa`` (with its peer's configuration) by the peer's name: what is done per peer
+        (the identity cap, INITIAL_CONTACT) never scans every IKE SA."""
+        if sa.config is not None:
+            self._named.setdefault(sa.config.name, {})[sa] = None
 
     def terminate(self, name: str, now: float) -> int:
         """Delete the peer's IKE SAs (an INFORMATIONAL Delete each, section 1.4.1, with their
@@ -390,8 +398,7 @@ class IkeManager(MobilityManagement):
             self._process(sa, now)
         return sent
 
-    def closing(self) -> bool:
-        """Whether a Delete of ours still waits for its answer."""
+    def closing(self) -> bool:  # a Delete of ours still waits for its answer
         return any(sa.state is not State.DEAD for sa in self.sas.values())
 
     # --- our local address --------------------------------------------------------------------
@@ -629,6 +636,10 @@ class IkeManager(MobilityManagement):
                 self._half_open_sas.pop(key, None)
         if sa.state is State.DEAD:
             self.sas.pop(sa.local_spi, None)
+            named = self._named.get(sa.name, {})
+            named.pop(sa, None)
+            if not named:
+                self._named.pop(sa.name, None)
             self._timers.cancel(sa)
         else:
             self._schedule(sa)
@@ -651,6 +662,7 @@ class IkeManager(MobilityManagement):
 
     def _ike_rekeyed(self, ev: IkeRekeyed) -> None:
         self.sas[ev.new.local_spi] = ev.new
+        self._index(ev.new)
         # the children moved to the new IKE SA, and so do their byte lifetimes
         for spi_in, (owner, tx_start) in list(self._byte_limits.items()):
             if owner is ev.old:
@@ -662,11 +674,12 @@ class IkeManager(MobilityManagement):
 
     def _ike_up(self, ev: IkeUp, now: float) -> None:
         ike = ev.ike
+        self._index(ike)
         self._cap_identity(ike, now)
         if ike.initial_contact:
             # section 2.4: the peer rebooted; every older SA with it is gone on its side
-            for other in list(self.sas.values()):
-                if other is not ike and other.name == ike.name:
+            for other in list(self._named.get(ike.name, ())):
+                if other is not ike:
                     other.forget()
                     self._process(other, now)
         peer = self._tunnel_peer(ike)
@@ -788,9 +801,8 @@ class IkeManager(MobilityManagement):
     def _cap_identity(self, ike: IkeSa, now: float) -> None:
         """At most ``ike_sas_per_identity`` established IKE SAs per peer: beyond it the
         oldest are deleted, so that a peer (or a stolen key) cannot pile them up."""
-        same = [sa for sa in self.sas.values()
-                if sa is not ike and sa.name == ike.name and sa.state is State.ESTABLISHED
-                and not sa.rekeyed]
+        same = [sa for sa in self._named.get(ike.name, ())
+                if sa is not ike and sa.state is State.ESTABLISHED and not sa.rekeyed]
         excess = len(same) + 1 - self.limits.ike_sas_per_identity
         if excess <= 0:
             return
@@ -845,9 +857,8 @@ class IkeManager(MobilityManagement):
                 self.tunnel.remove_inbound(key.spi)
                 log.debug("inbound SA %#010x removed: its grace period is over", key.spi)
         elif isinstance(key, _Initiate):
-            if key.name in self.peers and key.name not in self.held and not any(
-                    sa.name == key.name and sa.state is not State.DEAD
-                    for sa in self.sas.values()):
+            if key.name in self.peers and key.name not in self.held \
+                    and not self.sas_of(key.name):
                 self.initiate(key.name, now)
         elif isinstance(key, _LocalWaitEnd):
             self._local_wait_over(key.remote, key.natt, now)
