@@ -1,7 +1,8 @@
 """``nattunnel bench``: the benchmarks of ``nattunnel.bench`` (docs/benchmarks.md).
 
-``crypto``, ``loopback`` and ``scale`` run on loopback without root; ``netns`` and ``attack``
-build the namespace lab (root). Each subcommand's module is imported only when it runs (and
+``crypto``, ``loopback``, ``scale`` and ``handshakes`` run without root (``handshakes
+--lab`` adds charon and ``nattunnel up`` in the lab); ``netns`` and ``attack`` build the
+namespace lab (root). Each subcommand's module is imported only when it runs (and
 for ``--only``'s names, when the option is given).
 """
 
@@ -146,6 +147,13 @@ def _add_netns(bsub: Subparsers) -> None:
                         "print where the time goes")
     p.add_argument("--install-peers", action="store_true",
                    help="apt-get install wireguard-go, OpenVPN and strongSwan first")
+    p.add_argument("--no-extras", action="store_true",
+                   help="throughput only: no ping RTT (idle and under load) and no 64/512-"
+                        "octet UDP packet rates (a quicker run)")
+    p.add_argument("--sockbuf", type=int, default=None, metavar="OCTETS",
+                   help="set nattunnel's port-4500 socket buffers to this size (a sweep)")
+    p.add_argument("--txqueuelen", type=int, default=None, metavar="PACKETS",
+                   help="set the tunnel devices' transmit queue length (a sweep)")
     p.set_defaults(func=run_netns)
 
 
@@ -155,7 +163,9 @@ def run_netns(args: argparse.Namespace) -> int:
     if not 1 <= args.seconds <= 600:
         return fail("bench netns", "--seconds must be 1..600")
     return netns_main(args.seconds, args.json, args.only or TUNNELS, png=args.png,
-                      install=args.install_peers, profile=args.profile)
+                      install=args.install_peers, profile=args.profile,
+                      extras=not args.no_extras, sockbuf=args.sockbuf,
+                      txqueuelen=args.txqueuelen)
 
 
 def _add_attack(bsub: Subparsers) -> None:
