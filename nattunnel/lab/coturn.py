@@ -25,7 +25,6 @@ import contextlib
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -33,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .netns import Lab, LabError
+from .netns import Lab, LabError, stop_process
 
 __all__ = [
     "Coturn",
@@ -191,15 +190,7 @@ class Coturn:
         if self.lab is not None:
             self.lab.stop(proc, timeout)
             return
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-                proc.wait(timeout)
+        stop_process(proc, timeout)
 
     def __enter__(self) -> Coturn:
         return self.start() if self.proc is None else self

@@ -62,6 +62,7 @@ __all__ = [
     "lab_problems",
     "parse_conntrack",
     "run",
+    "stop_process",
     "sweep_stale_labs",
 ]
 
@@ -357,6 +358,21 @@ def _list_netns() -> list[str]:
     return [line.split()[0] for line in cp.stdout.splitlines() if line.strip()]
 
 
+def stop_process(proc: subprocess.Popen[Any], timeout: float = 3.0) -> None:
+    """SIGTERM one process by PID, wait up to ``timeout``, then SIGKILL it (never by
+    name)."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout)
+
+
 class Lab:
     """The NAT lab. Use as a context manager, or through the ``lab`` pytest fixture."""
 
@@ -480,16 +496,7 @@ class Lab:
 
     def stop(self, proc: subprocess.Popen[Any], timeout: float = 3.0) -> int | None:
         """SIGTERM, wait, then SIGKILL one tracked process (by PID)."""
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    proc.wait(timeout)
+        stop_process(proc, timeout)
         for stream in (proc.stdin, proc.stdout, proc.stderr):
             if stream is not None:
                 with contextlib.suppress(OSError):
