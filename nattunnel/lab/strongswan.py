@@ -46,6 +46,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 )
 
 from .netns import Lab
+from .vici import SwanChildSa, SwanIkeSa, parse_list_sas, parse_vici_pretty
 
 __all__ = [
     "CHARON",
@@ -214,6 +215,10 @@ class SwanConn:
     #: extra ``key = value`` lines for the connection and for the child section
     extra: Mapping[str, str] = field(default_factory=dict)
     child_extra: Mapping[str, str] = field(default_factory=dict)
+    #: extra ``key = value`` lines for the ``local`` and ``remote`` sections (certs, cacerts,
+    #: another auth round's settings ...)
+    local_extra: Mapping[str, str] = field(default_factory=dict)
+    remote_extra: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def child(self) -> str:
@@ -234,6 +239,8 @@ class SwanConn:
                 raise ValueError(f"connection {self.name}: auth=psk needs psk")
             if '"' in self.psk or "\\" in self.psk:
                 raise ValueError(f"connection {self.name}: psk must not contain quotes")
+        elif self.auth == "pubkey" and "certs" in self.local_extra:
+            pass  # X.509: the certificate and key files come through Charon.start(files=)
         elif self.auth == "pubkey":
             missing = [
                 n
@@ -273,8 +280,10 @@ class SwanConn:
             lines.append(f"    {side} {{")
             lines.append(f"      auth = {self.auth}")
             lines.append(f"      id = {ident}")
-            if pub:
+            if pub and "certs" not in self.local_extra:
                 lines.append(f"      pubkeys = {keyfile}")
+            extra = self.local_extra if side == "local" else self.remote_extra
+            lines += [f"      {k} = {v}" for k, v in extra.items()]
             lines.append("    }")
         child_opts: list[tuple[str, str | None]] = [
             ("mode", "tunnel"),
@@ -306,12 +315,13 @@ class SwanConn:
         )
 
 
-def render_swanctl_conf(conns: Sequence[SwanConn]) -> str:
+def render_swanctl_conf(conns: Sequence[SwanConn], sections: str = "") -> str:
     """swanctl.conf for ``conns`` (PSKs go to ``secrets``; private keys are loaded from
-    ``swanctl/private`` by ``--load-all``)."""
+    ``swanctl/private`` by ``--load-all``), then ``sections`` as written (``pools { ... }``,
+    ``authorities { ... }``)."""
     out = "connections {\n" + "".join(c.render_connection() for c in conns) + "}\n"
     out += "secrets {\n" + "".join(c.render_secret() for c in conns) + "}\n"
-    return out
+    return out + sections
 
 
 def render_strongswan_conf(
@@ -358,197 +368,6 @@ def render_strongswan_conf(
     )
 
 
-# --------------------------------------------------------------------------- list-sas parsing
-
-VNode = dict[str, Any]
-
-
-def parse_vici_pretty(text: str) -> list[tuple[str, VNode]]:
-    """Parse ``swanctl --pretty`` output (vici messages, one ``key = value`` per line, sections
-    ``name {`` ... ``}``, lists ``name [`` ... ``]``) into ``(message name, dict)`` pairs.
-    Values are strings, lists of strings or nested dicts; a repeated key keeps the last value."""
-    messages: list[tuple[str, VNode]] = []
-    stack: list[VNode] = []
-    current_list: list[str] | None = None
-    top_name = ""
-    for raw in text.splitlines():
-        line = raw.strip()
-        if not line:
-            continue
-        if current_list is not None:
-            if line == "]":
-                current_list = None
-            else:
-                current_list.append(line)
-            continue
-        if line == "}":
-            if stack:
-                stack.pop()
-            continue
-        if line.endswith("{"):
-            name = line[:-1].strip()
-            node: VNode = {}
-            if stack:
-                stack[-1][name] = node
-            else:
-                top_name = name
-                messages.append((top_name, node))
-            stack.append(node)
-            continue
-        if line.endswith("[") and stack:
-            current_list = []
-            stack[-1][line[:-1].strip().rstrip("=").strip()] = current_list
-            continue
-        if " = " in line and stack:
-            key, _, value = line.partition(" = ")
-            stack[-1][key.strip()] = value
-        elif line.endswith(" =") and stack:
-            stack[-1][line[:-2].strip()] = ""
-    return messages
-
-
-def _int(value: Any, default: int = 0) -> int:
-    try:
-        return int(str(value), 0)
-    except (TypeError, ValueError):
-        return default
-
-
-def _spi(value: Any) -> int:
-    """vici prints SPIs as hex without prefix (``c1a2b3c4``, IKE: 16 hex digits)."""
-    try:
-        return int(str(value), 16)
-    except (TypeError, ValueError):
-        return 0
-
-
-@dataclass(frozen=True)
-class SwanChildSa:
-    """A child SA as charon lists it (``swanctl --list-sas``)."""
-
-    name: str
-    uniqueid: int
-    reqid: int
-    state: str
-    mode: str
-    protocol: str
-    encap: bool
-    spi_in: int
-    spi_out: int
-    encr_alg: str
-    encr_keysize: int
-    bytes_in: int
-    bytes_out: int
-    packets_in: int
-    packets_out: int
-    local_ts: tuple[str, ...]
-    remote_ts: tuple[str, ...]
-    raw: VNode = field(repr=False, compare=False)
-
-    @classmethod
-    def from_vici(cls, d: VNode) -> SwanChildSa:
-        return cls(
-            name=str(d.get("name", "")),
-            uniqueid=_int(d.get("uniqueid")),
-            reqid=_int(d.get("reqid")),
-            state=str(d.get("state", "")),
-            mode=str(d.get("mode", "")),
-            protocol=str(d.get("protocol", "")),
-            encap=d.get("encap") == "yes",
-            spi_in=_spi(d.get("spi-in")),
-            spi_out=_spi(d.get("spi-out")),
-            encr_alg=str(d.get("encr-alg", "")),
-            encr_keysize=_int(d.get("encr-keysize")),
-            bytes_in=_int(d.get("bytes-in")),
-            bytes_out=_int(d.get("bytes-out")),
-            packets_in=_int(d.get("packets-in")),
-            packets_out=_int(d.get("packets-out")),
-            local_ts=tuple(d.get("local-ts", ())),
-            remote_ts=tuple(d.get("remote-ts", ())),
-            raw=d,
-        )
-
-
-@dataclass(frozen=True)
-class SwanIkeSa:
-    """An IKE SA as charon lists it (``swanctl --list-sas``), with its child SAs; not to be
-    confused with nattunnel's own ``nattunnel.ike.sa.IkeSa``."""
-
-    name: str
-    uniqueid: int
-    state: str
-    initiator: bool
-    local_host: str
-    local_port: int
-    local_id: str
-    remote_host: str
-    remote_port: int
-    remote_id: str
-    spi_i: int
-    spi_r: int
-    #: the NAT flags swanctl reports: nat-local (this side behind NAT), nat-remote (the peer
-    #: behind NAT), nat-fake (this side pretends to be behind NAT), nat-any (any of them)
-    nat_local: bool
-    nat_remote: bool
-    nat_fake: bool
-    nat_any: bool
-    encr_alg: str
-    encr_keysize: int
-    prf_alg: str
-    dh_group: str
-    children: tuple[SwanChildSa, ...]
-    raw: VNode = field(repr=False, compare=False)
-
-    @classmethod
-    def from_vici(cls, name: str, d: VNode) -> SwanIkeSa:
-        kids = d.get("child-sas", {})
-        return cls(
-            name=name,
-            uniqueid=_int(d.get("uniqueid")),
-            state=str(d.get("state", "")),
-            initiator=d.get("initiator") == "yes",
-            local_host=str(d.get("local-host", "")),
-            local_port=_int(d.get("local-port")),
-            local_id=str(d.get("local-id", "")),
-            remote_host=str(d.get("remote-host", "")),
-            remote_port=_int(d.get("remote-port")),
-            remote_id=str(d.get("remote-id", "")),
-            spi_i=_spi(d.get("initiator-spi")),
-            spi_r=_spi(d.get("responder-spi")),
-            nat_local=d.get("nat-local") == "yes",
-            nat_remote=d.get("nat-remote") == "yes",
-            nat_fake=d.get("nat-fake") == "yes",
-            nat_any=d.get("nat-any") == "yes",
-            encr_alg=str(d.get("encr-alg", "")),
-            encr_keysize=_int(d.get("encr-keysize")),
-            prf_alg=str(d.get("prf-alg", "")),
-            dh_group=str(d.get("dh-group", "")),
-            children=tuple(
-                SwanChildSa.from_vici(v) for v in kids.values() if isinstance(v, dict)
-            ),
-            raw=d,
-        )
-
-    def child(self, name: str, state: str | None = "INSTALLED") -> SwanChildSa | None:
-        """The (first) CHILD_SA called ``name``, optionally only in ``state``."""
-        for c in self.children:
-            if c.name == name and (state is None or c.state == state):
-                return c
-        return None
-
-
-def parse_list_sas(text: str) -> list[SwanIkeSa]:
-    """IKE SAs from ``swanctl --list-sas --pretty`` (one ``list-sa event`` per IKE_SA)."""
-    out: list[SwanIkeSa] = []
-    for msg, body in parse_vici_pretty(text):
-        if msg != "list-sa event":
-            continue
-        for name, d in body.items():
-            if isinstance(d, dict):
-                out.append(SwanIkeSa.from_vici(name, d))
-    return out
-
-
 # --------------------------------------------------------------------------- charon
 
 
@@ -564,6 +383,9 @@ class Charon:
     strongswan_conf_text: str = ""
     start_timeout: float = 10.0
     stop_timeout: float = 5.0
+    #: appended to swanctl.conf; files under swanctl/ (see ``start``)
+    sections: str = ""
+    files: dict[str, bytes] = field(default_factory=dict)
 
     # ------------------------------------------------------------------ paths
 
@@ -615,6 +437,8 @@ class Charon:
         start_timeout: float = 10.0,
         load: bool = True,
         inner_addrs: Sequence[str] = (),
+        sections: str = "",
+        files: Mapping[str, bytes] | None = None,
     ) -> Charon:
         """Write the configuration into ``workdir`` (created if needed), start charon in
         ``role``'s namespace, wait until vici answers, then ``swanctl --load-all`` (unless
@@ -623,7 +447,12 @@ class Charon:
         ``inner_addrs`` (e.g. ``["198.18.100.1/32"]``) are added to ``lo`` in the namespace
         first: charon installs the route to the remote traffic selector (table 220, dev
         ipsec0) with ``src`` = a local address inside the local TS, and without one the route
-        fails and the CHILD_SA is refused (the responder answers TS_UNACCEPTABLE)."""
+        fails and the CHILD_SA is refused (the responder answers TS_UNACCEPTABLE).
+
+        ``sections`` is appended to swanctl.conf as written (``pools { ... }``, ``authorities
+        { ... }``); ``files`` maps paths under ``swanctl/`` (``"x509ca/ca.pem"``,
+        ``"private/gw.key"``) to their contents, written 0600 under ``private/`` and 0644
+        elsewhere."""
         for addr in inner_addrs:
             lab.exec(role, "ip", "addr", "replace", addr, "dev", "lo")
         workdir = Path(workdir).resolve()
@@ -634,6 +463,8 @@ class Charon:
         if len(set(names)) != len(names):
             raise ValueError(f"duplicate connection names: {names}")
         self = cls(lab, role, workdir, conns, start_timeout=start_timeout)
+        self.sections = sections
+        self.files = dict(files or {})
         self.strongswan_conf_text = render_strongswan_conf(
             workdir,
             plugins=plugins,
@@ -661,7 +492,7 @@ class Charon:
         self.conf_path.write_text(self.strongswan_conf_text)
         for c in self.conns:
             c.validate()
-            if c.auth == "pubkey":
+            if c.auth == "pubkey" and "certs" not in c.local_extra:
                 assert c.private_key and c.local_pubkey and c.remote_pubkey
                 _write_private(
                     self.swanctl_dir / "private" / c.local_key_file(),
@@ -672,7 +503,12 @@ class Charon:
                     (c.remote_pubkey, c.remote_pub_file()),
                 ):
                     _write_private(self.swanctl_dir / "pubkey" / dst, Path(src).read_bytes(), 0o644)
-        _write_private(self.swanctl_dir / "swanctl.conf", render_swanctl_conf(self.conns).encode())
+        for rel, data in self.files.items():
+            target = self.swanctl_dir / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            _write_private(target, data, 0o600 if rel.startswith("private/") else 0o644)
+        _write_private(self.swanctl_dir / "swanctl.conf",
+                       render_swanctl_conf(self.conns, self.sections).encode())
 
     def _launch(self) -> None:
         with contextlib.suppress(FileNotFoundError):
