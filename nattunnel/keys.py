@@ -10,7 +10,9 @@ Three kinds of private file, see keys/README.md:
   ``secret = "..."``) or ``0x`` and hex (``write_psk_file``, ``load_psk``);
 - an Ed25519 private key, PKCS#8 PEM, with its public key in a ``.pub`` file next to it
   (SubjectPublicKeyInfo PEM; public, any mode) (``write_ed25519_pair``,
-  ``load_ed25519_private``, ``load_ed25519_public``).
+  ``load_ed25519_private``, ``load_ed25519_public``);
+- the private key of a certificate (docs/certificates.md): ECDSA, RSA or Ed25519, PEM
+  (``load_private_key``); the certificates themselves are public (``ike/certs.py``).
 
 Rules kept here:
 
@@ -432,22 +434,19 @@ _GENERATE_HINT: Final = ("make one with `nattunnel keygen --type ed25519 NAME` o
                          "`openssl genpkey -algorithm ed25519 -out FILE`")
 
 
-def load_ed25519_private(path: StrPath) -> ed25519.Ed25519PrivateKey:
-    """Load an Ed25519 private key: PKCS#8 PEM, unencrypted, in a key file (the rules of
-    load_key_file: regular file, not a symlink, mode 0600 or stricter). KeyFileError names
-    the file and the problem (encrypted, a public key, another algorithm, not PEM) and never
-    holds key material."""
-    name = os.fspath(path)
+def _load_private(name: str, hint: str) -> object:
+    """The private key object in a key file (the rules of load_key_file), or KeyFileError
+    naming what the file holds instead."""
     raw = _read_file(name)
     problem = None
     key: object = None
     if b"-----BEGIN OPENSSH PRIVATE KEY-----" in raw:
         problem = (f"is an OpenSSH private key; nattunnel reads PKCS#8 PEM "
-                   f"(-----BEGIN PRIVATE KEY-----): {_GENERATE_HINT}")
+                   f"(-----BEGIN PRIVATE KEY-----): {hint}")
     elif _is_public_pem(raw):
         problem = PUBLIC_NOT_PRIVATE
     elif b"-----BEGIN" not in raw:
-        problem = f"is not a PEM file (expected -----BEGIN PRIVATE KEY-----); {_GENERATE_HINT}"
+        problem = f"is not a PEM file (expected -----BEGIN PRIVATE KEY-----); {hint}"
     elif b"PRIVATE KEY-----" not in raw:
         problem = ("holds no private key (a public key or a certificate?); expected "
                    "-----BEGIN PRIVATE KEY-----")
@@ -458,13 +457,54 @@ def load_ed25519_private(path: StrPath) -> ed25519.Ed25519PrivateKey:
             problem = ("is encrypted (password protected); nattunnel needs an unencrypted "
                        "key file (mode 0600 protects it): openssl pkey -in FILE -out NEWFILE")
         except (ValueError, UnsupportedAlgorithm):
-            problem = f"is not a valid PEM private key; {_GENERATE_HINT}"
-    if problem is None and not isinstance(key, ed25519.Ed25519PrivateKey):
-        problem = f"holds {_key_kind(key)} key, not an Ed25519 key; {_GENERATE_HINT}"
+            problem = f"is not a valid PEM private key; {hint}"
     if problem is not None:
         raise KeyFileError(f"{name}: {problem}")
-    assert isinstance(key, ed25519.Ed25519PrivateKey)
     return key
+
+
+def load_ed25519_private(path: StrPath) -> ed25519.Ed25519PrivateKey:
+    """Load an Ed25519 private key: PKCS#8 PEM, unencrypted, in a key file (the rules of
+    load_key_file: regular file, not a symlink, mode 0600 or stricter). KeyFileError names
+    the file and the problem (encrypted, a public key, another algorithm, not PEM) and never
+    holds key material."""
+    name = os.fspath(path)
+    key = _load_private(name, _GENERATE_HINT)
+    if not isinstance(key, ed25519.Ed25519PrivateKey):
+        raise KeyFileError(f"{name}: holds {_key_kind(key)} key, not an Ed25519 key; "
+                           f"{_GENERATE_HINT}")
+    return key
+
+
+#: the smallest RSA key a certificate's private key may have
+RSA_MIN_BITS: Final = 2048
+_CERT_KEY_HINT: Final = ("make one with `pki --gen --type ecdsa --size 256` or `openssl "
+                         "genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256` "
+                         "(docs/certificates.md)")
+SigningKey = ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
+
+
+def load_private_key(path: StrPath) -> SigningKey:
+    """Load the private key of a certificate: ECDSA (P-256, P-384, P-521), RSA (2048 bits or
+    more) or Ed25519, PEM (PKCS#8 ``-----BEGIN PRIVATE KEY-----``, or the PKCS#1 and SEC 1
+    forms ``pki`` and ``openssl`` also write), unencrypted, under the rules of
+    load_key_file (mode 0600 or stricter)."""
+    name = os.fspath(path)
+    key = _load_private(name, _CERT_KEY_HINT)
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        if key.curve.name not in ("secp256r1", "secp384r1", "secp521r1"):
+            raise KeyFileError(f"{name}: holds an ECDSA key on {key.curve.name}; IKE "
+                               f"signatures (RFC 7427) here use P-256, P-384 or P-521")
+        return key
+    if isinstance(key, rsa.RSAPrivateKey):
+        if key.key_size < RSA_MIN_BITS:
+            raise KeyFileError(f"{name}: holds an RSA-{key.key_size} key; at least "
+                               f"{RSA_MIN_BITS} bits are needed")
+        return key
+    if isinstance(key, ed25519.Ed25519PrivateKey):
+        return key
+    raise KeyFileError(f"{name}: holds {_key_kind(key)} key, not an ECDSA, RSA or Ed25519 "
+                       f"key; {_CERT_KEY_HINT}")
 
 
 def load_ed25519_public(path: StrPath) -> ed25519.Ed25519PublicKey:

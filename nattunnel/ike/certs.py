@@ -42,9 +42,9 @@ from cryptography.x509.verification import (
 )
 
 from ..constants import IdType
+from .crypto import SigningKey as PrivateKey
+from .crypto import VerifyingKey as PublicKey
 
-PrivateKey = ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
-PublicKey = ed25519.Ed25519PublicKey | ec.EllipticCurvePublicKey | rsa.RSAPublicKey
 
 #: a certificate, CA or CRL file larger than this is refused before it is parsed
 MAX_CERT_FILE_LEN: Final = 1 << 20

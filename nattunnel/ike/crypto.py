@@ -1,5 +1,6 @@
 """IKEv2 cryptography (RFC 7296): PRFs, prf+, Diffie-Hellman, key derivation, the SK cipher
-and AUTH payloads (PSK and Ed25519). NAT detection hashes are in ike_message.
+and AUTH payloads (PSK, and RFC 7427 signatures with Ed25519, ECDSA and RSA PKCS#1 v1.5
+and PSS). NAT detection hashes are in ike_message.
 
 Everything runs in the ``cryptography`` package; this module only arranges the octets the RFCs
 name. Sections cited are RFC 7296 unless another RFC is named.
@@ -13,16 +14,18 @@ import struct
 from dataclasses import dataclass
 from typing import Final, Protocol
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, x25519
+from cryptography.exceptions import InvalidSignature, InvalidTag
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa, x25519
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 
 from ..constants import (
+    ED25519_ALGORITHM_ID,
     ENCR_AES_GCM_16,
     ENCR_CHACHA20_POLY1305,
     AuthMethod,
     DhGroup,
+    HashAlgorithm,
     PrfId,
 )
 
@@ -224,7 +227,6 @@ def child_keymat(prf: Prf, sk_d: bytes, ni: bytes, nr: bytes, keymat_len: int,
 _KEY_PAD: Final = b"Key Pad for IKEv2"
 #: RFC 8420 section 2 / RFC 7427 section 3: ASN.1 length octet, then the DER
 #: AlgorithmIdentifier of Ed25519 (id-Ed25519, no parameters)
-ED25519_ALGORITHM_ID: Final = bytes.fromhex("300506032b6570")
 SIGNATURE_ALGORITHM_PREFIX: Final = bytes((len(ED25519_ALGORITHM_ID),)) + ED25519_ALGORITHM_ID
 
 
@@ -240,16 +242,150 @@ def psk_auth(prf: Prf, psk: bytes, octets: bytes) -> bytes:
     return prf(prf(psk, _KEY_PAD), octets)
 
 
+# --- RFC 7427 digital signatures (auth method 14) ----------------------------------------------
+SigningKey = ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
+VerifyingKey = ed25519.Ed25519PublicKey | ec.EllipticCurvePublicKey | rsa.RSAPublicKey
+_HASHES: Final[dict[int, type[hashes.SHA256 | hashes.SHA384 | hashes.SHA512]]] = {
+    HashAlgorithm.SHA2_256: hashes.SHA256, HashAlgorithm.SHA2_384: hashes.SHA384,
+    HashAlgorithm.SHA2_512: hashes.SHA512,
+}
+#: what we announce in SIGNATURE_HASH_ALGORITHMS (RFC 7427 section 4; RFC 8420 for Identity)
+SIGNATURE_HASHES: Final = (HashAlgorithm.SHA2_256, HashAlgorithm.SHA2_384,
+                           HashAlgorithm.SHA2_512, HashAlgorithm.IDENTITY)
+
+
+@dataclass(frozen=True)
+class SignatureScheme:
+    """One RFC 7427 signature scheme: the DER AlgorithmIdentifier in AUTH data (RFC 7427
+    appendix A; strongSwan's encodings: NULL parameters for RSA and the PSS hashes, a PSS
+    salt as long as the hash), the key it takes and its hash."""
+
+    name: str
+    algorithm_id: bytes
+    key: str  # "ecdsa" | "rsa" | "rsa-pss" | "ed25519"
+    hash: HashAlgorithm
+
+    def _hash(self) -> hashes.SHA256 | hashes.SHA384 | hashes.SHA512:
+        return _HASHES[self.hash]()
+
+    def _pss(self) -> padding.PSS:
+        h = self._hash()
+        return padding.PSS(padding.MGF1(h), h.digest_size)
+
+    def sign(self, key: SigningKey, octets: bytes) -> bytes:
+        """AUTH data: the AlgorithmIdentifier's length and DER, then the signature."""
+        prefix = bytes((len(self.algorithm_id),)) + self.algorithm_id
+        if isinstance(key, ed25519.Ed25519PrivateKey):
+            return prefix + key.sign(octets)
+        if isinstance(key, ec.EllipticCurvePrivateKey):
+            return prefix + key.sign(octets, ec.ECDSA(self._hash()))  # DER Ecdsa-Sig-Value
+        pad = self._pss() if self.key == "rsa-pss" else padding.PKCS1v15()
+        return prefix + key.sign(octets, pad, self._hash())
+
+    def verify(self, key: VerifyingKey, signature: bytes, octets: bytes) -> bool:
+        try:
+            if isinstance(key, ed25519.Ed25519PublicKey):
+                if self.key != "ed25519":
+                    return False
+                key.verify(signature, octets)
+            elif isinstance(key, ec.EllipticCurvePublicKey):
+                if self.key != "ecdsa":
+                    return False
+                key.verify(signature, octets, ec.ECDSA(self._hash()))
+            else:
+                if self.key not in ("rsa", "rsa-pss"):
+                    return False
+                pad = self._pss() if self.key == "rsa-pss" else padding.PKCS1v15()
+                key.verify(signature, octets, pad, self._hash())
+        except (InvalidSignature, ValueError):  # a malformed signature is a wrong one
+            return False
+        return True
+
+
+_PSS_OID: Final = "06092a864886f70d01010a"
+_MGF1_OID: Final = "06092a864886f70d010108"
+_SHA2_OID: Final = {256: "0609608648016503040201", 384: "0609608648016503040202",
+                    512: "0609608648016503040203"}
+
+
+def _pss_id(bits: int) -> bytes:
+    """RSASSA-PSS AlgorithmIdentifier: hash, MGF1 with the same hash, salt = hash length
+    (RFC 7427 appendix A.4.3's form, with strongSwan's NULL hash parameters)."""
+    h = "30 0d " + _SHA2_OID[bits] + " 0500"
+    mgf = "30 1a " + _MGF1_OID + h
+    salt = f"a2 03 02 01 {bits // 8:02x}"
+    params = "a0 0f " + h + " a1 1c " + mgf + " " + salt
+    body = _PSS_OID + " 30 34 " + params
+    return bytes.fromhex("30 41 " + body)
+
+
+SCHEMES: Final = (
+    SignatureScheme("ed25519", ED25519_ALGORITHM_ID, "ed25519", HashAlgorithm.IDENTITY),
+    SignatureScheme("ecdsa-with-sha256", bytes.fromhex("300a06082a8648ce3d040302"), "ecdsa",
+                    HashAlgorithm.SHA2_256),
+    SignatureScheme("ecdsa-with-sha384", bytes.fromhex("300a06082a8648ce3d040303"), "ecdsa",
+                    HashAlgorithm.SHA2_384),
+    SignatureScheme("ecdsa-with-sha512", bytes.fromhex("300a06082a8648ce3d040304"), "ecdsa",
+                    HashAlgorithm.SHA2_512),
+    SignatureScheme("sha256WithRSAEncryption", bytes.fromhex("300d06092a864886f70d01010b0500"),
+                    "rsa", HashAlgorithm.SHA2_256),
+    SignatureScheme("sha384WithRSAEncryption", bytes.fromhex("300d06092a864886f70d01010c0500"),
+                    "rsa", HashAlgorithm.SHA2_384),
+    SignatureScheme("sha512WithRSAEncryption", bytes.fromhex("300d06092a864886f70d01010d0500"),
+                    "rsa", HashAlgorithm.SHA2_512),
+    SignatureScheme("rsassa-pss-sha256", _pss_id(256), "rsa-pss", HashAlgorithm.SHA2_256),
+    SignatureScheme("rsassa-pss-sha384", _pss_id(384), "rsa-pss", HashAlgorithm.SHA2_384),
+    SignatureScheme("rsassa-pss-sha512", _pss_id(512), "rsa-pss", HashAlgorithm.SHA2_512),
+)
+_BY_ID: Final = {s.algorithm_id: s for s in SCHEMES}
+
+
+def choose_scheme(key: SigningKey, peer_hashes: frozenset[int], *, rsa_pss: bool = False
+                  ) -> SignatureScheme:
+    """The scheme to sign with (RFC 7427 section 4): Ed25519 for an Ed25519 key; for ECDSA
+    the curve's own hash (P-256 SHA-256, P-384 SHA-384, P-521 SHA-512) if the peer announced
+    it, else the first SHA-2 it did; for RSA SHA-256 first, with PSS if ``rsa_pss``. A peer
+    that announced none gets SHA-256 (strongSwan's default)."""
+    if isinstance(key, ed25519.Ed25519PrivateKey):
+        return SCHEMES[0]
+    kind = "ecdsa" if isinstance(key, ec.EllipticCurvePrivateKey) else (
+        "rsa-pss" if rsa_pss else "rsa")
+    order = [HashAlgorithm.SHA2_256, HashAlgorithm.SHA2_384, HashAlgorithm.SHA2_512]
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        own = {256: HashAlgorithm.SHA2_256, 384: HashAlgorithm.SHA2_384}.get(
+            key.curve.key_size, HashAlgorithm.SHA2_512)
+        order.remove(own)
+        order.insert(0, own)
+    pick = next((h for h in order if h in peer_hashes), order[0])
+    return next(s for s in SCHEMES if s.key == kind and s.hash == pick)
+
+
+def signature_auth(key: SigningKey, octets: bytes, peer_hashes: frozenset[int], *,
+                   rsa_pss: bool = False) -> bytes:
+    """AUTH data for auth method 14 signed with ``key`` (``choose_scheme``)."""
+    return choose_scheme(key, peer_hashes, rsa_pss=rsa_pss).sign(key, octets)
+
+
+def signature_verify(key: VerifyingKey, auth_data: bytes, octets: bytes) -> str | None:
+    """None if ``auth_data`` (auth method 14) holds a good signature of ``octets`` by ``key``,
+    else why not: an unknown AlgorithmIdentifier, a scheme for another key type, or a
+    signature that does not verify."""
+    if not auth_data or len(auth_data) < 1 + auth_data[0]:
+        return "truncated RFC 7427 signature data"
+    n = auth_data[0]
+    scheme = _BY_ID.get(auth_data[1:1 + n])
+    if scheme is None:
+        return "unsupported signature algorithm (AlgorithmIdentifier " \
+               f"{auth_data[1:1 + n].hex()})"
+    if not scheme.verify(key, auth_data[1 + n:], octets):
+        return f"the {scheme.name} signature does not verify with the peer's key"
+    return None
+
+
 def ed25519_auth(key: ed25519.Ed25519PrivateKey, octets: bytes) -> bytes:
     """AUTH data for auth method 14 with Ed25519: algorithm identifier, then the signature."""
-    return SIGNATURE_ALGORITHM_PREFIX + key.sign(octets)
+    return SCHEMES[0].sign(key, octets)
 
 
 def ed25519_verify(key: ed25519.Ed25519PublicKey, auth_data: bytes, octets: bytes) -> bool:
-    if not auth_data.startswith(SIGNATURE_ALGORITHM_PREFIX):
-        return False
-    try:
-        key.verify(auth_data[len(SIGNATURE_ALGORITHM_PREFIX):], octets)
-    except Exception:  # InvalidSignature, or a malformed signature length
-        return False
-    return True
+    return signature_verify(key, auth_data, octets) is None
