@@ -42,9 +42,7 @@ from cryptography.x509.verification import (
 )
 
 from ..constants import IdType
-from .crypto import SigningKey as PrivateKey
-from .crypto import VerifyingKey as PublicKey
-
+from .crypto import VerifyingKey
 
 #: a certificate, CA or CRL file larger than this is refused before it is parsed
 MAX_CERT_FILE_LEN: Final = 1 << 20
@@ -484,7 +482,7 @@ def certificate_identities(cert: x509.Certificate) -> list[str]:
     return out
 
 
-def public_key_of(cert: x509.Certificate) -> PublicKey:
+def public_key_of(cert: x509.Certificate) -> VerifyingKey:
     key = cert.public_key()
     if not isinstance(key, ed25519.Ed25519PublicKey | ec.EllipticCurvePublicKey
                       | rsa.RSAPublicKey):

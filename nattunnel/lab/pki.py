@@ -30,7 +30,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from ..ike.certs import PrivateKey, parse_dn
+from ..ike.certs import parse_dn
+from ..ike.crypto import SigningKey as PrivateKey
 
 KeyKind = Literal["ecdsa", "rsa", "rsa-pss", "ed25519"]
 #: id-kp-ipsecIKE (RFC 4945 section 5.1.3.12)
