@@ -1,4 +1,4 @@
-"""TCP segment coalescing for TUN writes with a virtio-net header (IFF_VNET_HDR).
+"""TCP and UDP coalescing for TUN writes with a virtio-net header (IFF_VNET_HDR).
 
 Decapsulated IPv4 TCP segments that continue one another (same addresses and ports, next
 sequence number, same header length, only ACK/PSH set, payloads of one size with possibly a
@@ -6,6 +6,17 @@ shorter last one) are joined into one GSO super-packet: one ``writev`` to the TU
 instead of dozens, and the kernel's TCP receive path handles them as one (fewer ACKs back
 through the tunnel). The virtio-net header says how to cut it again (``gso_size``) and that the
 TCP checksum is still to be completed (``NEEDS_CSUM``: the field holds the pseudo-header sum).
+
+Where the device takes UDP segmentation offload (Linux 6.2 and later: ``TunDevice`` probes it
+with TUNSETOFFLOAD, ``uso``), consecutive UDP datagrams of one flow (IPv4 or IPv6: the same
+addresses, ports and IP header fields, payloads of one size with possibly a shorter last one,
+at most 64 of them and 64 KiB) are joined the same way into one ``VIRTIO_NET_HDR_GSO_UDP_L4``
+super-packet, which the kernel cuts into the original datagrams again (``__udp_gso_segment``)
+before any socket or the next hop sees them. Its UDP checksum field holds the pseudo-header
+sum of the whole super-packet with ``NEEDS_CSUM`` (the kernel requires both for this GSO type,
+and so fills in every datagram's checksum, also one that came with 0 over IPv4). Without the
+offload, or when the kernel refuses such a write (EINVAL), datagrams go one per write.
+
 Everything else is written as it came, behind an all-zero header.
 
 Layout of ``struct virtio_net_hdr`` (include/uapi/linux/virtio_net.h): flags (u8),
@@ -15,13 +26,20 @@ on a little-endian host: the legacy header is in native order).
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
 import struct
 from typing import Final
 
+log = logging.getLogger("nattunnel")
+
 VNET_HDR_LEN: Final = 10
 VIRTIO_NET_HDR_F_NEEDS_CSUM: Final = 1
 VIRTIO_NET_HDR_GSO_TCPV4: Final = 1
+VIRTIO_NET_HDR_GSO_UDP_L4: Final = 5
+#: the most datagrams the kernel cuts one UDP super-packet into (UDP_MAX_SEGMENTS)
+UDP_MAX_SEGMENTS: Final = 64
 ZERO_HDR: Final = bytes(VNET_HDR_LEN)
 
 _VNET: Final = struct.Struct("=BBHHHH")
@@ -32,6 +50,16 @@ _HDR: Final = struct.Struct("!BxHxxHxBxx8sIIIBBH")
 #: the same, then the 12 octets of options a segment with timestamps carries
 _HDR52: Final = struct.Struct("!BxHxxHxBxx8sIIIBBH4x12s")
 _U16: Final = struct.Struct("!H")
+#: IPv4 and UDP headers: TOS, total length, identification, flags/fragment offset, TTL,
+#: protocol, addresses, ports (one 32-bit value), UDP length
+_UDP4: Final = struct.Struct("!xBHHHBBxx8sIH")
+#: IPv6 and UDP headers: version/traffic class/flow label, payload length, next header, hop
+#: limit, addresses, ports, UDP length
+_UDP6: Final = struct.Struct("!IHBB32sIH")
+_ADDR4: Final = struct.Struct("!4H")
+_ADDR6: Final = struct.Struct("!16H")
+#: IPv4 flags and fragment offset other than DF (MF, an offset, the reserved bit)
+_NOT_DF: Final = 0xBFFF
 #: flags other than ACK and PSH
 _NOT_ACK_PSH: Final = 0xFF & ~0x18
 _PSH: Final = 0x08
@@ -50,17 +78,21 @@ def _ip_checksum(hdr: bytes | bytearray | memoryview) -> int:
     return ~_fold(s) & 0xFFFF
 
 
-class TcpCoalescer:
+class Coalescer:
     """Collects decapsulated packets and writes them to a TUN fd opened with IFF_VNET_HDR.
 
     Nothing is copied but the first segment's headers: a run is written with one ``writev``
     of that header and views of the segments' payloads. So a packet handed to ``write`` must
     stay unchanged until the next ``flush`` (the endpoint flushes before it reuses its receive
-    buffer).
+    buffer). ``udp``: the device takes UDP super-packets (``TunDevice.uso``); it goes False for
+    good if the kernel refuses one.
+
+    One run is pending at a time (TCP or UDP), so packets leave in the order they came.
     """
 
-    def __init__(self, fd: int) -> None:
+    def __init__(self, fd: int, *, udp: bool = False) -> None:
         self.fd = fd
+        self.udp = udp
         #: virtio-net header and the run's IP + TCP headers (at most 60 + 60 octets)
         self._head = bytearray(VNET_HDR_LEN + 120)
         self._headv = memoryview(self._head)
@@ -72,9 +104,18 @@ class TcpCoalescer:
         self._next_seq = 0
         self._mss = 0
         self._open = False  # may take more segments
+        #: the pending UDP run: its header length (28 for IPv4, 48 for IPv6; 0 if the run
+        #: is TCP or there is none), what its datagrams share, whether it may grow, how many
+        #: datagrams it holds and the IPv4 identification the next one needs (without DF)
+        self._udp_hlen = 0
+        self._uflow: tuple[object, ...] | None = None
+        self._uopen = False
+        self._count = 0
+        self._next_id = 0
         self.writes = 0
-        self.coalesced = 0  # segments that went out inside a super-packet
-        self.write_drops = 0
+        self.coalesced = 0  # TCP segments and UDP datagrams that went out in a super-packet
+        self.udp_coalesced = 0  # of those, UDP datagrams
+        self.write_drops = 0  # packets lost to a failed write
 
     def write(self, pkt: memoryview) -> None:
         """Queue one decapsulated packet (held by reference until ``flush``)."""
@@ -115,9 +156,58 @@ class TcpCoalescer:
                 self._mss = plen
                 self._open = not flags & _PSH
                 return
+        if self.udp and self._udp(pkt, n):
+            return
         if self._len:
             self.flush()
         self._write([ZERO_HDR, pkt])
+
+    def _udp(self, pkt: memoryview, n: int) -> bool:
+        """Queue a UDP datagram (IPv4 without options, or IPv6 without extension headers)
+        in a UDP run; False if ``pkt`` is not one."""
+        first = pkt[0]
+        ident = 0
+        flow: tuple[object, ...]
+        if first == 0x45 and n > 28:
+            tos, total, ident, frag, ttl, proto, addrs, ports, ulen = _UDP4.unpack_from(pkt)
+            if proto != 17 or total != n or frag & _NOT_DF or ulen != n - 20:
+                return False
+            hlen = 28
+            flow = (tos, frag, ttl, addrs, ports)
+            # with DF the identification means nothing (RFC 6864) and GSO numbers the
+            # datagrams anew; without it they must be numbered as GSO will number them
+            ident_ok = frag != 0 or ident == self._next_id
+        elif first >> 4 == 6 and n > 48:
+            vtcfl, plen, nh, hlim, addrs, ports, ulen = _UDP6.unpack_from(pkt)
+            if nh != 17 or plen != n - 40 or ulen != plen:
+                return False
+            hlen = 48
+            flow = (vtcfl, hlim, addrs, ports)
+            ident_ok = True
+        else:
+            return False
+        size = n - hlen
+        if (self._uopen and flow == self._uflow and ident_ok and size <= self._mss
+                and self._len + size <= _MAX and self._count < UDP_MAX_SEGMENTS):
+            self._parts.append(pkt)
+            self._len += size
+            self._count += 1
+            self._next_id = (ident + 1) & 0xFFFF
+            if size < self._mss:
+                self._uopen = False  # a shorter datagram ends the run
+            return True
+        if self._len:
+            self.flush()
+        self._parts = [pkt]
+        self._len = n
+        self._flow = None  # no TCP segment joins this run
+        self._udp_hlen = hlen
+        self._uflow = flow
+        self._uopen = True
+        self._mss = size
+        self._count = 1
+        self._next_id = (ident + 1) & 0xFFFF
+        return True
 
     def flush(self) -> None:
         """Write the pending packet or super-packet, if any."""
@@ -128,7 +218,12 @@ class TcpCoalescer:
         self._open = False
         self._parts = []
         if len(parts) == 1:
+            self._udp_hlen = 0
+            self._uopen = False
             self._write([ZERO_HDR, parts[0]])
+            return
+        if self._udp_hlen:
+            self._flush_udp(length, parts)
             return
         first = parts[0]
         flow = self._flow
@@ -148,13 +243,56 @@ class TcpCoalescer:
         _VNET.pack_into(head, 0, VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_TCPV4,
                         hlen, self._mss, 20, 16)
         self.coalesced += len(parts)
+        count = len(parts)
         parts[0] = first[hlen:]
         parts.insert(0, self._headv[:end])
-        self._write(parts)
+        self._write(parts, count)
 
-    def _write(self, parts: list[bytes | memoryview]) -> None:
+    def _flush_udp(self, length: int, parts: list[bytes | memoryview]) -> None:
+        """Write the pending UDP run as one GSO_UDP_L4 super-packet: the first datagram's
+        headers with the run's lengths, then every datagram's payload."""
+        hlen = self._udp_hlen
+        self._udp_hlen = 0
+        self._uopen = False
+        head = self._head
+        ip = VNET_HDR_LEN
+        end = ip + hlen
+        head[ip:end] = parts[0][:hlen]
+        ulen = length - hlen + 8
+        if hlen == 28:
+            _U16.pack_into(head, ip + 2, length)  # total length
+            _U16.pack_into(head, ip + 10, 0)
+            _U16.pack_into(head, ip + 10, _ip_checksum(self._headv[ip : ip + 20]))
+            addr_sum = sum(_ADDR4.unpack_from(head, ip + 12))
+        else:
+            _U16.pack_into(head, ip + 4, ulen)  # payload length
+            addr_sum = sum(_ADDR6.unpack_from(head, ip + 8))
+        _U16.pack_into(head, end - 4, ulen)
+        # UDP checksum field: the pseudo-header sum, for the kernel to complete per datagram
+        _U16.pack_into(head, end - 2, _fold(addr_sum + 17 + ulen))
+        _VNET.pack_into(head, 0, VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_UDP_L4,
+                        hlen, self._mss, hlen - 8, 6)
+        iov: list[bytes | memoryview] = [self._headv[:end]]
+        iov += [p[hlen:] for p in parts]
+        try:
+            os.writev(self.fd, iov)
+        except OSError as e:
+            if e.errno != errno.EINVAL:
+                self.write_drops += len(parts)
+                return
+            # the kernel takes no UDP GSO after all: one write per datagram from now on
+            log.warning("TUN refused a UDP super-packet (%s); writing one datagram each", e)
+            self.udp = False
+            for p in parts:
+                self._write([ZERO_HDR, p])
+            return
+        self.writes += 1
+        self.coalesced += len(parts)
+        self.udp_coalesced += len(parts)
+
+    def _write(self, parts: list[bytes | memoryview], count: int = 1) -> None:
         try:
             os.writev(self.fd, parts)
             self.writes += 1
         except OSError:
-            self.write_drops += 1
+            self.write_drops += count

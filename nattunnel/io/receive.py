@@ -8,9 +8,10 @@
                              commit (esp/replay.py), trailer, in place in the receive buffer
     -> source check          Tunnel._source_ok -> Peer.source_allowed_at (RFC 4301 5.2)
     -> rebinding             Tunnel._heard (tunnel/core.py): an authentic packet moves the peer
-    -> coalesce              interface.write: TcpCoalescer.write (io/coalesce.py) behind
+    -> coalesce              interface.write: Coalescer.write (io/coalesce.py: TCP segments,
+                             and UDP datagrams where the device takes USO) behind
                              TunInterface (io/tun.py), or InProcessInterface.write
-    -> writev                interface.flush: TcpCoalescer.flush (io/coalesce.py), before the
+    -> writev                interface.flush: Coalescer.flush (io/coalesce.py), before the
                              buffer is reused
     -> events                the endpoint's ``after`` (Endpoint._after_receive, io/endpoint.py):
                              peer moved, rekey, IKE that came behind the non-ESP marker

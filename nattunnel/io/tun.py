@@ -38,7 +38,7 @@ from ipaddress import IPv4Interface, IPv4Network, IPv6Interface, IPv6Network
 from types import TracebackType
 from typing import TYPE_CHECKING, Final
 
-from .coalesce import VNET_HDR_LEN, TcpCoalescer
+from .coalesce import VNET_HDR_LEN, Coalescer
 
 if TYPE_CHECKING:
     from .endpoint import Endpoint
@@ -55,6 +55,10 @@ __all__ = [
     "IP_TIMEOUT",
     "TUNGETIFF",
     "TUNSETIFF",
+    "TUNSETOFFLOAD",
+    "TUN_F_CSUM",
+    "TUN_F_USO4",
+    "TUN_F_USO6",
     "TUN_PATH",
     "TunDevice",
     "TunError",
@@ -79,6 +83,13 @@ IFF_MULTI_QUEUE: Final = 0x0100
 IFF_NO_PI: Final = 0x1000
 IFF_VNET_HDR: Final = 0x4000
 IFF_TUN_EXCL: Final = 0x8000
+#: _IOW('T', 208, unsigned int): the offloads the device takes from the kernel (what a read
+#: may hand us); a flag the kernel does not know is refused with EINVAL, which makes it the
+#: probe for UDP segmentation offload (TUN_F_USO4/6, Linux 6.2)
+TUNSETOFFLOAD: Final = 0x400454D0
+TUN_F_CSUM: Final = 0x01
+TUN_F_USO4: Final = 0x20
+TUN_F_USO6: Final = 0x40
 # --- linux/sockios.h, linux/if.h: an interface's flags and MTU -----------------------------------
 SIOCGIFFLAGS: Final = 0x8913
 SIOCGIFMTU: Final = 0x8921
@@ -265,6 +276,24 @@ def _addresses_of(name: str) -> list[IPv4Interface | IPv6Interface]:
             if "local" in a and "prefixlen" in a]
 
 
+def _probe_uso(fd: int, name: str) -> bool:
+    """Whether the kernel knows UDP segmentation offload on TUN (Linux 6.2 and later), and
+    so takes GSO_UDP_L4 super-packets on writes: TUNSETOFFLOAD with the USO flags (EINVAL:
+    it does not). The offloads are switched off again at once: reads stay whole packets with
+    complete checksums (with TUN_F_CSUM on, the kernel would hand over packets whose checksum
+    is still to be filled in)."""
+    try:
+        fcntl.ioctl(fd, TUNSETOFFLOAD, TUN_F_CSUM | TUN_F_USO4 | TUN_F_USO6)
+    except OSError:
+        return False
+    try:
+        fcntl.ioctl(fd, TUNSETOFFLOAD, 0)
+    except OSError as exc:
+        raise TunError(name, f"TUNSETOFFLOAD 0 failed after the probe: {exc.strerror}",
+                       exc.errno) from exc
+    return True
+
+
 def _close_fd(fd: int) -> None:
     with contextlib.suppress(OSError):
         os.close(fd)
@@ -277,7 +306,8 @@ class TunDevice:
     ``fd`` is the non-blocking, close-on-exec file descriptor (-1 once closed); ``name`` the
     interface name; ``mtu`` its MTU. ``write_drops`` counts packets ``write`` dropped because
     the kernel had no room (EAGAIN/ENOBUFS), ``write_errors`` packets it refused (EINVAL: not an
-    IPv4/IPv6 packet).
+    IPv4/IPv6 packet). ``uso``: opened with IFF_VNET_HDR on a kernel that takes UDP
+    super-packets (GSO_UDP_L4) on writes.
     """
 
     __slots__ = (
@@ -291,6 +321,7 @@ class TunDevice:
         "fd",
         "mtu",
         "name",
+        "uso",
         "vnet_hdr",
         "write_drops",
         "write_errors",
@@ -312,6 +343,8 @@ class TunDevice:
         self.write_errors = 0
         #: opened with IFF_VNET_HDR: every read and write carries a virtio-net header
         self.vnet_hdr = False
+        #: the kernel takes GSO_UDP_L4 super-packets on writes (probed by ``create``)
+        self.uso = False
         self._vhdr = bytearray(VNET_HDR_LEN)
         self._routes: list[IPv4Network | IPv6Network] = list(routes)
         #: the device was there before ``create`` (a persistent one, ``ip tuntap add``): it is
@@ -333,10 +366,14 @@ class TunDevice:
         routes: Sequence[IPv4Network | IPv6Network | str] = (),
         *,
         vnet_hdr: bool = False,
+        uso: bool = True,
     ) -> TunDevice:
         """Create TUN interface ``name`` in the current network namespace, set its MTU, bring
         it up, add ``addresses`` and point ``routes`` at it (``ip route replace``: an existing
         route to the same prefix is taken over).
+
+        With ``vnet_hdr`` every read and write carries a virtio-net header; then ``uso``
+        (False: not even tried) probes whether UDP super-packets may be written (``uso``).
 
         Raises TunError naming the device and the cause; on failure nothing is left behind.
         Malformed addresses or routes raise ValueError before anything is created.
@@ -352,6 +389,7 @@ class TunDevice:
         dev = cls(fd, name, mtu)
         dev.vnet_hdr = vnet_hdr
         try:
+            dev.uso = vnet_hdr and uso and _probe_uso(fd, name)
             present: set[IPv4Interface | IPv6Interface] = set()
             if _persistent(fd):
                 dev.existed = True
@@ -509,8 +547,10 @@ class TunInterface:
 
     Packets read from the device are drained by the endpoint with ``add_reader`` (until EAGAIN
     or the budget). Decapsulated packets are written to the device; on a device opened with
-    IFF_VNET_HDR consecutive TCP segments of one flow are first joined into GSO super-packets
-    (``nattunnel.io.coalesce``), written when the endpoint's drain ends (``flush``).
+    IFF_VNET_HDR consecutive TCP segments of one flow, and UDP datagrams of one flow where the
+    kernel takes UDP super-packets (``TunDevice.uso``), are first joined into GSO
+    super-packets (``nattunnel.io.coalesce``), written when the endpoint's drain ends
+    (``flush``).
     """
 
     write: Callable[[memoryview], None]
@@ -518,9 +558,9 @@ class TunInterface:
 
     def __init__(self, device: TunDevice) -> None:
         self.device = device
-        self.coalescer: TcpCoalescer | None = None
+        self.coalescer: Coalescer | None = None
         if device.vnet_hdr:
-            self.coalescer = TcpCoalescer(device.fd)
+            self.coalescer = Coalescer(device.fd, udp=device.uso)
             self.write = self.coalescer.write
             self.flush = self.coalescer.flush
             self._read = device.read_into_vnet

@@ -13,7 +13,7 @@ from nattunnel.io.coalesce import (
     VIRTIO_NET_HDR_F_NEEDS_CSUM,
     VIRTIO_NET_HDR_GSO_TCPV4,
     VNET_HDR_LEN,
-    TcpCoalescer,
+    Coalescer,
 )
 
 SRC, DST = ipaddress.IPv4Address("198.18.100.1"), ipaddress.IPv4Address("198.18.100.2")
@@ -43,7 +43,7 @@ def tcp(seq: int, payload: bytes, flags: int = 0x10, sport: int = 5001, src=SRC)
 def pair():
     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     b.setblocking(False)
-    yield TcpCoalescer(a.fileno()), b
+    yield Coalescer(a.fileno()), b
     a.close()
     b.close()
 

@@ -62,6 +62,28 @@ def test_constants_match_linux_headers() -> None:
     assert (tun.IFF_TAP, tun.IFF_MULTI_QUEUE, tun.IFF_VNET_HDR) == (0x0002, 0x0100, 0x4000)
 
 
+def test_uso_probe(monkeypatch: pytest.MonkeyPatch) -> None:
+    """TUNSETOFFLOAD with the USO flags, then the offloads off again for reads; EINVAL (a
+    kernel before 6.2) means no UDP super-packets."""
+    assert tun.TUNSETOFFLOAD == _iow("T", 208, struct.calcsize("I")) == 0x400454D0
+    assert (tun.TUN_F_CSUM, tun.TUN_F_USO4, tun.TUN_F_USO6) == (0x01, 0x20, 0x40)
+    calls: list[tuple[int, int, int]] = []
+
+    def ioctl(fd: int, req: int, arg: int) -> int:
+        calls.append((fd, req, arg))
+        return 0
+
+    monkeypatch.setattr(tun.fcntl, "ioctl", ioctl)
+    assert tun._probe_uso(7, "nt0") is True
+    assert calls == [(7, tun.TUNSETOFFLOAD, 0x61), (7, tun.TUNSETOFFLOAD, 0)]
+
+    def old_kernel(fd: int, req: int, arg: int) -> int:
+        raise OSError(errno.EINVAL, "Invalid argument")
+
+    monkeypatch.setattr(tun.fcntl, "ioctl", old_kernel)
+    assert tun._probe_uso(7, "nt0") is False
+
+
 def test_ifreq_layout() -> None:
     req = pack_ifreq("nt0", IFF_TUN | IFF_NO_PI)
     assert len(req) == tun.IFREQ_SIZE == 40  # sizeof(struct ifreq) on 64-bit Linux
