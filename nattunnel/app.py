@@ -40,6 +40,7 @@ from .ike.keylog import KeyLog
 from .ike.manager import IkeManager, IkePeer, LocalAddressNeeded, PeerDown, PeerUp
 from .io.endpoint import Endpoint, InnerInterface, InProcessInterface
 from .io.netwatch import NetWatch, addresses, mobike_local
+from .io.relay import PathMover
 from .traversal.turn import CHANNEL_LIFETIME as TURN_CHANNEL_LIFETIME
 from .traversal.turn import PERMISSION_LIFETIME as TURN_PERMISSION_LIFETIME
 from .tunnel.core import Event as TunnelEvent
@@ -273,7 +274,8 @@ class Node:
 
     def __init__(self, config: Config | None = None, /, *, serve_control: bool = True,
                  serve_metrics: bool = True, base_dir: str | os.PathLike[str] = ".",
-                 turn_lifetimes: dict[str, float] | None = None, **settings: Any) -> None:
+                 turn_lifetimes: dict[str, float] | None = None,
+                 path_timings: dict[str, float] | None = None, **settings: Any) -> None:
         """From a ``Config`` (``load_config``), or from keyword arguments: the keys of the
         TOML file as Python values (``listen=["127.0.0.1:0"], interface={"kind":
         "inprocess"}, peer=[{...}]``), checked as a file is (ConfigError naming the
@@ -281,7 +283,8 @@ class Node:
         ``serve_metrics``: open the configuration's control socket and metrics endpoint
         (a configuration not from a file has a control socket only if it names one).
         ``turn_lifetimes``: the TURN allocation's ``permission_lifetime`` and
-        ``channel_lifetime`` when the server gives shorter ones than RFC 8656's (tests)."""
+        ``channel_lifetime`` when the server gives shorter ones than RFC 8656's (tests);
+        ``path_timings``: ``PathMover``'s keyword timings (io/relay.py; tests)."""
         if config is None:
             config = config_from_dict(settings, base_dir)
         elif settings:
@@ -290,6 +293,9 @@ class Node:
         self._want_control = serve_control and config.control_socket is not None
         self._want_metrics = serve_metrics and config.metrics is not None
         self._turn_lifetimes = dict(turn_lifetimes or {})
+        self._path_timings = dict(path_timings or {})
+        #: relay first, then direct (io/relay.py): with a turn server and an IKE manager
+        self.paths: PathMover | None = None
         self.endpoint: Endpoint | None = None
         self.controller: Controller | None = None
         self.control_server: ControlServer | None = None
@@ -343,11 +349,25 @@ class Node:
         for pc in config.peers:
             if pc.relay == "always" and pc.endpoint is not None:
                 endpoint.relay_peer(pc.name, addr=sockaddr(*pc.endpoint))
-        lifetimes = self._turn_lifetimes
-        endpoint.start_relay(
-            sockaddr(*config.turn.server), config.turn.username, config.turn.password,
-            permission_lifetime=lifetimes.get("permission_lifetime", TURN_PERMISSION_LIFETIME),
-            channel_lifetime=lifetimes.get("channel_lifetime", TURN_CHANNEL_LIFETIME))
+        lifetimes, turn = self._turn_lifetimes, config.turn
+
+        def start() -> object:
+            return endpoint.start_relay(
+                sockaddr(*turn.server), turn.username, turn.password,
+                permission_lifetime=lifetimes.get("permission_lifetime",
+                                                  TURN_PERMISSION_LIFETIME),
+                channel_lifetime=lifetimes.get("channel_lifetime", TURN_CHANNEL_LIFETIME))
+
+        ike = self.controller.ike if self.controller is not None else None
+        if ike is not None:  # relay = "auto": allocated when a peer needs it (io/relay.py)
+            self.paths = PathMover(endpoint, ike, start, **self._path_timings)
+            for pc in config.peers:
+                if pc.relay == "auto" and pc.endpoint is not None and pc.initiate:
+                    self.paths.watch(pc.name, relayed=False, auto=True,
+                                     direct=sockaddr(*pc.endpoint))
+            self.paths.start()
+        if endpoint.relayed:
+            start()
 
     async def _start_operator_side(self) -> None:
         config = self.config
@@ -395,6 +415,8 @@ class Node:
             self._close()
 
     def _close(self) -> None:
+        if self.paths is not None:
+            self.paths.stop()
         if self.netwatch is not None:
             self.netwatch.close()
         for server in (self.control_server, self.metrics_server):
@@ -428,8 +450,12 @@ class Node:
         """The status as data (``nattunnel show --json``; ``nattunnel.control.status``);
         KeyError for an unknown ``peer``."""
         endpoint, controller = self._parts()
-        return snapshot(endpoint, controller.ike, self._now(), started=self._started_at,
-                        version=_version(), peer=peer)
+        status = snapshot(endpoint, controller.ike, self._now(), started=self._started_at,
+                          version=_version(), peer=peer)
+        for name, p in status["peers"].items():  # the mover's view of each peer's path
+            if self.paths is not None and name in self.paths.paths:
+                p["path"] = {**p["path"], **self.paths.path(name)}
+        return status
 
     def is_up(self, peer: str) -> bool:
         """Whether the peer has an SA to send on (an IKE peer: a child SA is up)."""

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Final, TypeVar
 
 from ..addr import HostPort, Network
-from ..ike.config import Identity, IkeConfig
+from ..ike.config import DEFAULT_FRAGMENT_SIZE, Identity, IkeConfig
 from ..ike.grammar import parse_esp_proposal, parse_ike_proposal
 from ..ike.proposals import DEFAULT_ESP_PROPOSALS, DEFAULT_IKE_PROPOSALS
 from ..keys import KeyFileError, load_ed25519_private, load_ed25519_public, load_psk, public_key_b64
@@ -36,10 +36,16 @@ _T = TypeVar("_T")
 MANUAL_KEYS: Final = ("spi_in", "spi_out", "key_in", "key_out", "suite", "esn")
 #: fields of an IKE peer only
 IKE_KEYS: Final = (
+    "fragmentation", "fragment_size",
     "auth", "local_id", "remote_id", "psk_file", "private_key", "peer_public_key", "initiate",
     "encap", "dpd_interval", "ike_proposals", "esp_proposals", "local_ts", "rekey_time",
     "rekey_bytes", "rekey_packets", "ike_rekey_time", "mobike",
 )
+#: IKE fragmentation (RFC 7383): the smallest and largest ``fragment_size``, octets of the IP
+#: datagram (128 leaves 15 octets of payloads in an IPv6 fragment on port 4500: for tests;
+#: RFC 7383 section 2.5.1 recommends 576 for IPv4 and 1280 for IPv6)
+FRAGMENT_SIZE_MIN: Final = 128
+FRAGMENT_SIZE_MAX: Final = 65535
 #: for auth = "psk" only / for auth = "pubkey" only
 PSK_KEYS: Final = ("psk_file",)
 PUBKEY_KEYS: Final = ("private_key", "peer_public_key")
@@ -192,7 +198,11 @@ class IkeFields(Fields):
                                                  "derive the local traffic selectors from; "
                                                  "give local_ts, e.g. "
                                                  "[\"198.18.100.1/32\"]")
+        fragmentation = self.get(t, "fragmentation", pre, bool, "true or false", True)
+        fragment_size = self.get_int(t, "fragment_size", pre, FRAGMENT_SIZE_MIN,
+                                     FRAGMENT_SIZE_MAX, DEFAULT_FRAGMENT_SIZE)
         return _IkeConfig(
+            fragmentation=fragmentation, fragment_size=fragment_size,
             name=name, local_id=local_id, remote_id=remote_id, auth=auth.value,
             local_ts=local_ts, remote_ts=remote_ts, ike_proposals=ike_proposals,
             esp_proposals=esp_proposals, force_encap=encap == "force", dpd_interval=dpd,

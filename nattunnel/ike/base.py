@@ -23,12 +23,24 @@ from ..constants import (
     NAT_T_PORT,
     ExchangeType,
     NotifyType,
+    PayloadType,
 )
 from ..esp.suite import Suite
 from . import crypto as kc
 from .config import CHILD_RETRY_BASE, CHILD_RETRY_MAX, Identity, IkeConfig
 from .events import ChildDown, ChildRefused, ChildUp, DownCause, Event, IkeDown, Outgoing
-from .message import Header, Message, Payload, encode_message, format_payloads, nat_detection_hash
+from .fragment import Reassembly, encrypted_size, fragment_room, ip_overhead, split
+from .message import (
+    Header,
+    Message,
+    Notify,
+    Payload,
+    SkCipher,
+    encode_message,
+    encode_payloads,
+    format_payloads,
+    nat_detection_hash,
+)
 from .proposals import IkeProposal
 
 if TYPE_CHECKING:
@@ -162,6 +174,14 @@ class Request:
     sent_at: float
     context: RequestContext = None
     tries: int = 1
+    #: sent as these IKE fragments (RFC 7383; ``data`` is then empty): a retransmission
+    #: sends them all again, as a unit
+    fragments: tuple[bytes, ...] = ()
+
+    @property
+    def datagrams(self) -> tuple[bytes, ...]:
+        """What one transmission of the request sends."""
+        return self.fragments or (self.data,)
 
 
 class IkeError(Exception):
@@ -297,10 +317,23 @@ class SaCore:
         #: the wait after the next refusal
         self.child_retry_at: float | None = None
         self._child_retry_delay = CHILD_RETRY_BASE
-        self._init_mobike()
+        self._init_extensions()
         #: the time of the last call with a ``now``, and the deadline last logged
         self._clock = now
         self._logged_deadline: Deadline | None = None
+
+    def _init_extensions(self) -> None:
+        """The state of MOBIKE (RFC 4555) and IKE fragmentation (RFC 7383)."""
+        self._init_mobike()
+        self._init_fragmentation()
+
+    def _init_fragmentation(self) -> None:
+        #: IKE fragmentation (RFC 7383): both sides sent IKEV2_FRAGMENTATION_SUPPORTED in
+        #: IKE_SA_INIT; the peer's fragments and the counters; the fragments our last
+        #: response went as, or none
+        self.fragmentation = False
+        self.fragments = Reassembly()
+        self._last_response_fragments: tuple[bytes, ...] = ()
 
     def _init_mobike(self) -> None:
         #: MOBIKE (RFC 4555): negotiated in IKE_AUTH (both sent MOBIKE_SUPPORTED, 3.2);
@@ -382,20 +415,122 @@ class SaCore:
         self._next_request_id += 1
         self._clock = now
         hdr = self._header(exchange, mid, False)
-        data = encode_message(hdr, payloads, sk=self._sk_out)
-        self._request = Request(kind, mid, exchange, data, now, context)
-        self._log_out(hdr, payloads, self._sk_out is not None, data, self.remote)
-        self._send(data)
+        data, frags = self._encode(hdr, payloads, self._sk_out, self.remote, self.natt)
+        self._request = Request(kind, mid, exchange, data, now, context, fragments=frags)
+        self._log_out(hdr, payloads, self._sk_out is not None, data, self.remote, frags)
+        for d in self._request.datagrams:
+            self._send(d)
 
     def _respond(self, exchange: int, message_id: int, payloads: list[Payload],
                  encrypted: bool = True) -> None:
         hdr = self._header(exchange, message_id, True)
         sk = self._sk_out if encrypted else None
-        data = encode_message(hdr, payloads, sk=sk)
+        to, natt = self._reply_to if self._reply_to is not None else (self.remote, self.natt)
+        data, frags = self._encode(hdr, payloads, sk, to, natt)
         self._last_response = (message_id, data)
-        self._log_out(hdr, payloads, sk is not None, data,
-                      self._reply_to[0] if self._reply_to is not None else self.remote)
-        self._reply(data)
+        self._last_response_fragments = frags
+        self._log_out(hdr, payloads, sk is not None, data, to, frags)
+        self._reply_cached()
+
+    def _reply_cached(self) -> None:
+        """Send the last response again: all its fragments if it went in fragments."""
+        if self._last_response is not None:
+            for d in self._last_response_fragments or (self._last_response[1],):
+                self._reply(d)
+
+    def _send_request(self, req: Request) -> None:
+        """Send our request again: every fragment of it (RFC 7383 section 2.6.1)."""
+        for d in req.datagrams:
+            self._send(d)
+
+    # --- IKE fragmentation (RFC 7383) ----------------------------------------------------------
+    def _fragmentation_offer(self) -> list[Payload]:
+        """IKEV2_FRAGMENTATION_SUPPORTED for our IKE_SA_INIT message (section 2.3): the
+        initiator's if its configuration says so, the responder's if the request had it."""
+        offer = (self.config is not None and self.config.fragmentation if self.initiator
+                 else self.fragmentation)
+        return [Notify(NotifyType.IKEV2_FRAGMENTATION_SUPPORTED)] if offer else []
+
+    def _fragmentation_seen(self, msg: Message) -> None:
+        """The peer's IKE_SA_INIT message: did it send IKEV2_FRAGMENTATION_SUPPORTED? The
+        responder answers it before it knows the peer (any peer's fragments are reassembled
+        within the bounds of ``Reassembly``); the initiator's configuration decides."""
+        seen = msg.notify(NotifyType.IKEV2_FRAGMENTATION_SUPPORTED) is not None
+        self.fragmentation = seen and (not self.initiator or bool(
+            self.config is not None and self.config.fragmentation))
+        if seen:
+            self._debug("IKE fragmentation %s", "negotiated" if self.fragmentation
+                        else "offered by the peer, not used")
+
+    def _encode(self, hdr: Header, payloads: list[Payload], sk: SkCipher | None, to: Addr,
+                natt: bool) -> tuple[bytes, tuple[bytes, ...]]:
+        """(the message, ()) or, when it is to go in fragments, (b"", the fragments): an
+        encrypted message after IKE_SA_INIT whose IP datagram would be larger than the
+        fragment size, with fragmentation negotiated and this peer's ``fragmentation`` on
+        (RFC 7383 sections 2.5, 2.5.1)."""
+        cfg = self.config
+        if (sk is None or not self.fragmentation or cfg is None or not cfg.fragmentation
+                or hdr.exchange_type == ExchangeType.IKE_SA_INIT):
+            return encode_message(hdr, payloads, sk=sk), ()
+        ipv6 = ":" in to[0]
+        _, inner = encode_payloads(payloads)
+        if ip_overhead(ipv6, natt) + encrypted_size(len(inner), sk) <= cfg.fragment_size:
+            return encode_message(hdr, payloads, sk=sk), ()
+        frags = split(hdr, payloads, sk, fragment_room(cfg.fragment_size, sk, ipv6=ipv6,
+                                                       natt=natt))
+        self.fragments.messages_sent += 1
+        self.fragments.fragments_sent += len(frags)
+        return b"", frags
+
+    def _fragment_expected(self, hdr: Header, number: int) -> bool:
+        """Whether a fragment (opened) belongs to the window (RFC 7383 section 2.6.1): of the
+        response to our outstanding request, or of the peer's next request. A fragment of
+        the request we answered last resends our whole answer if it is fragment 1, and is
+        ignored otherwise."""
+        if hdr.is_response:
+            req = self._request
+            if req is not None and (hdr.message_id, hdr.exchange_type) == (req.message_id,
+                                                                          req.exchange):
+                return True
+        elif self._last_response is not None and hdr.message_id == self._last_response[0]:
+            self.fragments.drop("retransmitted_request")
+            if number == 1:
+                self._debug("request %d retransmitted (fragment 1): answered again from "
+                            "the cache", hdr.message_id)
+                self._reply_cached()
+            return False
+        elif hdr.message_id == self._peer_next_id:
+            return True
+        self.fragments.drop("unexpected_message_id")
+        self._debug("fragment of %s %d dropped: not in the window",
+                    "response" if hdr.is_response else "request", hdr.message_id)
+        return False
+
+    def _defragment(self, msg: Message, size: int, came: Addr, now: float
+                    ) -> Message | None:
+        """An opened SKF message: the whole message once its last fragment came, else
+        None. Raises IkeDecodeError (authenticated) if the reassembled payloads are
+        malformed."""
+        frag = msg.fragment
+        assert frag is not None
+        self._log_message("parsed", msg, size, came)
+        if not self.fragmentation:
+            self.fragments.drop("not_negotiated")
+            return None
+        if not self._fragment_expected(msg.header, frag.number):
+            return None
+        payloads = self.fragments.add(msg.header, frag, now)
+        if payloads is None:
+            return None
+        whole = Message(msg.header, payloads, True)
+        self._debug("reassembled %s %d from %d fragments", "response" if
+                    msg.header.is_response else "request", msg.header.message_id, frag.total)
+        return whole
+
+    def _integrity_failed(self, raw: bytes) -> None:
+        """Count a fragment whose ICV did not verify (it changed nothing)."""
+        if len(raw) > 16 and raw[16] == PayloadType.SKF:
+            self.fragments.drop("integrity")
 
     def _reply(self, data: bytes) -> None:
         """Send a response: to where the request came from if the caller said so."""
@@ -431,10 +566,11 @@ class SaCore:
                   format_addr(addr), size, note)
 
     def _log_out(self, hdr: Header, payloads: list[Payload], encrypted: bool, data: bytes,
-                 to: Addr) -> None:
+                 to: Addr, fragments: tuple[bytes, ...] = ()) -> None:
         if log.isEnabledFor(logging.DEBUG):
+            note = f" in {len(fragments)} fragments" if fragments else ""
             self._log_message("generating", Message(hdr, list(payloads), encrypted),
-                              len(data), to)
+                              sum(map(len, fragments)) or len(data), to, note)
 
     def _die(self, reason: str, cause: DownCause) -> None:
         if self.state is State.DEAD:
@@ -491,6 +627,7 @@ class SaCore:
         new.own_addresses, new.verified = self.own_addresses, set(self.verified)
         new._update_wanted, new._announce_wanted = self._update_wanted, self._announce_wanted
         new._check_wanted = self._check_wanted
+        new.fragmentation = self.fragmentation  # as strongSwan: the new SA keeps it
         return new
 
     # --- life cycle and child SAs --------------------------------------------------------------

@@ -24,6 +24,9 @@ RETRANSMIT_TRIES = 6
 #: this long, doubling at each refusal up to CHILD_RETRY_MAX, while the IKE SA lives
 CHILD_RETRY_BASE = 30.0
 CHILD_RETRY_MAX = 600.0
+#: IKE fragmentation (RFC 7383): the largest IP datagram of an IKE fragment, by default the
+#: IPv6 minimum MTU (RFC 8200 section 5), as strongSwan's charon.fragment_size
+DEFAULT_FRAGMENT_SIZE = 1280
 
 
 @dataclass(frozen=True)
@@ -150,3 +153,9 @@ class IkeConfig:
     #: initiator moves the SAs to a new address with UPDATE_SA_ADDRESSES. Off for a bare
     #: IkeConfig; a configuration file's ``mobike`` is on unless it says false
     mobike: bool = False
+    #: IKE fragmentation (RFC 7383): offer IKEV2_FRAGMENTATION_SUPPORTED in IKE_SA_INIT
+    #: and, when both sent it, send an encrypted message whose IP datagram would pass
+    #: ``fragment_size`` octets as fragments. Off for a bare IkeConfig; a configuration
+    #: file's ``fragmentation`` is on unless it says false (swanctl's fragmentation = yes)
+    fragmentation: bool = False
+    fragment_size: int = DEFAULT_FRAGMENT_SIZE

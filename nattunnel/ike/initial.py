@@ -113,6 +113,7 @@ class InitialExchanges(ChildSaExchanges, MobikeExchanges):
                    nat_hash(self.spi_i, no_spi, self.remote)),
             Notify(NotifyType.SIGNATURE_HASH_ALGORITHMS,
                    HashAlgorithm.IDENTITY.to_bytes(2, "big")),
+            *self._fragmentation_offer(),
         ]
         self._next_request_id = 0
         self._request_send(ExchangeType.IKE_SA_INIT, payloads, RequestKind.IKE_SA_INIT, now)
@@ -170,6 +171,7 @@ class InitialExchanges(ChildSaExchanges, MobikeExchanges):
             self._die(f"key exchange failed: {e}", DownCause.FAILED)
             return
         self._peer_hash_ok = _has_identity_hash(msg)
+        self._fragmentation_seen(msg)
         # keepalives "always" hold the NAT-T flow through a stateful firewall without NAT:
         # IKE moves there too, or the firewall's entry for port 500 expires and a rekey
         # from outside never reaches us (section 2.23 allows the move without NAT)
@@ -328,6 +330,7 @@ class InitialExchanges(ChildSaExchanges, MobikeExchanges):
         if self.natt and not natt:
             self._debug("NAT found: the peer is to move to the NAT-T port after IKE_SA_INIT")
         self._peer_hash_ok = _has_identity_hash(msg)
+        self._fragmentation_seen(msg)
         self._answer_init(number, prop)
         self._derive(prop, g_ir)
         self.state = State.INIT_DONE
@@ -347,6 +350,7 @@ class InitialExchanges(ChildSaExchanges, MobikeExchanges):
         if self._peer_hash_ok:
             payloads.append(Notify(NotifyType.SIGNATURE_HASH_ALGORITHMS,
                                    HashAlgorithm.IDENTITY.to_bytes(2, "big")))
+        payloads += self._fragmentation_offer()
         hdr = self._header(ExchangeType.IKE_SA_INIT, 0, True)
         data = encode_message(hdr, payloads)
         self._log_out(hdr, payloads, False, data, self.remote)

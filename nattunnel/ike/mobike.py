@@ -57,12 +57,17 @@ class MobikeExchanges(SaCore):
     """MOBIKE's INFORMATIONAL exchanges (RFC 4555)."""
 
     # --- what the manager asks ---------------------------------------------------------------
-    def update_addresses(self, local: Addr, now: float, reason: str) -> bool:
+    def update_addresses(self, local: Addr, now: float, reason: str,
+                         remote: Addr | None = None) -> bool:
         """The initiator's address or path changed (or the operator asks): send
-        UPDATE_SA_ADDRESSES from ``local`` now, or as soon as the window is free. False if
-        MOBIKE is not in use on this SA (not negotiated, not the initiator, not up)."""
+        UPDATE_SA_ADDRESSES from ``local`` now, or as soon as the window is free; to
+        ``remote`` if given (a path the initiator chose: the TURN relay or a direct one,
+        section 3.5; a request outstanding is retransmitted there too). False if MOBIKE is
+        not in use on this SA (not negotiated, not the initiator, not up)."""
         if not (self.mobike and self.initiator and self.state is State.ESTABLISHED):
             return False
+        if remote is not None:
+            self.remote = remote
         if local != self.local:
             self._debug("MOBIKE: our address is now %s (was %s): %s", format_addr(local),
                         format_addr(self.local), reason)

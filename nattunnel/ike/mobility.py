@@ -47,15 +47,16 @@ class MobilityManagement:
                 and not sa.rekeyed and (name is None or sa.name == name)]
 
     def update_address(self, sa: IkeSa, local: Addr, now: float, *, reason: str,
-                       force: bool = False) -> bool:
+                       force: bool = False, remote: Addr | None = None) -> bool:
         """Our address towards ``sa``'s peer is ``local``: if its IP changed (or ``force``: the
         path changed, the operator asks), move the IKE SA and its child SAs there with
-        UPDATE_SA_ADDRESSES. Whether an update started (or waits for the window)."""
+        UPDATE_SA_ADDRESSES (to the peer at ``remote``, if given: another path to it).
+        Whether an update started (or waits for the window)."""
         if sa not in self.mobike_sas() or (local[0] == sa.local[0] and not force):
             return False
         log.info("peer %s: MOBIKE: updating the SA addresses from %s (%s)", sa.name,
                  format_addr(local), reason)
-        started = sa.update_addresses(local, now, reason)
+        started = sa.update_addresses(local, now, reason, remote)
         self.mobike_updates += started
         self._process(sa, now)
         return started

@@ -129,7 +129,13 @@ class IkeSa(IkeRekeyExchanges, InitialExchanges):
         came = source or self.remote
         try:
             msg = decode_message(raw, sk=self._sk_in if self._keys else None)
+            if msg.fragment is not None:  # RFC 7383: kept until the message is whole
+                whole = self._defragment(msg, len(raw), came, now)
+                if whole is None:
+                    return False
+                msg = whole
         except IkeIntegrityError:
+            self._integrity_failed(raw)
             self._debug("dropped %d bytes from %s: integrity check failed", len(raw),
                         format_addr(came))
             return False  # silently dropped (section 2.21.2)
@@ -176,7 +182,7 @@ class IkeSa(IkeRekeyExchanges, InitialExchanges):
         of the last one is answered from the cache; anything else is dropped."""
         if self._last_response is not None and mid == self._last_response[0]:
             self._debug("request %d is a retransmission: answered again from the cache", mid)
-            self._reply(self._last_response[1])
+            self._reply_cached()
             return False
         if mid != self._peer_next_id:
             self._debug("request %d dropped: the next one expected is %d", mid,
@@ -354,6 +360,9 @@ class IkeSa(IkeRekeyExchanges, InitialExchanges):
             return None
         times: list[Deadline] = [(c.expire_at, "hard lifetime of child SA %#010x", (c.spi_in,))
                                  for c in self.children if c.expire_at is not None]
+        frag_at = self.fragments.deadline()
+        if frag_at is not None:
+            times.append((frag_at, "dropping an incomplete fragmented message", ()))
         req = self._request
         if req is not None and req.tries < self._tries():
             times.append((self._retransmit_at(req), "retransmission %d of the %s request",
@@ -400,6 +409,7 @@ class IkeSa(IkeRekeyExchanges, InitialExchanges):
         if self.state is State.DEAD:
             return
         self._clock = now
+        self.fragments.expire(now)
         for c in [c for c in self.children if c.expire_at is not None and c.expire_at <= now]:
             # past its hard lifetime without a rekey: it may not carry traffic any longer
             self._debug("child SA %#010x is past its hard lifetime without a rekey: "
@@ -433,8 +443,8 @@ class IkeSa(IkeRekeyExchanges, InitialExchanges):
         if log.isEnabledFor(logging.DEBUG):
             self._debug("retransmitting %s request %d (try %d of %d) to %s (%d bytes)",
                         exchange_name(req.exchange), req.message_id, req.tries, tries,
-                        format_addr(self.remote), len(req.data))
-        self._send(req.data)
+                        format_addr(self.remote), sum(map(len, req.datagrams)))
+        self._send_request(req)
 
     def _start_due(self, now: float) -> None:
         """With the window free: an IKE SA rekey, a child SA rekey, asking again for a

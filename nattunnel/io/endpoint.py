@@ -783,7 +783,8 @@ class Endpoint:
         peer = self.tunnel.peers.get(ev.peer)
         if peer is None:
             return
-        if ev.peer in self.relayed and self.turn is not None and self._relay_sock is not None:
+        if (ev.peer in self.relayed and self.turn is not None and self._relay_sock is not None
+                and ev.new[0] == self.relayed[ev.peer][0]):  # else: a direct path (MOBIKE)
             # through the relay still: the server reports it at a new address
             self.relayed[ev.peer] = ev.new
             self.turn.add_peer(ev.new, self._loop.time() if self._loop is not None else 0.0)
