@@ -451,6 +451,50 @@ class NotifyType(IntEnum):
 #: RFC 7296 section 3.10.1: Notify Message Types below this value are errors.
 NOTIFY_STATUS_MIN: Final = 16384
 
+# --- IKEv2 mediation (draft-brunner-ikev2-mediation, as strongSwan 5.9.8 builds it) ----------
+# Private-use numbers (not in the IANA registries above), strongSwan's.
+#: the ME_CONNECT exchange type
+ME_CONNECT: Final = 240
+#: the ID_PEER payload type (an ID payload's body)
+ID_PEER: Final = 128
+
+
+class MeNotify(IntEnum):
+    """The mediation notifies (ME_CONNECT_FAILED is an error type)."""
+
+    ME_CONNECT_FAILED = 8192
+    ME_MEDIATION = 40962
+    ME_ENDPOINT = 40963
+    ME_CALLBACK = 40964
+    ME_CONNECTID = 40965
+    ME_CONNECTKEY = 40966
+    ME_CONNECTAUTH = 40967
+    ME_RESPONSE = 40968
+
+
+#: ME_CONNECTID and ME_CONNECTKEY lengths (strongSwan's ike_me.c)
+ME_CONNECTID_LEN: Final = 4
+ME_CONNECTKEY_LEN: Final = 16
+#: ME_ENDPOINT families and types (endpoint_notify.h)
+ME_FAMILY_NONE: Final = 0
+ME_FAMILY_IPV4: Final = 1
+ME_FAMILY_IPV6: Final = 2
+ME_TYPE_HOST: Final = 1
+ME_TYPE_PEER_REFLEXIVE: Final = 2
+ME_TYPE_SERVER_REFLEXIVE: Final = 3
+ME_TYPE_RELAYED: Final = 4
+#: type preferences (ME_PRIO_*): priority = preference * 2**16 + 65535
+ME_TYPE_PREFERENCE: Final = {ME_TYPE_HOST: 255, ME_TYPE_PEER_REFLEXIVE: 128,
+                             ME_TYPE_SERVER_REFLEXIVE: 64, ME_TYPE_RELAYED: 0}
+#: connectivity checks (connect_manager.c): a retransmission every 25 ms for the first two,
+#: then 25 ms * 1.8**(n - 2), at most 13; the initiator waits 1 s after the first valid
+#: pair before it picks the best one
+ME_RETRANS_INTERVAL: Final = 0.025
+ME_RETRANS_BOOST: Final = 2
+ME_RETRANS_BASE: Final = 1.8
+ME_MAX_RETRANS: Final = 13
+ME_WAIT_TO_FINISH: Final = 1.0
+
 # --- ESP packet layout, derived (RFC 4303 section 2, RFC 4106 section 3) ----------------------
 #: Where the plaintext (the inner packet) starts in an ESP packet: after the SPI, the
 #: sequence number and the explicit IV.

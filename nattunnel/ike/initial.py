@@ -114,11 +114,17 @@ class InitialExchanges(ChildSaExchanges, MobikeExchanges):
             Notify(NotifyType.SIGNATURE_HASH_ALGORITHMS,
                    HashAlgorithm.IDENTITY.to_bytes(2, "big")),
             *self._fragmentation_offer(),
+            *self._init_notifies(),
         ]
         self._next_request_id = 0
         self._request_send(ExchangeType.IKE_SA_INIT, payloads, RequestKind.IKE_SA_INIT, now)
         self._init_request = self._request.data if self._request else b""
         self.state = State.INIT_SENT
+
+    def _init_notifies(self) -> list[Payload]:
+        """Notifies of an extension in IKE_SA_INIT, both ways (IKEv2 mediation's
+        ME_MEDIATION, ``nattunnel.ike.mediation``); none here."""
+        return []
 
     def _retry_init(self, msg: Message, now: float) -> bool:
         """INVALID_KE_PAYLOAD (1.2) or COOKIE (2.6) in the IKE_SA_INIT response: send the
@@ -351,6 +357,7 @@ class InitialExchanges(ChildSaExchanges, MobikeExchanges):
             payloads.append(Notify(NotifyType.SIGNATURE_HASH_ALGORITHMS,
                                    HashAlgorithm.IDENTITY.to_bytes(2, "big")))
         payloads += self._fragmentation_offer()
+        payloads += self._init_notifies()
         hdr = self._header(ExchangeType.IKE_SA_INIT, 0, True)
         data = encode_message(hdr, payloads)
         self._log_out(hdr, payloads, False, data, self.remote)

@@ -46,7 +46,7 @@ from collections.abc import Callable
 from typing import Final
 
 from ..addr import Addr, format_addr
-from ..constants import CHILD_SPI_LEN, ExchangeType, NotifyType, ProtocolId
+from ..constants import CHILD_SPI_LEN, ME_CONNECT, ExchangeType, NotifyType, ProtocolId
 from .base import (
     Deadline,
     IkeError,
@@ -156,7 +156,10 @@ class IkeSa(IkeRekeyExchanges, InitialExchanges):
                 return False
             self._adopt_source(source, natt)
             self.last_rx = now
-            ON_RESPONSE[req.kind](self, msg, raw, now, req)
+            if hdr.exchange_type == ME_CONNECT:  # IKEv2 mediation
+                self._on_me_connect_response(msg, now)
+            else:  # by name: a subclass (MediationSa) may extend a handler
+                getattr(self, ON_RESPONSE[req.kind].__name__)(msg, raw, now, req)
             self._start_mobike(now)  # a MOBIKE request that waited for the window
             return True
         if not self._new_request(hdr.message_id):
@@ -284,6 +287,17 @@ class IkeSa(IkeRekeyExchanges, InitialExchanges):
         self.natt = True
         self._events.append(PathUpdated(self, source, self.local_behind_nat,
                                         self.remote_behind_nat))
+
+    # --- ME_CONNECT (IKEv2 mediation: nattunnel.ike.mediation's MediationSa) ----------------
+    def _me_connect_request(self, msg: Message, now: float) -> None:
+        self._on_me_connect(msg, now)
+
+    def _on_me_connect(self, msg: Message, now: float) -> None:
+        raise IkeError(NotifyType.INVALID_SYNTAX, "ME_CONNECT on an SA that is not a "
+                       "mediation connection")
+
+    def _on_me_connect_response(self, msg: Message, now: float) -> None:
+        self._request = None
 
     # --- INFORMATIONAL -----------------------------------------------------------------------
     def _on_informational(self, msg: Message, now: float) -> None:
@@ -505,4 +519,5 @@ ON_REQUEST: Final[dict[tuple[int, State], RequestHandler]] = {
     (ExchangeType.IKE_AUTH, State.INIT_DONE): IkeSa._on_auth_request,
     (ExchangeType.INFORMATIONAL, State.ESTABLISHED): IkeSa._on_informational,
     (ExchangeType.CREATE_CHILD_SA, State.ESTABLISHED): IkeSa._on_create_child_sa,
+    (ME_CONNECT, State.ESTABLISHED): IkeSa._me_connect_request,
 }
