@@ -38,9 +38,11 @@ from .esp.sa import InboundSA, OutboundSA
 from .ike.events import Outgoing
 from .ike.keylog import KeyLog
 from .ike.manager import IkeManager, IkePeer, LocalAddressNeeded, PeerDown, PeerUp
+from .ike.roadwarrior import RoadWarriorManager
 from .io.endpoint import Endpoint, InnerInterface, InProcessInterface
 from .io.netwatch import NetWatch, addresses, mobike_local
 from .io.relay import PathMover
+from .io.vip import VirtualIps
 from .traversal.turn import CHANNEL_LIFETIME as TURN_CHANNEL_LIFETIME
 from .traversal.turn import PERMISSION_LIFETIME as TURN_PERMISSION_LIFETIME
 from .tunnel.core import Event as TunnelEvent
@@ -163,7 +165,10 @@ def build_ike(config: Config, tunnel: Tunnel, now: float) -> IkeManager | None:
     if not ike_peers:
         return None
     keylog = KeyLog(config.keylog) if config.keylog is not None else None
-    manager = IkeManager(tunnel, keylog=keylog, limits=config.limits)
+    # virtual IPs (docs/road-warrior.md): a client's vips, a gateway's pools
+    rw = any(pc.ike.vips or pc.ike.pools for pc in ike_peers if pc.ike is not None)
+    manager = (RoadWarriorManager if rw else IkeManager)(tunnel, keylog=keylog,
+                                                         limits=config.limits)
     for pc in ike_peers:
         assert pc.ike is not None
         remote = sockaddr(*pc.endpoint) if pc.endpoint else None
@@ -178,7 +183,11 @@ def open_interface(config: Config) -> InnerInterface:
         return InProcessInterface()
     from .io.tun import TunDevice, TunInterface
 
-    routes = [net for pc in config.peers for net in pc.allowed_ips]
+    # a road-warrior client's routes come with its virtual IP (io/vip.py); a gateway's
+    # pools are routed to the device
+    routes = [net for pc in config.peers if not (pc.ike and pc.ike.vips)
+              for net in pc.allowed_ips]
+    routes += [net for pool in config.pools for net in pool.networks()]
     # IFF_VNET_HDR: TCP segments coalesced on write (nattunnel.io.coalesce)
     device = TunDevice.create(ic.name, ic.mtu, ic.addresses, routes, vnet_hdr=True)
     return TunInterface(device)
@@ -308,6 +317,8 @@ class Node:
         self._waiters: dict[str, list[asyncio.Future[None]]] = {}
         #: address and route changes, for MOBIKE (RFC 4555): while a peer has MOBIKE on
         self.netwatch: NetWatch | None = None
+        #: a road-warrior client's virtual IPs, routes and DNS on the host (io/vip.py)
+        self.vips: VirtualIps | None = None
 
     # --- life cycle ---------------------------------------------------------------------------
     async def start(self) -> Node:
@@ -329,6 +340,9 @@ class Node:
             endpoint.close()
             raise
         self.endpoint, self.controller = endpoint, controller
+        if controller.ike is not None and config.interface.kind == "tun":
+            self.vips = VirtualIps(config.interface.name, controller.ike,
+                                   {pc.name: pc.ike for pc in config.peers if pc.ike})
         self._start_relay(endpoint)
         self._start_netwatch(loop)
         try:
@@ -422,6 +436,8 @@ class Node:
         for server in (self.control_server, self.metrics_server):
             if server is not None:
                 server.close()
+        if self.vips is not None:
+            self.vips.close()
         if self.endpoint is not None:
             self.endpoint.close()
         for futures in self._waiters.values():
@@ -480,6 +496,8 @@ class Node:
                 waiting.remove(future)
 
     def _peer_event(self, ev: PeerUp | PeerDown) -> None:
+        if self.vips is not None:
+            self.vips.peer_event(ev)
         if isinstance(ev, PeerUp):
             for f in self._waiters.pop(ev.name, []):
                 if not f.done():

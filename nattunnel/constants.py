@@ -548,3 +548,36 @@ IFA_LOCAL: Final = 2
 SIOCGIFFLAGS: Final = 0x8913
 IFF_UP: Final = 0x1
 IFF_RUNNING: Final = 0x40
+
+# --- RFC 7296 section 3.15: the configuration payload (CP) ----------------------------------
+class CfgType(IntEnum):
+    """IANA "IKEv2 Configuration Payload CFG Types"; RFC 7296 section 3.15."""
+
+    CFG_REQUEST = 1
+    CFG_REPLY = 2
+    CFG_SET = 3
+    CFG_ACK = 4
+
+
+class CfgAttribute(IntEnum):
+    """IANA "IKEv2 Configuration Payload Attribute Types"; RFC 7296 section 3.15.1."""
+
+    INTERNAL_IP4_ADDRESS = 1
+    INTERNAL_IP4_NETMASK = 2
+    INTERNAL_IP4_DNS = 3
+    INTERNAL_IP4_NBNS = 4
+    INTERNAL_IP4_DHCP = 6
+    APPLICATION_VERSION = 7
+    INTERNAL_IP6_ADDRESS = 8
+    INTERNAL_IP6_DNS = 10
+    INTERNAL_IP6_DHCP = 12
+    INTERNAL_IP4_SUBNET = 13
+    SUPPORTED_ATTRIBUTES = 14
+    INTERNAL_IP6_SUBNET = 15
+
+
+#: section 3.15.1: the attribute header (R bit and 15-bit type, 16-bit length) and CP header
+CP_HEADER_LEN: Final = 4
+CP_ATTR_HEADER_LEN: Final = 4
+#: section 3.15.3: INTERNAL_IP6_ADDRESS is 16 octets of address and one of prefix length
+CP_IP6_ADDRESS_LEN: Final = 17

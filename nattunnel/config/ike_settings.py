@@ -20,7 +20,7 @@ from ..ike.config import DEFAULT_FRAGMENT_SIZE, Identity, IkeConfig
 from ..ike.grammar import parse_esp_proposal, parse_ike_proposal
 from ..ike.proposals import DEFAULT_ESP_PROPOSALS, DEFAULT_IKE_PROPOSALS
 from ..keys import KeyFileError, load_ed25519_private, load_ed25519_public, load_psk, public_key_b64
-from .fields import Fields, show
+from .fields import show
 from .model import (
     DEFAULT_DPD_INTERVAL,
     DEFAULT_IKE_REKEY_TIME,
@@ -29,6 +29,7 @@ from .model import (
     InterfaceConfig,
     IPInterface,
 )
+from .roadwarrior import RoadWarriorFields
 
 _T = TypeVar("_T")
 
@@ -39,7 +40,7 @@ IKE_KEYS: Final = (
     "fragmentation", "fragment_size",
     "auth", "local_id", "remote_id", "psk_file", "private_key", "peer_public_key", "initiate",
     "encap", "dpd_interval", "ike_proposals", "esp_proposals", "local_ts", "rekey_time",
-    "rekey_bytes", "rekey_packets", "ike_rekey_time", "mobike",
+    "rekey_bytes", "rekey_packets", "ike_rekey_time", "mobike", "vips", "pools", "dns_file",
 )
 #: IKE fragmentation (RFC 7383): the smallest and largest ``fragment_size``, octets of the IP
 #: datagram (128 leaves 15 octets of payloads in an IPv6 fragment on port 4500: for tests;
@@ -89,7 +90,7 @@ class _IkeConfig(IkeConfig):
                 f"force_encap={self.force_encap}, dpd_interval={self.dpd_interval})")
 
 
-class IkeFields(Fields):
+class IkeFields(RoadWarriorFields):
     """The IKEv2 fields of a peer; ``ike_files`` keeps each IKE peer's credential files (by
     peer index) until ``ike_credentials`` reads them."""
 
@@ -181,6 +182,7 @@ class IkeFields(Fields):
                                        DEFAULT_ESP_PROPOSALS,
                                        "an array of ESP proposals, e.g. [\"aes256gcm16\"]")
 
+        vips, dns_file, pools = self.road_warrior(t, pre)
         if "local_ts" in t:
             expected = "an array of local inner prefixes, e.g. [\"198.18.100.1/32\"]"
             local: list[Network] = []
@@ -191,6 +193,8 @@ class IkeFields(Fields):
                                                  "this peer may reach, or leave local_ts out "
                                                  "for the interface addresses")
             local_ts = tuple(local)
+        elif vips:
+            local_ts = self.vip_local_ts(vips)
         else:
             local_ts = local_networks(interface.addresses)
             if not local_ts:
@@ -207,7 +211,7 @@ class IkeFields(Fields):
             local_ts=local_ts, remote_ts=remote_ts, ike_proposals=ike_proposals,
             esp_proposals=esp_proposals, force_encap=encap == "force", dpd_interval=dpd,
             child_rekey_time=rekey, rekey_bytes=rekey_bytes, rekey_packets=rekey_packets,
-            ike_rekey_time=ike_rekey, mobike=mobike,
+            ike_rekey_time=ike_rekey, mobike=mobike, vips=vips, dns_file=dns_file, pools=pools,
         ), initiate
 
     def identity(self, t: dict[str, Any], key: str, pre: str) -> Identity:

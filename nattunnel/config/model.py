@@ -18,6 +18,7 @@ from ..addr import HostPort, Network
 from ..constants import IKE_PORT, NAT_T_PORT, SPI_RESERVED_MAX
 from ..esp.suite import Suite
 from ..ike.config import IkeConfig
+from ..ike.pool import AddressPool
 from ..ike.ratelimit import IkeLimits
 from ..tunnel.peer import KeepaliveMode
 
@@ -173,3 +174,5 @@ class Config:
     metrics: HostPort | None = None
     #: the TURN relay (RFC 8656) for peers with ``relay = "always"``, or None
     turn: TurnConfig | None = None
+    #: a gateway's virtual IP pools (``[pools.NAME]``, docs/road-warrior.md)
+    pools: tuple[AddressPool, ...] = ()

@@ -61,7 +61,7 @@ def default_control_dir() -> Path:
 #: sun_path's size less its NUL (unix(7))
 UNIX_PATH_MAX: Final = 107
 TOP_KEYS: Final = ("listen", "interface", "peer", "keylog", "ike_port", "limits",
-                    "control_socket", "metrics", "turn")
+                    "control_socket", "metrics", "turn", "pools")
 TURN_KEYS: Final = ("server", "username", "password_file")
 INTERFACE_KEYS: Final = ("kind", "name", "addresses", "underlay_mtu", "mtu")
 #: the fields of ike.IkeLimits (a test checks that they are all here)
@@ -122,6 +122,8 @@ class Parser(PeerFields):
     def config(self, doc: dict[str, Any]) -> Config:
         """The whole document: every field checked, then every key file read."""
         self.check_keys(doc, TOP_KEYS, "")
+        peer_list = doc.get("peer")
+        self.peer_tables: list[Any] = peer_list if isinstance(peer_list, list) else []
         listen = self.listen(doc)
         outer_ipv6 = any(is_ipv6(a) for a in listen)
         iface_table = self.get(doc, "interface", "", dict,
@@ -161,6 +163,7 @@ class Parser(PeerFields):
                                           f"\"127.0.0.1:9586\"") from None
 
         peer_tables = self.get(doc, "peer", "", list, "an array of tables [[peer]]", [])
+        pools = self.read_pools(doc)
         peers: list[PeerConfig] = []
         for i, table in enumerate(peer_tables):
             if not isinstance(table, dict):
@@ -184,7 +187,7 @@ class Parser(PeerFields):
                                                      "(RFC 8489 section 9.2.2)") from None
         return Config(listen=listen, interface=interface, peers=tuple(peers), path=self.path,
                       keylog=keylog, ike_port=ike_port, limits=limits,
-                      control_socket=control_socket, metrics=metrics, turn=turn)
+                      control_socket=control_socket, metrics=metrics, turn=turn, pools=pools)
 
     def turn(self, doc: dict[str, Any], listen: tuple[HostPort, ...]) -> TurnConfig | None:
         """``turn = { server = "HOST:PORT", username = "...", password_file = "PATH" }``
@@ -318,12 +321,14 @@ class Parser(PeerFields):
         self.check_ifname(name, pre + "name")
 
         addresses: list[IPInterface] = []
-        if "addresses" in t or kind == "tun":
+        # a road-warrior client's TUN gets its address from the gateway (vips)
+        vip_client = any(isinstance(p, dict) and "vips" in p for p in self.peer_tables)
+        if "addresses" in t or (kind == "tun" and not vip_client):
             expected = ("an array of inner addresses with prefix lengths, "
                         "e.g. [\"198.18.100.1/24\"]")
             for f, s in self.get_str_list(t, "addresses", pre, expected):
                 addresses.append(self.inner_address(f, s, addresses))
-            if not addresses and kind == "tun":
+            if not addresses and kind == "tun" and not vip_client:
                 raise self.err(pre + "addresses", "is empty; a TUN interface needs at least "
                                                   "one inner address, e.g. "
                                                   "[\"198.18.100.1/24\"]")

@@ -49,7 +49,8 @@ PEER_KEYS: Final = (
     "esn", "replay_window", "keepalive", "behind_nat", "keepalive_interval", "tfc_pad",
     "auth", "local_id", "remote_id", "psk_file", "private_key", "peer_public_key", "initiate",
     "encap", "dpd_interval", "ike_proposals", "esp_proposals", "local_ts", "rekey_time",
-    "rekey_bytes", "rekey_packets", "ike_rekey_time", "relay", "mobike",
+    "rekey_bytes", "rekey_packets", "ike_rekey_time", "relay", "mobike", "vips", "pools",
+    "dns_file",
 )
 
 
@@ -78,9 +79,11 @@ class PeerFields(IkeFields):
 
         expected = "an array of inner prefixes, e.g. [\"198.18.100.2/32\"]"
         allowed: list[Network] = []
-        for f, s in self.get_str_list(t, "allowed_ips", pre, expected):
+        # a gateway's client with pools: its prefix is the address it is assigned
+        pooled = "pools" in t and "allowed_ips" not in t
+        for f, s in [] if pooled else self.get_str_list(t, "allowed_ips", pre, expected):
             allowed.append(self.network(f, s))
-        if not allowed:
+        if not allowed and not pooled:
             raise self.err(pre + "allowed_ips", "is empty; list the inner prefixes this peer "
                                                 "may send from, e.g. [\"198.18.100.2/32\"]")
 

@@ -5,12 +5,20 @@ taking one from a response as initiator, and child SA rekeys both ways (RFC 7296
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 from collections.abc import Callable, Sequence
 
 from ..addr import Network
-from ..constants import CHILD_SPI_LEN, ExchangeType, NotifyType, ProtocolId
+from ..constants import (
+    CHILD_SPI_LEN,
+    CfgAttribute,
+    CfgType,
+    ExchangeType,
+    NotifyType,
+    ProtocolId,
+)
 from . import crypto as kc
 from .base import (
     NONCE_LEN,
@@ -28,8 +36,22 @@ from .base import (
     notify_name,
     retry_delay,
 )
+from .config import IkeConfig
 from .events import ChildDown, DownCause
-from .message import KE, SA, Delete, Message, Nonce, Notify, Payload, TSi, TSr
+from .message import (
+    CP,
+    KE,
+    SA,
+    Delete,
+    IkeDecodeError,
+    Message,
+    Nonce,
+    Notify,
+    Payload,
+    TSi,
+    TSr,
+)
+from .pool import Address
 from .proposals import (
     EspProposal,
     Refusal,
@@ -47,8 +69,78 @@ def _nets(nets: Sequence[Network]) -> str:
     return ",".join(str(n) for n in nets) or "none"
 
 
+#: what a CFG_REQUEST asks for, by address family (section 3.15.1)
+_CP_ASK = {4: (CfgAttribute.INTERNAL_IP4_ADDRESS, CfgAttribute.INTERNAL_IP4_DNS),
+           6: (CfgAttribute.INTERNAL_IP6_ADDRESS, CfgAttribute.INTERNAL_IP6_DNS)}
+
+
 class ChildSaExchanges(SaCore):
-    """Child SA negotiation and child SA rekeys."""
+    """Child SA negotiation and child SA rekeys; the configuration payload (section 3.15)
+    that gives a road-warrior client its virtual IP addresses and DNS servers."""
+
+    #: a client: the addresses the gateway assigned us (host prefixes) and its DNS servers;
+    #: a gateway: the addresses we assigned the peer (from the peer's ``pools``)
+    virtual_ips: tuple[Network, ...] = ()
+    virtual_dns: tuple[Address, ...] = ()
+    peer_virtual_ips: tuple[Network, ...] = ()
+
+    # --- the configuration payload (section 3.15) --------------------------------------------
+    def _cp_request(self) -> list[Payload]:
+        """The CFG_REQUEST of a client with ``vips``: an address and DNS per family."""
+        assert self.config is not None
+        attrs: list[tuple[int, bytes]] = [(a, b"") for v in self.config.vips
+                                          for a in _CP_ASK[v]]
+        return [CP(CfgType.CFG_REQUEST, attrs)] if attrs else []
+
+    def _cp_reply_taken(self, msg: Message) -> str | None:
+        """A client takes the gateway's CFG_REPLY; the reason it cannot, or None."""
+        try:
+            cp = CP.of(msg)
+            if cp is None or cp.cfg_type != CfgType.CFG_REPLY:
+                return "no CFG_REPLY (configuration payload) in the IKE_AUTH response"
+            addrs, dns = cp.addresses(), cp.dns()
+        except IkeDecodeError as e:
+            return f"a bad CFG_REPLY: {e}"
+        if not addrs:
+            return "the CFG_REPLY assigns no address"
+        self.virtual_ips, self.virtual_dns = tuple(addrs), tuple(dns)
+        log.info("peer %s: virtual IP %s assigned by the gateway%s", self.name,
+                 ", ".join(str(a.network_address) for a in addrs),
+                 f", DNS {', '.join(map(str, dns))}" if dns else "")
+        return None
+
+    def _cp_answer(self, msg: Message, config: IkeConfig) -> tuple[list[Payload], bool]:
+        """A gateway's answer to a CFG_REQUEST: a CFG_REPLY with an address from the peer's
+        pools for each family asked for, and whether the child SA may go on (no address:
+        INTERNAL_ADDRESS_FAILURE, section 3.15.4, and no child SA)."""
+        try:
+            cp = CP.of(msg)
+        except IkeDecodeError as e:
+            self._debug("ignoring a malformed CP payload: %s", e)
+            cp = None
+        if cp is None or cp.cfg_type != CfgType.CFG_REQUEST or not config.pools:
+            return [], True
+        asked = {v for v, (addr, _) in _CP_ASK.items()
+                 if any(a == addr for a, _ in cp.attributes)}
+        leases: list[Address] = []
+        dns: list[Address] = []
+        for version in sorted(asked):
+            for pool in (p for p in config.pools if p.version == version):
+                got = pool.acquire(config.name)
+                if got is not None:
+                    leases.append(got)
+                    dns += [d for d in pool.dns if d not in dns]
+                    break
+        if not leases:
+            log.warning("peer %s: no free address in its pools (%s) for IPv%s: answering "
+                        "INTERNAL_ADDRESS_FAILURE", config.name,
+                        ", ".join(p.name for p in config.pools),
+                        "/".join(str(v) for v in sorted(asked)) or "?")
+            return [Notify(NotifyType.INTERNAL_ADDRESS_FAILURE)], False
+        self.peer_virtual_ips = tuple(ipaddress.ip_network(a) for a in leases)
+        log.info("peer %s: assigned virtual IP %s", config.name,
+                 ", ".join(map(str, leases)))
+        return [CP.reply(leases, dns)], True
 
     # --- responder ---------------------------------------------------------------------------
     def _negotiate_child(self, msg: Message, ni: bytes, nr: bytes, ke_payload: KE | None,
@@ -79,8 +171,8 @@ class ChildSaExchanges(SaCore):
                 self._debug("refusing the child SA: a bad KE payload")
                 return [Notify(NotifyType.INVALID_SYNTAX)], None
         # their TSi is their side (our remote), their TSr our side
-        remote_ts = tuple(narrow(tsi.selectors, self.config.remote_ts))
-        local_ts = tuple(narrow(tsr.selectors, self.config.local_ts))
+        remote_ts = tuple(narrow(tsi.selectors, self.peer_virtual_ips or self.config.remote_ts))
+        local_ts = tuple(narrow(tsr.selectors, self.virtual_ips or self.config.local_ts))
         if not remote_ts or not local_ts:
             if log.isEnabledFor(logging.DEBUG):
                 self._debug("refusing the child SA with TS_UNACCEPTABLE: the peer offers TSi "
@@ -176,7 +268,7 @@ class ChildSaExchanges(SaCore):
         payloads: list[Payload] = [SA(offer), Nonce(ni)]
         if kex is not None:
             payloads.append(KE(kex.group, kex.public))
-        payloads += [TSi.of(*cfg.local_ts), TSr.of(*cfg.remote_ts)]
+        payloads += [TSi.of(*(self.virtual_ips or cfg.local_ts)), TSr.of(*cfg.remote_ts)]
         self._debug("asking for a new child SA (CREATE_CHILD_SA)")
         self._request_send(ExchangeType.CREATE_CHILD_SA, payloads, RequestKind.CREATE_CHILD,
                            now, CreateChildContext(spi, ni, kex))

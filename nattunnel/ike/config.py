@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from ..addr import Network
 from ..constants import IdType
 from ..tunnel.peer import KeepaliveMode
+from .pool import AddressPool
 from .proposals import DEFAULT_ESP_PROPOSALS, DEFAULT_IKE_PROPOSALS, EspProposal, IkeProposal
 
 #: section 2.1: retransmit after 0.5 s, doubling, at most this many tries
@@ -153,6 +154,12 @@ class IkeConfig:
     #: initiator moves the SAs to a new address with UPDATE_SA_ADDRESSES. Off for a bare
     #: IkeConfig; a configuration file's ``mobike`` is on unless it says false
     mobike: bool = False
+    #: a road-warrior client (docs/road-warrior.md): the address families (4, 6) asked for
+    #: in a CFG_REQUEST (swanctl's ``vips``), and the file the DNS servers are written to
+    vips: tuple[int, ...] = ()
+    dns_file: str = "/etc/resolv.conf"
+    #: a gateway: the pools its clients' addresses and DNS servers come from (``pools``)
+    pools: tuple[AddressPool, ...] = ()
     #: IKE fragmentation (RFC 7383): offer IKEV2_FRAGMENTATION_SUPPORTED in IKE_SA_INIT
     #: and, when both sent it, send an encrypted message whose IP datagram would pass
     #: ``fragment_size`` octets as fragments. Off for a bare IkeConfig; a configuration

@@ -256,6 +256,7 @@ class InitialExchanges(ChildSaExchanges, MobikeExchanges):
         payloads: list[Payload] = [idi, Notify(NotifyType.INITIAL_CONTACT),
                                    IDr(remote_id.id_type, remote_id.data),
                                    self._auth_payload(idi.encode_body()),
+                                   *self._cp_request(),
                                    esp_offer(self.config.esp_proposals, spi),
                                    TSi.of(*self.config.local_ts), TSr.of(*self.config.remote_ts),
                                    *self._mobike_supported()]
@@ -291,7 +292,10 @@ class InitialExchanges(ChildSaExchanges, MobikeExchanges):
         self._events.append(IkeUp(self._me(), self.remote, self.local_behind_nat,
                                   self.remote_behind_nat))
         sa = msg.get(SA)
-        if child_err is not None:
+        vip_err = self._cp_reply_taken(msg) if self.config.vips and child_err is None else None
+        if vip_err is not None:
+            self._child_refused(vip_err, now)
+        elif child_err is not None:
             self._child_refused(f"{notify_name(child_err)} in the IKE_AUTH response", now)
         elif sa is None or len(sa.proposals) != 1:
             self._child_refused("no child SA in the IKE_AUTH response", now)
@@ -396,9 +400,10 @@ class InitialExchanges(ChildSaExchanges, MobikeExchanges):
         self.initial_contact = msg.notify(NotifyType.INITIAL_CONTACT) is not None
         my_idr = IDr(config.local_id.id_type, config.local_id.data)
         payloads: list[Payload] = [my_idr, self._auth_payload(my_idr.encode_body())]
+        cp_payloads, vip_ok = self._cp_answer(msg, config)
         child_payloads, child = self._negotiate_child(msg, self._ni, self._nr, None,
-                                                      pfs_allowed=False)
-        payloads += child_payloads
+                                                      pfs_allowed=False) if vip_ok else ([], None)
+        payloads += cp_payloads + child_payloads
         self._mobike_negotiated(msg)
         if self.mobike:
             payloads += self._mobike_supported()

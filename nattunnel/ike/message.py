@@ -53,6 +53,9 @@ from ..constants import (
     CHILD_SPI_LEN,
     COOKIE2_MAX_LEN,
     COOKIE2_MIN_LEN,
+    CP_ATTR_HEADER_LEN,
+    CP_HEADER_LEN,
+    CP_IP6_ADDRESS_LEN,
     IKE_ATTR_FORMAT_TV,
     IKE_ATTR_HEADER_LEN,
     IKE_FLAG_INITIATOR,
@@ -79,6 +82,8 @@ from ..constants import (
     TS_IPV4_LEN,
     TS_IPV6_LEN,
     AuthMethod,
+    CfgAttribute,
+    CfgType,
     DhGroup,
     EncrId,
     EsnId,
@@ -96,6 +101,7 @@ from ..constants import (
 )
 
 __all__ = [
+    "CP",
     "KE",
     "SA",
     "SK",
@@ -971,6 +977,105 @@ class VendorID(Payload):
     @classmethod
     def decode_body(cls, body: bytes) -> VendorID:
         return cls(body)
+
+
+# CP (3.15) ----------------------------------------------------------------------------------
+#: the value lengths section 3.15.1 allows for the attributes nattunnel reads (0: a request)
+_CP_VALUE_LENS: Final[dict[int, tuple[int, ...]]] = {
+    CfgAttribute.INTERNAL_IP4_ADDRESS: (0, 4), CfgAttribute.INTERNAL_IP4_NETMASK: (0, 4),
+    CfgAttribute.INTERNAL_IP4_DNS: (0, 4),
+    CfgAttribute.INTERNAL_IP6_ADDRESS: (0, CP_IP6_ADDRESS_LEN),
+    CfgAttribute.INTERNAL_IP6_DNS: (0, 16),
+}
+
+
+@dataclass
+class CP(Payload):
+    """Configuration payload (section 3.15): a CFG type and (attribute type, value) pairs,
+    in order; unknown attribute types are kept as they came (section 3.15.1: ignored).
+    Messages keep a CP as an ``UnknownPayload`` (the codec decodes no CP on its own); the
+    road-warrior code reads it with ``CP.of(message)``."""
+
+    cfg_type: int
+    attributes: list[tuple[int, bytes]] = field(default_factory=list)
+
+    TYPE: ClassVar[int] = PayloadType.CP
+
+    def encode_body(self) -> bytes:
+        out = bytearray(_pack(_CP_HEADER, self.cfg_type, bytes(3)))
+        for attr, value in self.attributes:
+            _check_u16_len(len(value), "a CP attribute value")
+            out += _pack(_CP_ATTR, attr & 0x7FFF, len(value)) + value
+        return bytes(out)
+
+    @classmethod
+    def decode_body(cls, body: bytes) -> CP:
+        _need(len(body) >= CP_HEADER_LEN, "truncated CP payload")
+        cfg_type = body[0]
+        attrs: list[tuple[int, bytes]] = []
+        off = CP_HEADER_LEN
+        while off < len(body):
+            _need(len(body) - off >= CP_ATTR_HEADER_LEN, "truncated CP attribute")
+            attr, length = _CP_ATTR.unpack_from(body, off)
+            attr &= 0x7FFF  # the R bit is reserved
+            off += CP_ATTR_HEADER_LEN
+            _need(off + length <= len(body), "CP attribute overruns the payload")
+            allowed = _CP_VALUE_LENS.get(attr)
+            _need(allowed is None or length in allowed,
+                  f"CP attribute {attr} of {length} octets")
+            attrs.append((attr, body[off : off + length]))
+            off += length
+        return cls(cfg_type, attrs)
+
+    @classmethod
+    def of(cls, msg: Message) -> CP | None:
+        """The message's first CP payload, decoded; None without one. IkeDecodeError if it
+        is malformed."""
+        for p in msg.payloads:
+            if isinstance(p, CP):
+                return p
+            if isinstance(p, UnknownPayload) and p.type_id == PayloadType.CP:
+                return cls.decode_body(p.data)
+        return None
+
+    def values(self, attr: int) -> list[bytes]:
+        """The non-empty values of attribute type ``attr``, in order."""
+        return [v for a, v in self.attributes if a == attr and v]
+
+    def addresses(self) -> list[IPv4Network | IPv6Network]:
+        """INTERNAL_IP4_ADDRESS as /32 and INTERNAL_IP6_ADDRESS with its prefix length."""
+        out: list[IPv4Network | IPv6Network] = [
+            IPv4Network(IPv4Address(v)) for v in self.values(CfgAttribute.INTERNAL_IP4_ADDRESS)]
+        for v in self.values(CfgAttribute.INTERNAL_IP6_ADDRESS):
+            _need(v[16] <= 128, f"INTERNAL_IP6_ADDRESS with prefix length {v[16]}")
+            out.append(IPv6Network(IPv6Address(v[:16])))
+        return out
+
+    def dns(self) -> list[IPv4Address | IPv6Address]:
+        """INTERNAL_IP4_DNS and INTERNAL_IP6_DNS, IPv4 first."""
+        return [*(IPv4Address(v) for v in self.values(CfgAttribute.INTERNAL_IP4_DNS)),
+                *(IPv6Address(v) for v in self.values(CfgAttribute.INTERNAL_IP6_DNS))]
+
+    @classmethod
+    def reply(cls, addresses: Sequence[IPv4Address | IPv6Address],
+              dns: Sequence[IPv4Address | IPv6Address], *, cfg_type: int = CfgType.CFG_REPLY
+              ) -> CP:
+        """A CFG_REPLY with these addresses (an IPv6 one with prefix length 128, as
+        strongSwan sends it) and DNS servers."""
+        attrs: list[tuple[int, bytes]] = []
+        for a in addresses:
+            if a.version == 4:
+                attrs.append((CfgAttribute.INTERNAL_IP4_ADDRESS, a.packed))
+            else:
+                attrs.append((CfgAttribute.INTERNAL_IP6_ADDRESS, a.packed + bytes([128])))
+        for d in dns:
+            attrs.append((CfgAttribute.INTERNAL_IP4_DNS if d.version == 4
+                          else CfgAttribute.INTERNAL_IP6_DNS, d.packed))
+        return cls(cfg_type, attrs)
+
+
+_CP_HEADER: Final = struct.Struct("!B3s")
+_CP_ATTR: Final = struct.Struct("!HH")
 
 
 # TSi / TSr (3.13) ---------------------------------------------------------------------------
