@@ -26,7 +26,8 @@ function that writes the ruleset text; docs/nat-types.md shows its output.
 
 Topologies (``NatLab(topology=...)``): ``"one"`` (the existing lab shape: A and C behind one
 NAT, B and E public), ``"two"`` (A behind NAT1, C behind NAT2, both on one WAN) and
-``"stacked"`` (A and C behind a home NAT whose WAN side is the inside of a carrier-grade NAT).
+``"stacked"`` (A and C behind a home NAT whose WAN side is the inside of a carrier-grade NAT)
+and ``"stacked-two"`` (A behind a home NAT behind a CGN, C behind NAT2: double NAT on one side).
 The lab only uses 198.18.0.0/15, so the CGN's shared address space (RFC 6598's
 100.64.0.0/10) is emulated by 198.19.64.0/24 (``SHARED_NET``). ``NatLab`` is a ``Lab``: the
 same per-run prefix, processes stopped by PID, namespaces deleted, crash records.
@@ -321,6 +322,22 @@ TOPOLOGIES = {
             HostSpec("a", "lan", "198.19.1.2/24", "198.19.1.1"),
             HostSpec("c", "lan", "198.19.1.3/24", "198.19.1.1"),
             HostSpec("d", "cgn", "198.19.64.3/24", "198.19.64.1"),  # another CGN subscriber
+            *_PUBLIC,
+        ),
+        "cgn",
+    ),
+    # double NAT on one side against a NAT on the other (the traversal matrix)
+    "stacked-two": Topology(
+        "stacked-two",
+        ("lan", "cgn", "lan2", "wan"),
+        (
+            RouterSpec("home", "lan", "198.19.1.1/24", "cgn", "198.19.64.2/24", "198.19.64.1"),
+            RouterSpec("cgn", "cgn", "198.19.64.1/24", "wan", "198.18.0.1/24"),
+            RouterSpec("r2", "lan2", "198.19.2.1/24", "wan", "198.18.0.4/24"),
+        ),
+        (
+            HostSpec("a", "lan", "198.19.1.2/24", "198.19.1.1"),
+            HostSpec("c", "lan2", "198.19.2.2/24", "198.19.2.1"),
             *_PUBLIC,
         ),
         "cgn",

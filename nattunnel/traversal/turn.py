@@ -76,7 +76,9 @@ REFRESH_MARGIN: Final = 60.0
 MAX_AUTH_RETRIES: Final = 3
 #: a 437 (allocation mismatch) to an Allocate: the server still holds an allocation of this
 #: 5-tuple (ours, released or lost, that it has not freed yet; coturn takes about a second
-#: after a release): the Allocate is made again after 2, 4, 8 s, then it fails
+#: after a release): the Allocate is made again after 2, 4, 8 s, then it fails; the same for
+#: 508 (insufficient capacity: no relay port free yet, section 7.2, e.g. a one-port range
+#: whose last allocation is still being freed)
 MISMATCH_RETRIES: Final = 3
 MISMATCH_WAIT: Final = 2.0
 MAX_TRANSACTIONS: Final = 64
@@ -478,7 +480,8 @@ class TurnClient:
                 self._integrity = make_integrity_key(self.username, self.realm, self._password)
                 self._begin(t.what, t.peer, now, t.auth_retries + 1)
                 return
-        if code == 437 and t.what == "allocate" and self._mismatches < MISMATCH_RETRIES:
+        if (code in (437, 508) and t.what == "allocate"
+                and self._mismatches < MISMATCH_RETRIES):
             self.counters["mismatch_retries"] += 1
             self._schedule(("reallocate", None), now + MISMATCH_WAIT * 2 ** self._mismatches)
             self._mismatches += 1
