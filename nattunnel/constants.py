@@ -337,6 +337,15 @@ class AuthMethod(IntEnum):
     DIGITAL_SIGNATURE = 14
 
 
+class CertEncoding(IntEnum):
+    """IANA "IKEv2 Certificate Encodings"; RFC 7296 section 3.6."""
+
+    PKCS7_X509 = 1
+    X509_SIGNATURE = 4
+    CRL = 7
+    HASH_AND_URL_X509 = 12
+
+
 class IdType(IntEnum):
     """IANA "IKEv2 Identification Payload ID Types"; RFC 7296 section 3.5."""
 

@@ -20,6 +20,7 @@ from ..ike.config import DEFAULT_FRAGMENT_SIZE, Identity, IkeConfig
 from ..ike.grammar import parse_esp_proposal, parse_ike_proposal
 from ..ike.proposals import DEFAULT_ESP_PROPOSALS, DEFAULT_IKE_PROPOSALS
 from ..keys import KeyFileError, load_ed25519_private, load_ed25519_public, load_psk, public_key_b64
+from .certfields import cert_credentials, cert_files
 from .fields import show
 from .model import (
     DEFAULT_DPD_INTERVAL,
@@ -39,6 +40,7 @@ MANUAL_KEYS: Final = ("spi_in", "spi_out", "key_in", "key_out", "suite", "esn")
 IKE_KEYS: Final = (
     "fragmentation", "fragment_size",
     "auth", "local_id", "remote_id", "psk_file", "private_key", "peer_public_key", "initiate",
+    "certs", "cacerts", "crls", "rsa_pss",
     "encap", "dpd_interval", "ike_proposals", "esp_proposals", "local_ts", "rekey_time",
     "rekey_bytes", "rekey_packets", "ike_rekey_time", "mobike", "vips", "pools", "dns_file",
 )
@@ -49,7 +51,7 @@ FRAGMENT_SIZE_MIN: Final = 128
 FRAGMENT_SIZE_MAX: Final = 65535
 #: for auth = "psk" only / for auth = "pubkey" only
 PSK_KEYS: Final = ("psk_file",)
-PUBKEY_KEYS: Final = ("private_key", "peer_public_key")
+PUBKEY_KEYS: Final = ("private_key", "peer_public_key", "certs", "cacerts", "crls", "rsa_pss")
 IKE_INSTEAD: Final = {"suite": "esp_proposals", "esn": "esp_proposals (e.g. \"aes256gcm16-esn\")"}
 
 
@@ -66,6 +68,11 @@ class IkeFiles:
     psk_file: Path | None = None
     private_key: Path | None = None
     peer_public_key: Path | None = None
+    #: certificates (docs/certificates.md): ours and its intermediates, the CAs we trust for
+    #: the peer, CRLs; each (field path, file)
+    certs: tuple[tuple[str, Path], ...] = ()
+    cacerts: tuple[tuple[str, Path], ...] = ()
+    crls: tuple[tuple[str, Path], ...] = ()
 
 
 
@@ -150,9 +157,12 @@ class IkeFields(RoadWarriorFields):
             files.private_key = self.file_path(
                 t, "private_key", pre, "the path of this host's Ed25519 private key (PKCS#8 "
                                        "PEM), made by `nattunnel keygen --type ed25519 NAME`")
-            files.peer_public_key = self.file_path(
-                t, "peer_public_key", pre, "the path of the peer's Ed25519 public key (its "
-                                           ".pub file, SubjectPublicKeyInfo PEM)")
+            cert_files(self, t, pre, files)
+            if not files.cacerts:
+                files.peer_public_key = self.file_path(
+                    t, "peer_public_key", pre, "the path of the peer's Ed25519 public key (its "
+                                               ".pub file, SubjectPublicKeyInfo PEM), or "
+                                               "cacerts to check the peer's certificate")
         self.ike_files[index] = files
 
         initiate = self.get(t, "initiate", pre, bool, "true or false", endpoint is not None)
@@ -205,7 +215,10 @@ class IkeFields(RoadWarriorFields):
         fragmentation = self.get(t, "fragmentation", pre, bool, "true or false", True)
         fragment_size = self.get_int(t, "fragment_size", pre, FRAGMENT_SIZE_MIN,
                                      FRAGMENT_SIZE_MAX, DEFAULT_FRAGMENT_SIZE)
+        rsa_pss = auth is IkeAuth.PUBKEY and self.get(t, "rsa_pss", pre, bool,
+                                                      "true or false", False)
         return _IkeConfig(
+            rsa_pss=rsa_pss,
             fragmentation=fragmentation, fragment_size=fragment_size,
             name=name, local_id=local_id, remote_id=remote_id, auth=auth.value,
             local_ts=local_ts, remote_ts=remote_ts, ike_proposals=ike_proposals,
@@ -224,7 +237,7 @@ class IkeFields(RoadWarriorFields):
         s = text.strip()
         if s.startswith("@#"):
             s = "keyid:#" + s[2:]
-        elif s.startswith("@") and not s.startswith("@@"):  # @@NAME: e-mail (below)
+        elif s.startswith("@") and not s.startswith("@@"):  # @@NAME: e-mail (Identity.parse)
             s = "fqdn:" + s[1:]
         prefix, colon, rest = s.partition(":")
         problem = None
@@ -242,7 +255,7 @@ class IkeFields(RoadWarriorFields):
                     problem = (f"{show(rest)} is not an {prefix[:2].upper()}{prefix[2:]} "
                                f"address")
                 s = rest
-        elif colon and prefix in ("fqdn", "keyid"):
+        elif colon and prefix in ("fqdn", "keyid", "email", "rfc822", "userfqdn", "asn1dn"):
             if not rest:
                 problem = f"has nothing after {prefix}:"
         elif colon and re.fullmatch(r"[A-Za-z][A-Za-z0-9]*", prefix):
@@ -251,12 +264,6 @@ class IkeFields(RoadWarriorFields):
             except ValueError:
                 problem = (f"identity type {prefix + ':'!r} is not supported; use an IP "
                            f"address, fqdn:NAME or keyid:HEX")
-        elif "@" in s:
-            problem = ("looks like an e-mail address (RFC822_ADDR), which is not supported; "
-                       "use fqdn:NAME or keyid:HEX")
-        elif "=" in s or "," in s:
-            problem = ("looks like a distinguished name (ASN.1 DN), which is not supported; "
-                       "use fqdn:NAME or keyid:HEX")
         if problem is None:
             try:  # the core forms: non-ASCII FQDNs, bad keyid:# hex, lengths, zones
                 return Identity.parse(s)
@@ -293,6 +300,8 @@ class IkeFields(RoadWarriorFields):
             assert files.psk_file is not None
             psk = self.credential(pre + "psk_file", load_psk, files.psk_file)
             return replace(ike, psk=psk)
+        if files.certs or files.cacerts:
+            return cert_credentials(self, pre, ike, files)
         assert files.private_key is not None and files.peer_public_key is not None
         private = self.credential(pre + "private_key", load_ed25519_private,
                                   files.private_key)

@@ -48,6 +48,7 @@ PEER_KEYS: Final = (
     "name", "endpoint", "allowed_ips", "suite", "spi_in", "spi_out", "key_in", "key_out",
     "esn", "replay_window", "keepalive", "behind_nat", "keepalive_interval", "tfc_pad",
     "auth", "local_id", "remote_id", "psk_file", "private_key", "peer_public_key", "initiate",
+    "certs", "cacerts", "crls", "rsa_pss",
     "encap", "dpd_interval", "ike_proposals", "esp_proposals", "local_ts", "rekey_time",
     "rekey_bytes", "rekey_packets", "ike_rekey_time", "relay", "mobike", "vips", "pools",
     "dns_file",

@@ -10,11 +10,14 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field
 
+from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from ..addr import Network
 from ..constants import IdType
 from ..tunnel.peer import KeepaliveMode
+from .certs import TrustStore, canonical_dn, format_dn, parse_dn
+from .crypto import SigningKey
 from .pool import AddressPool
 from .proposals import DEFAULT_ESP_PROPOSALS, DEFAULT_IKE_PROPOSALS, EspProposal, IkeProposal
 
@@ -36,6 +39,8 @@ class Identity:
 
     id_type: int
     data: bytes
+    #: a DN identity's name (None for other types, and for a DN as it came from the wire)
+    name: x509.Name | None = field(default=None, compare=False, hash=False)
 
     @classmethod
     def parse(cls, text: str) -> Identity:
@@ -61,9 +66,18 @@ class Identity:
                                  "or control characters")
             return checked(name.encode("ascii"))
 
-        if text.startswith("@@"):
-            raise ValueError("@@NAME is an e-mail identity (RFC822_ADDR), which is not "
-                             "supported; use fqdn:NAME or keyid:HEX")
+        if text.startswith("@@"):  # strongSwan: @@user@example.org is RFC822_ADDR
+            text = "email:" + text[2:]
+        for prefix in ("email:", "rfc822:", "userfqdn:"):
+            if text.startswith(prefix):
+                text = text[len(prefix):]
+                if "@" not in text:
+                    raise ValueError("an e-mail identity (RFC822_ADDR) is NAME@DOMAIN")
+        if text.startswith("asn1dn:") or ("=" in text and not text.startswith(
+                ("fqdn:", "keyid:", "@"))):
+            return cls.from_name(parse_dn(text.removeprefix("asn1dn:")))
+        if "@" in text and not text.startswith(("fqdn:", "keyid:", "@")):
+            return cls(IdType.RFC822_ADDR, fqdn(text))
         if text.startswith("@#"):  # strongSwan's shorthands
             text = "keyid:#" + text[2:]
         elif text.startswith("@"):
@@ -108,11 +122,20 @@ class Identity:
                              "the 16 address octets only")
         return cls(IdType.IPV4_ADDR if ip.version == 4 else IdType.IPV6_ADDR, ip.packed)
 
+    @classmethod
+    def from_name(cls, name: x509.Name) -> Identity:
+        """ID_DER_ASN1_DN of ``name`` (a certificate's subject, or a parsed DN): its data in
+        ``canonical_dn``'s string types, so that one name is one identity whichever string
+        types its certificate or the peer used."""
+        return cls(IdType.DER_ASN1_DN, canonical_dn(name), name)
+
     def __str__(self) -> str:
         if self.id_type in (IdType.IPV4_ADDR, IdType.IPV6_ADDR):
             return str(ipaddress.ip_address(self.data))
-        if self.id_type == IdType.FQDN:
+        if self.id_type in (IdType.FQDN, IdType.RFC822_ADDR):
             return self.data.decode("ascii", "replace")
+        if self.id_type == IdType.DER_ASN1_DN:  # as strongSwan writes it
+            return format_dn(self.name) if self.name is not None else "asn1dn:#" + self.data.hex()
         # binary, the form parse() reads back (keyid:TEXT would give other octets)
         return "keyid:#" + self.data.hex()
 
@@ -126,8 +149,14 @@ class IkeConfig:
     remote_id: Identity
     auth: str  # "psk" | "pubkey"
     psk: bytes = field(default=b"", repr=False)
-    private_key: ed25519.Ed25519PrivateKey | None = None
+    private_key: SigningKey | None = None
     peer_public_key: ed25519.Ed25519PublicKey | None = None
+    #: certificates (docs/certificates.md): ours, end entity first, then the intermediate
+    #: CAs sent with it; the CAs and CRLs the peer's certificate is checked against (None:
+    #: the peer authenticates with ``peer_public_key`` or a PSK); RSA signatures with PSS
+    certs: tuple[x509.Certificate, ...] = ()
+    trust: TrustStore | None = None
+    rsa_pss: bool = False
     local_ts: tuple[Network, ...] = ()
     remote_ts: tuple[Network, ...] = ()
     ike_proposals: tuple[IkeProposal, ...] = DEFAULT_IKE_PROPOSALS

@@ -2,8 +2,9 @@
 
 - IKE_SA_INIT with NAT detection, the INVALID_KE_PAYLOAD retry and COOKIE, and the switch to
   UDP 4500 when NAT is found or encapsulation is forced;
-- IKE_AUTH with PSK (2.15) or Ed25519 (RFC 7427 / RFC 8420), INITIAL_CONTACT, and the first
-  child SA with traffic selectors narrowed by the responder (2.9).
+- IKE_AUTH with PSK (2.15), a raw Ed25519 key (RFC 8420) or certificates (CERT, CERTREQ; RFC
+  7427 signatures: ``certauth.py``), INITIAL_CONTACT, and the first child SA with traffic
+  selectors narrowed by the responder (2.9).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from ..constants import (
     AuthMethod,
     ExchangeType,
     HashAlgorithm,
+    IdType,
     NotifyType,
 )
 from ..tunnel.peer import KeepaliveMode
@@ -39,6 +41,8 @@ from .base import (
     notify_name,
     spi_bytes,
 )
+from .certauth import cert_payloads, certreq_payloads, idr_matches, peer_identity, verify_peer
+from .certs import TrustStore
 from .child import ChildSaExchanges
 from .config import Identity, IkeConfig
 from .events import DownCause, IkeUp, Outgoing
@@ -79,8 +83,23 @@ def _has_identity_hash(msg: Message) -> bool:
         return False
 
 
+def _peer_hashes(msg: Message) -> frozenset[int]:
+    """The hash algorithms of the peer's SIGNATURE_HASH_ALGORITHMS (RFC 7427 section 4)."""
+    n = msg.notify(NotifyType.SIGNATURE_HASH_ALGORITHMS)
+    if n is None:
+        return frozenset()
+    try:
+        return frozenset(n.hash_algorithms())
+    except ValueError:
+        return frozenset()
+
+
 class InitialExchanges(ChildSaExchanges, MobikeExchanges):
     """IKE_SA_INIT and IKE_AUTH."""
+
+    #: what the peer's SIGNATURE_HASH_ALGORITHMS announced; our CERTREQ's CAs as responder
+    _peer_hashes: frozenset[int] = frozenset()
+    _certreq_trust: TrustStore | None = None
 
     # --- initiator: IKE_SA_INIT --------------------------------------------------------------
     def start(self, now: float, group: int | None = None) -> None:
@@ -111,8 +130,7 @@ class InitialExchanges(ChildSaExchanges, MobikeExchanges):
             Notify(NotifyType.NAT_DETECTION_SOURCE_IP, src_hash),
             Notify(NotifyType.NAT_DETECTION_DESTINATION_IP,
                    nat_hash(self.spi_i, no_spi, self.remote)),
-            Notify(NotifyType.SIGNATURE_HASH_ALGORITHMS,
-                   HashAlgorithm.IDENTITY.to_bytes(2, "big")),
+            Notify.signature_hash_algorithms(kc.SIGNATURE_HASHES),
             *self._fragmentation_offer(),
             *self._init_notifies(),
         ]
@@ -177,6 +195,7 @@ class InitialExchanges(ChildSaExchanges, MobikeExchanges):
             self._die(f"key exchange failed: {e}", DownCause.FAILED)
             return
         self._peer_hash_ok = _has_identity_hash(msg)
+        self._peer_hashes = _peer_hashes(msg)
         self._fragmentation_seen(msg)
         # keepalives "always" hold the NAT-T flow through a stateful firewall without NAT:
         # IKE moves there too, or the firewall's entry for port 500 expires and a rekey
@@ -229,10 +248,12 @@ class InitialExchanges(ChildSaExchanges, MobikeExchanges):
             return Auth(AuthMethod.SHARED_KEY_MIC, kc.psk_auth(self._prf, self.config.psk,
                                                                octets))
         assert self.config.private_key is not None
-        return Auth(AuthMethod.DIGITAL_SIGNATURE, kc.ed25519_auth(self.config.private_key,
-                                                                  octets))
+        return Auth(AuthMethod.DIGITAL_SIGNATURE, kc.signature_auth(
+            self.config.private_key, octets, self._peer_hashes, rsa_pss=self.config.rsa_pss))
 
-    def _verify_auth(self, config: IkeConfig, auth: Auth, peer_id_body: bytes) -> bool:
+    def _verify_auth(self, config: IkeConfig, auth: Auth, peer_id_body: bytes,
+                     peer_id: Identity, msg: Message) -> str | None:
+        """None if the peer's AUTH is good, else why it is not."""
         assert self._prf is not None and self._keys is not None
         if self.initiator:  # the peer is the responder
             octets = kc.signed_octets(self._init_response, self._ni, self._prf,
@@ -241,19 +262,20 @@ class InitialExchanges(ChildSaExchanges, MobikeExchanges):
             octets = kc.signed_octets(self._init_request, self._nr, self._prf,
                                       self._keys.sk_pi, peer_id_body)
         if config.auth == "psk":
-            if auth.method != AuthMethod.SHARED_KEY_MIC:
-                return False
-            return hmac.compare_digest(auth.data, kc.psk_auth(self._prf, config.psk, octets))
-        if auth.method != AuthMethod.DIGITAL_SIGNATURE or config.peer_public_key is None:
-            return False
-        return kc.ed25519_verify(config.peer_public_key, auth.data, octets)
+            if auth.method != AuthMethod.SHARED_KEY_MIC or not hmac.compare_digest(
+                    auth.data, kc.psk_auth(self._prf, config.psk, octets)):
+                return "the pre-shared key does not match"
+            return None
+        return verify_peer(config, auth, octets, peer_id, msg)
 
     def _send_auth(self, now: float) -> None:
         assert self.config is not None
         idi = IDi(self.config.local_id.id_type, self.config.local_id.data)
         remote_id = self.config.remote_id
         spi = new_child_spi()
-        payloads: list[Payload] = [idi, Notify(NotifyType.INITIAL_CONTACT),
+        payloads: list[Payload] = [idi, *cert_payloads(self.config),
+                                   Notify(NotifyType.INITIAL_CONTACT),
+                                   *certreq_payloads(self.config.trust),
                                    IDr(remote_id.id_type, remote_id.data),
                                    self._auth_payload(idi.encode_body()),
                                    *self._cp_request(),
@@ -280,12 +302,15 @@ class InitialExchanges(ChildSaExchanges, MobikeExchanges):
         if idr is None or auth is None:
             self._die("IKE_AUTH response without IDr or AUTH", DownCause.FAILED)
             return
-        if Identity(idr.id_type, idr.data) != self.config.remote_id:
-            self._die(f"peer identified as {Identity(idr.id_type, idr.data)}, "
-                      f"not {self.config.remote_id}", DownCause.AUTHENTICATION_FAILED)
+        peer_id = peer_identity(idr.id_type, idr.data, msg)
+        if peer_id != self.config.remote_id:
+            self._die(f"peer identified as {peer_id}, not {self.config.remote_id}",
+                      DownCause.AUTHENTICATION_FAILED)
             return
-        if not self._verify_auth(self.config, auth, idr.encode_body()):
-            self._die("peer authentication failed", DownCause.AUTHENTICATION_FAILED)
+        why = self._verify_auth(self.config, auth, idr.encode_body(), peer_id, msg)
+        if why is not None:
+            self._die(f"authentication of {peer_id} failed: {why}",
+                      DownCause.AUTHENTICATION_FAILED)
             return
         self._established(now)
         self._mobike_negotiated(msg)
@@ -304,9 +329,12 @@ class InitialExchanges(ChildSaExchanges, MobikeExchanges):
 
     # --- responder ----------------------------------------------------------------------------
     def respond_init(self, msg: Message, raw: bytes, now: float,
-                     proposals: Sequence[IkeProposal], *, natt: bool = False) -> None:
+                     proposals: Sequence[IkeProposal], *, natt: bool = False,
+                     certreq: TrustStore | None = None) -> None:
         """Answer an IKE_SA_INIT request (the manager has checked cookies) that came on port
-        4500 (``natt``) or 500: the answer goes back the same way."""
+        4500 (``natt``) or 500: the answer goes back the same way. ``certreq``: the CAs to
+        name in a CERTREQ (section 3.7), those of every peer that takes certificates."""
+        self._certreq_trust = certreq
         self._request_natt = natt
         self._clock = now
         self.spi_i = msg.header.spi_i
@@ -340,6 +368,7 @@ class InitialExchanges(ChildSaExchanges, MobikeExchanges):
         if self.natt and not natt:
             self._debug("NAT found: the peer is to move to the NAT-T port after IKE_SA_INIT")
         self._peer_hash_ok = _has_identity_hash(msg)
+        self._peer_hashes = _peer_hashes(msg)
         self._fragmentation_seen(msg)
         self._answer_init(number, prop)
         self._derive(prop, g_ir)
@@ -357,9 +386,9 @@ class InitialExchanges(ChildSaExchanges, MobikeExchanges):
             Notify(NotifyType.NAT_DETECTION_DESTINATION_IP,
                    nat_hash(self.spi_i, self.spi_r, self.remote)),
         ]
-        if self._peer_hash_ok:
-            payloads.append(Notify(NotifyType.SIGNATURE_HASH_ALGORITHMS,
-                                   HashAlgorithm.IDENTITY.to_bytes(2, "big")))
+        if self._peer_hashes:
+            payloads.append(Notify.signature_hash_algorithms(kc.SIGNATURE_HASHES))
+        payloads += certreq_payloads(self._certreq_trust)
         payloads += self._fragmentation_offer()
         payloads += self._init_notifies()
         hdr = self._header(ExchangeType.IKE_SA_INIT, 0, True)
@@ -383,23 +412,31 @@ class InitialExchanges(ChildSaExchanges, MobikeExchanges):
         idi, auth = msg.get(IDi), msg.get(Auth)
         if idi is None or auth is None:
             raise IkeError(NotifyType.INVALID_SYNTAX, "IKE_AUTH request without IDi or AUTH")
-        peer_id = Identity(idi.id_type, idi.data)
+        peer_id = peer_identity(idi.id_type, idi.data, msg)
         idr = msg.get(IDr)
-        config = self.lookup(peer_id, Identity(idr.id_type, idr.data) if idr else None) \
-            if self.lookup else self.config
-        if config is None or not self._verify_auth(config, auth, idi.encode_body()):
+        # a DN in IDr is in the peer's encoding: matched against ours after the lookup
+        want = Identity(idr.id_type, idr.data) if idr and idr.id_type != IdType.DER_ASN1_DN \
+            else None
+        config = self.lookup(peer_id, want) if self.lookup else self.config
+        why = (self._verify_auth(config, auth, idi.encode_body(), peer_id, msg)
+               if config is not None else "no peer with that identity")
+        if why is None and idr is not None and config is not None and not idr_matches(
+                idr.id_type, idr.data, config.local_id):
+            why = f"the peer asked for another identity of ours (IDr), not {config.local_id}"
+        if why is not None:
             self._respond(ExchangeType.IKE_AUTH, msg.header.message_id,
                           [Notify(NotifyType.AUTHENTICATION_FAILED)])
             self.config = config or self.config  # for the peer's name in the log
-            self._die(f"authentication of {peer_id} failed"
-                      + ("" if config else ": no peer with that identity"),
+            self._die(f"authentication of {peer_id} failed: {why}",
                       DownCause.AUTHENTICATION_FAILED)
             return
+        assert config is not None
         self.config = config
         self.last_rx = now
         self.initial_contact = msg.notify(NotifyType.INITIAL_CONTACT) is not None
         my_idr = IDr(config.local_id.id_type, config.local_id.data)
-        payloads: list[Payload] = [my_idr, self._auth_payload(my_idr.encode_body())]
+        payloads: list[Payload] = [my_idr, *cert_payloads(config),
+                                   self._auth_payload(my_idr.encode_body())]
         cp_payloads, vip_ok = self._cp_answer(msg, config)
         child_payloads, child = self._negotiate_child(msg, self._ni, self._nr, None,
                                                       pfs_allowed=False) if vip_ok else ([], None)

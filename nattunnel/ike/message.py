@@ -82,6 +82,7 @@ from ..constants import (
     TS_IPV4_LEN,
     TS_IPV6_LEN,
     AuthMethod,
+    CertEncoding,
     CfgAttribute,
     CfgType,
     DhGroup,
@@ -108,6 +109,8 @@ __all__ = [
     "SKF",
     "Attribute",
     "Auth",
+    "Cert",
+    "CertReq",
     "Delete",
     "Fragment",
     "Header",
@@ -759,6 +762,56 @@ class IDr(_Identification):
     TYPE: ClassVar[int] = PayloadType.IDR
 
 
+# CERT / CERTREQ (3.6, 3.7) ------------------------------------------------------------------
+#: a CERTREQ's Certification Authority field: SHA-1 hashes of CA public keys (section 3.7)
+CERTREQ_HASH_LEN: Final = 20
+
+
+@dataclass
+class Cert(Payload):
+    """Certificate payload (section 3.6): an encoding (4, X.509 Certificate - Signature: one
+    DER certificate) and its data."""
+
+    encoding: int
+    data: bytes
+
+    TYPE: ClassVar[int] = PayloadType.CERT
+
+    def encode_body(self) -> bytes:
+        return bytes((self.encoding,)) + self.data
+
+    @classmethod
+    def decode_body(cls, body: bytes) -> Cert:
+        _need(len(body) >= 1, "truncated CERT payload")
+        return cls(_known(CertEncoding, body[0]), body[1:])
+
+
+@dataclass
+class CertReq(Payload):
+    """Certificate Request payload (section 3.7): an encoding and, for X.509, the SHA-1
+    hashes of the SubjectPublicKeyInfo of the CAs the sender trusts, concatenated."""
+
+    encoding: int
+    data: bytes = b""
+
+    TYPE: ClassVar[int] = PayloadType.CERTREQ
+
+    def encode_body(self) -> bytes:
+        return bytes((self.encoding,)) + self.data
+
+    @classmethod
+    def decode_body(cls, body: bytes) -> CertReq:
+        _need(len(body) >= 1, "truncated CERTREQ payload")
+        return cls(_known(CertEncoding, body[0]), body[1:])
+
+    def hashes(self) -> list[bytes]:
+        """The CA hashes (ValueError if the field is not whole 20-octet hashes)."""
+        if len(self.data) % CERTREQ_HASH_LEN:
+            raise ValueError("CERTREQ data is not a list of 20-octet SHA-1 hashes")
+        return [self.data[i:i + CERTREQ_HASH_LEN]
+                for i in range(0, len(self.data), CERTREQ_HASH_LEN)]
+
+
 # AUTH (3.8) ---------------------------------------------------------------------------------
 @dataclass
 class Auth(Payload):
@@ -1296,6 +1349,8 @@ _DECODERS: Final[dict[int, Callable[[bytes], Payload]]] = {
     PayloadType.KE: KE.decode_body,
     PayloadType.IDI: IDi.decode_body,
     PayloadType.IDR: IDr.decode_body,
+    PayloadType.CERT: Cert.decode_body,
+    PayloadType.CERTREQ: CertReq.decode_body,
     PayloadType.AUTH: Auth.decode_body,
     PayloadType.NONCE: Nonce.decode_body,
     PayloadType.NOTIFY: Notify.decode_body,

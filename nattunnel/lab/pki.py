@@ -232,7 +232,8 @@ def make_chain(directory: Path, *, kind: KeyKind = "ecdsa", bits: int | None = N
     chain: list[Issued] = []
     parent = root
     for i in range(1, intermediates + 1):
-        dn = root_dn.rsplit("CN=", 1)[0] + f"CN=Intermediate CA {i}"
+        prefix, _, root_cn = root_dn.rpartition("CN=")
+        dn = prefix + f"CN={root_cn.removesuffix(' Root CA')} Intermediate CA {i}"
         parent = issue(dn, make_key(kind, bits), parent, ca=True, pss=pss).write(
             directory, f"int{i}")
         chain.append(parent)

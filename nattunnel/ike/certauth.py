@@ -1,0 +1,114 @@
+"""Public-key authentication in IKE_AUTH (RFC 7296 sections 2.15, 3.6-3.8; RFC 7427): the CERT
+and CERTREQ payloads we send, and the check of the peer's AUTH, with its certificate chain
+(``certs.TrustStore``) or a configured raw public key.
+
+``initial.py`` calls these for both roles; the refusal reasons returned here end in the IKE SA's
+down reason, which the manager logs with the peer's name (docs/certificates.md lists them).
+"""
+
+from __future__ import annotations
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from ..constants import AuthMethod, CertEncoding, IdType
+from . import crypto as kc
+from .certs import (
+    CertError,
+    CertProblem,
+    TrustStore,
+    cert_from_der,
+    certificate_identities,
+    dn_forms,
+    identity_matches,
+    public_key_of,
+)
+from .config import Identity, IkeConfig
+from .message import Auth, Cert, CertReq, Message, Payload
+
+
+def cert_payloads(config: IkeConfig) -> list[Payload]:
+    """Our certificate, then the intermediate CAs, one CERT payload each (section 3.6)."""
+    return [Cert(CertEncoding.X509_SIGNATURE, c.public_bytes(serialization.Encoding.DER))
+            for c in config.certs]
+
+
+def certreq_payloads(trust: TrustStore | None) -> list[Payload]:
+    """A CERTREQ naming the CAs we trust for the peer (section 3.7), if it has any."""
+    if trust is None or not trust.cas:
+        return []
+    return [CertReq(CertEncoding.X509_SIGNATURE, trust.certreq_hashes())]
+
+
+def peer_certificates(msg: Message) -> list[x509.Certificate]:
+    """The X.509 certificates of the message's CERT payloads, the end entity's first (section
+    3.6: the first holds the key that signed AUTH); CertError NOT_A_CERTIFICATE for a CERT
+    payload that is not one."""
+    out = []
+    for p in msg.get_all(Cert):
+        if p.encoding != CertEncoding.X509_SIGNATURE:
+            continue  # section 3.6: other encodings may be ignored
+        out.append(cert_from_der(p.data))
+    return out
+
+
+def peer_identity(id_type: int, data: bytes, msg: Message) -> Identity:
+    """The peer's identity as its ID payload gives it; a DN that is its certificate's
+    subject (in any of its encodings) becomes ``Identity.from_name`` of that subject, so that
+    it compares equal to the DN written in our configuration."""
+    if id_type == IdType.DER_ASN1_DN:
+        try:
+            certs = peer_certificates(msg)
+        except CertError:
+            certs = []
+        if certs and data in dn_forms(certs[0].subject):
+            return Identity.from_name(certs[0].subject)
+    return Identity(id_type, data)
+
+
+def idr_matches(id_type: int, data: bytes, ours: Identity) -> bool:
+    """Whether the peer's IDr names our identity (a DN in any encoding of our name)."""
+    if id_type == IdType.DER_ASN1_DN and ours.name is not None:
+        return data in dn_forms(ours.name)
+    return Identity(id_type, data) == ours
+
+
+def verify_peer(config: IkeConfig, auth: Auth, octets: bytes, peer_id: Identity,
+                msg: Message) -> str | None:
+    """None if the peer's AUTH is good, else why not (a certificate that is missing, not a
+    certificate, expired, revoked, does not chain or does not hold the identity; a signature
+    that does not verify)."""
+    if config.trust is not None:
+        try:
+            certs = peer_certificates(msg)
+            if not certs:
+                raise CertError(CertProblem.NO_CERTIFICATE,
+                                "the peer sent no certificate (no X.509 CERT payload)")
+            leaf = certs[0]
+            config.trust.verify(leaf, certs[1:])
+            if not _holds(peer_id, leaf):
+                raise CertError(CertProblem.IDENTITY_MISMATCH,
+                                f"identity mismatch: the peer's identity {peer_id} is not "
+                                f"in its certificate (which names "
+                                f"{', '.join(certificate_identities(leaf))})")
+            key: kc.VerifyingKey | None = public_key_of(leaf)
+        except CertError as e:
+            return f"{e.kind.value}: {e}" if e.kind is not CertProblem.IDENTITY_MISMATCH \
+                else str(e)
+    else:
+        key = config.peer_public_key
+    if key is None:
+        return "no public key configured for the peer"
+    if auth.method != AuthMethod.DIGITAL_SIGNATURE:
+        try:
+            method = AuthMethod(auth.method).name
+        except ValueError:
+            method = str(auth.method)
+        return f"auth method {method}, not a digital signature (RFC 7427, method 14)"
+    return kc.signature_verify(key, auth.data, octets)
+
+
+def _holds(peer_id: Identity, cert: x509.Certificate) -> bool:
+    if peer_id.id_type == IdType.DER_ASN1_DN and peer_id.name is not None:
+        return peer_id.name == cert.subject
+    return identity_matches(peer_id.id_type, peer_id.data, cert)
