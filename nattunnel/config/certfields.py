@@ -40,6 +40,22 @@ _EXPECTED = {
 }
 
 
+def pubkey_files(fields: Fields, t: dict[str, Any], pre: str, files: IkeFiles) -> None:
+    """An ``auth = "pubkey"`` peer's files: ``private_key``, and ``peer_public_key`` (a raw
+    Ed25519 key) or the certificate fields; ``rsa_pss``."""
+    files.private_key = fields.file_path(
+        t, "private_key", pre, "the path of this host's private key: Ed25519 (PKCS#8 PEM, "
+                               "made by `nattunnel keygen --type ed25519 NAME`), or the key of "
+                               "its certificate (ECDSA, RSA or Ed25519)")
+    cert_files(fields, t, pre, files)
+    if not files.cacerts:
+        files.peer_public_key = fields.file_path(
+            t, "peer_public_key", pre, "the path of the peer's Ed25519 public key (its .pub "
+                                       "file, SubjectPublicKeyInfo PEM), or cacerts to check "
+                                       "the peer's certificate")
+    files.rsa_pss = fields.get(t, "rsa_pss", pre, bool, "true or false", False)
+
+
 def cert_files(fields: Fields, t: dict[str, Any], pre: str, files: IkeFiles) -> None:
     """The certificate fields' paths (joined to the configuration's directory)."""
     for key in ("certs", "cacerts", "crls"):
@@ -108,4 +124,5 @@ def cert_credentials(fields: Fields, pre: str, ike: IkeConfig, files: IkeFiles) 
                                                f"certificate {files.certs[0][1]} (which names "
                                                f"{', '.join(certificate_identities(certs[0]))})"
                                                f"; the peer would refuse it")
-    return replace(ike, private_key=key, certs=certs, trust=trust, peer_public_key=public)
+    return replace(ike, private_key=key, certs=certs, trust=trust, peer_public_key=public,
+                   rsa_pss=files.rsa_pss)

@@ -20,7 +20,7 @@ from ..ike.config import DEFAULT_FRAGMENT_SIZE, Identity, IkeConfig
 from ..ike.grammar import parse_esp_proposal, parse_ike_proposal
 from ..ike.proposals import DEFAULT_ESP_PROPOSALS, DEFAULT_IKE_PROPOSALS
 from ..keys import KeyFileError, load_ed25519_private, load_ed25519_public, load_psk, public_key_b64
-from .certfields import cert_credentials, cert_files
+from .certfields import cert_credentials, pubkey_files
 from .fields import show
 from .model import (
     DEFAULT_DPD_INTERVAL,
@@ -73,6 +73,7 @@ class IkeFiles:
     certs: tuple[tuple[str, Path], ...] = ()
     cacerts: tuple[tuple[str, Path], ...] = ()
     crls: tuple[tuple[str, Path], ...] = ()
+    rsa_pss: bool = False
 
 
 
@@ -154,15 +155,7 @@ class IkeFields(RoadWarriorFields):
                 t, "psk_file", pre, "the path of a pre-shared key file made by `nattunnel "
                                     "keygen --type psk PATH`")
         else:
-            files.private_key = self.file_path(
-                t, "private_key", pre, "the path of this host's Ed25519 private key (PKCS#8 "
-                                       "PEM), made by `nattunnel keygen --type ed25519 NAME`")
-            cert_files(self, t, pre, files)
-            if not files.cacerts:
-                files.peer_public_key = self.file_path(
-                    t, "peer_public_key", pre, "the path of the peer's Ed25519 public key (its "
-                                               ".pub file, SubjectPublicKeyInfo PEM), or "
-                                               "cacerts to check the peer's certificate")
+            pubkey_files(self, t, pre, files)
         self.ike_files[index] = files
 
         initiate = self.get(t, "initiate", pre, bool, "true or false", endpoint is not None)
@@ -215,10 +208,7 @@ class IkeFields(RoadWarriorFields):
         fragmentation = self.get(t, "fragmentation", pre, bool, "true or false", True)
         fragment_size = self.get_int(t, "fragment_size", pre, FRAGMENT_SIZE_MIN,
                                      FRAGMENT_SIZE_MAX, DEFAULT_FRAGMENT_SIZE)
-        rsa_pss = auth is IkeAuth.PUBKEY and self.get(t, "rsa_pss", pre, bool,
-                                                      "true or false", False)
         return _IkeConfig(
-            rsa_pss=rsa_pss,
             fragmentation=fragmentation, fragment_size=fragment_size,
             name=name, local_id=local_id, remote_id=remote_id, auth=auth.value,
             local_ts=local_ts, remote_ts=remote_ts, ike_proposals=ike_proposals,
