@@ -1,0 +1,214 @@
+"""Road warriors with strongSwan (charon 5.9.8, kernel-libipsec) through the lab's real NAT,
+both directions (docs/road-warrior.md):
+
+- nattunnel on A (behind the NAT, ``vips = ["0.0.0.0"]``) to a charon gateway on B with a
+  virtual IP pool and DNS: full tunnel (0.0.0.0/0) and split tunnel (198.18.50.0/24); ping
+  and TCP to 198.18.50.1 behind the gateway; after stop the client's routes, address and
+  DNS are gone;
+- charon on A and on C (both behind the NAT, ``vips = 0.0.0.0``) to a nattunnel gateway on
+  B with a pool: distinct addresses, ping and TCP from each, the pool's DNS server.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from nattunnel.lab.strongswan import Charon, SwanConn
+from nattunnel.lab.tunnels import control_path
+from tests.interop.test_interop_strongswan import (
+    _CLIENT,
+    _SERVER,
+    PSK,
+    PUBLIC_B,
+    established,
+    require_strongswan,
+    wait,
+)
+from tests.support.lab import Lab, lab_fixture  # noqa: F401  (registers the ``lab`` fixture)
+from tests.support.tunnel_lab import PKG_ROOT, Node, tun_present
+
+BEHIND = "198.18.50.1"  # an address behind the gateway (on B's lo)
+POOL = "198.18.200.0/24"
+DNS = "198.18.50.53"
+ORIGINAL_RESOLV = "nameserver 198.18.0.99\n"
+
+
+def write_psk(work: Path) -> Path:
+    keys = work / "keys"
+    keys.mkdir(parents=True, mode=0o700, exist_ok=True)
+    fd = os.open(keys / "psk", os.O_WRONLY | os.O_CREAT, 0o600)
+    os.write(fd, PSK.encode() + b"\n")
+    os.close(fd)
+    return keys / "psk"
+
+
+def start_nt(lab: Lab, role: str, work: Path, body: str) -> Node:
+    cfg = work / f"nt-{role}.toml"
+    cfg.write_text(f'listen = ["0.0.0.0:4500"]\ncontrol_socket = "{control_path(work, role)}"\n'
+                   + body)
+    log, stats = work / f"nt-{role}.log", work / f"nt-{role}.stats.json"
+    env = dict(os.environ, PYTHONPATH=str(PKG_ROOT), PYTHONUNBUFFERED="1")
+    proc = lab.popen(role, sys.executable, "-m", "nattunnel", "up", str(cfg), "--stats",
+                     str(stats), "--log-level", "debug", stdout=log.open("w"),
+                     stderr=subprocess.STDOUT, env=env)
+    node = Node(role, proc, stats, log)
+    assert lab.wait_for(lambda: tun_present(lab, role), 10), node.log()
+    return node
+
+
+def ping(lab: Lab, src: str, dst: str) -> bool:
+    r = lab.exec(src, "ping", "-c", "3", "-i", "0.2", "-W", "2", dst, check=False, timeout=15)
+    return r.returncode == 0
+
+
+def tcp(lab: Lab, src: str, dst_role: str, dst: str, size: int = 1 << 20) -> None:
+    srv = lab.popen(dst_role, sys.executable, "-c", _SERVER, dst, stdout=subprocess.PIPE,
+                    text=True)
+    sent = lab.exec(src, sys.executable, "-c", _CLIENT, dst, size, timeout=60).stdout
+    got, _ = srv.communicate(timeout=30)
+    digest = hashlib.sha256(random.Random(7).randbytes(size)).hexdigest()
+    assert got.split() == sent.split() == [str(size), digest]
+
+
+def routes(lab: Lab, role: str) -> str:
+    return lab.exec(role, "ip", "route", "show").stdout
+
+
+def netns_resolv(lab: Lab, role: str) -> Path:
+    """/etc/netns/NS/resolv.conf for ``role``'s namespace, with a known content."""
+    d = Path("/etc/netns") / lab.ns[role]
+    d.mkdir(parents=True, exist_ok=True)
+    f = d / "resolv.conf"
+    f.write_text(ORIGINAL_RESOLV)
+    return f
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("full", [True, False], ids=["full-tunnel", "split-tunnel"])
+def test_nattunnel_road_warrior_to_charon_gateway(lab: Lab, tmp_path: Path, full: bool) -> None:
+    require_strongswan()
+    psk = write_psk(tmp_path)
+    conn = SwanConn(name="rw", local_addrs=PUBLIC_B, remote_addrs="%any", local_id="gw",
+                    remote_id="client-a", auth="psk", psk=PSK,
+                    local_ts="0.0.0.0/0" if full else "198.18.50.0/24",
+                    remote_ts="dynamic", extra={"pools": "rwpool"})
+    sections = f"pools {{\n  rwpool {{\n    addrs = {POOL}\n    dns = {DNS}\n  }}\n}}\n"
+    charon = Charon.start(lab, "b", tmp_path / "charon", conn=conn,
+                          inner_addrs=[f"{BEHIND}/32"], sections=sections)
+    resolv = netns_resolv(lab, "a")
+    try:
+        nt = start_nt(lab, "a", tmp_path, f"""
+[interface]
+kind = "tun"
+name = "nt0"
+[[peer]]
+name = "gw"
+auth = "psk"
+psk_file = "{psk}"
+local_id = "client-a"
+remote_id = "gw"
+endpoint = "{PUBLIC_B}"
+allowed_ips = ["0.0.0.0/0"]
+vips = ["0.0.0.0"]
+dns_file = "{resolv}"
+dpd_interval = 5
+""")
+        assert wait(lambda: established(charon), 15), nt.log() + charon.log()[-3000:]
+        assert wait(lambda: "on nt0, routes" in nt.log(), 10), nt.log()
+        assert len(charon.list_sas()) == 1
+        addrs = lab.exec("a", "ip", "-4", "-o", "addr", "show", "dev", "nt0").stdout
+        assert "198.18.200.1/32" in addrs, addrs + nt.log()
+        table = routes(lab, "a")
+        if full:
+            assert "0.0.0.0/1 dev nt0" in table and "128.0.0.0/1 dev nt0" in table, table
+            assert f"{PUBLIC_B} via 198.19.1.1" in table, table  # the way to the gateway
+        else:
+            assert "198.18.50.0/24 dev nt0" in table and "0.0.0.0/1" not in table, table
+        assert resolv.read_text().splitlines()[-1] == f"nameserver {DNS}"
+        assert ping(lab, "a", BEHIND), nt.log()[-3000:]
+        tcp(lab, "a", "b", BEHIND)
+        (child,) = [c for sa in charon.list_sas() for c in sa.children]
+        assert child.packets_in > 100 and child.local_ts == (
+            "0.0.0.0/0" if full else "198.18.50.0/24",) and child.remote_ts == (
+            "198.18.200.1/32",)  # it went through the tunnel
+        assert "Traceback" not in nt.log()
+        lab.stop(nt.proc)
+        # everything the client put on the host is gone
+        table = routes(lab, "a")
+        assert "0.0.0.0/1" not in table and "198.18.50.0/24" not in table, table
+        assert PUBLIC_B not in table, table
+        assert resolv.read_text() == ORIGINAL_RESOLV
+        assert "virtual IP configuration removed" in nt.log()
+        charon.stop()
+    finally:
+        shutil.rmtree(resolv.parent, ignore_errors=True)
+
+
+def charon_client(lab: Lab, role: str, work: Path, ident: str) -> Charon:
+    conn = SwanConn(name="rw", local_addrs="%any", remote_addrs=PUBLIC_B, local_id=ident,
+                    remote_id="gw", auth="psk", psk=PSK, local_ts="dynamic",
+                    remote_ts="198.18.50.0/24", extra={"vips": "0.0.0.0"})
+    return Charon.start(lab, role, work / f"charon-{role}", conn=conn)
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("lab", [{"with_c": True}], indirect=True)
+def test_charon_road_warriors_to_nattunnel_gateway(lab: Lab, tmp_path: Path) -> None:
+    require_strongswan()
+    psk = write_psk(tmp_path)
+    peers = "".join(f"""
+[[peer]]
+name = "{name}"
+auth = "psk"
+psk_file = "{psk}"
+local_id = "gw"
+remote_id = "{name}"
+pools = ["rw"]
+local_ts = ["198.18.50.0/24"]
+dpd_interval = 5
+""" for name in ("client-a", "client-c"))
+    lab.exec("b", "ip", "addr", "replace", f"{BEHIND}/32", "dev", "lo")
+    nt = start_nt(lab, "b", tmp_path, f"""
+[interface]
+kind = "tun"
+name = "nt0"
+addresses = ["198.18.50.254/32"]
+[pools.rw]
+addrs = "198.18.200.10-198.18.200.11"
+dns = ["{DNS}"]
+""" + peers)
+    clients = {role: charon_client(lab, role, tmp_path, f"client-{role}") for role in "ac"}
+    for ch in clients.values():
+        ch.initiate("rw")
+    for ch in clients.values():
+        assert wait(lambda ch=ch: established(ch), 15), nt.log() + ch.log()[-3000:]
+    vips = {}
+    for role, ch in clients.items():
+        (sa,) = ch.list_sas()
+        vip = sa.raw.get("local-vips", [])
+        assert len(vip) == 1, sa.raw
+        vips[role] = vip[0]
+    assert set(vips.values()) == {"198.18.200.10", "198.18.200.11"}, vips
+    for role in "ac":
+        assert ping(lab, role, BEHIND), nt.log()[-3000:]
+        tcp(lab, role, "b", BEHIND)
+        (child,) = [c for sa in clients[role].list_sas() for c in sa.children]
+        assert child.packets_out > 100 and child.local_ts == (f"{vips[role]}/32",)
+    peers = nt.stats()["peers"]
+    for role in "ac":  # each address routed to its own client
+        assert peers[f"client-{role}"]["allowed_ips"] == [f"{vips[role]}/32"]
+    (pool,) = nt.stats()["ike"]["pools"]
+    assert pool["in_use"] == 2 and pool["leases"] == {
+        "client-a": vips["a"], "client-c": vips["c"]}
+    assert "Traceback" not in nt.log()
+    for ch in clients.values():
+        ch.stop()
+    lab.stop(nt.proc)
