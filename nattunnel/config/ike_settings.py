@@ -205,17 +205,21 @@ class IkeFields(RoadWarriorFields):
                                                  "derive the local traffic selectors from; "
                                                  "give local_ts, e.g. "
                                                  "[\"198.18.100.1/32\"]")
-        fragmentation = self.get(t, "fragmentation", pre, bool, "true or false", True)
-        fragment_size = self.get_int(t, "fragment_size", pre, FRAGMENT_SIZE_MIN,
-                                     FRAGMENT_SIZE_MAX, DEFAULT_FRAGMENT_SIZE)
-        return _IkeConfig(
-            fragmentation=fragmentation, fragment_size=fragment_size,
+        return self.with_fragmentation(t, pre, _IkeConfig(
             name=name, local_id=local_id, remote_id=remote_id, auth=auth.value,
             local_ts=local_ts, remote_ts=remote_ts, ike_proposals=ike_proposals,
             esp_proposals=esp_proposals, force_encap=encap == "force", dpd_interval=dpd,
             child_rekey_time=rekey, rekey_bytes=rekey_bytes, rekey_packets=rekey_packets,
             ike_rekey_time=ike_rekey, mobike=mobike, vips=vips, dns_file=dns_file, pools=pools,
-        ), initiate
+        )), initiate
+
+    def with_fragmentation(self, t: dict[str, Any], pre: str, ike: IkeConfig) -> IkeConfig:
+        """``ike`` with the peer's IKE fragmentation settings (RFC 7383): ``fragmentation``
+        (on unless false) and ``fragment_size``."""
+        fragmentation = self.get(t, "fragmentation", pre, bool, "true or false", True)
+        fragment_size = self.get_int(t, "fragment_size", pre, FRAGMENT_SIZE_MIN,
+                                     FRAGMENT_SIZE_MAX, DEFAULT_FRAGMENT_SIZE)
+        return replace(ike, fragmentation=fragmentation, fragment_size=fragment_size)
 
     def identity(self, t: dict[str, Any], key: str, pre: str) -> Identity:
         """An IKE identity as strongSwan writes it: an IP address, ``fqdn:NAME``, a bare name
