@@ -1,9 +1,9 @@
 """``nattunnel bench``: the benchmarks of ``nattunnel.bench`` (docs/benchmarks.md).
 
 ``crypto``, ``loopback``, ``scale`` and ``handshakes`` run without root (``handshakes
---lab`` adds charon and ``nattunnel up`` in the lab); ``netns`` and ``attack`` build the
-namespace lab (root). Each subcommand's module is imported only when it runs (and
-for ``--only``'s names, when the option is given).
+--lab`` adds charon and ``nattunnel up`` in the lab); ``netns``, ``attack`` and
+``traversal`` build the namespace lab (root). Each subcommand's module is imported only
+when it runs (and for ``--only``'s names, when the option is given).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ def add_parser(sub: Subparsers) -> None:
                     "real NAT, traffic under attack, many idle peers (docs/benchmarks.md).")
     bsub = bench.add_subparsers(dest="bench_command", required=True, metavar="BENCHMARK")
     for add in (_add_crypto, _add_netns, _add_loopback, _add_attack, _add_scale,
-                _add_handshakes):
+                _add_handshakes, _add_traversal):
         add(bsub)
 
 
@@ -255,3 +255,39 @@ def run_handshakes(args: argparse.Namespace) -> int:
         return fail("bench handshakes", "--lab-n must be 1..100000 and --window 1..1000")
     return handshakes_main(args.n, args.memory_sas, args.lab_n, args.window,
                            not args.lab_only, args.lab or args.lab_only, args.json)
+
+
+def _add_traversal(bsub: Subparsers) -> None:
+    p = bsub.add_parser(
+        "traversal", help="NAT traversal: first packet, relay and direct, idle (root)",
+        description="Time to the first packet through the tunnel (direct and through a TURN "
+                    "relay), the move from the relay to a direct path and back (seconds, "
+                    "pings lost at 10 pps), TCP throughput through the relay against direct, "
+                    "and a long idle run behind a NAT with a short mapping timeout; in the "
+                    "namespace lab with coturn (root; docs/benchmarks.md).")
+    p.add_argument("--seconds", type=float, default=5.0,
+                   help="length of each iperf3 run (default 5)")
+    p.add_argument("--rounds", type=int, default=5,
+                   help="first-packet measurements of each kind (default 5)")
+    p.add_argument("--idle", type=float, default=600.0,
+                   help="seconds of silence on the tunnel (default 600; 0: skip)")
+    p.add_argument("--mapping-timeout", type=float, default=30.0,
+                   help="the NATs' UDP mapping timeout, seconds (default 30)")
+    p.add_argument("--keepalive", type=float, default=20.0,
+                   help="the NAT keepalive interval in the idle run, seconds (default 20)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a report")
+    p.set_defaults(func=run_traversal)
+
+
+def run_traversal(args: argparse.Namespace) -> int:
+    from ..bench.traversal import traversal_main
+
+    if not 1 <= args.seconds <= 600 or not 1 <= args.rounds <= 100:
+        return fail("bench traversal", "--seconds must be 1..600 and --rounds 1..100")
+    if not 0 <= args.idle <= 86400 or not 2 <= args.mapping_timeout <= 3600:
+        return fail("bench traversal", "--idle must be 0..86400, --mapping-timeout 2..3600")
+    if not 1 <= args.keepalive < args.mapping_timeout:
+        return fail("bench traversal", "--keepalive must be 1 s or more and less than "
+                    "--mapping-timeout")
+    return traversal_main(args.seconds, args.idle, args.mapping_timeout, args.keepalive,
+                          args.rounds, args.json)

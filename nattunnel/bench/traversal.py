@@ -1,0 +1,444 @@
+"""``nattunnel bench traversal`` (root): the NAT traversal figures of issue 13.7.
+
+One NAT lab (``nattunnel.lab.nattypes``, topology "two": A behind NAT1, C behind NAT2, B and
+E public) with coturn relays on B (long-term credentials), nattunnel nodes (``Node`` with
+TUN devices, run by this module's ``node`` entry in the lab namespaces), in one run:
+
+- **first packet**: the seconds from starting both nodes to the first ping answered through
+  the tunnel, direct (A behind a port restricted NAT, E public) and through the relay (A and
+  C behind symmetric NATs, each with its allocation, ``relay = "always"``); ``--rounds``
+  times each, median and maximum.
+- **relay -> direct**: A (``relay = "auto"``) towards E with the direct path blocked in NAT1
+  at first, so that A allocates a relay and comes up through it; then the block is lifted:
+  the seconds until the IKE SA and its child SAs are on the direct path (MOBIKE) and the
+  pings lost meanwhile (ping at 10 pps); then the block comes back: the seconds until they
+  are on the relay again and the pings lost (the direct path's death is noticed by liveness
+  checks: io/relay.py's ``PathMover`` timings, printed).
+- **throughput**: iperf3 TCP A -> E for ``--seconds``, direct and through the relay
+  (``relay = "always"`` to E), and the ratio.
+- **idle**: ``--idle`` seconds (default 600) of silence on the direct tunnel A -> E with the
+  NATs' UDP mapping timeout at ``--mapping-timeout`` seconds (default 30; NAT keepalives
+  every ``--keepalive`` s, default 20): afterwards ping must pass and the IKE SA must be
+  the same one (same SPIs, no new handshake).
+
+The time to a direct path *found by connectivity checks* (mediation, hole punching: issue
+13.1-2) is not measured here: that needs the rendezvous.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..keys import write_psk_file
+from ..lab.coturn import Coturn, Relay, coturn_problems
+from ..lab.nattypes import PORT_RESTRICTED_CONE, SYMMETRIC, NatLab
+from ..lab.netns import lab_problems
+from ..lab.tunnels import PKG_ROOT
+
+A_IN, E_IN = "198.18.120.1", "198.18.120.3"
+#: the mover's timings in the relay -> direct part (io/relay.py's PathMover)
+MOVE_TIMINGS = {"auto_after": 2.0, "retry_direct": 1.0, "keep_relay": 5.0,
+                "dead_after": 2.0, "probe_interval": 1.0}
+
+
+# --------------------------------------------------------------------------- one node
+
+
+async def _node(config: str, options: str, status: str) -> None:
+    """A node (``nattunnel up CONFIG``, with the TURN lifetimes and path timings of
+    OPTIONS) whose status goes to STATUS every 0.2 s, until SIGTERM."""
+    from ..app import Node
+    from ..config import load_config
+
+    opts = json.loads(options)
+    node = Node(load_config(config), serve_control=False, serve_metrics=False,
+                turn_lifetimes=opts.get("turn"), path_timings=opts.get("paths"))
+    await node.start()
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    while True:
+        tmp = status + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(node.show(), f)
+        os.replace(tmp, status)
+        if stop.is_set():
+            break
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 0.2)
+    await node.stop(wait=0.5)
+
+
+class LabNode:
+    """A node in a lab namespace, and its status file."""
+
+    def __init__(self, lab: NatLab, ns: str, cfg: Path, options: dict[str, Any]) -> None:
+        self.lab, self.status_file = lab, cfg.with_suffix(".status.json")
+        self.status_file.unlink(missing_ok=True)
+        env = dict(os.environ, PYTHONPATH=str(PKG_ROOT), PYTHONUNBUFFERED="1")
+        self.proc = lab.popen(ns, sys.executable, "-m", "nattunnel.bench.traversal", "node",
+                              str(cfg), json.dumps(options), str(self.status_file),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                              env=env, cwd=str(PKG_ROOT))
+
+    def status(self) -> dict[str, Any]:
+        for _ in range(50):
+            try:
+                result: dict[str, Any] = json.loads(self.status_file.read_text())
+                return result
+            except (OSError, ValueError):
+                if self.proc.poll() is not None:
+                    err = self.proc.stderr.read() if self.proc.stderr else ""
+                    raise RuntimeError(f"a nattunnel node ended: {err[-2000:]}") from None
+                time.sleep(0.1)
+        raise RuntimeError("no status from a nattunnel node")
+
+    def peer(self) -> dict[str, Any]:
+        peer: dict[str, Any] = next(iter(self.status()["peers"].values()))
+        return peer
+
+    def stop(self) -> None:
+        self.lab.stop(self.proc)
+
+    def ready(self) -> bool:
+        return self.status_file.exists()
+
+
+def write_config(d: Path, me: str, other: str, mine: str, theirs: str, *,
+                 endpoint: str | None, initiate: bool, relay: str = "auto",
+                 turn: str | None = None, keepalive: float = 20.0) -> Path:
+    """A node's TOML: one PSK peer (``k.psk`` and ``turn.pw`` in ``d``)."""
+    path = d / f"{me}.toml"
+    lines = ['listen = ["0.0.0.0:4500"]', "ike_port = 0"]
+    if turn is not None:
+        lines.append(f'turn = {{ server = "{turn}", username = "nattunnel", '
+                     'password_file = "turn.pw" }')
+    lines += ["[interface]", 'name = "nt0"', f'addresses = ["{mine}/24"]', "[[peer]]",
+              f'name = "{other}"', 'auth = "psk"', 'psk_file = "k.psk"',
+              f'local_id = "host{me}"', f'remote_id = "host{other}"',
+              f'allowed_ips = ["{theirs}/32"]', f'local_ts = ["{mine}/32"]',
+              f'relay = "{relay}"', f"initiate = {str(initiate).lower()}",
+              f"keepalive_interval = {keepalive:g}"]
+    if endpoint is not None:
+        lines.append(f'endpoint = "{endpoint}"')
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+# --------------------------------------------------------------------------- measurements
+
+
+@dataclass
+class TraversalFigures:
+    rounds: int
+    first_packet_direct: list[float] = field(default_factory=list)
+    first_packet_relay: list[float] = field(default_factory=list)
+    #: the same, from the moment both nodes were running (their first status written):
+    #: without the interpreter's start and the imports
+    ready_direct: list[float] = field(default_factory=list)
+    ready_relay: list[float] = field(default_factory=list)
+    to_direct_s: float | None = None
+    lost_to_direct: int | None = None
+    to_relay_s: float | None = None
+    lost_to_relay: int | None = None
+    move_timings: dict[str, float] = field(default_factory=dict)
+    tcp_direct_mbps: float | None = None
+    tcp_relay_mbps: float | None = None
+    idle_s: float = 0.0
+    mapping_timeout: float = 0.0
+    keepalive: float = 0.0
+    idle_kept: bool | None = None
+    idle_note: str = ""
+    notes: list[str] = field(default_factory=list)
+
+
+def _wait(what: str, check: Callable[[], bool], timeout: float, step: float = 0.05) -> float:
+    start = time.monotonic()
+    while not check():
+        if time.monotonic() - start > timeout:
+            raise RuntimeError(f"{what}: not within {timeout:.0f} s")
+        time.sleep(step)
+    return time.monotonic() - start
+
+
+def _ping(lab: NatLab, ns: str, dest: str, wait: str = "1") -> bool:
+    cp = lab.exec(ns, "ping", "-c", "1", "-W", wait, dest, check=False)
+    return cp.returncode == 0
+
+
+def _block(lab: NatLab, host: str, on: bool) -> None:
+    """Drop UDP port 4500 between NAT1's inside and ``host`` (the direct path only)."""
+    ns = lab.routers["r1"].ns
+    if on:
+        lab.exec(ns, "nft", "-f", "-", input=(
+            "table inet ntblock {\n chain blk {\n  type filter hook forward priority -5; "
+            f"policy accept;\n  ip daddr {host} udp dport 4500 drop\n"
+            f"  ip saddr {host} udp sport 4500 drop\n }}\n}}\n"))
+    else:
+        lab.exec(ns, "nft", "delete", "table", "inet", "ntblock", check=False)
+
+
+class _Pinger:
+    """ping at 10 pps from A; ``lost()`` stops it and counts the missing sequence numbers
+    between the first and the last answer."""
+
+    def __init__(self, lab: NatLab, out: Path) -> None:
+        self.lab, self.out, self._f = lab, out, out.open("w")
+        self.proc = lab.popen("a", "ping", "-i", "0.1", "-W", "1", E_IN, stdout=self._f,
+                              stderr=subprocess.DEVNULL)
+
+    def lost(self) -> int:
+        self.lab.stop(self.proc)
+        self._f.close()
+        seqs = sorted({int(w.split("=")[1]) for line in self.out.read_text().splitlines()
+                       for w in line.split() if w.startswith("icmp_seq=")})
+        return (seqs[-1] - seqs[0] + 1 - len(seqs)) if seqs else -1
+
+
+class _Run:
+    """The lab, its relays and the run's directory."""
+
+    def __init__(self, d: Path, mapping_timeout: float) -> None:
+        self.d = d
+        write_psk_file(d / "k.psk", b"correct horse battery staple", force=True)
+        write_psk_file(d / "turn.pw", b"secret", force=True)
+        self.lab = NatLab("two", PORT_RESTRICTED_CONE, udp_timeout=mapping_timeout)
+        self.b, self.e = self.lab.addr["b"], self.lab.addr["e"]
+        self.servers: list[Coturn] = []
+        # 3478: any relay port (A's own allocations); 3480/3482 and 3484/3486: one port
+        # each, two sets used in turn (a relayed pair must know both relayed addresses)
+        for port, lo, hi in ((3478, 50100, 50200), (3480, 50000, 50000),
+                             (3482, 50001, 50001), (3484, 50002, 50002),
+                             (3486, 50003, 50003)):
+            self.servers.append(Coturn(self.b, None, d, port=port, alt_port=port + 1,
+                                       lab=self.lab, ns="b",
+                                       relay=Relay(min_port=lo, max_port=hi)).start())
+
+    def close(self) -> None:
+        for s in self.servers:
+            s.stop()
+        self.lab.close()
+
+    def pair(self, left: Path, right: Path, right_ns: str = "e",
+             options: dict[str, Any] | None = None) -> tuple[LabNode, LabNode]:
+        r = LabNode(self.lab, right_ns, right, {})
+        a = LabNode(self.lab, "a", left, options or {})
+        return a, r
+
+
+def _first(lab: NatLab, start: float, a: LabNode, r: LabNode, ready: list[float]) -> float:
+    """Ping A -> E's inner address until one is answered: the seconds since ``start``; the
+    seconds since both nodes were running go to ``ready``."""
+    up: float | None = None
+    while True:
+        if up is None and a.ready() and r.ready():
+            up = time.monotonic()
+        if _ping(lab, "a", E_IN, "0.2"):
+            now = time.monotonic()
+            ready.append(now - (up if up is not None else now))
+            return now - start
+        if time.monotonic() - start > 30:
+            raise RuntimeError("no packet through the tunnel within 30 s")
+
+
+def _first_packets(run: _Run, fig: TraversalFigures) -> None:
+    lab, d, b, e = run.lab, run.d, run.b, run.e
+    for i in range(fig.rounds):
+        lab.set_nat("r1", PORT_RESTRICTED_CONE)
+        left = write_config(d, "a", "e", A_IN, E_IN, endpoint=f"{e}:4500", initiate=True)
+        right = write_config(d, "e", "a", E_IN, A_IN, endpoint=None, initiate=False)
+        start = time.monotonic()
+        a, r = run.pair(left, right)
+        try:
+            fig.first_packet_direct.append(_first(lab, start, a, r, fig.ready_direct))
+        finally:
+            a.stop()
+            r.stop()
+        lab.set_nat("r1", SYMMETRIC)
+        lab.set_nat("r2", SYMMETRIC)
+        (ls, lr), (rs, rr) = ((3480, 50000), (3482, 50001)) if i % 2 == 0 else (
+            (3484, 50002), (3486, 50003))
+        left = write_config(d, "a", "c", A_IN, E_IN, endpoint=f"{b}:{rr}", initiate=True,
+                            relay="always", turn=f"{b}:{ls}")
+        right = write_config(d, "c", "a", E_IN, A_IN, endpoint=f"{b}:{lr}", initiate=False,
+                             relay="always", turn=f"{b}:{rs}")
+        start = time.monotonic()
+        a, r = run.pair(left, right, "c")
+        try:
+            fig.first_packet_relay.append(_first(lab, start, a, r, fig.ready_relay))
+        finally:
+            a.stop()
+            r.stop()
+    lab.set_nat("r1", PORT_RESTRICTED_CONE)
+
+
+def _moves(run: _Run, fig: TraversalFigures) -> None:
+    lab, d, b, e = run.lab, run.d, run.b, run.e
+    fig.move_timings = dict(MOVE_TIMINGS)
+    _block(lab, e, True)
+    left = write_config(d, "a", "e", A_IN, E_IN, endpoint=f"{e}:4500", initiate=True,
+                        turn=f"{b}:3478")
+    right = write_config(d, "e", "a", E_IN, A_IN, endpoint=None, initiate=False)
+    a, r = run.pair(left, right, options={"paths": MOVE_TIMINGS})
+
+    def kind() -> str:
+        return str(a.peer()["path"].get("kind"))
+
+    try:
+        _wait("the tunnel through the relay", lambda: _ping(lab, "a", E_IN), 30)
+        pinger = _Pinger(lab, d / "ping-direct.out")
+        time.sleep(1.0)
+        _block(lab, e, False)
+        fig.to_direct_s = _wait("the move to the direct path", lambda: kind() == "direct", 30)
+        time.sleep(1.0)
+        fig.lost_to_direct = pinger.lost()
+        pinger = _Pinger(lab, d / "ping-relay.out")
+        time.sleep(1.0)
+        _block(lab, e, True)
+        fig.to_relay_s = _wait("the move back to the relay", lambda: kind() == "relay", 30)
+        _wait("the tunnel through the relay again", lambda: _ping(lab, "a", E_IN), 15)
+        time.sleep(1.0)
+        fig.lost_to_relay = pinger.lost()
+    finally:
+        a.stop()
+        r.stop()
+        _block(lab, e, False)
+
+
+def _iperf(run: _Run, seconds: float) -> float:
+    lab = run.lab
+    srv = lab.popen("e", "iperf3", "-s", "-1", "-B", E_IN, stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(0.3)
+        cp = lab.exec("a", "iperf3", "-c", E_IN, "-t", f"{seconds:g}", "-J",
+                      timeout=seconds + 30)
+    finally:
+        lab.stop(srv)
+    bps: float = json.loads(cp.stdout)["end"]["sum_received"]["bits_per_second"]
+    return bps / 1e6
+
+
+def _throughput(run: _Run, fig: TraversalFigures, seconds: float) -> None:
+    lab, d, b, e = run.lab, run.d, run.b, run.e
+    for relay in ("never", "always"):
+        left = write_config(d, "a", "e", A_IN, E_IN, endpoint=f"{e}:4500", initiate=True,
+                            relay=relay, turn=f"{b}:3478")
+        right = write_config(d, "e", "a", E_IN, A_IN, endpoint=None, initiate=False)
+        a, r = run.pair(left, right)
+        try:
+            _wait("the tunnel", lambda: _ping(lab, "a", E_IN), 30)
+            mbps = _iperf(run, seconds)
+        finally:
+            a.stop()
+            r.stop()
+        if relay == "never":
+            fig.tcp_direct_mbps = mbps
+        else:
+            fig.tcp_relay_mbps = mbps
+
+
+def _idle(run: _Run, fig: TraversalFigures) -> None:
+    lab, d, e = run.lab, run.d, run.e
+    left = write_config(d, "a", "e", A_IN, E_IN, endpoint=f"{e}:4500", initiate=True,
+                        keepalive=fig.keepalive)
+    right = write_config(d, "e", "a", E_IN, A_IN, endpoint=None, initiate=False)
+    a, r = run.pair(left, right)
+    try:
+        _wait("the tunnel", lambda: _ping(lab, "a", E_IN), 30)
+        before = [(s["spi_i"], s["spi_r"]) for s in a.peer()["ike_sas"]]
+        time.sleep(fig.idle_s)
+        passed = _ping(lab, "e", A_IN, "2") and _ping(lab, "a", E_IN, "2")
+        after = [(s["spi_i"], s["spi_r"]) for s in a.peer()["ike_sas"]]
+        fig.idle_kept = passed and after == before
+        fig.idle_note = (f"ping after the idle time {'passed' if passed else 'FAILED'}; "
+                         f"IKE SA {'the same' if after == before else 'NOT the same'}")
+    finally:
+        a.stop()
+        r.stop()
+
+
+def run_traversal(seconds: float = 5.0, idle: float = 600.0, mapping_timeout: float = 30.0,
+                  keepalive: float = 20.0, rounds: int = 5) -> TraversalFigures:
+    """The whole run (root), in one lab."""
+    fig = TraversalFigures(rounds, idle_s=idle, mapping_timeout=mapping_timeout,
+                           keepalive=keepalive)
+    with tempfile.TemporaryDirectory(prefix="nattunnel-bench-traversal-") as tmp:
+        run = _Run(Path(tmp), mapping_timeout)
+        try:
+            _first_packets(run, fig)
+            _moves(run, fig)
+            _throughput(run, fig, seconds)
+            if idle > 0:
+                _idle(run, fig)
+        finally:
+            run.close()
+    return fig
+
+
+# --------------------------------------------------------------------------- report
+
+
+def _stat(values: list[float]) -> str:
+    if not values:
+        return "-"
+    return (f"median {statistics.median(values):.2f} s, max {max(values):.2f} s "
+            f"({len(values)} runs)")
+
+
+def report(fig: TraversalFigures) -> str:
+    ratio = (fig.tcp_relay_mbps / fig.tcp_direct_mbps
+             if fig.tcp_relay_mbps and fig.tcp_direct_mbps else None)
+    t = fig.move_timings
+    lines = [
+        f"first packet, direct               {_stat(fig.first_packet_direct)}",
+        f"  from both nodes running          {_stat(fig.ready_direct)}",
+        f"first packet, through the relay    {_stat(fig.first_packet_relay)}",
+        f"  from both nodes running          {_stat(fig.ready_relay)}",
+        f"relay -> direct (path opened)      {fig.to_direct_s or 0:.2f} s, "
+        f"{fig.lost_to_direct} pings lost at 10 pps",
+        f"direct -> relay (path died)        {fig.to_relay_s or 0:.2f} s, "
+        f"{fig.lost_to_relay} pings lost at 10 pps",
+        f"  mover timings                    retry_direct {t.get('retry_direct', 0):g} s, "
+        f"probe_interval {t.get('probe_interval', 0):g} s, "
+        f"dead_after {t.get('dead_after', 0):g} s",
+        f"TCP direct                         {fig.tcp_direct_mbps or 0:.0f} Mbit/s",
+        f"TCP through the relay              {fig.tcp_relay_mbps or 0:.0f} Mbit/s"
+        + (f" ({ratio:.0%} of direct)" if ratio is not None else ""),
+    ]
+    if fig.idle_s > 0:
+        lines.append(f"idle {fig.idle_s:g} s, mapping timeout {fig.mapping_timeout:g} s, "
+                     f"keepalive {fig.keepalive:g} s: "
+                     f"{'kept' if fig.idle_kept else 'NOT kept'} ({fig.idle_note})")
+    return "\n".join(lines + fig.notes) + "\n"
+
+
+def traversal_main(seconds: float, idle: float, mapping_timeout: float, keepalive: float,
+                   rounds: int, as_json: bool) -> int:
+    problems = lab_problems() + coturn_problems()
+    if problems:
+        print(f"nattunnel bench traversal: {problems[0]}", file=sys.stderr)
+        return 1
+    fig = run_traversal(seconds, idle, mapping_timeout, keepalive, rounds)
+    print(json.dumps(asdict(fig), indent=2) if as_json else report(fig), end=""
+          if not as_json else "\n")
+    return 0 if fig.idle_kept is not False else 1
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 5 and sys.argv[1] == "node":
+        asyncio.run(_node(sys.argv[2], sys.argv[3], sys.argv[4]))
+    else:
+        sys.exit("usage: python3 -m nattunnel.bench.traversal node CONFIG OPTIONS STATUS")

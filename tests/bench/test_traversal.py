@@ -1,0 +1,39 @@
+"""``nattunnel bench traversal``: the argument checks (no root), and a short run in the
+lab (root): every figure present and sane, the move to the direct path losing at most a
+ping or two at 10 pps, the fallback within 10 s, the idle tunnel kept past the NAT's
+mapping timeout by keepalives."""
+
+from __future__ import annotations
+
+import pytest
+
+from nattunnel.bench.traversal import TraversalFigures, report, run_traversal
+from nattunnel.cli.main import main
+from tests.lab.traversal_support import require
+
+
+@pytest.mark.parametrize("argv", [["--keepalive", "40"], ["--rounds", "0"],
+                                  ["--mapping-timeout", "1"], ["--idle", "-1"]])
+def test_bad_arguments(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "traversal", *argv]) == 2
+    assert "nattunnel bench traversal:" in capsys.readouterr().err
+
+
+def test_report_of_an_empty_run() -> None:
+    text = report(TraversalFigures(0))
+    assert "first packet, direct               -" in text and "idle" not in text
+
+
+@pytest.mark.root
+def test_short_run() -> None:
+    require()
+    fig = run_traversal(seconds=1, idle=8, mapping_timeout=4, keepalive=1.5, rounds=1)
+    print("\n" + report(fig))
+    assert len(fig.first_packet_direct) == len(fig.first_packet_relay) == 1
+    assert 0 < fig.ready_direct[0] <= fig.first_packet_direct[0] < 10
+    assert 0 < fig.ready_relay[0] <= fig.first_packet_relay[0] < 10
+    assert fig.to_direct_s is not None and fig.to_direct_s < 10
+    assert fig.lost_to_direct is not None and 0 <= fig.lost_to_direct <= 2
+    assert fig.to_relay_s is not None and fig.to_relay_s < 10
+    assert fig.tcp_direct_mbps and fig.tcp_relay_mbps and fig.tcp_relay_mbps > 1
+    assert fig.idle_kept, fig.idle_note
