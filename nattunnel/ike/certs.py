@@ -48,10 +48,12 @@ from .crypto import VerifyingKey
 MAX_CERT_FILE_LEN: Final = 1 << 20
 #: the most CA certificates between an end entity and its trust anchor
 MAX_CHAIN_DEPTH: Final = 8
+#: iKEIntermediate (1.3.6.1.5.5.8.2.2), which ``pki --flag ikeIntermediate`` and Windows use
+IKE_INTERMEDIATE: Final = x509.ObjectIdentifier("1.3.6.1.5.5.8.2.2")
 #: RFC 4945 section 5.1.3.12, and what strongSwan and Windows accept besides id-kp-ipsecIKE
 IKE_EKUS: Final = frozenset({
     ExtendedKeyUsageOID.IPSEC_IKE, ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE,
-    ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH,
+    ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH, IKE_INTERMEDIATE,
 })
 
 _EKU_NAMES: Final = {ExtendedKeyUsageOID.SERVER_AUTH: "serverAuth",
@@ -59,7 +61,9 @@ _EKU_NAMES: Final = {ExtendedKeyUsageOID.SERVER_AUTH: "serverAuth",
                      ExtendedKeyUsageOID.CODE_SIGNING: "codeSigning",
                      ExtendedKeyUsageOID.EMAIL_PROTECTION: "emailProtection",
                      ExtendedKeyUsageOID.TIME_STAMPING: "timeStamping",
-                     ExtendedKeyUsageOID.OCSP_SIGNING: "OCSPSigning"}
+                     ExtendedKeyUsageOID.OCSP_SIGNING: "OCSPSigning",
+                     ExtendedKeyUsageOID.IPSEC_IKE: "ipsecIKE",
+                     IKE_INTERMEDIATE: "iKEIntermediate"}
 #: strongSwan's attribute names (its identification.c) that RFC 4514 does not know
 _DN_NAMES: Final = {"E": NameOID.EMAIL_ADDRESS, "EMAIL": NameOID.EMAIL_ADDRESS,
                     "EMAILADDRESS": NameOID.EMAIL_ADDRESS, "SN": NameOID.SURNAME,
