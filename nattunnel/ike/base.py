@@ -29,7 +29,14 @@ from ..esp.suite import Suite
 from . import crypto as kc
 from .config import CHILD_RETRY_BASE, CHILD_RETRY_MAX, Identity, IkeConfig
 from .events import ChildDown, ChildRefused, ChildUp, DownCause, Event, IkeDown, Outgoing
-from .fragment import Reassembly, encrypted_size, fragment_room, ip_overhead, split
+from .fragment import (
+    MAX_UNAUTHENTICATED,
+    Reassembly,
+    encrypted_size,
+    fragment_room,
+    ip_overhead,
+    split,
+)
 from .message import (
     Header,
     Message,
@@ -519,7 +526,8 @@ class SaCore:
             return None
         if not self._fragment_expected(msg.header, frag.number):
             return None
-        payloads = self.fragments.add(msg.header, frag, now)
+        payloads = self.fragments.add(msg.header, frag, now, None if self.established
+                                      else MAX_UNAUTHENTICATED)
         if payloads is None:
             return None
         whole = Message(msg.header, payloads, True)

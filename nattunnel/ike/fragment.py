@@ -10,7 +10,8 @@ back together here, within bounds that nobody can use to make an IKE SA hold mem
   the first fragment's Next Payload is the first inner payload's type, the others' zero);
 - ``Reassembly``: the peer's fragments, at most one partial message per direction (the
   peer's requests, the responses to ours), each fragment opened (its ICV verified) before
-  it is kept; at most ``MAX_FRAGMENTS`` fragments and ``MAX_REASSEMBLED`` octets; a partial
+  it is kept; at most ``MAX_FRAGMENTS`` fragments and ``MAX_REASSEMBLED`` octets
+  (``MAX_UNAUTHENTICATED`` before the IKE SA is authenticated); a partial
   message goes ``REASSEMBLY_TIMEOUT`` after its first fragment came. Every fragment that is
   not kept is counted by reason (``DROP_REASONS``).
 
@@ -50,6 +51,12 @@ from .message import (
 MAX_FRAGMENTS: Final = 32
 #: the inner payload octets of one partial message, at most
 MAX_REASSEMBLED: Final = 64 * 1024
+#: the same before the IKE SA is authenticated (a half-open responder SA, an initiator
+#: waiting for the IKE_AUTH answer): anyone who completed IKE_SA_INIT can send these, so
+#: that the manager's half-open SAs (``IkeLimits.half_open_max``, 1024) hold 16 MiB at
+#: most; an IKE_AUTH with a certificate chain is a few KiB (charon's own limit for any
+#: message, charon.max_packet, is 10000 octets)
+MAX_UNAUTHENTICATED: Final = 16 * 1024
 #: a partial message goes this long after its first fragment came: about as long as a peer
 #: retransmits (0.5 s doubling, 6 tries, section 2.1), after which no missing fragment comes
 REASSEMBLY_TIMEOUT: Final = 30.0
@@ -151,9 +158,11 @@ class Reassembly:
         p = self._partial.get(response)
         return (p.message_id, len(p.parts), p.total) if p is not None else None
 
-    def add(self, header: Header, frag: Fragment, now: float) -> list[Payload] | None:
+    def add(self, header: Header, frag: Fragment, now: float, max_size: int | None = None
+            ) -> list[Payload] | None:
         """Keep an opened fragment (its ICV verified, its message ID in the window); the
-        message's payloads once every fragment is there, else None. Raises IkeDecodeError
+        message's payloads once every fragment is there, else None. ``max_size``: a bound
+        below ``self.max_size`` for this message's octets. Raises IkeDecodeError
         (authenticated, with the header) if the reassembled payloads do not parse."""
         key = header.is_response
         p = self._partial.get(key)
@@ -177,7 +186,7 @@ class Reassembly:
         if frag.number in p.parts:
             self.drop("duplicate")
             return None
-        if p.size + len(frag.data) > self.max_size:
+        if p.size + len(frag.data) > min(self.max_size, max_size or self.max_size):
             del self._partial[key]
             self.drop("too_large")
             return None

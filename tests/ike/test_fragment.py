@@ -20,6 +20,7 @@ from nattunnel.ike.crypto import AeadSk, encr_alg
 from nattunnel.ike.events import IkeRekeyed
 from nattunnel.ike.fragment import (
     MAX_FRAGMENTS,
+    MAX_UNAUTHENTICATED,
     REASSEMBLY_TIMEOUT,
     Reassembly,
     encrypted_size,
@@ -391,3 +392,21 @@ def test_config_dataclass_defaults() -> None:
     cfg = configs()[0]
     assert not cfg.fragmentation and cfg.fragment_size == 1280
     assert dataclasses.replace(cfg, fragmentation=True).fragmentation
+
+
+def test_a_half_open_sa_holds_at_most_16_kib() -> None:
+    """Whoever completed IKE_SA_INIT has the keys to make valid fragments: before IKE_AUTH
+    the responder keeps at most MAX_UNAUTHENTICATED octets of them."""
+    w = SaPair(*frag_configs(size=1280))
+    held_request(w)
+    assert w.b is not None and w.b.state is State.INIT_DONE and w.a._sk_out is not None
+    sk = w.a._sk_out
+    big = split(w.a._header(ExchangeType.IKE_AUTH, 1, False), [VendorID(b"z" * 30000)], sk,
+                fragment_room(1280, sk, ipv6=False, natt=True))
+    assert len(big) <= MAX_FRAGMENTS
+    most = 0
+    for f in big:
+        w.to_b(f, 0.0, natt=True)
+        most = max(most, w.b.fragments.held)
+    assert most <= MAX_UNAUTHENTICATED and w.b.fragments.drops["too_large"] >= 1
+    assert w.b.fragments.reassembled == 0 and w.b.state is State.INIT_DONE
