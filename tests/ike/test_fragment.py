@@ -410,3 +410,22 @@ def test_a_half_open_sa_holds_at_most_16_kib() -> None:
         most = max(most, w.b.fragments.held)
     assert most <= MAX_UNAUTHENTICATED and w.b.fragments.drops["too_large"] >= 1
     assert w.b.fragments.reassembled == 0 and w.b.state is State.INIT_DONE
+
+
+@pytest.mark.parametrize(("to", "natt", "overhead"), [
+    (("198.18.0.2", 500), False, 20 + 8),
+    (("198.18.0.2", 4500), True, 20 + 8 + 4),
+    (("fd00::2", 4500), True, 40 + 8 + 4),
+])
+def test_the_fragment_size_is_the_ip_datagram_of_the_path(to: tuple[str, int], natt: bool,
+                                                          overhead: int) -> None:
+    w = SaPair(*frag_configs(size=576))
+    w.a.start(0.0)
+    w.pump()
+    assert established(w) and w.a._sk_out is not None
+    hdr = w.a._header(ExchangeType.INFORMATIONAL, 5, False)
+    data, frags = w.a._encode(hdr, [VendorID(b"q" * 2000)], w.a._sk_out, to, natt)
+    assert data == b"" and len(frags) >= 4
+    assert max(len(f) for f in frags) + overhead == 576
+    small, none = w.a._encode(hdr, [VendorID(b"q" * 100)], w.a._sk_out, to, natt)
+    assert none == () and len(small) + overhead < 576
