@@ -39,7 +39,8 @@ from .ike.events import Outgoing
 from .ike.keylog import KeyLog
 from .ike.manager import IkeManager, IkePeer, LocalAddressNeeded, PeerDown, PeerUp
 from .ike.roadwarrior import RoadWarriorManager
-from .io.endpoint import Endpoint, InnerInterface, InProcessInterface
+from .io.endpoint import Control, Endpoint, InnerInterface, InProcessInterface
+from .io.mediated import mediated_control
 from .io.netwatch import NetWatch, addresses, mobike_local
 from .io.relay import PathMover
 from .io.vip import VirtualIps
@@ -139,6 +140,8 @@ def build_tunnel(config: Config, now: float) -> Tunnel:
     IKE-managed peers start without SAs (``build_ike`` negotiates them)."""
     tunnel = Tunnel()
     for pc in config.peers:
+        if pc.mediation:  # a mediation connection: no tunnel peer (io/mediated.py)
+            continue
         keepalive = pc.ike is None and pc.keepalive.wanted(pc.behind_nat)
         addr = sockaddr(*pc.endpoint) if pc.endpoint and pc.ike is None else None
         peer = tunnel.add_peer(pc.name, pc.allowed_ips, addr=addr, keepalive=keepalive,
@@ -161,7 +164,7 @@ def _install_manual(tunnel: Tunnel, peer: Peer, pc: PeerConfig) -> None:
 def build_ike(config: Config, tunnel: Tunnel, now: float) -> IkeManager | None:
     """The IKE manager for the configuration's IKE peers (bounded by ``config.limits``, the
     ``[limits]`` table), or None if there are none."""
-    ike_peers = [pc for pc in config.peers if pc.ike is not None]
+    ike_peers = [pc for pc in config.peers if pc.ike is not None and not pc.mediation]
     if not ike_peers:
         return None
     keylog = KeyLog(config.keylog) if config.keylog is not None else None
@@ -175,6 +178,25 @@ def build_ike(config: Config, tunnel: Tunnel, now: float) -> IkeManager | None:
         manager.add_peer(IkePeer(pc.ike, initiate=pc.initiate and remote is not None,
                                  remote=remote), now)
     return manager
+
+
+def build_mediation(config: Config, controller: Controller) -> Control:
+    """IKEv2 mediation (docs/traversal.md): the controller, with a mediation client for the
+    peers with ``mediated_by`` and a server with ``mediation_server = true``."""
+    mediated = [pc for pc in config.peers if pc.mediated_by and pc.ike]
+    if not mediated and not config.mediation_server:
+        return controller
+    conns = {pc.name: pc for pc in config.peers if pc.mediation and pc.ike}
+    conn = conns.get(mediated[0].mediated_by or "") if mediated else None
+    return mediated_control(
+        controller, peers={pc.name: pc.mediation_peer or pc.ike.remote_id
+                           for pc in mediated if pc.ike},
+        connection=(conn.ike, sockaddr(*conn.endpoint))
+        if conn and conn.ike and conn.endpoint else None,
+        initiate=tuple(pc.name for pc in mediated if pc.initiate),
+        server_peers={pc.ike.remote_id: pc.ike for pc in conns.values()
+                      if pc.ike and pc.endpoint is None} if config.mediation_server else None,
+        nat_port=config.listen[0][1], ike_port=config.ike_port, listen_host=config.listen[0][0])
 
 
 def open_interface(config: Config) -> InnerInterface:
@@ -330,7 +352,8 @@ class Node:
                                 ike_port=config.ike_port)
         controller.on_peer = self._peer_event
         interface = open_interface(config)
-        endpoint = Endpoint(tunnel, interface, config.listen, control=controller)
+        endpoint = Endpoint(tunnel, interface, config.listen,
+                            control=build_mediation(config, controller))
         try:
             await endpoint.start()
         except OSError as e:

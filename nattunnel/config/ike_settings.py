@@ -159,7 +159,7 @@ class IkeFields(RoadWarriorFields):
         self.ike_files[index] = files
 
         initiate = self.get(t, "initiate", pre, bool, "true or false", endpoint is not None)
-        if initiate and endpoint is None:
+        if initiate and endpoint is None and "mediated_by" not in t:
             raise self.err(pre + "initiate", "true needs an endpoint to send IKE_SA_INIT to; "
                                              "add endpoint, or set initiate = false to wait "
                                              "for the peer")

@@ -17,7 +17,7 @@ from typing import Final
 from ..addr import HostPort, Network
 from ..constants import IKE_PORT, NAT_T_PORT, SPI_RESERVED_MAX
 from ..esp.suite import Suite
-from ..ike.config import IkeConfig
+from ..ike.config import Identity, IkeConfig
 from ..ike.pool import AddressPool
 from ..ike.ratelimit import IkeLimits
 from ..tunnel.peer import KeepaliveMode
@@ -131,6 +131,14 @@ class PeerConfig:
     initiate: bool = False
     #: "always": through the TURN relay to ``endpoint``; "never"/"auto": direct
     relay: str = DEFAULT_RELAY
+    #: IKEv2 mediation (docs/traversal.md): this [[peer]] is a mediation connection (to the
+    #: server, on a mediated peer; to a registering peer, on a server): no child SA
+    mediation: bool = False
+    #: a mediated peer: the [[peer]] name of its mediation connection (swanctl's
+    #: mediated_by), and the identity asked for in ME_CONNECT (mediation_peer; its remote_id
+    #: if left out)
+    mediated_by: str | None = None
+    mediation_peer: Identity | None = None
 
     def __repr__(self) -> str:
         # The dataclass repr would print key_in and key_out; never let a log line hold a key.
@@ -176,3 +184,6 @@ class Config:
     turn: TurnConfig | None = None
     #: a gateway's virtual IP pools (``[pools.NAME]``, docs/road-warrior.md)
     pools: tuple[AddressPool, ...] = ()
+    #: IKEv2 mediation: this endpoint is a mediation server for its [[peer]]s with
+    #: ``mediation = true`` (docs/traversal.md)
+    mediation_server: bool = False

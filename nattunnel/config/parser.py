@@ -61,7 +61,7 @@ def default_control_dir() -> Path:
 #: sun_path's size less its NUL (unix(7))
 UNIX_PATH_MAX: Final = 107
 TOP_KEYS: Final = ("listen", "interface", "peer", "keylog", "ike_port", "limits",
-                    "control_socket", "metrics", "turn", "pools")
+                    "control_socket", "metrics", "turn", "pools", "mediation_server")
 TURN_KEYS: Final = ("server", "username", "password_file")
 INTERFACE_KEYS: Final = ("kind", "name", "addresses", "underlay_mtu", "mtu")
 #: the fields of ike.IkeLimits (a test checks that they are all here)
@@ -177,6 +177,7 @@ class Parser(PeerFields):
                 raise self.err(f"peer[{i}].relay", "\"always\" needs a turn server (turn = "
                                                    "{ server = ... }) and the peer's endpoint "
                                                    "(its relayed address)")
+        mediation_server = self.mediation_server(doc, peers)
         peers = self.load_keys(peers)
         if turn is not None:
             password = self.credential("turn.password_file", load_psk, turn.password_file)
@@ -187,7 +188,23 @@ class Parser(PeerFields):
                                                      "(RFC 8489 section 9.2.2)") from None
         return Config(listen=listen, interface=interface, peers=tuple(peers), path=self.path,
                       keylog=keylog, ike_port=ike_port, limits=limits,
-                      control_socket=control_socket, metrics=metrics, turn=turn, pools=pools)
+                      control_socket=control_socket, metrics=metrics, turn=turn, pools=pools,
+                      mediation_server=mediation_server)
+
+    def mediation_server(self, doc: dict[str, Any], peers: list[PeerConfig]) -> bool:
+        """IKEv2 mediation: ``mediation_server``, and each ``mediated_by`` names a [[peer]]
+        with ``mediation = true`` and an endpoint (the server)."""
+        server = self.get(doc, "mediation_server", "", bool, "true or false", False)
+        by_name = {p.name: p for p in peers}
+        for i, p in enumerate(peers):
+            if p.mediated_by is None:
+                continue
+            conn = by_name.get(p.mediated_by)
+            if conn is None or not conn.mediation or conn.endpoint is None:
+                raise self.err(f"peer[{i}].mediated_by", f"{show(p.mediated_by)} is not the "
+                                                         "name of a [[peer]] with mediation = "
+                                                         "true and the server's endpoint")
+        return server
 
     def turn(self, doc: dict[str, Any], listen: tuple[HostPort, ...]) -> TurnConfig | None:
         """``turn = { server = "HOST:PORT", username = "...", password_file = "PATH" }``

@@ -51,7 +51,7 @@ PEER_KEYS: Final = (
     "certs", "cacerts", "crls", "rsa_pss",
     "encap", "dpd_interval", "ike_proposals", "esp_proposals", "local_ts", "rekey_time",
     "rekey_bytes", "rekey_packets", "ike_rekey_time", "relay", "mobike", "vips", "pools",
-    "dns_file",
+    "dns_file", "mediation", "mediated_by", "mediation_peer",
 )
 
 
@@ -80,11 +80,14 @@ class PeerFields(IkeFields):
 
         expected = "an array of inner prefixes, e.g. [\"198.18.100.2/32\"]"
         allowed: list[Network] = []
-        # a gateway's client with pools: its prefix is the address it is assigned
+        # a gateway's client with pools: its prefix is the address it is assigned; a
+        # mediation connection has no inner prefixes
+        mediation = self.get(t, "mediation", pre, bool, "true or false", False)
         pooled = "pools" in t and "allowed_ips" not in t
-        for f, s in [] if pooled else self.get_str_list(t, "allowed_ips", pre, expected):
+        bare = pooled or (mediation and "allowed_ips" not in t)
+        for f, s in [] if bare else self.get_str_list(t, "allowed_ips", pre, expected):
             allowed.append(self.network(f, s))
-        if not allowed and not pooled:
+        if not allowed and not pooled and not mediation:
             raise self.err(pre + "allowed_ips", "is empty; list the inner prefixes this peer "
                                                 "may send from, e.g. [\"198.18.100.2/32\"]")
 
@@ -109,12 +112,14 @@ class PeerFields(IkeFields):
             ike.keepalive_interval = interval
             ike.keepalive = keepalive
             first = ike.esp_proposals[0]
+            mediated_by, mediation_peer = self.mediated(t, pre, mediation, endpoint)
             return PeerConfig(
                 name=name, endpoint=endpoint, allowed_ips=tuple(allowed), suite=first.suite,
                 spi_in=None, spi_out=None, key_in=b"", key_out=b"", key_in_path=None,
                 key_out_path=None, esn=first.esn, replay_window=replay_window,
                 keepalive=keepalive, behind_nat=behind_nat, keepalive_interval=interval,
                 tfc_pad=tfc_pad, ike=ike, initiate=initiate, relay=relay,
+                mediation=mediation, mediated_by=mediated_by, mediation_peer=mediation_peer,
             )
 
         suite, spi_in, spi_out, key_in_path, key_out_path, esn = self.manual_sa(t, pre)
@@ -125,6 +130,23 @@ class PeerFields(IkeFields):
             replay_window=replay_window, keepalive=keepalive, behind_nat=behind_nat,
             keepalive_interval=interval, tfc_pad=tfc_pad, relay=relay,
         )
+
+    def mediated(self, t: dict[str, Any], pre: str, mediation: bool,
+                 endpoint: HostPort | None) -> tuple[str | None, Identity | None]:
+        """IKEv2 mediation: ``mediated_by`` (the name of the mediation connection's
+        [[peer]]) and ``mediation_peer`` (an identity), for a peer without an endpoint."""
+        if "mediated_by" not in t:
+            if "mediation_peer" in t:
+                raise self.err(pre + "mediation_peer", "needs mediated_by (the [[peer]] name "
+                                                       "of the mediation connection)")
+            return None, None
+        by = self.get(t, "mediated_by", pre, str, "the name of the [[peer]] with mediation = "
+                                                  "true (the connection to the server)")
+        if mediation or endpoint is not None:
+            raise self.err(pre + "mediated_by", "is for a peer found through a mediation "
+                                                "server: no endpoint, and not mediation = true")
+        who = self.identity(t, "mediation_peer", pre) if "mediation_peer" in t else None
+        return by, who
 
     def keepalive_mode(self, t: dict[str, Any], pre: str) -> KeepaliveMode:
         mode_text = self.get(t, "keepalive", pre, str, "\"nat\", \"always\" or \"never\"",

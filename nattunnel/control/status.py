@@ -187,6 +187,10 @@ def snapshot(endpoint: Endpoint, ike: IkeManager | None, now: float, *,
         "stun": {"demux": s.get("stun"), "client": s.get("stun_client")},
         # the TURN relay's allocation and counters (None: no relay)
         "turn": s.get("turn"),
+        # IKEv2 mediation (docs/traversal.md): the client's connection, candidates, check
+        # lists and chosen paths; a mediation server's registered peers
+        "mediation": s.get("mediation"),
+        "mediation_server": s.get("mediation_server"),
         "ike": ({k: v for k, v in ike.counters.items()} | {
             "sas": len(ike.sas), "requests_sent": ike.requests_sent})
         if ike is not None else None,

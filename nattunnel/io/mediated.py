@@ -1,0 +1,248 @@
+"""IKEv2 mediation on an endpoint (docs/traversal.md, "Mediation"): a ``Control`` around the
+application's (``nattunnel.app.Controller``) that also drives the mediation cores of
+``nattunnel.ike.meserver``, so that the endpoint feeds and pulls them as it does IKE:
+
+- a mediated peer's ``MediationClient``: the mediation connection to the server, the
+  ME_CONNECT exchanges and the connectivity checks. The datagrams it claims (the mediation
+  SA's, and every check: unprotected INFORMATIONAL with zero SPIs) never reach the IKE
+  manager; when the checks choose a path to a peer, the peer's IKE SA is initiated over it
+  (from our NAT-T socket to the peer's candidate, behind the marker), and once it is up the
+  checks stop. Our address towards the server is asked for as the manager asks
+  (``LocalAddressNeeded``); it is the host candidate, with the NAT-T port.
+- a ``MediationServer`` (``mediation_server = true``): IKE_SA_INIT requests with
+  ME_MEDIATION, and every message of its SAs, go to it; the rest to the IKE manager.
+
+Sans-I/O like the cores it drives: the endpoint is its only caller.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections import deque
+from typing import Protocol
+
+from ..addr import Addr, format_addr, sockaddr
+from ..constants import MeNotify
+from ..ike.config import Identity, IkeConfig
+from ..ike.events import Outgoing
+from ..ike.manager import IkeManager, LocalAddressNeeded
+from ..ike.meserver import (
+    MediationClient,
+    MediationDown,
+    MediationServer,
+    MediationUp,
+    PathFailed,
+    PathReady,
+    PeerOffline,
+)
+from ..ike.message import IkeDecodeError, decode_message, peek_receiver_spi
+from ..tunnel.core import Event as TunnelEvent
+
+log = logging.getLogger("nattunnel.mediation")
+
+
+class Inner(Protocol):
+    """The application's control side (``nattunnel.app.Controller``)."""
+
+    ike_port: int | None
+    ike: IkeManager | None
+    up: set[str]
+
+    def receive_datagram(self, data: bytes, remote: Addr, now: float, *, natt: bool,
+                         local: Addr) -> None: ...
+
+    def handle_tunnel_event(self, event: TunnelEvent, now: float) -> None: ...
+
+    def datagrams_to_send(self) -> list[Outgoing]: ...
+
+    def next_event(self) -> LocalAddressNeeded | None: ...
+
+    def local_address_found(self, remote: Addr, natt: bool, local: Addr,
+                            now: float) -> None: ...
+
+    def get_timer(self) -> float | None: ...
+
+    def handle_timer(self, now: float) -> None: ...
+
+    def stats(self) -> dict[str, object]: ...
+
+
+def _has_me_mediation(data: bytes) -> bool:
+    """An IKE_SA_INIT request that asks for a mediation connection (ME_MEDIATION)."""
+    if MeNotify.ME_MEDIATION.to_bytes(2, "big") not in data[28:]:
+        return False  # the quick look: most are not
+    try:
+        return decode_message(data).notify(MeNotify.ME_MEDIATION) is not None
+    except IkeDecodeError:
+        return False
+
+
+class MediatedControl:
+    """The application's control side, plus a mediation client and/or server."""
+
+    def __init__(self, inner: Inner, *, client: MediationClient | None = None,
+                 server: MediationServer | None = None, initiate: tuple[str, ...] = (),
+                 ike_port: int = 500) -> None:
+        self.inner = inner
+        self.client = client
+        self.server = server
+        #: mediated peers we connect to as soon as the mediation connection is up
+        self.initiate = initiate
+        self.ike_port: int | None = inner.ike_port if inner.ike_port is not None else ike_port
+        self._asks: deque[LocalAddressNeeded] = deque()
+        self._started = False
+        self._outputs: list[Outgoing] = []
+        self.paths: dict[str, PathReady] = {}
+        self.last_error: dict[str, str] = {}
+        if client is not None:
+            self._asks.append(LocalAddressNeeded(client.server, False))
+
+    # --- receiving ---
+    def receive_datagram(self, data: bytes, remote: Addr, now: float, *, natt: bool,
+                         local: Addr) -> None:
+        client, server = self.client, self.server
+        if client is not None and self._started and client.receive_datagram(
+                data, remote, now, natt=natt, local=local):
+            self._client_events(now)
+            return
+        if server is not None and self._for_server(data):
+            server.receive_datagram(data, remote, now, natt=natt, local=local)
+            self._outputs += server.datagrams_to_send()
+            return
+        self.inner.receive_datagram(data, remote, now, natt=natt, local=local)
+        self._ike_up(now)
+
+    def _for_server(self, data: bytes) -> bool:
+        assert self.server is not None
+        found = peek_receiver_spi(data)
+        if found is None:
+            return False
+        spi, opens = found
+        if opens:
+            return _has_me_mediation(data)
+        return spi in self.server.sas
+
+    def handle_tunnel_event(self, event: TunnelEvent, now: float) -> None:
+        self.inner.handle_tunnel_event(event, now)
+
+    # --- the client's events ---
+    def _client_events(self, now: float) -> None:
+        client = self.client
+        assert client is not None
+        while (ev := client.next_event()) is not None:
+            if isinstance(ev, MediationUp):
+                for name in self.initiate:
+                    client.connect(name, now)
+            elif isinstance(ev, PathReady):
+                self.paths[ev.name] = ev
+                if ev.initiator:
+                    self._initiate_over(ev, now)
+            elif isinstance(ev, PathFailed | PeerOffline | MediationDown):
+                name = getattr(ev, "name", "mediation")
+                self.last_error[name] = repr(ev)
+        self._outputs += client.datagrams_to_send()
+
+    def _initiate_over(self, ev: PathReady, now: float) -> None:
+        ike = self.inner.ike
+        if ike is None or ev.name not in ike.peers:
+            return
+        peer = ike.peers[ev.name]
+        peer.remote, peer.local = ev.remote, ev.local
+        log.info("peer %s: initiating over the mediated path %s -> %s", ev.name,
+                 format_addr(ev.local), format_addr(ev.remote))
+        ike.initiate(ev.name, now)
+
+    def _ike_up(self, now: float) -> None:
+        """The checks with a peer whose IKE SA is up stop."""
+        if self.client is None:
+            return
+        for name in self.inner.up:
+            if name in self.client.peers:
+                self.client.ike_arrived(name, now)
+
+    # --- the contract ---
+    def datagrams_to_send(self) -> list[Outgoing]:
+        out, self._outputs = self._outputs, []
+        if self.client is not None:
+            out += self.client.datagrams_to_send()
+        if self.server is not None:
+            out += self.server.datagrams_to_send()
+        return out + self.inner.datagrams_to_send()
+
+    def next_event(self) -> LocalAddressNeeded | None:
+        if self._asks:
+            return self._asks.popleft()
+        return self.inner.next_event()
+
+    def local_address_found(self, remote: Addr, natt: bool, local: Addr, now: float) -> None:
+        client = self.client
+        if client is not None and not self._started and remote == client.server:
+            client.local = sockaddr(local[0], self.ike_port or 500)
+            client.hosts = [sockaddr(local[0], client.nat_port)]
+            self._started = True
+            log.info("mediation: connecting to %s from %s", format_addr(client.server),
+                     format_addr(client.local))
+            client.start(now)
+            self._client_events(now)
+            return
+        self.inner.local_address_found(remote, natt, local, now)
+
+    def get_timer(self) -> float | None:
+        times = [t for t in (self.inner.get_timer(),
+                             self.client.get_timer() if self.client and self._started
+                             else None,
+                             self.server.get_timer() if self.server else None)
+                 if t is not None]
+        return min(times) if times else None
+
+    def handle_timer(self, now: float) -> None:
+        self.inner.handle_timer(now)
+        self._ike_up(now)
+        if self.client is not None and self._started:
+            t = self.client.get_timer()
+            if t is not None and t <= now:
+                self.client.handle_timer(now)
+            self._client_events(now)
+        if self.server is not None:
+            t = self.server.get_timer()
+            if t is not None and t <= now:
+                self.server.handle_timer(now)
+            self._outputs += self.server.datagrams_to_send()
+
+    def stats(self) -> dict[str, object]:
+        s = self.inner.stats()
+        if self.client is not None:
+            s["mediation"] = self.client.describe() | {
+                "paths": {n: {"local": format_addr(p.local), "remote": format_addr(p.remote)}
+                          for n, p in self.paths.items()},
+                "last_error": dict(self.last_error)}
+        if self.server is not None:
+            s["mediation_server"] = self.server.describe()
+        return s
+
+
+def mediated_control(inner: Inner, *, connection: tuple[IkeConfig, Addr] | None,
+                     peers: dict[str, Identity], initiate: tuple[str, ...],
+                     server_peers: dict[Identity, IkeConfig] | None, nat_port: int,
+                     ike_port: int, listen_host: str) -> MediatedControl:
+    """The control side of an endpoint with mediation: ``connection`` (the mediation
+    connection's settings and the server's address) for mediated ``peers`` (name -> the
+    identity asked for), ``server_peers`` (identity -> settings) for a mediation server."""
+    client = None
+    if connection is not None:
+        cfg, server_addr = connection
+        # no rekey of our own (a server's rekey is answered); DPD at most as far apart as
+        # the NAT keepalives, to hold the mapping the server and the peers use
+        hold = cfg.keepalive_interval
+        cfg = dataclasses.replace(cfg, ike_rekey_time=0.0, dpd_interval=min(
+            cfg.dpd_interval, hold) if cfg.dpd_interval > 0 else hold)
+        client = MediationClient(cfg, server_addr, sockaddr(listen_host, ike_port), peers,
+                                 nat_port=nat_port)
+    server = None
+    if server_peers is not None:
+        table = dict(server_peers)
+        server = MediationServer(lambda idi, idr: table.get(idi),
+                                 sockaddr(listen_host, ike_port))
+    return MediatedControl(inner, client=client, server=server, initiate=initiate,
+                           ike_port=ike_port)
