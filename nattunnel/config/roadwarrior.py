@@ -50,7 +50,8 @@ class RoadWarriorFields(Fields):
             try:
                 pool = AddressPool.of(name, addrs, dns)
             except ValueError as e:
-                raise self.err(pre + "addrs", f"{show(addrs)}: {e}") from None
+                raise self.err(pre + "addrs", f"{e}; expected a prefix, FIRST-LAST or an "
+                                              "address") from None
             for other in self.pools.values():
                 if other.version == pool.version and int(pool.first) <= int(other.last) \
                         and int(other.first) <= int(pool.last):

@@ -17,6 +17,7 @@ from ..addr import format_addr
 from ..esp.drop import DropCounters
 from ..ike.base import Child, State
 from ..ike.manager import IkeManager
+from ..ike.roadwarrior import RoadWarriorManager
 from ..ike.sa import IkeSa
 from ..io.endpoint import Endpoint
 from ..tunnel.peer import Peer
@@ -77,6 +78,10 @@ def _ike_sa(sa: IkeSa, peer: Peer | None, ike: IkeManager, endpoint: Endpoint,
         # MOBIKE (RFC 4555): negotiated, moves made, the peer's other addresses
         "mobike": sa.mobike, "path_updates": sa.path_updates,
         "peer_addresses": [str(a) for a in sa.peer_addresses],
+        # virtual IPs (docs/road-warrior.md): ours from the gateway and its DNS servers, or
+        # the one our pools gave the client
+        "virtual_ips": [str(n.network_address) for n in sa.virtual_ips or sa.peer_virtual_ips],
+        "dns": [str(d) for d in sa.virtual_dns],
         "children": [_child(c, peer, ike, endpoint, now) for c in sa.children],
     }
 
@@ -192,6 +197,8 @@ def snapshot(endpoint: Endpoint, ike: IkeManager | None, now: float, *,
         "mediation": s.get("mediation"),
         "mediation_server": s.get("mediation_server"),
         "ike": ({k: v for k, v in ike.counters.items()} | {
-            "sas": len(ike.sas), "requests_sent": ike.requests_sent})
+            "sas": len(ike.sas), "requests_sent": ike.requests_sent} | (
+            {"pools": [p.stats() for p in ike.pools()]}
+            if isinstance(ike, RoadWarriorManager) else {}))
         if ike is not None else None,
     }

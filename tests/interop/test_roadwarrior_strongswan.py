@@ -133,6 +133,8 @@ dpd_interval = 5
         else:
             assert "198.18.50.0/24 dev nt0" in table and "0.0.0.0/1" not in table, table
         assert resolv.read_text().splitlines()[-1] == f"nameserver {DNS}"
+        (ike_sa,) = nt.show("gw")["peers"]["gw"]["ike_sas"]
+        assert ike_sa["virtual_ips"] == ["198.18.200.1"] and ike_sa["dns"] == [DNS]
         assert ping(lab, "a", BEHIND), nt.log()[-3000:]
         tcp(lab, "a", "b", BEHIND)
         (child,) = [c for sa in charon.list_sas() for c in sa.children]
@@ -205,7 +207,7 @@ dns = ["{DNS}"]
     peers = nt.stats()["peers"]
     for role in "ac":  # each address routed to its own client
         assert peers[f"client-{role}"]["allowed_ips"] == [f"{vips[role]}/32"]
-    (pool,) = nt.stats()["ike"]["pools"]
+    (pool,) = nt.show()["ike"]["pools"]
     assert pool["in_use"] == 2 and pool["leases"] == {
         "client-a": vips["a"], "client-c": vips["c"]}
     assert "Traceback" not in nt.log()
