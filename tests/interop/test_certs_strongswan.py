@@ -76,7 +76,7 @@ def charon_files(mine: Pki, leaf: str, theirs: Pki) -> dict[str, bytes]:
 
 
 def start_nattunnel(lab: Lab, role: str, work: Path, mine: Pki, leaf: str, theirs: Pki,
-                    my_id: str, peer_id: str, *, initiate: bool) -> Node:
+                    my_id: str, peer_id: str, *, initiate: bool, pss: bool = False) -> Node:
     other = "b" if role == "a" else "a"
     lines = [
         'listen = ["0.0.0.0:4500"]', "ike_port = 500",
@@ -88,6 +88,7 @@ def start_nattunnel(lab: Lab, role: str, work: Path, mine: Pki, leaf: str, their
         f'certs = ["{mine.leaf[leaf].cert_path}", "{mine.intermediates[0].cert_path}"]',
         f'cacerts = ["{theirs.root.cert_path}"]', f'crls = ["{theirs.crl_path}"]',
         f'allowed_ips = ["{INNER[other]}/32"]', "dpd_interval = 5",
+        f"rsa_pss = {'true' if pss else 'false'}",
     ]
     if initiate:
         lines += [f'endpoint = "{PUBLIC_B}"', "initiate = true"]
@@ -122,19 +123,24 @@ def swan_conn(role: str, my_id: str, peer_id: str) -> SwanConn:
 
 
 CASES = [("ecdsa", True), ("rsa", False)]
+#: more key types, one direction: Ed25519 certificates, RSA-PSS signatures both ways
+MORE = [("ed25519", True), ("rsa-pss", False)]
 
 
 @pytest.mark.root
-@pytest.mark.parametrize(("kind", "dn"), CASES)
+@pytest.mark.parametrize(("kind", "dn"), CASES + MORE)
 def test_nattunnel_client_to_charon_gateway(lab: Lab, tmp_path: Path, kind: str,
                                             dn: bool) -> None:
     require_strongswan()
     g, c = pkis(tmp_path, kind)
     gw_id, client_id = ident(g, "good", dn), ident(c, "good", dn)
+    pss = kind == "rsa-pss"
     charon = Charon.start(lab, "b", tmp_path / "charon", conn=swan_conn("b", gw_id, client_id),
                           plugins=PLUGINS, inner_addrs=[f"{INNER['b']}/32"],
-                          files=charon_files(g, "good", c))
-    nt = start_nattunnel(lab, "a", tmp_path, c, "good", g, client_id, gw_id, initiate=True)
+                          files=charon_files(g, "good", c),
+                          settings={"rsa_pss": "yes"} if pss else None)
+    nt = start_nattunnel(lab, "a", tmp_path, c, "good", g, client_id, gw_id, initiate=True,
+                         pss=pss)
     assert wait(lambda: established(charon), 15), nt.log() + charon.log()[-4000:]
     (sa,) = charon.list_sas()
     assert sa.remote_host == "198.18.0.1"  # A through the NAT
@@ -143,6 +149,9 @@ def test_nattunnel_client_to_charon_gateway(lab: Lab, tmp_path: Path, kind: str,
     # charon built the client's chain with the intermediate from our CERT payloads
     assert "received end entity cert" in log and "received issuer cert" in log, log[-4000:]
     assert f"authentication of '{client_id}' with" in log
+    scheme = {"ecdsa": "ECDSA_WITH_SHA256_DER", "rsa": "RSA_EMSA_PKCS1_SHA2_256",
+              "ed25519": "ED25519", "rsa-pss": "RSA_EMSA_PSS"}[kind]
+    assert f"authentication of '{client_id}' with {scheme}" in log, log[-3000:]
     assert "Traceback" not in nt.log()
     charon.stop()
     lab.stop(nt.proc)
