@@ -1,0 +1,89 @@
+"""Root: IKEv2 mediation interop with strongSwan charon 5.9.8 (docs/interop-strongswan.md,
+"IKEv2 mediation").
+
+- charon on B (the WAN) is the mediation server (a connection with ``mediation = yes``) for
+  two nattunnel peers, A behind NAT1 and C behind NAT2 (port-restricted cones): both
+  register with charon, A's ME_CONNECT goes through charon to C, the checks punch both NATs,
+  the tunnel comes up directly between the NATs; ping both ways.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from nattunnel.keys import write_psk_file
+from nattunnel.lab.nattypes import PORT_RESTRICTED_CONE, NatLab
+from nattunnel.lab.strongswan import Charon
+from tests.interop.test_interop_strongswan import require_strongswan
+from tests.lab.test_mediation_lab import A_IN, C_IN, _peer
+from tests.lab.traversal_support import NodeProc, ping_ok, wait_for
+from tests.support.lab import require_lab_tools
+
+PSK = "correct horse battery staple"
+
+#: charon as a mediation server: one connection for every mediated peer (remote id %any),
+#: no child SA; its PSK for any peer identity
+SERVER = f"""
+connections {{
+  medsrv {{
+    version = 2
+    local_addrs = %any
+    remote_addrs = %any
+    mediation = yes
+    dpd_delay = 60s
+    local {{
+      auth = psk
+      id = mediator
+    }}
+    remote {{
+      auth = psk
+      id = %any
+    }}
+  }}
+}}
+secrets {{
+  ike-med {{
+    id-1 = mediator
+    secret = "{PSK}"
+  }}
+}}
+"""
+
+
+@pytest.mark.root
+def test_charon_mediates_two_nattunnel_peers(tmp_path: Path) -> None:
+    require_lab_tools()
+    require_strongswan()
+    write_psk_file(tmp_path / "k.psk", PSK.encode(), force=True)
+    lab = NatLab("two", PORT_RESTRICTED_CONE, with_e=False)
+    nodes: list[NodeProc] = []
+    charon = None
+    try:
+        b = lab.addr["b"]
+        charon = Charon.start(lab, "b", tmp_path / "charon", conn=[], sections=SERVER,
+                              log_levels={"default": 1, "ike": 2, "net": 2, "enc": 1})
+        c = NodeProc(lab, "c", _peer(tmp_path, "c", "a", C_IN, A_IN, b, False), {})
+        nodes.append(c)
+        wait_for("C registered at charon", lambda: bool(c.status()["mediation"]["up"]), 15)
+        a = NodeProc(lab, "a", _peer(tmp_path, "a", "c", A_IN, C_IN, b, True), {})
+        nodes.append(a)
+        t = wait_for("the mediated tunnel", lambda: ping_ok(lab, "a", C_IN, count=1), 30)
+        print(f"\nthe first ping through the tunnel charon mediated: {t:.1f} s")
+        assert ping_ok(lab, "a", C_IN) and ping_ok(lab, "c", A_IN)
+        nat1, nat2 = lab.routers["r1"], lab.routers["r2"]
+        assert str(a.peer()["endpoint"]).startswith(nat2.wan_addr + ":")
+        assert str(c.peer()["endpoint"]).startswith(nat1.wan_addr + ":")
+        med = a.status()["mediation"]
+        assert med["srflx"].startswith(nat1.wan_addr + ":"), med
+        log = charon.log_path.read_text()
+        assert "received ME_CONNECT" in log or "ME_CONNECT" in log
+    finally:
+        for n in nodes:
+            n.stop()
+            print(n.stderr.read_text()[-2500:])
+        if charon is not None:
+            print(charon.log_path.read_text()[-6000:])
+            charon.stop()
+        lab.close()
