@@ -144,6 +144,13 @@ class Reassembly:
         self.fragments_sent = 0
         self.drops: dict[str, int] = dict.fromkeys(DROP_REASONS, 0)
 
+    def status(self, negotiated: bool) -> dict[str, object]:
+        """For ``nattunnel show`` and the stats: whether fragmentation was negotiated, the
+        messages sent in fragments and reassembled, what is held, the drops that happened."""
+        return {"negotiated": negotiated, "messages_sent": self.messages_sent,
+                "fragments_sent": self.fragments_sent, "reassembled": self.reassembled,
+                "held": self.held, "drops": {k: n for k, n in self.drops.items() if n}}
+
     def drop(self, reason: str) -> None:
         self.drops[reason] += 1
 

@@ -429,3 +429,14 @@ def test_the_fragment_size_is_the_ip_datagram_of_the_path(to: tuple[str, int], n
     assert max(len(f) for f in frags) + overhead == 576
     small, none = w.a._encode(hdr, [VendorID(b"q" * 100)], w.a._sk_out, to, natt)
     assert none == () and len(small) + overhead < 576
+
+
+def test_status_for_show() -> None:
+    w = SaPair(*frag_configs())
+    w.a.start(0.0)
+    w.pump()
+    assert w.b is not None
+    st = w.b.fragments.status(w.b.fragmentation)
+    assert st == {"negotiated": True, "messages_sent": 1, "fragments_sent": st["fragments_sent"],
+                  "reassembled": 1, "held": 0, "drops": {}}
+    assert isinstance(st["fragments_sent"], int) and st["fragments_sent"] > 1
