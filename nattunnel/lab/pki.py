@@ -220,6 +220,25 @@ class Pki:
         return path
 
 
+    def swanctl_files(self, name: str, peer: Pki | None = None) -> dict[str, bytes]:
+        """charon's files under ``swanctl/`` (``Charon.start(files=...)``) for the end entity
+        ``name``: ``x509/NAME.pem``, ``private/NAME.key``, its intermediates in ``x509ca/``
+        (charon sends them with its certificate), and the CA certificates and CRL it checks
+        the peer's certificate with (``peer``'s root and CRL; this PKI's without one):
+        ``x509ca/peer-root.pem`` (``remote.cacerts = peer-root.pem``) and
+        ``x509crl/peer.crl``. The peer's intermediates are never there: they come in its
+        CERT payloads."""
+        theirs = peer or self
+        files = {f"x509/{name}.pem": self.leaf[name].cert_pem,
+                 f"private/{name}.key": self.leaf[name].key_pem,
+                 "x509ca/peer-root.pem": theirs.root.cert_pem}
+        for i, ca in enumerate(self.intermediates, 1):
+            files[f"x509ca/{name}-int{i}.pem"] = ca.cert_pem
+        if theirs.crl is not None:
+            files["x509crl/peer.crl"] = theirs.crl.public_bytes(serialization.Encoding.PEM)
+        return files
+
+
 def make_chain(directory: Path, *, kind: KeyKind = "ecdsa", bits: int | None = None,
                intermediates: int = 0, leaves: Mapping[str, Leaf] | None = None,
                root_dn: str = "C=CH, O=strongSwan, CN=strongSwan Root CA") -> Pki:

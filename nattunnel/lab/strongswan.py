@@ -56,6 +56,7 @@ __all__ = [
     "DEFAULT_PROPOSALS",
     "PLUGIN_DIR",
     "SWANCTL",
+    "X509_PLUGINS",
     "Charon",
     "CharonError",
     "SwanChildSa",
@@ -80,6 +81,9 @@ DEFAULT_PLUGINS = (
     "random nonce openssl aes sha1 sha2 hmac gcm kdf curve25519 pem pkcs1 pkcs8 x509 pubkey vici "
     "kernel-libipsec kernel-netlink socket-default"
 )
+#: with certificates: CRLs are checked by ``revocation``, path length and name constraints by
+#: ``constraints`` (``Charon.start(plugins=X509_PLUGINS)``; docs/certificates.md)
+X509_PLUGINS = DEFAULT_PLUGINS.replace(" pubkey ", " pubkey revocation constraints ")
 DEFAULT_PROPOSALS = "aes256gcm16-prfsha256-x25519"
 DEFAULT_ESP_PROPOSALS = "aes256gcm16"
 #: charon filelog levels (-1..4). ``net``/``esp`` at 2 log every packet and halve throughput;
@@ -179,7 +183,11 @@ class SwanConn:
 
     ``auth="psk"`` needs ``psk``; ``auth="pubkey"`` needs ``private_key`` (PKCS#8 PEM of our
     Ed25519 key), ``local_pubkey`` (our SPKI PEM) and ``remote_pubkey`` (the peer's SPKI PEM);
-    ``Charon.start`` copies them into ``swanctl/private`` and ``swanctl/pubkey``.
+    ``Charon.start`` copies them into ``swanctl/private`` and ``swanctl/pubkey``. With
+    certificates, ``local_extra={"certs": "NAME.pem"}``, ``remote_extra={"cacerts":
+    "peer-root.pem"}`` and ``Charon.start(files=pki.swanctl_files("NAME", peer_pki),
+    plugins=X509_PLUGINS)`` (``nattunnel.lab.pki``); as an initiator to nattunnel, also
+    ``extra={"send_cert": "always"}`` (docs/certificates.md, Limits).
     Durations are strongSwan strings (``"30s"``, ``"1h"``); None leaves charon's default.
     """
 

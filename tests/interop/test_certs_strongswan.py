@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from nattunnel.lab.pki import Leaf, Pki, make_chain
-from nattunnel.lab.strongswan import DEFAULT_PLUGINS, Charon, SwanConn
+from nattunnel.lab.strongswan import X509_PLUGINS, Charon, SwanConn
 from nattunnel.lab.tunnels import control_path
 from tests.interop.test_interop_strongswan import (
     INNER,
@@ -30,8 +30,7 @@ from tests.interop.test_interop_strongswan import (
 from tests.support.lab import Lab, lab_fixture  # noqa: F401  (registers the ``lab`` fixture)
 from tests.support.tunnel_lab import PKG_ROOT, Node, tun_present
 
-#: charon checks CRLs with the revocation plugin and path constraints with constraints
-PLUGINS = DEFAULT_PLUGINS.replace(" pubkey ", " pubkey revocation constraints ")
+PLUGINS = X509_PLUGINS
 GW_DN = "C=CH, O=strongSwan, CN=gw.example"
 CLIENT_DN = "C=CH, O=strongSwan, CN=client.example"
 
@@ -64,15 +63,11 @@ def ident(pki: Pki, leaf: str, dn: bool) -> str:
 
 
 def charon_files(mine: Pki, leaf: str, theirs: Pki) -> dict[str, bytes]:
-    """charon's swanctl/ files: its certificate and key, its own intermediate (to send), the
-    peer's root CA (to trust) and the peer's CRL; never the peer's intermediate."""
-    return {
-        "x509/me.pem": mine.leaf[leaf].cert_pem,
-        "private/me.key": mine.leaf[leaf].key_pem,
-        "x509ca/my-int.pem": mine.intermediates[0].cert_pem,
-        "x509ca/peer-root.pem": theirs.root.cert_pem,
-        "x509crl/peer.crl": (theirs.crl_path or Path("/dev/null")).read_bytes(),
-    }
+    """charon's swanctl/ files: its certificate, key and intermediate, the peer's root CA and
+    CRL; never the peer's intermediate (nattunnel.lab.pki.Pki.swanctl_files)."""
+    files = mine.swanctl_files(leaf, theirs)
+    files["x509/me.pem"] = files.pop(f"x509/{leaf}.pem")
+    return files
 
 
 def start_nattunnel(lab: Lab, role: str, work: Path, mine: Pki, leaf: str, theirs: Pki,
