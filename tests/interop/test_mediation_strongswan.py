@@ -5,6 +5,9 @@
   two nattunnel peers, A behind NAT1 and C behind NAT2 (port-restricted cones): both
   register with charon, A's ME_CONNECT goes through charon to C, the checks punch both NATs,
   the tunnel comes up directly between the NATs; ping both ways.
+- nattunnel on A reaches charon on C (a mediated peer of the nattunnel mediation server on
+  B): the ME_CONNECT exchanges through B, the checks between nattunnel and charon, and the
+  IKE SA from A to charon directly between the NATs.
 """
 
 from __future__ import annotations
@@ -15,9 +18,9 @@ import pytest
 
 from nattunnel.keys import write_psk_file
 from nattunnel.lab.nattypes import PORT_RESTRICTED_CONE, NatLab
-from nattunnel.lab.strongswan import Charon
+from nattunnel.lab.strongswan import DEFAULT_ESP_PROPOSALS, DEFAULT_PROPOSALS, Charon
 from tests.interop.test_interop_strongswan import require_strongswan
-from tests.lab.test_mediation_lab import A_IN, C_IN, _peer
+from tests.lab.test_mediation_lab import A_IN, C_IN, _peer, _server
 from tests.lab.traversal_support import NodeProc, ping_ok, wait_for
 from tests.support.lab import require_lab_tools
 
@@ -85,5 +88,101 @@ def test_charon_mediates_two_nattunnel_peers(tmp_path: Path) -> None:
             print(n.stderr.read_text()[-2500:])
         if charon is not None:
             print(charon.log_path.read_text()[-6000:])
+            charon.stop()
+        lab.close()
+
+
+def _charon_peer(psk: str, server: str, me_in: str, other_in: str) -> str:
+    """charon as a mediated peer (C): ``med``, its mediation connection to the server
+    (``mediation = yes``), and ``peer``, the connection to A that the server mediates
+    (``mediated_by = med``, ``mediation_peer = hosta``)."""
+    return f"""
+connections {{
+  med {{
+    version = 2
+    remote_addrs = {server}
+    mediation = yes
+    dpd_delay = 20s
+    proposals = {DEFAULT_PROPOSALS}
+    local {{
+      auth = psk
+      id = hostc
+    }}
+    remote {{
+      auth = psk
+      id = mediator
+    }}
+  }}
+  peer {{
+    version = 2
+    mediated_by = med
+    mediation_peer = hosta
+    proposals = {DEFAULT_PROPOSALS}
+    encap = yes
+    local {{
+      auth = psk
+      id = hostc
+    }}
+    remote {{
+      auth = psk
+      id = hosta
+    }}
+    children {{
+      peer {{
+        mode = tunnel
+        esp_proposals = {DEFAULT_ESP_PROPOSALS}
+        local_ts = {me_in}/32
+        remote_ts = {other_in}/32
+      }}
+    }}
+  }}
+}}
+secrets {{
+  ike-c {{
+    id-1 = hostc
+    secret = "{psk}"
+  }}
+}}
+"""
+
+
+@pytest.mark.root
+def test_nattunnel_peer_to_charon_peer_through_nattunnel_mediation(tmp_path: Path) -> None:
+    """nattunnel on A (behind NAT1) asks the nattunnel mediation server on B for charon on C
+    (behind NAT2), which registered with B as a mediated peer; the checks run between
+    nattunnel and charon's connect manager, and A's IKE SA to charon comes up directly."""
+    require_lab_tools()
+    require_strongswan()
+    write_psk_file(tmp_path / "k.psk", PSK.encode(), force=True)
+    lab = NatLab("two", PORT_RESTRICTED_CONE, with_e=False)
+    nodes: list[NodeProc] = []
+    charon = None
+    try:
+        b = lab.addr["b"]
+        server = NodeProc(lab, "b", _server(tmp_path), {})
+        nodes.append(server)
+        wait_for("the server", lambda: server.status() is not None, 10)
+        charon = Charon.start(lab, "c", tmp_path / "charon", conn=[],
+                              sections=_charon_peer(PSK, b, C_IN, A_IN),
+                              inner_addrs=[f"{C_IN}/32"],
+                              log_levels={"default": 1, "ike": 2, "net": 2, "enc": 1})
+        charon.swanctl("--initiate", "--ike", "med", "--timeout", "10", timeout=15)
+        wait_for("charon registered", lambda: "hostc" in (
+            server.status()["mediation_server"] or {}).get("registered", {}), 15)
+        a = NodeProc(lab, "a", _peer(tmp_path, "a", "c", A_IN, C_IN, b, True), {})
+        nodes.append(a)
+        t = wait_for("the tunnel to charon", lambda: ping_ok(lab, "a", C_IN, count=1), 30)
+        print(f"\nthe first ping from nattunnel to charon through the mediation: {t:.1f} s")
+        assert ping_ok(lab, "a", C_IN)
+        nat2 = lab.routers["r2"]
+        assert str(a.peer()["endpoint"]).startswith(nat2.wan_addr + ":")
+        sas = [sa for sa in charon.list_sas() if sa.name == "peer"]
+        assert sas, charon.list_sas()
+    finally:
+        for n in nodes:
+            n.stop()
+            print(n.stderr.read_text()[-2500:])
+        if charon is not None:
+            print(charon.log_path.read_text()[-12000:])
             charon.stop()
         lab.close()
