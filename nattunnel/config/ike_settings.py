@@ -85,7 +85,7 @@ class _IkeConfig(IkeConfig):
         if self.auth == IkeAuth.PSK:
             secret = f"psk=<{len(self.psk)} octets>"
         else:
-            mine = "<Ed25519 private key>" if self.private_key is not None else "None"
+            mine = "<private key>" if self.private_key is not None else "None"
             theirs = (repr(public_key_b64(self.peer_public_key))
                       if self.peer_public_key is not None else "None")
             secret = f"private_key={mine}, peer_public_key={theirs}"

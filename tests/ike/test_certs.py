@@ -16,7 +16,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from nattunnel.constants import CertEncoding, HashAlgorithm, IdType
+from nattunnel.constants import CertEncoding, HashAlgorithm, IdType, NotifyType
 from nattunnel.ike import crypto as kc
 from nattunnel.ike import initial
 from nattunnel.ike.base import State
@@ -36,7 +36,17 @@ from nattunnel.ike.certs import (
 from nattunnel.ike.config import Identity, IkeConfig
 from nattunnel.ike.events import IkeDown, IkeUp
 from nattunnel.ike.manager import IkeManager, IkePeer
-from nattunnel.ike.message import Cert, CertReq, Payload, decode_payloads, encode_payloads
+from nattunnel.ike.message import (
+    Auth,
+    Cert,
+    CertReq,
+    Message,
+    Payload,
+    decode_message,
+    decode_payloads,
+    encode_payloads,
+)
+from nattunnel.ike.sa import IkeSa
 from nattunnel.keys import KeyFileError, load_private_key
 from nattunnel.lab.pki import Leaf, Pki, issue, make_chain, make_key
 from nattunnel.tunnel.core import Tunnel
@@ -366,3 +376,38 @@ def test_self_signed_issue_helper(tmp_path: Path) -> None:
     ca = issue("C=CH, CN=ca", make_key("ed25519"), ca=True)
     leaf = issue("C=CH, CN=leaf", make_key("ecdsa"), ca, dns=("leaf",))
     assert TrustStore((ca.cert,)).verify(leaf.cert, []) == [leaf.cert, ca.cert]
+
+
+def test_certreq_names_our_cas_both_ways(tmp_path: Path,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """The initiator's IKE_AUTH request carries a CERTREQ with the SHA-1 of its CA's
+    SubjectPublicKeyInfo; a responder given its CAs puts one in the IKE_SA_INIT response,
+    with SIGNATURE_HASH_ALGORITHMS listing every hash we take."""
+    pki = pki_of(tmp_path, "ecdsa", 256)
+    a_cfg, b_cfg = cert_configs(pki)
+    assert b_cfg.trust is not None
+    asked: list[list[bytes]] = []
+    real = initial.verify_peer
+
+    def watch(config: IkeConfig, auth: Auth, octets: bytes, peer_id: Identity,
+              msg: Message) -> str | None:
+        req = msg.get(CertReq)
+        asked.append(req.hashes() if req is not None else [])
+        return real(config, auth, octets, peer_id, msg)
+
+    monkeypatch.setattr(initial, "verify_peer", watch)
+    w = run(a_cfg, b_cfg)
+    assert w.a.state is State.ESTABLISHED
+    assert asked[0] == [spki_sha1(pki.root.cert)]  # A's request, checked by B
+    a = IkeSa(a_cfg, initiator=True, local=A_ADDR, remote=B_ADDR, now=0.0)
+    a.start(0.0)
+    (req,) = a.datagrams_to_send()
+    b = IkeSa(None, initiator=False, local=B_ADDR, remote=A_SEEN, now=0.0)
+    b.respond_init(decode_message(req.data), req.data, 0.0, b_cfg.ike_proposals,
+                   certreq=b_cfg.trust)
+    (resp,) = b.datagrams_to_send()
+    answer = decode_message(resp.data)
+    creq = answer.get(CertReq)
+    assert creq is not None and creq.hashes() == [spki_sha1(pki.root.cert)]
+    sha = answer.notify(NotifyType.SIGNATURE_HASH_ALGORITHMS)
+    assert sha is not None and set(sha.hash_algorithms()) == set(kc.SIGNATURE_HASHES)
