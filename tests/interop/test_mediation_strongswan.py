@@ -92,10 +92,11 @@ def test_charon_mediates_two_nattunnel_peers(tmp_path: Path) -> None:
         lab.close()
 
 
-def _charon_peer(psk: str, server: str, me_in: str, other_in: str) -> str:
-    """charon as a mediated peer (C): ``med``, its mediation connection to the server
-    (``mediation = yes``), and ``peer``, the connection to A that the server mediates
-    (``mediated_by = med``, ``mediation_peer = hosta``)."""
+def _charon_peer(psk: str, server: str, me_in: str, other_in: str, me: str = "hostc",
+                 other: str = "hosta") -> str:
+    """charon as a mediated peer: ``med``, its mediation connection to the server
+    (``mediation = yes``), and ``peer``, the connection to the other peer that the server
+    mediates (``mediated_by = med``, ``mediation_peer``)."""
     return f"""
 connections {{
   med {{
@@ -106,7 +107,7 @@ connections {{
     proposals = {DEFAULT_PROPOSALS}
     local {{
       auth = psk
-      id = hostc
+      id = {me}
     }}
     remote {{
       auth = psk
@@ -116,16 +117,16 @@ connections {{
   peer {{
     version = 2
     mediated_by = med
-    mediation_peer = hosta
+    mediation_peer = {other}
     proposals = {DEFAULT_PROPOSALS}
     encap = yes
     local {{
       auth = psk
-      id = hostc
+      id = {me}
     }}
     remote {{
       auth = psk
-      id = hosta
+      id = {other}
     }}
     children {{
       peer {{
@@ -139,7 +140,7 @@ connections {{
 }}
 secrets {{
   ike-c {{
-    id-1 = hostc
+    id-1 = {me}
     secret = "{psk}"
   }}
 }}
@@ -178,6 +179,48 @@ def test_nattunnel_peer_to_charon_peer_through_nattunnel_mediation(tmp_path: Pat
         assert str(a.peer()["endpoint"]).startswith(nat2.wan_addr + ":")
         sas = [sa for sa in charon.list_sas() if sa.name == "peer"]
         assert sas, charon.list_sas()
+    finally:
+        for n in nodes:
+            n.stop()
+            print(n.stderr.read_text()[-2500:])
+        if charon is not None:
+            print(charon.log_path.read_text()[-12000:])
+            charon.stop()
+        lab.close()
+
+
+@pytest.mark.root
+def test_charon_peer_to_nattunnel_peer_through_nattunnel_mediation(tmp_path: Path) -> None:
+    """charon on A (behind NAT1) initiates its mediated connection to nattunnel on C (behind
+    NAT2) through the nattunnel mediation server on B: charon's ME_CONNECT (with
+    ME_CALLBACK), nattunnel's ME_RESPONSE, checks both ways, charon nominates a pair and its
+    IKE_SA_INIT (with ME_CONNECTID) reaches nattunnel directly; ping both ways."""
+    require_lab_tools()
+    require_strongswan()
+    write_psk_file(tmp_path / "k.psk", PSK.encode(), force=True)
+    lab = NatLab("two", PORT_RESTRICTED_CONE, with_e=False)
+    nodes: list[NodeProc] = []
+    charon = None
+    try:
+        b = lab.addr["b"]
+        server = NodeProc(lab, "b", _server(tmp_path), {})
+        nodes.append(server)
+        c = NodeProc(lab, "c", _peer(tmp_path, "c", "a", C_IN, A_IN, b, False), {})
+        nodes.append(c)
+        wait_for("C registered", lambda: bool(c.status()["mediation"]["up"]), 15)
+        charon = Charon.start(lab, "a", tmp_path / "charon", conn=[],
+                              sections=_charon_peer(PSK, b, A_IN, C_IN, "hosta", "hostc"),
+                              inner_addrs=[f"{A_IN}/32"],
+                              log_levels={"default": 1, "ike": 2, "net": 2, "enc": 1})
+        charon.swanctl("--initiate", "--child", "peer", "--timeout", "20", timeout=25,
+                       check=False)
+        t = wait_for("the tunnel from charon", lambda: ping_ok(lab, "c", A_IN, count=1), 30)
+        print(f"\nthe first ping from nattunnel to charon (charon initiated): {t:.1f} s")
+        assert ping_ok(lab, "c", A_IN) and ping_ok(lab, "a", C_IN)
+        nat1 = lab.routers["r1"]
+        assert str(c.peer()["endpoint"]).startswith(nat1.wan_addr + ":")
+        log = charon.log_path.read_text()
+        assert "endpoint pair" in log and "is valid" in log
     finally:
         for n in nodes:
             n.stop()
