@@ -438,9 +438,9 @@ ALL_PAYLOADS: list[Payload] = [
         RawTrafficSelector(TsType.SECLABEL, 0, b"system_u:object_r"),
     ]),
     TSi([]),
-    UnknownPayload(PayloadType.CERTREQ, b"\x04" + bytes(20)),
+    UnknownPayload(PayloadType.EAP, b"\x01\x02\x00\x04"),
     UnknownPayload(200, b"opaque"),
-    UnknownPayload(PayloadType.CP, b""),
+    UnknownPayload(PayloadType.EAP, b""),
 ]
 
 
