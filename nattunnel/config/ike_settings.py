@@ -15,6 +15,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
 from ..addr import HostPort, Network
 from ..ike.config import DEFAULT_FRAGMENT_SIZE, Identity, IkeConfig
 from ..ike.grammar import parse_esp_proposal, parse_ike_proposal
@@ -77,6 +79,13 @@ class IkeFiles:
 
 
 
+def _key_name(key: object) -> str:
+    """Ed25519, ECDSA or RSA, for the repr."""
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        return "ECDSA"
+    return "RSA" if isinstance(key, rsa.RSAPrivateKey) else "Ed25519"
+
+
 class _IkeConfig(IkeConfig):
     """An ``ike.config.IkeConfig`` whose repr names the authentication but never holds the
     pre-shared key (the dataclass repr of IkeConfig would print it)."""
@@ -85,7 +94,8 @@ class _IkeConfig(IkeConfig):
         if self.auth == IkeAuth.PSK:
             secret = f"psk=<{len(self.psk)} octets>"
         else:
-            mine = "<private key>" if self.private_key is not None else "None"
+            mine = (f"<{_key_name(self.private_key)} private key>"
+                    if self.private_key is not None else "None")
             theirs = (repr(public_key_b64(self.peer_public_key))
                       if self.peer_public_key is not None else "None")
             secret = f"private_key={mine}, peer_public_key={theirs}"
