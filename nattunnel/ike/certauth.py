@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives import serialization
 from ..constants import AuthMethod, CertEncoding, IdType
 from . import crypto as kc
 from .certs import (
+    MAX_CHAIN_DEPTH,
     CertError,
     CertProblem,
     TrustStore,
@@ -44,12 +45,13 @@ def peer_certificates(msg: Message) -> list[x509.Certificate]:
     """The X.509 certificates of the message's CERT payloads, the end entity's first (section
     3.6: the first holds the key that signed AUTH); CertError NOT_A_CERTIFICATE for a CERT
     payload that is not one."""
-    out = []
-    for p in msg.get_all(Cert):
-        if p.encoding != CertEncoding.X509_SIGNATURE:
-            continue  # section 3.6: other encodings may be ignored
-        out.append(cert_from_der(p.data))
-    return out
+    # section 3.6: other encodings may be ignored
+    x509s = [p for p in msg.get_all(Cert) if p.encoding == CertEncoding.X509_SIGNATURE]
+    if len(x509s) > MAX_CHAIN_DEPTH + 1:
+        raise CertError(CertProblem.DOES_NOT_CHAIN,
+                        f"the peer sent {len(x509s)} certificates, more than "
+                        f"{MAX_CHAIN_DEPTH + 1} certificates (a chain of {MAX_CHAIN_DEPTH} CAs)")
+    return [cert_from_der(p.data) for p in x509s]
 
 
 def peer_identity(id_type: int, data: bytes, msg: Message) -> Identity:

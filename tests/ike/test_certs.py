@@ -201,6 +201,11 @@ def test_not_a_certificate_and_no_certificate(tmp_path: Path,
     w = run(a_cfg, b_cfg)
     assert "not a certificate: the CERT payload is not an X.509 certificate" in \
         down_reason(w.events_b)
+    many = [Cert(CertEncoding.X509_SIGNATURE, bytes(40))] * 20
+    monkeypatch.setattr(initial, "cert_payloads",
+                        lambda config: many if config is a_cfg else real(config))
+    w = run(a_cfg, b_cfg)
+    assert "more than 9 certificates" in down_reason(w.events_b)
     monkeypatch.setattr(initial, "cert_payloads", real)
     a_cfg.certs = ()
     w = run(a_cfg, b_cfg)
