@@ -87,6 +87,13 @@ def test_refusals_name_the_field(tmp_path: Path, over: dict[str, str], field: st
     assert e.field.startswith(field) and words in str(e), str(e)
 
 
+def test_local_id_defaults_to_the_certificate_subject(tmp_path: Path) -> None:
+    p = pki(tmp_path)
+    ike = load_config(config(tmp_path, p, local_id="")).peers[0].ike
+    assert ike is not None and str(ike.local_id) == GW_DN
+    assert ike.local_id.id_type == IdType.DER_ASN1_DN
+
+
 def test_private_key_mode_is_checked(tmp_path: Path) -> None:
     p = pki(tmp_path)
     assert p.leaf["gw"].key_path is not None

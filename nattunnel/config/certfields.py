@@ -11,10 +11,11 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from cryptography.hazmat.primitives import serialization
 
+from ..constants import IdType
 from ..ike.certs import (
     TrustStore,
     certificate_identities,
@@ -24,12 +25,15 @@ from ..ike.certs import (
     load_crls,
     load_trust,
 )
-from ..ike.config import IkeConfig
+from ..ike.config import Identity, IkeConfig
 from ..keys import KeyFileError, load_ed25519_public, load_private_key
 from .fields import Fields
 
 if TYPE_CHECKING:
     from .ike_settings import IkeFiles
+
+#: ``local_id`` left out with ``certs``: replaced by the certificate's subject once it is read
+SUBJECT_ID: Final = Identity(IdType.DER_ASN1_DN, b"")
 
 _EXPECTED = {
     "certs": "a certificate file (PEM or DER) or an array of them: this host's certificate "
@@ -116,6 +120,8 @@ def cert_credentials(fields: Fields, pre: str, ike: IkeConfig, files: IkeFiles) 
                                             f"({describe(certs[0])}) is not the pair of "
                                             f"private_key {files.private_key}; put this "
                                             f"host's own certificate first")
+        if ike.local_id is SUBJECT_ID:
+            ike = replace(ike, local_id=Identity.from_name(certs[0].subject))
         local = ike.local_id
         holds = (local.name == certs[0].subject if local.name is not None
                  else identity_matches(local.id_type, local.data, certs[0]))

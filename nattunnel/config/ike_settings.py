@@ -22,7 +22,7 @@ from ..ike.config import DEFAULT_FRAGMENT_SIZE, Identity, IkeConfig
 from ..ike.grammar import parse_esp_proposal, parse_ike_proposal
 from ..ike.proposals import DEFAULT_ESP_PROPOSALS, DEFAULT_IKE_PROPOSALS
 from ..keys import KeyFileError, load_ed25519_private, load_ed25519_public, load_psk, public_key_b64
-from .certfields import cert_credentials, pubkey_files
+from .certfields import SUBJECT_ID, cert_credentials, pubkey_files
 from .fields import show
 from .model import (
     DEFAULT_DPD_INTERVAL,
@@ -156,7 +156,9 @@ class IkeFields(RoadWarriorFields):
             interface: InterfaceConfig, index: int) -> tuple[IkeConfig, bool]:
         """The IkeConfig of an IKE peer (credentials still empty: load_keys reads them) and
         whether to initiate."""
-        local_id = self.identity(t, "local_id", pre)
+        # with certs and no local_id: the certificate's subject (as swanctl's local.id)
+        local_id = (self.identity(t, "local_id", pre) if "local_id" in t or "certs" not in t
+                    else SUBJECT_ID)
         remote_id = self.identity(t, "remote_id", pre)
 
         files = IkeFiles(auth)
