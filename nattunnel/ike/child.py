@@ -243,8 +243,21 @@ class ChildSaExchanges(SaCore):
         suite, esn = found
         spi_out = int.from_bytes(prop.spi, "big")
         i2r, r2i = kc.child_keymat(self._prf, self._keys.sk_d, ni, nr, suite.keymat_len, g_ir)
-        local_ts = tuple(ts_networks(msg.get(TSi))) or self.config.local_ts
-        remote_ts = tuple(ts_networks(msg.get(TSr))) or self.config.remote_ts
+        ours = self.virtual_ips or self.config.local_ts
+        theirs = self.peer_virtual_ips or self.config.remote_ts
+        tsi, tsr = msg.get(TSi), msg.get(TSr)
+        # section 2.9: the responder may narrow, never widen: keep what lies in ours
+        local_ts = tuple(narrow(tsi.selectors, ours)) if tsi else ours
+        remote_ts = tuple(narrow(tsr.selectors, theirs)) if tsr else theirs
+        if not local_ts or not remote_ts:
+            self._child_refused(f"the peer's traffic selectors (TSi {_nets(ts_networks(tsi))}, "
+                                f"TSr {_nets(ts_networks(tsr))}) lie outside ours (local "
+                                f"{_nets(ours)}, remote {_nets(theirs)})", self._clock)
+            return
+        if (tsi and list(local_ts) != ts_networks(tsi)) or (
+                tsr and list(remote_ts) != ts_networks(tsr)):
+            log.warning("peer %s: the peer's traffic selectors go beyond ours; using local %s, "
+                        "remote %s", self.name, _nets(local_ts), _nets(remote_ts))
         self._add_child(Child(spi_in, spi_out, suite, esn, local_ts, remote_ts),
                         keymat_in=r2i, keymat_out=i2r, replaces=replaces)
 

@@ -42,6 +42,8 @@ from tests.support.lab import Lab, lab_fixture  # noqa: F401  (registers the ``l
 from tests.support.tunnel_lab import PKG_ROOT, Node, tun_present
 
 BEHIND = "198.18.50.1"  # an address behind the gateway (on B's lo)
+BEHIND2 = "198.18.51.1"  # in a second subnet: one child SA with two traffic selectors
+SPLIT = ["198.18.50.0/24", "198.18.51.0/24"]
 POOL = "198.18.200.0/24"
 DNS = "198.18.50.53"
 ORIGINAL_RESOLV = "nameserver 198.18.0.99\n"
@@ -144,11 +146,12 @@ def test_nattunnel_road_warrior_to_charon_gateway(lab: Lab, tmp_path: Path, full
     pkis = make_pkis(tmp_path) if auth == "cert" else None
     conn_kw, start_kw = swan_auth(auth, pkis, "gw")
     conn = SwanConn(name="rw", local_addrs=PUBLIC_B, remote_addrs="%any", local_id="gw",
-                    remote_id="client-a", local_ts="0.0.0.0/0" if full else "198.18.50.0/24",
+                    remote_id="client-a", local_ts="0.0.0.0/0" if full else SPLIT,
                     remote_ts="dynamic", extra={"pools": "rwpool"}, **conn_kw)
     sections = f"pools {{\n  rwpool {{\n    addrs = {POOL}\n    dns = {DNS}\n  }}\n}}\n"
     charon = Charon.start(lab, "b", tmp_path / "charon", conn=conn,
-                          inner_addrs=[f"{BEHIND}/32"], sections=sections, **start_kw)
+                          inner_addrs=[f"{BEHIND}/32", f"{BEHIND2}/32"], sections=sections,
+                          **start_kw)
     resolv = netns_resolv(lab, "a")
     try:
         nt = start_nt(lab, "a", tmp_path, f"""
@@ -177,15 +180,17 @@ dpd_interval = 5
             assert "0.0.0.0/1 dev nt0" in table and "128.0.0.0/1 dev nt0" in table, table
             assert f"{PUBLIC_B} via 198.19.1.1" in table, table  # the way to the gateway
         else:
-            assert "198.18.50.0/24 dev nt0" in table and "0.0.0.0/1" not in table, table
+            assert "198.18.50.0/24 dev nt0" in table and "198.18.51.0/24 dev nt0" in table
+            assert "0.0.0.0/1" not in table, table
         assert resolv.read_text().splitlines()[-1] == f"nameserver {DNS}"
         (ike_sa,) = nt.show("gw")["peers"]["gw"]["ike_sas"]
         assert ike_sa["virtual_ips"] == ["198.18.200.1"] and ike_sa["dns"] == [DNS]
         assert ping(lab, "a", BEHIND), nt.log()[-3000:]
         tcp(lab, "a", "b", BEHIND)
+        assert ping(lab, "a", BEHIND2)
         (child,) = [c for sa in charon.list_sas() for c in sa.children]
         assert child.packets_in > 100 and child.local_ts == (
-            "0.0.0.0/0" if full else "198.18.50.0/24",) and child.remote_ts == (
+            ("0.0.0.0/0",) if full else tuple(SPLIT)) and child.remote_ts == (
             "198.18.200.1/32",)  # it went through the tunnel
         assert "Traceback" not in nt.log()
         lab.stop(nt.proc)
@@ -206,7 +211,7 @@ def charon_client(lab: Lab, role: str, work: Path, ident: str, auth: str,
     # send_cert = always: charon sends its certificate only when asked by a CERTREQ, which
     # nattunnel's responder does not send yet (docs/certificates.md)
     conn = SwanConn(name="rw", local_addrs="%any", remote_addrs=PUBLIC_B, local_id=ident,
-                    remote_id="gw", local_ts="dynamic", remote_ts="198.18.50.0/24",
+                    remote_id="gw", local_ts="dynamic", remote_ts=SPLIT,
                     extra={"vips": "0.0.0.0", "send_cert": "always"}, **conn_kw)
     return Charon.start(lab, role, work / f"charon-{role}", conn=conn, **start_kw)
 
@@ -224,10 +229,11 @@ name = "{name}"
 {nt_auth(tmp_path, auth, pkis, "gw")}local_id = "gw"
 remote_id = "{name}"
 pools = ["rw"]
-local_ts = ["198.18.50.0/24"]
+local_ts = ["198.18.50.0/24", "198.18.51.0/24"]
 dpd_interval = 5
 """ for name in ("client-a", "client-c"))
-    lab.exec("b", "ip", "addr", "replace", f"{BEHIND}/32", "dev", "lo")
+    for addr in (BEHIND, BEHIND2):
+        lab.exec("b", "ip", "addr", "replace", f"{addr}/32", "dev", "lo")
     nt = start_nt(lab, "b", tmp_path, f"""
 [interface]
 kind = "tun"
@@ -256,8 +262,10 @@ dns = ["{DNS}"]
     for role in "ac":
         assert ping(lab, role, BEHIND), nt.log()[-3000:]
         tcp(lab, role, "b", BEHIND)
+        assert ping(lab, role, BEHIND2)
         (child,) = [c for sa in clients[role].list_sas() for c in sa.children]
         assert child.packets_out > 100 and child.local_ts == (f"{vips[role]}/32",)
+        assert child.remote_ts == tuple(SPLIT)
     peers = nt.stats()["peers"]
     for role in "ac":  # each address routed to its own client
         assert peers[f"client-{role}"]["allowed_ips"] == [f"{vips[role]}/32"]
