@@ -118,25 +118,37 @@ def _split_rdns(text: str) -> list[str]:
     return parts
 
 
+def _dn_lookup() -> dict[str, x509.ObjectIdentifier]:
+    """Attribute names in upper case (how parse_dn hands them on): strongSwan's and the
+    standard ones, so that ``cn=`` and ``emailAddress=`` work as ``CN=`` and ``E=``."""
+    names = {v.upper(): k for k, v in _DN_SHORT.items()}
+    return {**names, **_DN_NAMES}
+
+
 def parse_dn(text: str) -> x509.Name:
     """A DN as strongSwan writes it (``C=CH, O=strongSwan, CN=gw.example``; most significant
     first, also with '/' as in ``/C=CH/O=strongSwan/CN=gw``) as an ``x509.Name``. ValueError
     says what is wrong."""
     s = text.strip()
-    parts = [p.strip() for p in s[1:].split("/")] if s.startswith("/") else _split_rdns(s)
+    if s.startswith("/"):  # OpenSSL's form: a ',' in a value is a plain character there
+        parts = [p.strip().replace(",", "\\,") for p in s[1:].split("/")]
+    else:
+        parts = _split_rdns(s)
     if not parts or any(not p for p in parts):
         raise ValueError("is not a distinguished name: an empty RDN (two commas in a row?)")
+    rdns = []
     for p in parts:
-        if "=" not in p or not p.split("=", 1)[0].strip():
+        key, eq, value = p.partition("=")
+        if not eq or not key.strip():
             raise ValueError(f"is not a distinguished name: {p!r} is not TYPE=VALUE")
-    names = {k.lower(): v for k, v in _DN_NAMES.items()}
+        rdns.append(f"{key.strip().upper()}={value.strip()}")
     try:
-        return x509.Name.from_rfc4514_string(
-            ",".join(reversed([p.split("=", 1)[0].strip() + "=" + p.split("=", 1)[1].strip()
-                               for p in parts])),
-            {**{k: v for k, v in _DN_NAMES.items()}, **names})
+        return x509.Name.from_rfc4514_string(",".join(reversed(rdns)), _dn_lookup())
     except ValueError as e:
-        raise ValueError(f"is not a distinguished name: {e}") from None
+        why = str(e) or (f"an attribute type it does not know among "
+                         f"{', '.join(r.split('=', 1)[0] for r in rdns)} (known: "
+                         f"{', '.join(sorted(_dn_lookup()))}), or a malformed value")
+        raise ValueError(f"is not a distinguished name: {why}") from None
 
 
 def format_dn(name: x509.Name) -> str:
@@ -146,7 +158,7 @@ def format_dn(name: x509.Name) -> str:
         for a in rdn:
             key = _DN_SHORT.get(a.oid, a.oid.dotted_string)
             value = a.value if isinstance(a.value, str) else a.value.hex()
-            out.append(f"{key}={value}")
+            out.append(f"{key}={value.replace(',', chr(92) + ',')}")
     return ", ".join(out)
 
 

@@ -256,6 +256,11 @@ def test_dn_as_strongswan_writes_it() -> None:
     assert Identity.parse(str(ident)) == ident
     with pytest.raises(ValueError, match="not a distinguished name"):
         parse_dn("C=CH, , CN=x")
+    with pytest.raises(ValueError, match="does not know among C, HELLO"):
+        parse_dn("C=CH, hello=x")
+    assert parse_dn("c=CH, cn=x, emailAddress=a@b") == parse_dn("C=CH, CN=x, E=a@b")
+    odd = parse_dn("/C=CH/O=a,b/CN=z")  # OpenSSL's form: a comma is part of the value
+    assert parse_dn(format_dn(odd)) == odd and format_dn(odd) == "C=CH, O=a\\,b, CN=z"
     # one name, other string types (PrintableString vs UTF8String): one identity
     printable = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "gw",
                                               x509.name._ASN1Type.PrintableString)])
