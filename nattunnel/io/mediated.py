@@ -41,6 +41,11 @@ from ..tunnel.core import Event as TunnelEvent
 
 log = logging.getLogger("nattunnel.mediation")
 
+#: an initiator asks the server again after its checks failed or the mediated IKE SA went
+#: down: 10 s, doubling up to 120 s, until the peer is up
+RETRY_BASE = 10.0
+RETRY_MAX = 120.0
+
 
 class Inner(Protocol):
     """The application's control side (``nattunnel.app.Controller``)."""
@@ -95,12 +100,18 @@ class MediatedControl:
         self._outputs: list[Outgoing] = []
         self.paths: dict[str, PathReady] = {}
         self.last_error: dict[str, str] = {}
+        #: initiator: when to send ME_CONNECT again for a peer, and the wait after that
+        self.retry_at: dict[str, float] = {}
+        self._retry_delay: dict[str, float] = {}
+        self._was_up: set[str] = set()
+        self._now = 0.0  # the last time we were called with (for what next_event sees)
         if client is not None:
             self._asks.append(LocalAddressNeeded(client.server, False))
 
     # --- receiving ---
     def receive_datagram(self, data: bytes, remote: Addr, now: float, *, natt: bool,
                          local: Addr) -> None:
+        self._now = now
         client, server = self.client, self.server
         if client is not None and self._started and client.receive_datagram(
                 data, remote, now, natt=natt, local=local):
@@ -141,7 +152,26 @@ class MediatedControl:
             elif isinstance(ev, PathFailed | PeerOffline | MediationDown):
                 name = getattr(ev, "name", "mediation")
                 self.last_error[name] = repr(ev)
+                if isinstance(ev, PathFailed):
+                    self._retry_later(ev.name, now)
         self._outputs += client.datagrams_to_send()
+
+    def _retry_later(self, name: str, now: float) -> None:
+        if name not in self.initiate or name in self.retry_at:
+            return
+        delay = self._retry_delay.get(name, RETRY_BASE)
+        self._retry_delay[name] = min(delay * 2, RETRY_MAX)
+        self.retry_at[name] = now + delay
+        log.info("peer %s: asking the mediation server again in %.0f s", name, delay)
+
+    def _retry_due(self, now: float) -> None:
+        client = self.client
+        for name, at in list(self.retry_at.items()):
+            if at > now:
+                continue
+            del self.retry_at[name]
+            if name not in self.inner.up and client is not None:
+                client.connect(name, now)
 
     def _initiate_over(self, ev: PathReady, now: float) -> None:
         ike = self.inner.ike
@@ -154,12 +184,20 @@ class MediatedControl:
         ike.initiate(ev.name, now)
 
     def _ike_up(self, now: float) -> None:
-        """The checks with a peer whose IKE SA is up stop."""
+        """The checks with a peer whose IKE SA is up stop; an initiator whose peer went
+        down asks the server again (later: the manager tries the old path first)."""
         if self.client is None:
             return
         for name in self.inner.up:
             if name in self.client.peers:
                 self.client.ike_arrived(name, now)
+                if name not in self._was_up:
+                    self._was_up.add(name)
+                    self.retry_at.pop(name, None)
+                    self._retry_delay.pop(name, None)
+        for name in self._was_up - self.inner.up:
+            self._was_up.discard(name)
+            self._retry_later(name, now)
 
     # --- the contract ---
     def datagrams_to_send(self) -> list[Outgoing]:
@@ -173,7 +211,10 @@ class MediatedControl:
     def next_event(self) -> LocalAddressNeeded | None:
         if self._asks:
             return self._asks.popleft()
-        return self.inner.next_event()
+        ev = self.inner.next_event()
+        if ev is None:  # the manager's PeerUp/PeerDown are in inner.up by now
+            self._ike_up(self._now)
+        return ev
 
     def local_address_found(self, remote: Addr, natt: bool, local: Addr, now: float) -> None:
         client = self.client
@@ -192,17 +233,20 @@ class MediatedControl:
         times = [t for t in (self.inner.get_timer(),
                              self.client.get_timer() if self.client and self._started
                              else None,
-                             self.server.get_timer() if self.server else None)
+                             self.server.get_timer() if self.server else None,
+                             min(self.retry_at.values()) if self.retry_at else None)
                  if t is not None]
         return min(times) if times else None
 
     def handle_timer(self, now: float) -> None:
+        self._now = now
         self.inner.handle_timer(now)
         self._ike_up(now)
         if self.client is not None and self._started:
             t = self.client.get_timer()
             if t is not None and t <= now:
                 self.client.handle_timer(now)
+            self._retry_due(now)
             self._client_events(now)
         if self.server is not None:
             t = self.server.get_timer()
