@@ -120,6 +120,14 @@ class Coalescer:
     def write(self, pkt: memoryview) -> None:
         """Queue one decapsulated packet (held by reference until ``flush``)."""
         n = len(pkt)
+        if self.udp and n > 28:
+            first = pkt[0]
+            if (pkt[9] == 17 and first == 0x45) or (pkt[6] == 17 and first >> 4 == 6):
+                if not self._udp(pkt, n):
+                    if self._len:
+                        self.flush()
+                    self._write([ZERO_HDR, pkt])
+                return
         if n > 52:
             (vihl, total, frag, proto, addrs, ports, seq, ack, doff, flags, window,
              options) = _HDR52.unpack_from(pkt)
@@ -156,8 +164,6 @@ class Coalescer:
                 self._mss = plen
                 self._open = not flags & _PSH
                 return
-        if self.udp and self._udp(pkt, n):
-            return
         if self._len:
             self.flush()
         self._write([ZERO_HDR, pkt])
@@ -168,7 +174,7 @@ class Coalescer:
         first = pkt[0]
         ident = 0
         flow: tuple[object, ...]
-        if first == 0x45 and n > 28:
+        if first == 0x45:
             tos, total, ident, frag, ttl, proto, addrs, ports, ulen = _UDP4.unpack_from(pkt)
             if proto != 17 or total != n or frag & _NOT_DF or ulen != n - 20:
                 return False
