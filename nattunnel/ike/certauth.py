@@ -8,7 +8,10 @@ down reason, which the manager logs with the peer's name (docs/certificates.md l
 
 from __future__ import annotations
 
+import contextlib
+
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 
 from ..constants import AuthMethod, CertEncoding, IdType
@@ -63,8 +66,9 @@ def peer_identity(id_type: int, data: bytes, msg: Message) -> Identity:
             certs = peer_certificates(msg)
         except CertError:
             certs = []
-        if certs and data in dn_forms(certs[0].subject):
-            return Identity.from_name(certs[0].subject)
+        with contextlib.suppress(ValueError):  # a malformed subject is refused later
+            if certs and data in dn_forms(certs[0].subject):
+                return Identity.from_name(certs[0].subject)
     return Identity(id_type, data)
 
 
@@ -97,6 +101,8 @@ def verify_peer(config: IkeConfig, auth: Auth, octets: bytes, peer_id: Identity,
         except CertError as e:
             return f"{e.kind.value}: {e}" if e.kind is not CertProblem.IDENTITY_MISMATCH \
                 else str(e)
+        except (ValueError, TypeError, KeyError, UnsupportedAlgorithm) as e:  # parsed lazily
+            return f"{CertProblem.NOT_A_CERTIFICATE.value}: a malformed certificate: {e}"
     else:
         key = config.peer_public_key
     if key is None:

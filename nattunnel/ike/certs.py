@@ -23,6 +23,7 @@ import hashlib
 import ipaddress
 import itertools
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
@@ -33,6 +34,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.utils import CryptographyDeprecationWarning
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from cryptography.x509.verification import (
     ExtensionPolicy,
@@ -252,12 +254,26 @@ def load_crls(path: str | os.PathLike[str]) -> list[x509.CertificateRevocationLi
 
 
 def cert_from_der(data: bytes) -> x509.Certificate:
-    """A CERT payload's certificate; CertError NOT_A_CERTIFICATE if it is not one."""
+    """A CERT payload's certificate, every part the checks read parsed now (``cryptography``
+    parses some lazily): CertError NOT_A_CERTIFICATE if it is not one, or a malformed one
+    (a bad key, extension or name, a serial number RFC 5280 forbids)."""
     try:
-        return x509.load_der_x509_certificate(data)
-    except ValueError as e:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", CryptographyDeprecationWarning)
+            cert = x509.load_der_x509_certificate(data)
+            cert.serial_number  # noqa: B018  (a negative serial warns here)
+            cert.public_key()
+            cert.extensions  # noqa: B018
+            cert.subject.public_bytes()
+            cert.issuer.public_bytes()
+            cert.not_valid_before_utc, cert.not_valid_after_utc  # noqa: B018
+    except Exception as e:  # whatever the parser raises on any octets:
+        # ValueError, UnsupportedAlgorithm, the deprecation warning, and a KeyError from a
+        # signature algorithm's parameters, found by tests/ike/test_certs.py's mutations)
         raise CertError(CertProblem.NOT_A_CERTIFICATE,
-                        f"the CERT payload is not an X.509 certificate: {e}") from None
+                        f"the CERT payload is not an X.509 certificate: "
+                        f"{type(e).__name__}: {e}") from None
+    return cert
 
 
 def spki_sha1(cert: x509.Certificate) -> bytes:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import random
 from dataclasses import replace
 from pathlib import Path
 
@@ -421,3 +422,36 @@ def test_certreq_names_our_cas_both_ways(tmp_path: Path,
     assert creq is not None and creq.hashes() == [spki_sha1(pki.root.cert)]
     sha = answer.notify(NotifyType.SIGNATURE_HASH_ALGORITHMS)
     assert sha is not None and set(sha.hash_algorithms()) == set(kc.SIGNATURE_HASHES)
+
+
+class _Payloads:
+    """Just what ``verify_peer`` and ``peer_identity`` read of a message."""
+
+    def __init__(self, certs: list[Cert]) -> None:
+        self.certs = certs
+
+    def get_all(self, kind: type) -> list[Cert]:
+        return self.certs
+
+
+def test_mutated_certificates_are_refused_never_raised(tmp_path: Path) -> None:
+    """A peer's CERT payloads mutated at random: each is refused with a reason (most as not a
+    certificate, some as not chaining), none raises; ``cryptography`` parses parts of a
+    certificate lazily, so the refusal must come from wherever the damage is found."""
+    pki = pki_of(tmp_path, "ecdsa", 256, intermediates=0)
+    _, b_cfg = cert_configs(pki)
+    der = pki.leaf["client"].cert.public_bytes(serialization.Encoding.DER)
+    rng = random.Random(7)
+    kinds: set[str] = set()
+    for _ in range(1500):
+        data = bytearray(der)
+        for _ in range(rng.randint(1, 4)):
+            data[rng.randrange(len(data))] = rng.randrange(256)
+        if rng.random() < 0.1:
+            data = data[:rng.randrange(len(data))]
+        msg = _Payloads([Cert(CertEncoding.X509_SIGNATURE, bytes(data))])
+        ident = initial.peer_identity(IdType.DER_ASN1_DN, bytes(data[:60]), msg)
+        why = initial.verify_peer(b_cfg, Auth(14, b"\x00"), b"octets", ident, msg)
+        assert why, bytes(data).hex()
+        kinds.add(why.split(":")[0])
+    assert "not a certificate" in kinds
