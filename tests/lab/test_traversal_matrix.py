@@ -12,14 +12,16 @@ turn so that an allocation just released is never asked for again at once).
 
 The path each case must take (``target``): direct wherever a direct path can exist, relayed
 where none can (symmetric against port restricted or symmetric; a double NAT counts as its
-stricter NAT). What is built today decides how each case gets there (``today``):
-- one side public: direct (the NATed side initiates; it has a TURN server and
-  ``relay = "auto"``, so the test also checks that no allocation is made when the direct
-  path works);
-- both behind the same NAT: direct, to the other's LAN address (its host candidate);
-- both behind NATs: through the relay (``relay = "always"``, each side its allocation):
-  the direct path needs the rendezvous (mediation, issue 13.1-2), so until it lands the
-  cases whose target is direct run relayed, and the summary printed at the end says which.
+stricter NAT). How each case gets there (``mode``):
+- one side public (``direct``): the NATed side initiates to the public one; it has a TURN
+  server and ``relay = "auto"``, so the test also checks that no allocation is made when
+  the direct path works;
+- both behind NATs, or behind the same NAT, with a direct path possible (``mediated``):
+  both register with a nattunnel mediation server on B (io/mediated.py), the connectivity
+  checks choose the pair (host candidates behind the same NAT, server-reflexive ones
+  across), and the tunnel must come up on it: each side's peer address is not B's;
+- no direct path possible (``relay``): through the relay (``relay = "always"``, each side
+  its allocation, the relayed addresses known from the one-port relay ranges).
 """
 
 from __future__ import annotations
@@ -45,9 +47,11 @@ from tests.lab.traversal_support import (
     RIGHT_IN,
     NodeProc,
     config,
+    mediated_config,
     ping_ok,
     require,
     secrets,
+    server_config,
     wait_for,
 )
 
@@ -73,10 +77,15 @@ class Case:
     left: str  # host of the left side
     right: str
     target: str
-    today: str
+    #: direct (one side public), mediated or relay
+    mode: str
     #: the address the initiator reaches the other at (direct cases)
     endpoint: str | None = None
     initiator: str = "left"
+
+    @property
+    def path(self) -> str:
+        return "relay" if self.mode == "relay" else "direct"
 
 
 @dataclass
@@ -91,7 +100,10 @@ def _run(lab: NatLab, d: Path, case: Case, turn_set: int) -> Result:
     b = lab.addr["b"]
     (lsrv, lrel), (rsrv, rrel) = TURN_SETS[turn_set]
     tag = "-" + re.sub(r"[^a-z0-9-]+", "_", case.name)
-    if case.today == "relay":
+    if case.mode == "mediated":
+        lcfg = mediated_config(d, "l", "r", LEFT_IN, RIGHT_IN, b, initiate=True, tag=tag)
+        rcfg = mediated_config(d, "r", "l", RIGHT_IN, LEFT_IN, b, initiate=False, tag=tag)
+    elif case.mode == "relay":
         lcfg = config(d, "l", "r", LEFT_IN, RIGHT_IN, endpoint=f"{b}:{rrel}", initiate=True,
                       relay="always", turn=f"{b}:{lsrv}", tag=tag)
         rcfg = config(d, "r", "l", RIGHT_IN, LEFT_IN, endpoint=f"{b}:{lrel}",
@@ -105,23 +117,44 @@ def _run(lab: NatLab, d: Path, case: Case, turn_set: int) -> Result:
                       endpoint=None if left_starts else case.endpoint,
                       initiate=not left_starts, turn=f"{b}:{rsrv}", tag=tag)
     right = NodeProc(lab, case.right, rcfg, {})
+    if case.mode == "mediated":
+        # the responder registered before the initiator asks for it: the server holds the
+        # last case's registration of the same identity until then (that node stopped
+        # without deleting its mediation SA), and would forward the ME_CONNECT there
+        wait_for("the responder's registration",
+                 lambda: bool((right.status().get("mediation") or {}).get("up")), 10)
     left = NodeProc(lab, case.left, lcfg, {})
     try:
-        wait_for(f"{case.name}: ping left to right",
-                 lambda: ping_ok(lab, case.left, RIGHT_IN, 1), 25)
-        assert ping_ok(lab, case.right, LEFT_IN, 1), f"{case.name}: ping right to left"
-        paths = [n.peer()["path"]["kind"] for n in (left, right)]
-        assert paths == [case.today] * 2, (case, paths)
-        if case.today == "direct":  # relay = "auto" made no allocation
-            assert left.status()["turn"] is None and right.status()["turn"] is None, case
-        else:
-            assert all(n.peer()["path"]["channel_bound"] for n in (left, right)), case
-        return Result(case, time.monotonic() - start, paths[0])
+        return _check(lab, case, left, right, start)
+    except AssertionError as e:  # the summary shows every case; the test fails at the end
+        med = [n.status().get("mediation") for n in (left, right)]
+        print(f"{case.name}: {e}\n  mediation: {med}\n  left: "
+              f"{left.stderr.read_text()[-1500:]}\n  right: {right.stderr.read_text()[-1500:]}")
+        return Result(case, time.monotonic() - start, f"FAILED ({str(e)[:60]})")
     finally:
         for n in (left, right):
             n.proc.terminate()
         for n in (left, right):
             n.stop()
+
+
+def _check(lab: NatLab, case: Case, left: NodeProc, right: NodeProc, start: float) -> Result:
+    b = lab.addr["b"]
+    if True:
+        wait_for(f"{case.name}: ping left to right",
+                 lambda: ping_ok(lab, case.left, RIGHT_IN, 1), 25)
+        assert ping_ok(lab, case.right, LEFT_IN, 1), f"{case.name}: ping right to left"
+        peers = [left.peer("r"), right.peer("l")]
+        paths = [p["path"]["kind"] for p in peers]
+        assert paths == [case.path] * 2, (case, paths)
+        if case.mode == "direct":  # relay = "auto" made no allocation
+            assert left.status()["turn"] is None and right.status()["turn"] is None, case
+        elif case.mode == "mediated":  # straight between the two, not through B
+            assert all(not str(p["endpoint"]).startswith(b + ":") for p in peers), peers
+        else:
+            assert all(p["path"]["channel_bound"] for p in peers), case
+        return Result(case, time.monotonic() - start,
+                      paths[0] if case.mode != "mediated" else "direct (mediated)")
 
 
 def _two_nat_cases() -> list[tuple[str, str, Case]]:
@@ -131,7 +164,8 @@ def _two_nat_cases() -> list[tuple[str, str, Case]]:
             left, right = ("a" if lt else "e"), ("c" if rt else "b")
             name = f"{ln}/{rn}"
             if lt and rt:
-                case = Case(name, left, right, target(ln, rn), "relay")
+                goal = target(ln, rn)
+                case = Case(name, left, right, goal, "mediated" if goal == "direct" else "relay")
             elif lt or not rt:  # the left side is NATed, or both are public: left starts
                 case = Case(name, left, right, "direct", "direct", "198.18.0.2:4500"
                             if not rt else "", "left")
@@ -149,18 +183,35 @@ def _coturns(lab: NatLab, d: Path) -> list[Coturn]:
             for pair in TURN_SETS for port, relay in pair]
 
 
+def _mediator(lab: NatLab, d: Path) -> NodeProc:
+    node = NodeProc(lab, "b", server_config(d, ["l", "r"]), {})
+    node.status()  # running
+    return node
+
+
 def _matrix_two(d: Path, results: list[Result]) -> None:
+    """The 25: the cases with a public side first, then the mediated ones (the mediation
+    server on B, which the public-side cases use as a peer), then the relayed ones."""
     lab = NatLab("two", FULL_CONE)
     servers: list[Coturn] = []
+    mediator: NodeProc | None = None
     try:
         servers = _coturns(lab, d)
-        for i, (ln, rn, case) in enumerate(_two_nat_cases()):
-            if TYPES[ln] is not None:
-                lab.set_nat("r1", TYPES[ln] or FULL_CONE)
-            if TYPES[rn] is not None:
-                lab.set_nat("r2", TYPES[rn] or FULL_CONE)
-            results.append(_run(lab, d, case, i % 2))
+        cases = _two_nat_cases()
+        for mode in ("direct", "mediated", "relay"):
+            if mode == "mediated":
+                mediator = _mediator(lab, d)
+            for j, (ln, rn, case) in enumerate(c for c in cases if c[2].mode == mode):
+                for router, kind in (("r1", TYPES[ln]), ("r2", TYPES[rn])):
+                    if kind is not None:
+                        lab.set_nat(router, kind)
+                results.append(_run(lab, d, case, j % 2))
+            if mediator is not None:
+                mediator.stop()
+                mediator = None
     finally:
+        if mediator is not None:
+            mediator.stop()
         for s in servers:
             s.stop()
         lab.close()
@@ -172,31 +223,39 @@ def _matrix_double(d: Path, results: list[Result]) -> None:
     lab = NatLab("stacked-two", {"home": FULL_CONE, "cgn": PORT_RESTRICTED_CONE,
                                  "r2": FULL_CONE})
     servers: list[Coturn] = []
+    mediator: NodeProc | None = None
     try:
         servers = _coturns(lab, d)
-        cases = [Case("double/none", "a", "b", "direct", "direct", "198.18.0.2:4500"),
-                 Case("double/full", "a", "c", "direct", "relay"),
-                 Case("double/symmetric", "a", "c", "relay", "relay")]
-        for i, case in enumerate(cases):
-            lab.set_nat("r2", SYMMETRIC if case.name.endswith("symmetric") else FULL_CONE)
-            results.append(_run(lab, d, case, i % 2))
+        results.append(_run(lab, d, Case("double/none", "a", "b", "direct", "direct",
+                                         "198.18.0.2:4500"), 0))
+        lab.set_nat("r2", SYMMETRIC)
+        results.append(_run(lab, d, Case("double/symmetric", "a", "c", "relay", "relay"), 1))
+        lab.set_nat("r2", FULL_CONE)
+        mediator = _mediator(lab, d)
+        results.append(_run(lab, d, Case("double/full", "a", "c", "direct", "mediated"), 0))
     finally:
+        if mediator is not None:
+            mediator.stop()
         for s in servers:
             s.stop()
         lab.close()
 
 
 def _matrix_same(d: Path, results: list[Result]) -> None:
-    """Both behind the same NAT (port restricted), hairpinning on and off: direct over the
-    LAN, to the other's host address."""
+    """Both behind the same NAT (port restricted), hairpinning on and off: mediated, direct
+    (over the LAN, the host candidates, or through the NAT's hairpin)."""
     lab = NatLab("one", PORT_RESTRICTED_CONE)
+    mediator: NodeProc | None = None
     try:
+        mediator = _mediator(lab, d)
         for hairpin in (True, False):
             lab.set_nat("r", PORT_RESTRICTED_CONE.but(hairpin=hairpin))
             case = Case(f"same NAT, hairpin {'on' if hairpin else 'off'}", "a", "c", "direct",
-                        "direct", f"{lab.addr['c']}:4500")
+                        "mediated")
             results.append(_run(lab, d, case, 0))
     finally:
+        if mediator is not None:
+            mediator.stop()
         lab.close()
 
 
@@ -212,7 +271,6 @@ def test_traversal_matrix(tmp_path: Path) -> None:
     total = time.monotonic() - start
     print(f"\ntraversal matrix: {len(results)} cases in {total:.0f} s")
     for r in results:
-        note = "" if r.path == r.case.target else "  (target direct: needs mediation)"
-        print(f"  {r.case.name:<32} {r.path:<7} {r.seconds:4.1f} s{note}")
+        print(f"  {r.case.name:<32} {r.path:<18} {r.seconds:4.1f} s")
     assert len(results) == 25 + 3 + 2
-    assert all(r.case.target == "direct" or r.path == "relay" for r in results)
+    assert all(r.path.startswith(r.case.target) for r in results)

@@ -5,9 +5,10 @@ tests/lab/test_traversal_matrix.py), run in a lab namespace:
 
 What ``nattunnel up CONFIG`` does (a ``Node`` with its TUN device, the ``turn`` relay and
 the path mover), with the TURN lifetimes (``{"turn": {...}}``) and the mover's timings
-(``{"paths": {...}}``) of OPTIONS_JSON. Every 0.2 s, and once more when SIGTERM stops it,
-the node's status (``Node.show()``, with the endpoint's TURN counters) is written to
-STATUS_FILE (written aside and renamed, so that a reader never sees half of it).
+(``{"paths": {...}}``) of OPTIONS_JSON, logging at ``{"log": "info"}`` to stderr if given.
+Every 0.2 s, and once more when SIGTERM stops it, the node's status (``Node.show()``, with
+the endpoint's TURN counters) is written to STATUS_FILE (written aside and renamed, so
+that a reader never sees half of it).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import signal
 import sys
@@ -33,6 +35,9 @@ def _write(node: Node, path: str) -> None:
 
 async def main(config: str, options: str, status: str) -> None:
     opts = json.loads(options)
+    if opts.get("log"):  # e.g. "info", "debug": to stderr
+        logging.basicConfig(level=str(opts["log"]).upper(), stream=sys.stderr,
+                            format="%(asctime)s %(name)s %(levelname)s %(message)s")
     node = Node(load_config(config), serve_control=False, serve_metrics=False,
                 turn_lifetimes=opts.get("turn"), path_timings=opts.get("paths"))
     await node.start()

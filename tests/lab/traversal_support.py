@@ -85,8 +85,10 @@ class NodeProc:
                 time.sleep(0.1)
         raise AssertionError("no status from the node: " + self.stderr.read_text()[-3000:])
 
-    def peer(self) -> dict[str, Any]:
-        peer: dict[str, Any] = next(iter(self.status()["peers"].values()))
+    def peer(self, name: str | None = None) -> dict[str, Any]:
+        """The status of peer ``name`` (default: the first)."""
+        peers = self.status()["peers"]
+        peer: dict[str, Any] = peers[name] if name is not None else next(iter(peers.values()))
         return peer
 
     def stop(self) -> dict[str, Any] | None:
@@ -125,3 +127,34 @@ def block_direct(lab: Lab, router_ns: str, host: str, on: bool) -> None:
             f"  ip saddr {host} udp sport 4500 drop\n }}\n}}\n"))
     else:
         lab.exec(router_ns, "nft", "delete", "table", "inet", "ntblock", check=False)
+
+
+def server_config(d: Path, names: list[str], tag: str = "") -> Path:
+    """A nattunnel mediation server (``mediation_server = true``) for the peers ``names``
+    (identities ``host<name>``)."""
+    path = d / f"mediator{tag}.toml"
+    lines = ['listen = ["0.0.0.0:4500"]', "mediation_server = true", "[interface]",
+             'name = "nt0"', 'addresses = ["198.18.120.2/24"]']
+    for name in names:
+        lines += ["[[peer]]", f'name = "{name}"', "mediation = true", 'auth = "psk"',
+                  'psk_file = "k.psk"', 'local_id = "mediator"', f'remote_id = "host{name}"']
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def mediated_config(d: Path, me: str, other: str, mine: str, theirs: str, server: str, *,
+                    initiate: bool, tag: str = "") -> Path:
+    """A peer that reaches ``other`` through the mediation server at ``server``."""
+    path = d / f"{me}{tag}.toml"
+    lines = ['listen = ["0.0.0.0:4500"]', "[interface]", 'name = "nt0"',
+             f'addresses = ["{mine}/24"]',
+             "[[peer]]", 'name = "mediator"', "mediation = true", f'endpoint = "{server}"',
+             'auth = "psk"', 'psk_file = "k.psk"', f'local_id = "host{me}"',
+             'remote_id = "mediator"',
+             "[[peer]]", f'name = "{other}"', 'mediated_by = "mediator"', 'auth = "psk"',
+             'psk_file = "k.psk"', f'local_id = "host{me}"', f'remote_id = "host{other}"',
+             f'allowed_ips = ["{theirs}/32"]', f'local_ts = ["{mine}/32"]',
+             f"initiate = {str(initiate).lower()}", "dpd_interval = 10",
+             "keepalive_interval = 15"]
+    path.write_text("\n".join(lines) + "\n")
+    return path
