@@ -9,6 +9,7 @@ ping both ways, and each side's peer address is the other's NAT (not B).
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -33,7 +34,7 @@ def _server(d: Path) -> Path:
 
 
 def _peer(d: Path, me: str, other: str, mine: str, theirs: str, server: str,
-          initiate: bool) -> Path:
+          initiate: bool, *, keepalive: int = 15, dpd: int = 10) -> Path:
     path = d / f"{me}.toml"
     lines = ['listen = ["0.0.0.0:4500"]', "[interface]", 'name = "nt0"',
              f'addresses = ["{mine}/24"]',
@@ -43,8 +44,8 @@ def _peer(d: Path, me: str, other: str, mine: str, theirs: str, server: str,
              "[[peer]]", f'name = "{other}"', 'mediated_by = "mediator"', 'auth = "psk"',
              'psk_file = "k.psk"', f'local_id = "host{me}"', f'remote_id = "host{other}"',
              f'allowed_ips = ["{theirs}/32"]', f'local_ts = ["{mine}/32"]',
-             f"initiate = {str(initiate).lower()}", "dpd_interval = 10",
-             "keepalive_interval = 15"]
+             f"initiate = {str(initiate).lower()}", f"dpd_interval = {dpd}",
+             f"keepalive_interval = {keepalive}"]
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -86,4 +87,37 @@ def test_two_nattunnel_peers_behind_port_restricted_nats_meet_through_nattunnel(
                 print(n.status_file.name, {k: v.get("state") for k, v in
                                            final.get("peers", {}).items()})
             print(n.stderr.read_text()[-2500:])
+        lab.close()
+
+
+@pytest.mark.root
+def test_the_punched_path_outlives_the_nat_mapping_timeout(tmp_path: Path) -> None:
+    """NATs that forget a UDP mapping after 6 s of silence; the peers send NAT keepalives
+    every 2 s (keepalive_interval) and no DPD for 60 s: after 15 s without traffic the
+    tunnel still works over the same IKE SA, and no new mediation was needed."""
+    require_lab_tools()
+    write_psk_file(tmp_path / "k.psk", b"correct horse battery staple", force=True)
+    lab = NatLab("two", PORT_RESTRICTED_CONE, with_e=False, udp_timeout=6)
+    nodes: list[NodeProc] = []
+    try:
+        b = lab.addr["b"]
+        nodes.append(NodeProc(lab, "b", _server(tmp_path), {}))
+        c = NodeProc(lab, "c", _peer(tmp_path, "c", "a", C_IN, A_IN, b, False,
+                                     keepalive=2, dpd=60), {})
+        a = NodeProc(lab, "a", _peer(tmp_path, "a", "c", A_IN, C_IN, b, True,
+                                     keepalive=2, dpd=60), {})
+        nodes += [c, a]
+        wait_for("the mediated tunnel", lambda: ping_ok(lab, "a", C_IN, count=1), 30)
+        before = a.status()["peers"]["c"]["ike_sas"]
+        time.sleep(15)  # idle: only keepalives cross the NATs
+        assert ping_ok(lab, "c", A_IN) and ping_ok(lab, "a", C_IN)
+        after = a.status()["peers"]["c"]["ike_sas"]
+        # the same IKE SA on the same path, and no new mediation
+        assert [(s["spi_i"], s["remote"]) for s in after] == \
+            [(s["spi_i"], s["remote"]) for s in before], (before, after)
+        assert a.status()["mediation"]["stats"]["paths"] == 1
+    finally:
+        for n in nodes:
+            n.stop()
+            print(n.stderr.read_text()[-1500:])
         lab.close()
