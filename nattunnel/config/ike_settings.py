@@ -269,7 +269,8 @@ class IkeFields(RoadWarriorFields):
                 ipaddress.ip_address(s)
             except ValueError:
                 problem = (f"identity type {prefix + ':'!r} is not supported; use an IP "
-                           f"address, fqdn:NAME or keyid:HEX")
+                           f"address, fqdn:NAME, email:NAME@DOMAIN, a distinguished name "
+                           f"(C=CH, O=..., CN=...) or keyid:HEX")
         if problem is None:
             try:  # the core forms: non-ASCII FQDNs, bad keyid:# hex, lengths, zones
                 return Identity.parse(s)
