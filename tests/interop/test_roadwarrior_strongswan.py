@@ -276,3 +276,56 @@ dns = ["{DNS}"]
     for ch in clients.values():
         ch.stop()
     lab.stop(nt.proc)
+
+
+@pytest.mark.root
+def test_nattunnel_road_warrior_ipv4_and_ipv6_from_charon(lab: Lab, tmp_path: Path) -> None:
+    """vips = ["0.0.0.0", "::"]: an address of each family and the DNS servers of both
+    pools; a full tunnel for both families (::/1 and 8000::/1), undone at stop."""
+    require_strongswan()
+    for role in "ab":  # the lab turns IPv6 off; inside the tunnel it is wanted
+        for key in ("all", "default", "lo"):
+            lab.exec(role, "sysctl", "-qw", f"net.ipv6.conf.{key}.disable_ipv6=0")
+    conn_kw, start_kw = swan_auth("psk", None, "gw")
+    conn = SwanConn(name="rw", local_addrs=PUBLIC_B, remote_addrs="%any", local_id="gw",
+                    remote_id="client-a", local_ts=["0.0.0.0/0", "::/0"],
+                    remote_ts="dynamic", extra={"pools": "rw4,rw6"}, **conn_kw)
+    sections = (f"pools {{\n  rw4 {{\n    addrs = {POOL}\n    dns = {DNS}\n  }}\n"
+                "  rw6 {\n    addrs = fd00:200::/120\n    dns = fd00:50::53\n  }\n}\n")
+    charon = Charon.start(lab, "b", tmp_path / "charon", conn=conn, sections=sections,
+                          inner_addrs=[f"{BEHIND}/32", "fd00:50::1/128"], **start_kw)
+    resolv = netns_resolv(lab, "a")
+    try:
+        nt = start_nt(lab, "a", tmp_path, f"""
+[interface]
+kind = "tun"
+name = "nt0"
+[[peer]]
+name = "gw"
+{nt_auth(tmp_path, "psk", None, "client-a")}local_id = "client-a"
+remote_id = "gw"
+endpoint = "{PUBLIC_B}"
+allowed_ips = ["0.0.0.0/0", "::/0"]
+vips = ["0.0.0.0", "::"]
+dns_file = "{resolv}"
+dpd_interval = 5
+""")
+        assert wait(lambda: established(charon), 15), nt.log() + charon.log()[-3000:]
+        assert wait(lambda: "on nt0, routes" in nt.log(), 10), nt.log()
+        addrs = lab.exec("a", "ip", "-o", "addr", "show", "dev", "nt0").stdout
+        assert "198.18.200.1/32" in addrs and "fd00:200::1/128" in addrs, addrs
+        table6 = lab.exec("a", "ip", "-6", "route", "show").stdout
+        assert "::/1 dev nt0" in table6 and "8000::/1 dev nt0" in table6, table6
+        assert resolv.read_text().splitlines()[-2:] == [f"nameserver {DNS}",
+                                                        "nameserver fd00:50::53"]
+        assert ping(lab, "a", BEHIND)
+        r = lab.exec("a", "ping", "-6", "-c", "3", "-i", "0.2", "-W", "2", "fd00:50::1",
+                     check=False, timeout=15)
+        assert r.returncode == 0, r.stdout + nt.log()[-2000:]
+        lab.stop(nt.proc)
+        table6 = lab.exec("a", "ip", "-6", "route", "show").stdout
+        assert "::/1" not in table6 and "8000::/1" not in table6, table6
+        assert resolv.read_text() == ORIGINAL_RESOLV
+        charon.stop()
+    finally:
+        shutil.rmtree(resolv.parent, ignore_errors=True)
