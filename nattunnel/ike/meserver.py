@@ -348,6 +348,8 @@ class MediationClient:
         #: a responder's session: the initiator's key and candidates until the server
         #: answered our ME_CONNECT (ME_RESPONSE)
         self._responder_data: dict[bytes, tuple[bytes, list[Candidate]]] = {}
+        #: mediation SAs replaced by a rekey, until they are deleted
+        self._retired: list[MediationSa] = []
 
     # --- the mediation connection ---
     def start(self, now: float) -> None:
@@ -406,8 +408,16 @@ class MediationClient:
             self._receive_check(data, remote, local, now)
             return True
         sa = self.sa
-        if sa is None or len(data) < 16 or data[:8] != sa.spi_i:
+        if sa is None or len(data) < 16:
             return False
+        if data[:8] != sa.spi_i:  # the initiator's SPI, whoever started the SA (a rekey)
+            old = next((o for o in self._retired if o.spi_i == data[:8]), None)
+            if old is None:
+                return False
+            old.receive(data, now, remote, natt, local)  # its Delete, after a rekey
+            self._outputs += old.datagrams_to_send()
+            self._retired = [o for o in self._retired if o.state is not State.DEAD]
+            return True
         sa.receive(data, now, remote, natt, local)
         self._process(now)
         return True
@@ -442,6 +452,7 @@ class MediationClient:
             elif isinstance(ev, IkeRekeyed) and isinstance(ev.new, MediationSa):
                 ev.new.srflx = sa.srflx
                 self.sa = ev.new
+                self._retired.append(sa)  # until its Delete is done
         while sa.me_events:
             me = sa.me_events.popleft()
             if isinstance(me, MeConnectIn):
@@ -564,8 +575,9 @@ class MediationClient:
 
     def get_timer(self) -> float | None:
         times = [self._retry_at] if self._retry_at is not None else []
-        if self.sa is not None and (t := self.sa.get_timer()) is not None:
-            times.append(t)
+        for sa in [self.sa, *self._retired]:
+            if sa is not None and (t := sa.get_timer()) is not None:
+                times.append(t)
         for s in self.sessions.values():
             if s.checks is not None and (t := s.checks.get_timer()) is not None:
                 times.append(t)
@@ -582,6 +594,11 @@ class MediationClient:
         if sa is not None and (t := sa.get_timer()) is not None and t <= now:
             sa.handle_timer(now)
             self._process(now)
+        for old in self._retired:
+            if (t := old.get_timer()) is not None and t <= now:
+                old.handle_timer(now)
+                self._outputs += old.datagrams_to_send()
+        self._retired = [o for o in self._retired if o.state is not State.DEAD]
         for cid, s in list(self.sessions.items()):
             if s.checks is not None:
                 t = s.checks.get_timer()

@@ -411,3 +411,31 @@ def test_responder_check_list_ends_without_an_event_when_valid() -> None:
         cl.handle_timer(now)
     assert now == 40.0 and isinstance(cl.next_event(), ChecksFailed)
     assert not isinstance(evs[0], PathChosen)
+
+
+def test_mediation_still_works_after_the_mediation_sa_is_rekeyed() -> None:
+    """An IKE SA rekey of the mediation connection (charon's server rekeys after 4 h):
+    both sides follow the new SA, the server's table names it, and ME_CONNECT works."""
+    wire, server, a, b = build()
+    old = a.client.sa
+    assert old is not None
+    old.rekey_ike(wire.now)
+    a.client.handle_timer(wire.now)
+    wire.advance(2.0)
+    new = a.client.sa
+    assert new is not None and new is not old and new.state is State.ESTABLISHED
+    assert new.srflx == old.srflx and old.state is State.DEAD  # deleted, answered
+    assert server.core.registered[A_ID].local_spi in server.core.sas
+    assert server.core.registered[A_ID].state is State.ESTABLISHED
+    # and the server rekeys B's (on its own timer)
+    b_old = server.core.registered[B_ID]
+    b_old.ike_rekey_at = wire.now
+    wire.advance(2.0)
+    b_new = server.core.registered[B_ID]
+    assert b_new is not b_old and b_new.state is State.ESTABLISHED
+    assert b.client.sa is not None
+    assert (b.client.sa.spi_i, b.client.sa.spi_r) == (b_new.spi_i, b_new.spi_r)
+    assert b_old.state is State.DEAD  # its Delete was answered by B's old SA
+    _connect(wire, a, b)
+    assert [e for e in a.events if isinstance(e, PathReady)]
+    assert a.ike is not None and a.ike.state is State.ESTABLISHED
