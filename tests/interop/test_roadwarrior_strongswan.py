@@ -192,6 +192,18 @@ dpd_interval = 5
         assert child.packets_in > 100 and child.local_ts == (
             ("0.0.0.0/0",) if full else tuple(SPLIT)) and child.remote_ts == (
             "198.18.200.1/32",)  # it went through the tunnel
+        if full and auth == "cert":
+            # the gateway ends the IKE SA: the client takes its configuration off, initiates
+            # again and gets the same address back
+            charon.terminate_ike("rw")
+            assert wait(lambda: "virtual IP configuration removed" in nt.log(), 10)
+            assert "0.0.0.0/1" not in routes(lab, "a")
+            assert resolv.read_text() == ORIGINAL_RESOLV
+            assert wait(lambda: established(charon), 20), nt.log()[-3000:]
+            assert wait(lambda: "0.0.0.0/1 dev nt0" in routes(lab, "a"), 10), nt.log()
+            assert wait(lambda: ping(lab, "a", BEHIND), 10)
+            addrs = lab.exec("a", "ip", "-4", "-o", "addr", "show", "dev", "nt0").stdout
+            assert "198.18.200.1/32" in addrs, addrs
         assert "Traceback" not in nt.log()
         lab.stop(nt.proc)
         # everything the client put on the host is gone
