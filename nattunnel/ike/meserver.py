@@ -181,6 +181,12 @@ class MediationServer:
             sa.delete(now)
             self._outputs += sa.datagrams_to_send()
             return
+        old = self.registered.get(who)
+        if old is not None and old is not sa and sa.initial_contact:
+            # RFC 7296 section 2.4: the peer has forgotten its other SAs with us (a restart)
+            old.forget()
+            self._forget(old)
+            self._outputs += old.datagrams_to_send()
         self.registered[who] = sa
         self.stats.registered += 1
         log.info("mediation: %s registered from %s", who, format_addr(sa.remote))

@@ -439,3 +439,16 @@ def test_mediation_still_works_after_the_mediation_sa_is_rekeyed() -> None:
     _connect(wire, a, b)
     assert [e for e in a.events if isinstance(e, PathReady)]
     assert a.ike is not None and a.ike.state is State.ESTABLISHED
+
+
+def test_a_restarted_peer_replaces_its_old_registration() -> None:
+    """B comes back (a restart: a new mediation SA with INITIAL_CONTACT) while its old SA
+    still looks alive at the server: the old one is dropped, the new one registered."""
+    wire, server, a, b = build()
+    old = server.core.registered[B_ID]
+    b.client.start(wire.now)  # B's new process
+    wire.advance(1.0)
+    new = server.core.registered[B_ID]
+    assert new is not old and old.state is State.DEAD and old.local_spi not in server.core.sas
+    _connect(wire, a, b)
+    assert [e for e in a.events if isinstance(e, PathReady)]
