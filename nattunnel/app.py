@@ -709,9 +709,10 @@ class Node:
                  coming: list[PeerConfig]) -> None:
         """The inner routes follow the peers: the prefixes of peers that went are unrouted
         (unless a peer that comes has them), those of peers that come are routed."""
-        keep = {net for pc in coming for net in pc.allowed_ips}
+        # a road-warrior client's routes come and go with its virtual IP (io/vip.py)
+        keep = {net for pc in coming if not (pc.ike and pc.ike.vips) for net in pc.allowed_ips}
         for pc in gone:
-            for net in pc.allowed_ips:
+            for net in pc.allowed_ips if not (pc.ike and pc.ike.vips) else ():
                 if net not in keep:
                     interface.unroute(net)
         for net in keep:

@@ -107,3 +107,27 @@ def test_errors_name_the_field(tmp_path: Path, text: str, field: str, problem: s
     with pytest.raises(ConfigError) as e:
         parse_config(text, tmp_path)
     assert e.value.field == field and problem in e.value.problem, str(e.value)
+
+
+def test_reload_leaves_a_road_warriors_routes_to_its_virtual_ip(tmp_path: Path) -> None:
+    """``nattunnel reload`` routes the prefixes of peers that come, but a client's routes
+    (0.0.0.0/0 here) come only with its virtual IP (io/vip.py): never straight to the TUN
+    device, which would take the route to the gateway too."""
+    from nattunnel.app import Node
+    from nattunnel.io.interface import InProcessInterface
+
+    _psk(tmp_path)
+    (pc,) = parse_config(CLIENT, tmp_path).peers
+    (gw1, _gw2) = parse_config(GATEWAY, tmp_path).peers
+    routed: list[str] = []
+
+    class Recorder(InProcessInterface):
+        def route(self, net: object) -> None:
+            routed.append(f"+{net}")
+
+        def unroute(self, net: object) -> None:
+            routed.append(f"-{net}")
+
+    Node._reroute(Recorder(), [], [pc, gw1])
+    Node._reroute(Recorder(), [pc], [])
+    assert routed == []
