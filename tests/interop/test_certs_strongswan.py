@@ -1,7 +1,8 @@
 """Certificate authentication against strongSwan's charon through the lab's real NAT, both
-roles, ECDSA and RSA, each side's certificate issued by an intermediate CA that only the
-CERT payloads carry to the other side (each side trusts the other's root CA alone); an expired
-and a revoked certificate refused by each side with a log line that says so.
+roles, ECDSA, RSA, RSA-PSS and Ed25519, each side's certificate issued by an intermediate CA
+that only the CERT payloads carry to the other side (each side trusts the other's root CA
+alone); an expired and a revoked certificate refused by each side with a log line that says
+so.
 
 A (behind the NAT) is the client, B (public) the gateway. Two PKIs: the gateway's ("g") and
 the client's ("c"), each a root and one intermediate (nattunnel.lab.pki).
@@ -118,8 +119,11 @@ def swan_conn(role: str, my_id: str, peer_id: str) -> SwanConn:
 
 
 CASES = [("ecdsa", True), ("rsa", False)]
-#: more key types, one direction: Ed25519 certificates, RSA-PSS signatures both ways
+#: more key types: Ed25519 certificates, RSA-PSS signatures both ways
 MORE = [("ed25519", True), ("rsa-pss", False)]
+#: how charon's log names the signature scheme nattunnel used
+SCHEME = {"ecdsa": "ECDSA_WITH_SHA256_DER", "rsa": "RSA_EMSA_PKCS1_SHA2_256",
+          "ed25519": "ED25519", "rsa-pss": "RSA_EMSA_PSS"}
 
 
 @pytest.mark.root
@@ -144,8 +148,7 @@ def test_nattunnel_client_to_charon_gateway(lab: Lab, tmp_path: Path, kind: str,
     # charon built the client's chain with the intermediate from our CERT payloads
     assert "received end entity cert" in log and "received issuer cert" in log, log[-4000:]
     assert f"authentication of '{client_id}' with" in log
-    scheme = {"ecdsa": "ECDSA_WITH_SHA256_DER", "rsa": "RSA_EMSA_PKCS1_SHA2_256",
-              "ed25519": "ED25519", "rsa-pss": "RSA_EMSA_PSS"}[kind]
+    scheme = SCHEME[kind]
     assert f"authentication of '{client_id}' with {scheme}" in log, log[-3000:]
     assert "Traceback" not in nt.log()
     charon.stop()
@@ -153,21 +156,26 @@ def test_nattunnel_client_to_charon_gateway(lab: Lab, tmp_path: Path, kind: str,
 
 
 @pytest.mark.root
-@pytest.mark.parametrize(("kind", "dn"), CASES)
+@pytest.mark.parametrize(("kind", "dn"), CASES + MORE)
 def test_charon_client_to_nattunnel_gateway(lab: Lab, tmp_path: Path, kind: str,
                                             dn: bool) -> None:
     require_strongswan()
     g, c = pkis(tmp_path, kind)
     gw_id, client_id = ident(g, "good", dn), ident(c, "good", dn)
-    nt = start_nattunnel(lab, "b", tmp_path, g, "good", c, gw_id, client_id, initiate=False)
+    pss = kind == "rsa-pss"
+    nt = start_nattunnel(lab, "b", tmp_path, g, "good", c, gw_id, client_id, initiate=False,
+                         pss=pss)
     charon = Charon.start(lab, "a", tmp_path / "charon", conn=swan_conn("a", client_id, gw_id),
                           plugins=PLUGINS, inner_addrs=[f"{INNER['a']}/32"],
-                          files=charon_files(c, "good", g))
+                          files=charon_files(c, "good", g),
+                          settings={"rsa_pss": "yes"} if pss else None)
     charon.initiate("c")
     assert wait(lambda: established(charon), 15), nt.log() + charon.log()[-4000:]
     assert ping(lab, "a", "b") and ping(lab, "b", "a")
     log = charon.log()
     assert "received issuer cert" in log and f"authentication of '{gw_id}' with" in log
+    scheme = SCHEME[kind]
+    assert f"authentication of '{gw_id}' with {scheme}" in log, log[-3000:]
     assert "Traceback" not in nt.log()
     charon.stop()
     lab.stop(nt.proc)
