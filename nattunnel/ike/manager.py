@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import ipaddress
 import logging
 from collections import OrderedDict, deque
 from dataclasses import dataclass
@@ -44,6 +43,7 @@ from .events import (
     Outgoing,
     PathUpdated,
 )
+from .exchanges import ExchangeCounts, certreq_union, unspecified
 from .keylog import KeyLog
 from .message import (
     Header,
@@ -180,10 +180,6 @@ class _InitiateWaiting:
     probe: bool = False
 
 
-def _unspecified(addr: Addr) -> bool:
-    return ipaddress.ip_address(addr[0].split("%", 1)[0]).is_unspecified
-
-
 class IkeManager(MobilityManagement):
     def __init__(self, tunnel: Tunnel, *, keylog: KeyLog | None = None,
                  cookie_threshold: int | None = None, limits: IkeLimits | None = None,
@@ -246,11 +242,13 @@ class IkeManager(MobilityManagement):
         self.receive_calls = 0
         self.timer_calls = 0
         self.requests_sent = 0
+        self.exchanges, self._certreq = ExchangeCounts(), certreq_union(())  # CERTREQ's CAs
 
     # --- configuration ------------------------------------------------------------------------
     def add_peer(self, peer: IkePeer, now: float) -> None:
         self.peers[peer.config.name] = peer
         self._by_remote_id.setdefault(peer.config.remote_id, []).append(peer)
+        self._certreq = certreq_union(p.config for p in self.peers.values())
         if peer.initiate:
             self._timers.schedule(_Initiate(peer.config.name), now)
 
@@ -264,7 +262,7 @@ class IkeManager(MobilityManagement):
     def datagrams_to_send(self) -> list[Outgoing]:
         """The messages to send since the last call, in order."""
         out, self._outgoing = self._outgoing, []
-        return out
+        return self.exchanges.sent(out)
 
     def next_event(self) -> Event | None:
         return self._events.popleft() if self._events else None
@@ -382,6 +380,7 @@ class IkeManager(MobilityManagement):
         self.last_handshake.pop(name, None)
         self.last_error.pop(name, None)
         self.peer_counters.pop(name, None)
+        self._certreq = certreq_union(p.config for p in self.peers.values())
 
     def delete_all(self, now: float) -> int:
         """Stopping: a Delete for every established IKE SA, and no more initiations; how
@@ -478,6 +477,7 @@ class IkeManager(MobilityManagement):
         if found is None:
             self.counters["dropped"] += 1
             return
+        self.exchanges.received(data)
         local_spi, opens = found
         if opens:
             try:
@@ -585,7 +585,7 @@ class IkeManager(MobilityManagement):
         except IkeDecodeError:
             self.counters["dropped"] += 1
             return
-        if _unspecified(local):  # a wildcard socket: which source does the kernel pick?
+        if unspecified(local):  # a wildcard socket: which source does the kernel pick?
             self._await_local(remote, natt, _InitWaiting(msg, data), now)
             return
         self._respond_init(msg, data, remote, natt, local, now)
@@ -602,7 +602,7 @@ class IkeManager(MobilityManagement):
                    half_open_timeout=self.limits.half_open_timeout)
         sa.own_addresses = self.own_addresses
         proposals = next(iter(self.peers.values())).config.ike_proposals if self.peers else ()
-        sa.respond_init(msg, data, now, proposals, natt=natt)
+        sa.respond_init(msg, data, now, proposals, natt=natt, certreq=self._certreq)
         if sa.state is not State.DEAD:
             self.sas[sa.local_spi] = sa
             self._half_open_sas[(sa.spi_i, remote)] = sa
