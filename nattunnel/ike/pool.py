@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -42,25 +42,34 @@ def parse_range(text: str) -> tuple[Address, Address]:
     return net[1], last
 
 
-@dataclass
+@dataclass(eq=False)
 class AddressPool:
-    """One pool: a range of one address family and its DNS servers."""
+    """One pool: a range of one address family and its DNS servers (the dataclass fields,
+    what a configuration says), and its leases (plain attributes: two loads of one file
+    compare equal, ``nattunnel reload``)."""
 
     name: str
     first: Address
     last: Address
     dns: tuple[Address, ...] = ()
-    #: whether a client still has an IKE SA (set by the IKE manager: ``sas_of``)
-    is_live: Callable[[str], object] = field(default=lambda owner: True, repr=False)
-    #: the address each client holds, and who holds each address (by its integer)
-    leases: dict[str, Address] = field(default_factory=dict)
-    _taken: dict[int, str] = field(default_factory=dict, repr=False)
-    #: each client's last address, for handing it back (bounded: the pool's size)
-    _last: dict[str, int] = field(default_factory=dict, repr=False)
-    _cursor: int = 0
-    #: requests answered with no address, and addresses handed out
-    exhausted: int = 0
-    assigned: int = 0
+
+    def __post_init__(self) -> None:
+        #: whether a client still has an IKE SA (set by the IKE manager: ``sas_of``)
+        self.is_live: Callable[[str], object] = lambda owner: True
+        #: the address each client holds, and who holds each address (by its integer)
+        self.leases: dict[str, Address] = {}
+        self._taken: dict[int, str] = {}
+        #: each client's last address, for handing it back (bounded: the pool's size)
+        self._last: dict[str, int] = {}
+        self._cursor = 0
+        #: requests answered with no address, and addresses handed out
+        self.exhausted = 0
+        self.assigned = 0
+
+    @property
+    def key(self) -> tuple[str, int, int]:
+        """What identifies the pool across loads of the configuration."""
+        return self.name, int(self.first), int(self.last)
 
     @classmethod
     def of(cls, name: str, addrs: str, dns: Sequence[str] = ()) -> AddressPool:

@@ -8,7 +8,8 @@
   inner source check) when the IKE SA comes up. A tunnel peer that has no SA left and still
   holds an address that went to another client gives it up first, so that one address
   never routes to two peers;
-- pools release the address of a client that has no IKE SA any more (``is_live``);
+- pools release the address of a client that has no IKE SA any more (``is_live``); a
+  peer added by a reload shares the running pools of the same name and range;
 - an IKE SA rekey (section 2.8) carries the addresses to the new IKE SA;
 - ``stats`` has each pool's addresses in use, handed out, and refused for want of one.
 """
@@ -31,6 +32,10 @@ class RoadWarriorManager(IkeManager):
     """``IkeManager`` with virtual IPs: pools, and tunnel prefixes that follow them."""
 
     def add_peer(self, peer: IkePeer, now: float) -> None:
+        """A peer added by ``nattunnel reload`` shares the pools (and their leases) of the
+        peers already there: a pool is the same pool if its name and range are."""
+        known = {p.key: p for p in self.pools()}
+        peer.config.pools = tuple(known.get(p.key, p) for p in peer.config.pools)
         for pool in peer.config.pools:
             pool.is_live = self._has_sa
         super().add_peer(peer, now)

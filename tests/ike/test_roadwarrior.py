@@ -181,3 +181,21 @@ def test_pool_ranges_and_release() -> None:
 
 def test_notify_value() -> None:
     assert NotifyType.INTERNAL_ADDRESS_FAILURE == 36
+
+
+def test_a_peer_added_later_shares_the_running_pool() -> None:
+    """``nattunnel reload`` builds new pool objects: a peer added then uses the running
+    pool of the same name and range, with its leases, so no address is handed out twice;
+    two loads of one pool compare equal (the reload's comparison of peers)."""
+    from nattunnel.app import _comparable
+
+    net = RwNet(["c1"], addrs="198.18.200.1-198.18.200.2")
+    net.connect("c1")
+    again = AddressPool.of("rw", "198.18.200.1-198.18.200.2", [DNS])
+    assert _comparable(again) == _comparable(net.pool)
+    cfg = IkeConfig("c9", Identity.parse("gw"), Identity.parse("c9"), auth="psk", psk=b"s",
+                    local_ts=(BEHIND,), pools=(again,))
+    net.gw_tunnel.add_peer("c9", ())
+    net.gw.add_peer(IkePeer(cfg, initiate=False, remote=None), 1.0)
+    assert cfg.pools[0] is net.pool
+    assert net.pool.acquire("c9") not in (None, ipaddress.ip_address(net.vip("c1") or "0.0.0.0"))
