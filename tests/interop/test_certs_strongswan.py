@@ -110,10 +110,9 @@ def swan_conn(role: str, my_id: str, peer_id: str) -> SwanConn:
         remote_addrs="%any" if role == "b" else PUBLIC_B, auth="pubkey",
         local_id=f'"{my_id}"', remote_id=f'"{peer_id}"',
         local_ts=f"{INNER[role]}/32", remote_ts=f"{INNER[other]}/32",
-        # send_cert = always: charon as the initiator sends its certificate only when asked
-        # by a CERTREQ in the IKE_SA_INIT response, which nattunnel's responder does not
-        # send yet (see docs/certificates.md)
-        extra={"send_cert": "always"}, local_extra={"certs": "me.pem"},
+        # charon's default send_cert = ifasked: as the initiator it sends its certificate
+        # because nattunnel's IKE_SA_INIT response carries a CERTREQ naming its CAs
+        local_extra={"certs": "me.pem"},
         remote_extra={"cacerts": "peer-root.pem"},
     )
 
