@@ -275,12 +275,21 @@ def _add_traversal(bsub: Subparsers) -> None:
                    help="the NATs' UDP mapping timeout, seconds (default 30)")
     p.add_argument("--keepalive", type=float, default=20.0,
                    help="the NAT keepalive interval in the idle run, seconds (default 20)")
+    p.add_argument("--only", type=_parts, default=None, metavar="LIST",
+                   help="comma-separated parts to run (default all: "
+                        "first,mediated,moves,throughput,idle)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a report")
     p.set_defaults(func=run_traversal)
 
 
+def _parts(text: str) -> list[str]:
+    from ..bench.traversal import PARTS
+
+    return _names(text, list(PARTS))
+
+
 def run_traversal(args: argparse.Namespace) -> int:
-    from ..bench.traversal import traversal_main
+    from ..bench.traversal import PARTS, traversal_main
 
     if not 1 <= args.seconds <= 600 or not 1 <= args.rounds <= 100:
         return fail("bench traversal", "--seconds must be 1..600 and --rounds 1..100")
@@ -290,4 +299,4 @@ def run_traversal(args: argparse.Namespace) -> int:
         return fail("bench traversal", "--keepalive must be 1 s or more and less than "
                     "--mapping-timeout")
     return traversal_main(args.seconds, args.idle, args.mapping_timeout, args.keepalive,
-                          args.rounds, args.json)
+                          args.rounds, args.json, tuple(args.only or PARTS))

@@ -20,8 +20,10 @@ def test_bad_arguments(argv: list[str], capsys: pytest.CaptureFixture[str]) -> N
 
 
 def test_report_of_an_empty_run() -> None:
-    text = report(TraversalFigures(0))
-    assert "first packet, direct               -" in text and "idle" not in text
+    assert report(TraversalFigures(0)) == "\n"
+    text = report(TraversalFigures(1, first_packet_direct=[1.0], ready_direct=[0.5]))
+    assert text.startswith("first packet, direct               median 1.00 s, max 1.00 s")
+    assert "relay" not in text and "idle" not in text
 
 
 @pytest.mark.root
@@ -32,6 +34,7 @@ def test_short_run() -> None:
     assert len(fig.first_packet_direct) == len(fig.first_packet_relay) == 1
     assert 0 < fig.ready_direct[0] <= fig.first_packet_direct[0] < 10
     assert 0 < fig.ready_relay[0] <= fig.first_packet_relay[0] < 10
+    assert 0 < fig.ready_mediated[0] <= fig.first_packet_mediated[0] < 10
     assert fig.to_direct_s is not None and fig.to_direct_s < 10
     assert fig.lost_to_direct is not None and 0 <= fig.lost_to_direct <= 2
     assert fig.to_relay_s is not None and fig.to_relay_s < 10
