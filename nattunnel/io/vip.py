@@ -113,15 +113,21 @@ class VirtualIps:
     and takes them off again (``PeerDown``, ``close``)."""
 
     def __init__(self, device: str, ike: IkeManager, peers: dict[str, IkeConfig]) -> None:
+        """``peers``: the configuration's; a peer the manager has (one added by ``nattunnel
+        reload``) is looked up there at each event."""
         self.device = device
         self.ike = ike
-        #: the peers with ``vips``
-        self.peers = {name: c for name, c in peers.items() if c.vips}
+        self.peers = dict(peers)
         self.applied: dict[str, Applied] = {}
+
+    def _config(self, name: str) -> IkeConfig | None:
+        peer = self.ike.peers.get(name)
+        cfg = peer.config if peer is not None else self.peers.get(name)
+        return cfg if cfg is not None and cfg.vips else None
 
     def peer_event(self, ev: PeerUp | PeerDown) -> None:
         """Never raises: a failure is logged (the tunnel stays up without the host side)."""
-        if ev.name not in self.peers:
+        if self._config(ev.name) is None and ev.name not in self.applied:
             return
         from ..ike.manager import PeerUp
 
@@ -166,8 +172,9 @@ class VirtualIps:
         for r in routes:
             run_ip(["route", "replace", str(r), "dev", dev, "src", src[r.version]])
             done.routes.append(str(r))
-        if sa.virtual_dns:
-            self._write_dns(self.peers[name].dns_file, sa, done)
+        cfg = self._config(name)
+        if sa.virtual_dns and cfg is not None:
+            self._write_dns(cfg.dns_file, sa, done)
         log.info("peer %s: virtual IP %s on %s, routes %s%s", name,
                  ", ".join(done.addresses), dev, ", ".join(done.routes) or "none",
                  f", DNS in {done.dns_file}" if done.dns_file else "")
