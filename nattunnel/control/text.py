@@ -56,6 +56,13 @@ def _ike_sa(sa: dict[str, Any]) -> list[str]:
         others = ", ".join(sa.get("peer_addresses") or []) or "none announced"
         lines.append(f"    MOBIKE: {sa.get('path_updates', 0)} address update(s); the peer's "
                      f"other addresses: {others}")
+    frag = sa.get("fragmentation") or {}
+    if frag.get("negotiated"):
+        drops = ", ".join(f"{k} {v}" for k, v in sorted((frag.get("drops") or {}).items()))
+        lines.append(f"    fragmentation: {frag.get('messages_sent', 0)} message(s) sent in "
+                     f"{frag.get('fragments_sent', 0)} fragments, "
+                     f"{frag.get('reassembled', 0)} reassembled"
+                     f"{'; drops: ' + drops if drops else ''}")
     for c in sa["children"]:
         rekey = f", rekey in {duration(c['rekey_in'])}" if c["rekey_in"] is not None else ""
         out = (f", out {octets(c['tx_bytes'])} ({c['tx_packets']} packets)"
@@ -67,7 +74,7 @@ def _ike_sa(sa: dict[str, Any]) -> list[str]:
     return lines
 
 
-def peer_block(p: dict[str, Any]) -> list[str]:
+def peer_block(p: dict[str, Any], mediated: dict[str, Any] | None = None) -> list[str]:
     lines = [f"peer {p['name']}: {p['state']} ({p['kind']})"]
     lines.append(f"  endpoint: {p['endpoint'] or 'not known yet'}{_nat(p['nat'])}")
     lines.append(f"  allowed ips: {', '.join(p['allowed_ips']) or 'none'}")
@@ -84,18 +91,58 @@ def peer_block(p: dict[str, Any]) -> list[str]:
     if ka["on"] or ka["sent"] or ka["received"]:
         lines.append(f"  keepalive: {'every ' + duration(ka['interval']) if ka['on'] else 'off'}"
                      f" (sent {ka['sent']}, received {ka['received']})")
-    path = p.get("path") or {}
-    if path.get("kind") == "relay":
-        bound = "bound" if path.get("channel_bound") else "not bound yet"
-        lines.append(f"  path: relay via {path.get('server')} (relayed address "
-                     f"{path.get('relayed') or 'none yet'}, channel {path.get('channel')} "
-                     f"{bound})")
+    lines += _path_lines(p.get("path") or {}, mediated)
     if p["rebinds"]:
         lines.append(f"  moved (NAT rebinding): {p['rebinds']} times")
     if p["drops"]:
         lines.append("  drops: " + ", ".join(f"{k} {v}" for k, v in sorted(p["drops"].items())))
     if p["last_error"] and p["state"] != "up":
         lines.append(f"  last error: {p['last_error']}")
+    return lines
+
+
+def _path_lines(path: dict[str, Any], mediated: dict[str, Any] | None) -> list[str]:
+    """How the peer is reached: through the TURN relay, or direct (the candidate pair the
+    checks chose, if mediated); the relay <-> direct moves (io/relay.py's PathMover)."""
+    lines = []
+    if path.get("kind") == "relay":
+        bound = "bound" if path.get("channel_bound") else "not bound yet"
+        lines.append(f"  path: relay via {path.get('server')} (relayed address "
+                     f"{path.get('relayed') or 'none yet'}, channel {path.get('channel')} "
+                     f"{bound})")
+    elif mediated:
+        lines.append(f"  path: direct, candidate pair {mediated.get('local')} -> "
+                     f"{mediated.get('remote')} (chosen by the connectivity checks)")
+    elif path.get("direct"):
+        lines.append(f"  path: direct to {path['direct']}")
+    if path.get("moving"):
+        lines.append(f"  path: moving to the direct path {path.get('direct')}")
+    if path.get("moves_to_direct") or path.get("moves_to_relay") or path.get("failed_direct_tries"):
+        lines.append(f"  path moves: {path.get('moves_to_direct', 0)} to direct, "
+                     f"{path.get('moves_to_relay', 0)} to the relay ({path.get('fallbacks', 0)} "
+                     f"when the direct path died), {path.get('failed_direct_tries', 0)} direct "
+                     f"tries unanswered; last: {path.get('reason') or '-'}")
+    return lines
+
+
+def _mediation_lines(med: dict[str, Any]) -> list[str]:
+    """The mediation client: the server, our candidates, each session's check list."""
+    lines = [f"  mediation: server {med.get('server')} "
+             f"{'up' if med.get('up') else 'not up'}, server-reflexive address "
+             f"{med.get('srflx') or 'none yet'}"]
+    kinds = {1: "host", 2: "peer-reflexive", 3: "server-reflexive", 4: "relayed"}
+    cands = [f"{kinds.get(c.get('type'), c.get('type'))} {c.get('addr')}"
+             for c in med.get("candidates") or []]
+    if cands:
+        lines.append("  candidates: " + ", ".join(cands))
+    for session in med.get("sessions") or []:
+        pairs = session.get("pairs") or []
+        counts: dict[str, int] = {}
+        for pair in pairs:
+            counts[str(pair.get("state"))] = counts.get(str(pair.get("state")), 0) + 1
+        lines.append(f"  checks with {session.get('peer')}: {len(pairs)} pairs"
+                     + (" (" + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) + ")"
+                        if counts else ""))
     return lines
 
 
@@ -109,7 +156,11 @@ def render(status: dict[str, Any]) -> str:
         if counts:
             lines.append(f"  {title}: " + ", ".join(f"{k} {v}" for k, v in sorted(
                 counts.items())))
+    med = status.get("mediation")
+    if med:
+        lines += _mediation_lines(med)
+    chosen = (med or {}).get("paths") or {}
     for p in status["peers"].values():
         lines.append("")
-        lines += peer_block(p)
+        lines += peer_block(p, chosen.get(p["name"]))
     return "\n".join(lines) + "\n"
