@@ -51,8 +51,8 @@ DEFAULT_REKEY_TIME: Final = 3600.0
 DEFAULT_IKE_REKEY_TIME: Final = 14400.0
 #: the largest count in [limits]
 LIMIT_COUNT_MAX: Final = 2**31 - 1
-#: a peer's ``relay``: through the TURN relay always, never, or "auto" (only when asked:
-#: the move between relay and direct paths is not built yet, so "auto" means direct)
+#: a peer's ``relay``: through the TURN relay always, never, or "auto" (direct first, the
+#: relay when the direct path does not come up or dies: io/relay.py's PathMover)
 RELAY_MODES: Final = ("auto", "always", "never")
 DEFAULT_RELAY: Final = "auto"
 #: the TURN server's port when ``turn.server`` gives none (RFC 8656 section 3.1)
@@ -129,7 +129,8 @@ class PeerConfig:
     #: IKE peers: whether this host starts the IKE SA (to ``endpoint``); always False for a
     #: manual peer
     initiate: bool = False
-    #: "always": through the TURN relay to ``endpoint``; "never"/"auto": direct
+    #: "always": through the TURN relay to ``endpoint``; "never": direct; "auto": direct,
+    #: and through the relay when that does not work (io/relay.py)
     relay: str = DEFAULT_RELAY
     #: IKEv2 mediation (docs/traversal.md): this [[peer]] is a mediation connection (to the
     #: server, on a mediated peer; to a registering peer, on a server): no child SA
