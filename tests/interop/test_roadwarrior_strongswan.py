@@ -220,11 +220,10 @@ dpd_interval = 5
 def charon_client(lab: Lab, role: str, work: Path, ident: str, auth: str,
                   pkis: tuple[Pki, Pki] | None) -> Charon:
     conn_kw, start_kw = swan_auth(auth, pkis, ident)
-    # send_cert = always: charon sends its certificate only when asked by a CERTREQ, which
-    # nattunnel's responder does not send yet (docs/certificates.md)
+    # no send_cert: charon sends its certificate when nattunnel's CERTREQ asks for it
     conn = SwanConn(name="rw", local_addrs="%any", remote_addrs=PUBLIC_B, local_id=ident,
                     remote_id="gw", local_ts="dynamic", remote_ts=SPLIT,
-                    extra={"vips": "0.0.0.0", "send_cert": "always"}, **conn_kw)
+                    extra={"vips": "0.0.0.0"}, **conn_kw)
     return Charon.start(lab, role, work / f"charon-{role}", conn=conn, **start_kw)
 
 
