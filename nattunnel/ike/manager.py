@@ -21,7 +21,6 @@ import dataclasses
 import logging
 from collections import OrderedDict, deque
 from dataclasses import dataclass
-from enum import Enum
 
 from ..addr import Addr, format_addr, sockaddr
 from ..constants import IKE_FLAG_RESPONSE, IKE_PORT, NAT_T_PORT, ExchangeType, NotifyType
@@ -57,6 +56,15 @@ from .message import (
     peek_receiver_spi,
 )
 from .mobility import MobilityManagement
+from .pending import Check as _Check
+from .pending import ExtraInitSa
+from .pending import GraceEnd as _GraceEnd
+from .pending import Initiate as _Initiate
+from .pending import InitiateWaiting as _InitiateWaiting
+from .pending import InitWaiting as _InitWaiting
+from .pending import LocalWaitEnd as _LocalWaitEnd
+from .pending import TimerKey as _TimerKey
+from .pending import timer_rank as _timer_rank
 from .ratelimit import IkeLimits, SourceLimiter, TokenBucket
 from .sa import IkeSa
 
@@ -124,62 +132,6 @@ class PeerDown:
 Event = LocalAddressNeeded | PeerUp | PeerDown
 
 
-# --- the keys of the manager's timers, besides the IKE SAs themselves --------------------------
-@dataclass(frozen=True)
-class _GraceEnd:
-    """An old inbound SA goes when its grace period ends."""
-
-    spi: int
-
-
-@dataclass(frozen=True)
-class _Initiate:
-    """Initiate to the peer (again)."""
-
-    name: str
-
-
-class _Check(Enum):
-    BYTE_LIFETIMES = "byte lifetimes"
-
-
-@dataclass(frozen=True)
-class _LocalWaitEnd:
-    """The wait for our local address towards (remote, natt) is given up."""
-
-    remote: Addr
-    natt: bool
-
-
-_TimerKey = IkeSa | _GraceEnd | _Initiate | _Check | _LocalWaitEnd
-
-
-#: within one wakeup: the IKE SAs first, then grace periods, lifetimes, waits given up,
-#: initiations
-_RANK: dict[type, int] = {IkeSa: 0, _GraceEnd: 1, _Check: 2, _LocalWaitEnd: 3, _Initiate: 4}
-
-
-def _timer_rank(key: _TimerKey) -> int:
-    return _RANK[type(key)]
-
-
-# --- what waits for a local address ------------------------------------------------------------
-@dataclass(frozen=True)
-class _InitWaiting:
-    """An admitted IKE_SA_INIT request."""
-
-    msg: Message
-    data: bytes
-
-
-@dataclass(frozen=True)
-class _InitiateWaiting:
-    name: str
-    #: asked for our plain IKE address only to learn our IKE port: whether the peer's port
-    #: is a plain IKE port (``_natt_from_start``) is decided with the answer
-    probe: bool = False
-
-
 class IkeManager(MobilityManagement):
     def __init__(self, tunnel: Tunnel, *, keylog: KeyLog | None = None,
                  cookie_threshold: int | None = None, limits: IkeLimits | None = None,
@@ -222,6 +174,8 @@ class IkeManager(MobilityManagement):
         self._events: deque[Event] = deque()
         #: peers the operator terminated: not initiated again until ``initiate``
         self.held: set[str] = set()
+        #: notifies for a peer's next IKE_SA_INIT request (``initiate``)
+        self._init_extra: dict[str, tuple[Notify, ...]] = {}
         #: when each child SA that is up was installed, by inbound SPI; and each peer's
         #: last IKE SA or child SA that came up (the status's ages)
         self.child_since: dict[int, float] = {}
@@ -271,12 +225,16 @@ class IkeManager(MobilityManagement):
         return self._timers.next_deadline()
 
     # --- initiating ---------------------------------------------------------------------------
-    def initiate(self, name: str, now: float) -> IkeSa | None:
+    def initiate(self, name: str, now: float, *, notifies: tuple[Notify, ...] = ()
+                 ) -> IkeSa | None:
         """Start an IKE SA with the peer: the SA, or None until our local address towards it
-        is known (``LocalAddressNeeded``)."""
+        is known (``LocalAddressNeeded``). ``notifies`` go in this initiation's IKE_SA_INIT
+        request (IKEv2 mediation's ME_CONNECTID), not in later ones."""
         peer = self.peers[name]
         if peer.remote is None:
             raise ValueError(f"peer {name}: no address to initiate to")
+        if notifies:
+            self._init_extra[name] = notifies
         self.held.discard(name)
         if peer.local is None:
             natt = self._natt_from_start(peer)
@@ -301,9 +259,13 @@ class IkeManager(MobilityManagement):
     def _start(self, peer: IkePeer, local: Addr, now: float, *, natt: bool | None = None
                ) -> IkeSa:
         assert peer.remote is not None
-        sa = IkeSa(peer.config, initiator=True, local=local, remote=peer.remote, now=now,
-                   max_children=self.limits.children_per_ike_sa,
-                   natt=self._natt_from_start(peer) if natt is None else natt)
+        extra = self._init_extra.pop(peer.config.name, ())
+        sa = (ExtraInitSa if extra else IkeSa)(
+            peer.config, initiator=True, local=local, remote=peer.remote, now=now,
+            max_children=self.limits.children_per_ike_sa,
+            natt=self._natt_from_start(peer) if natt is None else natt)
+        if isinstance(sa, ExtraInitSa):
+            sa.extra = extra
         sa.own_addresses = self.own_addresses
         log.debug("peer %s: initiating from %s to %s (%s)", peer.config.name,
                   format_addr(local), format_addr(sa.remote),

@@ -7,7 +7,8 @@ application's (``nattunnel.app.Controller``) that also drives the mediation core
   SA's, and every check: unprotected INFORMATIONAL with zero SPIs) never reach the IKE
   manager; when the checks choose a path to a peer, the peer's IKE SA is initiated over it
   (from our NAT-T socket to the peer's candidate, behind the marker), and once it is up the
-  checks stop. Our address towards the server is asked for as the manager asks
+  checks stop (its IKE_SA_INIT carries the ME_CONNECTID, on which charon as the responder
+  stops its own). Our address towards the server is asked for as the manager asks
   (``LocalAddressNeeded``); it is the host candidate, with the NAT-T port.
 - a ``MediationServer`` (``mediation_server = true``): IKE_SA_INIT requests with
   ME_MEDIATION, and every message of its SAs, go to it; the rest to the IKE manager.
@@ -36,7 +37,7 @@ from ..ike.meserver import (
     PathReady,
     PeerOffline,
 )
-from ..ike.message import IkeDecodeError, decode_message, peek_receiver_spi
+from ..ike.message import IkeDecodeError, Notify, decode_message, peek_receiver_spi
 from ..tunnel.core import Event as TunnelEvent
 
 log = logging.getLogger("nattunnel.mediation")
@@ -181,7 +182,9 @@ class MediatedControl:
         peer.remote, peer.local = ev.remote, ev.local
         log.info("peer %s: initiating over the mediated path %s -> %s", ev.name,
                  format_addr(ev.local), format_addr(ev.remote))
-        ike.initiate(ev.name, now)
+        # as charon does (ike_init.c): the responder stops its checks on the ME_CONNECTID
+        ike.initiate(ev.name, now,
+                     notifies=(Notify(MeNotify.ME_CONNECTID, ev.connect_id),))
 
     def _ike_up(self, now: float) -> None:
         """The checks with a peer whose IKE SA is up stop; an initiator whose peer went

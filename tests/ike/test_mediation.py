@@ -452,3 +452,46 @@ def test_a_restarted_peer_replaces_its_old_registration() -> None:
     assert new is not old and old.state is State.DEAD and old.local_spi not in server.core.sas
     _connect(wire, a, b)
     assert [e for e in a.events if isinstance(e, PathReady)]
+
+
+def test_the_manager_sends_a_connect_id_in_one_initiation_only() -> None:
+    """``IkeManager.initiate(notifies=...)``: the mediated initiation's IKE_SA_INIT carries
+    ME_CONNECTID (charon as the responder stops its checks on it) and the IKE SA comes up
+    with a responder that ignores it; the next initiation to the peer carries none."""
+    from nattunnel.ike.manager import IkeManager, IkePeer
+    from nattunnel.ike.message import Notify
+    from nattunnel.tunnel.core import Tunnel
+    from tests.support.ike import A_ADDR, A_SEEN, B_ADDR, NET_A, NET_B, ManagerNode
+
+    a_cfg, b_cfg = configs()
+    wire = FakeWire()
+    ta, tb = Tunnel(), Tunnel()
+    ta.add_peer("b", [NET_B])
+    tb.add_peer("a", [NET_A])
+    a, b = IkeManager(ta), IkeManager(tb)
+    a.add_peer(IkePeer(a_cfg, initiate=False, remote=B_ADDR, local=A_ADDR), 0.0)
+    b.add_peer(IkePeer(b_cfg, initiate=False, remote=None), 0.0)
+    seen: list[bytes | None] = []
+
+    def watch(src: Addr, dst: Addr, data: bytes) -> bool:
+        msg = decode_message(data[4:] if data[:4] == bytes(4) else data)
+        if msg.header.exchange_type == ExchangeType.IKE_SA_INIT and not msg.header.is_response:
+            cid = msg.notify(MeNotify.ME_CONNECTID)
+            seen.append(cid.data if cid is not None else None)
+        return False
+
+    wire.drop = watch
+    wire.attach(ManagerNode(a, A_ADDR[0], A_SEEN[0]), [(A_SEEN[0], 500), (A_SEEN[0], 4500)])
+    wire.attach(ManagerNode(b, B_ADDR[0], B_ADDR[0]), [(B_ADDR[0], 500), (B_ADDR[0], 4500)])
+    sa = a.initiate("b", 0.0, notifies=(Notify(MeNotify.ME_CONNECTID, b"\x01\x02\x03\x04"),))
+    wire.run(50)
+    assert sa is not None and sa.state is State.ESTABLISHED
+    assert [s.state for s in b.sas.values()] == [State.ESTABLISHED]
+    assert seen == [b"\x01\x02\x03\x04"]
+    a.terminate("b", 1.0)
+    wire.now = 1.0
+    wire.run(50)
+    assert a.initiate("b", 2.0) is not None
+    wire.now = 2.0
+    wire.run(50)
+    assert seen == [b"\x01\x02\x03\x04", None]

@@ -147,6 +147,20 @@ secrets {{
 """
 
 
+def _assert_checks_stopped_by_connect_id(log: str) -> None:
+    """charon as the responder stopped its checks on the ME_CONNECTID of our IKE_SA_INIT
+    (``removing checklist``, ike_init.c) and sent none after it. (A retransmission already
+    scheduled then finds no check list: ``checklist ... not found, can't retransmit``.
+    Without the notify charon keeps checking until its retransmissions end.)"""
+    lines = log.splitlines()
+    init = [i for i, line in enumerate(lines) if "parsed IKE_SA_INIT request" in line
+            and "N(ME_CID)" in line]
+    assert init, "no IKE_SA_INIT with ME_CONNECTID reached charon"
+    removed = [i for i, line in enumerate(lines) if "removing checklist with id" in line]
+    assert removed and removed[0] > init[0], "charon kept its check list"
+    assert not any("send ME_CONNECTID" in line for line in lines[removed[0]:])
+
+
 @pytest.mark.root
 def test_nattunnel_peer_to_charon_peer_through_nattunnel_mediation(tmp_path: Path) -> None:
     """nattunnel on A (behind NAT1) asks the nattunnel mediation server on B for charon on C
@@ -179,6 +193,7 @@ def test_nattunnel_peer_to_charon_peer_through_nattunnel_mediation(tmp_path: Pat
         assert str(a.peer()["endpoint"]).startswith(nat2.wan_addr + ":")
         sas = [sa for sa in charon.list_sas() if sa.name == "peer"]
         assert sas, charon.list_sas()
+        _assert_checks_stopped_by_connect_id(charon.log_path.read_text())
     finally:
         for n in nodes:
             n.stop()
