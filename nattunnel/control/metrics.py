@@ -15,9 +15,11 @@ build the metrics (an exception from ``status()``) is a 500: counted
 LOG_INTERVAL, and the next scrape is served as usual.
 
 Labels are bounded, so that a scrape's size depends on the configuration only: ``peer`` (the
-configured peer names), ``reason`` (``DropReason`` names), ``direction`` (``rx``, ``tx``) and
-``errno`` (the kernel's errno names, and ``NO_SOCKET``); anything else becomes ``other``. The
-info metric's ``version`` has one value.
+configured peer names), ``reason`` (``DropReason`` names; for IKE fragments, the reasons of
+``ike.fragment.DROP_REASONS``), ``direction`` (``rx``, ``tx``), ``errno`` (the kernel's errno
+names, and ``NO_SOCKET``) and ``exchange`` (the IKE exchange types' names,
+``ike.exchanges.EXCHANGE_NAMES``); anything else becomes ``other``. The info metric's
+``version`` has one value.
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ from prometheus_client.metrics_core import (
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from ..esp.drop import DropReason
+from ..ike.exchanges import EXCHANGE_NAMES
+from ..ike.fragment import DROP_REASONS as FRAGMENT_DROP_REASONS
 
 log = logging.getLogger("nattunnel")
 
@@ -66,6 +70,9 @@ OTHER: Final = "other"
 #: the label values ``reason`` and ``errno`` may take
 REASONS: Final = frozenset(r.name.lower() for r in DropReason)
 ERRNOS: Final = frozenset(errno.errorcode.values()) | {"NO_SOCKET"}
+#: the label values ``reason`` takes for IKE fragments, and ``exchange``
+FRAGMENT_REASONS: Final = frozenset(FRAGMENT_DROP_REASONS)
+EXCHANGES: Final = frozenset(EXCHANGE_NAMES.values())
 #: the IKE manager's counters (``snapshot()["ike"]``); one it adds later is exported too,
 #: as nattunnel_ike_<name>_total, with a generic help text
 IKE_COUNTERS: Final = {
@@ -177,7 +184,31 @@ def peer_metrics(peers: Mapping[str, Mapping[str, Any]]) -> list[Metric]:
             if value is not None:
                 family.add_metric([name], value)
     return [up, packets, octets, keepalives, rebinds, drops, ike_sas, child_sas, handshake,
-            received, ike_rekey, child_rekey, *_optional_peer_counters(peers)]
+            received, ike_rekey, child_rekey, *_optional_peer_counters(peers),
+            *_fragment_metrics(peers)]
+
+
+def _fragment_metrics(peers: Mapping[str, Mapping[str, Any]]) -> list[Metric]:
+    """IKE fragmentation (RFC 7383) of the peer's IKE SAs now: fragments dropped by reason,
+    messages reassembled. Each IKE SA counts its own, so a count restarts when an IKE SA
+    goes (a rekey, a new one); half-open SAs (no peer yet) are not in it."""
+    drops = _counter("peer_ike_fragment_drops", "IKE fragments from the peer not kept, by "
+                     "reason (of its IKE SAs now)", ["peer", "reason"])
+    reassembled = _counter("peer_ike_fragments_reassembled", "IKE messages from the peer "
+                           "put back together from fragments (of its IKE SAs now)", ["peer"])
+    for name, p in peers.items():
+        total: dict[str, int] = {}
+        done = 0
+        for sa in p.get("ike_sas", ()):
+            frag = sa.get("fragmentation") or {}
+            done += int(frag.get("reassembled", 0))
+            for reason, n in _bounded(frag.get("drops"), FRAGMENT_REASONS).items():
+                total[reason] = total.get(reason, 0) + n
+        if p.get("kind") == "ike":
+            reassembled.add_metric([name], done)
+        for reason, n in sorted(total.items()):
+            drops.add_metric([name, reason], n)
+    return [drops, reassembled]
 
 
 #: per-peer counters exported when the snapshot has them (``peers[name][key]``, an int)
@@ -252,7 +283,22 @@ def ike_metrics(ike: Mapping[str, Any] | None) -> list[Metric]:
             continue
         doc = IKE_COUNTERS.get(key, f"the IKE manager's {key} counter")
         out.append(_scalar(_counter(f"ike_{key}", doc), value))
+    exchanges = ike.get("exchanges")
+    if isinstance(exchanges, Mapping):
+        out.append(_exchange_metric(exchanges))
     return out
+
+
+def _exchange_metric(exchanges: Mapping[str, Any]) -> Metric:
+    """IKE messages received (rx) and sent (tx) by exchange type: each datagram once (one
+    per fragment of a fragmented message, a retransmission again)."""
+    family = _counter("ike_messages", "IKE messages received and sent, by exchange type "
+                      "(each fragment and retransmission counted)", ["direction", "exchange"])
+    for direction in ("rx", "tx"):
+        counts = _bounded(exchanges.get(direction), EXCHANGES)
+        for exchange, n in sorted(counts.items()):
+            family.add_metric([direction, exchange], n)
+    return family
 
 
 class StatusCollector(Collector):

@@ -82,8 +82,22 @@ def _ike_sa(sa: IkeSa, peer: Peer | None, ike: IkeManager, endpoint: Endpoint,
         # the one our pools gave the client
         "virtual_ips": [str(n.network_address) for n in sa.virtual_ips or sa.peer_virtual_ips],
         "dns": [str(d) for d in sa.virtual_dns],
+        # IKE fragmentation (RFC 7383): negotiated, sent and reassembled, held, drops by reason
+        "fragmentation": sa.fragments.status(sa.fragmentation),
+        # how the peer authenticates (its identity, checked against its certificate's)
+        "peer_id": str(sa.config.remote_id) if sa.config is not None else None,
+        "peer_auth": _peer_auth(sa),
         "children": [_child(c, peer, ike, endpoint, now) for c in sa.children],
     }
+
+
+def _peer_auth(sa: IkeSa) -> str | None:
+    """"certificate", "pubkey" (a raw public key) or "psk"; None before IKE_AUTH."""
+    if sa.config is None:
+        return None
+    if sa.config.trust is not None:
+        return "certificate"
+    return "pubkey" if sa.config.auth == "pubkey" else "psk"
 
 
 def _sending_from(sa: IkeSa, endpoint: Endpoint) -> tuple[str, int]:
@@ -197,7 +211,8 @@ def snapshot(endpoint: Endpoint, ike: IkeManager | None, now: float, *,
         "mediation": s.get("mediation"),
         "mediation_server": s.get("mediation_server"),
         "ike": ({k: v for k, v in ike.counters.items()} | {
-            "sas": len(ike.sas), "requests_sent": ike.requests_sent} | (
+            "sas": len(ike.sas), "requests_sent": ike.requests_sent,
+            "exchanges": ike.exchanges.as_dict()} | (
             {"pools": [p.stats() for p in ike.pools()]}
             if isinstance(ike, RoadWarriorManager) else {}))
         if ike is not None else None,

@@ -219,7 +219,9 @@ async def test_scrape_of_a_running_ike_endpoint(pair):
     for _, labels in got:
         for k, v in labels:
             label_values.setdefault(k, set()).add(v)
-    assert set(label_values) <= {"peer", "reason", "direction", "errno", "version"}
+    assert set(label_values) <= {"peer", "reason", "direction", "errno", "version",
+                                 "exchange"}
+    assert label_values["exchange"] <= metrics.EXCHANGES | {"other"}
     assert label_values["peer"] == {"alpha", "charlie"}
     assert label_values["direction"] == {"rx", "tx"}
     assert label_values["reason"] <= metrics.REASONS
