@@ -340,3 +340,52 @@ dpd_interval = 5
         charon.stop()
     finally:
         shutil.rmtree(resolv.parent, ignore_errors=True)
+
+
+@pytest.mark.root
+def test_charon_road_warrior_ipv4_and_ipv6_from_nattunnel(lab: Lab, tmp_path: Path) -> None:
+    """charon with ``vips = 0.0.0.0,::`` gets an address from each of nattunnel's pools
+    (INTERNAL_IP6_ADDRESS with its prefix length) and reaches both families behind it."""
+    require_strongswan()
+    for role in "ab":  # the lab turns IPv6 off; inside the tunnel it is wanted
+        for key in ("all", "default", "lo"):
+            lab.exec(role, "sysctl", "-qw", f"net.ipv6.conf.{key}.disable_ipv6=0")
+    for addr in (f"{BEHIND}/32", "fd00:50::1/128"):
+        lab.exec("b", "ip", "addr", "replace", addr, "dev", "lo")
+    nt = start_nt(lab, "b", tmp_path, f"""
+[interface]
+kind = "tun"
+name = "nt0"
+addresses = ["198.18.50.254/32", "fd00:50::fe/128"]
+[pools.rw]
+addrs = "198.18.200.0/29"
+dns = ["{DNS}"]
+[pools.rw6]
+addrs = "fd00:200::/125"
+dns = ["fd00:50::53"]
+[[peer]]
+name = "client-a"
+{nt_auth(tmp_path, "psk", None, "gw")}local_id = "gw"
+remote_id = "client-a"
+pools = ["rw", "rw6"]
+local_ts = ["198.18.50.0/24", "fd00:50::/64"]
+""")
+    conn_kw, start_kw = swan_auth("psk", None, "client-a")
+    conn = SwanConn(name="rw", local_addrs="%any", remote_addrs=PUBLIC_B, local_id="client-a",
+                    remote_id="gw", local_ts="dynamic",
+                    remote_ts=["198.18.50.0/24", "fd00:50::/64"],
+                    extra={"vips": "0.0.0.0,::"}, **conn_kw)
+    ch = Charon.start(lab, "a", tmp_path / "charon-a", conn=conn, **start_kw)
+    ch.initiate("rw")
+    assert wait(lambda: established(ch), 15), nt.log() + ch.log()[-3000:]
+    (sa,) = ch.list_sas()
+    assert sorted(sa.raw.get("local-vips", [])) == ["198.18.200.1", "fd00:200::1"], sa.raw
+    assert ping(lab, "a", BEHIND)
+    r = lab.exec("a", "ping", "-6", "-c", "3", "-i", "0.2", "-W", "2", "fd00:50::1",
+                 check=False, timeout=15)
+    assert r.returncode == 0, r.stdout + nt.log()[-2000:] + ch.log()[-2000:]
+    (ike_sa,) = nt.show("client-a")["peers"]["client-a"]["ike_sas"]
+    assert sorted(ike_sa["virtual_ips"]) == ["198.18.200.1", "fd00:200::1"]
+    assert "Traceback" not in nt.log()
+    ch.stop()
+    lab.stop(nt.proc)
