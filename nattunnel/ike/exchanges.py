@@ -1,7 +1,9 @@
 """Pieces of the IKE manager (``manager.py``, kept within the module size limit here).
 
 - ``ExchangeCounts``: IKE messages received and sent, by the exchange type in their header
-  (RFC 7296 section 3.1; ME_CONNECT of IKEv2 mediation too). Counting reads one octet of the
+  (RFC 7296 section 3.1; ME_CONNECT of IKEv2 mediation is named too, though the mediation
+  cores' own messages are taken by ``io/mediated.py`` before they reach the manager: these are
+  the IKE SAs of the manager's peers). Counting reads one octet of the
   header and increments a slot of a preallocated list: nothing is allocated per message. Each
   datagram counts once, so a message sent in IKE fragments (RFC 7383) counts once per
   fragment; a retransmission counts again. Types without a name count as ``other``.
