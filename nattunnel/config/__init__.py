@@ -28,8 +28,10 @@ never hold key bytes, and values are echoed only for fields that are not keys.
 The modules: ``model`` (the frozen dataclasses and limits), ``fields`` (ConfigError and the
 generic TOML field readers), ``parser`` (the top level, ``[interface]``, ``[limits]``,
 ``listen``; ``load_config``, ``parse_config``), ``peers`` (``[[peer]]``, key files, checks
-across peers), ``ike_settings`` (an IKE peer's fields and credentials) and ``proposals``
-(strongSwan's proposal syntax). Everything a caller needs is re-exported here.
+across peers), ``ike_settings`` (an IKE peer's fields and credentials), ``certfields``
+(``certs``, ``cacerts``, ``crls``) and ``roadwarrior`` (``vips``, ``pools``,
+``[pools.NAME]``); strongSwan's proposal syntax is read by ``ike.grammar``. Everything a
+caller needs is re-exported here.
 
 May import the base modules (``constants``, ``addr``), ``esp``, ``tunnel``, ``ike`` and
 ``keys``; never ``io``, ``app``, ``cli``, ``lab`` or ``bench``.

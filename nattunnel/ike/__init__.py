@@ -11,8 +11,18 @@ machine and the manager that keeps IKE SAs by SPI and installs their child SAs i
   SA rekeys), ``sa`` (``IkeSa``: dispatch tables, INFORMATIONAL, timers); ``events``: what it
   hands out;
 - ``manager``: ``IkeManager``, the IKE SAs of one endpoint and what their events mean for the
-  tunnel; ``ratelimit``: the token buckets in front of IKE_SA_INIT; ``cookies``: the
-  stateless cookies of section 2.6.
+  tunnel, with ``exchanges`` (messages counted by exchange type, the responder's CERTREQ) and
+  ``pending`` (what it holds between calls); ``ratelimit``: the token buckets in front of
+  IKE_SA_INIT; ``cookies``: the stateless cookies of section 2.6;
+- ``mobike``, ``mobility``: MOBIKE (RFC 4555) and address moves; ``fragment``: IKE
+  fragmentation (RFC 7383: splitting, reassembly and its bounds);
+- ``certs``: X.509 for IKE (certificate and CRL files, the trust store, identities against
+  certificates, DNs as strongSwan writes them); ``certauth``: CERT and CERTREQ in IKE_AUTH;
+- ``pool``: virtual-address pools; ``roadwarrior``: the manager of a gateway or client that
+  hands out or takes addresses by configuration payload (section 3.15);
+- IKEv2 mediation (draft-brunner-ikev2-mediation, as strongSwan speaks it): ``mediation``
+  (the IKE SA to a mediation server, ME_CONNECT), ``meserver`` (the server and the mediated
+  peer's client), ``mecheck`` (the connectivity checks).
 
 Every core follows the contract of ``nattunnel.tunnel``: fed datagrams and the time with an
 explicit ``now``, pulled for ``datagrams_to_send()``, ``next_event()`` and ``get_timer()``.
