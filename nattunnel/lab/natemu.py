@@ -20,7 +20,8 @@ A mapping is dropped after ``mapping_timeout`` seconds without traffic in either
 (inbound refresh can be switched off), measured with an injectable ``clock``, so tests can
 advance a fake clock and call :meth:`NatEmulator.expire_idle` instead of sleeping.
 :meth:`NatEmulator.rebind` moves a mapping onto a new external port (a NAT rebinding).
-Impairments (loss, duplication, reordering) use a seeded :class:`random.Random`.
+Impairments (loss, duplication, reordering) use a seeded :class:`random.Random`; ``delay``
+adds a fixed one-way delay through a :class:`DelayLine` (bounded, order kept, one loop timer).
 
 Usage::
 
@@ -35,6 +36,7 @@ This is a test tool: one datagram per asyncio callback, control-plane speed.
 from __future__ import annotations
 
 import asyncio
+import collections
 import enum
 import random
 import socket
@@ -47,6 +49,7 @@ from ..addr import HostPort
 
 __all__ = [
     "Counters",
+    "DelayLine",
     "Filtering",
     "Mapping",
     "NatEmulator",
@@ -78,6 +81,8 @@ class Counters:
     mappings_created: int = 0
     expired: int = 0  # mappings removed for idleness
     rebinds: int = 0
+    delayed: int = 0  # packets that went through the delay line
+    dropped_delay_full: int = 0  # the delay line held ``delay_limit`` packets already
 
     @property
     def forwarded(self) -> int:
@@ -87,7 +92,71 @@ class Counters:
     def dropped(self) -> int:
         return (
             self.dropped_filtered + self.dropped_loss + self.dropped_expired + self.dropped_closed
+            + self.dropped_delay_full
         )
+
+
+class DelayLine:
+    """A fixed delay: ``push(data, send)`` calls ``send(data)`` ``delay`` seconds later (per
+    ``clock``) without blocking. Every packet waits the same time, so the due times only grow:
+    the line is a FIFO (the head is always the earliest, what a timer heap would give) and
+    keeps the order. At most ``limit`` packets wait; ``push`` returns False beyond that (the
+    caller counts the drop). One loop timer, armed for the head; :meth:`release_due` sends
+    what is due (a test with a fake clock advances it and calls this)."""
+
+    def __init__(self, delay: float, *, limit: int = 4096,
+                 clock: Callable[[], float] = time.monotonic,
+                 loop: asyncio.AbstractEventLoop | None = None) -> None:
+        if not delay >= 0:
+            raise ValueError(f"delay must be >= 0 s, got {delay}")
+        if limit < 1:
+            raise ValueError(f"delay limit must be >= 1 packet, got {limit}")
+        self.delay, self.limit, self.clock, self._loop = delay, limit, clock, loop
+        self._queue: collections.deque[tuple[float, bytes, Callable[[bytes], None]]] = (
+            collections.deque())
+        self._timer: asyncio.TimerHandle | None = None
+        self._closed = False
+
+    def __len__(self) -> int:
+        return len(self._queue)
+
+    def push(self, data: bytes, send: Callable[[bytes], None]) -> bool:
+        if self._closed or len(self._queue) >= self.limit:
+            return False
+        self._queue.append((self.clock() + self.delay, data, send))
+        if self._timer is None:
+            self._arm()
+        return True
+
+    def _arm(self) -> None:
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        wait = max(0.0, self._queue[0][0] - self.clock())
+        self._timer = self._loop.call_later(wait, self._fire)
+
+    def _fire(self) -> None:
+        self._timer = None
+        self.release_due()
+
+    def release_due(self) -> int:
+        """Send every packet whose time has come; re-arm the timer for the next. Returns
+        how many went."""
+        now, queue, sent = self.clock(), self._queue, 0
+        while queue and queue[0][0] <= now and not self._closed:
+            _, data, send = queue.popleft()
+            send(data)
+            sent += 1
+        if queue and self._timer is None and not self._closed:
+            self._arm()
+        return sent
+
+    def close(self) -> None:
+        """Drop what waits and cancel the timer. Idempotent."""
+        self._closed = True
+        self._queue.clear()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
 
 class _ExternalProtocol(asyncio.DatagramProtocol):
@@ -160,6 +229,8 @@ class NatEmulator:
         duplicate: float = 0.0,
         reorder: float = 0.0,
         reorder_hold: float = 0.1,
+        delay: float = 0.0,
+        delay_limit: int = 4096,
         impair: Literal["both", "outbound", "inbound"] = "both",
         seed: int | None = None,
         rng: random.Random | None = None,
@@ -182,6 +253,9 @@ class NatEmulator:
         self.duplicate = duplicate
         self.reorder = reorder
         self.reorder_hold = reorder_hold
+        self.delay = delay
+        # one line for both directions: the delay is the same, so the order per direction holds
+        self.delay_line = DelayLine(delay, limit=delay_limit, clock=clock) if delay else None
         self.impair = impair
         self.rng = rng if rng is not None else random.Random(seed)
         self.clock = clock
@@ -229,6 +303,8 @@ class NatEmulator:
             timer.cancel()
         self._held_timers.clear()
         self._held.clear()
+        if self.delay_line is not None:
+            self.delay_line.close()
         for m in list(self._mappings.values()):
             self._drop_mapping(m)
         self._mappings.clear()
@@ -423,6 +499,8 @@ class NatEmulator:
         if self.impair not in ("both", direction):
             send(data)
             return
+        if self.delay_line is not None:
+            send = self._delayed(send)
         rng = self.rng
         if self.loss and rng.random() < self.loss:
             self.counters.dropped_loss += 1
@@ -451,6 +529,18 @@ class NatEmulator:
             send(data)
         if held is not None:
             held[1](held[0])
+
+    def _delayed(self, send: Callable[[bytes], None]) -> Callable[[bytes], None]:
+        line = self.delay_line
+        assert line is not None
+
+        def push(payload: bytes) -> None:
+            if line.push(payload, send):
+                self.counters.delayed += 1
+            else:
+                self.counters.dropped_delay_full += 1
+
+        return push
 
     def _release_held(self, key: tuple[int, Direction]) -> None:
         self._held_timers.pop(key, None)

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
-from nattunnel.lab.natemu import Filtering, NatEmulator
+from nattunnel.lab.natemu import DelayLine, Filtering, NatEmulator
 
 PUBLIC_IP = "127.0.0.1"  # the public peer
 NAT_IP = "127.0.0.2"  # the NAT's outside address
@@ -297,3 +297,60 @@ async def test_validation_and_close_is_idempotent(setup) -> None:
     assert await inside.nothing(0.05)
     async with NatEmulator(public.addr) as nat2:
         assert nat2.inside_address[0] == "127.0.0.1"
+
+
+async def test_delay_with_a_fake_clock(setup) -> None:
+    # Held for the delay per the clock, in order, both ways; nothing goes before its time.
+    public, inside, make_nat = setup
+    clock = FakeClock()
+    nat = await make_nat(delay=0.05, clock=clock, sweep_interval=60.0)
+    for i in range(3):
+        inside.send(b"%d" % i, nat.inside_address)
+    while nat.delay_line is not None and len(nat.delay_line) < 3:
+        await asyncio.sleep(0.01)
+    assert nat.delay_line is not None and nat.delay_line.release_due() == 0
+    assert await public.nothing(0.1)  # real time passed, the fake clock did not
+    clock.now += 0.05
+    assert nat.delay_line.release_due() == 3
+    assert [(await public.recv())[0] for _ in range(3)] == [b"0", b"1", b"2"]
+    ext = nat.mappings[0].external
+    public.send(b"back", ext)
+    assert await inside.nothing(0.1)
+    clock.now += 0.05
+    assert nat.delay_line.release_due() == 1
+    assert (await inside.recv())[0] == b"back"
+    assert nat.counters.delayed == 4 and nat.counters.forwarded == 4
+
+
+async def test_delay_in_real_time_keeps_order(setup) -> None:
+    public, inside, make_nat = setup
+    nat = await make_nat(delay=0.05)
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    inside.send(b"ping", nat.inside_address)
+    _, ext = await public.recv()
+    public.send(b"pong", ext)
+    await inside.recv()
+    rtt = loop.time() - start
+    assert 0.1 <= rtt < 0.5, rtt  # 50 ms each way
+    for i in range(50):
+        inside.send(b"%03d" % i, nat.inside_address)
+    assert await public.collect(0.2) == [b"%03d" % i for i in range(50)]
+
+
+async def test_delay_line_bound_and_validation() -> None:
+    clock = FakeClock()
+    sent: list[bytes] = []
+    line = DelayLine(1.0, limit=2, clock=clock)
+    assert line.push(b"a", sent.append) and line.push(b"b", sent.append)
+    assert not line.push(b"c", sent.append)  # full: the caller counts the drop
+    clock.now += 1.0
+    assert line.release_due() == 2 and sent == [b"a", b"b"]
+    line.close()
+    assert not line.push(b"d", sent.append)
+    with pytest.raises(ValueError):
+        DelayLine(-1.0)
+    with pytest.raises(ValueError):
+        DelayLine(0.1, limit=0)
+    nat = NatEmulator(("127.0.0.1", 9), delay=0.1, delay_limit=1)
+    assert nat.delay_line is not None and nat.delay_line.limit == 1
