@@ -9,21 +9,25 @@ application's (``nattunnel.app.Controller``) that also drives the mediation core
   (from our NAT-T socket to the peer's candidate, behind the marker), and once it is up the
   checks stop (its IKE_SA_INIT carries the ME_CONNECTID, on which charon as the responder
   stops its own). Our address towards the server is asked for as the manager asks
-  (``LocalAddressNeeded``); it is the host candidate, with the NAT-T port.
+  (``LocalAddressNeeded``); it is the first host candidate, with the NAT-T port, and the
+  socket's other local addresses follow (``host_candidates``).
 - a ``MediationServer`` (``mediation_server = true``): IKE_SA_INIT requests with
   ME_MEDIATION, and every message of its SAs, go to it; the rest to the IKE manager.
 
-Sans-I/O like the cores it drives: the endpoint is its only caller.
+Sans-I/O like the cores it drives (but for one listing of the namespace's addresses when the
+mediation connection starts): the endpoint is its only caller.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import logging
 from collections import deque
+from collections.abc import Callable, Iterable
 from typing import Protocol
 
-from ..addr import Addr, format_addr, sockaddr
+from ..addr import Addr, Network, format_addr, sockaddr
 from ..constants import MeNotify
 from ..ike.config import Identity, IkeConfig
 from ..ike.events import Outgoing
@@ -39,8 +43,13 @@ from ..ike.meserver import (
 )
 from ..ike.message import IkeDecodeError, Notify, decode_message, peek_receiver_spi
 from ..tunnel.core import Event as TunnelEvent
+from .netwatch import addresses as namespace_addresses
 
 log = logging.getLogger("nattunnel.mediation")
+
+#: at most this many host candidates (ME_ENDPOINTs of type host): charon offers every
+#: address of the host; the check list takes at most 100 pairs in all
+MAX_HOSTS = 8
 
 #: an initiator asks the server again after its checks failed or the mediated IKE SA went
 #: down: 10 s, doubling up to 120 s, until the peer is up
@@ -84,13 +93,38 @@ def _has_me_mediation(data: bytes) -> bool:
         return False
 
 
+def host_candidates(towards_server: str, listen_host: str | None, port: int,
+                    addresses: Callable[[], list[str]],
+                    inner: Iterable[Network] = ()) -> list[Addr]:
+    """Our host candidates, as charon offers them: every local address of the socket
+    (``listen_host``; None: only the one towards the server; a wildcard: the namespace's
+    addresses of the family of our address towards the server, without loopback and
+    link-local: ``netwatch.addresses``), the one towards the server first, at most
+    MAX_HOSTS; each with the NAT-T ``port``.
+    Addresses in ``inner`` (the mediated peers' local traffic selectors, but for /0) are
+    the tunnel's own inner addresses, as charon leaves out its virtual IPs: not offered."""
+    ips = [towards_server]
+    if listen_host in ("", "0.0.0.0", "::"):
+        v6 = ":" in towards_server
+        nets = [n for n in inner if n.prefixlen > 0]
+        ips += [ip for ip in addresses() if (":" in ip) == v6
+                and not any(ipaddress.ip_address(ip) in n for n in nets)]
+    return [sockaddr(ip, port) for ip in list(dict.fromkeys(ips))[:MAX_HOSTS]]
+
+
 class MediatedControl:
     """The application's control side, plus a mediation client and/or server."""
 
     def __init__(self, inner: Inner, *, client: MediationClient | None = None,
                  server: MediationServer | None = None, initiate: tuple[str, ...] = (),
-                 ike_port: int = 500) -> None:
+                 ike_port: int = 500, listen_host: str | None = None,
+                 addresses: Callable[[], list[str]] = namespace_addresses) -> None:
         self.inner = inner
+        #: the address the endpoint's socket is bound to (None: not known, the address
+        #: towards the server is the one host candidate), and how the namespace's
+        #: addresses are listed (host candidates: ``host_candidates``)
+        self.listen_host = listen_host
+        self._addresses = addresses
         self.client = client
         self.server = server
         #: mediated peers we connect to as soon as the mediation connection is up
@@ -223,7 +257,11 @@ class MediatedControl:
         client = self.client
         if client is not None and not self._started and remote == client.server:
             client.local = sockaddr(local[0], self.ike_port or 500)
-            client.hosts = [sockaddr(local[0], client.nat_port)]
+            ike = self.inner.ike
+            inner = [n for name in client.peers if ike is not None and name in ike.peers
+                     for n in ike.peers[name].config.local_ts]
+            client.hosts = host_candidates(local[0], self.listen_host, client.nat_port,
+                                           self._addresses, inner)
             self._started = True
             log.info("mediation: connecting to %s from %s", format_addr(client.server),
                      format_addr(client.local))
@@ -292,4 +330,4 @@ def mediated_control(inner: Inner, *, connection: tuple[IkeConfig, Addr] | None,
         server = MediationServer(lambda idi, idr: table.get(idi),
                                  sockaddr(listen_host, ike_port))
     return MediatedControl(inner, client=client, server=server, initiate=initiate,
-                           ike_port=ike_port)
+                           ike_port=ike_port, listen_host=listen_host)

@@ -495,3 +495,27 @@ def test_the_manager_sends_a_connect_id_in_one_initiation_only() -> None:
     wire.now = 2.0
     wire.run(50)
     assert seen == [b"\x01\x02\x03\x04", None]
+
+
+def test_host_candidates_are_every_address_of_a_wildcard_socket() -> None:
+    """As charon offers them: the address towards the server first, then the namespace's
+    other addresses of its family (``netwatch.addresses`` leaves out loopback and link-local),
+    each once, at most MAX_HOSTS; a socket bound to one address has only that one."""
+    from nattunnel.io.mediated import MAX_HOSTS, host_candidates
+
+    found = ["198.19.1.2", "198.19.7.1", "fd00::5", "198.19.1.2", "198.19.8.1"]
+    assert host_candidates("198.19.1.2", "0.0.0.0", 4500, lambda: found) == [
+        ("198.19.1.2", 4500), ("198.19.7.1", 4500), ("198.19.8.1", 4500)]
+    assert host_candidates("198.19.9.9", "", 4500, lambda: found)[0] == ("198.19.9.9", 4500)
+    assert [a[0] for a in host_candidates("fd00::1", "::", 4500, lambda: found)] == [
+        "fd00::1", "fd00::5"]
+    for bound in ("198.19.1.2", None):
+        assert host_candidates("198.19.1.2", bound, 4500, lambda: found) == [
+            ("198.19.1.2", 4500)]
+    # the tunnel's inner addresses (in a mediated peer's local_ts) are not offered
+    import ipaddress
+    inner = [ipaddress.ip_network("198.19.7.0/24"), ipaddress.ip_network("0.0.0.0/0")]
+    assert host_candidates("198.19.1.2", "0.0.0.0", 4500, lambda: found, inner) == [
+        ("198.19.1.2", 4500), ("198.19.8.1", 4500)]
+    many = [f"198.19.3.{i}" for i in range(1, 40)]
+    assert len(host_candidates("198.19.1.2", "0.0.0.0", 4500, lambda: many)) == MAX_HOSTS

@@ -59,6 +59,10 @@ def test_two_nattunnel_peers_behind_port_restricted_nats_meet_through_nattunnel(
     nodes: list[NodeProc] = []
     try:
         b = lab.addr["b"]
+        # a second address on A: a host candidate too (every address of A's wildcard
+        # socket, as charon offers them), the one towards the server first
+        a_ip = lab.addr["a"]
+        extra = lab.add_address("a", a_ip.rsplit(".", 1)[0] + ".77")
         nodes.append(NodeProc(lab, "b", _server(tmp_path), {}))
         wait_for("the server", lambda: nodes[0].status() is not None, 10)
         c = NodeProc(lab, "c", _peer(tmp_path, "c", "a", C_IN, A_IN, b, False), {})
@@ -77,6 +81,8 @@ def test_two_nattunnel_peers_behind_port_restricted_nats_meet_through_nattunnel(
         print("A's mediation:", med)
         assert med["up"] and med["srflx"].startswith(nat1.wan_addr + ":")
         assert med["paths"]["c"]["remote"] == a_peer["endpoint"], med["paths"]
+        hosts = [c["addr"] for c in med["candidates"] if c["type"] == 1]  # ME_TYPE_HOST
+        assert hosts == [f"{a_ip}:4500", f"{extra}:4500"], med["candidates"]
         reg = nodes[0].status()["mediation_server"]
         assert set(reg["registered"]) == {"hosta", "hostc"}, reg
         assert reg["stats"]["forwarded"] == 2
