@@ -31,6 +31,13 @@ Usage::
         nat.external_address(inside_sock.getsockname())
 
 This is a test tool: one datagram per asyncio callback, control-plane speed.
+
+The same delay on a path of the namespace lab (this kernel has no ``sch_netem``):
+:func:`tun_delay` (``python3 -m nattunnel.lab.natemu delay DEVICE SECONDS`` in a namespace)
+creates a TUN device and writes every packet the kernel routes into it back into it
+``SECONDS`` later; :func:`delay_setup_commands` are the commands that send a host's own
+outgoing UDP through it (a policy rule for locally generated UDP, ``accept_local`` and
+forwarding for the packets coming back out of the device).
 """
 
 from __future__ import annotations
@@ -38,14 +45,21 @@ from __future__ import annotations
 import asyncio
 import collections
 import enum
+import os
 import random
+import signal
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from ..addr import HostPort
+
+if TYPE_CHECKING:
+    from .netns import Lab
 
 __all__ = [
     "Counters",
@@ -547,3 +561,73 @@ class NatEmulator:
         held = self._held.pop(key, None)
         if held is not None and not self._closed:
             held[1](held[0])
+
+
+# --------------------------------------------------------------------------- a TUN delay
+
+
+#: the routing table and rule preference of the delay (any free number)
+DELAY_TABLE = 150
+
+
+def delay_setup_commands(device: str, src: str) -> list[list[str]]:
+    """The commands (run in the host's namespace once ``device`` exists) that send the
+    host's own outgoing UDP (``iif lo``) into the delay device, source ``src``; what comes
+    back out of it is forwarded by the main table (``accept_local``: its source is ours)."""
+    t = str(DELAY_TABLE)
+    cmds = [["sysctl", "-qw", f"net.ipv4.{k}"] for k in (
+        "ip_forward=1", "conf.all.rp_filter=0", "conf.default.rp_filter=0",
+        f"conf.{device}.rp_filter=0", f"conf.{device}.accept_local=1")]
+    return [*cmds, ["ip", "route", "replace", "default", "dev", device, "src", src, "table", t],
+            ["ip", "rule", "add", "pref", t, "iif", "lo", "ipproto", "udp", "lookup", t]]
+
+
+def start_delay(lab: Lab, host: str, src: str, delay: float,
+                device: str = "dly0") -> subprocess.Popen[str]:
+    """Delay ``host``'s outgoing UDP (source ``src``) by ``delay`` seconds: :func:`tun_delay`
+    in its namespace (a process the lab tracks: ``lab.stop(proc)`` ends the delay, the
+    device and its route go with it), then :func:`delay_setup_commands`."""
+    from .tunnels import PKG_ROOT
+
+    env = dict(os.environ, PYTHONPATH=str(PKG_ROOT), PYTHONUNBUFFERED="1")
+    proc: subprocess.Popen[str] = lab.popen(
+        host, sys.executable, "-m", "nattunnel.lab.natemu", "delay", device, str(delay),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=str(PKG_ROOT))
+    assert proc.stdout is not None
+    if proc.stdout.readline().strip() != "ready":
+        err = proc.stderr.read() if proc.stderr and proc.poll() is not None else ""
+        lab.stop(proc)
+        raise RuntimeError(f"the delay in {host} did not start: {err[-2000:]}")
+    for cmd in delay_setup_commands(device, src):
+        lab.exec(host, *cmd)
+    return proc
+
+
+async def tun_delay(device: str, delay: float, limit: int = 4096) -> None:
+    """Until SIGTERM: every packet routed into TUN ``device`` (created here, MTU 1500) goes
+    back into it ``delay`` seconds later, in order (a :class:`DelayLine` of ``limit``)."""
+    from ..io.tun import TunDevice
+
+    loop = asyncio.get_running_loop()
+    line = DelayLine(delay, limit=limit, loop=loop)
+    stop = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    with TunDevice.create(device, 1500, []) as dev:
+        buf = memoryview(bytearray(65536))
+
+        def readable() -> None:
+            while (n := dev.read_into(buf)) >= 0:
+                line.push(bytes(buf[:n]), dev.write)
+
+        loop.add_reader(dev.fileno(), readable)
+        print("ready", flush=True)
+        await stop.wait()
+        loop.remove_reader(dev.fileno())
+        line.close()
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 4 and sys.argv[1] == "delay":
+        asyncio.run(tun_delay(sys.argv[2], float(sys.argv[3])))
+    else:
+        sys.exit("usage: python3 -m nattunnel.lab.natemu delay DEVICE SECONDS")
