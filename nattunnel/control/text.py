@@ -143,7 +143,22 @@ def _mediation_lines(med: dict[str, Any]) -> list[str]:
         lines.append(f"  checks with {session.get('peer')}: {len(pairs)} pairs"
                      + (" (" + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) + ")"
                         if counts else ""))
+    for name, err in sorted((med.get("last_error") or {}).items()):
+        lines.append(f"  mediation last error ({name}): {err}")
     return lines
+
+
+def _mediation_server_lines(srv: dict[str, Any] | None) -> list[str]:
+    """A mediation server: the peers registered (identity at address) and its counters."""
+    if not srv:
+        return []
+    reg = srv.get("registered") or {}
+    stats = {k: v for k, v in (srv.get("stats") or {}).items() if v}
+    return [f"  mediation server: {len(reg)} registered"
+            + (" (" + ", ".join(f"{i} at {a}" for i, a in sorted(reg.items())) + ")"
+               if reg else "")
+            + ("; " + ", ".join(f"{k} {v}" for k, v in sorted(stats.items())) if stats
+               else "")]
 
 
 def render(status: dict[str, Any]) -> str:
@@ -159,6 +174,7 @@ def render(status: dict[str, Any]) -> str:
     med = status.get("mediation")
     if med:
         lines += _mediation_lines(med)
+    lines += _mediation_server_lines(status.get("mediation_server"))
     chosen = (med or {}).get("paths") or {}
     for p in status["peers"].values():
         lines.append("")

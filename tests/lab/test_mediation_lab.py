@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from nattunnel.control.text import render
 from nattunnel.keys import write_psk_file
 from nattunnel.lab.nattypes import PORT_RESTRICTED_CONE, NatLab
 from tests.lab.traversal_support import NodeProc, ping_ok, wait_for
@@ -86,6 +87,10 @@ def test_two_nattunnel_peers_behind_port_restricted_nats_meet_through_nattunnel(
         reg = nodes[0].status()["mediation_server"]
         assert set(reg["registered"]) == {"hosta", "hostc"}, reg
         assert reg["stats"]["forwarded"] == 2
+        # nattunnel show's text, from the real status
+        shown = render(nodes[0].status())
+        assert "  mediation server: 2 registered (hosta at " in shown, shown
+        assert f"  candidates: host {a_ip}:4500, host {extra}:4500" in render(a.status())
     finally:
         for n in nodes:
             final = n.stop()
