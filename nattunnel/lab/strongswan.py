@@ -186,8 +186,8 @@ class SwanConn:
     ``Charon.start`` copies them into ``swanctl/private`` and ``swanctl/pubkey``. With
     certificates, ``local_extra={"certs": "NAME.pem"}``, ``remote_extra={"cacerts":
     "peer-root.pem"}`` and ``Charon.start(files=pki.swanctl_files("NAME", peer_pki),
-    plugins=X509_PLUGINS)`` (``nattunnel.lab.pki``); as an initiator to nattunnel, also
-    ``extra={"send_cert": "always"}`` (docs/certificates.md, Limits).
+    plugins=X509_PLUGINS)`` (``nattunnel.lab.pki``); nattunnel's CERTREQ names the CAs, so
+    charon's default ``send_cert = ifasked`` sends its certificate.
     Durations are strongSwan strings (``"30s"``, ``"1h"``); None leaves charon's default.
     """
 
