@@ -333,6 +333,7 @@ class IkeManager(MobilityManagement):
         self.terminate(name, now)
         peer = self.peers.pop(name)
         self.held.discard(name)
+        self._init_extra.pop(name, None)
         same = self._by_remote_id.get(peer.config.remote_id, [])
         if peer in same:
             same.remove(peer)
