@@ -40,7 +40,7 @@ from .ike.keylog import KeyLog
 from .ike.manager import IkeManager, IkePeer, LocalAddressNeeded, PeerDown, PeerUp
 from .ike.roadwarrior import RoadWarriorManager
 from .io.endpoint import Control, Endpoint, InnerInterface, InProcessInterface
-from .io.mediated import mediated_control
+from .io.mediated import MediatedControl, mediated_control
 from .io.netwatch import NetWatch, addresses, mobike_local
 from .io.relay import PathMover
 from .io.vip import VirtualIps
@@ -440,9 +440,14 @@ class Node:
             if ike is not None and self.endpoint is not None:
                 loop = asyncio.get_running_loop()
                 sent = ike.delete_all(loop.time())
+                med = self.endpoint.control
+                med = med if isinstance(med, MediatedControl) else None
+                if med is not None:  # the server drops our registration at once
+                    sent += med.stop(loop.time())
                 self.endpoint.rearm_timer()  # sends them
                 deadline = loop.time() + wait
-                while ike.closing() and loop.time() < deadline:
+                while (ike.closing() or (med is not None and med.closing())) \
+                        and loop.time() < deadline:
                     await asyncio.sleep(0.02)
                 if sent:
                     log.info("stopping: %d IKE SA(s) deleted%s", sent,

@@ -356,6 +356,7 @@ class MediationClient:
         self._responder_data: dict[bytes, tuple[bytes, list[Candidate]]] = {}
         #: mediation SAs replaced by a rekey, until they are deleted
         self._retired: list[MediationSa] = []
+        self._stopped = False  # stop(): no reconnection
 
     # --- the mediation connection ---
     def start(self, now: float) -> None:
@@ -369,6 +370,24 @@ class MediationClient:
     @property
     def up(self) -> bool:
         return self.sa is not None and self.sa.state is State.ESTABLISHED
+
+    def stop(self, now: float) -> bool:
+        """Stopping: a Delete for the mediation SA, so that the server drops our
+        registration at once (not after its liveness checks), and no reconnection. True
+        if a Delete went (``closing`` says when it is answered)."""
+        self._stopped = True
+        self._retry_at = None
+        self._wanted.clear()
+        sa = self.sa
+        if sa is None or sa.state is State.DEAD:
+            return False
+        sent = sa.state is State.ESTABLISHED
+        sa.delete(now)
+        self._process(now)
+        return sent
+
+    def closing(self) -> bool:  # our Delete of the mediation SA still waits for its answer
+        return self.sa is not None and self.sa.state is not State.DEAD
 
     def candidates(self) -> list[Candidate]:
         """Ours, as ME_ENDPOINTs: each host address, the server-reflexive one (based on the
@@ -484,6 +503,8 @@ class MediationClient:
         if self._up:
             self._events.append(MediationDown(reason))
         self._up = False
+        if self._stopped:
+            return
         log.warning("mediation: the connection to %s failed: %s; again in %.0f s",
                     format_addr(self.server), reason, self._retry_delay)
         self._retry_at = now + self._retry_delay

@@ -295,6 +295,19 @@ class MediatedControl:
                 self.server.handle_timer(now)
             self._outputs += self.server.datagrams_to_send()
 
+    def stop(self, now: float) -> int:
+        """Stopping: a Delete for the mediation SA (the server drops our registration at
+        once); how many went (``closing``: until it is answered)."""
+        client = self.client
+        if client is None or not self._started:
+            return 0
+        sent = client.stop(now)
+        self._client_events(now)
+        return int(sent)
+
+    def closing(self) -> bool:
+        return self.client is not None and self._started and self.client.closing()
+
     def stats(self) -> dict[str, object]:
         s = self.inner.stats()
         if self.client is not None:
