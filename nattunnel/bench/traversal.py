@@ -23,10 +23,9 @@ TUN devices, run by this module's ``node`` entry in the lab namespaces), in one 
 
 - **mediated**: the first packet over the direct path the connectivity checks chose (A and
   C behind port restricted NATs, a nattunnel mediation server on B, io/mediated.py): from
-  A's start, C registered already; ``--rounds`` times.
-
-The 50 ms of one-way delay the issue asks for in the time to the direct path is not added:
-this kernel has no netem, and the userspace NAT emulator (lab/natemu.py) has no delay.
+  A's start, C registered already; ``--rounds`` times. ``--delay-ms`` (the issue's 50 ms)
+  delays the outgoing UDP of A, B and C by that much (lab/natemu.py's TUN delay; this
+  kernel has no netem): every path among them has that one-way delay, both ways.
 """
 
 from __future__ import annotations
@@ -34,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import os
 import signal
 import statistics
@@ -49,6 +49,7 @@ from typing import Any
 
 from ..keys import write_psk_file
 from ..lab.coturn import Coturn, Relay, coturn_problems
+from ..lab.natemu import start_delay
 from ..lab.nattypes import PORT_RESTRICTED_CONE, SYMMETRIC, NatLab
 from ..lab.netns import lab_problems
 from ..lab.tunnels import PKG_ROOT
@@ -158,6 +159,8 @@ class TraversalFigures:
     #: behind port restricted NATs, a nattunnel mediation server on B)
     first_packet_mediated: list[float] = field(default_factory=list)
     ready_mediated: list[float] = field(default_factory=list)
+    #: the one-way delay added to A's, B's and C's UDP in the mediated part (ms)
+    delay_ms: float = 0.0
     to_direct_s: float | None = None
     lost_to_direct: int | None = None
     to_relay_s: float | None = None
@@ -330,7 +333,14 @@ def _mediated(run: _Run, fig: TraversalFigures) -> None:
     lab.set_nat("r1", PORT_RESTRICTED_CONE)
     lab.set_nat("r2", PORT_RESTRICTED_CONE)
     server_cfg, a_cfg, c_cfg = _mediated_configs(d, run.b)
-    server = LabNode(lab, "b", server_cfg, {})
+    delays = [start_delay(lab, h.role, h.addr.split("/")[0], fig.delay_ms / 1000)
+              for h in lab.topology.hosts if h.role in ("a", "b", "c") and fig.delay_ms]
+    try:
+        server = LabNode(lab, "b", server_cfg, {})
+    except BaseException:
+        for proc in delays:
+            lab.stop(proc)
+        raise
     try:
         server.status()
         for _ in range(fig.rounds):
@@ -348,6 +358,8 @@ def _mediated(run: _Run, fig: TraversalFigures) -> None:
                 c.stop()
     finally:
         server.stop()
+        for proc in delays:
+            lab.stop(proc)
 
 
 def _moves(run: _Run, fig: TraversalFigures) -> None:
@@ -442,10 +454,11 @@ PARTS = ("first", "mediated", "moves", "throughput", "idle")
 
 def run_traversal(seconds: float = 5.0, idle: float = 600.0, mapping_timeout: float = 30.0,
                   keepalive: float = 20.0, rounds: int = 5,
-                  parts: tuple[str, ...] = PARTS) -> TraversalFigures:
-    """The run (root), in one lab: ``parts`` of PARTS."""
+                  parts: tuple[str, ...] = PARTS, delay_ms: float = 0.0) -> TraversalFigures:
+    """The run (root), in one lab: ``parts`` of PARTS; ``delay_ms`` of one-way delay in
+    the mediated part."""
     fig = TraversalFigures(rounds, idle_s=idle, mapping_timeout=mapping_timeout,
-                           keepalive=keepalive)
+                           keepalive=keepalive, delay_ms=delay_ms)
     with tempfile.TemporaryDirectory(prefix="nattunnel-bench-traversal-") as tmp:
         run = _Run(Path(tmp), mapping_timeout)
         try:
@@ -488,6 +501,11 @@ def report(fig: TraversalFigures) -> str:
         if values:
             lines += [f"{title:<35}{_stat(values)}",
                       f"{'  from both nodes running':<35}{_stat(ready)}"]
+    if fig.first_packet_mediated:
+        v = sorted(fig.first_packet_mediated)
+        p95 = v[math.ceil(0.95 * len(v)) - 1]
+        lines.append(f"{'  p50 / p95':<35}{statistics.median(v):.2f} s / {p95:.2f} s, "
+                     f"one-way delay {fig.delay_ms:g} ms (A, B, C's UDP)")
     if fig.to_direct_s is not None:
         t = fig.move_timings
         lines += [f"{'relay -> direct (path opened)':<35}{fig.to_direct_s:.2f} s, "
@@ -510,12 +528,13 @@ def report(fig: TraversalFigures) -> str:
 
 
 def traversal_main(seconds: float, idle: float, mapping_timeout: float, keepalive: float,
-                   rounds: int, as_json: bool, parts: tuple[str, ...] = PARTS) -> int:
+                   rounds: int, as_json: bool, parts: tuple[str, ...] = PARTS,
+                   delay_ms: float = 0.0) -> int:
     problems = lab_problems() + coturn_problems()
     if problems:
         print(f"nattunnel bench traversal: {problems[0]}", file=sys.stderr)
         return 1
-    fig = run_traversal(seconds, idle, mapping_timeout, keepalive, rounds, parts)
+    fig = run_traversal(seconds, idle, mapping_timeout, keepalive, rounds, parts, delay_ms)
     print(json.dumps(asdict(fig), indent=2) if as_json else report(fig), end=""
           if not as_json else "\n")
     return 0 if fig.idle_kept is not False else 1

@@ -278,6 +278,9 @@ def _add_traversal(bsub: Subparsers) -> None:
     p.add_argument("--only", type=_parts, default=None, metavar="LIST",
                    help="comma-separated parts to run (default all: "
                         "first,mediated,moves,throughput,idle)")
+    p.add_argument("--delay-ms", type=float, default=0.0,
+                   help="one-way delay added to the UDP of A, B and C in the mediated part, "
+                        "ms (default 0; lab/natemu.py's TUN delay)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a report")
     p.set_defaults(func=run_traversal)
 
@@ -298,5 +301,7 @@ def run_traversal(args: argparse.Namespace) -> int:
     if not 1 <= args.keepalive < args.mapping_timeout:
         return fail("bench traversal", "--keepalive must be 1 s or more and less than "
                     "--mapping-timeout")
+    if not 0 <= args.delay_ms <= 1000:
+        return fail("bench traversal", "--delay-ms must be 0..1000")
     return traversal_main(args.seconds, args.idle, args.mapping_timeout, args.keepalive,
-                          args.rounds, args.json, tuple(args.only or PARTS))
+                          args.rounds, args.json, tuple(args.only or PARTS), args.delay_ms)

@@ -13,7 +13,8 @@ from tests.lab.traversal_support import require
 
 
 @pytest.mark.parametrize("argv", [["--keepalive", "40"], ["--rounds", "0"],
-                                  ["--mapping-timeout", "1"], ["--idle", "-1"]])
+                                  ["--mapping-timeout", "1"], ["--idle", "-1"],
+                                  ["--delay-ms", "-1"], ["--delay-ms", "1001"]])
 def test_bad_arguments(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["bench", "traversal", *argv]) == 2
     assert "nattunnel bench traversal:" in capsys.readouterr().err
@@ -24,17 +25,21 @@ def test_report_of_an_empty_run() -> None:
     text = report(TraversalFigures(1, first_packet_direct=[1.0], ready_direct=[0.5]))
     assert text.startswith("first packet, direct               median 1.00 s, max 1.00 s")
     assert "relay" not in text and "idle" not in text
+    text = report(TraversalFigures(10, first_packet_mediated=[float(i) for i in range(1, 11)],
+                                   ready_mediated=[0.5] * 10, delay_ms=50))
+    assert "  p50 / p95                        5.50 s / 10.00 s, one-way delay 50 ms" in text
 
 
 @pytest.mark.root
 def test_short_run() -> None:
     require()
-    fig = run_traversal(seconds=1, idle=8, mapping_timeout=4, keepalive=1.5, rounds=1)
+    fig = run_traversal(seconds=1, idle=8, mapping_timeout=4, keepalive=1.5, rounds=1,
+                        delay_ms=50)
     print("\n" + report(fig))
     assert len(fig.first_packet_direct) == len(fig.first_packet_relay) == 1
     assert 0 < fig.ready_direct[0] <= fig.first_packet_direct[0] < 10
     assert 0 < fig.ready_relay[0] <= fig.first_packet_relay[0] < 10
-    assert 0 < fig.ready_mediated[0] <= fig.first_packet_mediated[0] < 10
+    assert 0 < fig.ready_mediated[0] <= fig.first_packet_mediated[0] < 10  # 50 ms each way
     assert fig.to_direct_s is not None and fig.to_direct_s < 10
     assert fig.lost_to_direct is not None and 0 <= fig.lost_to_direct <= 2
     assert fig.to_relay_s is not None and fig.to_relay_s < 10
