@@ -691,6 +691,7 @@ class IkeManager(MobilityManagement):
         if peer.outbound is None:
             self._events.append(PeerUp(peer.name))
         self.tunnel.set_outbound(peer, outbound)
+        peer.add_child(ev.spi_in, outbound, ev.remote_ts)  # each child's prefixes to its SA
         self.child_since[ev.spi_in] = self.last_handshake[peer.name] = now
         if cfg and cfg.rekey_bytes:
             self._byte_limits[ev.spi_in] = (ev.ike, peer.tx_bytes)
@@ -730,6 +731,8 @@ class IkeManager(MobilityManagement):
         self._grace(ev.spi_in, now)
         self._outbound_sas.pop((ev.ike.name, ev.spi_out), None)
         peer = self._tunnel_peer(ev.ike)
+        if peer is not None:
+            peer.drop_child(ev.spi_in)  # only its prefixes; the other children's stay
         if peer is not None and peer.outbound is not None and peer.outbound.spi == ev.spi_out:
             survivor = next((sa for p, sa in reversed(self._outbound_sas.values())
                              if p is peer), None)

@@ -403,7 +403,7 @@ class Tunnel:
     def _source_ok(self, sa: InboundSA, peer: Peer, buf: memoryview, at: int, m: int) -> bool:
         """RFC 4301 section 5.2: the inner source must be one the SA may carry. A packet that
         fails is counted (and no longer counted as the SA's)."""
-        if peer.source_allowed_at(buf, at):
+        if peer.source_allowed_at(buf, at, sa.spi):
             return True
         # the SA counted it as delivered; it is not
         sa.packets -= 1

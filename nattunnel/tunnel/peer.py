@@ -12,7 +12,14 @@ from enum import StrEnum
 from typing import TYPE_CHECKING
 
 from ..addr import Addr, Network
-from ..constants import ESP_PLAINTEXT_OFFSET, IPV4_SRC_OFFSET, IPV6_ADDR_LEN, IPV6_SRC_OFFSET
+from ..constants import (
+    ESP_PLAINTEXT_OFFSET,
+    IPV4_DST_OFFSET,
+    IPV4_SRC_OFFSET,
+    IPV6_ADDR_LEN,
+    IPV6_DST_OFFSET,
+    IPV6_SRC_OFFSET,
+)
 from ..esp.drop import DropCounters, DropReason
 from ..esp.sa import InboundSA, OutboundSA, SequenceNumberExhausted
 
@@ -20,13 +27,32 @@ if TYPE_CHECKING:
     import socket
 
 _NO_ENDPOINT = -DropReason.NO_ENDPOINT
+_NO_ROUTE = -DropReason.NO_ROUTE
 _EXHAUSTED = -DropReason.SEQUENCE_EXHAUSTED
 #: where an ESP packet's plaintext starts: after the header and the IV
 _PLAIN_OFF = ESP_PLAINTEXT_OFFSET
 #: an IPv4 source address
 _U32 = struct.Struct("!I")
+#: (network, netmask) integers of one family's prefixes
+_Masks = tuple[tuple[int, int], ...]
 
 
+def _covers(selectors: Iterable[Network], allowed: Iterable[Network]) -> bool:
+    """Whether every allowed prefix lies inside one of the selectors."""
+    sel = list(selectors)
+    return all(any(_inside(a, t) for t in sel) for a in allowed)
+
+
+def _inside(n: Network, o: Network) -> bool:
+    if isinstance(n, ipaddress.IPv4Network) and isinstance(o, ipaddress.IPv4Network):
+        return n.subnet_of(o)
+    if isinstance(n, ipaddress.IPv6Network) and isinstance(o, ipaddress.IPv6Network):
+        return n.subnet_of(o)
+    return False
+
+
+def _masks(nets: Iterable[Network], version: int) -> _Masks:
+    return tuple((int(n.network_address), int(n.netmask)) for n in nets if n.version == version)
 
 def _shown(addr: Addr) -> list[object]:
     """[host, port] for the stats: an IPv4 address behind a dual-stack socket
@@ -56,8 +82,13 @@ class Peer:
     __slots__ = (
         "_allowed4",
         "_allowed6",
+        "_apart",
+        "_lanes4",
+        "_lanes6",
+        "_sources",
         "addr",
         "allowed",
+        "children",
         "drops",
         "inbound",
         "keepalive",
@@ -95,14 +126,18 @@ class Peer:
             raise ValueError("keepalive_interval must be positive")
         self.name = name
         self.allowed: tuple[Network, ...] = tuple(allowed)
-        self._allowed4 = tuple(
-            (int(n.network_address), int(n.netmask))
-            for n in self.allowed if isinstance(n, ipaddress.IPv4Network)
-        )
-        self._allowed6 = tuple(
-            (int(n.network_address), int(n.netmask))
-            for n in self.allowed if isinstance(n, ipaddress.IPv6Network)
-        )
+        self._allowed4 = _masks(self.allowed, 4)
+        self._allowed6 = _masks(self.allowed, 6)
+        #: the negotiated child SAs, oldest first: inbound SPI -> (outbound SA, the child's
+        #: remote traffic selectors) (``add_child``)
+        self.children: dict[int, tuple[OutboundSA, tuple[Network, ...]]] = {}
+        #: only while children carry different remote selectors: the outbound SA per
+        #: destination prefix (most specific first) and each inbound SA's allowed sources;
+        #: empty with one child (or several alike), where ``outbound`` carries everything
+        self._apart = False
+        self._lanes4: tuple[tuple[int, int, OutboundSA], ...] = ()
+        self._lanes6: tuple[tuple[int, int, OutboundSA], ...] = ()
+        self._sources: dict[int, tuple[_Masks, _Masks]] = {}
         #: where packets go: configured, or learned from authenticated packets (NAT rebinding)
         self.addr: Addr | None = addr
         #: the endpoint's socket for ``addr`` (set and used by the endpoint; the core never
@@ -133,9 +168,13 @@ class Peer:
         self.removed = False
         self.drops = drops if drops is not None else DropCounters()
 
-    def source_allowed_at(self, buf: bytes | bytearray | memoryview, at: int) -> bool:
+    def source_allowed_at(self, buf: bytes | bytearray | memoryview, at: int,
+                          spi: int | None = None) -> bool:
         """RFC 4301 section 5.2: whether the inner packet at ``buf[at:]`` (IPv4, or else IPv6)
-        comes from a source in the peer's allowed prefixes."""
+        comes from a source in the peer's allowed prefixes, and, if it came in on inbound SA
+        ``spi`` of a child with its own selectors, in that child's (``source_allowed_on``)."""
+        if self._sources and spi is not None and not self.source_allowed_on(spi, buf, at):
+            return False
         # Plain loops: any() with a generator costs a frame per call on the per-packet path.
         if buf[at] >> 4 == 4:
             src = _U32.unpack_from(buf, at + IPV4_SRC_OFFSET)[0]
@@ -150,6 +189,42 @@ class Peer:
                 return True
         return False
 
+    def source_allowed_on(self, spi: int, buf: bytes | bytearray | memoryview, at: int) -> bool:
+        """RFC 4301 section 5.2 per child SA: whether the inner packet at ``buf[at:]``, which
+        came in on inbound SA ``spi``, comes from inside that child's remote traffic
+        selectors (True for an SA without its own, e.g. with one child)."""
+        sel = self._sources.get(spi)
+        if sel is None:
+            return True
+        if buf[at] >> 4 == 4:
+            src = _U32.unpack_from(buf, at + IPV4_SRC_OFFSET)[0]
+            for net, mask in sel[0]:  # noqa: SIM110
+                if src & mask == net:
+                    return True
+            return False
+        at += IPV6_SRC_OFFSET
+        src = int.from_bytes(buf[at : at + IPV6_ADDR_LEN], "big")
+        for net, mask in sel[1]:  # noqa: SIM110
+            if src & mask == net:
+                return True
+        return False
+
+    def _lane(self, out: memoryview, at: int) -> OutboundSA | None:
+        """The outbound SA of the child whose remote selectors hold the destination of the
+        inner packet at ``out[at:]`` (children routed apart), or None: none holds it."""
+        if out[at] >> 4 == 4:
+            dst = _U32.unpack_from(out, at + IPV4_DST_OFFSET)[0]
+            for net, mask, sa in self._lanes4:
+                if dst & mask == net:
+                    return sa
+            return None
+        at += IPV6_DST_OFFSET
+        dst = int.from_bytes(out[at : at + IPV6_ADDR_LEN], "big")
+        for net, mask, sa in self._lanes6:
+            if dst & mask == net:
+                return sa
+        return None
+
     def encapsulate_into(
         self, inner: bytes | bytearray | memoryview, out: memoryview, now: float, off: int = 0
     ) -> int:
@@ -163,6 +238,13 @@ class Peer:
         (``OutboundSA.encapsulate_in_place``). A refusal (no SA or address, sequence numbers
         exhausted) is counted in ``drops``."""
         sa = self.outbound
+        if self._apart:  # children with their own selectors: the one for dst, or none
+            sa = self._lane(out, off + _PLAIN_OFF)
+            if sa is None:
+                self.drops.counts[DropReason.NO_ROUTE] += 1
+                return _NO_ROUTE
+            if sa is not self.outbound:
+                self.retired[0] += 1  # ``totals`` counts only ``outbound``'s own packets
         if sa is None or self.addr is None:
             self.drops.counts[DropReason.NO_ENDPOINT] += 1
             return _NO_ENDPOINT
@@ -177,6 +259,56 @@ class Peer:
             self.on_rekey(self)
         return m
 
+    # --- child SAs and their traffic selectors ---------------------------------------------
+    def add_child(self, spi_in: int, outbound: OutboundSA, remote_ts: Iterable[Network]) -> None:
+        """A child SA is up (IKE's ChildUp): packets to ``remote_ts`` go out on
+        ``outbound`` (the newest child for a prefix wins: a rekey takes over at once), and
+        what comes in on ``spi_in`` must come from ``remote_ts``. Children with different
+        selectors are routed apart (and so is one child narrower than the peer's allowed
+        prefixes: what lies outside every child's selectors is dropped, NO_ROUTE); one child
+        whose selectors cover the allowed prefixes (or several alike) costs nothing per
+        packet: ``outbound`` carries everything, as without children."""
+        self.children[spi_in] = (outbound, tuple(remote_ts))
+        self._rebuild()
+
+    def drop_child(self, spi_in: int) -> None:
+        """The child SA of inbound SPI ``spi_in`` is gone: only its prefixes stop going out
+        on it (the others' stay). Its inbound SA keeps its source check until removed."""
+        if self.children.pop(spi_in, None) is not None:
+            self._rebuild()
+
+    def _rebuild(self) -> None:
+        kinds = {frozenset(ts) for _, ts in self.children.values()}
+        if not kinds or (len(kinds) == 1 and _covers(next(iter(kinds)), self.allowed)):
+            self._apart = False
+            self._lanes4 = self._lanes6 = ()
+            for spi in self.children:
+                self._sources.pop(spi, None)
+            return
+        self._apart = True
+        best: dict[Network, OutboundSA] = {}
+        for spi, (sa, ts) in self.children.items():  # oldest first: the newest wins
+            self._sources[spi] = (_masks(ts, 4), _masks(ts, 6))
+            for net in ts:
+                best[net] = sa
+        ordered = sorted(best.items(), key=lambda item: -item[0].prefixlen)
+        self._lanes4 = tuple((int(n.network_address), int(n.netmask), sa)
+                             for n, sa in ordered if n.version == 4)
+        self._lanes6 = tuple((int(n.network_address), int(n.netmask), sa)
+                             for n, sa in ordered if n.version == 6)
+
+    def child_routes(self) -> dict[str, int]:
+        """Each remote prefix and the outbound SPI it goes out on (several children routed
+        apart; empty otherwise), for the status and tests."""
+        out: dict[str, int] = {}
+        for lanes, version in ((self._lanes4, 4), (self._lanes6, 6)):
+            for net, mask, sa in lanes:
+                length = bin(mask).count("1")
+                n = (ipaddress.IPv4Network((net, length)) if version == 4
+                     else ipaddress.IPv6Network((net, length)))
+                out[str(n)] = sa.spi
+        return out
+
     # --- the counters, across SAs ---------------------------------------------------------
     def use_outbound(self, sa: OutboundSA | None) -> None:
         """``sa`` is the outbound SA from now on (``Tunnel.set_outbound``): what the one
@@ -189,6 +321,7 @@ class Peer:
 
     def retire_inbound(self, sa: InboundSA) -> None:
         """``sa`` is gone (``Tunnel.remove_inbound``): what it received is kept."""
+        self._sources.pop(sa.spi, None)
         self.retired[1] += sa.packets
         self.retired[2] += sa.bytes
 
