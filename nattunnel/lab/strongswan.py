@@ -227,6 +227,9 @@ class SwanConn:
     #: another auth round's settings ...)
     local_extra: Mapping[str, str] = field(default_factory=dict)
     remote_extra: Mapping[str, str] = field(default_factory=dict)
+    #: more children of this connection, by name: each tunnel mode with ``esp_proposals``
+    #: and these ``key = value`` lines (``local_ts``, ``remote_ts``, ``start_action`` ...)
+    more_children: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
 
     @property
     def child(self) -> str:
@@ -308,7 +311,12 @@ class SwanConn:
         lines.append("    children {")
         lines.append(f"      {self.child} {{")
         lines += [f"        {k} = {v}" for k, v in child_opts if v is not None]
-        lines += ["      }", "    }", "  }"]
+        lines.append("      }")
+        for name, keys in self.more_children.items():
+            more = {"mode": "tunnel", "esp_proposals": _list(self.esp_proposals), **keys}
+            lines += [f"      {name} {{", *(f"        {k} = {v}" for k, v in more.items()),
+                      "      }"]
+        lines += ["    }", "  }"]
         return "\n".join(lines) + "\n"
 
     def render_secret(self) -> str:
