@@ -137,3 +137,31 @@ def test_a_child_going_down_takes_only_its_prefixes() -> None:
     assert m == -DropReason.NO_ROUTE  # B2's child is gone: not onto B1's
     peer.drop_child(0x2001)  # no children (manual SAs): ``outbound`` carries everything
     assert _spi_to(t, "198.18.60.1") == 0x1001
+
+
+def test_ipv6_children_routed_apart_with_the_source_check_per_sa() -> None:
+    from nattunnel.esp.sa import InboundSA
+    from tests.tunnel.test_peer import ip6
+
+    c1, c2 = ipaddress.ip_network("fd00:50::/64"), ipaddress.ip_network("fd00:51::/64")
+    t = Tunnel()
+    peer = t.add_peer("b", [c1, c2, B1], addr=B_ADDR)
+    one, two = _sa(0x3001), _sa(0x3002)
+    t.set_outbound(peer, one)
+    peer.add_child(0x4001, one, (c1, B1))
+    t.set_outbound(peer, two)
+    peer.add_child(0x4002, two, (c2,))
+    out = memoryview(bytearray(2048))
+    for dst, spi in (("fd00:50::9", 0x3001), ("fd00:51::9", 0x3002)):
+        _, m = t.encapsulate_into(ip6("fd00:a::1", dst), out, 1.0)
+        assert m > 0 and _SPI.unpack_from(out, 0)[0] == spi
+    _, m = t.encapsulate_into(ip6("fd00:a::1", "fd00:52::9"), out, 1.0)
+    assert m == -DropReason.NO_ROUTE  # the tunnel's prefix table has no peer for it
+    keys = bytes(AES_GCM_256.keymat_len)
+    t.install_inbound(peer, InboundSA(0x4002, AES_GCM_256, keys))
+    sender = OutboundSA(0x4002, AES_GCM_256, keys)
+    m = sender.encapsulate_into(ip6("fd00:51::7", "fd00:a::1"), out)
+    assert t.receive(out, 0, m, B_ADDR, 1.0) > 0
+    m = sender.encapsulate_into(ip6("fd00:50::7", "fd00:a::1"), out)  # c1's source on c2's SA
+    assert t.receive(out, 0, m, B_ADDR, 1.0) == -DropReason.SOURCE_NOT_ALLOWED
+    assert peer.child_routes() == {str(c1): 0x3001, str(c2): 0x3002, str(B1): 0x3001}
