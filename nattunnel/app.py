@@ -38,6 +38,7 @@ from .esp.sa import InboundSA, OutboundSA
 from .ike.events import Outgoing
 from .ike.keylog import KeyLog
 from .ike.manager import IkeManager, IkePeer, LocalAddressNeeded, PeerDown, PeerUp
+from .ike.meserver import PathReady
 from .ike.roadwarrior import RoadWarriorManager
 from .io.endpoint import Control, Endpoint, InnerInterface, InProcessInterface
 from .io.mediated import MediatedControl, mediated_control
@@ -405,6 +406,41 @@ class Node:
             self.paths.start()
         if endpoint.relayed:
             start()
+        self._join_mediation(endpoint, start)
+
+    def _join_mediation(self, endpoint: Endpoint, start: Callable[[], object]) -> None:
+        """Mediated peers with ``relay = "auto"`` and the TURN server: the allocation at
+        once, its relayed address offered in ME_CONNECT, the peer on the relay first and
+        moved to a direct pair when one passes its checks (io/mediated.py, io/relay.py)."""
+        control, paths = endpoint.control, self.paths
+        if not isinstance(control, MediatedControl) or paths is None or not any(
+                pc.mediated_by and pc.relay == "auto" for pc in self.config.peers):
+            return
+        auto = {pc.name for pc in self.config.peers if pc.mediated_by and pc.relay == "auto"}
+        if endpoint.turn is None:
+            start()
+        turn = endpoint.turn
+        if turn is None:
+            return
+        control.relay_address = lambda: (turn.relayed if turn.allocated and turn.relayed
+                                         and turn.relayed[1] else None)
+
+        def on_relay(name: str, relayed: Addr, permissions: list[Addr]) -> bool:
+            if name not in auto or name not in endpoint.tunnel.peers:
+                return False
+            now = self._now()
+            for addr in permissions:  # the peer's checks to our relayed candidate
+                if turn.peer(addr) is None:
+                    turn.add_peer(addr, now)
+            endpoint.relay_peer(name, addr=relayed)
+            paths.watch(name, relayed=True)
+            return True
+
+        def on_direct(name: str, ev: PathReady) -> bool:
+            return paths.to_direct(name, ev.remote, reason="a direct pair passed its checks",
+                                   pair=f"{format_addr(ev.local)} -> {format_addr(ev.remote)}")
+
+        control.on_relay, control.on_direct = on_relay, on_direct
 
     async def _start_operator_side(self) -> None:
         config = self.config

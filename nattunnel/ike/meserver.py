@@ -293,7 +293,18 @@ class PathFailed:
     reason: str
 
 
-ClientEvent = MediationUp | MediationDown | PeerOffline | PathReady | PathFailed
+@dataclass(frozen=True)
+class PeerCandidates:
+    """ME_CONNECT told us peer ``name``'s candidates (the checks start on them): where a
+    TURN relay needs its permissions, and the peer's relayed candidate, if any."""
+
+    name: str
+    candidates: tuple[Candidate, ...]
+    initiator: bool
+
+
+ClientEvent = (MediationUp | MediationDown | PeerOffline | PathReady | PathFailed
+               | PeerCandidates)
 
 
 @dataclass
@@ -560,6 +571,7 @@ class MediationClient:
 
     def _start_checks(self, s: Session, peer_key: bytes, remote: list[Candidate],
                       now: float) -> None:
+        self._events.append(PeerCandidates(s.name, tuple(remote), s.initiator))
         s.checks = CheckList(s.connect_id, s.initiator, s.my_key, peer_key, list(s.local),
                              remote, now, pace=self.pace, max_pairs=self.max_pairs)
         log.info("mediation: checking %d pairs with %s (%s)", len(s.checks.pairs), s.peer,

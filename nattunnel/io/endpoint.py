@@ -209,6 +209,7 @@ class Endpoint:
         self._stun_seen = False
         self.turn = self._relay_sock = self.on_turn_event = None
         self.relayed = {}
+        self.unrelayed: dict[str, Addr] = {}  # moved off the relay by the peer (MOBIKE)
         #: timer wakeups, the CPU time (process time) spent in them, and the part of it
         #: spent in the control side's ``handle_timer``
         self.timer_wakeups = 0
@@ -783,13 +784,15 @@ class Endpoint:
         peer = self.tunnel.peers.get(ev.peer)
         if peer is None:
             return
-        if (ev.peer in self.relayed and self.turn is not None and self._relay_sock is not None
-                and ev.new[0] == self.relayed[ev.peer][0]):  # else: a direct path (MOBIKE)
-            # through the relay still: the server reports it at a new address
+        old = self.relayed.get(ev.peer) or self.unrelayed.get(ev.peer)
+        if (old is not None and self.turn is not None and self._relay_sock is not None
+                and ev.new[0] == old[0]):  # the relay still (or again); else: direct
             self.relayed[ev.peer] = ev.new
             self.turn.add_peer(ev.new, self._loop.time() if self._loop is not None else 0.0)
             peer.sock = self._relay_sock
             return
+        if ev.peer in self.relayed and self.turn is not None:
+            self.unrelayed[ev.peer] = self.relayed.pop(ev.peer)  # the peer moved it off
         peer.sock = sock if sock is not None else self._by_family.get(_family(ev.new))
 
     def _flush_control(self, now: float) -> None:

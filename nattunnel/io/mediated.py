@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable
 from typing import Protocol
 
 from ..addr import Addr, Network, format_addr, sockaddr
-from ..constants import MeNotify
+from ..constants import ME_TYPE_HOST, ME_TYPE_RELAYED, MeNotify
 from ..ike.config import Identity, IkeConfig
 from ..ike.events import Outgoing
 from ..ike.manager import IkeManager, LocalAddressNeeded
@@ -39,6 +39,7 @@ from ..ike.meserver import (
     MediationUp,
     PathFailed,
     PathReady,
+    PeerCandidates,
     PeerOffline,
 )
 from ..ike.message import IkeDecodeError, Notify, decode_message, peek_receiver_spi
@@ -55,6 +56,10 @@ MAX_HOSTS = 8
 #: down: 10 s, doubling up to 120 s, until the peer is up
 RETRY_BASE = 10.0
 RETRY_MAX = 120.0
+
+#: an initiator with a TURN server waits at most this long for its allocation before its
+#: ME_CONNECT (which offers the relayed address as a candidate)
+RELAY_WAIT = 3.0
 
 
 class Inner(Protocol):
@@ -140,6 +145,17 @@ class MediatedControl:
         self._retry_delay: dict[str, float] = {}
         self._was_up: set[str] = set()
         self._now = 0.0  # the last time we were called with (for what next_event sees)
+        #: relay first (docs/traversal.md), set by the application when it has a TURN
+        #: server: our relayed address (None: not allocated); ``on_relay(name, relayed,
+        #: permissions)`` puts a peer on the relay (True: done); ``on_direct(name, path)``
+        #: moves its IKE SA to a direct pair with MOBIKE
+        self.relay_address: Callable[[], Addr | None] | None = None
+        self.on_relay: Callable[[str, Addr, list[Addr]], bool] | None = None
+        self.on_direct: Callable[[str, PathReady], bool] | None = None
+        #: peers on the relay (their relayed address), and their direct path once found
+        self.relayed: dict[str, Addr] = {}
+        self._direct_due: dict[str, PathReady] = {}
+        self._connect_at: float | None = None  # initiator: the ME_CONNECTs wait for TURN
         if client is not None:
             self._asks.append(LocalAddressNeeded(client.server, False))
 
@@ -147,6 +163,7 @@ class MediatedControl:
     def receive_datagram(self, data: bytes, remote: Addr, now: float, *, natt: bool,
                          local: Addr) -> None:
         self._now = now
+        self._sync_relay(now)
         client, server = self.client, self.server
         if client is not None and self._started and client.receive_datagram(
                 data, remote, now, natt=natt, local=local):
@@ -178,8 +195,15 @@ class MediatedControl:
         assert client is not None
         while (ev := client.next_event()) is not None:
             if isinstance(ev, MediationUp):
+                if self.relay_address is not None and self.relay_address() is None:
+                    self._connect_at = now + RELAY_WAIT
+                    continue
                 for name in self.initiate:
                     client.connect(name, now)
+            elif isinstance(ev, PeerCandidates):
+                self._relay_first(ev, now)
+            elif isinstance(ev, PathReady) and ev.name in self.relayed:
+                self._direct_found(ev, now)
             elif isinstance(ev, PathReady):
                 self.paths[ev.name] = ev
                 if ev.initiator:
@@ -187,9 +211,61 @@ class MediatedControl:
             elif isinstance(ev, PathFailed | PeerOffline | MediationDown):
                 name = getattr(ev, "name", "mediation")
                 self.last_error[name] = repr(ev)
-                if isinstance(ev, PathFailed):
+                if isinstance(ev, PathFailed) and ev.name not in self.relayed:
                     self._retry_later(ev.name, now)
         self._outputs += client.datagrams_to_send()
+
+    # --- relay first, then direct ---
+    def _sync_relay(self, now: float) -> None:
+        """Our relayed address (the TURN allocation's) is our relayed candidate; the
+        ME_CONNECTs that waited for it go now (or without it after RELAY_WAIT)."""
+        client = self.client
+        if client is None or self.relay_address is None:
+            return
+        client.relayed = self.relay_address()
+        if self._connect_at is not None and (client.relayed is not None
+                                             or now >= self._connect_at):
+            self._connect_at = None
+            for name in self.initiate:
+                client.connect(name, now)
+
+    def _relay_first(self, ev: PeerCandidates, now: float) -> None:
+        """The peer's candidates: permissions for them on our relay, and with our
+        allocation and the peer's relayed candidate, the peer goes on the relay at once
+        (relayed to relayed, as ``relay = "always"``); the initiator brings the mediated
+        IKE SA up there while the checks of the direct pairs go on."""
+        self.relayed.pop(ev.name, None)
+        self._direct_due.pop(ev.name, None)
+        ours = self.relay_address() if self.relay_address is not None else None
+        theirs = next((c.addr for c in ev.candidates
+                       if c.kind == ME_TYPE_RELAYED and c.addr is not None and c.addr[1]), None)
+        if self.on_relay is None or ours is None or theirs is None or ev.name in self.inner.up:
+            return
+        perms = [c.addr for c in ev.candidates if c.addr is not None
+                 and c.kind not in (ME_TYPE_HOST, ME_TYPE_RELAYED)]
+        if not self.on_relay(ev.name, theirs, perms):
+            return
+        self.relayed[ev.name] = theirs
+        log.info("peer %s: on the relay first (its relayed address %s)", ev.name,
+                 format_addr(theirs))
+        client = self.client
+        if ev.initiator and client is not None:
+            cid = next((s.connect_id for s in client.sessions.values()
+                        if s.name == ev.name and s.initiator), b"")
+            local = sockaddr(client.local[0], client.nat_port)
+            self._initiate_over(PathReady(ev.name, local, theirs, cid, True), now)
+
+    def _direct_found(self, ev: PathReady, now: float) -> None:
+        """A pair passed its checks with a peer on the relay: an initiator moves the IKE
+        SA there (MOBIKE) once it is up; a pair to the peer's relayed address changes
+        nothing."""
+        self.paths[ev.name] = ev
+        if not ev.initiator or ev.remote == self.relayed.get(ev.name):
+            return
+        if ev.name in self.inner.up and self.on_direct is not None:
+            self.on_direct(ev.name, ev)
+        else:
+            self._direct_due[ev.name] = ev
 
     def _retry_later(self, name: str, now: float) -> None:
         if name not in self.initiate or name in self.retry_at:
@@ -226,7 +302,10 @@ class MediatedControl:
         if self.client is None:
             return
         for name in self.inner.up:
-            if name in self.client.peers:
+            due = self._direct_due.pop(name, None)
+            if due is not None and self.on_direct is not None:
+                self.on_direct(name, due)
+            if name in self.client.peers and name not in self.relayed:
                 self.client.ike_arrived(name, now)
                 if name not in self._was_up:
                     self._was_up.add(name)
@@ -275,7 +354,10 @@ class MediatedControl:
                              self.client.get_timer() if self.client and self._started
                              else None,
                              self.server.get_timer() if self.server else None,
-                             min(self.retry_at.values()) if self.retry_at else None)
+                             min(self.retry_at.values()) if self.retry_at else None,
+                             # waiting for the allocation: a look every 0.1 s
+                             min(self._connect_at, self._now + 0.1)
+                             if self._connect_at is not None else None)
                  if t is not None]
         return min(times) if times else None
 
@@ -284,6 +366,7 @@ class MediatedControl:
         self.inner.handle_timer(now)
         self._ike_up(now)
         if self.client is not None and self._started:
+            self._sync_relay(now)
             t = self.client.get_timer()
             if t is not None and t <= now:
                 self.client.handle_timer(now)

@@ -303,6 +303,14 @@ class PathMover:
         sas = self.manager.mobike_sas(name)
         if peer is None:
             return
+        if not sas and path.trying is None and not path.auto:
+            # the responder: the initiator moves the IKE SA (RFC 4555 section 3.5), the
+            # endpoint follows (a peer that moved off the relay is not in ``relayed``)
+            kind = "relay" if name in ep.relayed else "direct"
+            if kind != path.kind:
+                path.kind, path.since = kind, now
+                path.direct = peer.addr if kind == "direct" else path.direct
+            return
         if path.trying is not None:
             if sas and sas[0].path_updates > path.updates_seen and sas[0].remote == path.direct:
                 self._confirmed(path)

@@ -20,8 +20,10 @@ stricter NAT). How each case gets there (``mode``):
   both register with a nattunnel mediation server on B (io/mediated.py), the connectivity
   checks choose the pair (host candidates behind the same NAT, server-reflexive ones
   across), and the tunnel must come up on it: each side's peer address is not B's;
-- no direct path possible (``relay``): through the relay (``relay = "always"``, each side
-  its allocation, the relayed addresses known from the one-port relay ranges).
+- no direct path possible (``relay``): mediated as well, each side with a TURN server and
+  ``relay = "auto"``: its allocation's relayed address is a candidate in ME_CONNECT, the
+  peer goes on the relay at once (relayed address to relayed address) while the direct
+  pairs are checked, and stays there when they fail (io/mediated.py, "relay first").
 """
 
 from __future__ import annotations
@@ -82,6 +84,8 @@ class Case:
     #: the address the initiator reaches the other at (direct cases)
     endpoint: str | None = None
     initiator: str = "left"
+    #: mediated: each side has a TURN server too (relay first, then direct)
+    turn: bool = False
 
     @property
     def path(self) -> str:
@@ -98,16 +102,14 @@ class Result:
 def _run(lab: NatLab, d: Path, case: Case, turn_set: int) -> Result:
     start = time.monotonic()
     b = lab.addr["b"]
-    (lsrv, lrel), (rsrv, rrel) = TURN_SETS[turn_set]
+    (lsrv, _), (rsrv, _) = TURN_SETS[turn_set]
     tag = "-" + re.sub(r"[^a-z0-9-]+", "_", case.name)
-    if case.mode == "mediated":
-        lcfg = mediated_config(d, "l", "r", LEFT_IN, RIGHT_IN, b, initiate=True, tag=tag)
-        rcfg = mediated_config(d, "r", "l", RIGHT_IN, LEFT_IN, b, initiate=False, tag=tag)
-    elif case.mode == "relay":
-        lcfg = config(d, "l", "r", LEFT_IN, RIGHT_IN, endpoint=f"{b}:{rrel}", initiate=True,
-                      relay="always", turn=f"{b}:{lsrv}", tag=tag)
-        rcfg = config(d, "r", "l", RIGHT_IN, LEFT_IN, endpoint=f"{b}:{lrel}",
-                      initiate=False, relay="always", turn=f"{b}:{rsrv}", tag=tag)
+    if case.mode in ("mediated", "relay"):
+        lturn, rturn = (f"{b}:{lsrv}", f"{b}:{rsrv}") if case.turn else (None, None)
+        lcfg = mediated_config(d, "l", "r", LEFT_IN, RIGHT_IN, b, initiate=True, tag=tag,
+                               turn=lturn)
+        rcfg = mediated_config(d, "r", "l", RIGHT_IN, LEFT_IN, b, initiate=False, tag=tag,
+                               turn=rturn)
     else:
         left_starts = case.initiator == "left"
         lcfg = config(d, "l", "r", LEFT_IN, RIGHT_IN,
@@ -117,12 +119,11 @@ def _run(lab: NatLab, d: Path, case: Case, turn_set: int) -> Result:
                       endpoint=None if left_starts else case.endpoint,
                       initiate=not left_starts, turn=f"{b}:{rsrv}", tag=tag)
     right = NodeProc(lab, case.right, rcfg, {})
-    if case.mode == "mediated":
-        # the responder registered before the initiator asks for it: the server holds the
-        # last case's registration of the same identity until then (that node stopped
-        # without deleting its mediation SA), and would forward the ME_CONNECT there
+    if case.mode in ("mediated", "relay"):
+        # the responder registered (and allocated: its relayed candidate) before the
+        # initiator asks for it, so that no case waits for the server's callback
         wait_for("the responder's registration",
-                 lambda: bool((right.status().get("mediation") or {}).get("up")), 10)
+                 lambda: _ready(right.status(), case.turn), 10)
     left = NodeProc(lab, case.left, lcfg, {})
     try:
         return _check(lab, case, left, right, start)
@@ -138,12 +139,23 @@ def _run(lab: NatLab, d: Path, case: Case, turn_set: int) -> Result:
             n.stop()
 
 
+def _ready(status: dict[str, object], relayed: bool) -> bool:
+    med, turn = status.get("mediation"), status.get("turn")
+    return (isinstance(med, dict) and bool(med.get("up"))
+            and (not relayed or (isinstance(turn, dict) and bool(turn.get("relayed")))))
+
+
 def _check(lab: NatLab, case: Case, left: NodeProc, right: NodeProc, start: float) -> Result:
     b = lab.addr["b"]
     if True:
         wait_for(f"{case.name}: ping left to right",
                  lambda: ping_ok(lab, case.left, RIGHT_IN, 1), 25)
         assert ping_ok(lab, case.right, LEFT_IN, 1), f"{case.name}: ping right to left"
+        if case.turn and case.mode == "mediated":  # relay first: then the direct pair
+            wait_for(f"{case.name}: the move to the direct path", lambda: all(
+                n.peer(o)["path"]["kind"] == "direct" for n, o in ((left, "r"), (right, "l"))),
+                10)
+            assert ping_ok(lab, case.left, RIGHT_IN, 1), f"{case.name}: ping after the move"
         peers = [left.peer("r"), right.peer("l")]
         paths = [p["path"]["kind"] for p in peers]
         assert paths == [case.path] * 2, (case, paths)
@@ -165,7 +177,8 @@ def _two_nat_cases() -> list[tuple[str, str, Case]]:
             name = f"{ln}/{rn}"
             if lt and rt:
                 goal = target(ln, rn)
-                case = Case(name, left, right, goal, "mediated" if goal == "direct" else "relay")
+                case = Case(name, left, right, goal, "mediated" if goal == "direct" else "relay",
+                            turn=True)
             elif lt or not rt:  # the left side is NATed, or both are public: left starts
                 case = Case(name, left, right, "direct", "direct", "198.18.0.2:4500"
                             if not rt else "", "left")
@@ -199,16 +212,13 @@ def _matrix_two(d: Path, results: list[Result]) -> None:
         servers = _coturns(lab, d)
         cases = _two_nat_cases()
         for mode in ("direct", "mediated", "relay"):
-            if mode == "mediated":
+            if mode == "mediated":  # kept for the relayed cases
                 mediator = _mediator(lab, d)
-            for j, (ln, rn, case) in enumerate(c for c in cases if c[2].mode == mode):
+            for ln, rn, case in (c for c in cases if c[2].mode == mode):
                 for router, kind in (("r1", TYPES[ln]), ("r2", TYPES[rn])):
                     if kind is not None:
                         lab.set_nat(router, kind)
-                results.append(_run(lab, d, case, j % 2))
-            if mediator is not None:
-                mediator.stop()
-                mediator = None
+                results.append(_run(lab, d, case, len(results) % 2))  # sets in turn
     finally:
         if mediator is not None:
             mediator.stop()
@@ -228,10 +238,11 @@ def _matrix_double(d: Path, results: list[Result]) -> None:
         servers = _coturns(lab, d)
         results.append(_run(lab, d, Case("double/none", "a", "b", "direct", "direct",
                                          "198.18.0.2:4500"), 0))
-        lab.set_nat("r2", SYMMETRIC)
-        results.append(_run(lab, d, Case("double/symmetric", "a", "c", "relay", "relay"), 1))
-        lab.set_nat("r2", FULL_CONE)
         mediator = _mediator(lab, d)
+        lab.set_nat("r2", SYMMETRIC)
+        results.append(_run(lab, d, Case("double/symmetric", "a", "c", "relay", "relay",
+                                         turn=True), 1))
+        lab.set_nat("r2", FULL_CONE)
         results.append(_run(lab, d, Case("double/full", "a", "c", "direct", "mediated"), 0))
     finally:
         if mediator is not None:

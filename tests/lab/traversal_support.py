@@ -143,10 +143,15 @@ def server_config(d: Path, names: list[str], tag: str = "") -> Path:
 
 
 def mediated_config(d: Path, me: str, other: str, mine: str, theirs: str, server: str, *,
-                    initiate: bool, tag: str = "") -> Path:
-    """A peer that reaches ``other`` through the mediation server at ``server``."""
+                    initiate: bool, tag: str = "", turn: str | None = None) -> Path:
+    """A peer that reaches ``other`` through the mediation server at ``server``; with
+    ``turn`` (host:port), a TURN server too: relay first, then direct (``relay = "auto"``)."""
     path = d / f"{me}{tag}.toml"
-    lines = ['listen = ["0.0.0.0:4500"]', "[interface]", 'name = "nt0"',
+    lines = ['listen = ["0.0.0.0:4500"]']
+    if turn is not None:
+        lines.append(f'turn = {{ server = "{turn}", username = "nattunnel", '
+                     'password_file = "turn.pw" }')
+    lines += ["[interface]", 'name = "nt0"',
              f'addresses = ["{mine}/24"]',
              "[[peer]]", 'name = "mediator"', "mediation = true", f'endpoint = "{server}"',
              'auth = "psk"', 'psk_file = "k.psk"', f'local_id = "host{me}"',
