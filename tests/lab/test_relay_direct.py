@@ -8,6 +8,9 @@ there with MOBIKE (UPDATE_SA_ADDRESSES), and the allocation is released after th
 ``keep_relay``. The block comes back: A's liveness checks on the direct path go unanswered
 and the SAs move back to a new allocation within 10 s. A ping at 10 pps runs throughout and
 the losses at each move are counted (and printed).
+
+The same for a mediated peer (no ``endpoint``): relay first through the relayed candidates,
+then the direct pair, and back to the relay when it dies.
 """
 
 from __future__ import annotations
@@ -26,9 +29,11 @@ from tests.lab.traversal_support import (
     NodeProc,
     block_direct,
     config,
+    mediated_config,
     ping_ok,
     require,
     secrets,
+    server_config,
     wait_for,
 )
 
@@ -119,6 +124,67 @@ def test_relay_first_then_direct_and_back(tmp_path: Path) -> None:
                 peer = next(iter(final["peers"].values()))
                 print(n.status_file.name, peer["state"], peer["path"], final["turn"],
                       final["send_errors"], peer["last_error"])
+            print(n.stderr.read_text()[-1500:])
+        if coturn is not None:
+            coturn.stop()
+        lab.close()
+
+
+def _block_host(lab: NatLab, router_ns: str, host: str, on: bool) -> None:
+    """Drop all UDP forwarded between the router's LAN side and ``host`` (every port: the
+    mediated path's ports are the NATs' mappings)."""
+    if on:
+        lab.exec(router_ns, "nft", "-f", "-", input=(
+            "table inet ntblock2 {\n chain blk {\n  type filter hook forward priority -5; "
+            f"policy accept;\n  ip daddr {host} meta l4proto udp drop\n"
+            f"  ip saddr {host} meta l4proto udp drop\n }}\n}}\n"))
+    else:
+        lab.exec(router_ns, "nft", "delete", "table", "inet", "ntblock2", check=False)
+
+
+@pytest.mark.root
+def test_mediated_relay_first_then_direct_and_back(tmp_path: Path) -> None:
+    """Mediated (issue 13, relay first): A behind NAT1 and C behind NAT2 (port restricted
+    both), a nattunnel mediation server and coturn on B, each with ``relay = "auto"``. The
+    relayed candidates put the peer on the relay first, the IKE SA comes up there, then
+    moves to the server-reflexive pair the checks chose; when that path dies, back to the
+    relay within 10 s, and ping works again."""
+    require()
+    secrets(tmp_path)
+    lab = NatLab("two", PORT_RESTRICTED_CONE)
+    nodes: list[NodeProc] = []
+    coturn = None
+    try:
+        b = lab.addr["b"]
+        coturn = Coturn(b, None, tmp_path, lab=lab, ns="b",
+                        relay=Relay(min_port=50000, max_port=50100)).start()
+        nodes.append(NodeProc(lab, "b", server_config(tmp_path, ["a", "c"]), {}))
+        c = NodeProc(lab, "c", mediated_config(tmp_path, "c", "a", RIGHT_IN, LEFT_IN, b,
+                                               initiate=False, turn=f"{b}:3478"), {})
+        nodes.append(c)
+        wait_for("C registered and allocated", lambda: bool(
+            (c.status().get("mediation") or {}).get("up")
+            and (c.status().get("turn") or {}).get("relayed")), 10)
+        a = NodeProc(lab, "a", mediated_config(tmp_path, "a", "c", LEFT_IN, RIGHT_IN, b,
+                                               initiate=True, turn=f"{b}:3478"), {})
+        nodes.append(a)
+        wait_for("the tunnel", lambda: ping_ok(lab, "a", RIGHT_IN), 15)
+        wait_for("the move to the direct pair",
+                 lambda: _kind(a) == "direct" and _kind(c) == "direct", 10)
+        path = a.peer()["path"]
+        assert path["moves_to_direct"] == 1 and path["pair"] and path["via_relay"], path
+        assert path["direct"].startswith("198.18.0.4:"), path  # NAT2's public address
+        assert ping_ok(lab, "a", RIGHT_IN) and ping_ok(lab, "c", LEFT_IN)
+        _block_host(lab, lab.routers["r1"].ns, "198.18.0.4", True)
+        t = wait_for("the fallback to the relay", lambda: _kind(a) == "relay", 10)
+        print(f"\nback on the relay {t:.1f} s after the direct path died")
+        wait_for("the tunnel through the relay again",
+                 lambda: ping_ok(lab, "a", RIGHT_IN), 10)
+        assert ping_ok(lab, "c", LEFT_IN)
+        assert a.peer()["path"]["fallbacks"] == 1
+    finally:
+        for n in nodes:
+            n.stop()
             print(n.stderr.read_text()[-1500:])
         if coturn is not None:
             coturn.stop()
