@@ -19,7 +19,9 @@ stricter NAT). How each case gets there (``mode``):
 - both behind NATs, or behind the same NAT, with a direct path possible (``mediated``):
   both register with a nattunnel mediation server on B (io/mediated.py), the connectivity
   checks choose the pair (host candidates behind the same NAT, server-reflexive ones
-  across), and the tunnel must come up on it: each side's peer address is not B's;
+  across), and the tunnel must come up on it: each side's peer address is not B's. The 13
+  with two NATs also give each side a TURN server (``relay = "auto"``): the tunnel comes
+  up on the relay first (relayed candidates), then must move to the direct pair;
 - no direct path possible (``relay``): mediated as well, each side with a TURN server and
   ``relay = "auto"``: its allocation's relayed address is a candidate in ME_CONNECT, the
   peer goes on the relay at once (relayed address to relayed address) while the direct
