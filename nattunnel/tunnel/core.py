@@ -168,6 +168,7 @@ class Tunnel:
                 )
         self._prefixes.add_all(peer.allowed, peer)
         peer.on_rekey = self.check_rekey
+        peer.on_lane_rekey = self._lane_rekey
         self.peers[name] = peer
         if addr is not None:
             self._by_addr[addr] = peer
@@ -321,6 +322,11 @@ class Tunnel:
         if sa is not None and sa.rekey_needed and not peer.rekey_signalled:
             peer.rekey_signalled = True
             self.events.append(RekeyNeeded(peer.name, sa.spi))
+
+    def _lane_rekey(self, peer: Peer, sa: OutboundSA) -> None:
+        """A child SA routed apart (``Peer.add_child``), not the peer's ``outbound``, passed
+        its soft limit."""
+        self.events.append(RekeyNeeded(peer.name, sa.spi))
 
     # --- datagrams in -------------------------------------------------------------------------
     # One receive path: ``receive`` is a run of one datagram, ``receive_batch`` runs of one

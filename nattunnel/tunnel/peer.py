@@ -95,9 +95,11 @@ class Peer:
         "keepalive_interval",
         "keepalives_received",
         "keepalives_sent",
+        "lane_rekeys",
         "last_rx",
         "last_tx",
         "name",
+        "on_lane_rekey",
         "on_rekey",
         "out_base",
         "outbound",
@@ -165,6 +167,10 @@ class Peer:
         self.rekey_signalled = False
         #: called once when the outbound SA passes its soft limit (the Tunnel raises an event)
         self.on_rekey: Callable[[Peer], None] | None = None
+        #: the same for an outbound SA of a child routed apart that is not ``outbound``
+        #: (once per SA: ``lane_rekeys``)
+        self.on_lane_rekey: Callable[[Peer, OutboundSA], None] | None = None
+        self.lane_rekeys: set[int] = set()
         self.removed = False
         self.drops = drops if drops is not None else DropCounters()
 
@@ -237,14 +243,9 @@ class Peer:
         """As ``encapsulate_into`` for an n-octet inner packet already at ``out[off + 16:]``
         (``OutboundSA.encapsulate_in_place``). A refusal (no SA or address, sequence numbers
         exhausted) is counted in ``drops``."""
-        sa = self.outbound
         if self._apart:  # children with their own selectors: the one for dst, or none
-            sa = self._lane(out, off + _PLAIN_OFF)
-            if sa is None:
-                self.drops.counts[DropReason.NO_ROUTE] += 1
-                return _NO_ROUTE
-            if sa is not self.outbound:
-                self.retired[0] += 1  # ``totals`` counts only ``outbound``'s own packets
+            return self._encapsulate_lane(out, off, n, now)
+        sa = self.outbound
         if sa is None or self.addr is None:
             self.drops.counts[DropReason.NO_ENDPOINT] += 1
             return _NO_ENDPOINT
@@ -257,6 +258,32 @@ class Peer:
         self.tx_bytes += n
         if sa.rekey_needed and not self.rekey_signalled and self.on_rekey is not None:
             self.on_rekey(self)
+        return m
+
+    def _encapsulate_lane(self, out: memoryview, off: int, n: int, now: float) -> int:
+        """``encapsulate_in_place`` on the child SA for the destination (``_lane``)."""
+        sa = self._lane(out, off + _PLAIN_OFF)
+        if sa is None:
+            self.drops.counts[DropReason.NO_ROUTE] += 1
+            return _NO_ROUTE
+        if self.addr is None:
+            self.drops.counts[DropReason.NO_ENDPOINT] += 1
+            return _NO_ENDPOINT
+        try:
+            m = sa.encapsulate_in_place(out, off, n)
+        except SequenceNumberExhausted:
+            self.drops.counts[DropReason.SEQUENCE_EXHAUSTED] += 1
+            return _EXHAUSTED
+        self.last_tx = now
+        self.tx_bytes += n
+        if sa is self.outbound:
+            if sa.rekey_needed and not self.rekey_signalled and self.on_rekey is not None:
+                self.on_rekey(self)
+        else:
+            self.retired[0] += 1  # ``totals`` counts only ``outbound``'s own packets
+            if sa.rekey_needed and sa.spi not in self.lane_rekeys and self.on_lane_rekey:
+                self.lane_rekeys.add(sa.spi)
+                self.on_lane_rekey(self, sa)
         return m
 
     # --- child SAs and their traffic selectors ---------------------------------------------
@@ -274,7 +301,9 @@ class Peer:
     def drop_child(self, spi_in: int) -> None:
         """The child SA of inbound SPI ``spi_in`` is gone: only its prefixes stop going out
         on it (the others' stay). Its inbound SA keeps its source check until removed."""
-        if self.children.pop(spi_in, None) is not None:
+        gone = self.children.pop(spi_in, None)
+        if gone is not None:
+            self.lane_rekeys.discard(gone[0].spi)
             self._rebuild()
 
     def _rebuild(self) -> None:

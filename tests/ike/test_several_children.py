@@ -25,7 +25,7 @@ B2 = ipaddress.ip_network("198.18.60.0/24")
 _SPI = struct.Struct("!I")
 
 
-def _two_children() -> tuple[Net, IkeSa]:
+def _two_children(rekey_packets: int = 0) -> tuple[Net, IkeSa]:
     """B has two subnets behind it (one child config listing both, as allowed_ips does);
     A asks for a child SA per subnet, as charon does with ``children { b1 {...} b2 {...} }``:
     the first in IKE_AUTH, the second by CREATE_CHILD_SA."""
@@ -35,6 +35,7 @@ def _two_children() -> tuple[Net, IkeSa]:
         t.add_peer(name, nets)
     net.cb.local_ts = (B1, B2)
     net.ca.remote_ts = (B1,)
+    net.ca.rekey_packets = rekey_packets
     net.a.initiate("b", 0.0)
     net.deliver(0.0)
     (sa,) = net.a.sas_of("b")
@@ -165,3 +166,24 @@ def test_ipv6_children_routed_apart_with_the_source_check_per_sa() -> None:
     m = sender.encapsulate_into(ip6("fd00:50::7", "fd00:a::1"), out)  # c1's source on c2's SA
     assert t.receive(out, 0, m, B_ADDR, 1.0) == -DropReason.SOURCE_NOT_ALLOWED
     assert peer.child_routes() == {str(c1): 0x3001, str(c2): 0x3002, str(B1): 0x3001}
+
+
+def test_a_packet_lifetime_rekeys_the_child_that_is_not_the_newest() -> None:
+    """rekey_packets on B1's child (not the peer's ``outbound``, which is B2's, the newest):
+    RekeyNeeded names its SPI once, and the rekey replaces only that child."""
+    from nattunnel.tunnel.core import RekeyNeeded
+
+    net, sa = _two_children(rekey_packets=5)
+    kids = _children(sa)
+    peer = net.ta.peers["b"]
+    assert peer.outbound is not None and peer.outbound.spi == kids[(B2,)]
+    net.ta.events.clear()
+    for _ in range(8):
+        _spi_to(net.ta, "198.18.50.7")
+    events = [e for e in net.ta.events if isinstance(e, RekeyNeeded)]
+    assert events == [RekeyNeeded("b", kids[(B1,)])]
+    assert net.a.rekey_outbound(kids[(B1,)], 3.0)
+    net.deliver(3.0)
+    after = _children(sa)
+    assert after[(B2,)] == kids[(B2,)] and after[(B1,)] != kids[(B1,)]
+    assert _spi_to(net.ta, "198.18.50.7") == after[(B1,)]
