@@ -44,6 +44,7 @@ from ..ike.meserver import (
 )
 from ..ike.message import IkeDecodeError, Notify, decode_message, peek_receiver_spi
 from ..tunnel.core import Event as TunnelEvent
+from .endpoint import Control
 from .netwatch import addresses as namespace_addresses
 
 log = logging.getLogger("nattunnel.mediation")
@@ -62,30 +63,12 @@ RETRY_MAX = 120.0
 RELAY_WAIT = 3.0
 
 
-class Inner(Protocol):
-    """The application's control side (``nattunnel.app.Controller``)."""
+class Inner(Control, Protocol):
+    """The application's control side (``nattunnel.app.Controller``): the endpoint's
+    ``Control`` with its IKE manager and the peers that are up."""
 
-    ike_port: int | None
     ike: IkeManager | None
     up: set[str]
-
-    def receive_datagram(self, data: bytes, remote: Addr, now: float, *, natt: bool,
-                         local: Addr) -> None: ...
-
-    def handle_tunnel_event(self, event: TunnelEvent, now: float) -> None: ...
-
-    def datagrams_to_send(self) -> list[Outgoing]: ...
-
-    def next_event(self) -> LocalAddressNeeded | None: ...
-
-    def local_address_found(self, remote: Addr, natt: bool, local: Addr,
-                            now: float) -> None: ...
-
-    def get_timer(self) -> float | None: ...
-
-    def handle_timer(self, now: float) -> None: ...
-
-    def stats(self) -> dict[str, object]: ...
 
 
 def _has_me_mediation(data: bytes) -> bool:
