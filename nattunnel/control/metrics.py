@@ -18,7 +18,8 @@ Labels are bounded, so that a scrape's size depends on the configuration only: `
 configured peer names), ``reason`` (``DropReason`` names; for IKE fragments, the reasons of
 ``ike.fragment.DROP_REASONS``), ``direction`` (``rx``, ``tx``), ``errno`` (the kernel's errno
 names, and ``NO_SOCKET``) and ``exchange`` (the IKE exchange types' names,
-``ike.exchanges.EXCHANGE_NAMES``); anything else becomes ``other``. The info metric's
+``ike.exchanges.EXCHANGE_NAMES``) and ``proto`` (``tcp``, ``udp``: the TUN coalescer's);
+anything else becomes ``other``. The info metric's
 ``version`` has one value.
 """
 
@@ -267,7 +268,35 @@ def endpoint_metrics(s: Mapping[str, Any]) -> list[Metric]:
         _scalar(_gauge("gso_enabled", "1 if UDP GSO is in use"),
                 1.0 if offload.get("gso") else 0.0),
     ]
-    return out
+    return out + coalescer_metrics(s.get("coalescer"))
+
+
+def coalescer_metrics(co: Mapping[str, Any] | None) -> list[Metric]:
+    """The TUN device's coalescer (io/coalesce.py: TCP segments and UDP datagrams joined into
+    GSO super-packets on writes); nothing without one (no TUN device with a vnet header)."""
+    if not co:
+        return []
+    supers = _counter("tun_super_packets", "GSO super-packets written to the TUN device, "
+                      "by protocol", ["proto"])
+    merged = _counter("tun_coalesced", "TCP segments and UDP datagrams that went to the "
+                      "TUN device in a super-packet, by protocol", ["proto"])
+    for proto in ("tcp", "udp"):
+        supers.add_metric([proto], (co.get("super_packets") or {}).get(proto, 0))
+        merged.add_metric([proto], (co.get("coalesced") or {}).get(proto, 0))
+    return [
+        _scalar(_counter("tun_writes", "writes to the TUN device (a packet or a "
+                                       "super-packet each)"), co.get("writes", 0)),
+        _scalar(_counter("tun_single_writes", "packets written to the TUN device as they "
+                                              "came, one per write"), co.get("single", 0)),
+        supers, merged,
+        _scalar(_counter("tun_write_drops", "packets lost to a failed write to the TUN "
+                                            "device"), co.get("write_drops", 0)),
+        _scalar(_counter("tun_uso_refused", "UDP super-packets the kernel refused (EINVAL), "
+                                            "after which UDP datagrams go one per write"),
+                co.get("uso_refused", 0)),
+        _scalar(_gauge("tun_uso_enabled", "1 if UDP datagrams are coalesced on TUN writes "
+                                          "(GSO_UDP_L4)"), 1.0 if co.get("uso") else 0.0),
+    ]
 
 
 def ike_metrics(ike: Mapping[str, Any] | None) -> list[Metric]:
@@ -501,4 +530,4 @@ class MetricsServer:
 
 
 __all__ = ["MAX_CONNECTIONS", "MAX_HEAD", "READ_TIMEOUT", "MetricsServer", "StatusCollector",
-           "endpoint_metrics", "ike_metrics", "peer_metrics"]
+           "coalescer_metrics", "endpoint_metrics", "ike_metrics", "peer_metrics"]

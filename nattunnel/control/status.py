@@ -202,6 +202,8 @@ def snapshot(endpoint: Endpoint, ike: IkeManager | None, now: float, *,
         "send_errors": s["send_errors"],
         "errors": s["errors"],
         "offload": s["offload"],
+        # the TUN device's TCP and UDP coalescer (None: no TUN device with a vnet header)
+        "coalescer": s.get("coalescer"),
         # STUN on the NAT-T socket: the tunnel's demultiplexing and the client's transactions
         "stun": {"demux": s.get("stun"), "client": s.get("stun_client")},
         # the TURN relay's allocation and counters (None: no relay)

@@ -65,9 +65,11 @@ def _ike_sa(sa: dict[str, Any]) -> list[str]:
                      f"{'; drops: ' + drops if drops else ''}")
     for c in sa["children"]:
         rekey = f", rekey in {duration(c['rekey_in'])}" if c["rekey_in"] is not None else ""
-        out = (f", out {octets(c['tx_bytes'])} ({c['tx_packets']} packets)"
-               if c["in_use"] else ", not in use for sending")
-        lines.append(f"    child SA: SPIs in {c['spi_in']} out {c['spi_out']}, {c['suite']}"
+        out = (", not in use for sending" if not c["in_use"] else
+               f", out {c['tx_packets']} packets" if c["tx_bytes"] is None else
+               f", out {octets(c['tx_bytes'])} ({c['tx_packets']} packets)")
+        named = f" {c['name']}" if c.get("name") else ""
+        lines.append(f"    child SA{named}: SPIs in {c['spi_in']} out {c['spi_out']}, {c['suite']}"
                      f"{' ESN' if c['esn'] else ''}, {duration(c['age'])} old{rekey}; "
                      f"in {octets(c['rx_bytes'])} ({c['rx_packets']} packets){out}")
         lines.append(f"      {', '.join(c['local_ts'])} === {', '.join(c['remote_ts'])}")
@@ -161,6 +163,23 @@ def _mediation_server_lines(srv: dict[str, Any] | None) -> list[str]:
                else "")]
 
 
+def _coalescer_line(co: dict[str, Any] | None) -> list[str]:
+    """The TUN device's coalescer (io/coalesce.py): writes, super-packets and what went out
+    in them, whether UDP is coalesced, failed writes."""
+    if not co:
+        return []
+    sp, merged = co.get("super_packets") or {}, co.get("coalesced") or {}
+    line = (f"  TUN writes: {co.get('writes', 0)} ({co.get('single', 0)} single; "
+            f"super-packets: TCP {sp.get('tcp', 0)} of {merged.get('tcp', 0)} segments, "
+            f"UDP {sp.get('udp', 0)} of {merged.get('udp', 0)} datagrams); UDP coalescing "
+            + ("on" if co.get("uso") else "off"))
+    if co.get("uso_refused"):
+        line += " (the kernel refused a UDP super-packet: one datagram per write)"
+    if co.get("write_drops"):
+        line += f"; write drops {co['write_drops']}"
+    return [line]
+
+
 def render(status: dict[str, Any]) -> str:
     """The whole status as text."""
     lines = [f"nattunnel {status['version']}: listening on {', '.join(status['listen'])}, "
@@ -171,6 +190,7 @@ def render(status: dict[str, Any]) -> str:
         if counts:
             lines.append(f"  {title}: " + ", ".join(f"{k} {v}" for k, v in sorted(
                 counts.items())))
+    lines += _coalescer_line(status.get("coalescer"))
     med = status.get("mediation")
     if med:
         lines += _mediation_lines(med)

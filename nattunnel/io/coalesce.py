@@ -112,10 +112,17 @@ class Coalescer:
         self._uopen = False
         self._count = 0
         self._next_id = 0
+        #: counters (``stats``): writes to the device (a packet or a super-packet each),
+        #: super-packets written, the TCP segments and UDP datagrams that went out in one,
+        #: packets lost to a failed write, and UDP super-packets the kernel refused (EINVAL:
+        #: no UDP GSO after all; from then on one datagram per write)
         self.writes = 0
+        self.tcp_super_packets = 0
+        self.udp_super_packets = 0
         self.coalesced = 0  # TCP segments and UDP datagrams that went out in a super-packet
         self.udp_coalesced = 0  # of those, UDP datagrams
         self.write_drops = 0  # packets lost to a failed write
+        self.uso_refused = 0
 
     def write(self, pkt: memoryview) -> None:
         """Queue one decapsulated packet (held by reference until ``flush``)."""
@@ -248,11 +255,12 @@ class Coalescer:
         _U16.pack_into(head, ip + 20 + 16, pseudo)
         _VNET.pack_into(head, 0, VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_TCPV4,
                         hlen, self._mss, 20, 16)
-        self.coalesced += len(parts)
         count = len(parts)
         parts[0] = first[hlen:]
         parts.insert(0, self._headv[:end])
-        self._write(parts, count)
+        if self._write(parts, count):
+            self.tcp_super_packets += 1
+            self.coalesced += count
 
     def _flush_udp(self, length: int, parts: list[bytes | memoryview]) -> None:
         """Write the pending UDP run as one GSO_UDP_L4 super-packet: the first datagram's
@@ -289,16 +297,36 @@ class Coalescer:
             # the kernel takes no UDP GSO after all: one write per datagram from now on
             log.warning("TUN refused a UDP super-packet (%s); writing one datagram each", e)
             self.udp = False
+            self.uso_refused += 1
             for p in parts:
                 self._write([ZERO_HDR, p])
             return
         self.writes += 1
+        self.udp_super_packets += 1
         self.coalesced += len(parts)
         self.udp_coalesced += len(parts)
 
-    def _write(self, parts: list[bytes | memoryview], count: int = 1) -> None:
+    def _write(self, parts: list[bytes | memoryview], count: int = 1) -> bool:
         try:
             os.writev(self.fd, parts)
-            self.writes += 1
         except OSError:
             self.write_drops += count
+            return False
+        self.writes += 1
+        return True
+
+    def stats(self) -> dict[str, object]:
+        """The counters, for the status (``Endpoint.stats``: ``coalescer``) and the metrics.
+        ``single``: packets written as they came, one per write; ``uso``: UDP datagrams are
+        coalesced (the device takes GSO_UDP_L4, and the kernel has not refused one)."""
+        supers = self.tcp_super_packets + self.udp_super_packets
+        return {
+            "uso": self.udp,
+            "writes": self.writes,
+            "single": self.writes - supers,
+            "super_packets": {"tcp": self.tcp_super_packets, "udp": self.udp_super_packets},
+            "coalesced": {"tcp": self.coalesced - self.udp_coalesced,
+                          "udp": self.udp_coalesced},
+            "write_drops": self.write_drops,
+            "uso_refused": self.uso_refused,
+        }

@@ -45,6 +45,7 @@ from ..traversal.turn import Event as TurnEvent
 from ..traversal.turn import TurnClient
 from ..tunnel.core import PeerMoved, Tunnel
 from ..tunnel.peer import Peer
+from .coalesce import Coalescer
 from .ikeside import ERROR_LOG_INTERVAL, SOURCE_CACHE_SIZE, SOURCE_CACHE_TTL, Control, EndpointIke
 from .ikeside import unspecified6 as _unspecified6
 from .interface import InnerInterface, InProcessInterface
@@ -633,6 +634,9 @@ class Endpoint(EndpointIke):
             s.update(self.control.stats())
         s["offload"] = {"gso": self.gso, "gso_sends": self.gso_sends,
                         "gro_batches": self.gro_batches}
+        # the TUN device's coalescer (io/coalesce.py), where the interface has one
+        co = getattr(self.interface, "coalescer", None)
+        s["coalescer"] = co.stats() if isinstance(co, Coalescer) else None
         s["listen"] = [format_addr(a) for a in self.local_addresses()]
         return s
 
