@@ -65,11 +65,9 @@ def _ike_sa(sa: dict[str, Any]) -> list[str]:
                      f"{'; drops: ' + drops if drops else ''}")
     for c in sa["children"]:
         rekey = f", rekey in {duration(c['rekey_in'])}" if c["rekey_in"] is not None else ""
-        out = (", not in use for sending" if not c["in_use"] else
-               f", out {c['tx_packets']} packets" if c["tx_bytes"] is None else
-               f", out {octets(c['tx_bytes'])} ({c['tx_packets']} packets)")
-        named = f" {c['name']}" if c.get("name") else ""
-        lines.append(f"    child SA{named}: SPIs in {c['spi_in']} out {c['spi_out']}, {c['suite']}"
+        out = (f", out {octets(c['tx_bytes'])} ({c['tx_packets']} packets)"
+               if c["in_use"] else ", not in use for sending")
+        lines.append(f"    child SA: SPIs in {c['spi_in']} out {c['spi_out']}, {c['suite']}"
                      f"{' ESN' if c['esn'] else ''}, {duration(c['age'])} old{rekey}; "
                      f"in {octets(c['rx_bytes'])} ({c['rx_packets']} packets){out}")
         lines.append(f"      {', '.join(c['local_ts'])} === {', '.join(c['remote_ts'])}")
