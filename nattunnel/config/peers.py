@@ -4,7 +4,8 @@ checks across peers.
 ``PeerFields.peer`` reads one peer table (an IKE peer's own fields through ``IkeFields``);
 ``load_keys`` reads every key file once the whole file is checked and refuses two SAs on the
 same keying material (AEAD nonce reuse); ``cross_check`` refuses duplicate names, remote_ids,
-inbound SPIs and overlapping ``allowed_ips``.
+inbound SPIs and overlapping ``allowed_ips``. A gateway's template peer (``remote_id =
+"%any"`` or a wildcard, ``nattunnel.ike.templates``) is checked by ``template``.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from ..constants import (
     REPLAY_WINDOW_MIN,
 )
 from ..esp.suite import SUITES, Suite, suite_by_name
-from ..ike.config import Identity
+from ..ike.config import Identity, IkeConfig
+from ..ike.templates import IdentityPattern, parse_pattern
 from ..keys import KeyFileError, load_keymat
 from ..tunnel.peer import KeepaliveMode
 from ..tunnel.prefixes import PrefixTable
@@ -51,8 +53,10 @@ PEER_KEYS: Final = (
     "certs", "cacerts", "crls", "rsa_pss",
     "encap", "dpd_interval", "ike_proposals", "esp_proposals", "local_ts", "rekey_time",
     "rekey_bytes", "rekey_packets", "ike_rekey_time", "relay", "mobike", "vips", "pools",
-    "dns_file", "mediation", "mediated_by", "mediation_peer",
+    "dns_file", "mediation", "mediated_by", "mediation_peer", "max_clients",
 )
+#: the most clients ``max_clients`` may allow (the pools bound it too)
+MAX_CLIENTS: Final = 1 << 20
 
 
 class PeerFields(IkeFields):
@@ -84,10 +88,11 @@ class PeerFields(IkeFields):
         # mediation connection has no inner prefixes
         mediation = self.get(t, "mediation", pre, bool, "true or false", False)
         pooled = "pools" in t and "allowed_ips" not in t
-        bare = pooled or (mediation and "allowed_ips" not in t)
+        templ = _is_pattern(t.get("remote_id"))
+        bare = pooled or templ or (mediation and "allowed_ips" not in t)
         for f, s in [] if bare else self.get_str_list(t, "allowed_ips", pre, expected):
             allowed.append(self.network(f, s))
-        if not allowed and not pooled and not mediation:
+        if not allowed and not pooled and not mediation and not templ:
             raise self.err(pre + "allowed_ips", "is empty; list the inner prefixes this peer "
                                                 "may send from, e.g. [\"198.18.100.2/32\"]")
 
@@ -107,6 +112,7 @@ class PeerFields(IkeFields):
         if auth is not None:
             ike, initiate = self.ike(t, pre, name, auth, endpoint, tuple(allowed), interface,
                                      index)
+            self.template(t, pre, ike, initiate, endpoint)
             ike.replay_window = replay_window
             ike.tfc_pad = tfc_pad
             ike.keepalive_interval = interval
@@ -122,6 +128,9 @@ class PeerFields(IkeFields):
                 mediation=mediation, mediated_by=mediated_by, mediation_peer=mediation_peer,
             )
 
+        if "max_clients" in t:
+            raise self.err(pre + "max_clients", "is for an IKE peer with remote_id = \"%any\" "
+                                                "or a wildcard (a template for many clients)")
         suite, spi_in, spi_out, key_in_path, key_out_path, esn = self.manual_sa(t, pre)
         return PeerConfig(
             name=name, endpoint=endpoint, allowed_ips=tuple(allowed), suite=suite,
@@ -130,6 +139,56 @@ class PeerFields(IkeFields):
             replay_window=replay_window, keepalive=keepalive, behind_nat=behind_nat,
             keepalive_interval=interval, tfc_pad=tfc_pad, relay=relay,
         )
+
+    def identity(self, t: dict[str, Any], key: str, pre: str) -> Identity:
+        """``remote_id`` may also be a pattern (``%any``, ``*@DOMAIN``, ``*.DOMAIN``, a DN
+        with ``*`` values): a template for every client it matches."""
+        text = t.get(key)
+        if isinstance(text, str) and (key == "remote_id" or text.strip().startswith("%")):
+            try:
+                pattern = parse_pattern(text)
+            except ValueError as e:
+                raise self.err(pre + key, f"{show(text)}: {e}") from None
+            if pattern is not None and key != "remote_id":
+                raise self.err(pre + key, f"{show(text)}: only remote_id may be %any or a "
+                                          f"wildcard")
+            if pattern is not None:
+                return pattern
+        return super().identity(t, key, pre)
+
+    def template(self, t: dict[str, Any], pre: str, ike: IkeConfig, initiate: bool,
+                 endpoint: HostPort | None) -> None:
+        """A template peer (``remote_id`` a pattern) answers clients it authenticated by
+        certificate and gives each an address from its pools; ``max_clients``. A PSK is
+        refused: every client would hold the one secret, so any of them could claim any
+        identity the pattern matches, and take that client's address and traffic."""
+        if not isinstance(ike.remote_id, IdentityPattern):
+            if "max_clients" in t:
+                raise self.err(pre + "max_clients", "is for a peer with remote_id = \"%any\" "
+                                                    "or a wildcard (a template for many "
+                                                    "clients)")
+            return
+        what = f"remote_id = {show(str(ike.remote_id))}"
+        if ike.auth != "pubkey" or "cacerts" not in t:
+            field = "remote_id" if ike.auth != "pubkey" else "cacerts"
+            raise self.err(pre + field, f"{what} needs auth = \"pubkey\" with cacerts: each "
+                                        f"client proves its identity with a certificate from "
+                                        f"those CAs. With a PSK (or one raw public key) every "
+                                        f"client shares the secret, and any of them could "
+                                        f"claim another's identity and its address")
+        for key, why in (("endpoint", "it only answers"), ("mediation", "it only answers"),
+                         ("mediated_by", "it only answers"),
+                         ("allowed_ips", "each client's prefix is its virtual IP from pools")):
+            if key in t and t[key] is not False:
+                raise self.err(pre + key, f"is not for a peer with {what}: {why}")
+        if initiate:
+            raise self.err(pre + "initiate", f"must be false with {what}: it only answers")
+        if not ike.pools:
+            raise self.err(pre + "pools", f"is needed with {what}: each client's inner "
+                                          f"address comes from the pools, and its routes "
+                                          f"follow it")
+        if "max_clients" in t:
+            ike.max_clients = self.get_int(t, "max_clients", pre, 1, MAX_CLIENTS)
 
     def mediated(self, t: dict[str, Any], pre: str, mediation: bool,
                  endpoint: HostPort | None) -> tuple[str | None, Identity | None]:
@@ -261,3 +320,13 @@ class PeerFields(IkeFields):
                                           f"every inner address must belong to one prefix "
                                           f"of one peer")
                 held.add(net, (field, p.name))
+
+
+def _is_pattern(remote_id: object) -> bool:
+    """Whether ``remote_id`` writes a pattern (a malformed one too: ``identity`` says why)."""
+    if not isinstance(remote_id, str):
+        return False
+    try:
+        return parse_pattern(remote_id) is not None
+    except ValueError:
+        return True

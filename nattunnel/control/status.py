@@ -146,6 +146,11 @@ def peer_state(name: str, peer: Peer | None, ike: IkeManager | None) -> str:
     return "waiting"
 
 
+def _instance(name: str, ike: IkeManager | None) -> dict[str, str] | None:
+    inst = ike.instance(name) if isinstance(ike, RoadWarriorManager) else None
+    return {"template": inst.template, "identity": str(inst.identity)} if inst else None
+
+
 def peer_status(name: str, endpoint: Endpoint, ike: IkeManager | None,
                 now: float) -> dict[str, Any]:
     peer = endpoint.tunnel.peers.get(name)
@@ -158,6 +163,8 @@ def peer_status(name: str, endpoint: Endpoint, ike: IkeManager | None,
     return {
         "name": name,
         "kind": "ike" if managed else "manual",
+        # a template's client (remote_id = "%any", docs/road-warrior.md): template, identity
+        "instance": _instance(name, ike),
         "state": peer_state(name, peer, ike),
         "endpoint": format_addr(peer.addr) if peer and peer.addr else None,
         "allowed_ips": [str(n) for n in peer.allowed] if peer else [],

@@ -189,6 +189,9 @@ class IkeConfig:
     dns_file: str = "/etc/resolv.conf"
     #: a gateway: the pools its clients' addresses and DNS servers come from (``pools``)
     pools: tuple[AddressPool, ...] = ()
+    #: a template gateway peer (``remote_id = "%any"`` or a wildcard, nattunnel.ike.templates):
+    #: at most this many clients at once (0: as many as its pools have addresses)
+    max_clients: int = 0
     #: IKE fragmentation (RFC 7383): offer IKEV2_FRAGMENTATION_SUPPORTED in IKE_SA_INIT
     #: and, when both sent it, send an encrypted message whose IP datagram would pass
     #: ``fragment_size`` octets as fragments. Off for a bare IkeConfig; a configuration

@@ -11,7 +11,12 @@
 - pools release the address of a client that has no IKE SA any more (``is_live``); a
   peer added by a reload shares the running pools of the same name and range;
 - an IKE SA rekey (section 2.8) carries the addresses to the new IKE SA;
-- ``stats`` has each pool's addresses in use, handed out, and refused for want of one.
+- ``stats`` has each pool's addresses in use, handed out, and refused for want of one;
+- a template peer (``remote_id = "%any"`` or a wildcard, ``nattunnel.ike.templates``) stands
+  for every client it matches: a client that authenticated becomes an instance of it, a peer
+  of its own (``TEMPLATE[IDENTITY]``: its IKE SAs, its lease, its tunnel peer routed to its
+  virtual IP) that goes when its last IKE SA does. A newer IKE SA of the same identity
+  replaces the older (strongSwan's ``uniqueids = yes``).
 """
 
 from __future__ import annotations
@@ -20,16 +25,28 @@ import logging
 
 from ..addr import Network
 from ..tunnel.peer import Peer
-from .events import ChildRefused, IkeRekeyed
+from .base import State
+from .config import Identity, IkeConfig
+from .events import ChildRefused, DownCause, IkeDown, IkeRekeyed, IkeUp
 from .manager import IkeManager, IkePeer
 from .pool import AddressPool
 from .sa import IkeSa
+from .templates import Instance, Templates
 
 log = logging.getLogger("nattunnel")
 
 
 class RoadWarriorManager(IkeManager):
     """``IkeManager`` with virtual IPs: pools, and tunnel prefixes that follow them."""
+
+    #: the template peers and their instances (created at first use)
+    _templates: Templates | None = None
+
+    @property
+    def templates(self) -> Templates:
+        if self._templates is None:
+            self._templates = Templates()
+        return self._templates
 
     def add_peer(self, peer: IkePeer, now: float) -> None:
         """A peer added by ``nattunnel reload`` shares the pools (and their leases) of the
@@ -39,6 +56,100 @@ class RoadWarriorManager(IkeManager):
         for pool in peer.config.pools:
             pool.is_live = self._has_sa
         super().add_peer(peer, now)
+        if Templates.is_template(peer.config):
+            self.templates.add(peer.config)
+
+    # --- templates: one peer for many clients (nattunnel.ike.templates) ---------------------
+    def _lookup(self, idi: Identity, idr: Identity | None) -> IkeConfig | None:
+        """A peer that names ``idi`` (a client's instance too) wins over a template."""
+        found = super()._lookup(idi, idr)
+        if found is None and self._templates is not None:
+            found = self._templates.lookup(idi, idr)
+        return found
+
+    def instance(self, name: str) -> Instance | None:
+        """The instance of a template named ``name``, if it is one."""
+        return self._templates.instances.get(name) if self._templates else None
+
+    def _ike_up(self, ev: IkeUp, now: float) -> None:
+        ike = ev.ike
+        tpl = self._templates.template_of(ike.name) if self._templates else None
+        if tpl is not None and not self._instantiate(ike, tpl, now):
+            return
+        super()._ike_up(ev, now)
+
+    def _instantiate(self, ike: IkeSa, template: str, now: float) -> bool:
+        """The authenticated IKE SA ``ike`` of a template's client: its instance (made now if
+        it is the client's first), its older IKE SAs deleted; False (and ``ike`` deleted) if
+        the client has no virtual IP or the template no room for another client."""
+        assert ike.config is not None and self._templates is not None
+        name = ike.name
+        if name not in self._templates.instances:
+            why = ("it has no virtual IP from the pools (no CFG_REQUEST, or none free)"
+                   if not ike.peer_virtual_ips else
+                   None if self._templates.room(template) else
+                   "the peer has as many clients as max_clients or its pools allow")
+            if why is not None:
+                log.warning("peer %s: client %s authenticated, but %s: deleting its IKE SA",
+                            template, ike.config.remote_id, why)
+                self.last_error[template] = f"client {ike.config.remote_id} refused: {why}"
+                ike.delete(now)
+                self._process(ike, now)  # the Delete goes now (its other events with it)
+                return False
+            self._templates.register(ike.config, template)
+            self.add_peer(IkePeer(ike.config, initiate=False, remote=None), now)
+            self.tunnel.add_peer(name, (), keepalive_interval=ike.config.keepalive_interval,
+                                 now=now)
+            log.info("peer %s: client %s is peer %s", template, ike.config.remote_id, name)
+        elif not ike.initial_contact:  # with INITIAL_CONTACT the manager forgets them
+            for old in self.sas_of(name):
+                if old is not ike and old.established and not old.rekeyed:
+                    log.info("peer %s: a newer IKE SA of the same identity replaces the "
+                             "older (uniqueids)", name)
+                    old.delete(now)
+                    self._process(old, now)
+        return True
+
+    def _ike_down(self, ev: IkeDown, now: float) -> None:
+        name = ev.ike.name
+        tpl = self._templates.template_of(name) if self._templates else None
+        super()._ike_down(ev, now)
+        if tpl is None or self._templates is None:
+            return
+        if name not in self._templates.instances:
+            # never an instance (authentication failed, or refused): nothing by its name
+            err = self.last_error.pop(name, None)
+            if err is not None and ev.ike.config is not None \
+                    and ev.cause is not DownCause.DELETED:  # ours: _instantiate said why
+                self.last_error[tpl] = f"client {ev.ike.config.remote_id}: {err}"
+            self.peer_counters.pop(name, None)
+            self.last_handshake.pop(name, None)
+        elif not any(sa is not ev.ike and sa.state is not State.DEAD
+                     for sa in self.sas_of(name)):
+            self._drop_instance(name, now)
+
+    def _drop_instance(self, name: str, now: float) -> None:
+        """The instance's last IKE SA went: the instance, its lease and tunnel peer go."""
+        assert self._templates is not None
+        inst = self._templates.instances.pop(name)
+        peer = self.peers.get(name)
+        if peer is not None:
+            self.remove_peer(name, now)
+            for pool in peer.config.pools:
+                pool.release(name)
+        if name in self.tunnel.peers:
+            self.tunnel.remove_peer(name)
+        log.info("peer %s: client %s gone (peer %s removed)", inst.template, inst.identity,
+                 name)
+
+    def remove_peer(self, name: str, now: float) -> None:
+        """A template that goes takes its instances with it (a Delete for each IKE SA;
+        each instance goes with its last)."""
+        if self._templates is not None and name in self._templates.configs:
+            for inst in self._templates.remove(name):
+                if inst.name in self.peers:
+                    self.terminate(inst.name, now)
+        super().remove_peer(name, now)
 
     def _has_sa(self, name: str) -> bool:
         return bool(self.sas_of(name))
@@ -101,4 +212,7 @@ class RoadWarriorManager(IkeManager):
     def stats(self) -> dict[str, object]:
         out = super().stats()
         out["pools"] = [p.stats() for p in self.pools()]
+        if self._templates is not None:
+            out["instances"] = {i.name: {"template": i.template, "identity": str(i.identity)}
+                                for i in self._templates.instances.values()}
         return out
