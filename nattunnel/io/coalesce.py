@@ -1,10 +1,11 @@
 """TCP and UDP coalescing for TUN writes with a virtio-net header (IFF_VNET_HDR).
 
 Decapsulated IPv4 TCP segments that continue one another (same addresses and ports, next
-sequence number, same header length, only ACK/PSH set, payloads of one size with possibly a
-shorter last one) are joined into one GSO super-packet: one ``writev`` to the TUN device
-instead of dozens, and the kernel's TCP receive path handles them as one (fewer ACKs back
-through the tunnel). The virtio-net header says how to cut it again (``gso_size``) and that the
+sequence number, same header length, the same TOS, TTL and DF as the kernel's GRO asks, so
+that an ECN CE mark is never merged away; only ACK/PSH set, payloads of one size with
+possibly a shorter last one) are joined into one GSO super-packet: one ``writev`` to the TUN
+device instead of dozens, and the kernel's TCP receive path handles them as one (fewer ACKs
+back through the tunnel). The virtio-net header says how to cut it again (``gso_size``) and that the
 TCP checksum is still to be completed (``NEEDS_CSUM``: the field holds the pseudo-header sum).
 
 Where the device takes UDP segmentation offload (Linux 6.2 and later: ``TunDevice`` probes it
@@ -43,12 +44,12 @@ UDP_MAX_SEGMENTS: Final = 64
 ZERO_HDR: Final = bytes(VNET_HDR_LEN)
 
 _VNET: Final = struct.Struct("=BBHHHH")
-#: IPv4 and TCP headers at once: version/IHL, total length, flags/fragment offset, protocol,
-#: addresses, ports (one 32-bit value), sequence number, acknowledgment, data offset, flags,
-#: window
-_HDR: Final = struct.Struct("!BxHxxHxBxx8sIIIBBH")
+#: IPv4 and TCP headers at once: version/IHL, TOS, total length, flags/fragment offset, TTL,
+#: protocol, addresses, ports (one 32-bit value), sequence number, acknowledgment, data
+#: offset, flags, window
+_HDR: Final = struct.Struct("!BBHxxHBBxx8sIIIBBH")
 #: the same, then the 12 octets of options a segment with timestamps carries
-_HDR52: Final = struct.Struct("!BxHxxHxBxx8sIIIBBH4x12s")
+_HDR52: Final = struct.Struct("!BBHxxHBBxx8sIIIBBH4x12s")
 _U16: Final = struct.Struct("!H")
 #: IPv4 and UDP headers: TOS, total length, identification, flags/fragment offset, TTL,
 #: protocol, addresses, ports (one 32-bit value), UDP length
@@ -99,8 +100,9 @@ class Coalescer:
         self._parts: list[bytes | memoryview] = []  # what the pending write consists of
         self._len = 0  # octets of the pending super-packet (IP header onwards), 0 if none
         #: what every segment of the run shares: addresses, ports, acknowledgment, window,
-        #: header length and options (tcp_gro_receive merges nothing else)
-        self._flow: tuple[bytes, int, int, int, int, bytes] | None = None
+        #: header length and options (tcp_gro_receive merges nothing else), TOS, TTL and
+        #: the DF bit (inet_gro_flush)
+        self._flow: tuple[bytes, int, int, int, int, bytes, int, int, int] | None = None
         self._next_seq = 0
         self._mss = 0
         self._open = False  # may take more segments
@@ -136,10 +138,10 @@ class Coalescer:
                     self._write([ZERO_HDR, pkt])
                 return
         if n > 52:
-            (vihl, total, frag, proto, addrs, ports, seq, ack, doff, flags, window,
+            (vihl, tos, total, frag, ttl, proto, addrs, ports, seq, ack, doff, flags, window,
              options) = _HDR52.unpack_from(pkt)
         elif n > 40:
-            (vihl, total, frag, proto, addrs, ports, seq, ack, doff, flags,
+            (vihl, tos, total, frag, ttl, proto, addrs, ports, seq, ack, doff, flags,
              window) = _HDR.unpack_from(pkt)
             options = b""
         else:
@@ -151,9 +153,12 @@ class Coalescer:
             if plen > 0:
                 if hlen != 52:
                     options = bytes(pkt[40:hlen])
-                # what the kernel's own TCP GRO asks (tcp_gro_receive): the same flow,
-                # the next sequence number, the same acknowledgment, window and options
-                flow = (addrs, ports, ack, window, hlen, options)
+                # what the kernel's own GRO asks (tcp_gro_receive): the same flow, the next
+                # sequence number, the same acknowledgment, window and options; and
+                # (inet_gro_flush) the same TOS, TTL and DF: a segment whose TOS differs
+                # (its ECN field CE, say) starts a run of its own, so that the mark
+                # reaches the receiver (the super-packet carries the first one's header)
+                flow = (addrs, ports, ack, window, hlen, options, tos, ttl, frag)
                 if (seq == self._next_seq and self._open and flow == self._flow
                         and plen <= self._mss and self._len + plen <= _MAX):
                     self._parts.append(pkt[hlen:])
