@@ -5,8 +5,9 @@ sequence number, same header length, the same TOS, TTL and DF as the kernel's GR
 that an ECN CE mark is never merged away; only ACK/PSH set, payloads of one size with
 possibly a shorter last one) are joined into one GSO super-packet: one ``writev`` to the TUN
 device instead of dozens, and the kernel's TCP receive path handles them as one (fewer ACKs
-back through the tunnel). The virtio-net header says how to cut it again (``gso_size``) and that the
-TCP checksum is still to be completed (``NEEDS_CSUM``: the field holds the pseudo-header sum).
+back through the tunnel). The virtio-net header says how to cut it again (``gso_size``) and
+that the TCP checksum is still to be completed (``NEEDS_CSUM``: the field holds the
+pseudo-header sum).
 
 Where the device takes UDP segmentation offload (Linux 6.2 and later: ``TunDevice`` probes it
 with TUNSETOFFLOAD, ``uso``), consecutive UDP datagrams of one flow (IPv4 or IPv6: the same
