@@ -23,6 +23,7 @@ from ..ike.grammar import parse_esp_proposal, parse_ike_proposal
 from ..ike.proposals import DEFAULT_ESP_PROPOSALS, DEFAULT_IKE_PROPOSALS
 from ..keys import KeyFileError, load_ed25519_private, load_ed25519_public, load_psk, public_key_b64
 from .certfields import SUBJECT_ID, cert_credentials, pubkey_files
+from .children import ChildrenFields
 from .fields import show
 from .model import (
     DEFAULT_DPD_INTERVAL,
@@ -45,6 +46,7 @@ IKE_KEYS: Final = (
     "certs", "cacerts", "crls", "rsa_pss",
     "encap", "dpd_interval", "ike_proposals", "esp_proposals", "local_ts", "rekey_time",
     "rekey_bytes", "rekey_packets", "ike_rekey_time", "mobike", "vips", "pools", "dns_file",
+    "children",
 )
 #: IKE fragmentation (RFC 7383): the smallest and largest ``fragment_size``, octets of the IP
 #: datagram (128 leaves 15 octets of payloads in an IPv6 fragment on port 4500: for tests;
@@ -108,7 +110,7 @@ class _IkeConfig(IkeConfig):
                 f"force_encap={self.force_encap}, dpd_interval={self.dpd_interval})")
 
 
-class IkeFields(RoadWarriorFields):
+class IkeFields(RoadWarriorFields, ChildrenFields):
     """The IKEv2 fields of a peer; ``ike_files`` keeps each IKE peer's credential files (by
     peer index) until ``ike_credentials`` reads them."""
 
@@ -217,12 +219,14 @@ class IkeFields(RoadWarriorFields):
                                                  "derive the local traffic selectors from; "
                                                  "give local_ts, e.g. "
                                                  "[\"198.18.100.1/32\"]")
+        children = self.children(t, pre, local_ts, remote_ts, vips=bool(vips))
         return self.with_fragmentation(t, pre, _IkeConfig(
             name=name, local_id=local_id, remote_id=remote_id, auth=auth.value,
             local_ts=local_ts, remote_ts=remote_ts, ike_proposals=ike_proposals,
             esp_proposals=esp_proposals, force_encap=encap == "force", dpd_interval=dpd,
             child_rekey_time=rekey, rekey_bytes=rekey_bytes, rekey_packets=rekey_packets,
             ike_rekey_time=ike_rekey, mobike=mobike, vips=vips, dns_file=dns_file, pools=pools,
+            children=children,
         )), initiate
 
     def with_fragmentation(self, t: dict[str, Any], pre: str, ike: IkeConfig) -> IkeConfig:

@@ -46,7 +46,7 @@ from .model import (
 PEER_NAME: Final = re.compile(r"[A-Za-z0-9_.-]+")
 #: every field of a [[peer]] table, of either kind
 PEER_KEYS: Final = (
-    "fragmentation", "fragment_size",
+    "fragmentation", "fragment_size", "children",
     "name", "endpoint", "allowed_ips", "suite", "spi_in", "spi_out", "key_in", "key_out",
     "esn", "replay_window", "keepalive", "behind_nat", "keepalive_interval", "tfc_pad",
     "auth", "local_id", "remote_id", "psk_file", "private_key", "peer_public_key", "initiate",

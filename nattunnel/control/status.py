@@ -41,10 +41,10 @@ def _spi(spi: int) -> str:
 def _child(child: Child, peer: Peer | None, ike: IkeManager, endpoint: Endpoint,
            now: float) -> dict[str, Any]:
     inbound = endpoint.tunnel.inbound_sa(child.spi_in)
-    out = peer.outbound if peer is not None else None
-    in_use = out is not None and out.spi == child.spi_out
+    out = peer.sending_sa(child.spi_out) if peer is not None else None
+    in_use = out is not None
     return {
-        "spi_in": _spi(child.spi_in), "spi_out": _spi(child.spi_out),
+        "name": child.name, "spi_in": _spi(child.spi_in), "spi_out": _spi(child.spi_out),
         "suite": child.suite.name, "esn": child.esn,
         "local_ts": [str(n) for n in child.local_ts],
         "remote_ts": [str(n) for n in child.remote_ts],
@@ -56,7 +56,8 @@ def _child(child: Child, peer: Peer | None, ike: IkeManager, endpoint: Endpoint,
         "rx_bytes": inbound.bytes if inbound is not None else 0,
         # octets out are counted per peer; per SA only for the one in use
         "tx_packets": out.packets if in_use and out is not None else None,
-        "tx_bytes": peer.outbound_bytes() if in_use and peer is not None else None,
+        "tx_bytes": (peer.outbound_bytes() if peer is not None and out is peer.outbound
+                     else None),
     }
 
 

@@ -46,7 +46,7 @@ def _nat(nat: dict[str, bool] | None) -> str:
     return " (NAT: none)"
 
 
-def _ike_sa(sa: dict[str, Any]) -> list[str]:
+def _ike_sa(sa: dict[str, Any], peer: str = "") -> list[str]:
     role = "initiator" if sa["initiator"] else "responder"
     rekey = f", rekey in {duration(sa['rekey_in'])}" if sa["rekey_in"] is not None else ""
     lines = [f"  IKE SA: {sa['state']}{' (rekeyed)' if sa['rekeyed'] else ''}, {role}, "
@@ -65,9 +65,11 @@ def _ike_sa(sa: dict[str, Any]) -> list[str]:
                      f"{'; drops: ' + drops if drops else ''}")
     for c in sa["children"]:
         rekey = f", rekey in {duration(c['rekey_in'])}" if c["rekey_in"] is not None else ""
-        out = (f", out {octets(c['tx_bytes'])} ({c['tx_packets']} packets)"
-               if c["in_use"] else ", not in use for sending")
-        lines.append(f"    child SA: SPIs in {c['spi_in']} out {c['spi_out']}, {c['suite']}"
+        out = (", not in use for sending" if not c["in_use"] else
+               f", out {c['tx_packets']} packets" if c["tx_bytes"] is None else
+               f", out {octets(c['tx_bytes'])} ({c['tx_packets']} packets)")
+        named = f" {c['name']}" if c.get("name") not in ("", None, peer) else ""
+        lines.append(f"    child SA{named}: SPIs in {c['spi_in']} out {c['spi_out']}, {c['suite']}"
                      f"{' ESN' if c['esn'] else ''}, {duration(c['age'])} old{rekey}; "
                      f"in {octets(c['rx_bytes'])} ({c['rx_packets']} packets){out}")
         lines.append(f"      {', '.join(c['local_ts'])} === {', '.join(c['remote_ts'])}")
@@ -79,7 +81,7 @@ def peer_block(p: dict[str, Any], mediated: dict[str, Any] | None = None) -> lis
     lines.append(f"  endpoint: {p['endpoint'] or 'not known yet'}{_nat(p['nat'])}")
     lines.append(f"  allowed ips: {', '.join(p['allowed_ips']) or 'none'}")
     for sa in p["ike_sas"]:
-        lines += _ike_sa(sa)
+        lines += _ike_sa(sa, p["name"])
     lines.append(f"  transfer: {octets(p['rx_bytes'])} received ({p['rx_packets']} packets), "
                  f"{octets(p['tx_bytes'])} sent ({p['tx_packets']} packets)")
     handshake = (f"; last handshake: {duration(p['last_handshake'])} ago"

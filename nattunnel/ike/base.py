@@ -27,7 +27,7 @@ from ..constants import (
 )
 from ..esp.suite import Suite
 from . import crypto as kc
-from .config import CHILD_RETRY_BASE, CHILD_RETRY_MAX, Identity, IkeConfig
+from .config import CHILD_RETRY_BASE, CHILD_RETRY_MAX, ChildConfig, Identity, IkeConfig
 from .events import ChildDown, ChildRefused, ChildUp, DownCause, Event, IkeDown, Outgoing
 from .fragment import (
     MAX_UNAUTHENTICATED,
@@ -94,6 +94,8 @@ class Child:
     expire_at: float | None = None
     #: the rekey at ``rekey_at`` is a retry after TEMPORARY_FAILURE (for the log)
     rekey_retry: bool = False
+    #: the child of our configuration it is (``ChildConfig.name``; a rekey keeps it)
+    name: str = ""
 
 
 class RequestKind(Enum):
@@ -117,9 +119,11 @@ class RequestKind(Enum):
 # --- what each kind of request remembers until its response ----------------------------------
 @dataclass(frozen=True)
 class AuthContext:
-    """IKE_AUTH: the inbound SPI we offered for the first child SA."""
+    """IKE_AUTH: the inbound SPI we offered for the first child SA, and the child it is
+    (the first of ``IkeConfig.child_configs``; None for a mediation connection)."""
 
     spi_in: int
+    child: ChildConfig | None = None
 
 
 @dataclass(frozen=True)
@@ -130,16 +134,20 @@ class RekeyChildContext:
     old: int
     #: our key exchange, with PFS
     kex: kc.KeyExchange | None
+    #: the traffic selectors we offered (the old SA's): the answer may narrow them only
+    local_ts: tuple[Network, ...] = ()
+    remote_ts: tuple[Network, ...] = ()
 
 
 @dataclass(frozen=True)
 class CreateChildContext:
     """A new child SA (CREATE_CHILD_SA without REKEY_SA, section 1.3.1): our inbound SPI,
-    our nonce and key exchange (with PFS)."""
+    our nonce and key exchange (with PFS), and the child of our configuration it is."""
 
     spi_in: int
     ni: bytes
     kex: kc.KeyExchange | None
+    child: ChildConfig | None = None
 
 
 @dataclass(frozen=True)
@@ -320,19 +328,21 @@ class SaCore:
         #: child SAs gone past their hard lifetime while a request of ours was outstanding:
         #: their Delete goes as soon as the window is free
         self._unsent_deletes: list[Child] = []
-        #: a child SA the peer refused: when we ask again for it (None: we do not), and
-        #: the wait after the next refusal
-        self.child_retry_at: float | None = None
-        self._child_retry_delay = CHILD_RETRY_BASE
         self._init_extensions()
         #: the time of the last call with a ``now``, and the deadline last logged
         self._clock = now
         self._logged_deadline: Deadline | None = None
 
     def _init_extensions(self) -> None:
-        """The state of MOBIKE (RFC 4555) and IKE fragmentation (RFC 7383)."""
+        """The state of MOBIKE (RFC 4555) and IKE fragmentation (RFC 7383); the children
+        of our configuration still to ask for."""
         self._init_mobike()
         self._init_fragmentation()
+        #: the child SAs of our configuration still to ask for (those after the first, once
+        #: IKE_AUTH is answered; one the peer refused), by name, each with when to ask; and
+        #: the wait after each one's next refusal
+        self._wanted: dict[str, float] = {}
+        self._retry_delays: dict[str, float] = {}
 
     def _init_fragmentation(self) -> None:
         #: IKE fragmentation (RFC 7383): both sides sent IKEV2_FRAGMENTATION_SUPPORTED in
@@ -627,8 +637,7 @@ class SaCore:
         new._derive(prop, g_ir, seed)
         new._established(now)
         new.natt = self.natt
-        new.child_retry_at, new._child_retry_delay = (self.child_retry_at,
-                                                      self._child_retry_delay)
+        new._wanted, new._retry_delays = dict(self._wanted), dict(self._retry_delays)
         new.local_behind_nat, new.remote_behind_nat = (self.local_behind_nat,
                                                        self.remote_behind_nat)
         new.mobike, new.peer_addresses = self.mobike, self.peer_addresses
@@ -639,6 +648,29 @@ class SaCore:
         return new
 
     # --- life cycle and child SAs --------------------------------------------------------------
+    @property
+    def child_retry_at(self) -> float | None:
+        """When we next ask for a child SA of our configuration (one the peer refused, or
+        one not asked for yet), or None."""
+        return min(self._wanted.values()) if self._wanted else None
+
+    def _next_wanted(self, now: float) -> ChildConfig | None:
+        """The child SA of our configuration due to be asked for at ``now`` (taken off the
+        list), or None."""
+        due = [c for c, at in self._wanted.items() if at <= now]
+        if not due:
+            return None
+        first = min(due, key=self._wanted.__getitem__)
+        del self._wanted[first]
+        return self._child_config(first)
+
+    def _child_config(self, name: str | None) -> ChildConfig:
+        """The child of our configuration called ``name``, or the first (None, or a name
+        a reload took away)."""
+        assert self.config is not None
+        children = self.config.child_configs()
+        return next((c for c in children if c.name == name), children[0])
+
     def _soft_deadline(self, lifetime: float) -> float | None:
         """When to start a rekey: ``lifetime`` after now, less a random jitter (section 2.8:
         so that two peers with the same lifetime rarely start at once)."""
@@ -654,31 +686,40 @@ class SaCore:
             self.ike_rekey_at = self._soft_deadline(self.config.ike_rekey_time)
 
     def _add_child(self, child: Child, *, keymat_in: bytes, keymat_out: bytes,
-                   replaces: int | None) -> None:
+                   replaces: int | None, made_for: ChildConfig | None = None) -> None:
+        """Install ``child``; ``made_for``: the child of our configuration it is (asked for
+        by us, or the one the peer's request was narrowed to), no longer to be asked for."""
         if self.config is not None:
             child.rekey_at = self._soft_deadline(self.config.child_rekey_time)
             if self.config.child_rekey_time > 0:
                 # hard lifetime: the soft one plus the jitter range again
                 child.expire_at = self.last_rx + self.config.child_rekey_time * (
                     1 + self.config.rekey_jitter)
+        if made_for is not None:
+            child.name = made_for.name
+        elif replaces is not None:
+            child.name = next((c.name for c in self.children if c.spi_in == replaces), "")
         self.children.append(child)
-        # a child SA we asked for again, or one the peer made: no more asking
-        self.child_retry_at = None
-        self._child_retry_delay = CHILD_RETRY_BASE
+        if made_for is not None:  # a child SA we asked for, or one the peer made: no more asking
+            self._wanted.pop(made_for.name, None)
+            self._retry_delays.pop(made_for.name, None)
         self._events.append(ChildUp(self._me(), child.spi_in, child.spi_out, child.suite,
                                     child.esn, keymat_in, keymat_out, child.local_ts,
                                     child.remote_ts, replaces))
 
-    def _child_refused(self, reason: str, now: float, delay: float | None = None) -> None:
-        """The peer refused the child SA we asked for: the IKE SA stays, and we ask again
-        (``create_child``) on this SA's timer after ``delay``, by default the backoff:
-        CHILD_RETRY_BASE, doubling at each refusal up to CHILD_RETRY_MAX."""
+    def _child_refused(self, reason: str, now: float, delay: float | None = None, *,
+                       child: ChildConfig | None = None) -> None:
+        """The peer refused the child SA we asked for (``child``, by default our first): the
+        IKE SA stays, and we ask again (``create_child``) on this SA's timer after ``delay``,
+        by default the backoff: CHILD_RETRY_BASE, doubling at each refusal up to
+        CHILD_RETRY_MAX."""
+        name = self._child_config(None).name if child is None else child.name
         if delay is None:
-            delay = self._child_retry_delay
-            self._child_retry_delay = min(delay * 2, CHILD_RETRY_MAX)
-        self.child_retry_at = now + delay
-        self._debug("child SA refused: %s; asking again in %.0f s", reason, delay)
-        self._events.append(ChildRefused(self._me(), reason, self.child_retry_at))
+            delay = self._retry_delays.get(name, CHILD_RETRY_BASE)
+            self._retry_delays[name] = min(delay * 2, CHILD_RETRY_MAX)
+        self._wanted[name] = now + delay
+        self._debug("child SA %s refused: %s; asking again in %.0f s", name, reason, delay)
+        self._events.append(ChildRefused(self._me(), reason, now + delay))
 
     def _child_down(self, child: Child) -> None:
         """``child`` is gone (deleted, or past its hard lifetime): out of the list, and its

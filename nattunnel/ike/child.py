@@ -36,7 +36,7 @@ from .base import (
     notify_name,
     retry_delay,
 )
-from .config import IkeConfig
+from .config import ChildConfig, IkeConfig
 from .events import ChildDown, DownCause
 from .message import (
     CP,
@@ -170,9 +170,15 @@ class ChildSaExchanges(SaCore):
             except ValueError:  # wrong length, not on the curve, degenerate
                 self._debug("refusing the child SA: a bad KE payload")
                 return [Notify(NotifyType.INVALID_SYNTAX)], None
-        # their TSi is their side (our remote), their TSr our side
-        remote_ts = tuple(narrow(tsi.selectors, self.peer_virtual_ips or self.config.remote_ts))
-        local_ts = tuple(narrow(tsr.selectors, self.virtual_ips or self.config.local_ts))
+        # their TSi is their side (our remote), their TSr our side; narrowed to the first
+        # child of our configuration that leaves something on both sides
+        remote_ts: tuple[Network, ...] = ()
+        local_ts: tuple[Network, ...] = ()
+        for made_for in self.config.child_configs():
+            remote_ts = tuple(narrow(tsi.selectors, self.peer_virtual_ips or made_for.remote_ts))
+            local_ts = tuple(narrow(tsr.selectors, self.virtual_ips or made_for.local_ts))
+            if remote_ts and local_ts:
+                break
         if not remote_ts or not local_ts:
             if log.isEnabledFor(logging.DEBUG):
                 self._debug("refusing the child SA with TS_UNACCEPTABLE: the peer offers TSi "
@@ -191,7 +197,8 @@ class ChildSaExchanges(SaCore):
         child = Child(spi_in, spi_out, suite, choice.esn, local_ts, remote_ts)
 
         def install() -> None:
-            self._add_child(child, keymat_in=i2r, keymat_out=r2i, replaces=replaces)
+            self._add_child(child, keymat_in=i2r, keymat_out=r2i, replaces=replaces,
+                            made_for=made_for)
 
         return payloads, install
 
@@ -231,9 +238,17 @@ class ChildSaExchanges(SaCore):
                 self._peer_rekeys[replaces] = (nonce.data, nr, self.children[-1].spi_in)
 
     # --- initiator ---------------------------------------------------------------------------
+    def _offered(self, child: ChildConfig) -> tuple[tuple[Network, ...], tuple[Network, ...]]:
+        """The traffic selectors we offer for ``child``: ours (our virtual IP if we have
+        one) and the peer's (the peer's virtual IP if we assigned it one)."""
+        return (self.virtual_ips or child.local_ts, self.peer_virtual_ips or child.remote_ts)
+
     def _child_from_response(self, sa: SA, msg: Message, spi_in: int, ni: bytes, nr: bytes,
-                             g_ir: bytes, replaces: int | None) -> None:
-        """We initiated the exchange: keymat i->r is what we send."""
+                             g_ir: bytes, replaces: int | None, *,
+                             offered: tuple[tuple[Network, ...], tuple[Network, ...]],
+                             made_for: ChildConfig | None) -> None:
+        """We initiated the exchange, offering the selectors ``offered`` (ours, the peer's)
+        for ``made_for`` (None: a rekey): keymat i->r is what we send."""
         assert self._prf is not None and self._keys is not None and self.config is not None
         prop = sa.proposals[0]
         found = suite_of(prop)
@@ -243,8 +258,7 @@ class ChildSaExchanges(SaCore):
         suite, esn = found
         spi_out = int.from_bytes(prop.spi, "big")
         i2r, r2i = kc.child_keymat(self._prf, self._keys.sk_d, ni, nr, suite.keymat_len, g_ir)
-        ours = self.virtual_ips or self.config.local_ts
-        theirs = self.peer_virtual_ips or self.config.remote_ts
+        ours, theirs = offered
         tsi, tsr = msg.get(TSi), msg.get(TSr)
         # section 2.9: the responder may narrow, never widen: keep what lies in ours
         local_ts = tuple(narrow(tsi.selectors, ours)) if tsi else ours
@@ -252,22 +266,27 @@ class ChildSaExchanges(SaCore):
         if not local_ts or not remote_ts:
             self._child_refused(f"the peer's traffic selectors (TSi {_nets(ts_networks(tsi))}, "
                                 f"TSr {_nets(ts_networks(tsr))}) lie outside ours (local "
-                                f"{_nets(ours)}, remote {_nets(theirs)})", self._clock)
+                                f"{_nets(ours)}, remote {_nets(theirs)})", self._clock,
+                                child=made_for)
             return
         if (tsi and list(local_ts) != ts_networks(tsi)) or (
                 tsr and list(remote_ts) != ts_networks(tsr)):
             log.warning("peer %s: the peer's traffic selectors go beyond ours; using local %s, "
                         "remote %s", self.name, _nets(local_ts), _nets(remote_ts))
         self._add_child(Child(spi_in, spi_out, suite, esn, local_ts, remote_ts),
-                        keymat_in=r2i, keymat_out=i2r, replaces=replaces)
+                        keymat_in=r2i, keymat_out=i2r, replaces=replaces, made_for=made_for)
 
-    def create_child(self, now: float, group: int | None = None) -> bool:
-        """Ask for a new child SA with our proposals and traffic selectors (CREATE_CHILD_SA
-        without REKEY_SA, section 1.3.1): after the peer refused the first one. With PFS
+    def create_child(self, now: float, group: int | None = None, *,
+                     child: ChildConfig | None = None) -> bool:
+        """Ask for a new child SA with our proposals and the traffic selectors of ``child``
+        (by default our first child; CREATE_CHILD_SA without REKEY_SA, section 1.3.1): the
+        children of our configuration after the first, and one the peer refused. With PFS
         (a proposal that names a group) in ``group``, by default the first proposal's."""
         cfg = self.config
         if cfg is None or self._request is not None or self.state is not State.ESTABLISHED:
             return False
+        if child is None:
+            child = self._child_config(None)
         spi = new_child_spi()
         ni = os.urandom(NONCE_LEN)
         offer = []
@@ -281,10 +300,12 @@ class ChildSaExchanges(SaCore):
         payloads: list[Payload] = [SA(offer), Nonce(ni)]
         if kex is not None:
             payloads.append(KE(kex.group, kex.public))
-        payloads += [TSi.of(*(self.virtual_ips or cfg.local_ts)), TSr.of(*cfg.remote_ts)]
-        self._debug("asking for a new child SA (CREATE_CHILD_SA)")
+        local_ts, remote_ts = self._offered(child)
+        payloads += [TSi.of(*local_ts), TSr.of(*remote_ts)]
+        self._debug("asking for child SA %s (CREATE_CHILD_SA): local %s, remote %s",
+                    child.name, _nets(local_ts), _nets(remote_ts))
         self._request_send(ExchangeType.CREATE_CHILD_SA, payloads, RequestKind.CREATE_CHILD,
-                           now, CreateChildContext(spi, ni, kex))
+                           now, CreateChildContext(spi, ni, kex, child))
         return True
 
     def _on_create_child_response(self, msg: Message, raw: bytes, now: float,
@@ -302,28 +323,32 @@ class ChildSaExchanges(SaCore):
             if group in {p.dh for p in self.config.esp_proposals} and (
                     ctx.kex is None or group != ctx.kex.group):
                 self._debug("the peer wants key exchange group %d for the new child SA", group)
-                self.create_child(now, group)
+                self.create_child(now, group, child=ctx.child)
                 return
         if err is not None:
             delay = retry_delay() if err.notify_type == NotifyType.TEMPORARY_FAILURE else None
             self._child_refused(f"{notify_name(err.notify_type)} in the CREATE_CHILD_SA "
-                                "response", now, delay)
+                                "response", now, delay, child=ctx.child)
             return
         if sa is None or nonce is None or len(sa.proposals) != 1:
-            self._child_refused("no SA or Nonce in the CREATE_CHILD_SA response", now)
+            self._child_refused("no SA or Nonce in the CREATE_CHILD_SA response", now,
+                                child=ctx.child)
             return
         g_ir = b""
         if ctx.kex is not None:
             if ke is None or ke.group != ctx.kex.group:
                 self._child_refused("no KE of our group (PFS) in the CREATE_CHILD_SA response",
-                                    now)
+                                    now, child=ctx.child)
                 return
             try:
                 g_ir = ctx.kex.shared(ke.data)
             except ValueError as e:
-                self._child_refused(f"a bad KE in the CREATE_CHILD_SA response: {e}", now)
+                self._child_refused(f"a bad KE in the CREATE_CHILD_SA response: {e}", now,
+                                    child=ctx.child)
                 return
-        self._child_from_response(sa, msg, ctx.spi_in, ctx.ni, nonce.data, g_ir, None)
+        child = ctx.child or self._child_config(None)
+        self._child_from_response(sa, msg, ctx.spi_in, ctx.ni, nonce.data, g_ir, None,
+                                  offered=self._offered(child), made_for=child)
 
     def rekey_child(self, spi_in: int, now: float, *,
                     reason: str = "asked for (a byte or packet lifetime, or by hand)") -> bool:
@@ -349,7 +374,8 @@ class ChildSaExchanges(SaCore):
             payloads.append(KE(kex.group, kex.public))
         payloads += [TSi.of(*child.local_ts), TSr.of(*child.remote_ts)]
         self._request_send(ExchangeType.CREATE_CHILD_SA, payloads, RequestKind.REKEY_CHILD,
-                           now, RekeyChildContext(new_spi, ni, child.spi_in, kex))
+                           now, RekeyChildContext(new_spi, ni, child.spi_in, kex,
+                                                  child.local_ts, child.remote_ts))
         return True
 
     def _on_rekey_child_response(self, msg: Message, raw: bytes, now: float,
@@ -383,7 +409,8 @@ class ChildSaExchanges(SaCore):
             except ValueError:
                 self._debug("rekey of child SA %#010x: a bad KE, keeping it", ctx.old)
                 return
-        self._child_from_response(sa, msg, ctx.spi_in, ctx.ni, nonce.data, g_ir, ctx.old)
+        self._child_from_response(sa, msg, ctx.spi_in, ctx.ni, nonce.data, g_ir, ctx.old,
+                                  offered=(ctx.local_ts, ctx.remote_ts), made_for=None)
         self._drop_replaced(ctx, nonce.data, now)
 
     def _drop_replaced(self, ctx: RekeyChildContext, nr: bytes, now: float) -> None:

@@ -140,6 +140,16 @@ class Identity:
         return "keyid:#" + self.data.hex()
 
 
+@dataclass(frozen=True)
+class ChildConfig:
+    """One child SA a peer asks for (swanctl's ``children { NAME { local_ts remote_ts } }``):
+    its name (for the log and ``show``) and its traffic selectors, our side and the peer's."""
+
+    name: str
+    local_ts: tuple[Network, ...]
+    remote_ts: tuple[Network, ...]
+
+
 @dataclass
 class IkeConfig:
     """What one IKE peer needs (from the TOML config, docs/config.md)."""
@@ -198,3 +208,12 @@ class IkeConfig:
     #: file's ``fragmentation`` is on unless it says false (swanctl's fragmentation = yes)
     fragmentation: bool = False
     fragment_size: int = DEFAULT_FRAGMENT_SIZE
+    #: several child SAs (docs/config.md, "Several subnets"): as the initiator, the first
+    #: goes in IKE_AUTH and each of the others in a CREATE_CHILD_SA of its own; as the
+    #: responder, what the peer asks for is narrowed to the first that fits. Empty: one
+    #: child with ``local_ts`` and ``remote_ts``
+    children: tuple[ChildConfig, ...] = ()
+
+    def child_configs(self) -> tuple[ChildConfig, ...]:
+        """The child SAs this peer asks for, in order (at least one)."""
+        return self.children or (ChildConfig(self.name, self.local_ts, self.remote_ts),)

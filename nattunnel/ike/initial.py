@@ -273,6 +273,7 @@ class InitialExchanges(ChildSaExchanges, MobikeExchanges):
         idi = IDi(self.config.local_id.id_type, self.config.local_id.data)
         remote_id = self.config.remote_id
         spi = new_child_spi()
+        first = self.config.child_configs()[0]  # the others follow by CREATE_CHILD_SA
         payloads: list[Payload] = [idi, *cert_payloads(self.config),
                                    Notify(NotifyType.INITIAL_CONTACT),
                                    *certreq_payloads(self.config.trust),
@@ -280,11 +281,11 @@ class InitialExchanges(ChildSaExchanges, MobikeExchanges):
                                    self._auth_payload(idi.encode_body()),
                                    *self._cp_request(),
                                    esp_offer(self.config.esp_proposals, spi),
-                                   TSi.of(*self.config.local_ts), TSr.of(*self.config.remote_ts),
+                                   TSi.of(*first.local_ts), TSr.of(*first.remote_ts),
                                    *self._mobike_supported()]
         self.state = State.AUTH_SENT
         self._request_send(ExchangeType.IKE_AUTH, payloads, RequestKind.IKE_AUTH, now,
-                           AuthContext(spi))
+                           AuthContext(spi, first))
 
     def _on_auth_response(self, msg: Message, raw: bytes, now: float, req: Request) -> None:
         assert self.config is not None and isinstance(req.context, AuthContext)
@@ -317,15 +318,21 @@ class InitialExchanges(ChildSaExchanges, MobikeExchanges):
         self._events.append(IkeUp(self._me(), self.remote, self.local_behind_nat,
                                   self.remote_behind_nat))
         sa = msg.get(SA)
+        first = req.context.child or self.config.child_configs()[0]
+        # the other children of our configuration, one CREATE_CHILD_SA each, in order
+        for later in self.config.child_configs()[1:]:
+            self._wanted[later.name] = now
         vip_err = self._cp_reply_taken(msg) if self.config.vips and child_err is None else None
         if vip_err is not None:
-            self._child_refused(vip_err, now)
+            self._child_refused(vip_err, now, child=first)
         elif child_err is not None:
-            self._child_refused(f"{notify_name(child_err)} in the IKE_AUTH response", now)
+            self._child_refused(f"{notify_name(child_err)} in the IKE_AUTH response", now,
+                                child=first)
         elif sa is None or len(sa.proposals) != 1:
-            self._child_refused("no child SA in the IKE_AUTH response", now)
+            self._child_refused("no child SA in the IKE_AUTH response", now, child=first)
         else:
-            self._child_from_response(sa, msg, spi_in, self._ni, self._nr, b"", None)
+            self._child_from_response(sa, msg, spi_in, self._ni, self._nr, b"", None,
+                                      offered=self._offered(first), made_for=first)
 
     # --- responder ----------------------------------------------------------------------------
     def respond_init(self, msg: Message, raw: bytes, now: float,

@@ -44,7 +44,7 @@ from .base import (
     RequestKind,
     State,
 )
-from .config import Identity, IkeConfig
+from .config import ChildConfig, Identity, IkeConfig
 from .events import DownCause
 from .mecheck import Candidate
 from .message import (
@@ -218,7 +218,8 @@ class MediationSa(IkeSa):
                             format_addr(c.addr))
         super()._on_auth_response(msg, raw, now, req)
 
-    def _child_refused(self, reason: str, now: float, delay: float | None = None) -> None:
+    def _child_refused(self, reason: str, now: float, delay: float | None = None, *,
+                       child: ChildConfig | None = None) -> None:
         """A mediation connection has no child SA, and asks for none."""
 
     def _negotiate_child(self, msg: Message, ni: bytes, nr: bytes, ke_payload: KE | None,

@@ -398,9 +398,8 @@ class IkeSa(IkeRekeyExchanges, InitialExchanges):
                       for c in self.children if c.rekey_at is not None]
             if self.ike_rekey_at is not None and not self.rekeyed:
                 times.append((self.ike_rekey_at, "IKE SA rekey", ()))
-            if self.child_retry_at is not None:
-                times.append((self.child_retry_at, "asking again for the refused child SA",
-                              ()))
+            times += [(at, "asking for child SA %s (refused, or not asked for yet)",
+                       (name,)) for name, at in self._wanted.items()]
         elif self.state is State.INIT_DONE:
             times.append((self.created + self.half_open_timeout, "half-open timeout", ()))
         return min(times, key=lambda d: d[0]) if times else None
@@ -462,7 +461,8 @@ class IkeSa(IkeRekeyExchanges, InitialExchanges):
 
     def _start_due(self, now: float) -> None:
         """With the window free: an IKE SA rekey, a child SA rekey, asking again for a
-        refused child SA, or a liveness check, the first that is due."""
+        child SA or one of our configuration not asked for yet, or a liveness check, the first
+        that is due."""
         cfg = self.config
         if self._start_mobike(now):  # a path to update goes first (RFC 4555 section 3.5)
             return
@@ -486,9 +486,9 @@ class IkeSa(IkeRekeyExchanges, InitialExchanges):
             child.rekey_retry = False
             self.rekey_child(child.spi_in, now, reason=why)
             return
-        if self.child_retry_at is not None and now >= self.child_retry_at:
-            self.child_retry_at = None
-            self.create_child(now)
+        wanted = self._next_wanted(now)
+        if wanted is not None:
+            self.create_child(now, child=wanted)
             return
         if cfg and cfg.dpd_interval > 0 and now >= self.last_rx + cfg.dpd_interval:
             self.check_liveness(now)

@@ -338,6 +338,14 @@ class Peer:
                 out[str(n)] = sa.spi
         return out
 
+    def sending_sa(self, spi_out: int) -> OutboundSA | None:
+        """The outbound SA with ``spi_out`` if packets go out on it (the one in use, or a
+        child SA routed apart), else None: for the status."""
+        if self.outbound is not None and self.outbound.spi == spi_out:
+            return self.outbound
+        return next((sa for lanes in (self._lanes4, self._lanes6) for _, _, sa in lanes
+                     if sa.spi == spi_out), None)
+
     # --- the counters, across SAs ---------------------------------------------------------
     def use_outbound(self, sa: OutboundSA | None) -> None:
         """``sa`` is the outbound SA from now on (``Tunnel.set_outbound``): what the one

@@ -261,10 +261,12 @@ def test_the_refused_child_sa_and_its_retry_are_logged(caplog):
     has(log, r"^peer a \[[0-9a-f]{16}\]: refusing the child SA with TS_UNACCEPTABLE: the peer "
              r"offers TSi 198\.18\.100\.1/32, TSr 198\.18\.100\.2/32; we allow remote none, "
              r"local 198\.18\.100\.2/32$")
-    has(log, r"child SA refused: TS_UNACCEPTABLE in the IKE_AUTH response; asking again "
+    has(log, r"child SA b refused: TS_UNACCEPTABLE in the IKE_AUTH response; asking again "
              r"in 30 s")
-    has(log, r"next deadline in 30\.0 s: asking again for the refused child SA")
-    has(log, r"asking for a new child SA \(CREATE_CHILD_SA\)")
+    has(log, r"next deadline in 30\.0 s: asking for child SA b \(refused, or not asked for "
+             r"yet\)")
+    has(log, r"asking for child SA b \(CREATE_CHILD_SA\): local 198\.18\.100\.1/32, remote "
+             r"198\.18\.100\.2/32")
     both_ways(log, "CREATE_CHILD_SA", "request", 2, "SK{SA Ni TSi TSr}", A, B)
     both_ways(log, "CREATE_CHILD_SA", "response", 2, "SK{SA Nr TSi TSr}", B, A)
     assert len(w.a.children) == 1
