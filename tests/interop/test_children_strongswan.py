@@ -106,3 +106,77 @@ def test_two_children_for_two_subnets_each_routed_to_its_sa(lab: Lab, tmp_path: 
     assert "Traceback" not in nt.log()
     charon.stop()
     lab.stop(nt.proc)
+
+
+def _start_initiator(lab: Lab, work: Path) -> Node:
+    """nattunnel on A, the initiator: a child SA per subnet of B, and a third (n52) that
+    charon has no child config for."""
+    lines = [
+        'listen = ["0.0.0.0:4500"]',
+        f'control_socket = "{control_path(work, "a")}"',
+        "[interface]", 'kind = "tun"', 'name = "nt0"', f'addresses = ["{INNER["a"]}/32"]',
+        "[[peer]]", 'name = "b"', 'auth = "psk"', f'local_id = "{ID["a"]}"',
+        f'remote_id = "{ID["b"]}"', f'endpoint = "{PUBLIC_B}"', "initiate = true",
+        'allowed_ips = ["198.18.50.0/24", "198.18.51.0/24", "198.18.52.0/24"]',
+        "dpd_interval = 5", f'psk_file = "{work / "keys" / "psk"}"',
+    ]
+    for name, net in (("n50", "198.18.50.0/24"), ("n51", "198.18.51.0/24"),
+                      ("n52", "198.18.52.0/24")):
+        lines += ["[[peer.children]]", f'name = "{name}"', f'remote_ts = ["{net}"]']
+    cfg = work / "nt.toml"
+    cfg.write_text("\n".join(lines) + "\n")
+    log, stats = work / "nt.log", work / "nt.stats.json"
+    env = dict(os.environ, PYTHONPATH=str(PKG_ROOT), PYTHONUNBUFFERED="1")
+    proc = lab.popen("a", sys.executable, "-m", "nattunnel", "up", str(cfg), "--stats",
+                     str(stats), "--log-level", "debug", stdout=log.open("w"),
+                     stderr=subprocess.STDOUT, env=env)
+    node = Node("a", proc, stats, log)
+    assert lab.wait_for(lambda: tun_present(lab, "a"), 10), node.log()
+    return node
+
+
+@pytest.mark.root
+def test_nattunnel_asks_charon_for_a_child_sa_per_subnet(lab: Lab, tmp_path: Path) -> None:
+    """nattunnel on A (behind the NAT) initiates with ``[[peer.children]]`` n50, n51 and n52
+    to charon on B, whose connection has children n50 and n51 (two subnets behind it): n50
+    comes up in IKE_AUTH and n51 by CREATE_CHILD_SA, both on one IKE SA, each with its own
+    selectors on both sides; n52 is refused (TS_UNACCEPTABLE) and the others are not
+    touched; A's pings to each subnet go out on that subnet's child SA."""
+    require_strongswan()
+    kw = setup_keys(tmp_path, "psk")
+    conn = SwanConn(name="n50", local_addrs=PUBLIC_B, remote_addrs="%any", local_id=ID["b"],
+                    remote_id=ID["a"], local_ts=SUBNETS["n50"][0],
+                    remote_ts=f"{INNER['a']}/32",
+                    more_children={"n51": {"local_ts": SUBNETS["n51"][0],
+                                           "remote_ts": f"{INNER['a']}/32"}},
+                    **kw)  # type: ignore[arg-type]
+    charon = Charon.start(lab, "b", tmp_path / "charon", conn=conn,
+                          inner_addrs=[f"{a}/32" for _, a in SUBNETS.values()])
+    nt = _start_initiator(lab, tmp_path)
+    try:
+        assert wait(lambda: set(_children(charon)) == set(SUBNETS)), (
+            nt.log()[-4000:] + charon.log()[-3000:])
+        assert len(charon.list_sas()) == 1  # both children on one IKE SA
+        kids = _children(charon)
+        for name, (net, _) in SUBNETS.items():
+            assert kids[name].local_ts == (net,)
+            assert kids[name].remote_ts == (f"{INNER['a']}/32",)
+        assert wait(lambda: "child SA n52 refused: TS_UNACCEPTABLE in the CREATE_CHILD_SA "
+                            "response" in nt.log()), nt.log()[-4000:]
+        (ike,) = nt.show()["peers"]["b"]["ike_sas"]
+        ours = {c["name"]: c for c in ike["children"]}
+        assert set(ours) == set(SUBNETS)
+        for name, (net, _) in SUBNETS.items():
+            assert ours[name]["remote_ts"] == [net] and ours[name]["in_use"]
+        for name, (_, addr) in SUBNETS.items():
+            other = next(n for n in SUBNETS if n != name)
+            before = _children(charon)
+            assert _ping(lab, "a", addr), nt.log()[-3000:]
+            after = _children(charon)
+            assert after[name].packets_in >= before[name].packets_in + 3
+            assert after[other].packets_in == before[other].packets_in
+        assert set(_children(charon)) == set(SUBNETS)  # n52's refusal took nothing down
+        assert "Traceback" not in nt.log()
+    finally:
+        charon.stop()
+        lab.stop(nt.proc)
