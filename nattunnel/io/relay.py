@@ -310,6 +310,7 @@ class PathMover:
             if kind != path.kind:
                 path.kind, path.since = kind, now
                 path.direct = peer.addr if kind == "direct" else path.direct
+                self._followed(kind, now)
             return
         if path.trying is not None:
             if sas and sas[0].path_updates > path.updates_seen and sas[0].remote == path.direct:
@@ -341,6 +342,20 @@ class PathMover:
               and peer.outbound is None):
             path.relay_addr = path.direct  # the same address, reached through the relay
             self.to_relay(name, f"no IKE SA up directly within {self.auto_after:.0f} s")
+
+    def _followed(self, kind: str, now: float) -> None:
+        """The responder's peer followed the initiator's move to ``kind``: off the relay,
+        the allocation is released ``keep_relay`` after the last peer left it, as the
+        initiator's (``_confirmed``); back on it, it is kept (allocated again if it had
+        been released)."""
+        ep = self.endpoint
+        if kind == "relay":
+            self.release_at = None
+            if ep.turn is not None and ep.turn.state in ("released", "failed", "idle"):
+                ep.turn.allocate(now)
+                ep.rearm_timer()
+        elif self.keep_relay >= 0 and not ep.relayed:
+            self.release_at = now + self.keep_relay
 
     def _release_if_due(self, now: float) -> None:
         turn = self.endpoint.turn

@@ -189,3 +189,51 @@ def test_mediated_relay_first_then_direct_and_back(tmp_path: Path) -> None:
         if coturn is not None:
             coturn.stop()
         lab.close()
+
+
+@pytest.mark.root
+def test_mediated_responder_releases_its_allocation_too(tmp_path: Path) -> None:
+    """Mediated, relay first, then the direct pair (as above), with a short ``keep_relay``
+    on both sides: once the initiator A moved the tunnel to the direct pair, the responder
+    C (which only follows the UPDATE_SA_ADDRESSES) releases its allocation ``keep_relay``
+    after its last peer left the relay, as A does, and the tunnel stays up direct."""
+    require()
+    secrets(tmp_path)
+    lab = NatLab("two", PORT_RESTRICTED_CONE)
+    nodes: list[NodeProc] = []
+    coturn = None
+    timings = {"keep_relay": 3.0}
+    try:
+        b = lab.addr["b"]
+        coturn = Coturn(b, None, tmp_path, lab=lab, ns="b",
+                        relay=Relay(min_port=50000, max_port=50100)).start()
+        nodes.append(NodeProc(lab, "b", server_config(tmp_path, ["a", "c"]), {}))
+        c = NodeProc(lab, "c", mediated_config(tmp_path, "c", "a", RIGHT_IN, LEFT_IN, b,
+                                               initiate=False, turn=f"{b}:3478"),
+                     {"paths": timings})
+        nodes.append(c)
+        wait_for("C registered and allocated", lambda: bool(
+            (c.status().get("mediation") or {}).get("up")
+            and (c.status().get("turn") or {}).get("relayed")), 10)
+        a = NodeProc(lab, "a", mediated_config(tmp_path, "a", "c", LEFT_IN, RIGHT_IN, b,
+                                               initiate=True, turn=f"{b}:3478"),
+                     {"paths": timings})
+        nodes.append(a)
+        wait_for("the tunnel", lambda: ping_ok(lab, "a", RIGHT_IN), 15)
+        wait_for("the move to the direct pair",
+                 lambda: _kind(a) == "direct" and _kind(c) == "direct", 10)
+        assert c.status()["turn"]["state"] == "allocated"  # kept keep_relay first
+        t = wait_for("C's allocation released",
+                     lambda: c.status()["turn"]["state"] == "released", 10)
+        print(f"\nC released its allocation {t:.1f} s after both were direct")
+        wait_for("A's allocation released",
+                 lambda: a.status()["turn"]["state"] == "released", 10)
+        assert ping_ok(lab, "a", RIGHT_IN) and ping_ok(lab, "c", LEFT_IN)
+        assert _kind(a) == "direct" and _kind(c) == "direct"
+    finally:
+        for n in nodes:
+            n.stop()
+            print(n.stderr.read_text()[-1500:])
+        if coturn is not None:
+            coturn.stop()
+        lab.close()
