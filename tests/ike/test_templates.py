@@ -257,3 +257,16 @@ def test_a_removed_template_takes_its_instances(pkis: tuple[Pki, Pki]) -> None:
     assert net.instances() == {} and set(net.gw_tunnel.peers) == {"rw"}
     assert net.gw.peers == {} and net.pool.stats()["in_use"] == 0
     assert ANY_ID not in net.gw.templates.configs
+
+
+def test_a_dn_wildcard_template(pkis: tuple[Pki, Pki]) -> None:
+    net = TemplateNet(pkis, remote_id="C=CH, O=Lab, CN=*")
+    net.add_client("a", "c1", "C=CH, O=Lab, CN=c1")  # its certificate's subject
+    net.add_client("b", "c2", "c2.example")  # an FQDN: the DN pattern does not match it
+    net.connect("a")
+    net.connect("b")
+    assert net.vip("a") and net.vip("b") is None
+    assert net.instances() == {"rw[C=CH, O=Lab, CN=c1]": {
+        "template": "rw", "identity": "C=CH, O=Lab, CN=c1"}}
+    assert not net.gw.last_error  # matched by no peer: a half-open SA that went, counted
+    assert net.gw.counters["half_open_dropped"] == 1
