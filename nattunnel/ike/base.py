@@ -114,6 +114,9 @@ class RequestKind(Enum):
     UPDATE_ADDRESSES = "UPDATE_SA_ADDRESSES"
     ROUTABILITY = "return routability check"
     ADDRESSES = "additional addresses"
+    #: IKEv2 mediation (draft-brunner-ikev2-mediation): a ME_CONNECT request of a mediation
+    #: connection (nattunnel.ike.mediation)
+    ME_CONNECT = "ME_CONNECT"
 
 
 # --- what each kind of request remembers until its response ----------------------------------

@@ -255,9 +255,7 @@ class MediationSa(IkeSa):
             req = self._me_queue.popleft()
             self._me_sent = req
             self.me_stats.requests_out += 1
-            # the request kind only names it in the log: its answer is dispatched by exchange
-            self._request_send(ME_CONNECT, req.payloads(),
-                               RequestKind.LIVENESS_CHECK, now)
+            self._request_send(ME_CONNECT, req.payloads(), RequestKind.ME_CONNECT, now)
 
     def _on_me_connect_response(self, msg: Message, now: float) -> None:
         self._request = None

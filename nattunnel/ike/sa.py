@@ -156,10 +156,8 @@ class IkeSa(IkeRekeyExchanges, InitialExchanges):
                 return False
             self._adopt_source(source, natt)
             self.last_rx = now
-            if hdr.exchange_type == ME_CONNECT:  # IKEv2 mediation
-                self._on_me_connect_response(msg, now)
-            else:  # by name: a subclass (MediationSa) may extend a handler
-                getattr(self, ON_RESPONSE[req.kind].__name__)(msg, raw, now, req)
+            # by name: a subclass (MediationSa) may extend a handler
+            getattr(self, ON_RESPONSE[req.kind].__name__)(msg, raw, now, req)
             self._start_mobike(now)  # a MOBIKE request that waited for the window
             return True
         if not self._new_request(hdr.message_id):
@@ -295,6 +293,10 @@ class IkeSa(IkeRekeyExchanges, InitialExchanges):
     def _on_me_connect(self, msg: Message, now: float) -> None:
         raise IkeError(NotifyType.INVALID_SYNTAX, "ME_CONNECT on an SA that is not a "
                        "mediation connection")
+
+    def _on_me_connect_answered(self, msg: Message, raw: bytes, now: float,
+                                req: Request) -> None:
+        self._on_me_connect_response(msg, now)
 
     def _on_me_connect_response(self, msg: Message, now: float) -> None:
         self._request = None
@@ -510,6 +512,7 @@ ON_RESPONSE: Final[dict[RequestKind, ResponseHandler]] = {
     RequestKind.UPDATE_ADDRESSES: IkeSa._on_update_response,
     RequestKind.ROUTABILITY: IkeSa._on_check_response,
     RequestKind.ADDRESSES: IkeSa._on_addresses_answered,
+    RequestKind.ME_CONNECT: IkeSa._on_me_connect_answered,
 }
 assert set(ON_RESPONSE) == set(RequestKind)
 
