@@ -156,3 +156,22 @@ def test_an_answer_wider_than_the_offer_is_narrowed_to_it(
     assert kids["n50"][1] == (B1,) and kids["n60"][1] == (B2,)
     (sb,) = net.b.sas_of("a")
     assert all(c.local_ts == net.cb.local_ts for c in sb.children)  # what B answered
+
+
+def test_an_ike_sa_rekey_carries_the_children_still_to_ask_for() -> None:
+    # n60 refused; the IKE SA is rekeyed before its retry: the new IKE SA asks for it
+    net = _net()
+    net.cb.local_ts = (B1,)
+    sa = _up(net)
+    assert list(sa._wanted) == ["n60"]
+    assert sa.rekey_ike(2.0)
+    net.a._process(sa, 2.0)
+    net.wire.advance(1.0)
+    (new,) = [s for s in net.a.sas_of("b") if not s.rekeyed]
+    assert new is not sa and list(new._wanted) == ["n60"]
+    assert {c.name for c in new.children} == {"n50"}
+    net.cb.local_ts = (B1, B2)
+    retry = new.child_retry_at
+    assert retry is not None
+    net.wire.advance(retry - net.wire.now + 0.1)
+    assert {c.name for c in new.children} == {"n50", "n60"}
