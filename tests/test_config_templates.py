@@ -100,3 +100,17 @@ def test_patterns_match() -> None:
     assert not dn.matches(Identity.parse("C=CH, O=Lab, OU=x, CN=client-a"))
     assert ANY_ID.matches(Identity.parse("anything")) and Identity(0, b"%any") != ANY_ID
     assert dn.wildcards == 1 < ANY_ID.wildcards
+
+
+def test_two_templates_need_different_patterns(tmp_path: Path, pki: Pki) -> None:
+    one = config(tmp_path, pki).read_text()
+    peer = "[[peer]]" + one.split("[[peer]]")[1]
+    second = peer.replace('name = "rw"', 'name = "rw2"')
+    path = tmp_path / "two.toml"
+    path.write_text(one + second)
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    assert e.value.field == "peer[1].remote_id" and "must be unique" in str(e.value)
+    path.write_text(one + second.replace('"%any"', '"*.example.org"'))
+    ids = [str(p.ike.remote_id) for p in load_config(path).peers if p.ike]
+    assert ids == ["%any", "*.example.org"]

@@ -18,7 +18,7 @@ from nattunnel.ike.events import IkeUp
 from nattunnel.ike.manager import IkeManager, IkePeer
 from nattunnel.ike.pool import AddressPool
 from nattunnel.ike.roadwarrior import RoadWarriorManager
-from nattunnel.ike.templates import ANY_ID, parse_pattern
+from nattunnel.ike.templates import ANY_ID, Templates, parse_pattern
 from nattunnel.lab.pki import Leaf, Pki, make_chain
 from nattunnel.tunnel.core import Tunnel
 from tests.support.ike import ManagerNode, port
@@ -270,3 +270,19 @@ def test_a_dn_wildcard_template(pkis: tuple[Pki, Pki]) -> None:
         "template": "rw", "identity": "C=CH, O=Lab, CN=c1"}}
     assert not net.gw.last_error  # matched by no peer: a half-open SA that went, counted
     assert net.gw.counters["half_open_dropped"] == 1
+
+
+def test_the_most_specific_template_wins() -> None:
+    t = Templates()
+    for name, text in (("any", "%any"), ("dn", "C=CH, O=Lab, CN=*"),
+                       ("mail", "*@example.org")):
+        pattern = parse_pattern(text)
+        assert pattern is not None
+        t.add(IkeConfig(name, Identity.parse("gw"), pattern, auth="pubkey"))
+    for ident, want in (("a@example.org", "mail"), ("C=CH, O=Lab, CN=x", "dn"),
+                        ("a@example.com", "any"), ("host.example", "any")):
+        got = t.lookup(Identity.parse(ident), None)
+        assert got is not None and got.name == f"{want}[{ident}]", (ident, got)
+        assert str(got.remote_id) == ident
+    assert t.instances == {} and t.template_of("mail[a@example.org]") == "mail"
+    assert t.template_of("other[x]") is None and t.template_of("mail") is None
