@@ -18,8 +18,9 @@ Labels are bounded, so that a scrape's size depends on the configuration only: `
 configured peer names), ``reason`` (``DropReason`` names; for IKE fragments, the reasons of
 ``ike.fragment.DROP_REASONS``), ``direction`` (``rx``, ``tx``), ``errno`` (the kernel's errno
 names, and ``NO_SOCKET``) and ``exchange`` (the IKE exchange types' names,
-``ike.exchanges.EXCHANGE_NAMES``) and ``proto`` (``tcp``, ``udp``: the TUN coalescer's);
-anything else becomes ``other``. The info metric's
+``ike.exchanges.EXCHANGE_NAMES``), ``proto`` (``tcp``, ``udp``: the TUN coalescer's) and
+``cause`` (a certificate refusal's, ``ike.certauth.CERT_REFUSAL_CAUSES``); anything else
+becomes ``other``. The info metric's
 ``version`` has one value.
 """
 
@@ -45,6 +46,7 @@ from prometheus_client.metrics_core import (
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from ..esp.drop import DropReason
+from ..ike.certauth import CERT_REFUSAL_CAUSES
 from ..ike.exchanges import EXCHANGE_NAMES
 from ..ike.fragment import DROP_REASONS as FRAGMENT_DROP_REASONS
 
@@ -74,6 +76,8 @@ ERRNOS: Final = frozenset(errno.errorcode.values()) | {"NO_SOCKET"}
 #: the label values ``reason`` takes for IKE fragments, and ``exchange``
 FRAGMENT_REASONS: Final = frozenset(FRAGMENT_DROP_REASONS)
 EXCHANGES: Final = frozenset(EXCHANGE_NAMES.values())
+#: the label values ``cause`` takes (certificate refusals)
+CERT_CAUSES: Final = frozenset(CERT_REFUSAL_CAUSES)
 #: the IKE manager's counters (``snapshot()["ike"]``); one it adds later is exported too,
 #: as nattunnel_ike_<name>_total, with a generic help text
 IKE_COUNTERS: Final = {
@@ -315,6 +319,14 @@ def ike_metrics(ike: Mapping[str, Any] | None) -> list[Metric]:
     exchanges = ike.get("exchanges")
     if isinstance(exchanges, Mapping):
         out.append(_exchange_metric(exchanges))
+    refusals = ike.get("cert_refusals")
+    if isinstance(refusals, Mapping):
+        family = _counter("ike_cert_refusals", "peers' certificates refused in IKE_AUTH, by "
+                          "cause (not a certificate, does not chain, expired, revoked, key "
+                          "usage, identity mismatch, ...)", ["cause"])
+        for cause, n in sorted(_bounded(refusals, CERT_CAUSES).items()):
+            family.add_metric([cause], n)
+        out.append(family)
     return out
 
 

@@ -222,7 +222,9 @@ def snapshot(endpoint: Endpoint, ike: IkeManager | None, now: float, *,
         "mediation_server": s.get("mediation_server"),
         "ike": ({k: v for k, v in ike.counters.items()} | {
             "sas": len(ike.sas), "requests_sent": ike.requests_sent,
-            "exchanges": ike.exchanges.as_dict()} | (
+            "exchanges": ike.exchanges.as_dict(),
+            # peers' certificates refused, by cause (ike/certauth.py)
+            "cert_refusals": dict(ike.cert_refusals)} | (
             {"pools": [p.stats() for p in ike.pools()]}
             if isinstance(ike, RoadWarriorManager) else {}))
         if ike is not None else None,

@@ -191,6 +191,11 @@ def render(status: dict[str, Any]) -> str:
             lines.append(f"  {title}: " + ", ".join(f"{k} {v}" for k, v in sorted(
                 counts.items())))
     lines += _coalescer_line(status.get("coalescer"))
+    refused = {k: v for k, v in ((status.get("ike") or {}).get("cert_refusals") or {}).items()
+               if v}
+    if refused:
+        lines.append("  certificates refused: " + ", ".join(
+            f"{k.replace('_', ' ')} {v}" for k, v in sorted(refused.items())))
     med = status.get("mediation")
     if med:
         lines += _mediation_lines(med)

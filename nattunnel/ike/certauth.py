@@ -4,6 +4,9 @@ and CERTREQ payloads we send, and the check of the peer's AUTH, with its certifi
 
 ``initial.py`` calls these for both roles; the refusal reasons returned here end in the IKE SA's
 down reason, which the manager logs with the peer's name (docs/certificates.md lists them).
+A certificate refusal is also noted in the peer's ``TrustStore`` with its cause
+(``CertProblem``), which the manager counts when the IKE SA goes down (``count_refusal``:
+``IkeManager.cert_refusals``, by cause).
 """
 
 from __future__ import annotations
@@ -29,6 +32,9 @@ from .certs import (
 )
 from .config import Identity, IkeConfig
 from .message import Auth, Cert, CertReq, Message, Payload
+
+#: the causes certificate refusals are counted by (``count_refusal``): ``CertProblem``'s names
+CERT_REFUSAL_CAUSES: tuple[str, ...] = tuple(p.name.lower() for p in CertProblem)
 
 
 def cert_payloads(config: IkeConfig) -> list[Payload]:
@@ -85,24 +91,11 @@ def verify_peer(config: IkeConfig, auth: Auth, octets: bytes, peer_id: Identity,
     certificate, expired, revoked, does not chain or does not hold the identity; a signature
     that does not verify)."""
     if config.trust is not None:
-        try:
-            certs = peer_certificates(msg)
-            if not certs:
-                raise CertError(CertProblem.NO_CERTIFICATE,
-                                "the peer sent no certificate (no X.509 CERT payload)")
-            leaf = certs[0]
-            config.trust.verify(leaf, certs[1:])
-            if not _holds(peer_id, leaf):
-                raise CertError(CertProblem.IDENTITY_MISMATCH,
-                                f"identity mismatch: the peer's identity {peer_id} is not "
-                                f"in its certificate (which names "
-                                f"{', '.join(certificate_identities(leaf))})")
-            key: kc.VerifyingKey | None = public_key_of(leaf)
-        except CertError as e:
-            return f"{e.kind.value}: {e}" if e.kind is not CertProblem.IDENTITY_MISMATCH \
-                else str(e)
-        except (ValueError, TypeError, KeyError, UnsupportedAlgorithm) as e:  # parsed lazily
-            return f"{CertProblem.NOT_A_CERTIFICATE.value}: a malformed certificate: {e}"
+        config.trust.refused.clear()
+        why = _check_certificate(config.trust, peer_id, msg)
+        if isinstance(why, str):
+            return why
+        key: kc.VerifyingKey | None = why
     else:
         key = config.peer_public_key
     if key is None:
@@ -114,6 +107,49 @@ def verify_peer(config: IkeConfig, auth: Auth, octets: bytes, peer_id: Identity,
             method = str(auth.method)
         return f"auth method {method}, not a digital signature (RFC 7427, method 14)"
     return kc.signature_verify(key, auth.data, octets)
+
+
+def _check_certificate(trust: TrustStore, peer_id: Identity,
+                       msg: Message) -> kc.VerifyingKey | str:
+    """The public key of the peer's certificate, if it chains to ``trust`` and holds
+    ``peer_id``; else why not, noted in ``trust.refused`` with its cause."""
+    try:
+        certs = peer_certificates(msg)
+        if not certs:
+            raise CertError(CertProblem.NO_CERTIFICATE,
+                            "the peer sent no certificate (no X.509 CERT payload)")
+        leaf = certs[0]
+        trust.verify(leaf, certs[1:])
+        if not _holds(peer_id, leaf):
+            raise CertError(CertProblem.IDENTITY_MISMATCH,
+                            f"identity mismatch: the peer's identity {peer_id} is not "
+                            f"in its certificate (which names "
+                            f"{', '.join(certificate_identities(leaf))})")
+        return public_key_of(leaf)
+    except CertError as e:
+        kind = e.kind
+        why = f"{kind.value}: {e}" if kind is not CertProblem.IDENTITY_MISMATCH else str(e)
+    except (ValueError, TypeError, KeyError, UnsupportedAlgorithm) as e:  # parsed lazily
+        kind = CertProblem.NOT_A_CERTIFICATE
+        why = f"{kind.value}: a malformed certificate: {e}"
+    trust.refused.append((kind, why))
+    return why
+
+
+def count_refusal(counts: dict[str, int], config: IkeConfig | None, reason: str) -> bool:
+    """An IKE SA with ``config`` went down for ``reason`` (authentication failed): if that
+    was a certificate refusal (``verify_peer``'s, noted in the trust store), count it in
+    ``counts`` by its cause (``CERT_REFUSAL_CAUSES``). Whether it was one."""
+    trust = config.trust if config is not None else None
+    if trust is None or not trust.refused:
+        return False
+    kind, why = trust.refused.pop()
+    trust.refused.clear()
+    if not reason.endswith(why):  # a refusal of another verification (not this SA's)
+        return False
+    cause = kind.name.lower()
+    counts[cause] = counts.get(cause, 0) + 1
+    return True
 
 
 def _holds(peer_id: Identity, cert: x509.Certificate) -> bool:

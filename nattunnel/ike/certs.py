@@ -302,6 +302,10 @@ class TrustStore:
     #: wall-clock time (the cores' ``now`` is monotonic); tests set another
     clock: Callable[[], datetime.datetime] = field(
         default=lambda: datetime.datetime.now(datetime.UTC), compare=False)
+    #: the refusal ``certauth.verify_peer`` last made with this store (its cause and the
+    #: reason it gave), until the IKE manager counts it (``certauth.count_refusal``)
+    refused: list[tuple[CertProblem, str]] = field(default_factory=list, compare=False,
+                                                   repr=False)
 
     def certreq_hashes(self) -> bytes:
         """The CERTREQ payload's Certification Authority field: one SHA-1 per CA."""

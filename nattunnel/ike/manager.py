@@ -29,6 +29,7 @@ from ..tunnel.core import Tunnel
 from ..tunnel.deadlines import DeadlineHeap
 from ..tunnel.peer import KeepaliveMode, Peer
 from .base import State
+from .certauth import CERT_REFUSAL_CAUSES, count_refusal
 from .config import Identity, IkeConfig
 from .cookies import Cookies
 from .events import (
@@ -191,6 +192,8 @@ class IkeManager(MobilityManagement):
                          "ike_rekeys": 0, "child_rekeys": 0, "retransmits": 0}
         #: the same three by peer: IKE SA rekeys, child SA rekeys, retransmitted requests
         self.peer_counters: dict[str, dict[str, int]] = {}
+        #: peers' certificates we refused, by cause (``certauth.count_refusal``)
+        self.cert_refusals = dict.fromkeys(CERT_REFUSAL_CAUSES, 0)
         #: calls of receive_datagram and handle_timer, and the requests our IKE SAs sent
         #: (new ones and retransmissions), for benchmarks (not in ``stats``)
         self.receive_calls = 0
@@ -754,6 +757,8 @@ class IkeManager(MobilityManagement):
         if ev.cause is DownCause.REPLACED:
             log.info("peer %s: older IKE SA dropped: %s", ev.ike.name, ev.reason)
             return
+        if ev.cause is DownCause.AUTHENTICATION_FAILED:
+            count_refusal(self.cert_refusals, ev.ike.config, ev.reason)
         # a Delete either way is the normal end of an IKE SA; the rest are failures
         level = (logging.INFO if ev.cause in (DownCause.DELETED, DownCause.DELETED_BY_PEER)
                  else logging.WARNING)
@@ -863,4 +868,5 @@ class IkeManager(MobilityManagement):
                 for sa in self.sas.values()
             ],
             **self.counters,
+            "cert_refusals": dict(self.cert_refusals),
         }

@@ -220,8 +220,9 @@ async def test_scrape_of_a_running_ike_endpoint(pair):
         for k, v in labels:
             label_values.setdefault(k, set()).add(v)
     assert set(label_values) <= {"peer", "reason", "direction", "errno", "version",
-                                 "exchange"}
+                                 "exchange", "cause"}
     assert label_values["exchange"] <= metrics.EXCHANGES | {"other"}
+    assert label_values["cause"] == metrics.CERT_CAUSES  # certificate refusals, 0 each
     assert label_values["peer"] == {"alpha", "charlie"}
     assert label_values["direction"] == {"rx", "tx"}
     assert label_values["reason"] <= metrics.REASONS
