@@ -4,7 +4,8 @@ identities), both behind the lab's NAT, to ONE nattunnel gateway ``[[peer]]`` wi
 becomes its own instance (``rw[client-a]``, ``rw[client-c]``) with its own address from the
 pool and its own IKE SA; both ping an address behind the gateway at the same time, each
 through its own SA; a client that goes takes its instance and lease with it and gets the
-same address back when it comes again.
+same address back when it comes again; a client that restarts (its new IKE SA with
+INITIAL_CONTACT) replaces its old IKE SA in the same instance.
 """
 
 from __future__ import annotations
@@ -108,6 +109,21 @@ dpd_interval = 5
     assert wait(lambda: established(clients["a"]), 15), nt.log()[-3000:]
     assert vip_of(clients["a"]) == vips["a"]
     assert ping(lab, "a", BEHIND)
+    # A restarts without a word (SIGKILL to its charon): its new IKE SA, with
+    # INITIAL_CONTACT, replaces the old one in the same instance, with the same address
+    old_spi = nt.show("rw[client-a]")["peers"]["rw[client-a]"]["ike_sas"][0]["spi_i"]
+    proc = clients["a"].proc
+    assert proc is not None
+    proc.kill()
+    proc.wait(timeout=10)
+    clients["a"].restart()
+    clients["a"].initiate("rw")
+    assert wait(lambda: established(clients["a"]), 15), nt.log()[-3000:]
+    assert vip_of(clients["a"]) == vips["a"]
+    (sa,) = nt.show("rw[client-a]")["peers"]["rw[client-a]"]["ike_sas"]
+    assert sa["spi_i"] != old_spi and sa["virtual_ips"] == [vips["a"]]
+    assert "older IKE SA dropped: replaced: the peer sent INITIAL_CONTACT" in nt.log()
+    assert ping(lab, "a", BEHIND) and ping(lab, "c", BEHIND)
     assert "Traceback" not in nt.log()
     assert "rw: client client-a is peer rw[client-a]" in nt.log()
     for ch in clients.values():
