@@ -78,25 +78,35 @@ class Receiver:
         self._rxv = memoryview(self._rx)
         #: GRO reads that held more than one datagram
         self.gro_batches = 0
+        #: per offset in the receive buffer, the buffer list a read there goes into
+        self._rooms: dict[int, list[memoryview]] = {}
 
     def on_udp_gro(self, sock: socket.socket) -> None:
         """A socket with UDP_GRO is readable: one read may hold many datagrams of one size
         from one sender (the last may be shorter), each handled at its offset. The control
         messages also carry the socket's kernel drop count (SO_RXQ_OVFL) once it is not
-        zero."""
+        zero. A read of one datagram (a sender without GSO, e.g. a TURN server relaying
+        datagram by datagram) is kept, and the next read goes behind it, as in ``on_udp``:
+        so their inner packets reach the interface together (TCP segments coalesced, one
+        flush) instead of one write each."""
         now = self.clock()
         recvmsg = sock.recvmsg_into
-        bufs = [self._rx]
+        rooms = self._rooms
         rxv = self._rxv
         receive = self.tunnel.receive
         receive_batch = self.tunnel.receive_batch
         write = self.interface.write
         flush = self.interface.flush  # before the next read reuses the buffer
         budget = self.budget
+        limit = len(rxv) - MAX_DATAGRAM
+        off = 0  # where the next read goes: behind the single datagrams kept
         try:
             while budget > 0:
+                if off > limit:
+                    flush()
+                    off = 0
                 try:
-                    n, anc, _, addr = recvmsg(bufs, ANC_SIZE)
+                    n, anc, _, addr = recvmsg(rooms.get(off) or self._room(off), ANC_SIZE)
                 except BlockingIOError:
                     break
                 except OSError:
@@ -111,20 +121,29 @@ class Receiver:
                         self.rxq_ovfl[sock.fileno()] = U32.unpack(data)[0]
                 if seg >= n:
                     budget -= 1
-                    m = receive(rxv, 0, n, addr, now)
+                    m = receive(rxv, off, n, addr, now)
                     if m > 0:
-                        write(rxv[_PLAIN : _PLAIN + m])
-                        flush()
+                        write(rxv[off + _PLAIN : off + _PLAIN + m])
+                        off += n
                     continue
                 self.gro_batches += 1
-                receive_batch(rxv, n, seg, addr, now, write)
+                receive_batch(rxv[off:] if off else rxv, n, seg, addr, now, write)
                 flush()
+                off = 0
                 budget -= (n + seg - 1) // seg
         except Exception:  # a bug in a core: count it, keep the reader alive
             self.drops.counts[DropReason.INTERNAL_ERROR] += 1
             self.core_error("receive")
-            flush()
+        flush()
         self.after(sock)
+
+    def _room(self, off: int) -> list[memoryview]:
+        """The buffer list a read at ``off`` goes into (kept per offset: the offsets repeat
+        with the datagrams' sizes)."""
+        if len(self._rooms) > 1024:
+            self._rooms.clear()
+        room = self._rooms[off] = [self._rxv[off:]]
+        return room
 
     def on_udp(self, sock: socket.socket) -> None:
         """A socket without GRO is readable: one datagram per read, read one after another

@@ -337,7 +337,7 @@ class TurnClient:
         answer to one of our requests, or something counted and dropped). Never raises."""
         self.counters["received"] += 1
         try:
-            if _key(source) != self.server_key:
+            if source != self.server and _key(source) != self.server_key:
                 self.counters["unexpected"] += 1
                 return None
         except (ValueError, IndexError, TypeError):
