@@ -102,6 +102,7 @@ class RoadWarriorManager(IkeManager):
                                  now=now)
             log.info("peer %s: client %s is peer %s", template, ike.config.remote_id, name)
         elif not ike.initial_contact:  # with INITIAL_CONTACT the manager forgets them
+            self._index(ike)  # first: an older one that dies at once leaves the instance
             for old in self.sas_of(name):
                 if old is not ike and old.established and not old.rekeyed:
                     log.info("peer %s: a newer IKE SA of the same identity replaces the "

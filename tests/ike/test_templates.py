@@ -286,3 +286,32 @@ def test_the_most_specific_template_wins() -> None:
         assert str(got.remote_id) == ident
     assert t.instances == {} and t.template_of("mail[a@example.org]") == "mail"
     assert t.template_of("other[x]") is None and t.template_of("mail") is None
+
+
+def test_an_older_ike_sa_that_dies_at_once_leaves_the_instance(
+        pkis: tuple[Pki, Pki], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The older IKE SA has a request outstanding (a liveness check), so deleting it ends
+    it at once: the instance stays for the newer one."""
+    real = RoadWarriorManager._ike_up
+
+    def no_contact(self: RoadWarriorManager, ev: IkeUp, now: float) -> None:
+        ev.ike.initial_contact = False
+        real(self, ev, now)
+
+    net = TemplateNet(pkis)
+    net.add_client("a", "c1", "c1.example")
+    net.add_client("a2", "c1", "c1.example")
+    net.connect("a")
+    vip = net.vip("a")
+    net.clients["a"][0].held.add("gw")
+    (old,) = net.gw.sas_of("rw[c1.example]")
+    assert old.check_liveness(1.0)
+    monkeypatch.setattr(RoadWarriorManager, "_ike_up", no_contact)
+    net.connect("a2", 1.0)
+    monkeypatch.undo()
+    assert old.state is State.DEAD
+    assert list(net.instances()) == ["rw[c1.example]"] and net.vip("a2") == vip
+    (sa,) = net.gw.sas_of("rw[c1.example]")
+    peer = net.gw_tunnel.peers["rw[c1.example]"]
+    assert peer.outbound is not None and peer.outbound.spi == sa.children[0].spi_out
+    assert peer.allowed == (ipaddress.ip_network(f"{vip}/32"),)
