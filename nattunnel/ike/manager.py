@@ -32,6 +32,7 @@ from .base import State
 from .certauth import CERT_REFUSAL_CAUSES, count_refusal
 from .config import Identity, IkeConfig
 from .cookies import Cookies
+from .droplog import DropLog
 from .events import (
     ChildDown,
     ChildRefused,
@@ -194,6 +195,7 @@ class IkeManager(MobilityManagement):
         self.peer_counters: dict[str, dict[str, int]] = {}
         #: peers' certificates we refused, by cause (``certauth.count_refusal``)
         self.cert_refusals = dict.fromkeys(CERT_REFUSAL_CAUSES, 0)
+        self._drop_log = DropLog()  # DEBUG lines for drops before an SA, rate-limited
         #: calls of receive_datagram and handle_timer, and the requests our IKE SAs sent
         #: (new ones and retransmissions), for benchmarks (not in ``stats``)
         self.receive_calls = 0
@@ -456,6 +458,7 @@ class IkeManager(MobilityManagement):
         sa = self.sas.get(local_spi)
         if sa is None:
             self.counters["dropped"] += 1
+            self._drop_log.note("no_sa", now, remote, local_spi)
             return
         # Replies go to where the request came from (section 2.11); the SA moves to a new
         # address only for an authenticated new message (section 2.23, in IkeSa.receive).
@@ -509,6 +512,7 @@ class IkeManager(MobilityManagement):
             return True
         cookie = self._cookies.make(ni, hdr.spi_i, remote, now)
         self.counters["cookies_sent"] += 1
+        self._drop_log.note("cookie", now, remote)
         out = encode_message(Header.make(ExchangeType.IKE_SA_INIT, hdr.spi_i,
                                          initiator=False, response=True),
                              [Notify(NotifyType.COOKIE, cookie)])
@@ -527,12 +531,11 @@ class IkeManager(MobilityManagement):
             return False
         if self._half_open() >= limits.half_open_max:
             self.counters["init_half_open_full"] += 1
+            self._drop_log.note("half_open_full", now, remote)
             return False
-        if not self._init_per_source.allow(remote[0], now):
+        if not (self._init_per_source.allow(remote[0], now) and self._init_total.allow(now)):
             self.counters["init_rate_limited"] += 1
-            return False
-        if not self._init_total.allow(now):
-            self.counters["init_rate_limited"] += 1
+            self._drop_log.note("rate_limited", now, remote)
             return False
         return True
 
