@@ -26,10 +26,9 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cryptography.hazmat.primitives.asymmetric import ed25519
-
 from .addr import Addr, format_addr, sockaddr
 from .config import Config, ConfigError, PeerConfig, config_from_dict, load_config
+from .config.compare import comparable
 from .constants import IKE_PORT
 from .control.protocol import ControlError
 from .control.server import ControlServer
@@ -266,20 +265,6 @@ def write_stats(endpoint: Endpoint, path: Path) -> None:
 
 #: how long a graceful stop waits for the answers to its Deletes
 STOP_WAIT = 2.0
-
-
-def _comparable(value: object) -> object:
-    """``value`` with keys as their raw octets and dataclasses as tuples, for comparing
-    two loads of one configuration (key objects do not compare by value)."""
-    if isinstance(value, ed25519.Ed25519PrivateKey | ed25519.Ed25519PublicKey):
-        return value.public_key().public_bytes_raw() if isinstance(
-            value, ed25519.Ed25519PrivateKey) else value.public_bytes_raw()
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return tuple((f.name, _comparable(getattr(value, f.name)))
-                     for f in dataclasses.fields(value))
-    if isinstance(value, tuple | list):
-        return tuple(_comparable(v) for v in value)
-    return value
 
 
 #: what ``reload`` cannot change on a running endpoint
@@ -715,12 +700,17 @@ class Node:
         removed = [n for n in old if n not in fresh]
         added = [n for n in fresh if n not in old]
         changed = [n for n in fresh if n in old
-                   and _comparable(old[n]) != _comparable(fresh[n])]
+                   and comparable(old[n]) != comparable(fresh[n])]
         restart = [f for f in RESTART_FIELDS
-                   if _comparable(getattr(self.config, f)) != _comparable(getattr(new, f))]
-        if controller.ike is None and any(fresh[n].ike is not None for n in added + changed):
+                   if comparable(getattr(self.config, f)) != comparable(getattr(new, f))]
+        coming = [ike for n in added + changed if (ike := fresh[n].ike) is not None]
+        if controller.ike is None and coming:
             raise ControlError("nothing changed: adding the first IKE peer needs a restart "
                                "(the port-500 sockets open at start)")
+        if any(c.vips or c.pools for c in coming) and not isinstance(controller.ike,
+                                                                     RoadWarriorManager):
+            raise ControlError("nothing changed: adding the first road-warrior peer (vips, "
+                               "pools or a remote_id pattern) needs a restart")
         now = self._now()
         for name in removed + changed:
             self._remove_peer(endpoint, controller, name, now)

@@ -233,3 +233,44 @@ async def test_the_nodes_metrics_endpoint_is_scraped_and_parsed(tmp_path: Path) 
     finally:
         await a.stop()
         await b.stop()
+
+
+async def test_reload_of_an_unchanged_certificate_peer_keeps_it_and_a_first_pool_is_refused(
+        tmp_path: Path) -> None:
+    """Two loads of one file with an ECDSA certificate peer compare equal (key objects of
+    ``cryptography`` compare by identity: ``config.compare`` compares their public octets),
+    so a reload leaves it alone; a reload that adds the first road-warrior peer (pools) to
+    an endpoint started without one is refused, changing nothing."""
+    from nattunnel.config.compare import comparable
+    from nattunnel.lab.pki import Leaf, make_chain
+
+    pki = make_chain(tmp_path / "pki", kind="ecdsa", leaves={"gw": Leaf("CN=gw", ("gw.lab",))})
+    gw = pki.leaf["gw"]
+    files = {"cert": gw.cert_path, "key": gw.key_path, "ca": pki.root.cert_path}
+    write_psk_file(tmp_path / "k.psk", b"correct horse battery staple", force=True)
+    cert_peer = "\n".join([
+        "[[peer]]", 'name = "c"', 'auth = "pubkey"', 'local_id = "gw.lab"',
+        'remote_id = "client.lab"', f'allowed_ips = ["{C_IN}/32"]',
+        f'local_ts = ["{B_IN}/32"]', f'certs = ["{files["cert"]}"]',
+        f'private_key = "{files["key"]}"', f'cacerts = ["{files["ca"]}"]']) + "\n"
+    path = _config(tmp_path, "b", _free_port(), _peer("a", "hostb", "hosta", A_IN, B_IN)
+                   + cert_peer)
+    one, two = load_config(path), load_config(path)
+    assert one.peers[1].ike is not None and two.peers[1].ike is not None
+    assert one.peers[1].ike.private_key is not two.peers[1].ike.private_key
+    assert comparable(one.peers[1]) == comparable(two.peers[1])
+    b = Node(one)
+    await b.start()
+    try:
+        result = await ask(b, "reload")
+        assert result["changed"] == [] and result["unchanged"] == ["a", "c"]
+        good = path.read_text()
+        path.write_text(good.replace("[interface]", '[pools.rw]\naddrs = "198.18.200.0/30"\n'
+                                                    "[interface]")
+                        + _peer("d", "hostb", "hostd", C_IN, B_IN).replace(
+                            f'allowed_ips = ["{C_IN}/32"]\n', 'pools = ["rw"]\n'))
+        with pytest.raises(ControlError, match=r"first road-warrior peer .* needs a restart"):
+            await ask(b, "reload")
+        assert set(b.show()["peers"]) == {"a", "c"}
+    finally:
+        await b.stop()

@@ -187,7 +187,7 @@ def test_a_peer_added_later_shares_the_running_pool() -> None:
     """``nattunnel reload`` builds new pool objects: a peer added then uses the running
     pool of the same name and range, with its leases, so no address is handed out twice;
     two loads of one pool compare equal (the reload's comparison of peers)."""
-    from nattunnel.app import _comparable
+    from nattunnel.config.compare import comparable as _comparable
 
     net = RwNet(["c1"], addrs="198.18.200.1-198.18.200.2")
     net.connect("c1")
