@@ -16,13 +16,12 @@ LOG_INTERVAL, and the next scrape is served as usual.
 
 Labels are bounded, so that a scrape's size depends on the configuration only: ``peer`` (the
 configured peer names, and a template's client instances, ``TEMPLATE[IDENTITY]``: at most
-``max_clients`` or the pools' size per template), ``reason`` (``DropReason`` names; for IKE fragments, the reasons of
-``ike.fragment.DROP_REASONS``), ``direction`` (``rx``, ``tx``), ``errno`` (the kernel's errno
-names, and ``NO_SOCKET``) and ``exchange`` (the IKE exchange types' names,
-``ike.exchanges.EXCHANGE_NAMES``), ``proto`` (``tcp``, ``udp``: the TUN coalescer's) and
-``cause`` (a certificate refusal's, ``ike.certauth.CERT_REFUSAL_CAUSES``); anything else
-becomes ``other``. The info metric's
-``version`` has one value.
+``max_clients`` or the pools' size per template), ``reason`` (``DropReason`` names; for IKE
+fragments, the reasons of ``ike.fragment.DROP_REASONS``), ``direction`` (``rx``, ``tx``),
+``errno`` (the kernel's errno names, and ``NO_SOCKET``), ``exchange`` (the IKE exchange
+types' names, ``ike.exchanges.EXCHANGE_NAMES``), ``proto`` (``tcp``, ``udp``: the TUN
+coalescer's) and ``cause`` (a certificate refusal's, ``ike.certauth.CERT_REFUSAL_CAUSES``);
+anything else becomes ``other``. The info metric's ``version`` has one value.
 """
 
 from __future__ import annotations
