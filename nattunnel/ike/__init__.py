@@ -11,15 +11,17 @@ machine and the manager that keeps IKE SAs by SPI and installs their child SAs i
   SA rekeys), ``sa`` (``IkeSa``: dispatch tables, INFORMATIONAL, timers); ``events``: what it
   hands out;
 - ``manager``: ``IkeManager``, the IKE SAs of one endpoint and what their events mean for the
-  tunnel, with ``exchanges`` (messages counted by exchange type, the responder's CERTREQ) and
-  ``pending`` (what it holds between calls); ``ratelimit``: the token buckets in front of
+  tunnel, with ``exchanges`` (messages counted by exchange type, the responder's CERTREQ),
+  ``pending`` (what it holds between calls) and ``droplog`` (rate-limited DEBUG lines for
+  messages dropped before an IKE SA); ``ratelimit``: the token buckets in front of
   IKE_SA_INIT; ``cookies``: the stateless cookies of section 2.6;
 - ``mobike``, ``mobility``: MOBIKE (RFC 4555) and address moves; ``fragment``: IKE
   fragmentation (RFC 7383: splitting, reassembly and its bounds);
 - ``certs``: X.509 for IKE (certificate and CRL files, the trust store, identities against
   certificates, DNs as strongSwan writes them); ``certauth``: CERT and CERTREQ in IKE_AUTH;
 - ``pool``: virtual-address pools; ``roadwarrior``: the manager of a gateway or client that
-  hands out or takes addresses by configuration payload (section 3.15);
+  hands out or takes addresses by configuration payload (section 3.15); ``templates``: one
+  peer configuration for many clients (``remote_id`` patterns such as ``%any``);
 - IKEv2 mediation (draft-brunner-ikev2-mediation, as strongSwan speaks it): ``mediation``
   (the IKE SA to a mediation server, ME_CONNECT), ``meserver`` (the server and the mediated
   peer's client), ``mecheck`` (the connectivity checks).

@@ -2,7 +2,9 @@
 inner interface (a TUN device or the in-process interface) and the sans-I/O cores.
 
 It feeds the cores, sends what they return and owns one timer per endpoint; it decides nothing
-about packets. The modules: ``endpoint`` (the endpoint and its timer), ``receive`` and
+about packets. The modules: ``endpoint`` (the endpoint and its timer) with ``ikeside`` (its
+IKE side: the port-500 sockets, IKE behind the non-ESP marker, our address towards a peer),
+``receive`` and
 ``send`` (the two per-packet paths), ``udp`` and ``sockfilter`` (the sockets), ``tun``,
 ``coalesce`` and ``interface`` (the inner interface), ``relay`` (TURN-relayed peers and the
 move between relay and direct path), ``mediated`` (IKEv2 mediation beside the IKE manager),
