@@ -15,7 +15,9 @@ TUN devices, run by this module's ``node`` entry in the lab namespaces), in one 
   are on the relay again and the pings lost (the direct path's death is noticed by liveness
   checks: io/relay.py's ``PathMover`` timings, printed).
 - **throughput**: iperf3 TCP A -> E for ``--seconds``, direct and through the relay
-  (``relay = "always"`` to E), and the ratio.
+  (``relay = "always"`` to E), and the ratio; with each, TCP's retransmissions (iperf3's
+  sender) and the UDP receive-buffer drops in B's namespace (``UdpRcvbufErrors``: coturn's
+  sockets, docs/benchmarks.md).
 - **idle**: ``--idle`` seconds (default 600) of silence on the direct tunnel A -> E with the
   NATs' UDP mapping timeout at ``--mapping-timeout`` seconds (default 30; NAT keepalives
   every ``--keepalive`` s, default 20): afterwards ping must pass and the IKE SA must be
@@ -168,6 +170,16 @@ class TraversalFigures:
     move_timings: dict[str, float] = field(default_factory=dict)
     tcp_direct_mbps: float | None = None
     tcp_relay_mbps: float | None = None
+    #: TCP retransmissions of each run (iperf3's sender), and the UDP datagrams dropped for
+    #: a full receive buffer in B's namespace meanwhile (coturn's sockets: nstat's
+    #: UdpRcvbufErrors)
+    tcp_direct_retransmits: int | None = None
+    tcp_relay_retransmits: int | None = None
+    relay_rcvbuf_drops: int | None = None
+    #: CPU of each run in cores (CPU seconds per second of iperf3): A's and E's nattunnel,
+    #: coturn (the relay run), and the whole machine busy (from /proc/stat)
+    cpu_direct: dict[str, float] = field(default_factory=dict)
+    cpu_relay: dict[str, float] = field(default_factory=dict)
     idle_s: float = 0.0
     mapping_timeout: float = 0.0
     keepalive: float = 0.0
@@ -395,7 +407,39 @@ def _moves(run: _Run, fig: TraversalFigures) -> None:
         _block(lab, e, False)
 
 
-def _iperf(run: _Run, seconds: float) -> float:
+def _rcvbuf_errors(run: _Run, ns: str) -> int:
+    """The namespace's UDP datagrams dropped for a full receive buffer (nstat -a)."""
+    cp = run.lab.exec(ns, "nstat", "-a", "-z", "-j", check=False)
+    try:
+        kernel: dict[str, int] = json.loads(cp.stdout)["kernel"]
+    except (ValueError, KeyError):
+        return 0
+    return int(kernel.get("UdpRcvbufErrors", 0)) + int(kernel.get("Udp6RcvbufErrors", 0))
+
+
+def _cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
+    """CPU seconds (user + system) of each process so far, and of the machine (busy:
+    everything but idle and iowait, over all cores) under "machine"."""
+    tck = os.sysconf("SC_CLK_TCK")
+    out: dict[str, float] = {}
+    for name, pid in pids.items():
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            out[name] = (int(f[11]) + int(f[12])) / tck
+    f = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    ticks = [int(x) for x in f]
+    out["machine"] = (sum(ticks) - ticks[3] - ticks[4]) / tck
+    return out
+
+
+def _coturn_pid(run: _Run) -> int | None:
+    with contextlib.suppress(OSError, ValueError):
+        return int(run.servers[0].pidfile.read_text())
+    return None
+
+
+def _iperf(run: _Run, seconds: float) -> tuple[float, int]:
+    """iperf3 TCP A -> E: Mbit/s received, and the sender's retransmissions."""
     lab = run.lab
     srv = lab.popen("e", "iperf3", "-s", "-1", "-B", E_IN, stdout=subprocess.DEVNULL,
                     stderr=subprocess.DEVNULL)
@@ -405,8 +449,9 @@ def _iperf(run: _Run, seconds: float) -> float:
                       timeout=seconds + 30)
     finally:
         lab.stop(srv)
-    bps: float = json.loads(cp.stdout)["end"]["sum_received"]["bits_per_second"]
-    return bps / 1e6
+    end = json.loads(cp.stdout)["end"]
+    bps: float = end["sum_received"]["bits_per_second"]
+    return bps / 1e6, int(end["sum_sent"].get("retransmits", 0))
 
 
 def _throughput(run: _Run, fig: TraversalFigures, seconds: float) -> None:
@@ -418,14 +463,24 @@ def _throughput(run: _Run, fig: TraversalFigures, seconds: float) -> None:
         a, r = run.pair(left, right)
         try:
             _wait("the tunnel", lambda: _ping(lab, "a", E_IN), 30)
-            mbps = _iperf(run, seconds)
+            drops = _rcvbuf_errors(run, "b")
+            pids = {"A": a.proc.pid, "E": r.proc.pid}
+            if relay == "always" and (pid := _coturn_pid(run)) is not None:
+                pids["coturn"] = pid
+            cpu0, t0 = _cpu_seconds(pids), time.monotonic()
+            mbps, retransmits = _iperf(run, seconds)
+            cpu1, t1 = _cpu_seconds(pids), time.monotonic()
+            drops = _rcvbuf_errors(run, "b") - drops
+            cpu = {k: round((cpu1[k] - cpu0[k]) / (t1 - t0), 2) for k in cpu1 if k in cpu0}
         finally:
             a.stop()
             r.stop()
         if relay == "never":
-            fig.tcp_direct_mbps = mbps
+            fig.tcp_direct_mbps, fig.tcp_direct_retransmits = mbps, retransmits
+            fig.cpu_direct = cpu
         else:
-            fig.tcp_relay_mbps = mbps
+            fig.tcp_relay_mbps, fig.tcp_relay_retransmits = mbps, retransmits
+            fig.relay_rcvbuf_drops, fig.cpu_relay = drops, cpu
 
 
 def _idle(run: _Run, fig: TraversalFigures) -> None:
@@ -489,6 +544,10 @@ def _stat(values: list[float]) -> str:
             f"({len(values)} runs)")
 
 
+def _rtx(retransmits: int | None) -> str:
+    return f", {retransmits} TCP retransmissions" if retransmits is not None else ""
+
+
 def report(fig: TraversalFigures) -> str:
     """The figures as text: one line (or two) per part that ran."""
     lines: list[str] = []
@@ -517,9 +576,22 @@ def report(fig: TraversalFigures) -> str:
                   f"dead_after {t.get('dead_after', 0):g} s"]
     if fig.tcp_direct_mbps is not None and fig.tcp_relay_mbps is not None:
         ratio = fig.tcp_relay_mbps / fig.tcp_direct_mbps if fig.tcp_direct_mbps else 0.0
-        lines += [f"{'TCP direct':<35}{fig.tcp_direct_mbps:.0f} Mbit/s",
+        lines += [f"{'TCP direct':<35}{fig.tcp_direct_mbps:.0f} Mbit/s"
+                  + _rtx(fig.tcp_direct_retransmits),
                   f"{'TCP through the relay':<35}{fig.tcp_relay_mbps:.0f} Mbit/s "
-                  f"({ratio:.0%} of direct)"]
+                  f"({ratio:.0%} of direct)" + _rtx(fig.tcp_relay_retransmits)]
+        if fig.relay_rcvbuf_drops is not None:
+            lines.append(f"{'  UDP receive-buffer drops on B':<35}{fig.relay_rcvbuf_drops} "
+                         "(coturn's sockets, during the relay run)")
+        for title, cpu, mbps in (("  CPU, direct", fig.cpu_direct, fig.tcp_direct_mbps),
+                                 ("  CPU, through the relay", fig.cpu_relay,
+                                  fig.tcp_relay_mbps)):
+            if cpu:
+                procs = {k: v for k, v in cpu.items() if k != "machine"}
+                per = sum(procs.values()) / (mbps / 1000) if mbps else 0.0
+                lines.append(f"{title:<35}" + ", ".join(f"{k} {v:.2f}" for k, v in procs.items())
+                             + f" cores ({per:.2f} per Gbit/s); machine busy "
+                             f"{cpu.get('machine', 0):.2f} of {os.cpu_count()}")
     if fig.idle_s > 0:
         lines.append(f"idle {fig.idle_s:g} s, mapping timeout {fig.mapping_timeout:g} s, "
                      f"keepalive {fig.keepalive:g} s: "
