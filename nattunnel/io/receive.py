@@ -17,7 +17,9 @@
                              peer moved, rekey, IKE that came behind the non-ESP marker
 
 A datagram alone in its read takes the one-datagram forms of the same steps: Tunnel.receive
--> InboundSA.decapsulate_into -> the same source check and rebinding. One reader callback
+-> InboundSA.decapsulate_into -> the same source check and rebinding; it stays in the buffer
+and the next read goes behind it, so that such datagrams (a sender without GSO: a TURN
+server) reach the interface together at the next flush. One reader callback
 drains its socket until EAGAIN or its budget; packets are decrypted where they were read and
 handed on as views into the one receive buffer. No logging per packet, and no allocation
 beyond the small objects Python cannot avoid (views).

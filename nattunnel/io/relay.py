@@ -8,7 +8,10 @@ kernel: the same local port, which is what the allocation belongs to) whose ``se
 ChannelData header once its channel is bound, or in a Send indication once its permission
 is installed. Before that (or after the allocation failed) a send fails with ENOTCONN,
 counted in ``send_errors`` like any other failed send. A GSO batch (``sendmsg`` with
-UDP_SEGMENT) is sent one datagram per segment. It is never read from. A datagram to an
+UDP_SEGMENT) through a bound channel stays one GSO send to the server, each segment behind
+its ChannelData header (segments 4 octets longer; the server's listening socket takes the
+bursts: no drops there in ``bench traversal``); otherwise it is sent one datagram per
+segment. It is never read from. A datagram to an
 address that is not one of the client's peers (the peer moved to a direct path: a MOBIKE
 update from the other side, or a rebinding) goes from the NAT-T socket itself, directly.
 
