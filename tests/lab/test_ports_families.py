@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from nattunnel.keys import generate_psk, write_psk_file
-from nattunnel.lab.tunnels import IKE_ID, Node, Tunnels
+from nattunnel.lab.tunnels import IKE_ID, Node, Tunnels, control_path
 from tests.support.lab import ROUTER_WAN, Lab, lab_fixture  # noqa: F401
 from tests.support.tunnel_lab import (
     INNER,
@@ -76,8 +76,13 @@ def _start_pair(lab: Lab, tmp_path: Path, config: Callable[..., str], b_listen: 
     keys = tmp_path / "keys"
     keys.mkdir(mode=0o700)
     write_psk_file(keys / "psk", generate_psk(), force=True)
-    (tmp_path / "b.toml").write_text(config("b", "a", b_listen, keys / "psk", None))
-    (tmp_path / "a.toml").write_text(config("a", "b", a_listen, keys / "psk", a_endpoint))
+    for role, other, listen, endpoint in (("b", "a", b_listen, None),
+                                          ("a", "b", a_listen, a_endpoint)):
+        # a control socket of this run's own (the default, /run/nattunnel/ROLE.sock for
+        # root, is shared by every run on the machine)
+        (tmp_path / f"{role}.toml").write_text(
+            f'control_socket = "{control_path(tmp_path, role)}"\n'
+            + config(role, other, listen, keys / "psk", endpoint))
     t = Tunnels(lab, tmp_path)
     for role in ("b", "a"):
         start_ike_node(t, role)
