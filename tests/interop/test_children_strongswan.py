@@ -36,27 +36,32 @@ def _children(ch: Charon) -> dict[str, SwanChildSa]:
     return {c.name: c for sa in ch.list_sas() for c in sa.children if c.state == "INSTALLED"}
 
 
-def _start_nattunnel(lab: Lab, work: Path) -> Node:
-    """nattunnel on B, the responder, with both of charon's subnets as the peer's prefixes."""
-    nets = ", ".join(f'"{n}"' for n, _ in SUBNETS.values())
+def _run(lab: Lab, work: Path, role: str, peer: list[str]) -> Node:
+    """nattunnel in ``role``'s namespace with one PSK [[peer]] (``peer``: its lines)."""
     lines = [
         'listen = ["0.0.0.0:4500"]',
-        f'control_socket = "{control_path(work, "b")}"',
-        "[interface]", 'kind = "tun"', 'name = "nt0"', f'addresses = ["{INNER["b"]}/32"]',
-        "[[peer]]", 'name = "a"', 'auth = "psk"', f'local_id = "{ID["b"]}"',
-        f'remote_id = "{ID["a"]}"', f"allowed_ips = [{nets}]", "dpd_interval = 5",
-        f'psk_file = "{work / "keys" / "psk"}"',
+        f'control_socket = "{control_path(work, role)}"',
+        "[interface]", 'kind = "tun"', 'name = "nt0"', f'addresses = ["{INNER[role]}/32"]',
+        "[[peer]]", 'auth = "psk"', "dpd_interval = 5",
+        f'psk_file = "{work / "keys" / "psk"}"', *peer,
     ]
     cfg = work / "nt.toml"
     cfg.write_text("\n".join(lines) + "\n")
     log, stats = work / "nt.log", work / "nt.stats.json"
     env = dict(os.environ, PYTHONPATH=str(PKG_ROOT), PYTHONUNBUFFERED="1")
-    proc = lab.popen("b", sys.executable, "-m", "nattunnel", "up", str(cfg), "--stats",
+    proc = lab.popen(role, sys.executable, "-m", "nattunnel", "up", str(cfg), "--stats",
                      str(stats), "--log-level", "debug", stdout=log.open("w"),
                      stderr=subprocess.STDOUT, env=env)
-    node = Node("b", proc, stats, log)
-    assert lab.wait_for(lambda: tun_present(lab, "b"), 10), node.log()
+    node = Node(role, proc, stats, log)
+    assert lab.wait_for(lambda: tun_present(lab, role), 10), node.log()
     return node
+
+
+def _start_nattunnel(lab: Lab, work: Path) -> Node:
+    """nattunnel on B, the responder, with both of charon's subnets as the peer's prefixes."""
+    nets = ", ".join(f'"{n}"' for n, _ in SUBNETS.values())
+    return _run(lab, work, "b", ['name = "a"', f'local_id = "{ID["b"]}"',
+                                 f'remote_id = "{ID["a"]}"', f"allowed_ips = [{nets}]"])
 
 
 def _ping(lab: Lab, src: str, dst: str, source: str | None = None) -> bool:
@@ -111,28 +116,13 @@ def test_two_children_for_two_subnets_each_routed_to_its_sa(lab: Lab, tmp_path: 
 def _start_initiator(lab: Lab, work: Path) -> Node:
     """nattunnel on A, the initiator: a child SA per subnet of B, and a third (n52) that
     charon has no child config for."""
-    lines = [
-        'listen = ["0.0.0.0:4500"]',
-        f'control_socket = "{control_path(work, "a")}"',
-        "[interface]", 'kind = "tun"', 'name = "nt0"', f'addresses = ["{INNER["a"]}/32"]',
-        "[[peer]]", 'name = "b"', 'auth = "psk"', f'local_id = "{ID["a"]}"',
-        f'remote_id = "{ID["b"]}"', f'endpoint = "{PUBLIC_B}"', "initiate = true",
-        'allowed_ips = ["198.18.50.0/24", "198.18.51.0/24", "198.18.52.0/24"]',
-        "dpd_interval = 5", f'psk_file = "{work / "keys" / "psk"}"',
-    ]
+    lines = ['name = "b"', f'local_id = "{ID["a"]}"', f'remote_id = "{ID["b"]}"',
+             f'endpoint = "{PUBLIC_B}"', "initiate = true",
+             'allowed_ips = ["198.18.50.0/24", "198.18.51.0/24", "198.18.52.0/24"]']
     for name, net in (("n50", "198.18.50.0/24"), ("n51", "198.18.51.0/24"),
                       ("n52", "198.18.52.0/24")):
         lines += ["[[peer.children]]", f'name = "{name}"', f'remote_ts = ["{net}"]']
-    cfg = work / "nt.toml"
-    cfg.write_text("\n".join(lines) + "\n")
-    log, stats = work / "nt.log", work / "nt.stats.json"
-    env = dict(os.environ, PYTHONPATH=str(PKG_ROOT), PYTHONUNBUFFERED="1")
-    proc = lab.popen("a", sys.executable, "-m", "nattunnel", "up", str(cfg), "--stats",
-                     str(stats), "--log-level", "debug", stdout=log.open("w"),
-                     stderr=subprocess.STDOUT, env=env)
-    node = Node("a", proc, stats, log)
-    assert lab.wait_for(lambda: tun_present(lab, "a"), 10), node.log()
-    return node
+    return _run(lab, work, "a", lines)
 
 
 @pytest.mark.root
