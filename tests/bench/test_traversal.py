@@ -44,4 +44,11 @@ def test_short_run() -> None:
     assert fig.lost_to_direct is not None and 0 <= fig.lost_to_direct <= 2
     assert fig.to_relay_s is not None and fig.to_relay_s < 10
     assert fig.tcp_direct_mbps and fig.tcp_relay_mbps and fig.tcp_relay_mbps > 1
+    # each throughput run's diagnostics: retransmissions, coturn's drops, the CPU by process
+    assert fig.tcp_direct_retransmits is not None and fig.tcp_direct_retransmits >= 0
+    assert fig.tcp_relay_retransmits is not None and fig.tcp_relay_retransmits >= 0
+    assert fig.relay_rcvbuf_drops is not None and fig.relay_rcvbuf_drops >= 0
+    assert {"A", "E", "coturn", "machine"} <= set(fig.cpu_relay), fig.cpu_relay
+    assert fig.cpu_relay["A"] > 0 and fig.cpu_relay["coturn"] > 0, fig.cpu_relay
+    assert {"A", "E", "machine"} <= set(fig.cpu_direct) and fig.cpu_direct["A"] > 0
     assert fig.idle_kept, fig.idle_note
